@@ -1,0 +1,88 @@
+"""CNN classifiers, built by name from a registry."""
+from __future__ import annotations
+
+from typing import Callable, Dict, Tuple
+
+import torch
+from torch import nn
+
+from trainables.config import ConfigError, ModelConfig
+
+
+class SmallCNN(nn.Module):
+    """``depth`` blocks of 3x3 conv (+BN) + ReLU, each doubling the width and halving the size
+    while the image is larger than 2x2, then global average pooling and a linear head."""
+
+    def __init__(self, in_ch: int, num_classes: int, size: int, width: int = 32, depth: int = 2,
+                 batch_norm: bool = True, dropout: float = 0.0):
+        super().__init__()
+        layers, ch = [], in_ch
+        for i in range(depth):
+            out = width * 2 ** i
+            layers += [nn.Conv2d(ch, out, 3, padding=1, bias=not batch_norm)]
+            layers += [nn.BatchNorm2d(out)] if batch_norm else []
+            layers += [nn.ReLU(inplace=True)]
+            if size > 2:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            ch = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+                                  nn.Linear(ch, num_classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class LeNet(nn.Module):
+    """LeNet-5 (LeCun et al. 1998) with ReLU and max-pooling; padded convolutions so that
+    8x8 inputs fit as well as 28x28 and 32x32."""
+
+    def __init__(self, in_ch: int, num_classes: int, size: int, dropout: float = 0.0):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_ch, 6, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5, padding=2 if size < 16 else 0), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        )
+        with torch.no_grad():
+            flat = self.features(torch.zeros(1, in_ch, size, size)).numel()
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, 120), nn.ReLU(inplace=True),
+                                  nn.Dropout(dropout), nn.Linear(120, 84), nn.ReLU(inplace=True),
+                                  nn.Linear(84, num_classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def _resnet(builder_name: str):
+    def build(in_ch: int, num_classes: int, size: int, cfg: ModelConfig) -> nn.Module:
+        import torchvision.models as tvm
+        net = getattr(tvm, builder_name)(weights=None, num_classes=num_classes)
+        # Small inputs (8-64 px): a 3x3 stride-1 stem and no max-pool, as for CIFAR.
+        net.conv1 = nn.Conv2d(in_ch, 64, 3, stride=1, padding=1, bias=False)
+        if size < 64:
+            net.maxpool = nn.Identity()
+        if cfg.dropout:
+            net.fc = nn.Sequential(nn.Dropout(cfg.dropout), net.fc)
+        return net
+    return build
+
+
+MODELS: Dict[str, Callable[[int, int, int, ModelConfig], nn.Module]] = {
+    "small_cnn": lambda c, k, s, cfg: SmallCNN(c, k, s, cfg.width, cfg.depth, cfg.batch_norm, cfg.dropout),
+    "lenet": lambda c, k, s, cfg: LeNet(c, k, s, cfg.dropout),
+    "resnet18": _resnet("resnet18"),
+    "resnet34": _resnet("resnet34"),
+}
+
+
+def list_models() -> list:
+    return sorted(MODELS)
+
+
+def build_model(cfg: ModelConfig, shape: Tuple[int, int, int], num_classes: int) -> nn.Module:
+    try:
+        builder = MODELS[cfg.name]
+    except KeyError:
+        raise ConfigError("model.name", cfg.name, f"unknown; choose from {', '.join(list_models())}") from None
+    return builder(shape[0], num_classes, shape[1], cfg)

@@ -1,0 +1,65 @@
+"""Optimizers by name, and the one knob the schedules move: momentum.
+
+For Adam-family optimizers "momentum" is beta1, which is what cyclical momentum cycles.
+Rprop adapts per-weight steps from gradient signs and has no momentum.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional
+
+import torch
+
+from trainables.config import ConfigError, TrainerConfig
+
+
+def _decay_groups(model: torch.nn.Module, weight_decay: float):
+    """No weight decay on biases and normalisation weights (1-D parameters)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    rest = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+OPTIMIZERS: Dict[str, Callable[[list, TrainerConfig, float], torch.optim.Optimizer]] = {
+    "sgd": lambda g, t, lr: torch.optim.SGD(g, lr=lr, momentum=t.momentum, nesterov=t.nesterov),
+    "adam": lambda g, t, lr: torch.optim.Adam(g, lr=lr, betas=(t.momentum, 0.999)),
+    "adamw": lambda g, t, lr: torch.optim.AdamW(g, lr=lr, betas=(t.momentum, 0.999)),
+    "rmsprop": lambda g, t, lr: torch.optim.RMSprop(g, lr=lr, momentum=t.momentum),
+    "rprop": lambda g, t, lr: torch.optim.Rprop([p for grp in g for p in grp["params"]], lr=lr),
+}
+
+
+def list_optimizers() -> list:
+    return sorted(OPTIMIZERS)
+
+
+def build_optimizer(model: torch.nn.Module, t: TrainerConfig, lr: float) -> torch.optim.Optimizer:
+    try:
+        make = OPTIMIZERS[t.optimizer]
+    except KeyError:
+        raise ConfigError("trainer.optimizer", t.optimizer,
+                          f"unknown; choose from {', '.join(list_optimizers())}") from None
+    return make(_decay_groups(model, t.weight_decay), t, lr)
+
+
+def has_momentum(name: str) -> bool:
+    return name != "rprop"
+
+
+def set_lr_momentum(opt: torch.optim.Optimizer, lr: float, momentum: Optional[float]) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+        if momentum is None:
+            continue
+        if "betas" in group:
+            group["betas"] = (momentum, group["betas"][1])
+        elif "momentum" in group:
+            group["momentum"] = momentum
+
+
+def current_momentum(opt: torch.optim.Optimizer) -> Optional[float]:
+    group = opt.param_groups[0]
+    if "betas" in group:
+        return float(group["betas"][0])
+    if "momentum" in group:
+        return float(group["momentum"])
+    return None

@@ -1,0 +1,201 @@
+"""The CNN classification trainer. It knows nothing of Ray: ``Trainer(cfg).run()`` yields one
+metrics dict per epoch, and a wrapper (trainables/tune_trainable.py) reports them.
+
+The LR and momentum are set every batch from the pure schedules in trainables/schedules.py.
+A run whose loss turns NaN/inf, or climbs above ``divergence_factor`` times its best smoothed
+loss, stops at once and says so: Ray's ASHA ignores NaN results, so a diverged run would
+otherwise train on to max_t.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Dict, Iterator, Optional
+
+import torch
+from torch import nn
+
+from trainables import data as data_mod
+from trainables.config import TrainConfig, schedule_params
+from trainables.models import build_model
+from trainables.optimizers import build_optimizer, current_momentum, set_lr_momentum
+from trainables.schedules import lr_at, momentum_at
+
+SMOOTHING = 0.98      # EMA of the batch loss, bias-corrected, as fastai and Lightning do
+WARMUP_STEPS = 10     # first steps are noisy: no 'best' is trusted before this many
+
+
+class DivergenceMonitor:
+    """Watches batch losses; ``update`` returns a reason once training has diverged."""
+
+    def __init__(self, factor: float = 4.0, beta: float = SMOOTHING, warmup: int = WARMUP_STEPS):
+        self.factor, self.beta, self.warmup = factor, beta, warmup
+        self.avg, self.steps, self.best = 0.0, 0, math.inf
+
+    @property
+    def smoothed(self) -> float:
+        return self.avg / (1 - self.beta ** self.steps) if self.steps else math.nan
+
+    def update(self, loss: float) -> Optional[str]:
+        if not math.isfinite(loss):
+            return f"loss became {loss}"
+        self.steps += 1
+        self.avg = self.beta * self.avg + (1 - self.beta) * loss
+        smooth = self.smoothed
+        if self.steps >= self.warmup:
+            if smooth > self.factor * self.best:
+                return f"smoothed loss {smooth:.4g} exceeded {self.factor:g}x its best {self.best:.4g}"
+            self.best = min(self.best, smooth)
+        return None
+
+
+def pick_device(num_gpus: Optional[float] = None) -> torch.device:
+    """The trial's device: a GPU when it holds one (Ray sets CUDA_VISIBLE_DEVICES)."""
+    if torch.cuda.is_available() and (num_gpus is None or num_gpus > 0):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def device_count(device: torch.device, num_gpus: Optional[float]) -> int:
+    """How many devices share the global batch: whole GPUs held, 1 for a fraction or CPU."""
+    if device.type != "cuda":
+        return 1
+    held = torch.cuda.device_count() if num_gpus is None else int(num_gpus)
+    return max(1, min(held, torch.cuda.device_count()))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, num_gpus: Optional[float] = None,
+                 device: Optional[torch.device] = None, cpu_threads: Optional[int] = None):
+        self.cfg = cfg
+        self.device = device or pick_device(num_gpus)
+        self.devices = device_count(self.device, num_gpus)
+        if cpu_threads:
+            torch.set_num_threads(max(1, int(cpu_threads)))
+        t = cfg.trainer
+        self.global_batch = t.per_gpu_batch_size * self.devices
+        self.peak_lr = t.lr * (self.devices if t.scale_lr else 1)
+        on_gpu = self.device.type == "cuda"
+        self.bf16 = on_gpu and t.precision in ("auto", "bf16") or t.precision == "bf16"
+        self.channels_last = on_gpu
+
+        torch.manual_seed(cfg.seed)
+        self.data = data_mod.load(cfg.dataset, self.device)
+        model = build_model(cfg.model, self.data.shape, self.data.num_classes).to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = nn.DataParallel(model) if self.devices > 1 else model
+        self.optimizer = build_optimizer(model, t, self.peak_lr)
+        self.train_loss_fn = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+        self.sched = schedule_params(t, self.peak_lr)
+        n = len(self.data.train_y)
+        # Drop a trailing batch of one sample: BatchNorm cannot train on it.
+        self.steps_per_epoch = max(1, n // self.global_batch + (1 if n % self.global_batch > 1 else 0))
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.monitor = DivergenceMonitor(t.divergence_factor)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def _inputs(self, x):
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def train_epoch(self, epoch: int) -> Dict[str, float]:
+        t = self.cfg.trainer
+        self.model.train()
+        n = len(self.data.train_y)
+        perm = torch.randperm(n, generator=self.generator).to(self.device)
+        total_loss = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        seen = 0
+        for i in range(self.steps_per_epoch):
+            idx = perm[i * self.global_batch:(i + 1) * self.global_batch]
+            progress = epoch + i / self.steps_per_epoch
+            lr = lr_at(t.schedule, progress, t.epochs, self.sched)
+            set_lr_momentum(self.optimizer, lr, momentum_at(t.schedule, progress, t.epochs, self.sched))
+            x = data_mod.augment(self.data.train_x[idx], self.cfg.dataset.augment, self.generator)
+            y = self.data.train_y[idx]
+            with self._autocast():
+                logits = self.model(self._inputs(x))
+                loss = self.train_loss_fn(logits.float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            value = loss.item()   # one sync per step: the divergence check needs it at once
+            reason = self.monitor.update(value)
+            if reason:
+                return {"diverged": True, "stop_reason": f"diverged: {reason}", "lr": lr,
+                        "train_loss": value, "steps": i + 1}
+            total_loss += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+        return {"train_loss": total_loss.item() / seen, "train_acc": correct.item() / seen, "lr": lr}
+
+    @torch.inference_mode()
+    def evaluate(self) -> Dict[str, float]:
+        self.model.eval()
+        x_all, y_all = self.data.val_x, self.data.val_y
+        loss = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        bs = self.cfg.trainer.eval_batch_size
+        for i in range(0, len(y_all), bs):
+            x, y = x_all[i:i + bs], y_all[i:i + bs]
+            with self._autocast():
+                logits = self.model(self._inputs(x)).float()
+            loss += nn.functional.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+        n = len(y_all)
+        return {"val_loss": loss.item() / n, "val_acc": correct.item() / n}
+
+    @torch.inference_mode()
+    def preview(self, count: int = 16) -> dict:
+        """The first validation images, un-normalised to uint8, with predicted and true labels."""
+        self.model.eval()
+        x, y = self.data.val_x[:count], self.data.val_y[:count]
+        with self._autocast():
+            pred = self.model(self._inputs(x)).float().argmax(1)
+        mean = torch.tensor(self.data.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.data.std, device=x.device).view(1, -1, 1, 1)
+        images = ((x * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        return {"images": images, "true": y.cpu().tolist(), "pred": pred.cpu().tolist(),
+                "classes": list(self.data.classes)}
+
+    def run(self) -> Iterator[Dict[str, float]]:
+        """One dict per epoch. The last one has ``done`` and, if it diverged, ``diverged``."""
+        t = self.cfg.trainer
+        try:
+            for epoch in range(t.epochs):
+                start = time.perf_counter()
+                if self.device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                train = self.train_epoch(epoch)
+                if train.get("diverged"):
+                    yield {"epoch": epoch + 1, **self._nan_metrics(), **train, "done": True}
+                    return
+                train_seconds = time.perf_counter() - start
+                metrics = {"epoch": epoch + 1, **train, **self.evaluate()}
+                momentum = current_momentum(self.optimizer)
+                metrics["momentum"] = math.nan if momentum is None else momentum
+                metrics["epoch_seconds"] = time.perf_counter() - start
+                metrics["samples_per_second"] = len(self.data.train_y) / max(train_seconds, 1e-9)
+                metrics["step_ms"] = 1000 * train_seconds / self.steps_per_epoch
+                if self.device.type == "cuda":
+                    metrics["gpu_mem_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+                metrics["diverged"] = False
+                metrics["done"] = epoch + 1 == t.epochs
+                if t.preview_every and ((epoch + 1) % t.preview_every == 0 or metrics["done"]):
+                    metrics["preview"] = self.preview()
+                yield metrics
+        finally:
+            self.close()
+
+    @staticmethod
+    def _nan_metrics() -> Dict[str, float]:
+        return {k: math.nan for k in ("train_loss", "train_acc", "val_loss", "val_acc", "momentum")}
+
+    def close(self) -> None:
+        """Free the device memory a trial holds: ASHA-stopped trials can otherwise keep it
+        (ray#23971) in a reused worker."""
+        self.model = self.optimizer = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
