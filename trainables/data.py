@@ -13,6 +13,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 
 from trainables.config import ConfigError, DatasetConfig
+from trainables.datafiles import check_dataset_files
 
 
 @dataclass
@@ -68,35 +69,9 @@ def load_digits(cfg: DatasetConfig) -> ImageData:
     return _finish(*_split(x, y, cfg), classes=[str(c) for c in range(10)])
 
 
-_TV_FILES = {
-    "mnist": ("MNIST/raw", ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                            "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
-    "fashion_mnist": ("FashionMNIST/raw", ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                                           "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
-    "cifar10": ("cifar-10-batches-py", ["data_batch_1", "data_batch_2", "data_batch_3",
-                                        "data_batch_4", "data_batch_5", "test_batch"]),
-}
-
-
-def check_torchvision_files(cfg: DatasetConfig) -> None:
-    """A missing dataset is a one-line error naming the path and the files expected there."""
-    if cfg.name not in _TV_FILES or cfg.download:
-        return
-    if not cfg.data_dir:
-        raise ConfigError("dataset.data_dir", None, f"{cfg.name} needs a data_dir (or download: true)")
-    sub, files = _TV_FILES[cfg.name]
-    where = os.path.join(os.path.expanduser(cfg.data_dir), sub)
-    missing = [f for f in files if not (os.path.exists(os.path.join(where, f))
-                                        or os.path.exists(os.path.join(where, f + ".gz")))]
-    if missing:
-        raise ConfigError("dataset.data_dir", cfg.data_dir,
-                          f"{cfg.name} not found: expected {', '.join(files)} in {where} "
-                          f"(set dataset.download: true to fetch it)")
-
-
 def load_torchvision(cfg: DatasetConfig) -> ImageData:
     import torchvision.datasets as tvd
-    check_torchvision_files(cfg)
+    check_dataset_files(cfg)
     root = os.path.expanduser(cfg.data_dir or "data")
     cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[cfg.name]
     train, test = (cls(root, train=flag, download=cfg.download) for flag in (True, False))
@@ -115,11 +90,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 def load_imagefolder(cfg: DatasetConfig) -> ImageData:
     from PIL import Image
-    if not cfg.data_dir:
-        raise ConfigError("dataset.data_dir", None, "imagefolder needs a data_dir with one subfolder per class")
+    check_dataset_files(cfg)
     root = os.path.expanduser(cfg.data_dir)
-    if not os.path.isdir(root):
-        raise ConfigError("dataset.data_dir", cfg.data_dir, "no such directory")
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     if len(classes) < 2:
         raise ConfigError("dataset.data_dir", cfg.data_dir, "needs at least two class subfolders")

@@ -1,0 +1,1 @@
+"""Ray connection and resources: where and on what trials run."""

@@ -1,0 +1,74 @@
+"""Starting or joining Ray.
+
+Local sweeps start a private single-node instance bound to 127.0.0.1: with
+RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 set before Ray starts, the node takes the loopback
+address and refuses other nodes, the safe default on a laptop or a shared box. Joining a
+cluster (``--address``) ships the trainer package to the workers through the runtime env,
+so nothing assumes the trials run on the driver's host.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@dataclass
+class ClusterInfo:
+    address: str
+    cpus: float
+    gpus: float
+    nodes: int
+    started_here: bool
+    dashboard_url: Optional[str] = None
+
+
+def prepare_environment() -> None:
+    """Variables that must be set before Ray (or Tune) reads them."""
+    os.environ.setdefault(LOOPBACK_ENV, "0")
+    # Our writers (orchestrator/results.py) cover Tune's per-trial CSV/JSON/TensorBoard
+    # loggers, which cost a directory and three files per trial.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1e9")
+
+
+def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
+            num_gpus: Optional[int] = None, dashboard: bool = False,
+            log_to_driver: bool = False) -> ClusterInfo:
+    prepare_environment()
+    import ray
+    started = False
+    if not ray.is_initialized():
+        common = dict(log_to_driver=log_to_driver, logging_level=logging.WARNING,
+                      include_dashboard=dashboard)
+        if address:
+            import trainables
+            ray.init(address=address, runtime_env={"py_modules": [os.path.dirname(trainables.__file__)]},
+                     **common)
+        else:
+            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+                     dashboard_host="127.0.0.1", **common)
+        started = True
+    res = ray.cluster_resources()
+    ctx = ray.get_runtime_context()
+    gcs = getattr(ctx, "gcs_address", None) or address or "local"
+    url = None
+    if dashboard:
+        try:
+            url = ray.worker.get_dashboard_url()
+        except Exception:  # dashboard extras missing: not fatal
+            url = None
+    return ClusterInfo(address=gcs, cpus=float(res.get("CPU", 0)), gpus=float(res.get("GPU", 0)),
+                       nodes=len([n for n in ray.nodes() if n.get("Alive")]), started_here=started,
+                       dashboard_url=url)
+
+
+def disconnect(info: ClusterInfo) -> None:
+    import ray
+    if info.started_here and ray.is_initialized():
+        ray.shutdown()

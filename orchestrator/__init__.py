@@ -1,0 +1,1 @@
+"""Sweep spec, Tuner assembly, results writers and the command line."""

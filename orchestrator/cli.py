@@ -1,0 +1,132 @@
+"""The ``tunesmith`` command: a table of subcommands, and ``main(argv) -> int``.
+
+Exit codes: 0 success, 1 the sweep failed, 2 bad input (a one-line error naming the field
+and the value; nothing is started or written), 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Dict, List, Optional
+
+from trainables.config import ConfigError
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):   # one line, exit 2, instead of argparse's usage block
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="sweep spec (YAML)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec value, e.g. --set trainer.lr=0.1 (repeatable)")
+    p.add_argument("--name", help="sweep name (default: the spec's name or file name)")
+    p.add_argument("--results-dir", help="results location: a path or a URI such as s3://bucket/sweeps")
+
+
+def _add_cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="join this Ray cluster (e.g. auto or HEAD:6379) instead of starting "
+                                     "a private local instance bound to 127.0.0.1")
+    p.add_argument("--num-cpus", type=int, help="CPUs for the local instance (default: all)")
+    p.add_argument("--num-gpus", type=int, help="GPUs for the local instance (default: all)")
+    p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard on 127.0.0.1")
+    p.add_argument("--worker-logs", action="store_true", help="show the trials' own output")
+
+
+def load_spec(args):
+    from orchestrator import spec as spec_mod
+    overrides = list(args.overrides)
+    if args.name:
+        overrides.append(f"name={args.name}")
+    if args.results_dir:
+        overrides.append(f"results_dir={args.results_dir}")
+    if getattr(args, "num_samples", None) is not None:
+        overrides.append(f"search.num_samples={args.num_samples}")
+    return spec_mod.load(args.spec, overrides)
+
+
+def _local_checks(spec, args) -> None:
+    """Checks that read the driver's disk hold only when the trials run here too."""
+    from orchestrator.storage import Storage
+    from orchestrator.sweep import check_fresh
+    from trainables.datafiles import check_dataset_files
+    if not args.address:
+        check_dataset_files(spec.train.dataset)
+    check_fresh(Storage(spec.results_dir), spec.name)
+
+
+def cmd_run(args) -> int:
+    spec = load_spec(args)
+    _local_checks(spec, args)
+    from cluster.connect import connect, disconnect
+    from orchestrator.sweep import best_table, concurrency_for, run_sweep
+    cluster = connect(args.address, args.num_cpus, args.num_gpus, args.dashboard, args.worker_logs)
+    try:
+        concurrency_for(spec, cluster)   # a trial that cannot fit is bad input, before anything is written
+        outcome = run_sweep(spec, cluster, command="run")
+    finally:
+        disconnect(cluster)
+    print()
+    print(best_table(outcome))
+    counts = {}
+    for rec in outcome.writer.trials.values():
+        counts[rec.status] = counts.get(rec.status, 0) + 1
+    print(f"\n{len(outcome.writer.trials)} trials ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}) "
+          f"in {outcome.wall_seconds:.1f}s")
+    print(f"results: {outcome.path}")
+    print(f"  tensorboard --logdir {outcome.storage.uri(spec.name, 'tensorboard')}")
+    if outcome.interrupted:
+        return 130
+    return 0 if outcome.writer.ranked() else 1
+
+
+def cmd_validate(args) -> int:
+    spec = load_spec(args)
+    from orchestrator.spec import trial_count
+    print(f"{args.spec}: valid; sweep {spec.name!r}, {trial_count(spec)} trials, "
+          f"{spec.search.algorithm} search over {', '.join(d.key for d in spec.search.space) or 'nothing'}")
+    return 0
+
+
+COMMANDS: Dict[str, tuple] = {
+    "run": (cmd_run, "run a sweep", [_add_spec_args, _add_cluster_args,
+                                     lambda p: p.add_argument("--num-samples", type=int,
+                                                              help="override search.num_samples")]),
+    "validate": (cmd_validate, "check a spec and print what it would run", [_add_spec_args]),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tunesmith", description="Hyperparameter sweeps for CNN image classifiers on Ray Tune.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (func, helptext, adders) in COMMANDS.items():
+        p = sub.add_parser(name, help=helptext, description=helptext)
+        for add in adders:
+            add(p)
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        return args.func(args)
+    except (ConfigError, UsageError) as exc:
+        print(f"tunesmith: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tunesmith: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

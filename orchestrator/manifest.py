@@ -1,0 +1,54 @@
+"""Provenance saved beside every result: the resolved spec, versions, commit, seed, times."""
+from __future__ import annotations
+
+import json
+import platform
+import socket
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any, Dict, Optional
+
+PACKAGES = ("tunesmith", "ray", "torch", "torchvision", "hyperopt", "tensorboardX", "pyarrow", "numpy")
+
+
+def versions() -> Dict[str, Optional[str]]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit(path: str = ".") -> Optional[Dict[str, Any]]:
+    try:
+        commit = subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=5)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", path, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def build(spec_dict: Dict[str, Any], command: str, cluster: Dict[str, Any]) -> Dict[str, Any]:
+    from orchestrator.schema import SCHEMA_VERSION
+    import os
+    here = os.path.dirname(os.path.abspath(__file__))
+    return {"schema_version": SCHEMA_VERSION, "sweep": spec_dict.get("name"), "command": command,
+            "argv": sys.argv, "seed": spec_dict.get("seed"), "started_at": now_iso(), "ended_at": None,
+            "status": "running", "host": socket.gethostname(), "platform": platform.platform(),
+            "versions": versions(), "git": git_commit(here), "cluster": cluster}
+
+
+def dumps(manifest: Dict[str, Any]) -> bytes:
+    return json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()

@@ -1,0 +1,305 @@
+"""The results writer: a Tune callback in the driver that turns every reported result into
+Parquet and TensorBoard as the sweep runs.
+
+Trials may run on any node; their results reach the driver through Tune, and the driver
+writes them to the results location (a local path or a pyarrow-filesystem URI). Epoch rows
+are flushed as Parquet part files at most ``flush_seconds`` after they arrive and whenever a
+trial ends; trials.parquet is rewritten whole, atomically, at each flush. A crash loses at
+most the reports of the last ``flush_seconds``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Dict, List, Optional
+
+import pyarrow as pa
+
+from orchestrator import schema
+from orchestrator import tensorboard as tb
+from orchestrator.storage import Storage
+
+try:
+    from ray.tune import Callback
+except ImportError:  # pragma: no cover - Ray is a dependency; this keeps the module importable
+    Callback = object
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    hparams: Dict[str, Any]
+    config: Dict[str, Any]
+    started_at: float
+    status: str = "running"
+    stop_reason: str = ""
+    ended_at: Optional[float] = None
+    epochs: int = 0
+    node_ip: Optional[str] = None
+    device: Optional[str] = None
+    global_batch: Optional[int] = None
+    best: Dict[str, float] = field(default_factory=dict)
+    last: Dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+
+def _num(value: Any) -> Optional[float]:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _ts(seconds: Optional[float]):
+    return None if seconds is None else datetime.fromtimestamp(seconds, tz=timezone.utc)
+
+
+def _hp_array(values: List[Any]) -> pa.Array:
+    """One typed column per hyperparameter: int, float, bool, else string."""
+    vals = [tb.plain(v) for v in values]
+    present = [v for v in vals if v is not None]
+    if present and all(isinstance(v, bool) for v in present):
+        return pa.array(vals, pa.bool_())
+    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return pa.array(vals, pa.int64())
+    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return pa.array([None if v is None else float(v) for v in vals], pa.float64())
+    return pa.array([None if v is None else str(v) for v in vals], pa.string())
+
+
+class ResultsWriter(Callback):
+    def __init__(self, storage: Storage, sweep: str, hp_keys: List[str], hp_domains: Dict[str, list],
+                 epochs: int, metric: str, mode: str, flush_seconds: float = 1.0,
+                 pruned: Optional[Dict[str, str]] = None, tensorboard: bool = True):
+        self.storage, self.sweep = storage, sweep
+        self.hp_keys, self.hp_domains = list(hp_keys), hp_domains
+        self.epochs, self.metric, self.mode = epochs, metric, mode
+        self.flush_seconds = flush_seconds
+        self.pruned = pruned if pruned is not None else {}   # trial_id -> reason, from the scheduler
+        self.trials: Dict[str, TrialRecord] = {}
+        self._rows: List[dict] = []
+        self._last_flush = time.monotonic()
+        self._dirty = False
+        self._part = 0
+        self._token = uuid.uuid4().hex[:6]   # part names stay unique across resumed runs
+        self._tensorboard = tensorboard
+        self._tb_writers: Dict[str, Any] = {}
+        self._tb_local = storage.local_path(sweep, "tensorboard")
+        self._tb_staging = None if self._tb_local else tempfile.mkdtemp(prefix="tunesmith-tb-")
+        self._closed = False
+        storage.makedirs(sweep, "epochs")
+
+    def __getstate__(self):
+        # Tune pickles its run config into tuner.pkl (for restore): leave the open writers out.
+        state = dict(self.__dict__)
+        state["_tb_writers"] = {}
+        return state
+
+    # --- Tune hooks ----------------------------------------------------------------------
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._start(trial.trial_id, dict(trial.config))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.record(trial.trial_id, result, config=trial.config)
+        self.maybe_flush()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.finish(trial.trial_id)
+        self.flush()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.finish(trial.trial_id, error=_error_text(trial))
+        self.flush()
+
+    def on_step_end(self, iteration, trials, **info):
+        self.maybe_flush()
+
+    def on_experiment_end(self, trials, **info):
+        self.close()
+
+    # --- the writer, usable without Tune -------------------------------------------------
+    def _start(self, trial_id: str, config: Dict[str, Any]) -> TrialRecord:
+        rec = self.trials.get(trial_id)
+        if rec is None:
+            hps = {k: tb.plain(config.get(k)) for k in self.hp_keys}
+            rec = TrialRecord(trial_id, hps, {k: tb.plain(v) for k, v in config.items()}, time.time())
+            self.trials[trial_id] = rec
+            self._dirty = True
+            w = self._tb(trial_id)
+            if w is not None:
+                w.file_writer.add_summary(tb.experiment_summary(self.hp_domains, [self.metric, "val_loss", "val_acc"]))
+                w.file_writer.add_summary(tb.session_start(hps))
+        return rec
+
+    def record(self, trial_id: str, result: Dict[str, Any], config: Optional[Dict[str, Any]] = None) -> None:
+        rec = self.trials.get(trial_id) or self._start(trial_id, dict(config or {}))
+        epoch = int(result.get("training_iteration") or result.get("epoch") or rec.epochs + 1)
+        rec.epochs = max(rec.epochs, epoch)
+        rec.node_ip = result.get("node_ip", rec.node_ip)
+        rec.device = result.get("device", rec.device)
+        rec.global_batch = result.get("global_batch", rec.global_batch)
+        row = {"schema_version": schema.SCHEMA_VERSION, "sweep": self.sweep, "trial_id": trial_id,
+               "epoch": epoch, "timestamp": _ts(result.get("timestamp") or time.time()),
+               "time_total_s": _num(result.get("time_total_s")),
+               "diverged": bool(result.get("diverged", False)), "node_ip": rec.node_ip,
+               "device": rec.device}
+        for m in schema.CORE_METRICS:
+            row[m] = _num(result.get(m))
+        extra = {}
+        for k, v in result.items():
+            if k in schema.CORE_METRICS or k in _TUNE_KEYS or k in row:
+                continue
+            num = _num(v)
+            if num is not None:
+                extra[k] = num
+        row["extra"] = list(extra.items())
+        self._rows.append(row)
+        for m in schema.SUMMARY_METRICS:
+            v = row[m]
+            if v is None or math.isnan(v):
+                continue
+            rec.last[m] = v
+            better = min if m in schema.LOWER_IS_BETTER else max
+            rec.best[m] = better(rec.best.get(m, v), v)
+        if result.get("diverged"):
+            rec.stop_reason = str(result.get("stop_reason", "diverged"))
+            rec.status = "diverged"
+        self._dirty = True
+        w = self._tb(trial_id)
+        if w is not None:
+            for k, v in [*((m, row[m]) for m in schema.CORE_METRICS), *extra.items()]:
+                if v is not None and not math.isnan(v):   # NaN stays in Parquet; TB charts stay readable
+                    w.add_scalar(k, v, epoch)
+            preview = result.get("preview")
+            if isinstance(preview, dict) and "images" in preview:
+                w.add_image("predictions", tb.prediction_grid(preview), epoch)
+                w.add_text("predictions", tb.prediction_caption(preview), epoch)
+
+    def finish(self, trial_id: str, error: str = "", status: Optional[str] = None) -> None:
+        rec = self.trials.get(trial_id) or self._start(trial_id, {})
+        rec.ended_at = time.time()
+        if status:
+            rec.status = status
+        elif error:
+            rec.status, rec.error = "errored", error
+            rec.stop_reason = error.strip().splitlines()[-1][:500] if error.strip() else "errored"
+        elif rec.status == "diverged":
+            pass
+        elif trial_id in self.pruned:
+            rec.status, rec.stop_reason = "pruned", self.pruned[trial_id]
+        elif rec.epochs >= self.epochs:
+            rec.status, rec.stop_reason = "completed", f"trained all {self.epochs} epochs"
+        else:
+            rec.status, rec.stop_reason = "stopped", f"stopped after {rec.epochs} of {self.epochs} epochs"
+        self._dirty = True
+        w = self._tb(trial_id)
+        if w is not None:
+            for m, v in rec.best.items():
+                w.add_scalar(f"best_{m}", v, rec.epochs)
+            w.file_writer.add_summary(tb.session_end(rec.status))
+            w.flush()
+
+    def maybe_flush(self) -> None:
+        if self._dirty and time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._rows:
+            table = pa.Table.from_pylist(self._rows, schema=schema.EPOCH_SCHEMA)
+            self.storage.write_table(f"{self.sweep}/epochs/part-{self._token}-{self._part:05d}.parquet", table)
+            self._part += 1
+            self._rows = []
+        if self._dirty:
+            self.storage.write_table(f"{self.sweep}/trials.parquet", self.trials_table())
+            self._dirty = False
+        for w in self._tb_writers.values():
+            w.flush()
+        if self._tb_staging:
+            self.storage.upload_dir(self._tb_staging, f"{self.sweep}/tensorboard")
+        self._last_flush = time.monotonic()
+
+    def trials_table(self) -> pa.Table:
+        recs = list(self.trials.values())
+        cols: Dict[str, pa.Array] = {
+            "schema_version": pa.array([schema.SCHEMA_VERSION] * len(recs), pa.int16()),
+            "sweep": pa.array([self.sweep] * len(recs), pa.string()),
+            "trial_id": pa.array([r.trial_id for r in recs], pa.string()),
+            "status": pa.array([r.status for r in recs], pa.string()),
+            "stop_reason": pa.array([r.stop_reason for r in recs], pa.string()),
+            "epochs": pa.array([r.epochs for r in recs], pa.int32()),
+            "wall_seconds": pa.array([(r.ended_at or time.time()) - r.started_at for r in recs], pa.float64()),
+            "started_at": pa.array([_ts(r.started_at) for r in recs], pa.timestamp("ms", tz="UTC")),
+            "ended_at": pa.array([_ts(r.ended_at) for r in recs], pa.timestamp("ms", tz="UTC")),
+            "node_ip": pa.array([r.node_ip for r in recs], pa.string()),
+            "device": pa.array([r.device for r in recs], pa.string()),
+            "global_batch": pa.array([r.global_batch for r in recs], pa.int64()),
+            "config": pa.array([json.dumps(r.config, sort_keys=True, default=str) for r in recs], pa.string()),
+        }
+        for m in schema.SUMMARY_METRICS:
+            cols[f"best_{m}"] = pa.array([r.best.get(m) for r in recs], pa.float64())
+            cols[f"last_{m}"] = pa.array([r.last.get(m) for r in recs], pa.float64())
+        for key in self.hp_keys:
+            cols[schema.hp_column(key)] = _hp_array([r.hparams.get(key) for r in recs])
+        cols["error"] = pa.array([r.error or None for r in recs], pa.string())
+        return pa.table(cols)
+
+    def close(self, unfinished_reason: str = "sweep ended") -> None:
+        if self._closed:
+            return
+        for rec in self.trials.values():
+            if rec.status == "running":
+                rec.status, rec.stop_reason, rec.ended_at = "stopped", unfinished_reason, time.time()
+                self._dirty = True
+                w = self._tb_writers.get(rec.trial_id)
+                if w is not None:
+                    w.file_writer.add_summary(tb.session_end("stopped"))
+        self.flush()
+        for w in self._tb_writers.values():
+            w.close()
+        if self._tb_staging:
+            self.storage.upload_dir(self._tb_staging, f"{self.sweep}/tensorboard")
+            shutil.rmtree(self._tb_staging, ignore_errors=True)
+        self._closed = True
+
+    def _tb(self, trial_id: str):
+        if not self._tensorboard:
+            return None
+        w = self._tb_writers.get(trial_id)
+        if w is None:
+            from tensorboardX import SummaryWriter
+            base = self._tb_local or self._tb_staging
+            w = SummaryWriter(os.path.join(base, trial_id), flush_secs=3600, max_queue=10000)
+            self._tb_writers[trial_id] = w
+        return w
+
+    # --- summaries for the end-of-sweep table ---------------------------------------------
+    def ranked(self) -> List[TrialRecord]:
+        key = self.metric
+        sign = -1 if self.mode == "max" else 1
+        have = [r for r in self.trials.values() if key in r.best]
+        return sorted(have, key=lambda r: sign * r.best[key])
+
+
+_TUNE_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "done",
+              "trial_id", "date", "pid", "hostname", "node_ip", "time_since_restore",
+              "iterations_since_restore", "checkpoint_dir_name", "should_checkpoint", "epoch",
+              "diverged", "global_batch", "experiment_tag", "config"}
+
+
+def _error_text(trial) -> str:
+    try:
+        err = trial.get_error()
+        if err is not None:
+            return str(err)
+    except Exception:
+        pass
+    return "trial raised an error (see Ray's logs)"

@@ -1,0 +1,67 @@
+"""Schedulers and stoppers that tell the results writer why a trial stopped."""
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Dict
+
+from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+from ray.tune.stopper import Stopper
+
+
+class RecordingASHA(AsyncHyperBandScheduler):
+    """ASHA that remembers which trials it pruned, at which epoch and with what value, so
+    that trials.parquet can say 'pruned' instead of guessing from the epoch count."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pruned: Dict[str, str] = {}
+
+    def on_trial_result(self, tune_controller, trial, result):
+        action = super().on_trial_result(tune_controller, trial, result)
+        reached_end = result.get(self._time_attr, 0) >= self._max_t
+        if action == TrialScheduler.STOP and not reached_end and not result.get("done") \
+                and not result.get("diverged"):
+            value = result.get(self._metric)
+            shown = f"{value:.4g}" if isinstance(value, (int, float)) else value
+            self.pruned[trial.trial_id] = (f"pruned by ASHA at epoch {result.get(self._time_attr)} "
+                                           f"({self._metric}={shown} below the rung's cutoff)")
+        return action
+
+
+class InterruptStopper(Stopper):
+    """Ctrl-C stops every trial cleanly and keeps what was written; a second Ctrl-C aborts.
+    Tune's own handler is switched off (TUNE_DISABLE_SIGINT_HANDLER) so that we know the
+    sweep was interrupted and can say so in the results."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self._previous = None
+
+    def __getstate__(self):   # Tune pickles the run config (tuner.pkl); events do not pickle
+        return {}
+
+    def __setstate__(self, state):
+        self.__init__()
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.event.set()
+        print("\ninterrupt: stopping all trials and keeping the results written so far "
+              "(Ctrl-C again to abort at once)", flush=True)
+
+    def __call__(self, trial_id, result):
+        return False
+
+    def stop_all(self):
+        return self.event.is_set()

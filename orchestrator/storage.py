@@ -1,0 +1,94 @@
+"""Where results go: a local path or any URI pyarrow has a filesystem for (s3://, gs://,
+hdfs://, file://). Every file is written whole under a hidden temporary name and then
+renamed, so a reader never sees half a file and a crash leaves no partial one."""
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from typing import List, Optional
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from trainables.config import ConfigError
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+class Storage:
+    def __init__(self, location: str):
+        self.location = location
+        if is_uri(location):
+            try:
+                self.fs, root = pafs.FileSystem.from_uri(location)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+                raise ConfigError("results_dir", location, f"no filesystem for it: {exc}") from None
+            self.root = root.rstrip("/")
+        else:
+            self.fs = pafs.LocalFileSystem()
+            self.root = os.path.abspath(os.path.expanduser(location))
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts) if parts else self.root
+
+    def uri(self, *parts: str) -> str:
+        """What Ray's storage_path and readers take: a local path or the URI form."""
+        if self.is_local:
+            return self.path(*parts)
+        scheme = self.location.split("://", 1)[0]
+        return f"{scheme}://{self.path(*parts).lstrip('/')}"
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+
+    def is_dir(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self.path(*parts)).type == pafs.FileType.Directory
+
+    def listdir(self, *parts: str) -> List[str]:
+        if not self.is_dir(*parts):
+            return []
+        sel = pafs.FileSelector(self.path(*parts), recursive=False)
+        return sorted(posixpath.basename(i.path) for i in self.fs.get_file_info(sel))
+
+    def makedirs(self, *parts: str) -> None:
+        self.fs.create_dir(self.path(*parts), recursive=True)
+
+    def _tmp(self, final: str) -> str:
+        head, tail = posixpath.split(final)
+        return posixpath.join(head, f".{tail}.tmp-{uuid.uuid4().hex[:8]}")
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        final = self.path(rel)
+        tmp = self._tmp(final)
+        with self.fs.open_output_stream(tmp) as out:
+            out.write(data)
+        self.fs.move(tmp, final)
+
+    def write_table(self, rel: str, table: pa.Table) -> None:
+        final = self.path(rel)
+        tmp = self._tmp(final)
+        with self.fs.open_output_stream(tmp) as out:
+            pq.write_table(table, out, compression="zstd")
+        self.fs.move(tmp, final)
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self.fs.open_input_stream(self.path(rel)) as f:
+            return f.readall()
+
+    def upload_dir(self, local_dir: str, rel: str) -> None:
+        """Mirror a local staging folder (TensorBoard's event files) to the store."""
+        if self.is_local:
+            return
+        pafs.copy_files(local_dir, self.path(rel), source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=self.fs)
+
+    def local_path(self, *parts: str) -> Optional[str]:
+        return self.path(*parts) if self.is_local else None

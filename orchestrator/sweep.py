@@ -1,0 +1,163 @@
+"""Assembling and running a sweep: spec -> Tuner -> results. The three roles stay apart:
+cluster/ says where trials run, this module decides (search algorithm, scheduler, limits),
+trainables/ trains and knows Ray only through its report call."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+import yaml
+
+from cluster.connect import ClusterInfo
+from cluster.resources import max_concurrent
+from orchestrator import manifest as manifest_mod
+from orchestrator.spec import SweepSpec, trial_count
+from orchestrator.storage import Storage
+from trainables.config import ConfigError
+
+
+@dataclass
+class SweepOutcome:
+    spec: SweepSpec
+    storage: Storage
+    writer: object
+    wall_seconds: float
+    interrupted: bool
+
+    @property
+    def path(self) -> str:
+        return self.storage.uri(self.spec.name)
+
+
+def check_fresh(storage: Storage, name: str) -> None:
+    """Never overwrite a sweep: what is already written is not lost."""
+    if storage.exists(name) and storage.listdir(name):
+        raise ConfigError("name", name, f"{storage.uri(name)} already holds a sweep; pick another "
+                          "--name or move the old one away")
+
+
+def build_search(spec: SweepSpec, concurrency: int):
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+    points = [dict(p) for p in spec.search.points_to_evaluate]
+    if spec.search.algorithm == "tpe":
+        from ray.tune.search.hyperopt import HyperOptSearch
+        tpe = HyperOptSearch(points_to_evaluate=points or None,
+                             n_initial_points=spec.search.n_initial_points, random_state_seed=spec.seed)
+        # TPE learns from finished trials: too many at once and it is random search.
+        return ConcurrencyLimiter(tpe, max_concurrent=concurrency)
+    return BasicVariantGenerator(points_to_evaluate=points or None, random_state=spec.seed)
+
+
+def build_scheduler(spec: SweepSpec):
+    if not spec.asha.enabled:
+        return None
+    from orchestrator.scheduler import RecordingASHA
+    return RecordingASHA(time_attr="training_iteration",
+                         max_t=spec.max_t, grace_period=spec.asha.grace_period,
+                         reduction_factor=spec.asha.reduction_factor)
+
+
+def concurrency_for(spec: SweepSpec, cluster: ClusterInfo) -> int:
+    return max_concurrent(cluster.cpus, cluster.gpus, spec.resources.cpus, spec.resources.gpus,
+                          spec.search.max_concurrent)
+
+
+def _trial_dirname(trial) -> str:
+    return trial.trial_id   # short, stable names: Ray's default embeds the whole config
+
+
+def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainable: Optional[Callable] = None,
+                stopper=None, progress: bool = False):
+    from ray import tune
+    from orchestrator.results import ResultsWriter
+    from trainables.tune_trainable import train_cnn
+
+    concurrency = concurrency_for(spec, cluster)
+    scheduler = build_scheduler(spec)
+    hp_keys = [d.key for d in spec.search.space]
+    domains = {d.key: list(d.values) if d.kind in ("choice", "grid") else [] for d in spec.search.space}
+    writer = ResultsWriter(storage, spec.name, hp_keys, domains, epochs=spec.max_t,
+                           metric=spec.metric, mode=spec.mode,
+                           pruned=scheduler.pruned if scheduler is not None else None)
+    callbacks = [writer]
+    if progress:
+        from orchestrator.progress import ProgressPrinter
+        callbacks.append(ProgressPrinter(writer, trial_count(spec)))
+    if trainable is None:
+        trainable = tune.with_parameters(train_cnn, base=spec.train.to_dict())
+    resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, resources),
+        param_space={d.key: d.to_tune() for d in spec.search.space},
+        tune_config=tune.TuneConfig(
+            metric=spec.metric, mode=spec.mode, search_alg=build_search(spec, concurrency),
+            scheduler=scheduler, num_samples=spec.search.num_samples,
+            max_concurrent_trials=concurrency, reuse_actors=True,   # actor start-up is most of Tune's per-trial cost
+            time_budget_s=spec.time_budget_s, trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name="_tune", storage_path=storage.uri(spec.name), verbose=0,
+            callbacks=callbacks, stop=stopper,
+            failure_config=tune.FailureConfig(max_failures=0),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+    )
+    return tuner, writer, concurrency
+
+
+def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Callable] = None,
+              progress: bool = True, command: str = "run") -> SweepOutcome:
+    import os
+    from orchestrator.scheduler import InterruptStopper
+
+    storage = Storage(spec.results_dir)
+    check_fresh(storage, spec.name)
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"   # ours (InterruptStopper) records the interrupt
+    # Tune's result grid looks for the per-trial JSON/CSV files our writers replace.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
+
+    stopper = InterruptStopper()
+    storage.makedirs(spec.name)
+    storage.write_bytes(f"{spec.name}/spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False).encode())
+    info = {"address": cluster.address, "cpus": cluster.cpus, "gpus": cluster.gpus, "nodes": cluster.nodes}
+    man = manifest_mod.build(spec.to_dict(), command, info)
+    storage.write_bytes(f"{spec.name}/manifest.json", manifest_mod.dumps(man))
+
+    tuner, writer, concurrency = build_tuner(spec, storage, cluster, trainable, stopper, progress)
+    if progress:
+        print(f"sweep {spec.name}: {trial_count(spec)} trials, {concurrency} at a time, "
+              f"{spec.search.algorithm} search{', ASHA' if spec.asha.enabled else ''}; "
+              f"{cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs on {cluster.nodes} node(s)", flush=True)
+    start = time.monotonic()
+    stopper.install()
+    status = "failed"
+    try:
+        tuner.fit()
+        status = "interrupted" if stopper.event.is_set() else "finished"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        stopper.uninstall()
+        writer.close("sweep interrupted" if status == "interrupted" else "sweep ended")
+        man.update(ended_at=manifest_mod.now_iso(), status=status,
+                   wall_seconds=round(time.monotonic() - start, 3),
+                   trials={s: sum(r.status == s for r in writer.trials.values())
+                           for s in {r.status for r in writer.trials.values()}})
+        storage.write_bytes(f"{spec.name}/manifest.json", manifest_mod.dumps(man))
+    return SweepOutcome(spec, storage, writer, time.monotonic() - start, status == "interrupted")
+
+
+def best_table(outcome: SweepOutcome, top: int = 5) -> str:
+    w = outcome.writer
+    rows = w.ranked()[:top]
+    hp_keys = list(w.hp_keys)
+    head = ["rank", "trial", "status", f"best {w.metric}", "epochs", *hp_keys]
+    body = []
+    for i, r in enumerate(rows, 1):
+        hp = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in (r.hparams.get(k) for k in hp_keys)]
+        body.append([str(i), r.trial_id, r.status, f"{r.best[w.metric]:.4f}", str(r.epochs), *hp])
+    widths = [max(len(x) for x in col) for col in zip(head, *body)] if body else [len(h) for h in head]
+    fmt = lambda cells: "  ".join(c.ljust(n) for c, n in zip(cells, widths))
+    return "\n".join([fmt(head), fmt(["-" * n for n in widths]), *map(fmt, body)])

@@ -1,0 +1,1 @@
+"""Search-space definitions (space.py) and named presets (presets.py)."""
