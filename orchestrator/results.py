@@ -51,12 +51,16 @@ class TrialRecord:
 
 
 def _num(value: Any) -> Optional[float]:
+    """A finite float, or None. NaN and inf become null in Parquet: SQL engines sort NaN above
+    every number, so one diverged trial would win every max(); the row's ``diverged`` flag
+    and the trial's stop_reason say what happened."""
     if isinstance(value, bool) or value is None:
         return None
     try:
-        return float(value)
+        out = float(value)
     except (TypeError, ValueError):
         return None
+    return out if math.isfinite(out) else None
 
 
 def _ts(seconds: Optional[float]):
@@ -165,7 +169,7 @@ class ResultsWriter(Callback):
         self._rows.append(row)
         for m in schema.SUMMARY_METRICS:
             v = row[m]
-            if v is None or math.isnan(v):
+            if v is None:
                 continue
             rec.last[m] = v
             better = min if m in schema.LOWER_IS_BETTER else max
@@ -177,7 +181,7 @@ class ResultsWriter(Callback):
         w = self._tb(trial_id)
         if w is not None:
             for k, v in [*((m, row[m]) for m in schema.CORE_METRICS), *extra.items()]:
-                if v is not None and not math.isnan(v):   # NaN stays in Parquet; TB charts stay readable
+                if v is not None:   # NaN/inf are left out: one would flatten TB's chart scale
                     w.add_scalar(k, v, epoch)
             preview = result.get("preview")
             if isinstance(preview, dict) and "images" in preview:
@@ -296,10 +300,20 @@ _TUNE_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timesta
 
 
 def _error_text(trial) -> str:
-    try:
-        err = trial.get_error()
-        if err is not None:
-            return str(err)
-    except Exception:
-        pass
+    """The trial's exception as 'Type: message' (last line), with Ray's traceback before it.
+    Tune writes it beside the trial's local staging folder before this hook runs."""
+    path = getattr(trial, "pickled_error_file", None)
+    if path and os.path.exists(path):
+        try:
+            import ray.cloudpickle as cloudpickle
+            with open(path, "rb") as fh:
+                exc = cloudpickle.load(fh)
+            cause = getattr(exc, "cause", None) or exc
+            return f"{exc}\n{type(cause).__name__}: {cause}"
+        except Exception:
+            pass
+    path = getattr(trial, "error_file", None)
+    if path and os.path.exists(path):
+        with open(path, errors="replace") as fh:
+            return fh.read()
     return "trial raised an error (see Ray's logs)"

@@ -18,6 +18,9 @@ class ConfigError(ValueError):
         self.field, self.value, self.problem = field, value, problem
         super().__init__(f"{field} = {value!r}: {problem}")
 
+    def __reduce__(self):   # crosses process boundaries (Ray) and copy.copy intact
+        return (type(self), (self.field, self.value, self.problem))
+
 
 _MISSING = object()
 

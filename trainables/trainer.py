@@ -22,7 +22,7 @@ from trainables.optimizers import build_optimizer, current_momentum, set_lr_mome
 from trainables.schedules import lr_at, momentum_at
 
 SMOOTHING = 0.98      # EMA of the batch loss, bias-corrected, as fastai and Lightning do
-WARMUP_STEPS = 10     # first steps are noisy: no 'best' is trusted before this many
+WARMUP_STEPS = 10     # first steps are noisy: no verdict before this many
 
 
 class DivergenceMonitor:
@@ -42,10 +42,11 @@ class DivergenceMonitor:
         self.steps += 1
         self.avg = self.beta * self.avg + (1 - self.beta) * loss
         smooth = self.smoothed
-        if self.steps >= self.warmup:
-            if smooth > self.factor * self.best:
-                return f"smoothed loss {smooth:.4g} exceeded {self.factor:g}x its best {self.best:.4g}"
-            self.best = min(self.best, smooth)
+        # The best counts from the first step (a run can blow up within its first batches),
+        # but is only judged once the average has settled.
+        if self.steps >= self.warmup and smooth > self.factor * self.best:
+            return f"smoothed loss {smooth:.4g} exceeded {self.factor:g}x its best {self.best:.4g}"
+        self.best = min(self.best, smooth)
         return None
 
 

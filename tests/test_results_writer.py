@@ -1,0 +1,139 @@
+"""The results writer without Ray: what it writes, read back by the real readers."""
+import json
+import math
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from orchestrator import schema
+from orchestrator.results import ResultsWriter
+from orchestrator.storage import Storage
+
+
+def _result(epoch, acc, loss=0.5, **extra):
+    return {"training_iteration": epoch, "epoch": epoch, "val_acc": acc, "val_loss": loss,
+            "train_loss": loss, "train_acc": acc, "lr": 0.1, "momentum": 0.9, "epoch_seconds": 0.1,
+            "samples_per_second": 1000.0, "step_ms": 2.0, "node_ip": "127.0.0.1", "device": "cpu",
+            "time_total_s": epoch * 0.1, "global_batch": 64, **extra}
+
+
+@pytest.fixture
+def writer(tmp_path):
+    w = ResultsWriter(Storage(str(tmp_path)), "s1", ["lr", "model.width"],
+                      {"lr": [], "model.width": [16, 32]}, epochs=3, metric="val_acc", mode="max",
+                      pruned={"t3": "pruned by ASHA at epoch 1"})
+    cfgs = {"t1": {"lr": 0.1, "model.width": 16}, "t2": {"lr": 10.0, "model.width": 32},
+            "t3": {"lr": 0.01, "model.width": 32}, "t4": {"lr": 0.05, "model.width": 16}}
+    for t, c in cfgs.items():
+        w._start(t, c)
+    for e in (1, 2, 3):
+        w.record("t1", _result(e, 0.5 + 0.1 * e, custom_metric=float(e)))
+    w.record("t2", {**_result(1, math.nan, math.nan), "diverged": True, "stop_reason": "diverged: loss became nan"})
+    w.record("t3", _result(1, 0.3))
+    w.finish("t1")
+    w.finish("t2")
+    w.finish("t3")
+    w.finish("t4", error="Traceback...\nValueError: boom")
+    w.close()
+    return w, tmp_path / "s1"
+
+
+def test_trial_statuses_and_summaries(writer):
+    _, root = writer
+    t = pq.read_table(root / "trials.parquet").to_pandas().set_index("trial_id")
+    assert t.loc["t1", "status"] == "completed" and t.loc["t1", "epochs"] == 3
+    assert t.loc["t2", "status"] == "diverged" and "nan" in t.loc["t2", "stop_reason"]
+    assert t.loc["t3", "status"] == "pruned" and "ASHA" in t.loc["t3", "stop_reason"]
+    assert t.loc["t4", "status"] == "errored" and t.loc["t4", "stop_reason"] == "ValueError: boom"
+    assert t.loc["t1", "best_val_acc"] == pytest.approx(0.8) and t.loc["t1", "last_val_acc"] == pytest.approx(0.8)
+    assert math.isnan(t.loc["t2", "best_val_acc"])   # null in Parquet, NaN in pandas
+    assert json.loads(t.loc["t1", "config"]) == {"lr": 0.1, "model.width": 16}
+
+
+def test_hyperparameters_are_typed_columns(writer):
+    _, root = writer
+    table = pq.read_table(root / "trials.parquet")
+    assert str(table.schema.field("hp_lr").type) == "double"
+    assert str(table.schema.field("hp_model_width").type) == "int64"
+    assert table.schema.field("schema_version").type.bit_width == 16
+
+
+def test_every_report_is_an_epoch_row_with_extras(writer):
+    _, root = writer
+    rows = pq.read_table(root / "epochs").to_pandas()
+    assert len(rows) == 5
+    t1 = rows[rows.trial_id == "t1"].sort_values("epoch")
+    assert list(t1.epoch) == [1, 2, 3]
+    assert dict(t1.iloc[-1].extra)["custom_metric"] == 3.0
+    assert rows[rows.trial_id == "t2"].diverged.all()
+    assert rows[rows.trial_id == "t2"].val_acc.isna().all()
+
+
+def test_no_temporary_files_left(writer):
+    _, root = writer
+    leftovers = [f for _, _, files in os.walk(root) for f in files if ".tmp-" in f]
+    assert leftovers == []
+
+
+def test_readers_pandas_polars_duckdb(writer):
+    _, root = writer
+    import duckdb
+    import pandas as pd
+    import polars as pl
+    assert len(pd.read_parquet(root / "trials.parquet")) == 4
+    assert pl.read_parquet(root / "trials.parquet").filter(pl.col("status") == "completed").height == 1
+    assert pl.read_parquet(str(root / "epochs" / "*.parquet")).height == 5
+    con = duckdb.connect()
+    n, best = con.execute(
+        f"select count(*), max(val_acc) from read_parquet('{root}/epochs/*.parquet')").fetchone()
+    assert n == 5 and best == pytest.approx(0.8)
+    joined = con.execute(
+        f"select t.hp_lr, max(e.val_acc) from read_parquet('{root}/epochs/*.parquet') e "
+        f"join read_parquet('{root}/trials.parquet') t using (trial_id) group by 1 order by 2 desc").fetchall()
+    assert joined[0][0] == pytest.approx(0.1)
+
+
+def test_tensorboard_scalars_hparams_and_status(writer):
+    _, root = writer
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(root / "tensorboard" / "t1"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    for m in ("val_acc", "val_loss", "train_loss", "lr", "momentum", "custom_metric", "best_val_acc"):
+        assert m in tags["scalars"], m
+    assert [round(e.value, 4) for e in acc.Scalars("val_acc")] == [0.6, 0.7, 0.8]
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    content = acc.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in content and "_hparams_/session_end_info" in content
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    assert start.session_start_info.hparams["lr"].number_value == pytest.approx(0.1)
+    assert start.session_start_info.hparams["model.width"].number_value == 16
+    # the diverged trial: NaN kept out of TB scalars, status FAILURE
+    acc2 = EventAccumulator(str(root / "tensorboard" / "t2"))
+    acc2.Reload()
+    end = plugin_data_pb2.HParamsPluginData.FromString(acc2.PluginTagToContent("hparams")["_hparams_/session_end_info"])
+    from tensorboard.plugins.hparams import api_pb2
+    assert end.session_end_info.status == api_pb2.STATUS_FAILURE
+    assert "val_acc" not in acc2.Tags()["scalars"]
+
+
+def test_prediction_grid_is_written_as_an_image(tmp_path):
+    import numpy as np
+    w = ResultsWriter(Storage(str(tmp_path)), "s2", [], {}, epochs=1, metric="val_acc", mode="max")
+    preview = {"images": np.zeros((4, 1, 8, 8), np.uint8), "true": [0, 1, 2, 3], "pred": [0, 1, 3, 3],
+               "classes": ["a", "b", "c", "d"]}
+    w.record("t", {**_result(1, 0.5), "preview": preview})
+    w.close()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tmp_path / "s2" / "tensorboard" / "t"))
+    acc.Reload()
+    assert acc.Tags()["images"] == ["predictions"]
+    img = acc.Images("predictions")[0]
+    assert img.width > 0 and img.height > 0
+
+
+def test_schema_of_epoch_parts_is_the_documented_one(writer):
+    _, root = writer
+    part = sorted((root / "epochs").iterdir())[0]
+    assert pq.read_schema(part).remove_metadata() == schema.EPOCH_SCHEMA

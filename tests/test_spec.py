@@ -1,0 +1,134 @@
+import os
+
+import pytest
+
+from orchestrator import spec as spec_mod
+from orchestrator.cli import main
+from trainables.config import ConfigError
+
+GOOD = """
+name: t
+trainer: {epochs: 3, lr: 0.1}
+search:
+  algorithm: random
+  num_samples: 4
+  space:
+    lr: {loguniform: [1e-3, 1]}
+    weight_decay: {grid: [1e-4, 0]}
+results_dir: RESULTS
+"""
+
+
+def _spec(tmp_path, text):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text.replace("RESULTS", str(tmp_path / "results")))
+    return str(path)
+
+
+def test_good_spec_parses_with_typed_values(tmp_path):
+    s = spec_mod.load(_spec(tmp_path, GOOD))
+    assert s.name == "t" and s.train.trainer.lr == 0.1
+    lr = s.search.space[0]
+    assert (lr.kind, lr.low, lr.high) == ("loguniform", 1e-3, 1.0)   # "1e-3" from YAML became a float
+    assert spec_mod.trial_count(s) == 8
+    assert s.max_t == 3
+
+
+BAD = [
+    ("unknown top-level key", {"epochs": 3}, "epochs = 3: unknown key"),
+    ("unknown trainer key", {"trainer": {"lrr": 1}}, "trainer.lrr = 1: unknown key"),
+    ("non-positive lr", {"trainer": {"lr": 0}}, "trainer.lr = 0: must be > 0"),
+    ("negative lr", {"trainer": {"lr": -0.1}}, "trainer.lr = -0.1: must be > 0"),
+    ("zero batch", {"trainer": {"per_gpu_batch_size": 0}}, "trainer.per_gpu_batch_size = 0: must be > 0"),
+    ("unknown model", {"model": {"name": "vgg"}}, "model.name = 'vgg': unknown; choose from"),
+    ("unknown optimizer", {"trainer": {"optimizer": "lamb"}}, "trainer.optimizer = 'lamb': unknown"),
+    ("unknown dataset", {"dataset": {"name": "imagenet"}}, "dataset.name = 'imagenet': unknown"),
+    ("unknown schedule", {"trainer": {"schedule": "cosine"}}, "trainer.schedule = 'cosine'"),
+    ("min above max", {"search": {"space": {"lr": {"uniform": [1, 0.1]}}}},
+     "search.space.lr.uniform = [1, 0.1]: low 1 must be below high 0.1"),
+    ("momentum bounds crossed", {"trainer": {"min_momentum": 0.97, "max_momentum": 0.9}},
+     "trainer.min_momentum = 0.97: must not exceed"),
+    ("loguniform at zero", {"search": {"space": {"lr": {"loguniform": [0, 1]}}}}, "must be > 0"),
+    ("bad value inside a choice", {"search": {"space": {"optimizer": {"choice": ["sgd", "lamb"]}}}},
+     "search.space.optimizer = 'lamb'"),
+    ("negative lr in a grid", {"search": {"space": {"lr": {"grid": [0.1, -1]}}}}, "search.space.lr = -1"),
+    ("unknown searched setting", {"search": {"space": {"foo": {"choice": [1]}}}}, "no such trainer field"),
+    ("unknown space kind", {"search": {"space": {"lr": {"normal": [0, 1]}}}}, "unknown kind 'normal'"),
+    ("grid under tpe", {"search": {"algorithm": "tpe", "space": {"lr": {"grid": [0.1]}}}}, "tpe cannot search a grid"),
+    ("unknown algorithm", {"search": {"algorithm": "bohb"}}, "search.algorithm = 'bohb'"),
+    ("point outside space", {"search": {"space": {"lr": {"uniform": [0.01, 0.1]}},
+                                        "points_to_evaluate": [{"lr": 0.5}]}}, "outside the space"),
+    ("grace above max_t", {"trainer": {"epochs": 3}, "asha": {"grace_period": 5}}, "asha.grace_period = 5"),
+    ("fractional gpus above one", {"resources": {"gpus": 1.5}}, "resources.gpus = 1.5"),
+    ("unknown metric", {"metric": "f1"}, "metric = 'f1': unknown"),
+    ("bad mode", {"mode": "up"}, "mode = 'up'"),
+    ("bad number", {"trainer": {"lr": "fast"}}, "trainer.lr = 'fast': must be a number"),
+    ("bool for int", {"trainer": {"epochs": True}}, "trainer.epochs = True: must be an integer"),
+    ("bad name", {"name": "a b"}, "name = 'a b'"),
+]
+
+
+@pytest.mark.parametrize("label,raw,message", BAD, ids=[b[0] for b in BAD])
+def test_bad_values_name_field_and_value(label, raw, message):
+    with pytest.raises(ConfigError) as err:
+        spec_mod.from_dict(raw)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_overrides_are_yaml_and_dotted(tmp_path):
+    s = spec_mod.load(_spec(tmp_path, GOOD), ["trainer.lr=0.3", "model.width=64",
+                                             "search.space.model.width={choice: [8, 16]}"])
+    assert s.train.trainer.lr == 0.3 and s.train.model.width == 64
+    assert [d.key for d in s.search.space] == ["lr", "weight_decay", "model.width"]
+
+
+def test_points_are_completed_from_the_spec():
+    s = spec_mod.from_dict({"trainer": {"momentum": 0.9},
+                            "search": {"space": {"lr": {"loguniform": [1e-3, 1]}, "momentum": {"choice": [0.9, 0.95]}},
+                                       "points_to_evaluate": [{"lr": 0.1}]}})
+    assert s.search.points_to_evaluate == ({"lr": 0.1, "momentum": 0.9},)
+
+
+CLI_BAD = [
+    (["run", "missing.yaml"], "spec = 'missing.yaml': no such file"),
+    (["run", "SPEC", "--set", "trainer.lr=-1"], "trainer.lr = -1: must be > 0"),
+    (["run", "SPEC", "--set", "nonsense"], "--set = 'nonsense': must be KEY=VALUE"),
+    (["run", "SPEC", "--set", "dataset.name=mnist", "--set", "dataset.data_dir=NOWHERE"], "mnist not found"),
+    (["run", "SPEC", "--bogus"], "unrecognized arguments: --bogus"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+]
+
+
+@pytest.mark.parametrize("argv,message", CLI_BAD, ids=[m for _, m in CLI_BAD])
+def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv, message):
+    spec = _spec(tmp_path, GOOD)
+    argv = [a.replace("SPEC", spec).replace("NOWHERE", str(tmp_path / "nowhere")) for a in argv]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("tunesmith: error:") and message in err
+    assert not os.path.exists(tmp_path / "results")
+
+
+def test_cli_refuses_to_overwrite_an_existing_sweep(tmp_path, capsys):
+    spec = _spec(tmp_path, GOOD)
+    old = tmp_path / "results" / "t"
+    old.mkdir(parents=True)
+    (old / "trials.parquet").write_bytes(b"precious")
+    assert main(["run", spec]) == 2
+    assert "already holds a sweep" in capsys.readouterr().err
+    assert (old / "trials.parquet").read_bytes() == b"precious"
+
+
+def test_validate_command(tmp_path, capsys):
+    assert main(["validate", _spec(tmp_path, GOOD)]) == 0
+    assert "8 trials" in capsys.readouterr().out
+
+
+def test_example_specs_are_valid():
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+    names = [f for f in os.listdir(root) if f.endswith(".yaml")]
+    assert names
+    for name in names:
+        spec_mod.load(os.path.join(root, name))

@@ -1,0 +1,126 @@
+"""Sweeps end to end through a real Ray instance (one per test session)."""
+import json
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from orchestrator.cli import main
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+SPEC = """
+name: tiny
+seed: 3
+dataset: {name: digits}
+model: {name: small_cnn, width: 8}
+trainer: {epochs: 3, lr: 0.1, per_gpu_batch_size: 128}
+search:
+  algorithm: random
+  num_samples: 4
+  points_to_evaluate:
+    - {lr: 50.0, schedule: constant}      # diverges at once
+  space:
+    lr: {loguniform: [0.01, 50.0]}
+    schedule: {choice: [one_cycle, constant]}
+asha: {enabled: false}
+results_dir: RESULTS
+"""
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text.replace("RESULTS", str(tmp_path / "results")))
+    return str(path)
+
+
+def _tb_scalars(path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(path, size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+
+
+def test_cli_sweep_writes_parquet_and_tensorboard(ray_session, tmp_path, capsys):
+    assert main(["run", _write(tmp_path, SPEC)]) == 0
+    out = capsys.readouterr().out
+    assert "rank" in out and "results:" in out
+    root = tmp_path / "results" / "tiny"
+    trials = pq.read_table(root / "trials.parquet").to_pandas().set_index("trial_id")
+    assert len(trials) == 4
+    assert set(trials.status) <= {"completed", "diverged"}
+    diverged = trials[trials.hp_lr == 50.0]
+    assert list(diverged.status) == ["diverged"] and diverged.epochs.iloc[0] == 1
+    done = trials[trials.status == "completed"]
+    assert (done.epochs == 3).all() and len(done) >= 1
+
+    epochs = pq.read_table(root / "epochs").to_pandas()
+    assert len(epochs) == trials.epochs.sum()
+    # every reported metric of every trial is in TensorBoard too, with the same value
+    for trial_id, rows in epochs.groupby("trial_id"):
+        scalars = _tb_scalars(str(root / "tensorboard" / trial_id))
+        for _, row in rows.iterrows():
+            for m in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "samples_per_second"):
+                if row[m] == row[m]:   # null in Parquet (diverged) is absent from TB
+                    assert scalars[m][row.epoch] == pytest.approx(row[m], rel=1e-5), (trial_id, m)
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["seed"] == 3
+    assert manifest["versions"]["ray"].startswith("2.60")
+    assert (root / "spec.yaml").exists()
+
+
+def test_tpe_with_asha_prunes_and_says_why(ray_session, tmp_path):
+    text = SPEC.replace("name: tiny", "name: tpe").replace("algorithm: random", "algorithm: tpe") \
+        .replace("num_samples: 4", "num_samples: 8\n  n_initial_points: 4") \
+        .replace("asha: {enabled: false}", "asha: {grace_period: 1, reduction_factor: 2}") \
+        .replace("epochs: 3", "epochs: 4")
+    assert main(["run", _write(tmp_path, text)]) == 0
+    trials = pq.read_table(tmp_path / "results" / "tpe" / "trials.parquet").to_pandas()
+    assert len(trials) == 8
+    pruned = trials[trials.status == "pruned"]
+    assert len(pruned) >= 1
+    assert pruned.stop_reason.str.contains("pruned by ASHA at epoch").all()
+    assert (pruned.epochs < 4).all()
+
+
+def test_grid_search_walks_every_combination(ray_session, tmp_path):
+    text = """
+name: grid
+dataset: {name: digits}
+model: {width: 8}
+trainer: {epochs: 1, per_gpu_batch_size: 256}
+search:
+  algorithm: grid
+  space:
+    momentum: {choice: [0.9, 0.95, 0.99]}
+    weight_decay: {grid: [1.0e-4, 0.0]}
+asha: {enabled: false}
+results_dir: RESULTS
+"""
+    assert main(["run", _write(tmp_path, text)]) == 0
+    trials = pq.read_table(tmp_path / "results" / "grid" / "trials.parquet").to_pandas()
+    combos = sorted(zip(trials.hp_momentum, trials.hp_weight_decay))
+    assert combos == sorted((m, w) for m in (0.9, 0.95, 0.99) for w in (1e-4, 0.0))
+
+
+def test_errored_trial_is_recorded(ray_session, tmp_path):
+    """Data missing on the node that runs the trial: the trial errors and says why."""
+    from orchestrator import spec as spec_mod
+    from orchestrator.sweep import run_sweep
+    missing = str(tmp_path / "no-such-folder")
+    spec = spec_mod.from_dict({"name": "err", "results_dir": str(tmp_path / "r"), "trainer": {"epochs": 2},
+                               "dataset": {"name": "imagefolder", "data_dir": missing},
+                               "search": {"num_samples": 2, "space": {"lr": {"uniform": [0.1, 0.2]}}}})
+    outcome = run_sweep(spec, ray_session, progress=False)
+    trials = pq.read_table(tmp_path / "r" / "err" / "trials.parquet").to_pandas()
+    assert set(trials.status) == {"errored"}
+    assert trials.stop_reason.str.contains(f"dataset.data_dir = '{missing}': no such directory").all()
+    assert not outcome.interrupted
+
+
+def test_trial_larger_than_cluster_is_bad_input(ray_session, tmp_path, capsys):
+    code = main(["run", _write(tmp_path, SPEC), "--set", "resources.cpus=64"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "resources.cpus = 64" in err and err.count("\n") == 1
+    assert not os.path.exists(tmp_path / "results" / "tiny")

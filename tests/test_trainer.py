@@ -1,0 +1,78 @@
+import math
+
+import pytest
+
+from trainables.config import TrainConfig
+from trainables.trainer import DivergenceMonitor, Trainer
+
+
+def _cfg(**trainer):
+    base = {"epochs": 2, "lr": 0.1, "per_gpu_batch_size": 128}
+    base.update(trainer)
+    return TrainConfig.from_dict({"trainer": base, "model": {"width": 8}})
+
+
+def test_monitor_flags_nan_and_inf():
+    m = DivergenceMonitor()
+    assert m.update(1.0) is None
+    assert "nan" in m.update(math.nan)
+    assert "inf" in DivergenceMonitor().update(math.inf)
+
+
+def test_monitor_flags_loss_above_four_times_best_smoothed():
+    m = DivergenceMonitor(factor=4.0, beta=0.0, warmup=1)   # no smoothing: exact threshold
+    for loss in (2.0, 1.0, 0.5):
+        assert m.update(loss) is None
+    assert m.update(1.9) is None
+    assert "exceeded 4x" in m.update(2.1)
+
+
+def test_monitor_tolerates_noise_below_the_threshold():
+    m = DivergenceMonitor()
+    losses = [2.3 - 0.01 * i + (0.3 if i % 7 == 0 else 0) for i in range(200)]
+    assert all(m.update(x) is None for x in losses)
+
+
+def test_trainer_reports_every_metric_each_epoch():
+    out = list(Trainer(_cfg(), cpu_threads=1).run())
+    assert [m["epoch"] for m in out] == [1, 2]
+    for m in out:
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "momentum",
+                    "epoch_seconds", "samples_per_second"):
+            assert math.isfinite(m[key]), key
+        assert m["diverged"] is False
+    assert out[-1]["done"] is True
+
+
+def test_same_config_and_seed_give_same_metrics():
+    a = list(Trainer(_cfg(), cpu_threads=1).run())
+    b = list(Trainer(_cfg(), cpu_threads=1).run())
+    keys = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "momentum")
+    assert [[m[k] for k in keys] for m in a] == [[m[k] for k in keys] for m in b]
+    c = list(Trainer(TrainConfig.from_dict({**_cfg().to_dict(), "seed": 1}), cpu_threads=1).run())
+    assert [m["train_loss"] for m in c] != [m["train_loss"] for m in a]
+
+
+def test_huge_lr_diverges_and_stops_at_once():
+    out = list(Trainer(_cfg(lr=1e4, epochs=5, schedule="constant"), cpu_threads=1).run())
+    assert len(out) == 1, "a diverged run must not train on"
+    assert out[0]["diverged"] is True and out[0]["stop_reason"].startswith("diverged")
+
+
+def test_schedule_reaches_the_trainer():
+    out = list(Trainer(_cfg(schedule="step", step_epochs=1, lr=0.1, epochs=2), cpu_threads=1).run())
+    assert out[0]["lr"] == pytest.approx(0.1)
+    assert out[1]["lr"] == pytest.approx(0.01)
+
+
+def test_digits_small_cnn_learns():
+    cfg = TrainConfig.from_dict({"trainer": {"epochs": 6, "lr": 0.1, "per_gpu_batch_size": 64}})
+    last = list(Trainer(cfg, cpu_threads=1).run())[-1]
+    assert last["val_acc"] > 0.95
+
+
+def test_preview_carries_images_and_labels():
+    out = list(Trainer(_cfg(preview_every=1, epochs=1), cpu_threads=1).run())
+    p = out[0]["preview"]
+    assert p["images"].shape == (16, 1, 8, 8) and p["images"].dtype.name == "uint8"
+    assert len(p["pred"]) == len(p["true"]) == 16
