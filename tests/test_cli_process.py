@@ -1,0 +1,118 @@
+"""The real `tunesmith` command in its own process, started the way users start it."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pyarrow.parquet as pq
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TUNESMITH = os.path.join(os.path.dirname(sys.executable), "tunesmith")
+
+
+def _env():
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _run(args, **kw):
+    return subprocess.run([TUNESMITH, *args], capture_output=True, text=True, env=_env(), cwd=ROOT, **kw)
+
+
+def test_default_example_runs_from_the_command_line_on_loopback(tmp_path):
+    """The README's sweep, shortened: a private Ray bound to 127.0.0.1, results on disk."""
+    proc = _run(["run", "examples/digits.yaml", "--results-dir", str(tmp_path), "--name", "quick",
+                 "--num-samples", "4", "--set", "trainer.epochs=4"], timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "rank" in proc.stdout and "results:" in proc.stdout
+    manifest = json.loads((tmp_path / "quick" / "manifest.json").read_text())
+    assert manifest["cluster"]["address"].startswith("127.0.0.1:")
+    trials = pq.read_table(tmp_path / "quick" / "trials.parquet").to_pandas()
+    assert len(trials) == 4 and trials.best_val_acc.max() > 0.9
+
+
+def test_bad_spec_from_the_command_line(tmp_path):
+    proc = _run(["run", "examples/digits.yaml", "--results-dir", str(tmp_path), "--set", "model.name=vgg"], timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "model.name = 'vgg'" in proc.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def _wait_for(predicate, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sigkill_midway_leaves_readable_parquet(tmp_path):
+    """Killed with SIGKILL mid-sweep: every part file already written reads back whole."""
+    proc = subprocess.Popen([TUNESMITH, "run", "examples/digits.yaml", "--results-dir", str(tmp_path),
+                             "--name", "killed", "--num-samples", "40", "--set", "trainer.epochs=30",
+                             "--set", "asha.enabled=false"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(), cwd=ROOT,
+                            start_new_session=True)
+    epochs = tmp_path / "killed" / "epochs"
+    try:
+        _wait_for(lambda: epochs.exists() and len([p for p in epochs.iterdir() if p.suffix == ".parquet"]) >= 3,
+                  180, "part files")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)   # the driver and the Ray processes it started
+        proc.wait(timeout=30)
+    table = pq.read_table(epochs)
+    assert table.num_rows >= 3
+    trials = pq.read_table(tmp_path / "killed" / "trials.parquet")
+    assert trials.num_rows >= 1
+    assert set(table.column("trial_id").to_pylist()) <= set(trials.column("trial_id").to_pylist())
+    assert not [p for p in epochs.iterdir() if p.suffix == ".parquet" and p.stat().st_size == 0]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tensorboard_server_serves_scalars_and_hparams(tmp_path):
+    """A real `tensorboard --logdir` on 127.0.0.1, read over its HTTP API."""
+    proc = _run(["run", "examples/digits.yaml", "--results-dir", str(tmp_path), "--name", "tb",
+                 "--num-samples", "2", "--set", "trainer.epochs=3"], timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    logdir = tmp_path / "tb" / "tensorboard"
+    port = _free_port()
+    tb = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "tensorboard"), "--logdir", str(logdir),
+                           "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def runs():
+            try:
+                with urllib.request.urlopen(f"{base}/data/runs", timeout=2) as r:
+                    return json.loads(r.read())
+            except OSError:
+                return []
+        _wait_for(lambda: len(runs()) == 2, 60, "tensorboard runs")
+        run = sorted(runs())[0]
+        with urllib.request.urlopen(f"{base}/data/plugin/scalars/scalars?run={run}&tag=val_acc", timeout=10) as r:
+            points = json.loads(r.read())
+        assert [p[1] for p in points] == [1, 2, 3]
+        assert all(0 <= p[2] <= 1 for p in points)
+        req = urllib.request.Request(f"{base}/data/plugin/hparams/experiment", data=b'{"experimentName": ""}',
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            exp = json.loads(r.read())
+        names = {h["name"] for h in exp["hparamInfos"]}
+        assert {"lr", "weight_decay", "model.width"} <= names
+        assert "val_acc" in {m["name"]["tag"] for m in exp["metricInfos"]}
+    finally:
+        tb.terminate()
+        tb.wait(timeout=30)
