@@ -6,6 +6,7 @@ and the value; nothing is started or written), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Dict, List, Optional
 
@@ -64,7 +65,9 @@ def cmd_run(args) -> int:
     spec = load_spec(args)
     _local_checks(spec, args)
     from cluster.connect import connect, disconnect
+    from orchestrator.results import preload
     from orchestrator.sweep import best_table, concurrency_for, run_sweep
+    preload()
     cluster = connect(args.address, args.num_cpus, args.num_gpus, args.dashboard, args.worker_logs)
     try:
         concurrency_for(spec, cluster)   # a trial that cannot fit is bad input, before anything is written
@@ -93,11 +96,32 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from orchestrator import analyze
+    from orchestrator.storage import is_uri
+    plots = None
+    if not args.no_plots:
+        plots = args.plots or ("tunesmith-analysis" if is_uri(args.results) else
+                               os.path.join(args.results, "_analysis"))
+    sys.stdout.write(analyze.run(args.results, args.sweep, args.format, args.top, plots))
+    return 0
+
+
+def _add_analyze_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", help="a results directory (or URI), or one sweep's folder in it")
+    p.add_argument("--sweep", action="append", help="only this sweep (repeatable; default: all)")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--top", type=int, default=5, help="how many best trials to list and plot")
+    p.add_argument("--plots", help="folder for the PNG plots (default: RESULTS/_analysis)")
+    p.add_argument("--no-plots", action="store_true", help="skip the plots")
+
+
 COMMANDS: Dict[str, tuple] = {
     "run": (cmd_run, "run a sweep", [_add_spec_args, _add_cluster_args,
                                      lambda p: p.add_argument("--num-samples", type=int,
                                                               help="override search.num_samples")]),
     "validate": (cmd_validate, "check a spec and print what it would run", [_add_spec_args]),
+    "analyze": (cmd_analyze, "summarise sweeps from their Parquet results", [_add_analyze_args]),
 }
 
 

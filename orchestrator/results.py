@@ -80,10 +80,18 @@ def _hp_array(values: List[Any]) -> pa.Array:
     return pa.array([None if v is None else str(v) for v in vals], pa.string())
 
 
+def preload() -> None:
+    """Import tensorboardX (which imports torch: about 2 s) in a background thread, so that
+    the import overlaps Ray's start-up instead of delaying the first result."""
+    import importlib
+    import threading
+    threading.Thread(target=importlib.import_module, args=("tensorboardX",), daemon=True).start()
+
+
 class ResultsWriter(Callback):
     def __init__(self, storage: Storage, sweep: str, hp_keys: List[str], hp_domains: Dict[str, list],
                  epochs: int, metric: str, mode: str, flush_seconds: float = 1.0,
-                 pruned: Optional[Dict[str, str]] = None, tensorboard: bool = True):
+                 pruned: Optional[Dict[str, str]] = None, tensorboard: bool = True, write: bool = True):
         self.storage, self.sweep = storage, sweep
         self.hp_keys, self.hp_domains = list(hp_keys), hp_domains
         self.epochs, self.metric, self.mode = epochs, metric, mode
@@ -95,12 +103,14 @@ class ResultsWriter(Callback):
         self._dirty = False
         self._part = 0
         self._token = uuid.uuid4().hex[:6]   # part names stay unique across resumed runs
-        self._tensorboard = tensorboard
+        self._tensorboard = tensorboard and write
+        self._write = write   # False: keep the records in memory only (bench/writer_cost.py)
         self._tb_writers: Dict[str, Any] = {}
         self._tb_local = storage.local_path(sweep, "tensorboard")
         self._tb_staging = None if self._tb_local else tempfile.mkdtemp(prefix="tunesmith-tb-")
         self._closed = False
-        storage.makedirs(sweep, "epochs")
+        if write:
+            storage.makedirs(sweep, "epochs")
 
     def __getstate__(self):
         # Tune pickles its run config into tuner.pkl (for restore): leave the open writers out.
@@ -210,13 +220,17 @@ class ResultsWriter(Callback):
             for m, v in rec.best.items():
                 w.add_scalar(f"best_{m}", v, rec.epochs)
             w.file_writer.add_summary(tb.session_end(rec.status))
-            w.flush()
+            w.close()   # one event-writer thread per running trial, not per trial ever started
+            del self._tb_writers[trial_id]
 
     def maybe_flush(self) -> None:
         if self._dirty and time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
     def flush(self) -> None:
+        if not self._write:
+            self._rows, self._dirty = [], False
+            return
         if self._rows:
             table = pa.Table.from_pylist(self._rows, schema=schema.EPOCH_SCHEMA)
             self.storage.write_table(f"{self.sweep}/epochs/part-{self._token}-{self._part:05d}.parquet", table)

@@ -69,7 +69,7 @@ def _trial_dirname(trial) -> str:
 
 
 def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainable: Optional[Callable] = None,
-                stopper=None, progress: bool = False):
+                stopper=None, progress: bool = False, write_results: bool = True):
     from ray import tune
     from orchestrator.results import ResultsWriter
     from trainables.tune_trainable import train_cnn
@@ -80,7 +80,8 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
     domains = {d.key: list(d.values) if d.kind in ("choice", "grid") else [] for d in spec.search.space}
     writer = ResultsWriter(storage, spec.name, hp_keys, domains, epochs=spec.max_t,
                            metric=spec.metric, mode=spec.mode,
-                           pruned=scheduler.pruned if scheduler is not None else None)
+                           pruned=scheduler.pruned if scheduler is not None else None,
+                           write=write_results)
     callbacks = [writer]
     if progress:
         from orchestrator.progress import ProgressPrinter

@@ -1,0 +1,355 @@
+"""`tunesmith analyze`: the usual questions about finished (or running) sweeps, answered from
+their Parquet files alone.
+
+For each sweep: the best trials; each hyperparameter's effect (the metric by value or bin) and
+an importance ranking; counts by stop reason; and, for several sweeps, the same side by side.
+Importance is the correlation ratio (eta squared): the share of the variance of the trials'
+best metric that the hyperparameter's bins explain. It is a screening figure, not a causal one;
+pruned trials count with the best value they reached.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from orchestrator.storage import Storage
+from trainables.config import ConfigError
+
+
+@dataclass
+class Sweep:
+    name: str
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    metric: str
+    mode: str
+
+    @property
+    def names(self) -> Dict[str, str]:
+        """hp column -> the setting as the spec wrote it (hp_model_width -> model.width)."""
+        from orchestrator.schema import hp_column
+        keys = set()
+        for cfg in self.trials.get("config", pd.Series(dtype=object)).dropna().head(50):
+            try:
+                keys.update(json.loads(cfg))
+            except ValueError:
+                pass
+        return {hp_column(k): k for k in keys}
+
+    @property
+    def hp_columns(self) -> List[str]:
+        return [c for c in self.trials.columns if c.startswith("hp_")]
+
+    @property
+    def score(self) -> str:
+        return f"best_{self.metric}"
+
+
+def _read_table(storage: Storage, rel: str):
+    try:
+        with storage.fs.open_input_file(storage.path(rel)) as fh:
+            return pq.read_table(fh).to_pandas()
+    except Exception as exc:   # corrupt or truncated: say which file, in one line
+        raise ConfigError("results", storage.uri(rel), f"not a readable Parquet file ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def _read_epochs(storage: Storage, sweep: str) -> pd.DataFrame:
+    parts = [p for p in storage.listdir(sweep, "epochs") if p.endswith(".parquet") and not p.startswith(".")]
+    frames = [_read_table(storage, f"{sweep}/epochs/{p}") for p in parts]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["trial_id", "epoch"])
+
+
+def _metric_of(storage: Storage, sweep: str):
+    import yaml
+    try:
+        spec = yaml.safe_load(storage.read_bytes(f"{sweep}/spec.yaml")) or {}
+        return spec.get("metric", "val_acc"), spec.get("mode", "max")
+    except Exception:
+        return "val_acc", "max"
+
+
+def load(results: str, names: Optional[List[str]] = None) -> List[Sweep]:
+    storage = Storage(results)
+    if not storage.is_dir():
+        raise ConfigError("results", results, "no such directory")
+    if storage.exists("trials.parquet"):   # the path is one sweep's folder
+        parent, name = os.path.split(storage.root.rstrip("/"))
+        storage = Storage(parent if not "://" in results else results.rstrip("/").rsplit("/", 1)[0])
+        found = [name]
+    else:
+        found = [d for d in storage.listdir() if storage.exists(d, "trials.parquet")]
+    if not found:
+        raise ConfigError("results", results, "no sweeps found (no <sweep>/trials.parquet under it)")
+    if names:
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise ConfigError("--sweep", missing[0], f"not found; sweeps here: {', '.join(found)}")
+        found = list(names)
+    sweeps = []
+    for name in found:
+        trials = _read_table(storage, f"{name}/trials.parquet")
+        if trials.empty:
+            raise ConfigError("results", storage.uri(name, "trials.parquet"), "holds no trials")
+        metric, mode = _metric_of(storage, name)
+        sweeps.append(Sweep(name, trials, _read_epochs(storage, name), metric, mode))
+    return sweeps
+
+
+# --- the analysis, as plain data -----------------------------------------------------------
+
+def _bins(values: pd.Series):
+    """Group labels for a hyperparameter: its values when few, else quantile bins (on a log
+    scale for positive values spanning more than a decade, such as LR and weight decay)."""
+    v = values.dropna()
+    if v.empty:
+        return values.astype(str)
+    if values.dtype == object or values.dtype == bool or v.nunique() <= 6:
+        return values.map(lambda x: _fmt(x))
+    x = v.astype(float)
+    logscale = (x > 0).all() and x.max() / x.min() > 10
+    key = x.map(math.log10) if logscale else x
+    q = min(4, max(2, len(x) // 4))
+    try:
+        cut = pd.qcut(key, q=q, duplicates="drop")
+    except ValueError:
+        return values.map(_fmt)
+    def label(iv):
+        lo, hi = (10 ** iv.left, 10 ** iv.right) if logscale else (iv.left, iv.right)
+        return f"[{lo:.3g}, {hi:.3g}]"
+    out = cut.map(label).astype(object)
+    return out.reindex(values.index)
+
+
+def _fmt(x) -> str:
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return str(x)
+
+
+def effects(sweep: Sweep) -> List[Dict[str, Any]]:
+    """Per hyperparameter: the metric per bin and the importance (eta squared)."""
+    t = sweep.trials
+    score = t[sweep.score].astype(float)
+    ok = score.notna()
+    out = []
+    for col in sweep.hp_columns:
+        groups = _bins(t[col])
+        frame = pd.DataFrame({"bin": groups[ok], "score": score[ok]})
+        rows = []
+        for b, g in frame.groupby("bin", sort=False):
+            best = g.score.max() if sweep.mode == "max" else g.score.min()
+            rows.append({"bin": str(b), "trials": int(len(g)), "mean": float(g.score.mean()), "best": float(best)})
+        rows.sort(key=lambda r: _sort_key(r["bin"]))
+        total = ((frame.score - frame.score.mean()) ** 2).sum()
+        between = sum(r["trials"] * (r["mean"] - frame.score.mean()) ** 2 for r in rows)
+        eta2 = float(between / total) if total > 0 else 0.0
+        out.append({"hparam": sweep.names.get(col, col[3:]), "column": col, "importance": eta2, "bins": rows})
+    out.sort(key=lambda e: -e["importance"])
+    return out
+
+
+def _sort_key(label: str):
+    try:
+        return (0, float(label.strip("[]").split(",")[0]))
+    except ValueError:
+        return (1, label)
+
+
+def best(sweep: Sweep, top: int) -> List[Dict[str, Any]]:
+    t = sweep.trials.dropna(subset=[sweep.score])
+    t = t.sort_values(sweep.score, ascending=sweep.mode == "min").head(top)
+    rows = []
+    for rank, (_, r) in enumerate(t.iterrows(), 1):
+        rows.append({"rank": rank, "trial_id": r.trial_id, "status": r.status, sweep.metric: float(r[sweep.score]),
+                     "epochs": int(r.epochs),
+                     **{sweep.names.get(c, c[3:]): _plain(r[c]) for c in sweep.hp_columns}})
+    return rows
+
+
+def _plain(v):
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v
+
+
+def status_counts(sweep: Sweep) -> Dict[str, int]:
+    return {str(k): int(v) for k, v in sweep.trials.status.value_counts().sort_index().items()}
+
+
+def summary(sweep: Sweep, top: int) -> Dict[str, Any]:
+    bests = best(sweep, top)
+    return {"sweep": sweep.name, "metric": sweep.metric, "mode": sweep.mode, "trials": int(len(sweep.trials)),
+            "status": status_counts(sweep), "best": bests, "effects": effects(sweep)}
+
+
+def compare(summaries: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    rows = []
+    for s in summaries:
+        top = s["best"][0] if s["best"] else {}
+        rows.append({"sweep": s["sweep"], "trials": s["trials"], **s["status"],
+                     f"best": top.get(s["metric"]), "metric": s["metric"], "best_trial": top.get("trial_id"),
+                     "most_important": s["effects"][0]["hparam"] if s["effects"] else None})
+    return rows
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+def _table(rows: List[Dict[str, Any]], columns: Optional[List[str]] = None) -> str:
+    if not rows:
+        return "  (none)"
+    columns = columns or list(dict.fromkeys(k for r in rows for k in r))
+    cells = [[_fmt(r.get(c, "")) if r.get(c) is not None else "" for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = lambda vals: "  " + "  ".join(v.ljust(w) for v, w in zip(vals, widths))
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])
+
+
+def render_table(summaries: List[Dict[str, Any]], plots: List[str]) -> str:
+    out = []
+    for s in summaries:
+        out.append(f"sweep {s['sweep']}: {s['trials']} trials, by {s['metric']} ({s['mode']})")
+        out.append("  status: " + ", ".join(f"{n} {k}" for k, n in s["status"].items()))
+        out.append("\nbest trials")
+        out.append(_table(s["best"]))
+        out.append("\nhyperparameter importance (share of variance of best " + s["metric"] + " explained)")
+        out.append(_table([{"hparam": e["hparam"], "importance": round(e["importance"], 3)} for e in s["effects"]]))
+        for e in s["effects"]:
+            out.append(f"\n{s['metric']} by {e['hparam']}")
+            out.append(_table(e["bins"], ["bin", "trials", "mean", "best"]))
+        out.append("")
+    if len(summaries) > 1:
+        out.append("sweeps side by side")
+        out.append(_table(compare(summaries)))
+        out.append("")
+    if plots:
+        out.append("plots:\n" + "\n".join(f"  {p}" for p in plots))
+    return "\n".join(out).rstrip() + "\n"
+
+
+def render_csv(summaries: List[Dict[str, Any]]) -> str:
+    """One table with a `section` column: best, effect, status."""
+    import csv
+    import io
+    rows = []
+    for s in summaries:
+        for b in s["best"]:
+            hps = {k: v for k, v in b.items() if k not in ("rank", "trial_id", "status", "epochs", s["metric"])}
+            rows.append({"section": "best", "sweep": s["sweep"], "rank": b["rank"], "trial_id": b["trial_id"],
+                         "status": b["status"], "metric": s["metric"], "value": b[s["metric"]],
+                         "epochs": b["epochs"], "hparams": json.dumps(hps, sort_keys=True)})
+        for e in s["effects"]:
+            for b in e["bins"]:
+                rows.append({"section": "effect", "sweep": s["sweep"], "hparam": e["hparam"],
+                             "importance": e["importance"], "bin": b["bin"], "trials": b["trials"],
+                             "metric": s["metric"], "mean": b["mean"], "value": b["best"]})
+        for k, n in s["status"].items():
+            rows.append({"section": "status", "sweep": s["sweep"], "status": k, "trials": n})
+    cols = ["section", "sweep", "rank", "trial_id", "status", "hparam", "importance", "bin", "trials",
+            "metric", "mean", "value", "epochs", "hparams"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+# --- plots ----------------------------------------------------------------------------------
+
+def plot(sweeps: List[Sweep], out_dir: str, top: int) -> List[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    colors = {"completed": "tab:green", "pruned": "tab:orange", "diverged": "tab:red",
+              "errored": "black", "stopped": "tab:gray", "running": "tab:blue"}
+    for sw in sweeps:
+        m = sw.metric
+        ranked = sw.trials.dropna(subset=[sw.score]).sort_values(sw.score, ascending=sw.mode == "min")
+        # learning curves of the top k
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for _, r in ranked.head(top).iterrows():
+            e = sw.epochs[sw.epochs.trial_id == r.trial_id].sort_values("epoch")
+            if m in e:
+                ax.plot(e.epoch, e[m], marker="o", ms=3, label=f"{r.trial_id} ({r[sw.score]:.4f})")
+        ax.set(xlabel="epoch", ylabel=m, title=f"{sw.name}: top {top} learning curves")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        paths.append(_save(fig, out_dir, f"{sw.name}-curves.png"))
+        # metric against LR
+        if "hp_lr" in sw.trials:
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+            for status, g in sw.trials.groupby("status"):
+                ax.scatter(g.hp_lr, g[sw.score], label=status, color=colors.get(status, "tab:blue"), s=25)
+            ax.set_xscale("log")
+            ax.set(xlabel="lr (log)", ylabel=f"best {m}", title=f"{sw.name}: {m} against LR")
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=8)
+            paths.append(_save(fig, out_dir, f"{sw.name}-lr.png"))
+        # parallel coordinates
+        cols = sw.hp_columns
+        if cols and not ranked.empty:
+            fig, ax = plt.subplots(figsize=(1.8 * (len(cols) + 1) + 2, 4.5))
+            axes = cols + [sw.score]
+            norm = {}
+            ends = {}
+            for c in axes:
+                s = ranked[c]
+                if s.dtype == object or s.dtype == bool or (c != sw.score and s.nunique() <= 6):
+                    # few values: evenly spaced, in order, so 0 and 1e-5 do not collapse together
+                    values = sorted(s.dropna().unique(), key=lambda v: (isinstance(v, str), v))
+                    codes = {v: i for i, v in enumerate(values)}
+                    norm[c] = s.map(codes) / max(1, len(codes) - 1)
+                    ends[c] = (_fmt(values[0]), _fmt(values[-1])) if values else ("", "")
+                else:
+                    x = s.astype(float)
+                    if (x > 0).all() and x.max() / max(x.min(), 1e-300) > 10:
+                        x = x.map(math.log10)
+                    span = x.max() - x.min()
+                    norm[c] = (x - x.min()) / span if span > 0 else x * 0 + 0.5
+                    ends[c] = (_fmt(float(s.min())), _fmt(float(s.max())))
+            cmap = plt.get_cmap("viridis")
+            sc = norm[sw.score] if sw.mode == "max" else 1 - norm[sw.score]
+            for i in range(len(ranked)):
+                ax.plot(range(len(axes)), [norm[c].iloc[i] for c in axes], color=cmap(sc.iloc[i]), alpha=0.7)
+            for i, c in enumerate(axes):
+                ax.axvline(i, color="0.7", lw=0.8)
+                ax.text(i, -0.04, ends[c][0], ha="center", va="top", fontsize=7)
+                ax.text(i, 1.04, ends[c][1], ha="center", va="bottom", fontsize=7)
+            ax.set_ylim(-0.12, 1.12)
+            ax.set_xticks(range(len(axes)), [sw.names.get(c, c) for c in axes])
+            ax.set_yticks([])
+            ax.set_title(f"{sw.name}: parallel coordinates (colour: {m}, yellow best)")
+            paths.append(_save(fig, out_dir, f"{sw.name}-parallel.png"))
+        plt.close("all")
+    return paths
+
+
+def _save(fig, out_dir: str, name: str) -> str:
+    path = os.path.join(out_dir, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def run(results: str, names: Optional[List[str]], fmt: str, top: int, plots_dir: Optional[str]) -> str:
+    sweeps = load(results, names)
+    summaries = [summary(s, top) for s in sweeps]
+    plots = plot(sweeps, plots_dir, min(top, 10)) if plots_dir else []
+    if fmt == "json":
+        body = {"sweeps": summaries, "plots": plots}
+        if len(summaries) > 1:
+            body["compare"] = compare(summaries)
+        return json.dumps(body, indent=2, default=_plain) + "\n"
+    if fmt == "csv":
+        return render_csv(summaries)
+    return render_table(summaries, plots)

@@ -1,0 +1,91 @@
+"""`tunesmith analyze` on small saved sweeps written by the real writer."""
+import csv
+import io
+import json
+
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.results import ResultsWriter
+from orchestrator.storage import Storage
+
+
+def _sweep(root, name, lrs, widths, good_lr=0.1):
+    w = ResultsWriter(Storage(str(root)), name, ["lr", "model.width"], {"lr": [], "model.width": [16, 32]},
+                      epochs=3, metric="val_acc", mode="max", pruned={})
+    (root / name).mkdir(exist_ok=True)
+    (root / name / "spec.yaml").write_text("metric: val_acc\nmode: max\n")
+    for i, (lr, width) in enumerate(zip(lrs, widths)):
+        tid = f"{name}_{i:03d}"
+        w._start(tid, {"lr": lr, "model.width": width})
+        for e in (1, 2, 3):
+            acc = max(0.0, 0.99 - abs(lr - good_lr) - (0.05 if width == 16 else 0)) * e / 3
+            w.record(tid, {"training_iteration": e, "val_acc": acc, "val_loss": 1 - acc})
+        w.finish(tid)
+    w.close()
+
+
+@pytest.fixture
+def results(tmp_path):
+    lrs = [0.01, 0.05, 0.1, 0.2, 0.4, 0.8, 0.1, 0.3]
+    widths = [16, 32, 32, 16, 32, 16, 16, 32]
+    _sweep(tmp_path, "alpha", lrs, widths)
+    _sweep(tmp_path, "beta", lrs, widths, good_lr=0.4)
+    return tmp_path
+
+
+def test_table_lists_best_effects_status_and_side_by_side(results, capsys):
+    assert main(["analyze", str(results), "--plots", str(results / "plots")]) == 0
+    out = capsys.readouterr().out
+    assert "sweep alpha: 8 trials" in out and "sweep beta: 8 trials" in out
+    assert "status: 8 completed" in out
+    assert "hyperparameter importance" in out and "val_acc by model.width" in out
+    assert "sweeps side by side" in out
+    best_line = next(line for line in out.splitlines() if line.strip().startswith("1 "))
+    assert "alpha_002" in best_line   # lr 0.1, width 32: the best by construction
+    for kind in ("curves", "lr", "parallel"):
+        png = results / "plots" / f"alpha-{kind}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_json_ranks_lr_first_when_it_drives_the_metric(results, capsys):
+    assert main(["analyze", str(results), "--sweep", "alpha", "--format", "json", "--no-plots"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    (s,) = data["sweeps"]
+    assert s["best"][0]["trial_id"] == "alpha_002" and s["best"][0]["model.width"] == 32
+    assert s["effects"][0]["hparam"] == "lr"
+    assert 0 < s["effects"][0]["importance"] <= 1
+    width = next(e for e in s["effects"] if e["hparam"] == "model.width")
+    assert {b["bin"] for b in width["bins"]} == {"16", "32"}
+    assert s["status"] == {"completed": 8}
+
+
+def test_csv_is_one_table_with_sections(results, capsys):
+    assert main(["analyze", str(results / "beta"), "--format", "csv", "--no-plots"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert {r["section"] for r in rows} == {"best", "effect", "status"}
+    assert all(r["sweep"] == "beta" for r in rows)
+    best = [r for r in rows if r["section"] == "best"]
+    assert json.loads(best[0]["hparams"])["lr"] == 0.4
+
+
+@pytest.mark.parametrize("setup,message", [
+    ("missing", "no such directory"),
+    ("empty", "no sweeps found"),
+    ("corrupt", "not a readable Parquet file"),
+])
+def test_bad_results_are_one_line_exit_2(tmp_path, capsys, setup, message):
+    target = tmp_path / "r"
+    if setup != "missing":
+        target.mkdir()
+    if setup == "corrupt":
+        (target / "s").mkdir()
+        (target / "s" / "trials.parquet").write_bytes(b"PAR1 this is not parquet")
+    assert main(["analyze", str(target), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_unknown_sweep_names_the_choices(results, capsys):
+    assert main(["analyze", str(results), "--sweep", "gamma", "--no-plots"]) == 2
+    assert "alpha, beta" in capsys.readouterr().err
