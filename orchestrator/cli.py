@@ -107,6 +107,33 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def cmd_lr_find(args) -> int:
+    from orchestrator import lrfind
+    from orchestrator.storage import Storage
+    from orchestrator.sweep import check_fresh
+    from trainables.datafiles import check_dataset_files
+    spec = load_spec(args)
+    check_dataset_files(spec.train.dataset)
+    storage = Storage(spec.results_dir)
+    check_fresh(storage, spec.name)
+    decision = lrfind.decide(spec.train, args.start, args.end, args.steps, "linear" if args.linear else "exp",
+                             args.val_loss, args.pick)
+    paths = lrfind.write(decision, storage, spec.name, f"{spec.name}: LR range test")
+    print(lrfind.summary_text(decision))
+    print("\n".join(f"{k}: {v}" for k, v in paths.items()))
+    print(f"tensorboard --logdir {storage.uri(spec.name, 'tensorboard')}")
+    return 0
+
+
+def _add_lr_find_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--start", type=float, default=1e-7, help="first LR (default 1e-7)")
+    p.add_argument("--end", type=float, default=10.0, help="last LR (default 10)")
+    p.add_argument("--steps", type=int, default=100, help="mini-batches (default 100)")
+    p.add_argument("--linear", action="store_true", help="raise the LR linearly instead of exponentially")
+    p.add_argument("--val-loss", action="store_true", help="measure the loss on a held-out batch at every step")
+    p.add_argument("--pick", default="min10", help="suggestion that sets the max LR: min10 (default), valley, steepest")
+
+
 def _add_analyze_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", help="a results directory (or URI), or one sweep's folder in it")
     p.add_argument("--sweep", action="append", help="only this sweep (repeatable; default: all)")
@@ -121,6 +148,7 @@ COMMANDS: Dict[str, tuple] = {
                                      lambda p: p.add_argument("--num-samples", type=int,
                                                               help="override search.num_samples")]),
     "validate": (cmd_validate, "check a spec and print what it would run", [_add_spec_args]),
+    "lr-find": (cmd_lr_find, "LR range test: curve, suggestions and the LR band", [_add_spec_args, _add_lr_find_args]),
     "analyze": (cmd_analyze, "summarise sweeps from their Parquet results", [_add_analyze_args]),
 }
 

@@ -1,0 +1,139 @@
+"""`tunesmith lr-find`: the LR range test with its outputs: the curve as Parquet, a PNG of loss
+against LR (log axis) with the suggestions and the band marked, the same curve in TensorBoard,
+and the decision as JSON."""
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import pyarrow as pa
+
+from orchestrator.storage import Storage
+from trainables.config import ConfigError, TrainConfig
+from trainables.lr_finder import SUGGESTERS, LRCurve, LRFinderError, band, range_test
+
+DEFAULT_PICK = "min10"   # Smith: the max bound is where the loss stops falling; /10 steps back from the edge
+
+
+@dataclass
+class LRDecision:
+    curve: LRCurve
+    pick: str
+    max_lr: float
+    min_lr: float
+
+    def to_dict(self) -> Dict:
+        c = self.curve
+        return {"pick": self.pick, "max_lr": self.max_lr, "min_lr": self.min_lr, "band": [self.min_lr, self.max_lr],
+                "suggestions": c.suggestions, "mode": c.mode, "points": len(c.lrs), "stop_reason": c.stop_reason,
+                "start_lr": c.lrs[0] if c.lrs else None, "last_lr": c.lrs[-1] if c.lrs else None,
+                "seconds": round(c.seconds, 3)}
+
+
+def decide(cfg: TrainConfig, start: float, end: float, steps: int, mode: str, val_loss: bool,
+           pick: str = DEFAULT_PICK, cpu_threads: Optional[int] = None) -> LRDecision:
+    if pick not in SUGGESTERS:
+        raise ConfigError("--pick", pick, f"unknown; choose from {', '.join(SUGGESTERS)}")
+    if not 0 < start < end:
+        raise ConfigError("--start", start, f"must be > 0 and below --end ({end:g})")
+    if steps < 10:
+        raise ConfigError("--steps", steps, "must be >= 10")
+    curve = range_test(cfg, start, end, steps, mode, val_loss, cpu_threads=cpu_threads)
+    try:
+        curve.suggest()
+    except LRFinderError as exc:
+        raise ConfigError("lr-find", f"{start:g}..{end:g}", f"no suggestion from the curve: {exc}") from None
+    max_lr = curve.suggestions[pick]
+    lo, hi = band(max_lr, cfg.trainer.div_factor)
+    return LRDecision(curve, pick, hi, lo)
+
+
+def curve_table(d: LRDecision) -> pa.Table:
+    c = d.curve
+    return pa.table({"step": pa.array(range(len(c.lrs)), pa.int32()), "lr": pa.array(c.lrs, pa.float64()),
+                     "loss": pa.array([x if math.isfinite(x) else None for x in c.losses], pa.float64()),
+                     "smoothed": pa.array([x if math.isfinite(x) else None for x in c.smoothed], pa.float64()),
+                     "mode": pa.array([c.mode] * len(c.lrs), pa.string())})
+
+
+def plot_png(d: LRDecision, title: str) -> bytes:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    c = d.curve
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ax.plot(c.lrs, c.losses, color="0.75", lw=1, label=f"{c.mode} loss")
+    ax.plot(c.lrs, c.smoothed, color="tab:blue", lw=2, label="smoothed")
+    ax.axvspan(d.min_lr, d.max_lr, color="tab:green", alpha=0.15, label=f"band {d.min_lr:.2g} to {d.max_lr:.2g}")
+    styles = {"valley": "tab:purple", "steepest": "tab:orange", "min10": "tab:red"}
+    for name, lr in c.suggestions.items():
+        ax.axvline(lr, color=styles.get(name, "k"), ls="--" if name != d.pick else "-",
+                   label=f"{name}: {lr:.3g}{' (chosen)' if name == d.pick else ''}")
+    finite = [x for x in c.smoothed if math.isfinite(x)]
+    raw = [x for x in c.losses if math.isfinite(x)]
+    if finite:
+        lo, hi = min(finite + raw), max(finite[: max(1, len(finite) // 2)])
+        ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.6 * (hi - lo + 1e-9))
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate (log)", ylabel="loss", title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write(d: LRDecision, storage: Storage, sweep: str, title: str) -> Dict[str, str]:
+    """Into <sweep>/lr_find/ and the sweep's TensorBoard folder, run 'lr_find'."""
+    storage.makedirs(sweep, "lr_find")
+    png = plot_png(d, title)
+    storage.write_table(f"{sweep}/lr_find/curve.parquet", curve_table(d))
+    storage.write_bytes(f"{sweep}/lr_find/lr_find.png", png)
+    storage.write_bytes(f"{sweep}/lr_find/decision.json", json.dumps(d.to_dict(), indent=2).encode())
+    _tensorboard(d, storage, sweep, png)
+    return {"curve": storage.uri(sweep, "lr_find", "curve.parquet"), "plot": storage.uri(sweep, "lr_find", "lr_find.png"),
+            "decision": storage.uri(sweep, "lr_find", "decision.json")}
+
+
+def _tensorboard(d: LRDecision, storage: Storage, sweep: str, png: bytes) -> None:
+    import os
+    import shutil
+    import tempfile
+    import numpy as np
+    from PIL import Image
+    from tensorboardX import SummaryWriter
+    local = storage.local_path(sweep, "tensorboard", "lr_find")
+    target = local or tempfile.mkdtemp(prefix="tunesmith-lrfind-")
+    w = SummaryWriter(target)
+    c = d.curve
+    # TensorBoard's x axis is a step; the LR goes beside it, and the PNG carries the log-LR view.
+    for i, (lr, loss, sm) in enumerate(zip(c.lrs, c.losses, c.smoothed)):
+        w.add_scalar("lr_find/lr", lr, i)
+        if math.isfinite(loss):
+            w.add_scalar("lr_find/loss", loss, i)
+        if math.isfinite(sm):
+            w.add_scalar("lr_find/smoothed_loss", sm, i)
+            w.add_scalar("lr_find/smoothed_loss_by_log10_lr", sm, int(round(math.log10(lr) * 100)))
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).transpose(2, 0, 1)
+    w.add_image("lr_find/curve", img, 0)
+    w.add_text("lr_find/decision", "  \n".join(f"{k}: {v}" for k, v in d.to_dict().items()), 0)
+    w.close()
+    if not local:
+        storage.upload_dir(target, f"{sweep}/tensorboard/lr_find")
+        shutil.rmtree(target, ignore_errors=True)
+    _ = os
+
+
+def summary_text(d: LRDecision) -> str:
+    c = d.curve
+    lines = [f"LR range test ({c.mode} loss): {len(c.lrs)} steps from {c.lrs[0]:.2g} to {c.lrs[-1]:.3g} "
+             f"in {c.seconds:.1f}s; stopped: {c.stop_reason}"]
+    for name, lr in c.suggestions.items():
+        lines.append(f"  {name:<9} {lr:.4g}{'   <- chosen max LR' if name == d.pick else ''}")
+    lines.append(f"band: {d.min_lr:.4g} to {d.max_lr:.4g} (min = max/{d.max_lr / d.min_lr:g})")
+    return "\n".join(lines)
