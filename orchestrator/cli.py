@@ -134,6 +134,21 @@ def _add_lr_find_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pick", default="min10", help="suggestion that sets the max LR: min10 (default), valley, steepest")
 
 
+def cmd_spaces(args) -> int:
+    from search_spaces.presets import PRESETS
+    for name in sorted(PRESETS):
+        p = PRESETS[name]
+        print(f"{name}\n  {p.summary}\n  source: {p.source}")
+        for key, dim in p.space.items():
+            (kind, vals), = dim.items()
+            print(f"  search {key}: {kind} {'search.lr_band' if vals == 'band' else vals}")
+        for key, value in p.settings.items():
+            print(f"  sets trainer.{key}: {value}")
+        print()
+    print("use: search: {presets: [momentum, weight_decay_deep]}; a search.space entry of the same name overrides")
+    return 0
+
+
 def _add_analyze_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", help="a results directory (or URI), or one sweep's folder in it")
     p.add_argument("--sweep", action="append", help="only this sweep (repeatable; default: all)")
@@ -149,6 +164,7 @@ COMMANDS: Dict[str, tuple] = {
                                                               help="override search.num_samples")]),
     "validate": (cmd_validate, "check a spec and print what it would run", [_add_spec_args]),
     "lr-find": (cmd_lr_find, "LR range test: curve, suggestions and the LR band", [_add_spec_args, _add_lr_find_args]),
+    "spaces": (cmd_spaces, "list the search-space presets (Smith's ranges)", []),
     "analyze": (cmd_analyze, "summarise sweeps from their Parquet results", [_add_analyze_args]),
 }
 

@@ -44,9 +44,12 @@ class SearchSpec:
     n_initial_points: int = 8              # tpe: random trials before the model takes over
     space: Tuple[Dimension, ...] = ()
     points_to_evaluate: Tuple[Dict[str, Any], ...] = ()
+    presets: Tuple[str, ...] = ()
+    lr_band: Optional[Tuple[float, float]] = None
 
     def to_dict(self) -> dict:
-        return {"algorithm": self.algorithm, "num_samples": self.num_samples,
+        return {"algorithm": self.algorithm, "num_samples": self.num_samples, "presets": list(self.presets),
+                "lr_band": list(self.lr_band) if self.lr_band else None,
                 "max_concurrent": self.max_concurrent, "n_initial_points": self.n_initial_points,
                 "space": {d.key: d.to_spec() for d in self.space},
                 "points_to_evaluate": [dict(p) for p in self.points_to_evaluate]}
@@ -82,12 +85,13 @@ class SweepSpec:
         return out
 
 
-def _parse_search(raw: Any, base: TrainConfig) -> SearchSpec:
+def _parse_search(raw: Any, base: TrainConfig, presets: Tuple[str, ...] = ()) -> SearchSpec:
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
         raise ConfigError("search", raw, "must be a mapping")
-    known = ("algorithm", "num_samples", "max_concurrent", "n_initial_points", "space", "points_to_evaluate")
+    known = ("algorithm", "num_samples", "max_concurrent", "n_initial_points", "space", "points_to_evaluate",
+             "presets", "lr_band")
     for key in raw:
         if key not in known:
             raise ConfigError(f"search.{key}", raw[key], f"unknown key; known: {', '.join(known)}")
@@ -147,7 +151,30 @@ def _parse_search(raw: Any, base: TrainConfig) -> SearchSpec:
                                       f"missing, and the spec's value {default!r} lies outside the space")
                 full[dim.key] = default
         points.append(full)
-    return SearchSpec(algorithm, num_samples, max_conc, n_init, tuple(dims), tuple(points))
+    band = raw.get("lr_band")
+    if band is not None:
+        if not isinstance(band, (list, tuple)) or len(band) != 2:
+            raise ConfigError("search.lr_band", band, "must be [min, max]")
+        band = tuple(_coerce(b, float, "search.lr_band") for b in band)
+        if not 0 < band[0] < band[1]:
+            raise ConfigError("search.lr_band", list(band), "must be 0 < min < max")
+    return SearchSpec(algorithm, num_samples, max_conc, n_init, tuple(dims), tuple(points), presets, band)
+
+
+def _apply_presets(raw: Mapping[str, Any]):
+    """Expand search.presets into dimensions and trainer settings before validation."""
+    from search_spaces import presets as presets_mod
+    search = raw.get("search")
+    if not isinstance(search, Mapping) or not search.get("presets"):
+        return raw, ()
+    trainer = raw.get("trainer") or {}
+    if not isinstance(trainer, Mapping):
+        raise ConfigError("trainer", trainer, "must be a mapping")
+    space, trainer, names = presets_mod.expand(dict(search), dict(trainer))
+    out = dict(raw)
+    out["trainer"] = trainer
+    out["search"] = {**search, "space": space}
+    return out, tuple(names)
 
 
 def _check_value(base: TrainConfig, key: str, value: Any, where: str) -> None:
@@ -166,8 +193,9 @@ def from_dict(raw: Mapping[str, Any], default_name: str = "sweep") -> SweepSpec:
     name = _coerce(raw.get("name", default_name), str, "name")
     if not NAME_RE.match(name):
         raise ConfigError("name", name, "use letters, digits, '.', '_' and '-' only")
+    raw, presets = _apply_presets(raw)
     train = TrainConfig.from_dict(raw)
-    search = _parse_search(raw.get("search"), train)
+    search = _parse_search(raw.get("search"), train, presets)
     asha = parse(AshaSpec, raw.get("asha"), "asha")
     resources = parse(ResourceSpec, raw.get("resources"), "resources")
     metric = _coerce(raw.get("metric", "val_acc"), str, "metric")

@@ -38,6 +38,22 @@ def check_fresh(storage: Storage, name: str) -> None:
                           "--name or move the old one away")
 
 
+def resolve_largest_batch(spec: SweepSpec) -> SweepSpec:
+    """The largest_batch preset: find the batch as a Ray task holding one trial's resources, so
+    the probe runs on the kind of device the trials get, not on the driver's."""
+    if "largest_batch" not in spec.search.presets:
+        return spec
+    import dataclasses
+    import ray
+    from trainables.batch_finder import find_for
+    task = ray.remote(num_cpus=spec.resources.cpus, num_gpus=spec.resources.gpus)(find_for)
+    found = ray.get(task.remote(spec.train.to_dict()))
+    print(f"largest_batch: per_gpu_batch_size {found['per_gpu_batch_size']} (largest that ran: "
+          f"{found['largest_fit']}, limited by {found['limit']})", flush=True)
+    train = spec.train.with_overrides({"per_gpu_batch_size": found["per_gpu_batch_size"]})
+    return dataclasses.replace(spec, train=train)
+
+
 def build_search(spec: SweepSpec, concurrency: int):
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
     points = [dict(p) for p in spec.search.points_to_evaluate]
@@ -113,6 +129,7 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
 
     storage = Storage(spec.results_dir)
     check_fresh(storage, spec.name)
+    spec = resolve_largest_batch(spec)
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"   # ours (InterruptStopper) records the interrupt
     # Tune's result grid looks for the per-trial JSON/CSV files our writers replace.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)

@@ -153,3 +153,11 @@ def find(cfg, memory_budget_bytes: Optional[int] = None, margin: float = 0.9, st
     fixed, per_sample, n = cpu_per_sample_bytes(cfg)
     budget = memory_budget_bytes or available_memory_bytes() // 4   # leave room for the rest of the sweep
     return search(lambda bs: fixed + bs * per_sample <= budget, start, min(max_batch or n, n), margin)
+
+
+def find_for(train_config: dict, margin: float = 0.9) -> dict:
+    """Entry point for a Ray task on the trials' own kind of node and device."""
+    from trainables.config import TrainConfig
+    r = find(TrainConfig.from_dict(train_config), margin=margin)
+    return {"per_gpu_batch_size": r.per_gpu_batch_size, "largest_fit": r.largest_fit, "limit": r.limit,
+            "tried": r.tried}
