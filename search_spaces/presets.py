@@ -108,6 +108,12 @@ def expand(raw_search: Dict[str, Any], raw_trainer: Dict[str, Any]) -> Tuple[Dic
         if p.needs_band:
             if not (isinstance(band, (list, tuple)) and len(band) == 2):
                 raise ConfigError("search.lr_band", band, f"preset {name} needs [min, max] (tunesmith lr-find prints it)")
+            try:
+                lo, hi = float(band[0]), float(band[1])
+            except (TypeError, ValueError):
+                raise ConfigError("search.lr_band", band, "must be two numbers") from None
+            if not 0 < lo < hi:
+                raise ConfigError("search.lr_band", band, "must be 0 < min < max")
         for key, value in p.settings.items():
             if key in raw_trainer and raw_trainer[key] != value:
                 raise ConfigError(f"trainer.{key}", raw_trainer[key], f"preset {name} needs {value!r}")
