@@ -134,6 +134,27 @@ def _add_lr_find_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pick", default="min10", help="suggestion that sets the max LR: min10 (default), valley, steepest")
 
 
+def cmd_smith(args) -> int:
+    import time
+    started = time.time()
+    spec = load_spec(args)
+    _local_checks(spec, args)
+    from orchestrator import smith
+    from orchestrator.results import preload
+    preload()
+    smith.run(spec, args, started)
+    return 0
+
+
+def _add_smith_args(p: argparse.ArgumentParser) -> None:
+    _add_lr_find_args(p)
+    p.add_argument("--short-epochs", type=int, help="epochs of stage 2's short runs (default: half of trainer.epochs, at least 3)")
+    p.add_argument("--samples", type=int, default=1, help="LR draws per momentum x weight-decay cell (default 1)")
+    p.add_argument("--weight-decay", choices=("auto", "deep", "shallow"), default="auto",
+                   help="Smith's grid for deep (ResNets) or shallow networks (default: by model)")
+    p.add_argument("--final", action="store_true", help="stage 3: train the best configuration full length")
+
+
 def cmd_spaces(args) -> int:
     from search_spaces.presets import PRESETS
     for name in sorted(PRESETS):
@@ -164,6 +185,8 @@ COMMANDS: Dict[str, tuple] = {
                                                               help="override search.num_samples")]),
     "validate": (cmd_validate, "check a spec and print what it would run", [_add_spec_args]),
     "lr-find": (cmd_lr_find, "LR range test: curve, suggestions and the LR band", [_add_spec_args, _add_lr_find_args]),
+    "smith": (cmd_smith, "Smith's staged sweep: range test, short ASHA sweep in the band, optional final run",
+              [_add_spec_args, _add_cluster_args, _add_smith_args]),
     "spaces": (cmd_spaces, "list the search-space presets (Smith's ranges)", []),
     "analyze": (cmd_analyze, "summarise sweeps from their Parquet results", [_add_analyze_args]),
 }

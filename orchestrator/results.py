@@ -48,6 +48,7 @@ class TrialRecord:
     best: Dict[str, float] = field(default_factory=dict)
     last: Dict[str, float] = field(default_factory=dict)
     error: str = ""
+    curve: Dict[int, float] = field(default_factory=dict)   # the sweep's metric by epoch
 
 
 def _num(value: Any) -> Optional[float]:
@@ -184,6 +185,8 @@ class ResultsWriter(Callback):
             rec.last[m] = v
             better = min if m in schema.LOWER_IS_BETTER else max
             rec.best[m] = better(rec.best.get(m, v), v)
+        if row.get(self.metric) is not None:
+            rec.curve[epoch] = row[self.metric]
         if result.get("diverged"):
             rec.stop_reason = str(result.get("stop_reason", "diverged"))
             rec.status = "diverged"
@@ -304,7 +307,8 @@ class ResultsWriter(Callback):
         key = self.metric
         sign = -1 if self.mode == "max" else 1
         have = [r for r in self.trials.values() if key in r.best]
-        return sorted(have, key=lambda r: sign * r.best[key])
+        # ties (common on small validation sets) go to the lower validation loss
+        return sorted(have, key=lambda r: (sign * r.best[key], r.best.get("val_loss", math.inf)))
 
 
 _TUNE_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "done",

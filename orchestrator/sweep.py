@@ -123,12 +123,13 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
 
 
 def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Callable] = None,
-              progress: bool = True, command: str = "run") -> SweepOutcome:
+              progress: bool = True, command: str = "run", fresh: bool = True) -> SweepOutcome:
     import os
     from orchestrator.scheduler import InterruptStopper
 
     storage = Storage(spec.results_dir)
-    check_fresh(storage, spec.name)
+    if fresh:   # `smith` checks before its first stage writes lr_find/ into the folder
+        check_fresh(storage, spec.name)
     spec = resolve_largest_batch(spec)
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"   # ours (InterruptStopper) records the interrupt
     # Tune's result grid looks for the per-trial JSON/CSV files our writers replace.
