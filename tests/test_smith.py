@@ -1,0 +1,86 @@
+"""`tunesmith lr-find` and `tunesmith smith` through the command's main()."""
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from orchestrator.cli import main
+
+SPEC = """
+name: sm
+dataset: {name: digits}
+model: {width: 16}
+trainer: {epochs: 6, per_gpu_batch_size: 64, lr: 0.1}
+results_dir: RESULTS
+"""
+
+
+def _write(tmp_path, text=SPEC):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text.replace("RESULTS", str(tmp_path / "results")))
+    return str(path)
+
+
+def test_lr_find_writes_curve_plot_decision_and_tensorboard(tmp_path, capsys):
+    assert main(["lr-find", _write(tmp_path), "--steps", "60"]) == 0
+    out = capsys.readouterr().out
+    assert "band:" in out and "chosen max LR" in out
+    root = tmp_path / "results" / "sm"
+    curve = pq.read_table(root / "lr_find" / "curve.parquet").to_pandas()
+    assert 20 < len(curve) <= 60 and curve.lr.is_monotonic_increasing
+    assert (root / "lr_find" / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
+    decision = json.loads((root / "lr_find" / "decision.json").read_text())
+    assert decision["min_lr"] == pytest.approx(decision["max_lr"] / 10)
+    assert decision["max_lr"] == decision["suggestions"][decision["pick"]]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(root / "tensorboard" / "lr_find"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert len(acc.Scalars("lr_find/loss")) == len(curve)
+    assert acc.Tags()["images"] == ["lr_find/curve"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--pick", "best"], "--pick = 'best'"),
+    (["--start", "1", "--end", "0.1"], "--start = 1.0"),
+    (["--steps", "3"], "--steps = 3"),
+])
+def test_lr_find_bad_options(tmp_path, capsys, argv, message):
+    assert main(["lr-find", _write(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_smith_refuses_adam_before_doing_anything(tmp_path, capsys):
+    assert main(["smith", _write(tmp_path), "--set", "trainer.optimizer=adam"]) == 2
+    assert "trainer.optimizer = 'adam'" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_smith_stages_and_report(ray_session, tmp_path, capsys):
+    assert main(["smith", _write(tmp_path), "--final", "--short-epochs", "3", "--steps", "60"]) == 0
+    out = capsys.readouterr().out
+    assert "# Smith report: sm" in out
+    root = tmp_path / "results"
+    report = json.loads((root / "sm" / "smith.json").read_text())
+    s1, s2, s3 = report["stage1"], report["stage2"], report["stage3"]
+    lo, hi = s1["band"]
+    assert hi == pytest.approx(10 * lo)
+    trials = pq.read_table(root / "sm" / "trials.parquet").to_pandas()
+    assert len(trials) == 12   # 4 momenta x 3 shallow weight decays
+    assert trials.hp_lr.between(lo * (1 - 1e-9), hi * (1 + 1e-9)).all()
+    assert sorted(trials.hp_max_momentum.unique()) == [0.9, 0.95, 0.97, 0.99]
+    assert sorted(trials.hp_weight_decay.unique()) == [1e-4, 1e-3, 1e-2]
+    assert {r["value"] for r in s2["momentum_ranking"]} == {0.9, 0.95, 0.97, 0.99}
+    assert s2["best"] == pytest.approx(trials.best_val_acc.max())
+    final = pq.read_table(root / "sm-final" / "trials.parquet").to_pandas()
+    assert len(final) == 1 and final.epochs.iloc[0] == 6 and final.status.iloc[0] == "completed"
+    import yaml
+    final_spec = yaml.safe_load((root / "sm-final" / "spec.yaml").read_text())
+    for key, value in s2["best_config"].items():   # the best configuration, set as the spec's own values
+        assert final_spec["trainer"][key] == pytest.approx(value)
+    assert s3["final"] == pytest.approx(final.last_val_acc.iloc[0])
+    assert s3["best"] > 0.9
+    md = (root / "sm" / "smith_report.md").read_text()
+    assert "## Stage 1" in md and "## Stage 2" in md and "## Stage 3" in md
