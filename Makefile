@@ -27,6 +27,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python bench/overhead.py
 	$(VENV)/bin/python bench/writer_cost.py
+	$(VENV)/bin/python bench/smith_time.py
 
 clean:
 	rm -rf $(VENV) results

@@ -37,10 +37,22 @@ def prepare_environment() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1e9")
 
 
+def _bind_loopback_if_imported() -> None:
+    """Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when ray_constants is imported. If
+    something imported Ray before prepare_environment() ran, carry the variable's value over,
+    or the node would bind to the machine's outward address."""
+    import sys
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None and os.environ.get(LOOPBACK_ENV) == "0":
+        constants.ENABLE_RAY_CLUSTER = False
+
+
 def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
             num_gpus: Optional[int] = None, dashboard: bool = False,
             log_to_driver: bool = False) -> ClusterInfo:
     prepare_environment()
+    if not address:
+        _bind_loopback_if_imported()
     import ray
     started = False
     if not ray.is_initialized():

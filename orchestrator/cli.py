@@ -204,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from cluster.connect import prepare_environment
+    prepare_environment()   # before anything imports Ray: it reads these variables once
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
