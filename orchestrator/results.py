@@ -92,12 +92,14 @@ def preload() -> None:
 class ResultsWriter(Callback):
     def __init__(self, storage: Storage, sweep: str, hp_keys: List[str], hp_domains: Dict[str, list],
                  epochs: int, metric: str, mode: str, flush_seconds: float = 1.0,
-                 pruned: Optional[Dict[str, str]] = None, tensorboard: bool = True, write: bool = True):
+                 pruned: Optional[Dict[str, str]] = None, tensorboard: bool = True, write: bool = True,
+                 interrupted=None):
         self.storage, self.sweep = storage, sweep
         self.hp_keys, self.hp_domains = list(hp_keys), hp_domains
         self.epochs, self.metric, self.mode = epochs, metric, mode
         self.flush_seconds = flush_seconds
         self.pruned = pruned if pruned is not None else {}   # trial_id -> reason, from the scheduler
+        self.interrupted = interrupted   # a threading.Event set on Ctrl-C (scheduler.InterruptStopper)
         self.trials: Dict[str, TrialRecord] = {}
         self._rows: List[dict] = []
         self._last_flush = time.monotonic()
@@ -117,7 +119,11 @@ class ResultsWriter(Callback):
         # Tune pickles its run config into tuner.pkl (for restore): leave the open writers out.
         state = dict(self.__dict__)
         state["_tb_writers"] = {}
+        state["interrupted"] = None
         return state
+
+    def _was_interrupted(self) -> bool:
+        return self.interrupted is not None and self.interrupted.is_set()
 
     # --- Tune hooks ----------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -178,13 +184,14 @@ class ResultsWriter(Callback):
                 extra[k] = num
         row["extra"] = list(extra.items())
         self._rows.append(row)
-        for m in schema.SUMMARY_METRICS:
+        for m in schema.CORE_METRICS:
             v = row[m]
             if v is None:
                 continue
             rec.last[m] = v
-            better = min if m in schema.LOWER_IS_BETTER else max
-            rec.best[m] = better(rec.best.get(m, v), v)
+            if m in schema.SUMMARY_METRICS:
+                better = min if m in schema.LOWER_IS_BETTER else max
+                rec.best[m] = better(rec.best.get(m, v), v)
         if row.get(self.metric) is not None:
             rec.curve[epoch] = row[self.metric]
         if result.get("diverged"):
@@ -215,6 +222,8 @@ class ResultsWriter(Callback):
             rec.status, rec.stop_reason = "pruned", self.pruned[trial_id]
         elif rec.epochs >= self.epochs:
             rec.status, rec.stop_reason = "completed", f"trained all {self.epochs} epochs"
+        elif self._was_interrupted():
+            rec.status, rec.stop_reason = "stopped", "sweep interrupted"
         else:
             rec.status, rec.stop_reason = "stopped", f"stopped after {rec.epochs} of {self.epochs} epochs"
         self._dirty = True
@@ -267,6 +276,7 @@ class ResultsWriter(Callback):
         }
         for m in schema.SUMMARY_METRICS:
             cols[f"best_{m}"] = pa.array([r.best.get(m) for r in recs], pa.float64())
+        for m in schema.CORE_METRICS:
             cols[f"last_{m}"] = pa.array([r.last.get(m) for r in recs], pa.float64())
         for key in self.hp_keys:
             cols[schema.hp_column(key)] = _hp_array([r.hparams.get(key) for r in recs])
@@ -276,6 +286,8 @@ class ResultsWriter(Callback):
     def close(self, unfinished_reason: str = "sweep ended") -> None:
         if self._closed:
             return
+        if self._was_interrupted():
+            unfinished_reason = "sweep interrupted"
         for rec in self.trials.values():
             if rec.status == "running":
                 rec.status, rec.stop_reason, rec.ended_at = "stopped", unfinished_reason, time.time()

@@ -37,7 +37,8 @@ TRIAL_FIXED = [
     ("ended_at", pa.timestamp("ms", tz="UTC")), ("node_ip", pa.string()), ("device", pa.string()),
     ("global_batch", pa.int64()), ("config", pa.string()),
 ]
-TRIAL_METRIC_COLUMNS = [(f"{kind}_{m}", pa.float64()) for m in SUMMARY_METRICS for kind in ("best", "last")]
+TRIAL_METRIC_COLUMNS = ([(f"best_{m}", pa.float64()) for m in SUMMARY_METRICS]
+                        + [(f"last_{m}", pa.float64()) for m in CORE_METRICS])
 
 
 def hp_column(key: str) -> str:

@@ -97,7 +97,7 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
     writer = ResultsWriter(storage, spec.name, hp_keys, domains, epochs=spec.max_t,
                            metric=spec.metric, mode=spec.mode,
                            pruned=scheduler.pruned if scheduler is not None else None,
-                           write=write_results)
+                           write=write_results, interrupted=getattr(stopper, "event", None))
     callbacks = [writer]
     if progress:
         from orchestrator.progress import ProgressPrinter

@@ -116,3 +116,31 @@ def test_tensorboard_server_serves_scalars_and_hparams(tmp_path):
     finally:
         tb.terminate()
         tb.wait(timeout=30)
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_results(tmp_path):
+    """SIGINT to the driver (what Ctrl-C sends): trials stop, results stay, exit code 130."""
+    proc = subprocess.Popen([TUNESMITH, "run", "examples/digits.yaml", "--results-dir", str(tmp_path),
+                             "--name", "int", "--num-samples", "40", "--set", "trainer.epochs=30",
+                             "--set", "asha.enabled=false"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT,
+                            start_new_session=True)
+    epochs = tmp_path / "int" / "epochs"
+    try:
+        _wait_for(lambda: epochs.exists() and any(p.suffix == ".parquet" for p in epochs.iterdir()), 180, "results")
+        os.kill(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupt" in out
+    trials = pq.read_table(tmp_path / "int" / "trials.parquet").to_pandas()
+    assert len(trials) < 40
+    assert "running" not in set(trials.status)
+    stopped = trials[trials.status == "stopped"]
+    assert len(stopped) >= 1 and (stopped.stop_reason == "sweep interrupted").all()
+    manifest = json.loads((tmp_path / "int" / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["ended_at"]
+    assert pq.read_table(epochs).num_rows >= 1

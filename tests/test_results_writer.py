@@ -137,3 +137,37 @@ def test_schema_of_epoch_parts_is_the_documented_one(writer):
     _, root = writer
     part = sorted((root / "epochs").iterdir())[0]
     assert pq.read_schema(part).remove_metadata() == schema.EPOCH_SCHEMA
+
+
+def test_trials_schema_is_the_documented_one(writer):
+    _, root = writer
+    table = pq.read_table(root / "trials.parquet")
+    for name, type_ in schema.TRIAL_FIXED + schema.TRIAL_METRIC_COLUMNS:
+        assert table.schema.field(name).type == type_, name
+    t1 = table.to_pandas().set_index("trial_id").loc["t1"]
+    assert t1.last_lr == pytest.approx(0.1) and t1.last_samples_per_second == pytest.approx(1000.0)
+
+
+def test_several_sweeps_read_as_one_dataset(tmp_path):
+    import duckdb
+    import pyarrow.dataset as ds
+    for name, keys in (("a", ["lr"]), ("b", ["lr", "momentum"])):
+        w = ResultsWriter(Storage(str(tmp_path)), name, keys, {k: [] for k in keys}, epochs=2,
+                          metric="val_acc", mode="max")
+        for t in ("t1", "t2"):
+            w._start(t, {"lr": 0.1, "momentum": 0.9})
+            for e in (1, 2):
+                w.record(t, _result(e, 0.5 + e / 10))
+            w.finish(t)
+        w.close()
+    epochs = ds.dataset([str(tmp_path / n / "epochs") for n in ("a", "b")], format="parquet").to_table()
+    assert epochs.num_rows == 8 and set(epochs.column("sweep").to_pylist()) == {"a", "b"}
+    con = duckdb.connect()
+    rows = con.execute(f"""
+        select t.sweep, count(*) from read_parquet('{tmp_path}/*/epochs/*.parquet') e
+        join read_parquet('{tmp_path}/*/trials.parquet', union_by_name=true) t using (sweep, trial_id)
+        group by 1 order by 1""").fetchall()
+    assert rows == [("a", 4), ("b", 4)]
+    momentum = con.execute(f"select sweep, hp_momentum from read_parquet('{tmp_path}/*/trials.parquet', "
+                           f"union_by_name=true) order by 1").fetchall()
+    assert momentum[0] == ("a", None) and momentum[-1] == ("b", 0.9)
