@@ -160,7 +160,7 @@ def test_several_sweeps_read_as_one_dataset(tmp_path):
                 w.record(t, _result(e, 0.5 + e / 10))
             w.finish(t)
         w.close()
-    epochs = ds.dataset([str(tmp_path / n / "epochs") for n in ("a", "b")], format="parquet").to_table()
+    epochs = ds.dataset([ds.dataset(str(tmp_path / n / "epochs")) for n in ("a", "b")]).to_table()
     assert epochs.num_rows == 8 and set(epochs.column("sweep").to_pylist()) == {"a", "b"}
     con = duckdb.connect()
     rows = con.execute(f"""
