@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import start, timed_sweep
 
 
 def trivial(config):
@@ -28,27 +26,13 @@ def main() -> None:
     ap.add_argument("--baseline-trials", type=int, default=20)
     args = ap.parse_args()
 
-    from cluster.connect import connect
-    from orchestrator import spec as spec_mod
-    from orchestrator.storage import Storage
-    from orchestrator.sweep import build_tuner
-
-    cluster = connect(num_cpus=2)
-    import logging
-    logging.getLogger("ray.tune").setLevel(logging.ERROR)
+    cluster, root = start()
     from ray import tune
 
-    root = tempfile.mkdtemp(prefix="tunesmith-bench-")
-
     def ours(n: int, name: str) -> float:
-        spec = spec_mod.from_dict({"name": name, "results_dir": root, "trainer": {"epochs": 1},
-                                   "search": {"algorithm": "random", "num_samples": n,
-                                              "space": {"lr": {"uniform": [0.01, 1.0]}}}})
-        tuner, writer, _ = build_tuner(spec, Storage(root), cluster, trainable=trivial)
-        start = time.perf_counter()
-        tuner.fit()
-        writer.close()
-        return (time.perf_counter() - start) / n * 1000
+        raw = {"name": name, "trainer": {"epochs": 1},
+               "search": {"algorithm": "random", "num_samples": n, "space": {"lr": {"uniform": [0.01, 1.0]}}}}
+        return timed_sweep(raw, cluster, root, trainable=trivial) / n * 1000
 
     def plain(n: int) -> float:
         saved = os.environ.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
@@ -56,9 +40,9 @@ def main() -> None:
             tuner = tune.Tuner(trivial, param_space={"lr": tune.uniform(0.01, 1.0)},
                                tune_config=tune.TuneConfig(num_samples=n, metric="val_acc", mode="max"),
                                run_config=tune.RunConfig(storage_path=root, name="plain", verbose=0))
-            start = time.perf_counter()
+            began = time.perf_counter()
             tuner.fit()
-            return (time.perf_counter() - start) / n * 1000
+            return (time.perf_counter() - began) / n * 1000
         finally:
             os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = saved
 

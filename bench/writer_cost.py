@@ -7,13 +7,9 @@ and the writers' share. Target: at most 5% of the sweep's wall time.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
-import tempfile
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import start, timed_sweep
 
 
 def main() -> None:
@@ -23,28 +19,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
 
-    from cluster.connect import connect
-    from orchestrator import spec as spec_mod
-    from orchestrator.storage import Storage
-    from orchestrator.sweep import build_tuner
-
-    cluster = connect(num_cpus=2)
-    import logging
-    logging.getLogger("ray.tune").setLevel(logging.ERROR)
-    root = tempfile.mkdtemp(prefix="tunesmith-bench-")
+    cluster, root = start()
 
     def sweep(name: str, write: bool) -> float:
-        spec = spec_mod.from_dict({
-            "name": name, "results_dir": root, "seed": 0, "model": {"width": 16},
+        return timed_sweep({
+            "name": name, "seed": 0, "model": {"width": 16},
             "trainer": {"epochs": args.epochs, "preview_every": 4},
             "search": {"algorithm": "random", "num_samples": args.trials,
                        "space": {"lr": {"loguniform": [0.01, 0.5]}, "weight_decay": {"choice": [0, 1e-4]}}},
-            "asha": {"enabled": False}})
-        tuner, writer, _ = build_tuner(spec, Storage(root), cluster, write_results=write)
-        start = time.perf_counter()
-        tuner.fit()
-        writer.close()
-        return time.perf_counter() - start
+            "asha": {"enabled": False}}, cluster, root, write_results=write)
 
     # Warm-up with writers on: it pays the one-time tensorboardX/torch import in the driver,
     # which `tunesmith run` overlaps with Ray's start-up (orchestrator.results.preload).

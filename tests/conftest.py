@@ -23,7 +23,11 @@ def results_dir(tmp_path):
     return str(tmp_path / "results")
 
 
-def write_spec(path, text: str) -> str:
-    with open(path, "w") as fh:
-        fh.write(text)
-    return str(path)
+@pytest.fixture
+def spec_file(tmp_path):
+    """Write a spec into the test's folder; RESULTS in the text becomes <tmp>/results."""
+    def write(text: str, name: str = "spec.yaml") -> str:
+        path = tmp_path / name
+        path.write_text(text.replace("RESULTS", str(tmp_path / "results")))
+        return str(path)
+    return write

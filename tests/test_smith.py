@@ -15,14 +15,10 @@ results_dir: RESULTS
 """
 
 
-def _write(tmp_path, text=SPEC):
-    path = tmp_path / "spec.yaml"
-    path.write_text(text.replace("RESULTS", str(tmp_path / "results")))
-    return str(path)
 
 
-def test_lr_find_writes_curve_plot_decision_and_tensorboard(tmp_path, capsys):
-    assert main(["lr-find", _write(tmp_path), "--steps", "60"]) == 0
+def test_lr_find_writes_curve_plot_decision_and_tensorboard(tmp_path, capsys, spec_file):
+    assert main(["lr-find", spec_file(SPEC), "--steps", "60"]) == 0
     out = capsys.readouterr().out
     assert "band:" in out and "chosen max LR" in out
     root = tmp_path / "results" / "sm"
@@ -44,22 +40,22 @@ def test_lr_find_writes_curve_plot_decision_and_tensorboard(tmp_path, capsys):
     (["--start", "1", "--end", "0.1"], "--start = 1.0"),
     (["--steps", "3"], "--steps = 3"),
 ])
-def test_lr_find_bad_options(tmp_path, capsys, argv, message):
-    assert main(["lr-find", _write(tmp_path), *argv]) == 2
+def test_lr_find_bad_options(tmp_path, capsys, argv, message, spec_file):
+    assert main(["lr-find", spec_file(SPEC), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
 
 
-def test_smith_refuses_adam_before_doing_anything(tmp_path, capsys):
-    assert main(["smith", _write(tmp_path), "--set", "trainer.optimizer=adam"]) == 2
+def test_smith_refuses_adam_before_doing_anything(tmp_path, capsys, spec_file):
+    assert main(["smith", spec_file(SPEC), "--set", "trainer.optimizer=adam"]) == 2
     assert "trainer.optimizer = 'adam'" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_smith_stages_and_report(ray_session, tmp_path, capsys):
-    assert main(["smith", _write(tmp_path), "--final", "--short-epochs", "3", "--steps", "60"]) == 0
+def test_smith_stages_and_report(ray_session, tmp_path, capsys, spec_file):
+    assert main(["smith", spec_file(SPEC), "--final", "--short-epochs", "3", "--steps", "60"]) == 0
     out = capsys.readouterr().out
     assert "# Smith report: sm" in out
     root = tmp_path / "results"

@@ -19,14 +19,10 @@ results_dir: RESULTS
 """
 
 
-def _spec(tmp_path, text):
-    path = tmp_path / "spec.yaml"
-    path.write_text(text.replace("RESULTS", str(tmp_path / "results")))
-    return str(path)
 
 
-def test_good_spec_parses_with_typed_values(tmp_path):
-    s = spec_mod.load(_spec(tmp_path, GOOD))
+def test_good_spec_parses_with_typed_values(tmp_path, spec_file):
+    s = spec_mod.load(spec_file(GOOD))
     assert s.name == "t" and s.train.trainer.lr == 0.1
     lr = s.search.space[0]
     assert (lr.kind, lr.low, lr.high) == ("loguniform", 1e-3, 1.0)   # "1e-3" from YAML became a float
@@ -76,8 +72,8 @@ def test_bad_values_name_field_and_value(label, raw, message):
     assert "\n" not in str(err.value)
 
 
-def test_overrides_are_yaml_and_dotted(tmp_path):
-    s = spec_mod.load(_spec(tmp_path, GOOD), ["trainer.lr=0.3", "model.width=64",
+def test_overrides_are_yaml_and_dotted(tmp_path, spec_file):
+    s = spec_mod.load(spec_file(GOOD), ["trainer.lr=0.3", "model.width=64",
                                              "search.space.model.width={choice: [8, 16]}"])
     assert s.train.trainer.lr == 0.3 and s.train.model.width == 64
     assert [d.key for d in s.search.space] == ["lr", "weight_decay", "model.width"]
@@ -101,8 +97,8 @@ CLI_BAD = [
 
 
 @pytest.mark.parametrize("argv,message", CLI_BAD, ids=[m for _, m in CLI_BAD])
-def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv, message):
-    spec = _spec(tmp_path, GOOD)
+def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv, message, spec_file):
+    spec = spec_file(GOOD)
     argv = [a.replace("SPEC", spec).replace("NOWHERE", str(tmp_path / "nowhere")) for a in argv]
     code = main(argv)
     err = capsys.readouterr().err
@@ -111,8 +107,8 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, a
     assert not os.path.exists(tmp_path / "results")
 
 
-def test_cli_refuses_to_overwrite_an_existing_sweep(tmp_path, capsys):
-    spec = _spec(tmp_path, GOOD)
+def test_cli_refuses_to_overwrite_an_existing_sweep(tmp_path, capsys, spec_file):
+    spec = spec_file(GOOD)
     old = tmp_path / "results" / "t"
     old.mkdir(parents=True)
     (old / "trials.parquet").write_bytes(b"precious")
@@ -121,8 +117,8 @@ def test_cli_refuses_to_overwrite_an_existing_sweep(tmp_path, capsys):
     assert (old / "trials.parquet").read_bytes() == b"precious"
 
 
-def test_validate_command(tmp_path, capsys):
-    assert main(["validate", _spec(tmp_path, GOOD)]) == 0
+def test_validate_command(tmp_path, capsys, spec_file):
+    assert main(["validate", spec_file(GOOD)]) == 0
     assert "8 trials" in capsys.readouterr().out
 
 

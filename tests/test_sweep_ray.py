@@ -28,10 +28,6 @@ results_dir: RESULTS
 """
 
 
-def _write(tmp_path, text):
-    path = tmp_path / "spec.yaml"
-    path.write_text(text.replace("RESULTS", str(tmp_path / "results")))
-    return str(path)
 
 
 def _tb_scalars(path):
@@ -41,8 +37,8 @@ def _tb_scalars(path):
     return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
 
 
-def test_cli_sweep_writes_parquet_and_tensorboard(ray_session, tmp_path, capsys):
-    assert main(["run", _write(tmp_path, SPEC)]) == 0
+def test_cli_sweep_writes_parquet_and_tensorboard(ray_session, tmp_path, capsys, spec_file):
+    assert main(["run", spec_file(SPEC)]) == 0
     out = capsys.readouterr().out
     assert "rank" in out and "results:" in out
     root = tmp_path / "results" / "tiny"
@@ -69,12 +65,12 @@ def test_cli_sweep_writes_parquet_and_tensorboard(ray_session, tmp_path, capsys)
     assert (root / "spec.yaml").exists()
 
 
-def test_tpe_with_asha_prunes_and_says_why(ray_session, tmp_path):
+def test_tpe_with_asha_prunes_and_says_why(ray_session, tmp_path, spec_file):
     text = SPEC.replace("name: tiny", "name: tpe").replace("algorithm: random", "algorithm: tpe") \
         .replace("num_samples: 4", "num_samples: 8\n  n_initial_points: 4") \
         .replace("asha: {enabled: false}", "asha: {grace_period: 1, reduction_factor: 2}") \
         .replace("epochs: 3", "epochs: 4")
-    assert main(["run", _write(tmp_path, text)]) == 0
+    assert main(["run", spec_file(text)]) == 0
     trials = pq.read_table(tmp_path / "results" / "tpe" / "trials.parquet").to_pandas()
     assert len(trials) == 8
     pruned = trials[trials.status == "pruned"]
@@ -83,7 +79,7 @@ def test_tpe_with_asha_prunes_and_says_why(ray_session, tmp_path):
     assert (pruned.epochs < 4).all()
 
 
-def test_grid_search_walks_every_combination(ray_session, tmp_path):
+def test_grid_search_walks_every_combination(ray_session, tmp_path, spec_file):
     text = """
 name: grid
 dataset: {name: digits}
@@ -97,7 +93,7 @@ search:
 asha: {enabled: false}
 results_dir: RESULTS
 """
-    assert main(["run", _write(tmp_path, text)]) == 0
+    assert main(["run", spec_file(text)]) == 0
     trials = pq.read_table(tmp_path / "results" / "grid" / "trials.parquet").to_pandas()
     combos = sorted(zip(trials.hp_momentum, trials.hp_weight_decay))
     assert combos == sorted((m, w) for m in (0.9, 0.95, 0.99) for w in (1e-4, 0.0))
@@ -118,8 +114,8 @@ def test_errored_trial_is_recorded(ray_session, tmp_path):
     assert not outcome.interrupted
 
 
-def test_trial_larger_than_cluster_is_bad_input(ray_session, tmp_path, capsys):
-    code = main(["run", _write(tmp_path, SPEC), "--set", "resources.cpus=64"])
+def test_trial_larger_than_cluster_is_bad_input(ray_session, tmp_path, capsys, spec_file):
+    code = main(["run", spec_file(SPEC), "--set", "resources.cpus=64"])
     assert code == 2
     err = capsys.readouterr().err
     assert "resources.cpus = 64" in err and err.count("\n") == 1
