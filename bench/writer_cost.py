@@ -30,7 +30,7 @@ def main() -> None:
             "asha": {"enabled": False}}, cluster, root, write_results=write)
 
     # Warm-up with writers on: it pays the one-time tensorboardX/torch import in the driver,
-    # which `tunesmith run` overlaps with Ray's start-up (orchestrator.results.preload).
+    # which `tunesmith run` overlaps with Ray's start-up (orchestrator.tensorboard.preload).
     sweep("warmup", True)
     off, on = [], []
     for r in range(args.rounds):

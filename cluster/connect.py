@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+TOKEN_FILE = os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
 
 
 @dataclass
@@ -53,6 +54,10 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
     prepare_environment()
     if not address:
         _bind_loopback_if_imported()
+    elif "RAY_AUTH_MODE" not in os.environ and os.path.exists(TOKEN_FILE):
+        # `ray start` turns token authentication on by default and keeps the token here; a
+        # driver joining that cluster must present it.
+        os.environ["RAY_AUTH_MODE"] = "token"
     import ray
     started = False
     if not ray.is_initialized():

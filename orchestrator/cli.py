@@ -65,7 +65,7 @@ def cmd_run(args) -> int:
     spec = load_spec(args)
     _local_checks(spec, args)
     from cluster.connect import connect, disconnect
-    from orchestrator.results import preload
+    from orchestrator.tensorboard import preload
     from orchestrator.sweep import best_table, concurrency_for, run_sweep
     preload()
     cluster = connect(args.address, args.num_cpus, args.num_gpus, args.dashboard, args.worker_logs)
@@ -140,7 +140,7 @@ def cmd_smith(args) -> int:
     spec = load_spec(args)
     _local_checks(spec, args)
     from orchestrator import smith
-    from orchestrator.results import preload
+    from orchestrator.tensorboard import preload
     preload()
     smith.run(spec, args, started)
     return 0

@@ -81,14 +81,6 @@ def _hp_array(values: List[Any]) -> pa.Array:
     return pa.array([None if v is None else str(v) for v in vals], pa.string())
 
 
-def preload() -> None:
-    """Import tensorboardX (which imports torch: about 2 s) in a background thread, so that
-    the import overlaps Ray's start-up instead of delaying the first result."""
-    import importlib
-    import threading
-    threading.Thread(target=importlib.import_module, args=("tensorboardX",), daemon=True).start()
-
-
 class ResultsWriter(Callback):
     def __init__(self, storage: Storage, sweep: str, hp_keys: List[str], hp_domains: Dict[str, list],
                  epochs: int, metric: str, mode: str, flush_seconds: float = 1.0,

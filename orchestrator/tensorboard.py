@@ -103,3 +103,13 @@ def prediction_caption(preview: dict, columns: int = 8) -> str:
              for p, t in zip(preview["pred"], preview["true"])]
     rows = [" | ".join(cells[i:i + columns]) for i in range(0, len(cells), columns)]
     return "predicted (true when wrong), row by row:  \n" + "  \n".join(rows)
+
+
+def preload() -> None:
+    """Import tensorboardX (which imports torch: about 2 s) in a background thread, so that
+    the import overlaps Ray's start-up instead of delaying the first result. This module
+    imports no Ray: Ray reads its environment (loopback binding, token auth) once, at import,
+    and cluster.connect sets it first."""
+    import importlib
+    import threading
+    threading.Thread(target=importlib.import_module, args=("tensorboardX",), daemon=True).start()
