@@ -58,6 +58,8 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
         # `ray start` turns token authentication on by default and keeps the token here; a
         # driver joining that cluster must present it.
         os.environ["RAY_AUTH_MODE"] = "token"
+    # Ray announces that token authentication is on at every start: good news, not a warning.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     import ray
     started = False
     if not ray.is_initialized():
