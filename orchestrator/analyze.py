@@ -80,9 +80,8 @@ def load(results: str, names: Optional[List[str]] = None) -> List[Sweep]:
     if not storage.is_dir():
         raise ConfigError("results", results, "no such directory")
     if storage.exists("trials.parquet"):   # the path is one sweep's folder
-        parent, name = os.path.split(storage.root.rstrip("/"))
-        storage = Storage(parent if not "://" in results else results.rstrip("/").rsplit("/", 1)[0])
-        found = [name]
+        found = [os.path.basename(storage.root.rstrip("/"))]
+        storage = storage.parent()
     else:
         found = [d for d in storage.listdir() if storage.exists(d, "trials.parquet")]
     if not found:

@@ -32,6 +32,12 @@ class Storage:
             self.fs = pafs.LocalFileSystem()
             self.root = os.path.abspath(os.path.expanduser(location))
 
+    def parent(self) -> "Storage":
+        """The same filesystem, one folder up."""
+        up = Storage.__new__(Storage)
+        up.location, up.fs, up.root = self.location, self.fs, posixpath.dirname(self.root.rstrip("/"))
+        return up
+
     @property
     def is_local(self) -> bool:
         return isinstance(self.fs, pafs.LocalFileSystem)
@@ -40,11 +46,12 @@ class Storage:
         return posixpath.join(self.root, *parts) if parts else self.root
 
     def uri(self, *parts: str) -> str:
-        """What Ray's storage_path and readers take: a local path or the URI form."""
+        """For people and readers: a local path, or the URI with its query (endpoint and such)."""
         if self.is_local:
             return self.path(*parts)
         scheme = self.location.split("://", 1)[0]
-        return f"{scheme}://{self.path(*parts).lstrip('/')}"
+        query = self.location.split("?", 1)[1] if "?" in self.location else ""
+        return f"{scheme}://{self.path(*parts).lstrip('/')}" + (f"?{query}" if query else "")
 
     def exists(self, *parts: str) -> bool:
         return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound

@@ -114,7 +114,9 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
             max_concurrent_trials=concurrency, reuse_actors=True,   # actor start-up is most of Tune's per-trial cost
             time_budget_s=spec.time_budget_s, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
-            name="_tune", storage_path=storage.uri(spec.name), verbose=0,
+            # Ray gets our filesystem object, so a URI's endpoint and credentials carry over
+            name="_tune", storage_path=storage.path(spec.name),
+            storage_filesystem=None if storage.is_local else storage.fs, verbose=0,
             callbacks=callbacks, stop=stopper,
             failure_config=tune.FailureConfig(max_failures=0),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),

@@ -1,0 +1,94 @@
+"""Results in an object store: a sweep, lr-find and analyze against an S3 API served on
+127.0.0.1 by moto's standalone server, through pyarrow's S3 filesystem."""
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from orchestrator.cli import main
+
+pytestmark = [pytest.mark.slow]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    port = _free_port()
+    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1",
+                               "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
+    fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
+                           allow_bucket_creation=True)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                fs.create_dir("sweeps")   # the bucket
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.3)
+        yield f"s3://sweeps/results?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1", fs
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+SPEC = """
+name: remote
+dataset: {name: digits}
+model: {width: 8}
+trainer: {epochs: 2, per_gpu_batch_size: 128, preview_every: 1}
+search:
+  num_samples: 2
+  space: {lr: {loguniform: [0.05, 0.2]}}
+asha: {enabled: false}
+"""
+
+
+@pytest.mark.ray
+def test_sweep_writes_to_the_object_store(ray_session, s3, spec_file, capsys):
+    uri, fs = s3
+    assert main(["run", spec_file(SPEC), "--results-dir", uri]) == 0
+    with fs.open_input_file("sweeps/results/remote/trials.parquet") as fh:
+        trials = pq.read_table(fh).to_pandas()
+    assert len(trials) == 2 and set(trials.status) == {"completed"}
+    parts = fs.get_file_info(pafs.FileSelector("sweeps/results/remote/epochs"))
+    rows = sum(pq.read_table(fs.open_input_file(p.path)).num_rows for p in parts if p.path.endswith(".parquet"))
+    assert rows == 4
+    events = fs.get_file_info(pafs.FileSelector("sweeps/results/remote/tensorboard", recursive=True))
+    assert len([e for e in events if "tfevents" in e.path]) >= 2
+    assert fs.get_file_info("sweeps/results/remote/manifest.json").type == pafs.FileType.File
+    capsys.readouterr()
+    assert main(["analyze", uri, "--format", "json", "--no-plots"]) == 0
+    assert '"sweep": "remote"' in capsys.readouterr().out
+    # a second run under the same name is refused, and nothing of the first is lost
+    assert main(["run", spec_file(SPEC), "--results-dir", uri]) == 2
+    assert "already holds a sweep" in capsys.readouterr().err
+
+
+def test_lr_find_writes_to_the_object_store(s3, spec_file):
+    uri, fs = s3
+    assert main(["lr-find", spec_file(SPEC.replace("name: remote", "name: lrf")), "--results-dir", uri,
+                 "--steps", "40"]) == 0
+    for name in ("curve.parquet", "lr_find.png", "decision.json"):
+        assert fs.get_file_info(f"sweeps/results/lrf/lr_find/{name}").type == pafs.FileType.File
+    events = fs.get_file_info(pafs.FileSelector("sweeps/results/lrf/tensorboard/lr_find"))
+    assert any("tfevents" in e.path for e in events)
