@@ -21,7 +21,3 @@ def max_concurrent(cluster_cpus: float, cluster_gpus: float, trial_cpus: float, 
     fit = max(1, fit)
     return min(fit, requested) if requested else fit
 
-
-def global_batch(per_gpu_batch_size: int, gpus: float) -> int:
-    """The global batch: per-GPU batch times the whole GPUs a trial holds (1 on CPU or a fraction)."""
-    return per_gpu_batch_size * max(1, int(gpus))

@@ -195,7 +195,7 @@ def compare(summaries: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     for s in summaries:
         top = s["best"][0] if s["best"] else {}
         rows.append({"sweep": s["sweep"], "trials": s["trials"], **s["status"],
-                     f"best": top.get(s["metric"]), "metric": s["metric"], "best_trial": top.get("trial_id"),
+                     "best": top.get(s["metric"]), "metric": s["metric"], "best_trial": top.get("trial_id"),
                      "most_important": s["effects"][0]["hparam"] if s["effects"] else None})
     return rows
 

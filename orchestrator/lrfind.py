@@ -101,7 +101,6 @@ def write(d: LRDecision, storage: Storage, sweep: str, title: str) -> Dict[str, 
 
 
 def _tensorboard(d: LRDecision, storage: Storage, sweep: str, png: bytes) -> None:
-    import os
     import shutil
     import tempfile
     import numpy as np
@@ -126,7 +125,6 @@ def _tensorboard(d: LRDecision, storage: Storage, sweep: str, png: bytes) -> Non
     if not local:
         storage.upload_dir(target, f"{sweep}/tensorboard/lr_find")
         shutil.rmtree(target, ignore_errors=True)
-    _ = os
 
 
 def summary_text(d: LRDecision) -> str:

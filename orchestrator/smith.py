@@ -9,11 +9,10 @@ The report (smith_report.md, smith.json) lists each stage's decision and why.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from orchestrator import lrfind
 from orchestrator.spec import SweepSpec, from_dict

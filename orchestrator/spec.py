@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from search_spaces.space import Dimension
 from trainables.config import (ConfigError, TrainConfig, _coerce, in_range, one_of, optional,

@@ -46,6 +46,7 @@ def test_trial_statuses_and_summaries(writer):
     assert t.loc["t2", "status"] == "diverged" and "nan" in t.loc["t2", "stop_reason"]
     assert t.loc["t3", "status"] == "pruned" and "ASHA" in t.loc["t3", "stop_reason"]
     assert t.loc["t4", "status"] == "errored" and t.loc["t4", "stop_reason"] == "ValueError: boom"
+    assert set(t.status) <= set(schema.STATUSES)
     assert t.loc["t1", "best_val_acc"] == pytest.approx(0.8) and t.loc["t1", "last_val_acc"] == pytest.approx(0.8)
     assert math.isnan(t.loc["t2", "best_val_acc"])   # null in Parquet, NaN in pandas
     assert json.loads(t.loc["t1", "config"]) == {"lr": 0.1, "model.width": 16}

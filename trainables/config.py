@@ -231,8 +231,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], prefix: str = "") -> "TrainConfig":
         dot = f"{prefix}." if prefix else ""
-        sections = {name: _parse_section(sec, data.get(name), f"{dot}{name}")
-                    for name, sec in SECTIONS.items()}
+        sections = {name: parse(sec, data.get(name), f"{dot}{name}") for name, sec in SECTIONS.items()}
         seed = _coerce(data.get("seed", 0), int, f"{dot}seed")
         return cls(seed=seed, **sections)
 
@@ -250,15 +249,6 @@ class TrainConfig:
             else:
                 data[section][name] = _plain(value)
         return TrainConfig.from_dict(data, prefix)
-
-
-def _parse_section(cls, data, prefix):
-    try:
-        return parse(cls, data, prefix)
-    except ConfigError:
-        raise
-    except TypeError as exc:  # pragma: no cover - parse() passes known names only
-        raise ConfigError(prefix, data, str(exc)) from None
 
 
 def resolve_key(key: str, prefix: str = "") -> tuple:

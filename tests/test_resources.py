@@ -1,0 +1,22 @@
+import pytest
+
+from cluster.resources import max_concurrent
+from trainables.config import ConfigError
+
+
+@pytest.mark.parametrize("cpus,gpus,tc,tg,req,expected", [
+    (2, 0, 1, 0, None, 2),
+    (16, 8, 1, 2, None, 4),      # two GPUs a trial: four at once, the rest would sit pending
+    (16, 1, 1, 0.5, None, 2),    # fractional GPUs share a card
+    (16, 8, 2, 1, 3, 3),         # the spec's own limit wins when lower
+    (2, 0, 2, 0, None, 1),
+])
+def test_max_concurrent(cpus, gpus, tc, tg, req, expected):
+    assert max_concurrent(cpus, gpus, tc, tg, req) == expected
+
+
+def test_trial_larger_than_the_cluster_names_the_field():
+    with pytest.raises(ConfigError, match="resources.gpus"):
+        max_concurrent(16, 0, 1, 1)
+    with pytest.raises(ConfigError, match="resources.cpus"):
+        max_concurrent(2, 0, 4, 0)
