@@ -76,10 +76,8 @@ def cmd_run(args) -> int:
         disconnect(cluster)
     print()
     print(best_table(outcome))
-    counts = {}
-    for rec in outcome.writer.trials.values():
-        counts[rec.status] = counts.get(rec.status, 0) + 1
-    print(f"\n{len(outcome.writer.trials)} trials ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}) "
+    counts = outcome.writer.status_counts()
+    print(f"\n{len(outcome.writer.trials)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())}) "
           f"in {outcome.wall_seconds:.1f}s")
     print(f"results: {outcome.path}")
     print(f"  tensorboard --logdir {outcome.storage.uri(spec.name, 'tensorboard')}")

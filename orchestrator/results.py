@@ -307,6 +307,12 @@ class ResultsWriter(Callback):
         return w
 
     # --- summaries for the end-of-sweep table ---------------------------------------------
+    def status_counts(self) -> Dict[str, int]:
+        counts: Dict[str, int] = {}
+        for rec in self.trials.values():
+            counts[rec.status] = counts.get(rec.status, 0) + 1
+        return dict(sorted(counts.items()))
+
     def ranked(self) -> List[TrialRecord]:
         key = self.metric
         sign = -1 if self.mode == "max" else 1

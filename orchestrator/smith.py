@@ -136,8 +136,7 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
                        "best_config": best.hparams, "metric": s2.metric,
                        "momentum_ranking": _ranking(w, "max_momentum", s2.metric, s2.mode),
                        "weight_decay_ranking": _ranking(w, "weight_decay", s2.metric, s2.mode),
-                       "status": {s: sum(r.status == s for r in w.trials.values())
-                                  for s in {r.status for r in w.trials.values()}},
+                       "status": w.status_counts(),
                        "seconds": round(out2.wall_seconds, 2)},
         }
         if args.final and not out2.interrupted:

@@ -164,8 +164,7 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
         writer.close("sweep interrupted" if status == "interrupted" else "sweep ended")
         man.update(ended_at=manifest_mod.now_iso(), status=status,
                    wall_seconds=round(time.monotonic() - start, 3),
-                   trials={s: sum(r.status == s for r in writer.trials.values())
-                           for s in {r.status for r in writer.trials.values()}})
+                   trials=writer.status_counts())
         storage.write_bytes(f"{spec.name}/manifest.json", manifest_mod.dumps(man))
     return SweepOutcome(spec, storage, writer, time.monotonic() - start, status == "interrupted")
 
