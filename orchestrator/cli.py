@@ -94,7 +94,15 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def _at_least_one(args, *names) -> None:
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ConfigError("--" + name.replace("_", "-"), value, "must be >= 1")
+
+
 def cmd_analyze(args) -> int:
+    _at_least_one(args, "top")
     from orchestrator import analyze
     from orchestrator.storage import is_uri
     plots = None
@@ -135,6 +143,7 @@ def _add_lr_find_args(p: argparse.ArgumentParser) -> None:
 def cmd_smith(args) -> int:
     import time
     started = time.time()
+    _at_least_one(args, "short_epochs", "samples")
     spec = load_spec(args)
     _local_checks(spec, args)
     from orchestrator import smith

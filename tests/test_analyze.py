@@ -86,6 +86,11 @@ def test_bad_results_are_one_line_exit_2(tmp_path, capsys, setup, message):
     assert message in err and err.count("\n") == 1
 
 
+def test_top_must_be_positive(results, capsys):
+    assert main(["analyze", str(results), "--top", "0"]) == 2
+    assert "--top = 0: must be >= 1" in capsys.readouterr().err
+
+
 def test_unknown_sweep_names_the_choices(results, capsys):
     assert main(["analyze", str(results), "--sweep", "gamma", "--no-plots"]) == 2
     assert "alpha, beta" in capsys.readouterr().err

@@ -46,6 +46,16 @@ def test_lr_find_bad_options(tmp_path, capsys, argv, message, spec_file):
     assert message in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("argv,message", [(["--short-epochs", "0"], "--short-epochs = 0"),
+                                          (["--samples", "0"], "--samples = 0"),
+                                          (["--short-epochs", "9"], "must not exceed trainer.epochs")])
+def test_smith_bad_options(tmp_path, capsys, argv, message, spec_file):
+    assert main(["smith", spec_file(SPEC), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "results").exists()
+
+
 def test_smith_refuses_adam_before_doing_anything(tmp_path, capsys, spec_file):
     assert main(["smith", spec_file(SPEC), "--set", "trainer.optimizer=adam"]) == 2
     assert "trainer.optimizer = 'adam'" in capsys.readouterr().err
