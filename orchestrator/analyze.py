@@ -196,7 +196,7 @@ def compare(summaries: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         top = s["best"][0] if s["best"] else {}
         rows.append({"sweep": s["sweep"], "trials": s["trials"], **s["status"],
                      "best": top.get(s["metric"]), "metric": s["metric"], "best_trial": top.get("trial_id"),
-                     "most_important": s["effects"][0]["hparam"] if s["effects"] else None})
+                     **{f"importance {e['hparam']}": round(e["importance"], 3) for e in s["effects"]}})
     return rows
 
 

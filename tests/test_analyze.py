@@ -60,6 +60,17 @@ def test_json_ranks_lr_first_when_it_drives_the_metric(results, capsys):
     assert s["status"] == {"completed": 8}
 
 
+def test_side_by_side_compares_best_and_importance(results, capsys):
+    assert main(["analyze", str(results), "--format", "json", "--no-plots"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    rows = {r["sweep"]: r for r in data["compare"]}
+    assert set(rows) == {"alpha", "beta"}
+    for row in rows.values():
+        assert row["trials"] == 8 and row["completed"] == 8 and row["metric"] == "val_acc"
+        assert 0 <= row["importance lr"] <= 1 and "importance model.width" in row
+    assert rows["alpha"]["best_trial"] == "alpha_002" and rows["beta"]["best_trial"] == "beta_004"
+
+
 def test_csv_is_one_table_with_sections(results, capsys):
     assert main(["analyze", str(results / "beta"), "--format", "csv", "--no-plots"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
