@@ -18,8 +18,9 @@ def start():
     return cluster, tempfile.mkdtemp(prefix="tunesmith-bench-")
 
 
-def timed_sweep(raw_spec: dict, cluster, root: str, **build_kwargs) -> float:
-    """Wall seconds of one sweep through tunesmith's own Tuner assembly, writers closed."""
+def timed_sweep(raw_spec: dict, cluster, root: str, on_writer=None, **build_kwargs) -> float:
+    """Wall seconds of one sweep through tunesmith's own Tuner assembly, writers closed;
+    ``on_writer(writer)`` afterwards, to read what the writer measured of itself."""
     from orchestrator import spec as spec_mod
     from orchestrator.storage import Storage
     from orchestrator.sweep import build_tuner
@@ -28,4 +29,7 @@ def timed_sweep(raw_spec: dict, cluster, root: str, **build_kwargs) -> float:
     begin = time.perf_counter()
     tuner.fit()
     writer.close()
-    return time.perf_counter() - begin
+    elapsed = time.perf_counter() - begin
+    if on_writer:
+        on_writer(writer)
+    return elapsed

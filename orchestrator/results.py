@@ -81,6 +81,9 @@ def _hp_array(values: List[Any]) -> pa.Array:
     return pa.array([None if v is None else str(v) for v in vals], pa.string())
 
 
+TRIALS_EVERY = 5.0   # seconds between trials.parquet rewrites that only update running trials' metrics
+
+
 class ResultsWriter(Callback):
     def __init__(self, storage: Storage, sweep: str, hp_keys: List[str], hp_domains: Dict[str, list],
                  epochs: int, metric: str, mode: str, flush_seconds: float = 1.0,
@@ -103,7 +106,10 @@ class ResultsWriter(Callback):
         self._tb_writers: Dict[str, Any] = {}
         self._tb_local = storage.local_path(sweep, "tensorboard")
         self._tb_staging = None if self._tb_local else tempfile.mkdtemp(prefix="tunesmith-tb-")
-        self._closed = False
+        self._closed = self._closing = False
+        self.busy_seconds = 0.0
+        self._status_changed = False      # trials.parquet: rewritten at once when a status changes,
+        self._trials_written = 0.0        # and at most every TRIALS_EVERY seconds for metrics alone
         if write:
             storage.makedirs(sweep, "epochs")
 
@@ -117,27 +123,39 @@ class ResultsWriter(Callback):
     def _was_interrupted(self) -> bool:
         return self.interrupted is not None and self.interrupted.is_set()
 
-    # --- Tune hooks ----------------------------------------------------------------------
+    # --- Tune hooks (each timed: busy_seconds is the writer's own cost in the driver) ------
     def on_trial_start(self, iteration, trials, trial, **info):
+        began = time.perf_counter()
         self._start(trial.trial_id, dict(trial.config))
+        self.busy_seconds += time.perf_counter() - began
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        began = time.perf_counter()
         self.record(trial.trial_id, result, config=trial.config)
         self.maybe_flush()
+        self.busy_seconds += time.perf_counter() - began
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        began = time.perf_counter()
         self.finish(trial.trial_id)
         self.flush()
+        self.busy_seconds += time.perf_counter() - began
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        began = time.perf_counter()
         self.finish(trial.trial_id, error=_error_text(trial))
         self.flush()
+        self.busy_seconds += time.perf_counter() - began
 
     def on_step_end(self, iteration, trials, **info):
+        began = time.perf_counter()
         self.maybe_flush()
+        self.busy_seconds += time.perf_counter() - began
 
     def on_experiment_end(self, trials, **info):
+        began = time.perf_counter()
         self.close()
+        self.busy_seconds += time.perf_counter() - began
 
     # --- the writer, usable without Tune -------------------------------------------------
     def _start(self, trial_id: str, config: Dict[str, Any]) -> TrialRecord:
@@ -146,7 +164,7 @@ class ResultsWriter(Callback):
             hps = {k: tb.plain(config.get(k)) for k in self.hp_keys}
             rec = TrialRecord(trial_id, hps, {k: tb.plain(v) for k, v in config.items()}, time.time())
             self.trials[trial_id] = rec
-            self._dirty = True
+            self._dirty = self._status_changed = True
             w = self._tb(trial_id)
             if w is not None:
                 w.file_writer.add_summary(tb.experiment_summary(self.hp_domains, [self.metric, "val_loss", "val_acc"]))
@@ -218,7 +236,7 @@ class ResultsWriter(Callback):
             rec.status, rec.stop_reason = "stopped", "sweep interrupted"
         else:
             rec.status, rec.stop_reason = "stopped", f"stopped after {rec.epochs} of {self.epochs} epochs"
-        self._dirty = True
+        self._dirty = self._status_changed = True
         w = self._tb(trial_id)
         if w is not None:
             for m, v in rec.best.items():
@@ -240,9 +258,11 @@ class ResultsWriter(Callback):
             self.storage.write_table(f"{self.sweep}/epochs/part-{self._token}-{self._part:05d}.parquet", table)
             self._part += 1
             self._rows = []
-        if self._dirty:
+        now = time.monotonic()
+        if self._dirty and (self._status_changed or self._closing or now - self._trials_written >= TRIALS_EVERY):
             self.storage.write_table(f"{self.sweep}/trials.parquet", self.trials_table())
-            self._dirty = False
+            self._dirty = self._status_changed = False
+            self._trials_written = now
         for w in self._tb_writers.values():
             w.flush()
         if self._tb_staging:
@@ -278,6 +298,7 @@ class ResultsWriter(Callback):
     def close(self, unfinished_reason: str = "sweep ended") -> None:
         if self._closed:
             return
+        self._closing = True
         if self._was_interrupted():
             unfinished_reason = "sweep interrupted"
         for rec in self.trials.values():
