@@ -66,17 +66,30 @@ def test_cli_sweep_writes_parquet_and_tensorboard(ray_session, tmp_path, capsys,
 
 
 def test_tpe_with_asha_prunes_and_says_why(ray_session, tmp_path, spec_file):
-    text = SPEC.replace("name: tiny", "name: tpe").replace("algorithm: random", "algorithm: tpe") \
-        .replace("num_samples: 4", "num_samples: 8\n  n_initial_points: 4") \
-        .replace("asha: {enabled: false}", "asha: {grace_period: 1, reduction_factor: 2}") \
-        .replace("epochs: 3", "epochs: 4")
+    """LRs from 1e-4 (barely learns in 4 epochs) to 0.5: ASHA has laggards to prune."""
+    text = """
+name: tpe
+seed: 3
+dataset: {name: digits}
+model: {name: small_cnn, width: 8}
+trainer: {epochs: 4, lr: 0.1, per_gpu_batch_size: 128}
+search:
+  algorithm: tpe
+  num_samples: 10
+  n_initial_points: 5
+  space:
+    lr: {loguniform: [1.0e-4, 0.5]}
+asha: {grace_period: 1, reduction_factor: 2}
+results_dir: RESULTS
+"""
     assert main(["run", spec_file(text)]) == 0
     trials = pq.read_table(tmp_path / "results" / "tpe" / "trials.parquet").to_pandas()
-    assert len(trials) == 8
+    assert len(trials) == 10
     pruned = trials[trials.status == "pruned"]
     assert len(pruned) >= 1
     assert pruned.stop_reason.str.contains("pruned by ASHA at epoch").all()
     assert (pruned.epochs < 4).all()
+    assert set(trials.status) <= {"completed", "pruned"}
 
 
 def test_grid_search_walks_every_combination(ray_session, tmp_path, spec_file):
