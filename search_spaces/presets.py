@@ -33,12 +33,6 @@ def _momentum_optimizer(trainer: Dict[str, Any]) -> Optional[str]:
     return None
 
 
-def _decays(trainer: Dict[str, Any]) -> Optional[str]:
-    if trainer.get("optimizer", "sgd") == "rprop":
-        return "cannot apply: trainer.optimizer rprop has no weight decay"
-    return None
-
-
 PRESETS: Dict[str, Preset] = {p.name: p for p in (
     Preset("lr_band",
            "LR within the band the range test found (search.lr_band: [min, max]), trained with 1cycle "
@@ -56,13 +50,11 @@ PRESETS: Dict[str, Preset] = {p.name: p for p in (
     Preset("weight_decay_deep",
            "weight decay in {1e-3, 1e-4, 1e-5, 0}, held constant, for larger data and deeper networks",
            "1803.09820 sec. 4.4",
-           space={"weight_decay": {"grid": [1e-3, 1e-4, 1e-5, 0.0]}},
-           refuse=_decays),
+           space={"weight_decay": {"grid": [1e-3, 1e-4, 1e-5, 0.0]}}),
     Preset("weight_decay_shallow",
            "weight decay in {1e-2, 1e-3, 1e-4}, held constant, for small data and shallow networks",
            "1803.09820 sec. 4.4",
-           space={"weight_decay": {"grid": [1e-2, 1e-3, 1e-4]}},
-           refuse=_decays),
+           space={"weight_decay": {"grid": [1e-2, 1e-3, 1e-4]}}),
     Preset("largest_batch",
            "per_gpu_batch_size set to the largest that fits the trial's device (found before the sweep, "
            "with a 10% margin); the global batch is that times the GPUs a trial holds",

@@ -58,3 +58,19 @@ def test_no_weight_decay_on_biases_and_norms():
     decayed, plain = opt.param_groups
     assert decayed["weight_decay"] == 1e-3 and all(p.ndim > 1 for p in decayed["params"])
     assert plain["weight_decay"] == 0 and all(p.ndim <= 1 for p in plain["params"])
+
+
+@pytest.mark.parametrize("name", list_optimizers())
+def test_weight_decay_reaches_every_optimizer(name):
+    """One step on a zero loss: only the decay moves the weights, towards zero."""
+    torch.manual_seed(0)
+    results = {}
+    for decay in (0.0, 0.1):
+        model = torch.nn.Linear(4, 3)
+        with torch.no_grad():
+            model.weight.fill_(1.0)
+        opt = build_optimizer(model, TrainerConfig(optimizer=name, weight_decay=decay, momentum=0.9), 0.01)
+        (model.weight.sum() * 0.0 + model.bias.sum() * 0.0).backward()
+        opt.step()
+        results[decay] = model.weight.detach().clone()
+    assert torch.all(results[0.1] < results[0.0]), name

@@ -48,7 +48,6 @@ def test_spec_dimension_overrides_the_preset():
 @pytest.mark.parametrize("raw,message", [
     ({"trainer": {"optimizer": "adam"}, "search": {"presets": ["momentum"]}}, "beta1 is not that momentum"),
     ({"trainer": {"optimizer": "rprop"}, "search": {"presets": ["momentum"]}}, "no momentum"),
-    ({"trainer": {"optimizer": "rprop"}, "search": {"presets": ["weight_decay_deep"]}}, "no weight decay"),
     ({"search": {"presets": ["lr_band"]}}, "search.lr_band = None"),
     ({"trainer": {"schedule": "step"}, "search": {"presets": ["lr_band"], "lr_band": [0.01, 0.1]}},
      "trainer.schedule = 'step': preset lr_band needs 'one_cycle'"),

@@ -19,12 +19,27 @@ def _decay_groups(model: torch.nn.Module, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
+class RpropWithDecay(torch.optim.Rprop):
+    """Rprop with weight decay as an L2 term added to the gradient, as torch's SGD and Adam
+    apply theirs; torch's own Rprop has none, and a spec's weight_decay would be ignored."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            decay = group.get("weight_decay", 0.0)
+            if decay:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p.grad.add_(p, alpha=decay)
+        return super().step(closure)
+
+
 OPTIMIZERS: Dict[str, Callable[[list, TrainerConfig, float], torch.optim.Optimizer]] = {
     "sgd": lambda g, t, lr: torch.optim.SGD(g, lr=lr, momentum=t.momentum, nesterov=t.nesterov),
     "adam": lambda g, t, lr: torch.optim.Adam(g, lr=lr, betas=(t.momentum, 0.999)),
     "adamw": lambda g, t, lr: torch.optim.AdamW(g, lr=lr, betas=(t.momentum, 0.999)),
     "rmsprop": lambda g, t, lr: torch.optim.RMSprop(g, lr=lr, momentum=t.momentum),
-    "rprop": lambda g, t, lr: torch.optim.Rprop([p for grp in g for p in grp["params"]], lr=lr),
+    "rprop": lambda g, t, lr: RpropWithDecay(g, lr=lr),
 }
 
 
