@@ -190,5 +190,10 @@ def render(r: Dict[str, Any]) -> str:
         lines += ["## Stage 3: full-length training",
                   f"{s3['epochs']} epochs: final {m} {_f(s3['final'])}, best {_f(s3['best'])} ({s3['status']}). "
                   f"Sweep: {s3['sweep']}", ""]
+    if "stage3" in r and r["stage3"].get("final") is not None:
+        lines.append(f"Final accuracy: {m} {r['stage3']['final']:.4f} after full-length training (stage 3).")
+    else:
+        lines.append(f"Final accuracy: {m} {s2['best']:.4f}, the best short run of stage 2 "
+                     "(--final trains it full length).")
     lines.append(f"Total: {r['seconds']:.1f}s from the command's start.")
     return "\n".join(lines) + "\n"

@@ -90,3 +90,4 @@ def test_smith_stages_and_report(ray_session, tmp_path, capsys, spec_file):
     assert s3["best"] > 0.9
     md = (root / "sm" / "smith_report.md").read_text()
     assert "## Stage 1" in md and "## Stage 2" in md and "## Stage 3" in md
+    assert f"Final accuracy: val_acc {s3['final']:.4f}" in md
