@@ -90,3 +90,10 @@ def test_range_test_restores_the_model_it_was_given(monkeypatch):
     fresh = real(cfg, cpu_threads=1).model.state_dict()
     tested = made[0].model.state_dict()
     assert all(torch.equal(fresh[k], tested[k]) for k in fresh)
+
+
+def test_linear_range_test_steps_evenly():
+    cfg = TrainConfig.from_dict({"model": {"width": 8}})
+    curve = lf.range_test(cfg, start=1e-3, end=1.0, steps=20, mode="linear", cpu_threads=1)
+    gaps = np.diff(curve.lrs)
+    assert curve.lrs[0] == pytest.approx(1e-3) and np.allclose(gaps, gaps[0])
