@@ -9,6 +9,7 @@ most the reports of the last ``flush_seconds``.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -81,6 +82,17 @@ def _hp_array(values: List[Any]) -> pa.Array:
     return pa.array([None if v is None else str(v) for v in vals], pa.string())
 
 
+def _timed(hook):
+    @functools.wraps(hook)
+    def wrapper(self, *args, **kwargs):
+        began = time.perf_counter()
+        try:
+            return hook(self, *args, **kwargs)
+        finally:
+            self.busy_seconds += time.perf_counter() - began
+    return wrapper
+
+
 TRIALS_EVERY = 5.0   # seconds between trials.parquet rewrites that only update running trials' metrics
 
 
@@ -124,38 +136,32 @@ class ResultsWriter(Callback):
         return self.interrupted is not None and self.interrupted.is_set()
 
     # --- Tune hooks (each timed: busy_seconds is the writer's own cost in the driver) ------
+    @_timed
     def on_trial_start(self, iteration, trials, trial, **info):
-        began = time.perf_counter()
         self._start(trial.trial_id, dict(trial.config))
-        self.busy_seconds += time.perf_counter() - began
 
+    @_timed
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        began = time.perf_counter()
         self.record(trial.trial_id, result, config=trial.config)
         self.maybe_flush()
-        self.busy_seconds += time.perf_counter() - began
 
+    @_timed
     def on_trial_complete(self, iteration, trials, trial, **info):
-        began = time.perf_counter()
         self.finish(trial.trial_id)
         self.flush()
-        self.busy_seconds += time.perf_counter() - began
 
+    @_timed
     def on_trial_error(self, iteration, trials, trial, **info):
-        began = time.perf_counter()
         self.finish(trial.trial_id, error=_error_text(trial))
         self.flush()
-        self.busy_seconds += time.perf_counter() - began
 
+    @_timed
     def on_step_end(self, iteration, trials, **info):
-        began = time.perf_counter()
         self.maybe_flush()
-        self.busy_seconds += time.perf_counter() - began
 
+    @_timed
     def on_experiment_end(self, trials, **info):
-        began = time.perf_counter()
         self.close()
-        self.busy_seconds += time.perf_counter() - began
 
     # --- the writer, usable without Tune -------------------------------------------------
     def _start(self, trial_id: str, config: Dict[str, Any]) -> TrialRecord:

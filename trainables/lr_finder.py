@@ -126,11 +126,9 @@ def lr_at_step(i: int, steps: int, start: float, end: float, mode: str = "exp") 
 
 def range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: int = 100, mode: str = "exp",
                val_loss: bool = False, stop_factor: float = 4.0, device=None, cpu_threads: Optional[int] = None) -> LRCurve:
-    """Run the test with the trainer's own model, optimizer, data and batch size."""
+    """Run the test with the trainer's own model, optimizer, data, batch size and step."""
     import torch
-    from trainables import data as data_mod
-    from trainables.optimizers import set_lr_momentum
-    from trainables.trainer import Trainer
+    from trainables.trainer import DivergenceMonitor, Trainer
 
     began = time.perf_counter()
     trainer = Trainer(cfg, device=device, cpu_threads=cpu_threads)
@@ -138,26 +136,20 @@ def range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: int = 100, mo
     saved_model = copy.deepcopy(model.state_dict())
     saved_opt = copy.deepcopy(opt.state_dict())
     d, bs = trainer.data, trainer.global_batch
-    g = torch.Generator().manual_seed(cfg.seed)
     val_x, val_y = d.val_x[:max(bs, 256)], d.val_y[:max(bs, 256)]
-    lrs, losses, best, avg = [], [], math.inf, 0.0
+    # the trainer's own divergence rule: smoothed loss above stop_factor x its best, or NaN/inf
+    monitor = DivergenceMonitor(stop_factor, SMOOTHING, warmup=SKIP_START + 1)
+    lrs, losses = [], []
     reason = f"reached the end LR {end:g}"
-    perm, pos = torch.randperm(len(d.train_y), generator=g).to(trainer.device), 0
+    perm, pos = torch.randperm(len(d.train_y), generator=trainer.generator).to(trainer.device), 0
     try:
         for i in range(steps):
             if pos + bs > len(perm):
-                perm, pos = torch.randperm(len(d.train_y), generator=g).to(trainer.device), 0
+                perm, pos = torch.randperm(len(d.train_y), generator=trainer.generator).to(trainer.device), 0
             idx = perm[pos:pos + bs]
             pos += bs
             lr = lr_at_step(i, steps, start, end, mode)
-            set_lr_momentum(opt, lr, None)
-            model.train()
-            x = data_mod.augment(d.train_x[idx], cfg.dataset.augment, g)
-            with trainer._autocast():
-                loss = trainer.train_loss_fn(model(trainer._inputs(x)).float(), d.train_y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss, _, _ = trainer.train_step(idx, lr, None)
             value = loss.item()
             if val_loss:
                 model.eval()
@@ -166,15 +158,10 @@ def range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: int = 100, mo
                         model(trainer._inputs(val_x)).float(), val_y).item()
             lrs.append(lr)
             losses.append(value)
-            if not math.isfinite(value):
-                reason = f"loss became {value} at LR {lr:.3g}"
+            if monitor.update(value):
+                reason = (f"loss became {value} at LR {lr:.3g}" if not math.isfinite(value) else
+                          f"smoothed loss passed {stop_factor:g}x its best at LR {lr:.3g}")
                 break
-            avg = SMOOTHING * avg + (1 - SMOOTHING) * value
-            sm = avg / (1 - SMOOTHING ** len(losses))
-            if len(losses) > SKIP_START and sm > stop_factor * best:
-                reason = f"smoothed loss passed {stop_factor:g}x its best at LR {lr:.3g}"
-                break
-            best = min(best, sm)
     finally:
         model.load_state_dict(saved_model)   # the test leaves no trace on the model
         opt.load_state_dict(saved_opt)

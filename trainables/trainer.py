@@ -101,9 +101,22 @@ class Trainer:
     def _inputs(self, x):
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def train_step(self, idx: torch.Tensor, lr: float, momentum: Optional[float]):
+        """One optimizer step on the training samples ``idx``; returns (loss, logits, labels)."""
+        set_lr_momentum(self.optimizer, lr, momentum)
+        self.model.train()
+        x = data_mod.augment(self.data.train_x[idx], self.cfg.dataset.augment, self.generator)
+        y = self.data.train_y[idx]
+        with self._autocast():
+            logits = self.model(self._inputs(x))
+            loss = self.train_loss_fn(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss, logits, y
+
     def train_epoch(self, epoch: int) -> Dict[str, float]:
         t = self.cfg.trainer
-        self.model.train()
         n = len(self.data.train_y)
         perm = torch.randperm(n, generator=self.generator).to(self.device)
         total_loss = torch.zeros((), device=self.device)
@@ -113,15 +126,7 @@ class Trainer:
             idx = perm[i * self.global_batch:(i + 1) * self.global_batch]
             progress = epoch + i / self.steps_per_epoch
             lr = lr_at(t.schedule, progress, t.epochs, self.sched)
-            set_lr_momentum(self.optimizer, lr, momentum_at(t.schedule, progress, t.epochs, self.sched))
-            x = data_mod.augment(self.data.train_x[idx], self.cfg.dataset.augment, self.generator)
-            y = self.data.train_y[idx]
-            with self._autocast():
-                logits = self.model(self._inputs(x))
-                loss = self.train_loss_fn(logits.float(), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            loss, logits, y = self.train_step(idx, lr, momentum_at(t.schedule, progress, t.epochs, self.sched))
             value = loss.item()   # one sync per step: the divergence check needs it at once
             reason = self.monitor.update(value)
             if reason:

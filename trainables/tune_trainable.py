@@ -11,11 +11,9 @@ def train_cnn(config: Dict[str, Any], base: Dict[str, Any]) -> None:
     """Function trainable: ``base`` is the spec's TrainConfig as a dict, ``config`` the values
     the search algorithm chose (``{"lr": 0.1, "model.width": 32}``)."""
     from ray import tune
-    from trainables.datafiles import check_dataset_files
     from trainables.trainer import Trainer
 
-    cfg = TrainConfig.from_dict(base).with_overrides(config)
-    check_dataset_files(cfg.dataset)   # on the node that reads the data, not the driver's host
+    cfg = TrainConfig.from_dict(base).with_overrides(config)   # the loaders check data files on this node
     held = tune.get_context().get_trial_resources().required_resources
     trainer = Trainer(cfg, num_gpus=held.get("GPU", 0.0), cpu_threads=held.get("CPU", 1))
     device = str(trainer.device)
