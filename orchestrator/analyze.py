@@ -103,13 +103,16 @@ def load(results: str, names: Optional[List[str]] = None) -> List[Sweep]:
 
 # --- the analysis, as plain data -----------------------------------------------------------
 
+FEW_VALUES = 12   # a grid, a choice or a decade sweep: shown per value, never averaged into bins
+
+
 def _bins(values: pd.Series):
     """Group labels for a hyperparameter: its values when few, else quantile bins (on a log
     scale for positive values spanning more than a decade, such as LR and weight decay)."""
     v = values.dropna()
     if v.empty:
         return values.astype(str)
-    if values.dtype == object or values.dtype == bool or v.nunique() <= 6:
+    if values.dtype == object or values.dtype == bool or v.nunique() <= FEW_VALUES:
         return values.map(lambda x: _fmt(x))
     x = v.astype(float)
     logscale = (x > 0).all() and x.max() / x.min() > 10
@@ -303,7 +306,7 @@ def plot(sweeps: List[Sweep], out_dir: str, top: int) -> List[str]:
             ends = {}
             for c in axes:
                 s = ranked[c]
-                if s.dtype == object or s.dtype == bool or (c != sw.score and s.nunique() <= 6):
+                if s.dtype == object or s.dtype == bool or (c != sw.score and s.nunique() <= FEW_VALUES):
                     # few values: evenly spaced, in order, so 0 and 1e-5 do not collapse together
                     values = sorted(s.dropna().unique(), key=lambda v: (isinstance(v, str), v))
                     codes = {v: i for i, v in enumerate(values)}

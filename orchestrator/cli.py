@@ -123,21 +123,24 @@ def cmd_lr_find(args) -> int:
     storage = Storage(spec.results_dir)
     check_fresh(storage, spec.name)
     decision = lrfind.decide(spec.train, args.start, args.end, args.steps, "linear" if args.linear else "exp",
-                             args.val_loss, args.pick)
+                             args.val_loss, args.pick, time_cap=args.max_seconds, say=print)
     paths = lrfind.write(decision, storage, spec.name, f"{spec.name}: LR range test")
     print(lrfind.summary_text(decision))
     print("\n".join(f"{k}: {v}" for k, v in paths.items()))
     print(f"tensorboard --logdir {storage.uri(spec.name, 'tensorboard')}")
-    return 0
+    return 0 if decision.informative else 1
 
 
 def _add_lr_find_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start", type=float, default=1e-7, help="first LR (default 1e-7)")
     p.add_argument("--end", type=float, default=10.0, help="last LR (default 10)")
-    p.add_argument("--steps", type=int, default=100, help="mini-batches (default 100)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="mini-batches (default: one epoch or 300, whichever is larger, within --max-seconds; "
+                        "extended when the curve does not fall)")
+    p.add_argument("--max-seconds", type=float, default=60.0, help="time cap of a default-length test (default 60)")
     p.add_argument("--linear", action="store_true", help="raise the LR linearly instead of exponentially")
-    p.add_argument("--val-loss", action="store_true", help="measure the loss on a held-out batch at every step")
-    p.add_argument("--pick", default="min10", help="suggestion that sets the max LR: min10 (default), valley, steepest")
+    p.add_argument("--val-loss", action="store_true", help="measure the loss on a fixed held-out subset (512 samples)")
+    p.add_argument("--pick", default=None, help="suggestion that sets the max LR: min10 (default), minimum, valley, steepest")
 
 
 def cmd_smith(args) -> int:
@@ -155,8 +158,9 @@ def cmd_smith(args) -> int:
 
 def _add_smith_args(p: argparse.ArgumentParser) -> None:
     _add_lr_find_args(p)
-    p.add_argument("--short-epochs", type=int, help="epochs of stage 2's short runs (default: half of trainer.epochs, at least 3)")
-    p.add_argument("--samples", type=int, default=1, help="LR draws per momentum x weight-decay cell (default 1)")
+    p.add_argument("--short-epochs", type=int, help="epochs of stage 2's runs (default: trainer.epochs; ASHA's "
+                                                    "budget-aware rungs make most of them short)")
+    p.add_argument("--samples", type=int, help="stage-2 trials (default 16; with time_budget_s, as many as fit)")
     p.add_argument("--weight-decay", choices=("auto", "deep", "shallow"), default="auto",
                    help="Smith's grid for deep (ResNets) or shallow networks (default: by model)")
     p.add_argument("--final", action="store_true", help="stage 3: train the best configuration full length")

@@ -13,42 +13,64 @@ import pyarrow as pa
 
 from orchestrator.storage import Storage
 from trainables.config import ConfigError, TrainConfig
-from trainables.lr_finder import SUGGESTERS, LRCurve, LRFinderError, band, range_test
+from trainables.lr_finder import SUGGESTERS, TIME_CAP_S, LRCurve, LRFinderError, band, range_test
 
-DEFAULT_PICK = "min10"   # Smith: the max bound is where the loss stops falling; /10 steps back from the edge
+# The rule that sets the band's max LR by default: the one whose LR trained best across the
+# quality benchmark's datasets (bench/lr_rules.py; the README quotes the table).
+DEFAULT_PICK = "min10"
 
 
 @dataclass
 class LRDecision:
     curve: LRCurve
     pick: str
-    max_lr: float
-    min_lr: float
+    max_lr: Optional[float]        # None: the curve was uninformative, and nothing was read off it
+    min_lr: Optional[float]
+    why: str = ""
+
+    @property
+    def informative(self) -> bool:
+        return self.max_lr is not None
 
     def to_dict(self) -> Dict:
         c = self.curve
-        return {"pick": self.pick, "max_lr": self.max_lr, "min_lr": self.min_lr, "band": [self.min_lr, self.max_lr],
+        return {"pick": self.pick, "rule": self.pick if self.informative else None, "why": self.why,
+                "informative": self.informative, "problem": c.problem, "notes": c.notes,
+                "max_lr": self.max_lr, "min_lr": self.min_lr,
+                "band": [self.min_lr, self.max_lr] if self.informative else None,
                 "suggestions": c.suggestions, "mode": c.mode, "points": len(c.lrs), "stop_reason": c.stop_reason,
                 "start_lr": c.lrs[0] if c.lrs else None, "last_lr": c.lrs[-1] if c.lrs else None,
-                "seconds": round(c.seconds, 3)}
+                "num_classes": c.num_classes, "seconds": round(c.seconds, 3)}
 
 
-def decide(cfg: TrainConfig, start: float, end: float, steps: int, mode: str, val_loss: bool,
-           pick: str = DEFAULT_PICK, cpu_threads: Optional[int] = None) -> LRDecision:
+def decide(cfg: TrainConfig, start: float, end: float, steps: Optional[int], mode: str, val_loss: bool,
+           pick: str = DEFAULT_PICK, cpu_threads: Optional[int] = None, time_cap: float = TIME_CAP_S,
+           say=None) -> LRDecision:
+    """The range test and what it decides. An uninformative curve gives a decision with no
+    band (``informative`` false) and the reason in ``why``: callers fall back, never guess."""
+    pick = pick or DEFAULT_PICK
     if pick not in SUGGESTERS:
         raise ConfigError("--pick", pick, f"unknown; choose from {', '.join(SUGGESTERS)}")
     if not 0 < start < end:
         raise ConfigError("--start", start, f"must be > 0 and below --end ({end:g})")
-    if steps < 10:
+    if steps is not None and steps < 10:
         raise ConfigError("--steps", steps, "must be >= 10")
-    curve = range_test(cfg, start, end, steps, mode, val_loss, cpu_threads=cpu_threads)
-    try:
-        curve.suggest()
-    except LRFinderError as exc:
-        raise ConfigError("lr-find", f"{start:g}..{end:g}", f"no suggestion from the curve: {exc}") from None
+    curve = range_test(cfg, start, end, steps, mode, val_loss, cpu_threads=cpu_threads, time_cap=time_cap, say=say)
+    if curve.problem is None:
+        try:
+            curve.suggest()
+        except LRFinderError as exc:
+            curve.problem = str(exc)
+    if curve.problem is not None:
+        return LRDecision(curve, pick, None, None, why=f"no suggestion: {curve.problem}")
     max_lr = curve.suggestions[pick]
     lo, hi = band(max_lr, cfg.trainer.div_factor)
-    return LRDecision(curve, pick, hi, lo)
+    source = "the default rule, chosen on the quality benchmark" if pick == DEFAULT_PICK else "asked for with --pick"
+    return LRDecision(curve, pick, hi, lo, why=f"{pick} ({RULE_TEXT[pick]}): {source}")
+
+
+RULE_TEXT = {"min10": "the minimum-loss LR / 10", "minimum": "the minimum-loss LR",
+             "valley": "the middle of the longest fall", "steepest": "the steepest fall"}
 
 
 def curve_table(d: LRDecision) -> pa.Table:
@@ -67,8 +89,9 @@ def plot_png(d: LRDecision, title: str) -> bytes:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     ax.plot(c.lrs, c.losses, color="0.75", lw=1, label=f"{c.mode} loss")
     ax.plot(c.lrs, c.smoothed, color="tab:blue", lw=2, label="smoothed")
-    ax.axvspan(d.min_lr, d.max_lr, color="tab:green", alpha=0.15, label=f"band {d.min_lr:.2g} to {d.max_lr:.2g}")
-    styles = {"valley": "tab:purple", "steepest": "tab:orange", "min10": "tab:red"}
+    if d.informative:
+        ax.axvspan(d.min_lr, d.max_lr, color="tab:green", alpha=0.15, label=f"band {d.min_lr:.2g} to {d.max_lr:.2g}")
+    styles = {"valley": "tab:purple", "steepest": "tab:orange", "min10": "tab:red", "minimum": "tab:brown"}
     for name, lr in c.suggestions.items():
         ax.axvline(lr, color=styles.get(name, "k"), ls="--" if name != d.pick else "-",
                    label=f"{name}: {lr:.3g}{' (chosen)' if name == d.pick else ''}")
@@ -78,7 +101,11 @@ def plot_png(d: LRDecision, title: str) -> bytes:
         lo, hi = min(finite + raw), max(finite[: max(1, len(finite) // 2)])
         ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.6 * (hi - lo + 1e-9))
     ax.set_xscale("log")
+    if c.num_classes > 1:
+        ax.axhline(math.log(c.num_classes), color="0.4", ls=":", lw=1, label=f"chance: ln {c.num_classes}")
     ax.set(xlabel="learning rate (log)", ylabel="loss", title=title)
+    ax.text(0.01, 0.02, ("decision: " + d.why) if d.informative else d.why, transform=ax.transAxes,
+            fontsize=8, va="bottom", wrap=True)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -131,7 +158,9 @@ def summary_text(d: LRDecision) -> str:
     c = d.curve
     lines = [f"LR range test ({c.mode} loss): {len(c.lrs)} steps from {c.lrs[0]:.2g} to {c.lrs[-1]:.3g} "
              f"in {c.seconds:.1f}s; stopped: {c.stop_reason}"]
+    if not d.informative:
+        return "\n".join(lines + [d.why])
     for name, lr in c.suggestions.items():
         lines.append(f"  {name:<9} {lr:.4g}{'   <- chosen max LR' if name == d.pick else ''}")
-    lines.append(f"band: {d.min_lr:.4g} to {d.max_lr:.4g} (min = max/{d.max_lr / d.min_lr:g})")
+    lines.append(f"band: {d.min_lr:.4g} to {d.max_lr:.4g} (min = max/{d.max_lr / d.min_lr:g}); rule: {d.why}")
     return "\n".join(lines)

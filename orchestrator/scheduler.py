@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Dict
+from typing import Dict, Optional, Sequence
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from ray.tune.stopper import Stopper
@@ -13,9 +13,14 @@ class RecordingASHA(AsyncHyperBandScheduler):
     """ASHA that remembers which trials it pruned, at which epoch and with what value, so
     that trials.parquet can say 'pruned' instead of guessing from the epoch count."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, rungs: Optional[Sequence[int]] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.pruned: Dict[str, str] = {}
+        if rungs:
+            # Judge exactly where the budget-aware schedules have annealed (SweepSpec.milestones),
+            # not at Ray's own grace * rf^k, which can fall mid-segment.
+            for bracket in self._brackets:
+                bracket._rungs = [(m, {}) for m in sorted(rungs, reverse=True)]
 
     def on_trial_result(self, tune_controller, trial, result):
         action = super().on_trial_result(tune_controller, trial, result)

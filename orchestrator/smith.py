@@ -1,18 +1,25 @@
 """`tunesmith smith`: Leslie Smith's procedure as one command, with its reasoning written down.
 
-1. LR range test -> the LR band [max/10, max]. It runs in the driver while Ray starts.
-2. A short ASHA sweep with 1cycle inside the band: a grid over the cyclical momentum's upper
-   bound {0.99, 0.97, 0.95, 0.9} (down to 0.85) and over weight decay (Smith's grid for deep or
-   shallow networks), with the LR drawn from the band.
+1. LR range test -> the LR band [max/10, max]. It runs in the driver while Ray starts, sized to
+   the data, and checks its own curve: an uninformative one gives no band, and stage 2 then
+   searches a wide LR range instead of reading a band from noise.
+2. An ASHA sweep with 1cycle: the LR drawn log-uniformly from the band widened by a decade on
+   each side (the test can misread by that much), jointly with the cyclical momentum's upper
+   bound {0.99, 0.97, 0.95, 0.9} and Smith's weight decays. The schedules are budget-aware, so
+   every rung judges an annealed model.
 3. Optionally (--final), the best configuration trained for the spec's full length.
-The report (smith_report.md, smith.json) lists each stage's decision and why.
+
+``time_budget_s`` covers all the stages. smith checks its own answer: a best no better than
+chance is never reported without a warning; it widens the LR range and spends the rest of the
+budget. The report (smith_report.md, smith.json) lists each stage's decision and why.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from orchestrator import lrfind
 from orchestrator.spec import SweepSpec, from_dict
@@ -23,28 +30,46 @@ MOMENTA = [0.99, 0.97, 0.95, 0.9]
 DEEP_MODELS = ("resnet18", "resnet34")
 
 
+WIDE = (1e-4, 1.0)            # the fallback LR range: where plain random search looks (issue #7)
+DEFAULT_SAMPLES = 16          # stage-2 trials without a time budget
+BUDGET_SAMPLES = 1000         # with one: as many as the budget allows
+STAGE1_SHARE = 0.2            # at most this share of the budget for the range test
+
+
 def weight_decay_preset(spec: SweepSpec, choice: str) -> str:
     if choice == "auto":
         return "weight_decay_deep" if spec.train.model.name in DEEP_MODELS else "weight_decay_shallow"
     return f"weight_decay_{choice}"
 
 
-def stage2_spec(spec: SweepSpec, band, short_epochs: int, wd_preset: str, samples: int) -> SweepSpec:
-    """The user's dataset, model, resources and trainer, with Smith's stage-2 search."""
+def widen(band, decades: float = 1.0):
+    """The band widened by ``decades`` on each side: short runs favour LRs that are too small,
+    and the test can misread by a decade (Wu et al., ICLR 2018)."""
+    return band[0] / 10 ** decades, band[1] * 10 ** decades
+
+
+def stage2_spec(spec: SweepSpec, lr_range, epochs: int, wd_preset: str, samples: int,
+                budget: Optional[float] = None, name: Optional[str] = None) -> SweepSpec:
+    """The user's dataset, model, resources and trainer, with Smith's stage-2 search: LR,
+    momentum bound and weight decay drawn jointly (lr/(1-m) is the effective step)."""
+    from search_spaces.presets import PRESETS
     raw = spec.to_dict()
     trainer = dict(raw["trainer"])
     for key in ("schedule", "cycle_momentum", "max_momentum", "min_momentum"):
         trainer.pop(key, None)   # set by the lr_band preset
-    trainer["epochs"] = short_epochs
+    trainer["epochs"] = epochs
     raw["trainer"] = trainer
+    raw["name"] = name or spec.name
+    wd_values = PRESETS[wd_preset].space["weight_decay"]["grid"]
     raw["search"] = {
         "algorithm": "random", "num_samples": samples, "max_concurrent": spec.search.max_concurrent,
-        "presets": ["lr_band", wd_preset], "lr_band": list(band),
-        # under 1cycle, "momentum" is the upper bound of the cycle, which falls to 0.85 and back
-        "space": {"max_momentum": {"grid": MOMENTA}},
+        "presets": ["lr_band"], "lr_band": [float(lr_range[0]), float(lr_range[1])],
+        # under 1cycle, "max_momentum" is the upper bound of the cycle, which falls to 0.85 and back
+        "space": {"max_momentum": {"choice": MOMENTA}, "weight_decay": {"choice": list(wd_values)}},
     }
-    raw["asha"] = {"enabled": True, "max_t": short_epochs, "grace_period": max(1, short_epochs // 3),
-                   "reduction_factor": 3}
+    raw["asha"] = {"enabled": True, "max_t": epochs, "grace_period": max(1, epochs // 9),
+                   "reduction_factor": 3, "budget_aware": True}
+    raw["time_budget_s"] = budget
     if spec.train.trainer.optimizer not in ("sgd", "rmsprop"):
         raise ConfigError("trainer.optimizer", spec.train.trainer.optimizer,
                           "smith's stage 2 searches SGD-style momentum; use sgd or rmsprop")
@@ -64,22 +89,45 @@ def final_spec(spec: SweepSpec, best_config: Dict[str, Any], stage2: SweepSpec) 
     return from_dict(raw)
 
 
-def _ranking(writer, key: str, metric: str, mode: str) -> List[Dict[str, Any]]:
-    """Each value of ``key`` by the metric at the last epoch every trial reached (ASHA's first
-    rung), so that pruned trials are compared with the others at equal training."""
-    recs = [r for r in writer.trials.values() if r.curve]
-    if not recs:
-        return []
-    at = min(max(r.curve) for r in recs)
+def _ranking(writer, key: str, metric: str, mode: str, at: int) -> List[Dict[str, Any]]:
+    """Each value of ``key`` by the metric at epoch ``at``, ASHA's first rung: every trial that
+    reached it counts, pruned ones too, and under budget-aware schedules each was read there
+    with its schedule annealed."""
     groups: Dict[Any, List[float]] = {}
-    for rec in recs:
-        seen = [e for e in rec.curve if e <= at]
-        if seen:
-            groups.setdefault(rec.hparams.get(key), []).append(rec.curve[max(seen)])
+    for rec in writer.trials.values():
+        value = rec.curve.get(at)
+        if value is not None and value == value:
+            groups.setdefault(rec.hparams.get(key), []).append(value)
     rows = [{"value": v, "trials": len(xs), "epoch": at, "mean": sum(xs) / len(xs),
              "best": max(xs) if mode == "max" else min(xs)} for v, xs in groups.items()]
     rows.sort(key=lambda r: -r["mean"] if mode == "max" else r["mean"])
     return rows
+
+
+def _chance(metric: str, num_classes: int) -> Optional[float]:
+    return 1.0 / num_classes if metric in ("val_acc", "train_acc") and num_classes > 1 else None
+
+
+def _no_better_than_chance(best: Optional[float], chance: Optional[float]) -> bool:
+    """Within a few points of guessing: 16.8% with 10 classes is no model (issue #7)."""
+    return chance is not None and (best is None or best < chance + max(0.1, chance))
+
+
+def _stage2_report(out, s2: SweepSpec, lr_range, basis: str) -> Dict[str, Any]:
+    w = out.writer
+    ranked = w.ranked()
+    at = (s2.milestones or (s2.asha.grace_period,))[0]
+    best = ranked[0] if ranked else None
+    return {"sweep": out.path, "name": s2.name, "epochs": s2.train.trainer.epochs, "lr_range": list(lr_range),
+            "lr_basis": basis, "trials": len(w.trials), "rung_epochs": list(s2.milestones[:-1]),
+            "best_trial": best.trial_id if best else None, "best": best.best[s2.metric] if best else None,
+            "best_epoch": max(best.curve, key=lambda e: best.curve[e] if s2.mode == "max" else -best.curve[e])
+            if best and best.curve else None,
+            "best_config": best.hparams if best else {}, "metric": s2.metric,
+            "momentum_ranking": _ranking(w, "max_momentum", s2.metric, s2.mode, at),
+            "weight_decay_ranking": _ranking(w, "weight_decay", s2.metric, s2.mode, at),
+            "ranked_at_epoch": at, "status": w.status_counts(), "seconds": round(out.wall_seconds, 2),
+            "interrupted": out.interrupted}
 
 
 def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
@@ -87,28 +135,36 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
     from orchestrator.sweep import best_table, check_fresh, run_sweep
 
     storage = Storage(spec.results_dir)
-    check_fresh(storage, spec.name)
-    if args.final:
-        check_fresh(storage, f"{spec.name}-final")
+    retry_name, final_name = f"{spec.name}-wide", f"{spec.name}-final"
+    for name in (spec.name, retry_name, final_name):
+        check_fresh(storage, name)
     wd_preset = weight_decay_preset(spec, args.weight_decay)
-    short = args.short_epochs or max(3, spec.train.trainer.epochs // 2)
-    if short > spec.train.trainer.epochs:
-        raise ConfigError("--short-epochs", short, f"must not exceed trainer.epochs ({spec.train.trainer.epochs})")
+    epochs = args.short_epochs or spec.train.trainer.epochs
+    if epochs > spec.train.trainer.epochs:
+        raise ConfigError("--short-epochs", epochs, f"must not exceed trainer.epochs ({spec.train.trainer.epochs})")
+    budget = spec.time_budget_s
+    deadline = started + budget if budget else None
+    samples = args.samples or (BUDGET_SAMPLES if budget else DEFAULT_SAMPLES)
     # Fail on bad input before any work: stage 2 must be a valid spec for some band.
-    stage2_spec(spec, (spec.train.trainer.lr / 10, spec.train.trainer.lr), short, wd_preset, 1)
+    stage2_spec(spec, WIDE, epochs, wd_preset, 1)
+
+    def left() -> Optional[float]:
+        return None if deadline is None else deadline - time.time()
 
     # Stage 1 runs while Ray starts: the range test needs no cluster.
     box: Dict[str, Any] = {}
+    cap = lrfind.TIME_CAP_S if budget is None else min(lrfind.TIME_CAP_S, STAGE1_SHARE * budget)
 
     def stage1():
         try:
             box["decision"] = lrfind.decide(spec.train, args.start, args.end, args.steps, "exp",
-                                            args.val_loss, args.pick)
+                                            args.val_loss, args.pick, time_cap=cap, say=print)
         except BaseException as exc:   # re-raised in the main thread
             box["error"] = exc
     worker = threading.Thread(target=stage1, daemon=True)
     worker.start()
     cluster = connect(args.address, args.num_cpus, args.num_gpus, args.dashboard, args.worker_logs)
+    warnings: List[str] = []
     try:
         worker.join()
         if "error" in box:
@@ -116,38 +172,79 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
         decision = box["decision"]
         paths = lrfind.write(decision, storage, spec.name, f"{spec.name}: LR range test")
         print(f"stage 1 ({time.time() - started:.1f}s): " + lrfind.summary_text(decision), flush=True)
+        chance = _chance(spec.metric, decision.curve.num_classes)
 
-        band = (decision.min_lr, decision.max_lr)
-        s2 = stage2_spec(spec, band, short, wd_preset, args.samples)
-        print(f"\nstage 2: 1cycle in [{band[0]:.3g}, {band[1]:.3g}], {short} epochs, ASHA; grid over "
-              f"max_momentum {MOMENTA} x {wd_preset}", flush=True)
+        if decision.informative:
+            lr_range = widen((decision.min_lr, decision.max_lr))
+            basis = f"the band [{decision.min_lr:.3g}, {decision.max_lr:.3g}] widened by a decade on each side"
+        else:
+            lr_range = WIDE
+            basis = f"the wide range, since the range test gave no band ({decision.curve.problem})"
+            warnings.append(f"stage 1 gave no band: {decision.curve.problem}; stage 2 searched {WIDE[0]:g} to {WIDE[1]:g}")
+        s2 = stage2_spec(spec, lr_range, epochs, wd_preset, samples, left())
+        print(f"\nstage 2: 1cycle, lr log-uniform in [{lr_range[0]:.3g}, {lr_range[1]:.3g}] ({basis}) jointly with "
+              f"max_momentum {MOMENTA} and {wd_preset}; {epochs} epochs, ASHA at epochs "
+              f"{list(s2.milestones[:-1])} on annealed schedules"
+              + (f"; {left():.0f}s of budget left" if budget else ""), flush=True)
         out2 = run_sweep(s2, cluster, command="smith", fresh=False)
         print("\n" + best_table(out2), flush=True)
-        w = out2.writer
-        ranked = w.ranked()
-        if not ranked:
+        stages = [_stage2_report(out2, s2, lr_range, basis)]
+
+        # smith checks its own answer: no better than chance is no answer.
+        if _no_better_than_chance(stages[-1]["best"], chance) and not out2.interrupted \
+                and (left() is None or left() > 10):
+            wide = (min(WIDE[0], lr_range[0]) / 10, max(WIDE[1], lr_range[1]) * 3)
+            note = (f"stage 2's best {spec.metric} {_f(stages[-1]['best'])} is no better than chance "
+                    f"({chance:.3g}): widening the LR range to [{wide[0]:.3g}, {wide[1]:.3g}]"
+                    + (f" for the remaining {left():.0f}s" if budget else ""))
+            print("\n" + note, flush=True)
+            warnings.append(note)
+            s2b = stage2_spec(spec, wide, epochs, wd_preset, samples, left(), name=retry_name)
+            out2b = run_sweep(s2b, cluster, command="smith")
+            print("\n" + best_table(out2b), flush=True)
+            stages.append(_stage2_report(out2b, s2b, wide, "widened after a result no better than chance"))
+        if budget and left() is not None and left() > 0.1 * budget and not args.final:
+            done = sum(st["trials"] for st in stages)
+            print(f"\nsmith stopped with {left():.0f}s of its {budget:g}s budget left: all {done} trials of "
+                  f"stage 2 finished (--samples sets how many)", flush=True)
+        best_stage = max((st for st in stages if st["best"] is not None),
+                         key=lambda st: st["best"] if spec.mode == "max" else -st["best"], default=stages[0])
+        if best_stage["best"] is None:
             raise RuntimeError("stage 2 produced no result")
-        best = ranked[0]
-        report: Dict[str, Any] = {
-            "sweep": spec.name, "started_at_unix": started,
-            "stage1": {**decision.to_dict(), **paths},
-            "stage2": {"sweep": out2.path, "epochs": short, "weight_decay_preset": wd_preset,
-                       "trials": len(w.trials), "best_trial": best.trial_id, "best": best.best[s2.metric],
-                       "best_config": best.hparams, "metric": s2.metric,
-                       "momentum_ranking": _ranking(w, "max_momentum", s2.metric, s2.mode),
-                       "weight_decay_ranking": _ranking(w, "weight_decay", s2.metric, s2.mode),
-                       "status": w.status_counts(),
-                       "seconds": round(out2.wall_seconds, 2)},
-        }
+        report: Dict[str, Any] = {"sweep": spec.name, "started_at_unix": started, "metric": spec.metric,
+                                  "mode": spec.mode, "chance": chance, "time_budget_s": budget,
+                                  "stage1": {**decision.to_dict(), **paths}, "stage2": best_stage,
+                                  "stage2_runs": stages, "warnings": warnings}
+        result = {"stage": 2, "sweep": best_stage["name"], "trial": best_stage["best_trial"],
+                  "value": best_stage["best"], "epoch": best_stage["best_epoch"]}
         if args.final and not out2.interrupted:
-            s3 = final_spec(spec, best.hparams, s2)
+            s3 = final_spec(spec, best_stage["best_config"], s2)
+            if budget:
+                s3 = dataclasses.replace(s3, time_budget_s=max(1.0, left()))
             print(f"\nstage 3: the best configuration for {s3.train.trainer.epochs} epochs", flush=True)
             out3 = run_sweep(s3, cluster, command="smith", progress=False)
             rec = next(iter(out3.writer.trials.values()), None)
-            report["stage3"] = {"sweep": out3.path, "epochs": s3.train.trainer.epochs,
-                                "final": rec.last.get(s3.metric) if rec else None,
-                                "best": rec.best.get(s3.metric) if rec else None,
-                                "status": rec.status if rec else "none"}
+            s3r = {"sweep": out3.path, "epochs": s3.train.trainer.epochs,
+                   "final": rec.last.get(s3.metric) if rec else None,
+                   "best": rec.best.get(s3.metric) if rec else None,
+                   "best_epoch": (max(rec.curve, key=lambda e: rec.curve[e] if spec.mode == "max" else -rec.curve[e])
+                                  if rec and rec.curve else None),
+                   "status": rec.status if rec else "none"}
+            report["stage3"] = s3r
+            better = s3r["best"] is not None and (s3r["best"] >= result["value"] if spec.mode == "max"
+                                                  else s3r["best"] <= result["value"])
+            if better:
+                result = {"stage": 3, "sweep": s3.name, "trial": rec.trial_id, "value": s3r["best"],
+                          "epoch": s3r["best_epoch"]}
+            else:
+                note = (f"stage 3 ended below stage 2: its best {spec.metric} {_f(s3r['best'])} against stage 2's "
+                        f"{_f(result['value'])}; keeping stage 2's trial {result['trial']}")
+                warnings.append(note)
+                print(note, flush=True)
+        report["result"] = result
+        if _no_better_than_chance(result["value"], chance):
+            warnings.append(f"WARNING: the best {spec.metric} {_f(result['value'])} is no better than chance "
+                            f"({chance:.3g}): this is not a usable model; check the data and the model")
         report["seconds"] = round(time.time() - started, 2)
     finally:
         disconnect(cluster)
@@ -164,36 +261,44 @@ def _f(x) -> str:
 
 def render(r: Dict[str, Any]) -> str:
     s1, s2 = r["stage1"], r["stage2"]
-    m = s2["metric"]
-    lines = [f"# Smith report: {r['sweep']}", "",
-             "## Stage 1: LR range test",
-             f"{s1['points']} mini-batches, LR from {s1['start_lr']:.2g} rising exponentially ({s1['mode']} loss); "
-             f"stopped: {s1['stop_reason']}.",
-             "Suggestions: " + ", ".join(f"{k} {_f(v)}" for k, v in s1["suggestions"].items()) + ".",
-             f"Decision: max LR {_f(s1['max_lr'])} ({s1['pick']}), min LR {_f(s1['min_lr'])} = max/10: "
-             f"the band for 1cycle. Curve: {s1['plot']}", "",
-             "## Stage 2: short ASHA sweep inside the band",
-             f"{s2['trials']} trials of {s2['epochs']} epochs ({', '.join(f'{n} {k}' for k, n in sorted(s2['status'].items()))}), "
-             f"1cycle with momentum cycling down to 0.85 from the upper bound searched, {s2['weight_decay_preset']}.",
-             "", f"Momentum (upper bound) by mean {m} at epoch "
-             f"{s2['momentum_ranking'][0]['epoch'] if s2['momentum_ranking'] else '-'}, which every trial reached:"]
-    lines += [f"- {_f(x['value'])}: mean {x['mean']:.4f}, best {x['best']:.4f} ({x['trials']} trials)"
-              for x in s2["momentum_ranking"]]
-    lines += ["", f"Weight decay by mean {m} at the same epoch:"]
-    lines += [f"- {_f(x['value'])}: mean {x['mean']:.4f}, best {x['best']:.4f} ({x['trials']} trials)"
-              for x in s2["weight_decay_ranking"]]
-    cfg = ", ".join(f"{k}={_f(v)}" for k, v in s2["best_config"].items())
-    lines += ["", f"Decision: {cfg}: the trial with the best {m} over its whole run ({s2['best_trial']}, "
-              f"{s2['best']:.4f}; ties go to the lower validation loss). Sweep: {s2['sweep']}", ""]
+    m = r["metric"]
+    lines = [f"# Smith report: {r['sweep']}", "", "## Stage 1: LR range test",
+             f"{s1['points']} points, LR from {s1['start_lr']:.2g} rising exponentially ({s1['mode']} loss); "
+             f"stopped: {s1['stop_reason']}."]
+    lines += [f"{n}." for n in s1.get("notes", [])]
+    if s1["informative"]:
+        lines += ["Suggestions: " + ", ".join(f"{k} {_f(v)}" for k, v in s1["suggestions"].items()) + ".",
+                  f"Decision: max LR {_f(s1['max_lr'])} by {s1['why']}; min LR {_f(s1['min_lr'])} = max/10: "
+                  f"the 1cycle band. Curve: {s1['plot']}"]
+    else:
+        lines.append(f"Decision: none. {s1['why']}. Curve: {s1['plot']}")
+    for run in r["stage2_runs"]:
+        lines += ["", f"## Stage 2: ASHA sweep ({run['name']})",
+                  f"{run['trials']} trials of up to {run['epochs']} epochs "
+                  f"({', '.join(f'{n} {k}' for k, n in sorted(run['status'].items()))}) in {run['seconds']:.0f}s; "
+                  f"1cycle with the LR log-uniform in [{run['lr_range'][0]:.3g}, {run['lr_range'][1]:.3g}] "
+                  f"({run['lr_basis']}), momentum cycling down to 0.85 from the bound searched; "
+                  f"ASHA rungs at epochs {run['rung_epochs']}, each read on an annealed schedule.",
+                  "", f"Momentum (upper bound) by mean {m} at epoch {run['ranked_at_epoch']} (the first rung):"]
+        lines += [f"- {_f(x['value'])}: mean {x['mean']:.4f}, best {x['best']:.4f} ({x['trials']} trials)"
+                  for x in run["momentum_ranking"]]
+        lines += ["", "Weight decay by mean at the same epoch:"]
+        lines += [f"- {_f(x['value'])}: mean {x['mean']:.4f}, best {x['best']:.4f} ({x['trials']} trials)"
+                  for x in run["weight_decay_ranking"]]
+        if run["best"] is not None:
+            cfg = ", ".join(f"{k}={_f(v)}" for k, v in run["best_config"].items())
+            lines += ["", f"Best: {cfg}: trial {run['best_trial']}, {m} {run['best']:.4f} at epoch "
+                      f"{run['best_epoch']} (ties go to the lower validation loss). Sweep: {run['sweep']}"]
     if "stage3" in r:
         s3 = r["stage3"]
-        lines += ["## Stage 3: full-length training",
-                  f"{s3['epochs']} epochs: final {m} {_f(s3['final'])}, best {_f(s3['best'])} ({s3['status']}). "
-                  f"Sweep: {s3['sweep']}", ""]
-    if "stage3" in r and r["stage3"].get("final") is not None:
-        lines.append(f"Final accuracy: {m} {r['stage3']['final']:.4f} after full-length training (stage 3).")
-    else:
-        lines.append(f"Final accuracy: {m} {s2['best']:.4f}, the best short run of stage 2 "
-                     "(--final trains it full length).")
-    lines.append(f"Total: {r['seconds']:.1f}s from the command's start.")
+        lines += ["", "## Stage 3: full-length training",
+                  f"{s3['epochs']} epochs ({s3['status']}): best {m} {_f(s3['best'])} at epoch {s3['best_epoch']}, "
+                  f"{_f(s3['final'])} at the last epoch. Sweep: {s3['sweep']}"]
+    res = r["result"]
+    lines += ["", "## Result",
+              f"{m} {res['value']:.4f}: trial {res['trial']} of {res['sweep']} (stage {res['stage']}), "
+              f"at epoch {res['epoch']}."]
+    lines += [f"- {w}" for w in r["warnings"]]
+    lines.append(f"Total: {r['seconds']:.1f}s from the command's start"
+                 + (f", of a {r['time_budget_s']:g}s budget." if r.get("time_budget_s") else "."))
     return "\n".join(lines) + "\n"

@@ -26,6 +26,9 @@ class AshaSpec:
     max_t: Optional[int] = spec_field(None, kind=int, check=optional(positive))  # default: trainer.epochs
     grace_period: int = spec_field(1, kind=int, check=positive)   # epochs every trial is granted
     reduction_factor: float = spec_field(3.0, kind=float, check=in_range(1, 1e9, True))
+    # one_cycle and warmup_cosine are planned to end at each rung, so that every verdict reads an
+    # annealed model (trainables/schedules.py); false: one schedule over max_t, judged mid-way
+    budget_aware: bool = spec_field(True, kind=bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +79,21 @@ class SweepSpec:
     def max_t(self) -> int:
         return self.asha.max_t or self.train.trainer.epochs
 
+    @property
+    def milestones(self) -> Tuple[int, ...]:
+        """Where the trials' schedules end a segment, matching ASHA's rungs; () when the
+        schedule runs whole (ASHA off, not budget-aware, or a schedule that does not anneal)."""
+        from trainables.schedules import BUDGET_AWARE, rung_milestones
+        if not (self.asha.enabled and self.asha.budget_aware) or self.train.trainer.schedule not in BUDGET_AWARE:
+            return ()
+        if self.max_t != self.train.trainer.epochs:
+            return ()   # rungs beyond the schedule's length cannot be planned for
+        return rung_milestones(self.max_t, self.asha.grace_period, self.asha.reduction_factor)
+
+    def trial_config(self) -> dict:
+        """The TrainConfig every trial starts from, with the budget-aware milestones."""
+        return self.train.with_overrides({"milestones": list(self.milestones)}).to_dict()
+
     def to_dict(self) -> dict:
         out = {"name": self.name, "description": self.description, "seed": self.seed,
                **{k: v for k, v in self.train.to_dict().items() if k != "seed"},
@@ -99,7 +117,9 @@ def _parse_search(raw: Any, base: TrainConfig, presets: Tuple[str, ...] = ()) ->
     problem = one_of(list(ALGORITHMS))(algorithm)
     if problem:
         raise ConfigError("search.algorithm", algorithm, problem)
-    num_samples = _coerce(raw.get("num_samples", 1 if algorithm == "grid" else 16), int, "search.num_samples")
+    asked = raw.get("num_samples")
+    num_samples = _coerce(1 if asked is None and algorithm == "grid" else (16 if asked is None else asked),
+                          int, "search.num_samples")
     if num_samples < 1:
         raise ConfigError("search.num_samples", num_samples, "must be >= 1")
     max_conc = _coerce(raw.get("max_concurrent"), int, "search.max_concurrent")
@@ -151,6 +171,7 @@ def _parse_search(raw: Any, base: TrainConfig, presets: Tuple[str, ...] = ()) ->
                                       f"missing, and the spec's value {default!r} lies outside the space")
                 full[dim.key] = default
         points.append(full)
+    dims, num_samples = _distinct_trials(dims, algorithm, num_samples, asked is not None, base.seed)
     band = raw.get("lr_band")
     if band is not None:
         if not isinstance(band, (list, tuple)) or len(band) != 2:
@@ -159,6 +180,21 @@ def _parse_search(raw: Any, base: TrainConfig, presets: Tuple[str, ...] = ()) ->
         if not 0 < band[0] < band[1]:
             raise ConfigError("search.lr_band", list(band), "must be 0 < min < max")
     return SearchSpec(algorithm, num_samples, max_conc, n_init, tuple(dims), tuple(points), presets, band)
+
+
+def _distinct_trials(dims, algorithm: str, num_samples: int, asked: bool, seed: int):
+    """No two trials share both configuration and seed unless repeats are asked for, and
+    repeats get distinct seeds. A space of grids and choices only (or no space at all) is
+    walked once by default; ``num_samples`` N > 1, given explicitly, walks it N times, each walk
+    with its own seed (a seed grid): for an empty space, a seed-variance study."""
+    if algorithm == "tpe" or any(d.kind not in ("grid", "choice") for d in dims):
+        return dims, num_samples   # continuous draws differ; TPE proposes its own points
+    dims = [dataclasses.replace(d, kind="grid") if d.kind == "choice" else d for d in dims]
+    walks = num_samples if asked else 1
+    if walks > 1 and not any(d.key == "seed" for d in dims):
+        dims.append(Dimension("seed", "grid", values=tuple(seed + i for i in range(walks))))
+        walks = 1
+    return dims, walks
 
 
 def _apply_presets(raw: Mapping[str, Any]):
@@ -249,11 +285,13 @@ def load(path: str, overrides: Sequence[str] = ()) -> SweepSpec:
         raise ConfigError("spec", path, "no such file")
     try:
         with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh) or {}
+            raw = yaml.safe_load(fh)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError("spec", path, f"not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        raise ConfigError("spec", path, "is empty; start from examples/digits.yaml (a spec needs at least a dataset)")
     if not isinstance(raw, Mapping):
         raise ConfigError("spec", path, "must hold a mapping at the top level")
     raw = apply_overrides(dict(raw), overrides)

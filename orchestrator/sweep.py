@@ -72,7 +72,7 @@ def build_scheduler(spec: SweepSpec):
     from orchestrator.scheduler import RecordingASHA
     return RecordingASHA(time_attr="training_iteration",
                          max_t=spec.max_t, grace_period=spec.asha.grace_period,
-                         reduction_factor=spec.asha.reduction_factor)
+                         reduction_factor=spec.asha.reduction_factor, rungs=spec.milestones[:-1] or None)
 
 
 def concurrency_for(spec: SweepSpec, cluster: ClusterInfo) -> int:
@@ -103,7 +103,7 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
         from orchestrator.progress import ProgressPrinter
         callbacks.append(ProgressPrinter(writer, trial_count(spec)))
     if trainable is None:
-        trainable = tune.with_parameters(train_cnn, base=spec.train.to_dict())
+        trainable = tune.with_parameters(train_cnn, base=spec.trial_config())
     resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),

@@ -151,7 +151,8 @@ def to_dict(obj) -> dict:
 # --- the configuration of one training run ---------------------------------------------------
 # Names are listed here, not imported from the registries, so that validating a spec does not
 # import torch (2.4 s); tests/test_models.py checks that the registries match these lists.
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "imagefolder", "synthetic")
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "imagefolder", "synthetic", "glyphs", "shapes",
+            "letters")
 MODELS = ("small_cnn", "lenet", "resnet18", "resnet34")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "rprop")
 SCHEDULE_NAMES = ("constant", "step", "warmup_cosine", "triangular", "one_cycle")
@@ -176,8 +177,9 @@ class DatasetConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     name: str = spec_field("small_cnn", kind=str, check=one_of(list(MODELS)))
-    width: int = spec_field(32, kind=int, check=positive)      # small_cnn: channels of the first block
-    depth: int = spec_field(2, kind=int, check=in_range(1, 8))  # small_cnn: blocks, each halving the size
+    width: int = spec_field(16, kind=int, check=positive)      # small_cnn: channels of the first block
+    # small_cnn: blocks, each halving the size; null: down to 4x4 (2 for 8 px, 3 for 32 px)
+    depth: Optional[int] = spec_field(None, kind=int, check=optional(in_range(1, 8)))
     batch_norm: bool = spec_field(True, kind=bool)
     dropout: float = spec_field(0.0, kind=float, check=in_range(0, 1, False, True))
 
@@ -185,7 +187,7 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainerConfig:
     epochs: int = spec_field(10, kind=int, check=positive)
-    per_gpu_batch_size: int = spec_field(64, kind=int, check=positive)
+    per_gpu_batch_size: int = spec_field(32, kind=int, check=positive)   # more steps per CPU-second than 64
     optimizer: str = spec_field("sgd", kind=str, check=one_of(list(OPTIMIZERS)))
     lr: float = spec_field(0.05, kind=float, check=positive)
     momentum: float = spec_field(0.9, kind=float, check=in_range(0, 1, False, True))
@@ -209,6 +211,9 @@ class TrainerConfig:
     precision: str = spec_field("auto", kind=str, check=one_of(list(PRECISIONS)))  # auto: bf16 on GPU
     eval_batch_size: int = spec_field(1024, kind=int, check=positive)
     preview_every: int = spec_field(0, kind=int, check=non_negative)  # epochs between prediction grids
+    # Epochs where one_cycle / warmup_cosine end a segment and start again from the current
+    # weights (budget-aware schedules). Set by the sweep from ASHA's rungs; () is one schedule.
+    milestones: tuple = spec_field((), kind="int_list")
 
     def __post_init__(self):
         if self.min_momentum > self.max_momentum:
@@ -280,4 +285,4 @@ def schedule_params(t: TrainerConfig, lr: float):
                           div_factor=t.div_factor, final_div=t.final_div,
                           annihilation=t.annihilation, cycle_epochs=t.cycle_epochs,
                           max_momentum=t.max_momentum, min_momentum=t.min_momentum,
-                          cycle_momentum=t.cycle_momentum)
+                          cycle_momentum=t.cycle_momentum, milestones=tuple(t.milestones))

@@ -115,6 +115,14 @@ def load_imagefolder(cfg: DatasetConfig) -> ImageData:
     return _finish(*_split(x, y, cfg), classes=classes)
 
 
+def load_generated(cfg: DatasetConfig) -> ImageData:
+    """glyphs, shapes, letters: made by tunesmith itself and cached (trainables/generated.py)."""
+    from trainables import generated
+    x, y, classes = generated.load(cfg.name)
+    x = torch.from_numpy(x).float() / 255.0
+    return _finish(*_split(x, torch.from_numpy(y), cfg), classes=classes)
+
+
 def load_synthetic(cfg: DatasetConfig) -> ImageData:
     """Random images with random labels: for throughput, not accuracy."""
     g = torch.Generator().manual_seed(cfg.split_seed)
@@ -131,6 +139,9 @@ LOADERS: Dict[str, Callable[[DatasetConfig], ImageData]] = {
     "cifar10": load_torchvision,
     "imagefolder": load_imagefolder,
     "synthetic": load_synthetic,
+    "glyphs": load_generated,
+    "shapes": load_generated,
+    "letters": load_generated,
 }
 
 _CACHE: Dict[tuple, ImageData] = {}

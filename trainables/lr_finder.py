@@ -5,10 +5,17 @@ records the loss, and stops once the smoothed loss exceeds ``stop_factor`` times
 turns NaN/inf. The model and optimizer are restored afterwards. In validation mode the loss is
 measured on a held-out batch at every step, as Smith recommends.
 
-Three suggestions are read off the curve, each a pure function tested on synthetic curves:
+Its default length is set by the data: one epoch or MIN_STEPS steps, whichever is larger,
+within a time cap. The curve is smoothed without lag (a centred mean) and trimmed at both ends
+before anything is read off it, and the test checks itself: a loss that never falls clearly
+(not below chance) makes it run again, longer; a curve still flat after that is reported as
+uninformative, never read as if it said something.
+
+Suggestions, each a pure function tested on synthetic curves:
   steepest - the steepest descent of the smoothed loss against log LR;
   valley   - the middle of the longest falling stretch of the smoothed loss (fastai's default);
-  min10    - the LR of the minimum smoothed loss, divided by 10.
+  min10    - the LR of the minimum smoothed loss, divided by 10;
+  minimum  - the LR of the minimum smoothed loss (Smith's upper bound for 1cycle).
 The chosen one is the band's maximum; the band's minimum is max / 10, as for 1cycle.
 """
 from __future__ import annotations
@@ -19,9 +26,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-SKIP_START = 10      # the first points are noise around the initial loss (fastai, Lightning skip 10)
-SMOOTHING = 0.98     # as in trainables/trainer.py
-SUGGESTERS = ("valley", "steepest", "min10")
+SKIP_START = 0.10    # share of the curve skipped at the start: noise around the initial loss
+SKIP_END = 0.05      # and at the end, where the test has stopped on a climb or on NaN
+MIN_STEPS = 300      # a test shorter than this reads ~12 points per decade, too few (issue #7)
+TIME_CAP_S = 60.0    # the longest a default-length test may take, extension included
+EXTEND = 3           # an uninformative curve is run again this many times longer
+FALL = 0.85          # an informative curve falls below 85% of min(start loss, chance loss)
+VAL_SUBSET = 512     # --val-loss: a fixed held-out subset, not one noisy batch
+SUGGESTERS = ("valley", "steepest", "min10", "minimum")
 
 
 class LRFinderError(ValueError):
@@ -37,30 +49,46 @@ class LRCurve:
     mode: str = "train"
     seconds: float = 0.0
     suggestions: Dict[str, float] = field(default_factory=dict)
+    num_classes: int = 0
+    problem: Optional[str] = None        # why the curve cannot be read, after any extension
+    notes: List[str] = field(default_factory=list)   # what the test did about it, one line each
 
     def suggest(self) -> Dict[str, float]:
         self.suggestions = suggest_all(self.lrs, self.smoothed)
         return self.suggestions
 
 
-def smooth(losses: Sequence[float], beta: float = SMOOTHING) -> List[float]:
-    avg, out = 0.0, []
-    for i, loss in enumerate(losses, 1):
-        avg = beta * avg + (1 - beta) * loss
-        out.append(avg / (1 - beta ** i))
+def default_steps(train_samples: int, batch: int) -> int:
+    """At least one epoch, or MIN_STEPS, whichever is larger (Smith's tests ran for epochs)."""
+    return max(math.ceil(train_samples / max(1, batch)), MIN_STEPS)
+
+
+def smooth(losses: Sequence[float], window: Optional[int] = None) -> List[float]:
+    """A centred running mean: unlike an EMA (beta 0.98 lags ~50 steps, decades of LR in a
+    short test) it does not shift the curve. Non-finite points end the usable curve."""
+    n = len(losses)
+    w = window or max(5, n // 25)
+    half = w // 2
+    out = []
+    for i in range(n):
+        lo, hi = max(0, i - half), min(n, i + half + 1)
+        part = losses[lo:hi]
+        out.append(sum(part) / len(part) if all(math.isfinite(x) for x in part) else math.nan)
     return out
 
 
 def _usable(lrs: Sequence[float], smoothed: Sequence[float]):
-    """Cut the curve at its first non-finite point; refuse curves with nothing to read."""
+    """Cut the curve at its first non-finite point, trim the noisy start and end, and refuse
+    curves with nothing to read."""
     n = 0
     for lr, loss in zip(lrs, smoothed):
         if not (math.isfinite(lr) and math.isfinite(loss)) or lr <= 0:
             break
         n += 1
     lrs, sm = list(lrs[:n]), list(smoothed[:n])
-    skip = SKIP_START if n > 2 * SKIP_START else 0
-    lrs, sm = lrs[skip:], sm[skip:]
+    if n >= 20:
+        a, b = int(n * SKIP_START), n - int(n * SKIP_END)
+        lrs, sm = lrs[a:b], sm[a:b]
     if len(lrs) < 5:
         raise LRFinderError(f"only {len(lrs)} usable points on the curve (need 5): widen the LR range or add steps")
     lo, hi = min(sm), max(sm)
@@ -68,6 +96,23 @@ def _usable(lrs: Sequence[float], smoothed: Sequence[float]):
         raise LRFinderError(f"the loss is flat over the range ({lo:.4g} to {hi:.4g}): nothing to choose from; "
                             "raise the end LR or check that the model trains")
     return lrs, sm
+
+
+def check_curve(losses: Sequence[float], smoothed: Sequence[float], num_classes: int) -> Optional[str]:
+    """Why the curve says nothing, or None. It must fall clearly: its smoothed minimum below
+    FALL x the lower of the starting loss and the chance loss ln C. A BatchNorm net whose loss
+    wanders from 2.46 to 2.37 with 10 classes (ln 10 = 2.30) has learned nothing."""
+    finite = [x for x in losses if math.isfinite(x)]
+    if len(finite) < 10:
+        return f"only {len(finite)} finite losses"
+    start = sorted(finite[:max(3, len(finite) // 10)])[max(3, len(finite) // 10) // 2]
+    sm = [x for x in smoothed if math.isfinite(x)]
+    low = min(sm) if sm else math.inf
+    chance = math.log(num_classes) if num_classes > 1 else start
+    if low > FALL * min(start, chance):
+        return (f"the loss never falls clearly: from {start:.3g} to at best {low:.3g} "
+                f"(chance is ln {num_classes} = {chance:.3g})")
+    return None
 
 
 def steepest(lrs: Sequence[float], smoothed: Sequence[float]) -> float:
@@ -107,9 +152,18 @@ def min10(lrs: Sequence[float], smoothed: Sequence[float]) -> float:
     return lrs[i] / 10
 
 
+def minimum(lrs: Sequence[float], smoothed: Sequence[float]) -> float:
+    """The LR of the minimum smoothed loss itself: Smith's upper bound for 1cycle, where the
+    loss stops falling (1803.09820 sec. 4.1)."""
+    return min10(lrs, smoothed) * 10
+
+
+RULES = {"valley": valley, "steepest": steepest, "min10": min10, "minimum": minimum}
+
+
 def suggest_all(lrs: Sequence[float], smoothed: Sequence[float]) -> Dict[str, float]:
     _usable(lrs, smoothed)   # the common errors once, with their own message
-    return {"valley": valley(lrs, smoothed), "steepest": steepest(lrs, smoothed), "min10": min10(lrs, smoothed)}
+    return {name: rule(lrs, smoothed) for name, rule in RULES.items()}
 
 
 def band(max_lr: float, div: float = 10.0):
@@ -124,47 +178,104 @@ def lr_at_step(i: int, steps: int, start: float, end: float, mode: str = "exp") 
     return start * (end / start) ** frac
 
 
-def range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: int = 100, mode: str = "exp",
-               val_loss: bool = False, stop_factor: float = 4.0, device=None, cpu_threads: Optional[int] = None) -> LRCurve:
-    """Run the test with the trainer's own model, optimizer, data, batch size and step."""
-    import torch
-    from trainables.trainer import DivergenceMonitor, Trainer
+def range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: Optional[int] = None, mode: str = "exp",
+               val_loss: bool = False, stop_factor: float = 4.0, device=None, cpu_threads: Optional[int] = None,
+               time_cap: float = TIME_CAP_S, say=None) -> LRCurve:
+    """Run the test with the trainer's own model, optimizer, data, batch size and step.
+
+    ``steps=None`` sizes it to the data (``default_steps``) within ``time_cap`` seconds; a curve
+    that does not fall clearly is then run again EXTEND times longer (``say`` hears one line
+    about it). A given ``steps`` is taken as it is."""
+    from trainables.trainer import Trainer
 
     began = time.perf_counter()
     trainer = Trainer(cfg, device=device, cpu_threads=cpu_threads)
-    model, opt = trainer.model, trainer.optimizer
-    saved_model = copy.deepcopy(model.state_dict())
-    saved_opt = copy.deepcopy(opt.state_dict())
-    d, bs = trainer.data, trainer.global_batch
-    val_x, val_y = d.val_x[:max(bs, 256)], d.val_y[:max(bs, 256)]
+    saved_model = copy.deepcopy(trainer.model.state_dict())
+    saved_opt = copy.deepcopy(trainer.optimizer.state_dict())
+    k = trainer.data.num_classes
+    try:
+        if steps is not None:
+            curve = _one_test(trainer, start, end, steps, mode, val_loss, stop_factor)
+            curve.problem = check_curve(curve.losses, curve.smoothed, k)
+        else:
+            step_s = _time_steps(trainer, start)
+            planned = default_steps(len(trainer.data.train_y), trainer.global_batch)
+            # the first run may use a quarter of the cap, leaving room to extend
+            affordable = max(100, int(time_cap / (EXTEND + 1) / step_s))
+            curve = _one_test(trainer, start, end, min(planned, affordable), mode, val_loss, stop_factor)
+            curve.problem = check_curve(curve.losses, curve.smoothed, k)
+            if curve.problem:
+                longer = max(len(curve.lrs) + 1, min(planned * EXTEND,
+                                                     int((time_cap - (time.perf_counter() - began)) / step_s)))
+                note = f"LR range test: {curve.problem} in {len(curve.lrs)} steps; running it again over {longer} steps"
+                if say:
+                    say(note)
+                _restore(trainer, saved_model, saved_opt)
+                first_problem = curve.problem
+                curve = _one_test(trainer, start, end, longer, mode, val_loss, stop_factor)
+                curve.notes.append(note)
+                curve.problem = check_curve(curve.losses, curve.smoothed, k)
+                if curve.problem:
+                    curve.notes.append(f"still uninformative after {len(curve.lrs)} steps ({first_problem})")
+    finally:
+        _restore(trainer, saved_model, saved_opt)   # the test leaves no trace on the model
+    curve.num_classes = k
+    curve.seconds = time.perf_counter() - began
+    return curve
+
+
+def _restore(trainer, model_state, opt_state) -> None:
+    trainer.model.load_state_dict(model_state)
+    trainer.optimizer.load_state_dict(opt_state)
+    trainer.monitor = type(trainer.monitor)(trainer.monitor.factor)
+
+
+def _time_steps(trainer, lr: float, n: int = 4) -> float:
+    """Seconds per training step, measured on ``n`` steps at the start LR (which barely move
+    the weights; they are restored anyway). The first step warms up and is not counted."""
+    import torch
+    idx = torch.arange(min(trainer.global_batch, len(trainer.data.train_y)), device=trainer.device)
+    trainer.train_step(idx, lr, None)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        loss, _, _ = trainer.train_step(idx, lr, None)
+    loss.item()
+    return max((time.perf_counter() - t0) / n, 1e-4)
+
+
+def _one_test(trainer, start: float, end: float, steps: int, mode: str, val_loss: bool,
+              stop_factor: float) -> LRCurve:
+    import torch
+    from trainables.trainer import DivergenceMonitor
+
+    model, d, bs = trainer.model, trainer.data, trainer.global_batch
+    val_x, val_y = d.val_x[:VAL_SUBSET], d.val_y[:VAL_SUBSET]
+    # Evaluating the subset costs about a third of a training step per sample: every k steps
+    # keeps the evaluation at most as costly as the training it measures.
+    every = max(1, round(len(val_y) / (3 * bs))) if val_loss else 1
     # the trainer's own divergence rule: smoothed loss above stop_factor x its best, or NaN/inf
-    monitor = DivergenceMonitor(stop_factor, SMOOTHING, warmup=SKIP_START + 1)
+    monitor = DivergenceMonitor(stop_factor, warmup=max(10, int(steps * SKIP_START)))
     lrs, losses = [], []
     reason = f"reached the end LR {end:g}"
     perm, pos = torch.randperm(len(d.train_y), generator=trainer.generator).to(trainer.device), 0
-    try:
-        for i in range(steps):
-            if pos + bs > len(perm):
-                perm, pos = torch.randperm(len(d.train_y), generator=trainer.generator).to(trainer.device), 0
-            idx = perm[pos:pos + bs]
-            pos += bs
-            lr = lr_at_step(i, steps, start, end, mode)
-            loss, _, _ = trainer.train_step(idx, lr, None)
-            value = loss.item()
-            if val_loss:
-                model.eval()
-                with torch.inference_mode(), trainer._autocast():
-                    value = torch.nn.functional.cross_entropy(
-                        model(trainer._inputs(val_x)).float(), val_y).item()
-            lrs.append(lr)
-            losses.append(value)
-            if monitor.update(value):
-                reason = (f"loss became {value} at LR {lr:.3g}" if not math.isfinite(value) else
-                          f"smoothed loss passed {stop_factor:g}x its best at LR {lr:.3g}")
-                break
-    finally:
-        model.load_state_dict(saved_model)   # the test leaves no trace on the model
-        opt.load_state_dict(saved_opt)
-    curve = LRCurve(lrs, losses, smooth(losses), reason, "val" if val_loss else "train",
-                    time.perf_counter() - began)
-    return curve
+    for i in range(steps):
+        if pos + bs > len(perm):
+            perm, pos = torch.randperm(len(d.train_y), generator=trainer.generator).to(trainer.device), 0
+        idx = perm[pos:pos + bs]
+        pos += bs
+        lr = lr_at_step(i, steps, start, end, mode)
+        loss, _, _ = trainer.train_step(idx, lr, None)
+        value = loss.item()
+        if val_loss:
+            if i % every and i != steps - 1 and math.isfinite(value):
+                continue
+            model.eval()
+            with torch.inference_mode(), trainer._autocast():
+                value = torch.nn.functional.cross_entropy(model(trainer._inputs(val_x)).float(), val_y).item()
+        lrs.append(lr)
+        losses.append(value)
+        if monitor.update(value):
+            reason = (f"loss became {value} at LR {lr:.3g}" if not math.isfinite(value) else
+                      f"smoothed loss passed {stop_factor:g}x its best at LR {lr:.3g}")
+            break
+    return LRCurve(lrs, losses, smooth(losses), reason, "val" if val_loss else "train")

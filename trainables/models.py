@@ -1,7 +1,7 @@
 """CNN classifiers, built by name from a registry."""
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -11,11 +11,18 @@ from trainables.config import ConfigError, ModelConfig
 
 class SmallCNN(nn.Module):
     """``depth`` blocks of 3x3 conv (+BN) + ReLU, each doubling the width and halving the size
-    while the image is larger than 2x2, then global average pooling and a linear head."""
+    while the image is larger than 2x2, then a 4x4 (or smaller) average pool, flattened into a
+    linear head: the head keeps the spatial layout, which global pooling would throw away.
 
-    def __init__(self, in_ch: int, num_classes: int, size: int, width: int = 32, depth: int = 2,
+    ``depth=None`` picks the blocks from the image size: halve until the map is 4x4 or smaller
+    (2 blocks for 8x8 digits, 3 for 28-32 px, 4 for 64 px). On the quality benchmark a
+    two-block, globally pooled net at 32x32 stayed near chance on shapes and 22% on glyphs
+    after 5 epochs, where this one reached 0.90 on glyphs (bench/quality.py)."""
+
+    def __init__(self, in_ch: int, num_classes: int, size: int, width: int = 16, depth: Optional[int] = None,
                  batch_norm: bool = True, dropout: float = 0.0):
         super().__init__()
+        depth = depth or auto_depth(size)
         layers, ch = [], in_ch
         for i in range(depth):
             out = width * 2 ** i
@@ -27,11 +34,21 @@ class SmallCNN(nn.Module):
                 size //= 2
             ch = out
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                                  nn.Linear(ch, num_classes))
+        keep = min(size, 4)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(keep), nn.Flatten(), nn.Dropout(dropout),
+                                  nn.Linear(ch * keep * keep, num_classes))
 
     def forward(self, x):
         return self.head(self.features(x))
+
+
+def auto_depth(size: int) -> int:
+    """Blocks that bring a ``size`` image down to 4x4 or less; at least 2, at most 8."""
+    depth = 0
+    while size > 4 and depth < 8:
+        size //= 2
+        depth += 1
+    return max(2, depth)
 
 
 class LeNet(nn.Module):

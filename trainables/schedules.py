@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class ScheduleParams:
     max_momentum: float = 0.95  # cyclical momentum bounds (Smith: 0.95 down to 0.85)
     min_momentum: float = 0.85
     cycle_momentum: bool = True
+    milestones: Tuple[float, ...] = ()   # budget-aware: the schedule restarts and ends at each
 
 
 def _lerp(a: float, b: float, frac: float) -> float:
@@ -100,7 +101,44 @@ def lr_at(name: str, t: float, total: float, p: ScheduleParams) -> float:
         fn = SCHEDULES[name]
     except KeyError:
         raise KeyError(f"unknown schedule {name!r}; choose from {', '.join(list_schedules())}") from None
+    if p.milestones and name in BUDGET_AWARE:
+        t, total = segment(t, total, p.milestones)
     return fn(t, total, p)
+
+
+# --- budget-aware schedules (Li, Yumer and Ramanan, "Budgeted Training", ICLR 2020) ----------
+# Under ASHA, a trial is judged at each rung. A 1cycle planned for the whole run is at its peak
+# LR there, so a rung would rank warm-up noise. Planned in segments that end at the rungs, the
+# schedule has annealed whenever a verdict is read; a promoted trial starts the next segment
+# from its weights, on a schedule re-planned for the next rung.
+BUDGET_AWARE = ("one_cycle", "warmup_cosine")   # the schedules that anneal, and so can be re-planned
+
+
+def rung_milestones(max_t: int, grace: int, reduction_factor: float) -> Tuple[int, ...]:
+    """The epochs at which a trial's schedule ends a segment: the ASHA rungs grace * rf^k that
+    leave a final segment at least as long as the one before it, and max_t itself."""
+    rungs, r = [], float(grace)
+    while r < max_t:
+        rungs.append(int(round(r)))
+        r *= reduction_factor
+    kept: list = []
+    for m in rungs:
+        prev = kept[-1] if kept else 0
+        if max_t - m >= m - prev and m > prev:
+            kept.append(m)
+    return tuple(kept) + (max_t,)
+
+
+def segment(t: float, total: float, milestones: Sequence[float]) -> Tuple[float, float]:
+    """(progress within the segment holding ``t``, the segment's length); the whole run when
+    there are no milestones."""
+    start = 0.0
+    for end in milestones:
+        end = min(float(end), total)
+        if t < end or end >= total:
+            return t - start, max(end - start, 1e-12)
+        start = end
+    return t - start, max(total - start, 1e-12)
 
 
 def momentum_at(name: str, t: float, total: float, p: ScheduleParams) -> Optional[float]:
@@ -108,6 +146,8 @@ def momentum_at(name: str, t: float, total: float, p: ScheduleParams) -> Optiona
     if not p.cycle_momentum:
         return None
     if name == "one_cycle":
+        if p.milestones:
+            t, total = segment(t, total, p.milestones)
         phase, frac = _one_cycle_phase(t, total, p)
         if phase == "up":
             return _lerp(p.max_momentum, p.min_momentum, frac)

@@ -1,0 +1,204 @@
+"""The quality benchmark: does tunesmith find a good model sooner than the alternatives, on more
+than digits?
+
+For each dataset (digits, and the generated glyphs, shapes and letters; CIFAR-10 too when
+``--cifar10 DIR`` names a local copy), every contender gets the same wall-clock budget on this
+machine, one after the other in the same run, each as a fresh process started the way a user
+starts it:
+
+- ``smith``:  ``tunesmith smith SPEC`` with ``time_budget_s`` = budget (all stages);
+- ``random``: ``tunesmith run SPEC``, random search, lr log-uniform in [1e-4, 1];
+- ``tpe``:    ``tunesmith run SPEC``, TPE over the same range;
+- ``optuna``: an in-process Optuna study (TPE sampler, median pruner) over the PyTorch
+  tutorial's small CNN (LeNet), lr, momentum and batch size 4 to 64, constant LR: the
+  60-line script a user would write (optuna is a bench-only extra: ``pip install -e .[bench]``).
+
+The spec is the README's defaults plus the dataset: nothing tuned per dataset. The table gives
+the best validation accuracy each reached and the seconds (from the process's start) to the
+dataset's target accuracy. With ``--repeats N`` each contender runs N times per dataset and the
+table shows medians.
+
+    .venv/bin/python bench/quality.py [--datasets digits glyphs shapes letters] [--budget 120]
+                                      [--budget-digits 45] [--repeats 1] [--repeats-digits 3]
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+TARGETS = {"digits": 0.98, "glyphs": 0.90, "shapes": 0.60, "letters": 0.75, "cifar10": 0.70}
+CONTENDERS = ("smith", "random", "tpe", "optuna")
+WIDE = {"loguniform": [1.0e-4, 1.0]}
+
+
+def _spec(dataset: str, root: str, budget: float, data_dir: str = None) -> dict:
+    ds = {"name": dataset}
+    if data_dir:
+        ds["data_dir"] = data_dir
+    return {"dataset": ds, "results_dir": root, "time_budget_s": budget}
+
+
+def _tunesmith(contender: str, dataset: str, budget: float, data_dir=None):
+    """(best val_acc, seconds to target or None, wall seconds) of one CLI run."""
+    import pyarrow.dataset as pds
+    import yaml
+    root = tempfile.mkdtemp(prefix=f"tunesmith-quality-{dataset}-")
+    spec = _spec(dataset, root, budget, data_dir)
+    if contender in ("random", "tpe"):
+        spec["search"] = {"algorithm": contender, "num_samples": 1000, "space": {"lr": WIDE}}
+    path = os.path.join(root, "spec.yaml")
+    with open(path, "w") as fh:
+        yaml.safe_dump(spec, fh)
+    cmd = [sys.executable, "-m", "orchestrator", "smith" if contender == "smith" else "run", path, "--name", "q"]
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": ROOT}
+    began = time.time()
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+    wall = time.time() - began
+    if proc.returncode != 0:
+        print(f"  {contender} on {dataset} exited {proc.returncode}:\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}")
+    best, first = 0.0, None
+    for folder in glob.glob(os.path.join(root, "q*", "epochs")):
+        t = pds.dataset(folder).to_table(columns=["val_acc", "timestamp"]).to_pandas().dropna()
+        if t.empty:
+            continue
+        best = max(best, float(t.val_acc.max()))
+        hit = t[t.val_acc >= TARGETS[dataset]]
+        if len(hit):
+            s = hit.timestamp.min().timestamp() - began
+            first = s if first is None else min(first, s)
+    return best, first, wall
+
+
+def optuna_study(dataset: str, budget: float, began: float, data_dir=None) -> dict:
+    """The in-process study, run in its own process (``--optuna-worker``)."""
+    import optuna
+    import torch
+    from torch import nn
+    from trainables import data as data_mod
+    from trainables.config import DatasetConfig, ModelConfig
+    from trainables.models import build_model
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    torch.set_num_threads(2)
+    kw = {"name": dataset, **({"data_dir": data_dir} if data_dir else {})}
+    d = data_mod.load(DatasetConfig(**kw))
+    state = {"best": 0.0, "first": None}
+    target = TARGETS[dataset]
+
+    def objective(trial):
+        lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+        momentum = trial.suggest_float("momentum", 0.8, 0.99)
+        bs = trial.suggest_categorical("batch_size", [4, 8, 16, 32, 64])
+        torch.manual_seed(trial.number)
+        net = build_model(ModelConfig(name="lenet"), d.shape, d.num_classes)
+        opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
+        loss_fn = nn.CrossEntropyLoss()
+        acc = 0.0
+        for epoch in range(10):
+            net.train()
+            perm = torch.randperm(len(d.train_y))
+            for i in range(0, len(perm), bs):
+                idx = perm[i:i + bs]
+                opt.zero_grad()
+                loss = loss_fn(net(d.train_x[idx]), d.train_y[idx])
+                if not torch.isfinite(loss):
+                    raise optuna.TrialPruned()
+                loss.backward()
+                opt.step()
+            net.eval()
+            with torch.no_grad():
+                acc = (net(d.val_x).argmax(1) == d.val_y).float().mean().item()
+            state["best"] = max(state["best"], acc)
+            if acc >= target and state["first"] is None:
+                state["first"] = time.time() - began
+            trial.report(acc, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return acc
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2))
+    study.optimize(objective, timeout=max(1.0, budget - (time.time() - began)), catch=(RuntimeError,))
+    return {"best": state["best"], "first": state["first"], "trials": len(study.trials)}
+
+
+def _optuna(dataset: str, budget: float, data_dir=None):
+    began = time.time()
+    cmd = [sys.executable, os.path.abspath(__file__), "--optuna-worker", dataset, str(budget), str(began)]
+    if data_dir:
+        cmd.append(data_dir)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.time() - began
+    try:
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        print(f"  optuna on {dataset} failed:\n{proc.stderr[-1500:]}")
+        return 0.0, None, wall
+    return out["best"], out["first"], wall
+
+
+def _med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def main(argv=None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--optuna-worker":
+        ds, budget, began = sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+        print(json.dumps(optuna_study(ds, budget, began, sys.argv[5] if len(sys.argv) > 5 else None)))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--datasets", nargs="+", default=["digits", "glyphs", "shapes", "letters"])
+    ap.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
+    ap.add_argument("--budget", type=float, default=120.0, help="seconds per contender (default 120)")
+    ap.add_argument("--budget-digits", type=float, default=45.0)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--repeats-digits", type=int, default=3, help="digits: median of this many (default 3)")
+    ap.add_argument("--cifar10", help="a local CIFAR-10 folder: adds the dataset")
+    args = ap.parse_args(argv)
+    datasets = list(args.datasets) + (["cifar10"] if args.cifar10 else [])
+    from trainables import generated
+    for ds in datasets:   # made and cached before any clock starts
+        if ds in generated.GENERATORS:
+            generated.load(ds)
+    rows = []
+    for ds in datasets:
+        budget = args.budget_digits if ds == "digits" else args.budget
+        repeats = args.repeats_digits if ds == "digits" else args.repeats
+        data_dir = args.cifar10 if ds == "cifar10" else None
+        res = {c: [] for c in args.contenders}
+        for r in range(repeats):
+            for c in args.contenders:   # interleaved, so drift in the machine's speed hits all alike
+                out = _optuna(ds, budget, data_dir) if c == "optuna" else _tunesmith(c, ds, budget, data_dir)
+                res[c].append(out)
+                print(f"{ds} run {r + 1}/{repeats} {c:<7} best {out[0]:.4f}  to {TARGETS[ds]:.0%}: "
+                      f"{'-' if out[1] is None else f'{out[1]:.1f}s'}  wall {out[2]:.0f}s", flush=True)
+        top = max(_med([o[0] for o in res[c]]) for c in args.contenders)
+        for c in args.contenders:
+            best = _med([o[0] for o in res[c]])
+            firsts = [o[1] for o in res[c]]
+            reached = sum(f is not None for f in firsts)
+            rows.append((ds, budget, repeats, c, best, _med(firsts), reached, top - best))
+    print(f"\nquality benchmark: same wall-clock budget per contender, run one after another on "
+          f"{os.cpu_count()} CPUs; medians over repeats")
+    head = f"{'dataset':<8} {'budget':>6} {'n':>2} {'contender':<9} {'best val_acc':>12} {'s to target':>11} " \
+           f"{'reached':>7} {'behind best':>11}"
+    print(head + "\n" + "-" * len(head))
+    for ds, budget, n, c, best, first, reached, gap in rows:
+        t = f"{first:.1f}" if first is not None else "-"
+        print(f"{ds:<8} {budget:>6.0f} {n:>2} {c:<9} {best:>12.4f} {t:>11} {reached:>5}/{n} {100 * gap:>9.1f}pp")
+    print("targets: " + ", ".join(f"{d} {TARGETS[d]:.0%}" for d in datasets))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
