@@ -27,12 +27,16 @@ def curve(dataset: str, epochs: int, lr: float, momentum: float, milestones: tup
     from trainables.trainer import Trainer
     cfg = TrainConfig.from_dict({"dataset": {"name": dataset}, "trainer": {
         "epochs": epochs, "lr": lr, "max_momentum": momentum, "milestones": list(milestones)}})
-    out = [m["val_acc"] for m in Trainer(cfg, cpu_threads=1).run()]
-    return out + [out[-1]] * (epochs - len(out))   # a diverged run keeps its last value
+    # a diverged run (NaN) ranks below every other, and keeps that value to the end
+    out = [m["val_acc"] if m["val_acc"] == m["val_acc"] else 0.0 for m in Trainer(cfg, cpu_threads=1).run()]
+    return out + [out[-1]] * (epochs - len(out))
 
 
 def spearman(a, b) -> float:
+    """nan when every trial reads the same at the rung: the rung ranks nothing."""
     from scipy.stats import spearmanr
+    if len(set(a)) < 2:
+        return float("nan")
     return float(spearmanr(a, b).statistic)
 
 
@@ -55,7 +59,8 @@ def main(argv=None) -> int:
                                        [c[0] for c in configs], [c[1] for c in configs], [milestones] * len(configs)))
                 final = [c[-1] for c in curves]
                 rhos = [spearman([c[r - 1] for c in curves], final) for r in rungs]
-                print(f"{ds:<8} {label:<27} " + "  ".join(f"epoch {r}: rho {x:+.2f}" for r, x in zip(rungs, rhos))
+                print(f"{ds:<8} {label:<27} " + "  ".join(f"epoch {r}: rho {x:+.2f}" if x == x else f"epoch {r}: all tied"
+                                               for r, x in zip(rungs, rhos))
                       + f"   best final {max(final):.4f}", flush=True)
     return 0
 

@@ -48,10 +48,58 @@ def _bind_loopback_if_imported() -> None:
         constants.ENABLE_RAY_CLUSTER = False
 
 
+CURRENT_CLUSTER = "/tmp/ray/ray_current_cluster"   # where `ray start` leaves the last head's address
+REACH_TIMEOUT_S = 3.0
+
+
+def resolve_address(address: str) -> str:
+    """``auto`` -> the address Ray would use (RAY_ADDRESS, else the last cluster started on this
+    machine); ``ray://`` and ``http://`` prefixes are kept out of the reachability check."""
+    if address != "auto":
+        return address
+    env = os.environ.get("RAY_ADDRESS")
+    if env and env != "auto":
+        return env
+    try:
+        with open(CURRENT_CLUSTER, encoding="utf-8") as fh:
+            found = fh.read().strip()
+    except OSError:
+        found = ""
+    if not found:
+        from trainables.config import ConfigError
+        raise ConfigError("--address", "auto", f"no Ray cluster was started on this machine ({CURRENT_CLUSTER} "
+                          "is missing); start one with `ray start --head`, or give HEAD:6379")
+    return found
+
+
+def check_reachable(address: str) -> str:
+    """The cluster's GCS answers a TCP connection within a few seconds, or a one-line error
+    naming the address: Ray itself retries for a minute and more, printing GCS warnings."""
+    import socket
+    from trainables.config import ConfigError
+    resolved = resolve_address(address)
+    target = resolved.split("://", 1)[-1]
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError("--address", address, "must be auto or HOST:PORT (the head's GCS port, 6379 by default)")
+    shown = resolved if resolved == address else f"{resolved} (from {address})"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        why = "connection refused" if isinstance(exc, ConnectionRefusedError) else (
+            f"no answer in {REACH_TIMEOUT_S:g}s" if isinstance(exc, socket.timeout) else str(exc))
+        raise ConfigError("--address", shown, f"no Ray cluster answers there ({why}); check that the head is up "
+                          "(`ray status` on it) and that this machine can reach its port") from None
+    return resolved
+
+
 def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
             num_gpus: Optional[int] = None, dashboard: bool = False,
             log_to_driver: bool = False) -> ClusterInfo:
     prepare_environment()
+    if address and not address.startswith("ray://"):
+        address = check_reachable(address)
     if not address:
         _bind_loopback_if_imported()
     elif "RAY_AUTH_MODE" not in os.environ and os.path.exists(TOKEN_FILE):

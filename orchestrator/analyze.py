@@ -187,10 +187,31 @@ def status_counts(sweep: Sweep) -> Dict[str, int]:
     return {str(k): int(v) for k, v in sweep.trials.status.value_counts().sort_index().items()}
 
 
+def seed_variance(sweep: Sweep) -> List[Dict[str, Any]]:
+    """Repeats of one configuration with distinct seeds (``num_samples`` over a finite space):
+    the metric's mean and spread per configuration, the noise floor every other comparison in
+    the sweep sits on."""
+    if "hp_seed" not in sweep.trials.columns:
+        return []
+    others = [c for c in sweep.hp_columns if c != "hp_seed"]
+    t = sweep.trials.dropna(subset=[sweep.score])
+    groups = t.groupby(others, dropna=False) if others else [((), t)]
+    rows = []
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        x = g[sweep.score].astype(float)
+        rows.append({**{sweep.names.get(c, c[3:]): _plain(v) for c, v in zip(others, key)},
+                     "seeds": int(len(x)), "mean": float(x.mean()),
+                     "std": float(x.std(ddof=1)) if len(x) > 1 else 0.0,
+                     "min": float(x.min()), "max": float(x.max())})
+    return rows
+
+
 def summary(sweep: Sweep, top: int) -> Dict[str, Any]:
     bests = best(sweep, top)
     return {"sweep": sweep.name, "metric": sweep.metric, "mode": sweep.mode, "trials": int(len(sweep.trials)),
-            "status": status_counts(sweep), "best": bests, "effects": effects(sweep)}
+            "status": status_counts(sweep), "best": bests, "effects": effects(sweep),
+            "seed_variance": seed_variance(sweep)}
 
 
 def compare(summaries: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -222,6 +243,9 @@ def render_table(summaries: List[Dict[str, Any]], plots: List[str]) -> str:
         out.append("  status: " + ", ".join(f"{n} {k}" for k, n in s["status"].items()))
         out.append("\nbest trials")
         out.append(_table(s["best"]))
+        if s["seed_variance"]:
+            out.append(f"\nseed variance: {s['metric']} over repeats with distinct seeds (mean, spread)")
+            out.append(_table(s["seed_variance"]))
         out.append("\nhyperparameter importance (share of variance of best " + s["metric"] + " explained)")
         out.append(_table([{"hparam": e["hparam"], "importance": round(e["importance"], 3)} for e in s["effects"]]))
         for e in s["effects"]:

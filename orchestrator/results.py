@@ -145,15 +145,17 @@ class ResultsWriter(Callback):
         self.record(trial.trial_id, result, config=trial.config)
         self.maybe_flush()
 
+    # A trial's end is written with the next flush, within flush_seconds: writing two Parquet
+    # files per trial was most of the per-trial overhead of short trials (bench/overhead.py).
     @_timed
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finish(trial.trial_id)
-        self.flush()
+        self.maybe_flush()
 
     @_timed
     def on_trial_error(self, iteration, trials, trial, **info):
         self.finish(trial.trial_id, error=_error_text(trial))
-        self.flush()
+        self.maybe_flush()
 
     @_timed
     def on_step_end(self, iteration, trials, **info):
@@ -173,7 +175,8 @@ class ResultsWriter(Callback):
             self._dirty = self._status_changed = True
             w = self._tb(trial_id)
             if w is not None:
-                w.file_writer.add_summary(tb.experiment_summary(self.hp_domains, [self.metric, "val_loss", "val_acc"]))
+                w.file_writer.add_summary(tb.experiment_summary(
+                    self.hp_domains, list(dict.fromkeys([self.metric, "val_loss", "val_acc"]))))
                 w.file_writer.add_summary(tb.session_start(hps))
         return rec
 

@@ -151,6 +151,10 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
     def left() -> Optional[float]:
         return None if deadline is None else deadline - time.time()
 
+    if args.address and not args.address.startswith("ray://"):
+        from cluster.connect import check_reachable
+        check_reachable(args.address)   # before the range test starts: a dead address is bad input
+
     # Stage 1 runs while Ray starts: the range test needs no cluster.
     box: Dict[str, Any] = {}
     cap = lrfind.TIME_CAP_S if budget is None else min(lrfind.TIME_CAP_S, STAGE1_SHARE * budget)

@@ -105,3 +105,41 @@ def test_top_must_be_positive(results, capsys):
 def test_unknown_sweep_names_the_choices(results, capsys):
     assert main(["analyze", str(results), "--sweep", "gamma", "--no-plots"]) == 2
     assert "alpha, beta" in capsys.readouterr().err
+
+
+def test_a_decade_grid_is_shown_per_value_not_in_bins(tmp_path):
+    """Issue #7: 7 decades fell into 4 quantile bins, averaging 1e-2 (the best) with failing
+    neighbours. Few distinct values are shown one by one, and the importance says it all."""
+    from orchestrator import analyze
+    decades = [0.1, 0.01, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7]
+    w = ResultsWriter(Storage(str(tmp_path)), "dec", ["lr"], {"lr": decades}, epochs=1, metric="val_acc",
+                      mode="max", pruned={})
+    (tmp_path / "dec").mkdir()
+    (tmp_path / "dec" / "spec.yaml").write_text("metric: val_acc\nmode: max\n")
+    for i, lr in enumerate(decades):
+        w._start(f"t{i}", {"lr": lr})
+        w.record(f"t{i}", {"training_iteration": 1, "val_acc": 0.949 if lr == 0.01 else 0.1 + 0.01 * i})
+        w.finish(f"t{i}")
+    w.close()
+    (s,) = [analyze.summary(sw, 3) for sw in analyze.load(str(tmp_path), None)]
+    (lr,) = s["effects"]
+    assert len(lr["bins"]) == 7
+    assert next(b for b in lr["bins"] if b["bin"] == "0.01")["mean"] == pytest.approx(0.949)
+    assert lr["importance"] == pytest.approx(1.0)
+
+
+def test_seed_repeats_are_reported_as_a_seed_variance_study(tmp_path, capsys):
+    w = ResultsWriter(Storage(str(tmp_path)), "seeds", ["seed"], {"seed": [0, 1, 2, 3]}, epochs=1,
+                      metric="val_acc", mode="max", pruned={})
+    (tmp_path / "seeds").mkdir()
+    (tmp_path / "seeds" / "spec.yaml").write_text("metric: val_acc\nmode: max\n")
+    for i, acc in enumerate([0.90, 0.92, 0.94, 0.96]):
+        w._start(f"t{i}", {"seed": i})
+        w.record(f"t{i}", {"training_iteration": 1, "val_acc": acc})
+        w.finish(f"t{i}")
+    w.close()
+    assert main(["analyze", str(tmp_path), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "seed variance" in out
+    line = next(x for x in out.splitlines() if x.strip().startswith("4 "))
+    assert "0.93" in line and "0.02582" in line   # mean and sample spread of the four seeds

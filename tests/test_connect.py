@@ -1,0 +1,51 @@
+"""Joining a cluster that is not there fails in seconds with one line, before Ray is asked."""
+import socket
+import time
+
+import pytest
+
+from cluster import connect as connect_mod
+from orchestrator.cli import main
+
+SPEC = "name: c\ndataset: {name: digits}\nresults_dir: RESULTS\n"
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]   # closed again when the block ends: nothing listens
+
+
+def test_address_where_nothing_listens_is_one_line_exit_2_in_seconds(tmp_path, capsys, spec_file):
+    port = _closed_port()
+    began = time.monotonic()
+    assert main(["run", spec_file(SPEC), "--address", f"127.0.0.1:{port}"]) == 2
+    assert time.monotonic() - began < 10
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--address = '127.0.0.1:{port}'" in err and "connection refused" in err
+    assert not (tmp_path / "results").exists()
+
+
+def test_auto_with_a_stale_cluster_file_names_the_address_it_found(tmp_path, capsys, spec_file, monkeypatch):
+    stale = tmp_path / "ray_current_cluster"
+    port = _closed_port()
+    stale.write_text(f"127.0.0.1:{port}\n")
+    monkeypatch.setattr(connect_mod, "CURRENT_CLUSTER", str(stale))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(["run", spec_file(SPEC), "--address", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"127.0.0.1:{port} (from auto)" in err
+
+
+def test_auto_with_no_cluster_ever_started(tmp_path, capsys, spec_file, monkeypatch):
+    monkeypatch.setattr(connect_mod, "CURRENT_CLUSTER", str(tmp_path / "missing"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(["smith", spec_file(SPEC), "--address", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ray start --head" in err
+
+
+@pytest.mark.parametrize("address", ["headnode", "10.0.0.1:port"])
+def test_malformed_address(tmp_path, capsys, spec_file, address):
+    assert main(["run", spec_file(SPEC), "--address", address]) == 2
+    assert "must be auto or HOST:PORT" in capsys.readouterr().err

@@ -1,0 +1,181 @@
+"""Issue #7: the range test sized to the data and checking itself, rules on known curves,
+budget-aware rungs that judge trials by what they become, and sweeps that mean something."""
+import math
+
+import numpy as np
+import pytest
+
+from orchestrator import spec as spec_mod
+from trainables import lr_finder as lf
+from trainables.config import TrainConfig
+from trainables.schedules import ScheduleParams, lr_at, momentum_at, rung_milestones, segment
+
+
+# --- suggestion rules on synthetic curves with known answers ---------------------------------
+
+def _lrs(n=300, start=1e-7, end=10.0):
+    return [lf.lr_at_step(i, n, start, end) for i in range(n)]
+
+
+def test_centred_smoothing_does_not_shift_a_drop():
+    """A loss that drops at LR 1e-3: the centred mean crosses half-way at the drop, where an
+    EMA with beta 0.98 would lag by about 50 steps (1.3 decades here)."""
+    lrs = _lrs()
+    loss = [2.3 if lr < 1e-3 else 0.3 for lr in lrs]
+    sm = lf.smooth(loss)
+    cross = next(i for i, x in enumerate(sm) if x < 1.3)
+    drop = next(i for i, lr in enumerate(lrs) if lr >= 1e-3)
+    assert abs(cross - drop) <= 1
+
+
+def test_noisy_start_is_not_read_as_the_steepest_fall():
+    lrs = _lrs()
+    logs = np.log10(lrs)
+    loss = [2.3 - 1.5 / (1 + math.exp(-3 * (x + 2.5))) for x in logs]   # falls around 3e-3
+    loss[3:12] = [0.5, 3.0, 0.4, 3.2, 0.6, 2.9, 0.5, 3.1, 0.4]            # wild first points
+    s = lf.suggest_all(lrs, lf.smooth(loss))
+    assert 10 ** -4 < s["steepest"] < 10 ** -1, s
+
+
+def test_curve_that_never_diverges_gives_a_band_below_its_end():
+    """BatchNorm nets often never blow up: the loss falls and stays low to the last LR."""
+    lrs = _lrs()
+    loss = [0.2 + 2.1 / (1 + math.exp(4 * (math.log10(lr) + 3))) for lr in lrs]
+    s = lf.suggest_all(lrs, lf.smooth(loss))
+    assert s["min10"] < lrs[-1] / 10 and 1e-4 < s["valley"] < 1e-1
+
+
+def test_flat_curve_above_chance_is_uninformative():
+    """The glyphs curve of issue #7: 2.46 down to 2.37 with 10 classes (ln 10 = 2.30)."""
+    rng = np.random.default_rng(0)
+    loss = list(np.linspace(2.46, 2.37, 300) + rng.normal(0, 0.05, 300))
+    problem = lf.check_curve(loss, lf.smooth(loss), 10)
+    assert problem and "never falls clearly" in problem and "ln 10" in problem
+    falling = list(np.linspace(2.4, 0.5, 300))
+    assert lf.check_curve(falling, lf.smooth(falling), 10) is None
+
+
+def test_default_length_is_an_epoch_or_300_steps():
+    assert lf.default_steps(5250, 32) == 300
+    assert lf.default_steps(50000, 32) == 1563
+
+
+def test_range_test_extends_itself_and_then_refuses_noise(tmp_path):
+    """Random labels: nothing to learn. The test runs again, longer, says so, and decides
+    nothing rather than reading a band from noise."""
+    from orchestrator import lrfind
+    cfg = TrainConfig.from_dict({"dataset": {"name": "synthetic", "num_samples": 512, "image_size": 8},
+                                 "model": {"width": 8}})
+    heard = []
+    d = lrfind.decide(cfg, 1e-7, 10.0, None, "exp", False, time_cap=20, say=heard.append)
+    assert len(heard) == 1 and "running it again" in heard[0]
+    assert not d.informative and d.max_lr is None and "no suggestion" in d.why
+    assert len(d.curve.lrs) > 300 and d.curve.notes
+    assert d.to_dict()["band"] is None
+
+
+@pytest.mark.slow
+def test_range_test_on_harder_data_picks_an_lr_that_works(glyph_folder):
+    """The LR the default test and rule pick trains as well as the best of a small random
+    search over a wide range (same model, schedule and epochs)."""
+    from orchestrator import lrfind
+    from trainables.trainer import Trainer
+    base = {"dataset": {"name": "imagefolder", "data_dir": glyph_folder, "channels": 1},
+            "trainer": {"epochs": 6}}
+    cfg = TrainConfig.from_dict(base)
+    d = lrfind.decide(cfg, 1e-7, 10.0, None, "exp", False, cpu_threads=2)
+    assert d.informative, d.why
+
+    def best(lr):
+        c = cfg.with_overrides({"lr": lr})
+        return max(m["val_acc"] for m in Trainer(c, cpu_threads=2).run())
+    picked = best(d.max_lr)
+    rng = np.random.default_rng(1)
+    searched = max(best(10 ** rng.uniform(-4, 0)) for _ in range(4))
+    assert picked >= searched - 0.03, (d.max_lr, picked, searched)
+
+
+# --- budget-aware schedules and rungs ----------------------------------------------------------
+
+def test_milestones_follow_the_rungs_and_keep_a_long_last_segment():
+    assert rung_milestones(10, 1, 3) == (1, 3, 10)
+    assert rung_milestones(12, 3, 3) == (3, 12)
+    assert rung_milestones(27, 1, 3) == (1, 3, 9, 27)
+    assert segment(2.0, 10, (1, 3, 10)) == (1.0, 2.0)
+
+
+@pytest.mark.parametrize("name", ["one_cycle", "warmup_cosine"])
+def test_each_segment_anneals_before_its_rung(name):
+    p = ScheduleParams(lr=1.0, milestones=(1, 3, 10))
+    for rung in (1, 3, 10):
+        assert lr_at(name, rung - 1e-6, 10, p) < 0.05   # annealed where the verdict is read
+    if name == "one_cycle":
+        assert momentum_at(name, 1 - 1e-6, 10, p) == pytest.approx(0.95)
+
+
+def test_spec_plans_segments_only_when_asha_judges_an_annealing_schedule():
+    base = {"trainer": {"epochs": 10}, "asha": {"grace_period": 1}}
+    assert spec_mod.from_dict(base).milestones == (1, 3, 10)
+    assert spec_mod.from_dict({**base, "asha": {"enabled": False}}).milestones == ()
+    assert spec_mod.from_dict({**base, "asha": {"budget_aware": False}}).milestones == ()
+    const = spec_mod.from_dict({"trainer": {"epochs": 10, "schedule": "constant"}})
+    assert const.milestones == ()
+    assert spec_mod.from_dict(base).trial_config()["trainer"]["milestones"] == [1, 3, 10]
+
+
+@pytest.mark.slow
+def test_rungs_under_the_default_schedule_do_not_prune_the_eventual_best(glyph_folder):
+    """Six configurations trained to the end under the default (budget-aware) 1cycle: the one
+    that ends best is not among those ASHA would prune first, and rung ranks track final ranks."""
+    from scipy.stats import spearmanr
+    from trainables.trainer import Trainer
+    spec = spec_mod.from_dict({"dataset": {"name": "imagefolder", "data_dir": glyph_folder, "channels": 1},
+                               "trainer": {"epochs": 6}})
+    rungs = list(spec.milestones[:-1])
+    curves = []
+    for lr in (0.003, 0.01, 0.03, 0.1, 0.3, 1.0):
+        cfg = TrainConfig.from_dict(spec.trial_config()).with_overrides({"lr": lr})
+        curves.append([m["val_acc"] for m in Trainer(cfg, cpu_threads=2).run()])
+    final = [c[-1] for c in curves]
+    winner = int(np.argmax(final))
+    for r in rungs:
+        at = [c[r - 1] if len(c) >= r else 0.0 for c in curves]
+        rho = spearmanr(at, final).statistic
+        pruned_first = sorted(range(len(at)), key=at.__getitem__)[:len(at) // 3]
+        assert winner not in pruned_first and rho >= 0.6, \
+            f"rung at epoch {r}: Spearman {rho:.2f} between rung and final val_acc; rung {at}, final {final}"
+
+
+# --- sweeps that cannot mean anything --------------------------------------------------------
+
+def test_empty_spec_file_is_refused(tmp_path, capsys):
+    from orchestrator.cli import main
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "is empty" in err and err.count("\n") == 1
+
+
+def test_spec_without_a_search_space_runs_one_trial():
+    assert spec_mod.trial_count(spec_mod.from_dict({})) == 1
+
+
+def test_repeats_without_a_space_get_distinct_seeds():
+    s = spec_mod.from_dict({"seed": 5, "search": {"num_samples": 4}})
+    assert spec_mod.trial_count(s) == 4
+    (dim,) = s.search.space
+    assert dim.key == "seed" and dim.values == (5, 6, 7, 8)
+
+
+def test_pure_grid_preset_is_walked_once_under_the_default_search():
+    s = spec_mod.from_dict({"search": {"presets": ["lr_decades"]}})
+    assert s.search.algorithm == "random" and spec_mod.trial_count(s) == 7
+    twice = spec_mod.from_dict({"search": {"presets": ["lr_decades"], "num_samples": 2}})
+    assert spec_mod.trial_count(twice) == 14 and {d.key for d in twice.search.space} == {"lr", "seed"}
+
+
+def test_continuous_dimensions_keep_num_samples():
+    s = spec_mod.from_dict({"search": {"space": {"lr": {"loguniform": [1e-3, 1]},
+                                                 "momentum": {"choice": [0.9, 0.95]}}}})
+    assert spec_mod.trial_count(s) == 16 and all(d.key != "seed" for d in s.search.space)
