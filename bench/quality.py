@@ -109,14 +109,14 @@ def optuna_study(dataset: str, budget: float, began: float, data_dir=None) -> di
             for i in range(0, len(perm), bs):
                 idx = perm[i:i + bs]
                 opt.zero_grad()
-                loss = loss_fn(net(d.train_x[idx]), d.train_y[idx])
+                loss = loss_fn(net(d.normalise(d.train_x[idx])), d.train_y[idx])
                 if not torch.isfinite(loss):
                     raise optuna.TrialPruned()
                 loss.backward()
                 opt.step()
             net.eval()
             with torch.no_grad():
-                acc = (net(d.val_x).argmax(1) == d.val_y).float().mean().item()
+                acc = (net(d.normalise(d.val_x)).argmax(1) == d.val_y).float().mean().item()
             state["best"] = max(state["best"], acc)
             if acc >= target and state["first"] is None:
                 state["first"] = time.time() - began

@@ -86,6 +86,23 @@ def cmd_run(args) -> int:
     return 0 if outcome.writer.ranked() else 1
 
 
+def cmd_resume(args) -> int:
+    from cluster.connect import connect, disconnect
+    from orchestrator import resume
+    from orchestrator.tensorboard import preload
+    storage, name, spec, man = resume.load(args.sweep_dir)
+    preload()
+    cluster = connect(args.address, args.num_cpus, args.num_gpus, args.dashboard, args.worker_logs)
+    try:
+        out = resume.run(args.sweep_dir, cluster, spec, storage, name, man)
+    finally:
+        disconnect(cluster)
+    print(f"resumed {name}: {out['restored']} trials were recorded, {out['total']} now; "
+          + ", ".join(f"{n} {s}" for s, n in sorted(out["trials"].items())))
+    print(f"results: {out['path']}")
+    return 0
+
+
 def cmd_validate(args) -> int:
     spec = load_spec(args)
     from orchestrator.spec import trial_count
@@ -198,6 +215,9 @@ COMMANDS: Dict[str, tuple] = {
     "lr-find": (cmd_lr_find, "LR range test: curve, suggestions and the LR band", [_add_spec_args, _add_lr_find_args]),
     "smith": (cmd_smith, "Smith's staged sweep: range test, short ASHA sweep in the band, optional final run",
               [_add_spec_args, _add_cluster_args, _add_smith_args]),
+    "resume": (cmd_resume, "continue a sweep whose driver died, from its checkpoints",
+               [lambda p: p.add_argument("sweep_dir", help="RESULTS/SWEEP: a sweep folder tunesmith wrote"),
+                _add_cluster_args]),
     "spaces": (cmd_spaces, "list the search-space presets (Smith's ranges)", []),
     "analyze": (cmd_analyze, "summarise sweeps from their Parquet results", [_add_analyze_args]),
 }

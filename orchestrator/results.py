@@ -50,6 +50,21 @@ class TrialRecord:
     last: Dict[str, float] = field(default_factory=dict)
     error: str = ""
     curve: Dict[int, float] = field(default_factory=dict)   # the sweep's metric by epoch
+    retries: int = 0                  # restarts from a checkpoint after a lost worker or node
+    checkpoint: Optional[str] = None  # the kept checkpoint (the best trial's final one)
+    written: set = field(default_factory=set)   # epochs already in epochs/: a replay is not a new row
+
+
+def _delete_checkpoint(ckpt) -> None:
+    """A Ray checkpoint's folder, on whatever filesystem holds it; a failure costs disk only."""
+    try:
+        fs = getattr(ckpt, "filesystem", None)
+        if fs is not None:
+            fs.delete_dir(ckpt.path)
+        else:
+            shutil.rmtree(ckpt.path, ignore_errors=True)
+    except Exception:   # noqa: BLE001 - housekeeping must never end a sweep
+        pass
 
 
 def _num(value: Any) -> Optional[float]:
@@ -100,7 +115,7 @@ class ResultsWriter(Callback):
     def __init__(self, storage: Storage, sweep: str, hp_keys: List[str], hp_domains: Dict[str, list],
                  epochs: int, metric: str, mode: str, flush_seconds: float = 1.0,
                  pruned: Optional[Dict[str, str]] = None, tensorboard: bool = True, write: bool = True,
-                 interrupted=None):
+                 interrupted=None, keep_checkpoints: str = "best", scheduler=None):
         self.storage, self.sweep = storage, sweep
         self.hp_keys, self.hp_domains = list(hp_keys), hp_domains
         self.epochs, self.metric, self.mode = epochs, metric, mode
@@ -120,6 +135,9 @@ class ResultsWriter(Callback):
         self._tb_staging = None if self._tb_local else tempfile.mkdtemp(prefix="tunesmith-tb-")
         self._closed = self._closing = False
         self.busy_seconds = 0.0
+        self.keep_checkpoints = keep_checkpoints   # best | all | none
+        self.scheduler = scheduler         # its rungs are rebuilt from disk on resume (ray#30838)
+        self._ckpt: Dict[str, Any] = {}    # trial_id -> its latest Ray checkpoint, while it may be kept
         self._status_changed = False      # trials.parquet: rewritten at once when a status changes,
         self._trials_written = 0.0        # and at most every TRIALS_EVERY seconds for metrics alone
         if write:
@@ -150,12 +168,92 @@ class ResultsWriter(Callback):
     @_timed
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finish(trial.trial_id)
+        self._housekeep(trial)
         self.maybe_flush()
 
     @_timed
     def on_trial_error(self, iteration, trials, trial, **info):
         self.finish(trial.trial_id, error=_error_text(trial))
+        self._housekeep(trial)
         self.maybe_flush()
+
+    @_timed
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A lost worker or node: Tune restarts the trial from its last checkpoint, elsewhere."""
+        rec = self.trials.get(trial.trial_id)
+        if rec is not None:
+            rec.retries += 1
+            rec.stop_reason = f"retried from its checkpoint after: {_error_text(trial).strip().splitlines()[-1][:300]}" \
+                if _error_text(trial).strip() else "retried from its checkpoint"
+            self._dirty = self._status_changed = True
+
+    # --- checkpoints: bounded disk, the winner kept ------------------------------------------
+    def _housekeep(self, trial) -> None:
+        """An ended trial's checkpoint goes, unless it is the best trial's final one (whose path
+        trials.parquet keeps) or the spec keeps them all."""
+        ckpt = getattr(trial, "checkpoint", None)
+        rec = self.trials.get(trial.trial_id)
+        if ckpt is None or rec is None or self.keep_checkpoints == "all":
+            return
+        self._ckpt[trial.trial_id] = ckpt
+        ranked = [r for r in self.ranked() if r.trial_id in self._ckpt]
+        keep = ranked[0].trial_id if ranked and self.keep_checkpoints == "best" else None
+        for tid in list(self._ckpt):
+            if tid == keep:
+                self.trials[tid].checkpoint = self._ckpt[tid].path
+                continue
+            _delete_checkpoint(self._ckpt.pop(tid))
+            if tid in self.trials and self.trials[tid].checkpoint:
+                self.trials[tid].checkpoint = None
+        self._dirty = self._status_changed = True
+
+    # --- resume: Tune restores this callback from tuner.pkl; the files on disk are the truth --
+    def get_state(self) -> Optional[Dict]:
+        return {"sweep": self.sweep}   # non-empty, so that Tune calls set_state on restore
+
+    def set_state(self, state: Dict) -> None:
+        self.reload()
+
+    def reload(self) -> None:
+        """Rebuild every trial's record from trials.parquet and epochs/, so a resumed sweep keeps
+        the rows its killed driver wrote, adds none twice, and ASHA's rungs start from them."""
+        import pyarrow.dataset as pds
+        self._tb_writers = {}
+        self._token = uuid.uuid4().hex[:6]
+        self._closed = self._closing = False
+        if self._tb_staging is not None:
+            self._tb_staging = tempfile.mkdtemp(prefix="tunesmith-tb-")
+        if not self.storage.exists(self.sweep, "trials.parquet"):
+            return
+        trials = self.storage.read_table(f"{self.sweep}/trials.parquet").to_pylist()
+        for row in trials:
+            rec = TrialRecord(row["trial_id"], json.loads(row["config"] or "{}"), json.loads(row["config"] or "{}"),
+                              row["started_at"].timestamp() if row["started_at"] else time.time())
+            rec.hparams = {k: rec.config.get(k) for k in self.hp_keys}
+            rec.status, rec.stop_reason, rec.epochs = row["status"], row["stop_reason"] or "", row["epochs"] or 0
+            rec.ended_at = row["ended_at"].timestamp() if row["ended_at"] else None
+            rec.node_ip, rec.device, rec.global_batch = row["node_ip"], row["device"], row["global_batch"]
+            rec.retries, rec.checkpoint, rec.error = row.get("retries") or 0, row.get("checkpoint"), row["error"] or ""
+            for m in schema.SUMMARY_METRICS:
+                if row.get(f"best_{m}") is not None:
+                    rec.best[m] = row[f"best_{m}"]
+            for m in schema.CORE_METRICS:
+                if row.get(f"last_{m}") is not None:
+                    rec.last[m] = row[f"last_{m}"]
+            self.trials[rec.trial_id] = rec
+        if self.storage.exists(self.sweep, "epochs"):
+            fs, path = self.storage.fs, self.storage.path(self.sweep, "epochs")
+            files = [f for f in pds.dataset(path, filesystem=fs, format="parquet").files]
+            self._part = len(files)
+            for row in pds.dataset(files, filesystem=fs, format="parquet").to_table(
+                    columns=["trial_id", "epoch", self.metric]).to_pylist():
+                rec = self.trials.get(row["trial_id"])
+                if rec is not None:
+                    rec.written.add(row["epoch"])
+                    if row[self.metric] is not None:
+                        rec.curve[row["epoch"]] = row[self.metric]
+        if self.scheduler is not None and hasattr(self.scheduler, "restore_rungs"):
+            self.scheduler.restore_rungs({tid: r.curve for tid, r in self.trials.items()})
 
     @_timed
     def on_step_end(self, iteration, trials, **info):
@@ -183,6 +281,11 @@ class ResultsWriter(Callback):
     def record(self, trial_id: str, result: Dict[str, Any], config: Optional[Dict[str, Any]] = None) -> None:
         rec = self.trials.get(trial_id) or self._start(trial_id, dict(config or {}))
         epoch = int(result.get("training_iteration") or result.get("epoch") or rec.epochs + 1)
+        if epoch in rec.written:
+            return   # Tune replays the reports made since a retried trial's last checkpoint
+        rec.written.add(epoch)
+        if rec.status not in ("running",) and rec.status != "diverged":
+            rec.status = "running"   # a resumed trial runs again
         rec.epochs = max(rec.epochs, epoch)
         rec.node_ip = result.get("node_ip", rec.node_ip)
         rec.device = result.get("device", rec.device)
@@ -301,6 +404,8 @@ class ResultsWriter(Callback):
             cols[f"last_{m}"] = pa.array([r.last.get(m) for r in recs], pa.float64())
         for key in self.hp_keys:
             cols[schema.hp_column(key)] = _hp_array([r.hparams.get(key) for r in recs])
+        cols["retries"] = pa.array([r.retries for r in recs], pa.int32())
+        cols["checkpoint"] = pa.array([r.checkpoint for r in recs], pa.string())
         cols["error"] = pa.array([r.error or None for r in recs], pa.string())
         return pa.table(cols)
 

@@ -22,7 +22,24 @@ class RecordingASHA(AsyncHyperBandScheduler):
             for bracket in self._brackets:
                 bracket._rungs = [(m, {}) for m in sorted(rungs, reverse=True)]
 
+    def restore_rungs(self, curves: Dict[str, Dict[int, float]]) -> None:
+        """Tune restores the searcher on resume but not the scheduler (ray#30838): refill each
+        rung with what every trial reported at its milestone, as read back from epochs/. Applied
+        at the first result, once Tune has told the scheduler the metric's direction."""
+        self._pending_rungs = curves
+
+    def _apply_pending_rungs(self) -> None:
+        curves, self._pending_rungs = self._pending_rungs, None
+        sign = self._metric_op or 1.0
+        for bracket in self._brackets:
+            for milestone, recorded in bracket._rungs:
+                for tid, curve in curves.items():
+                    if milestone in curve and tid not in recorded:
+                        recorded[tid] = sign * curve[milestone]
+
     def on_trial_result(self, tune_controller, trial, result):
+        if getattr(self, "_pending_rungs", None):
+            self._apply_pending_rungs()
         action = super().on_trial_result(tune_controller, trial, result)
         reached_end = result.get(self._time_attr, 0) >= self._max_t
         if action == TrialScheduler.STOP and not reached_end and not result.get("done") \

@@ -35,7 +35,8 @@ TRIAL_FIXED = [
     ("status", pa.string()), ("stop_reason", pa.string()), ("epochs", pa.int32()),
     ("wall_seconds", pa.float64()), ("started_at", pa.timestamp("ms", tz="UTC")),
     ("ended_at", pa.timestamp("ms", tz="UTC")), ("node_ip", pa.string()), ("device", pa.string()),
-    ("global_batch", pa.int64()), ("config", pa.string()),
+    ("global_batch", pa.int64()), ("config", pa.string()), ("retries", pa.int32()),
+    ("checkpoint", pa.string()),
 ]
 TRIAL_METRIC_COLUMNS = ([(f"best_{m}", pa.float64()) for m in SUMMARY_METRICS]
                         + [(f"last_{m}", pa.float64()) for m in CORE_METRICS])

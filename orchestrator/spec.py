@@ -16,7 +16,7 @@ from trainables.config import (ConfigError, TrainConfig, _coerce, in_range, one_
 ALGORITHMS = ("grid", "random", "tpe")
 METRICS = {"val_acc": "max", "val_loss": "min", "train_acc": "max", "train_loss": "min"}
 TOP_LEVEL = ("name", "description", "seed", "dataset", "model", "trainer", "search", "asha",
-             "resources", "metric", "mode", "results_dir", "time_budget_s")
+             "resources", "metric", "mode", "results_dir", "time_budget_s", "checkpoints")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -37,6 +37,13 @@ class ResourceSpec:
     gpus: float = spec_field(0.0, kind=float,
                              check=lambda v: "must be >= 0" if v < 0 else
                              ("above 1 must be a whole number" if v > 1 and not float(v).is_integer() else None))
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSpec:
+    every: int = spec_field(1, kind=int, check=lambda v: None if v >= 0 else "must be >= 0")   # epochs; 0: never
+    keep: str = spec_field("best", kind=str, check=one_of(["best", "all", "none"]))   # after a trial ends
+    max_failures: int = spec_field(2, kind=int, check=lambda v: None if v >= -1 else "must be >= -1")  # retries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +77,7 @@ class SweepSpec:
     results_dir: str = "results"
     time_budget_s: Optional[float] = None
     description: str = ""
+    checkpoints: CheckpointSpec = dataclasses.field(default_factory=CheckpointSpec)
 
     @property
     def seed(self) -> int:
@@ -99,7 +107,8 @@ class SweepSpec:
                **{k: v for k, v in self.train.to_dict().items() if k != "seed"},
                "search": self.search.to_dict(), "asha": to_dict(self.asha),
                "resources": to_dict(self.resources), "metric": self.metric, "mode": self.mode,
-               "results_dir": self.results_dir, "time_budget_s": self.time_budget_s}
+               "results_dir": self.results_dir, "time_budget_s": self.time_budget_s,
+               "checkpoints": to_dict(self.checkpoints)}
         return out
 
 
@@ -250,7 +259,9 @@ def from_dict(raw: Mapping[str, Any], default_name: str = "sweep") -> SweepSpec:
     if budget is not None and budget <= 0:
         raise ConfigError("time_budget_s", budget, "must be > 0")
     description = _coerce(raw.get("description", ""), str, "description")
-    return SweepSpec(name, train, search, asha, resources, metric, mode, results_dir, budget, description)
+    checkpoints = parse(CheckpointSpec, raw.get("checkpoints"), "checkpoints")
+    return SweepSpec(name, train, search, asha, resources, metric, mode, results_dir, budget, description,
+                     checkpoints)
 
 
 def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:

@@ -86,6 +86,9 @@ class Storage:
             pq.write_table(table, out, compression="zstd")
         self.fs.move(tmp, final)
 
+    def read_table(self, rel: str) -> pa.Table:
+        return pq.read_table(self.path(rel), filesystem=self.fs)
+
     def read_bytes(self, rel: str) -> bytes:
         with self.fs.open_input_stream(self.path(rel)) as f:
             return f.readall()

@@ -85,7 +85,7 @@ def _trial_dirname(trial) -> str:
 
 
 def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainable: Optional[Callable] = None,
-                stopper=None, progress: bool = False, write_results: bool = True):
+                stopper=None, progress: bool = False, write_results: bool = True, data_streams: bool = False):
     from ray import tune
     from orchestrator.results import ResultsWriter
     from trainables.tune_trainable import train_cnn
@@ -97,13 +97,17 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
     writer = ResultsWriter(storage, spec.name, hp_keys, domains, epochs=spec.max_t,
                            metric=spec.metric, mode=spec.mode,
                            pruned=scheduler.pruned if scheduler is not None else None,
-                           write=write_results, interrupted=getattr(stopper, "event", None))
+                           write=write_results, interrupted=getattr(stopper, "event", None),
+                           keep_checkpoints=spec.checkpoints.keep, scheduler=scheduler)
     callbacks = [writer]
     if progress:
         from orchestrator.progress import ProgressPrinter
         callbacks.append(ProgressPrinter(writer, trial_count(spec)))
     if trainable is None:
-        trainable = tune.with_parameters(train_cnn, base=spec.trial_config())
+        from orchestrator.datashare import share
+        trainable = tune.with_parameters(train_cnn, base=spec.trial_config(),
+                                         shared=share(spec.train.dataset, data_streams),
+                                         checkpoint_every=spec.checkpoints.every)
     resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
@@ -118,7 +122,8 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
             name="_tune", storage_path=storage.path(spec.name),
             storage_filesystem=None if storage.is_local else storage.fs, verbose=0,
             callbacks=callbacks, stop=stopper,
-            failure_config=tune.FailureConfig(max_failures=0),
+            # a trial whose worker or node dies restarts from its last checkpoint, on any node
+            failure_config=tune.FailureConfig(max_failures=spec.checkpoints.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
     return tuner, writer, concurrency
@@ -145,11 +150,16 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
     man = manifest_mod.build(spec.to_dict(), command, info)
     storage.write_bytes(f"{spec.name}/manifest.json", manifest_mod.dumps(man))
 
-    tuner, writer, concurrency = build_tuner(spec, storage, cluster, trainable, stopper, progress)
+    from orchestrator.datashare import plan
+    in_memory, data_line = plan(spec.train.dataset, local=cluster.started_here) if trainable is None else (True, "")
+    tuner, writer, concurrency = build_tuner(spec, storage, cluster, trainable, stopper, progress,
+                                             data_streams=not in_memory)
     if progress:
         print(f"sweep {spec.name}: {trial_count(spec)} trials, {concurrency} at a time, "
               f"{spec.search.algorithm} search{', ASHA' if spec.asha.enabled else ''}; "
               f"{cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs on {cluster.nodes} node(s)", flush=True)
+        if data_line:
+            print(f"data: {data_line}", flush=True)
     start = time.monotonic()
     stopper.install()
     status = "failed"

@@ -144,3 +144,58 @@ def test_ctrl_c_stops_cleanly_and_keeps_results(tmp_path):
     manifest = json.loads((tmp_path / "int" / "manifest.json").read_text())
     assert manifest["status"] == "interrupted" and manifest["ended_at"]
     assert pq.read_table(epochs).num_rows >= 1
+
+
+def test_resume_after_the_driver_is_killed(tmp_path):
+    """SIGKILL the driver (and its Ray) mid-sweep, then `tunesmith resume`: every trial ends,
+    no completed trial runs again, and each (trial, epoch) is in the Parquet files once."""
+    spec = tmp_path / "r.yaml"
+    spec.write_text(f"""
+name: r
+dataset: {{name: digits}}
+model: {{width: 8}}
+trainer: {{epochs: 12, per_gpu_batch_size: 16}}
+search: {{num_samples: 6, space: {{lr: {{loguniform: [0.01, 0.3]}}}}}}
+asha: {{enabled: false}}
+results_dir: {tmp_path / 'results'}
+""")
+    proc = subprocess.Popen([TUNESMITH, "run", str(spec)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=_env(), cwd=ROOT, start_new_session=True)
+    trials_file = tmp_path / "results" / "r" / "trials.parquet"
+
+    def two_done():
+        return trials_file.exists() and (pq.read_table(trials_file).to_pandas().status == "completed").sum() >= 2
+    try:
+        _wait_for(two_done, 180, "two completed trials")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    killed_at = time.time()
+    before = pq.read_table(trials_file).to_pandas().set_index("trial_id")
+    done_before = set(before.index[before.status == "completed"])
+    assert len(done_before) < 6, "the sweep ended before it could be killed"
+
+    out = _run(["resume", str(tmp_path / "results" / "r")], timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "resumed r" in out.stdout
+    after = pq.read_table(trials_file).to_pandas().set_index("trial_id")
+    assert len(after) == 6 and set(after.status) == {"completed"}
+    epochs = pq.read_table(tmp_path / "results" / "r" / "epochs").to_pandas()
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert (epochs.groupby("trial_id").epoch.apply(sorted) .map(lambda e: e == list(range(1, 13)))).all()
+    for tid in done_before:   # not rerun: no row of theirs was written after the kill
+        rows = epochs[epochs.trial_id == tid]
+        assert rows.timestamp.max().timestamp() < killed_at
+        assert after.loc[tid, "started_at"] == before.loc[tid, "started_at"]
+    manifest = json.loads((tmp_path / "results" / "r" / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["resumed_at"] and manifest["trials"] == {"completed": 6}
+    # checkpoints: only the best trial's final one is kept, and trials.parquet names it
+    kept = after.checkpoint.dropna()
+    assert len(kept) == 1 and kept.index[0] == after.best_val_acc.idxmax() and os.path.isdir(kept.iloc[0])
+
+
+def test_resume_refuses_a_folder_tunesmith_did_not_write(tmp_path):
+    (tmp_path / "x" / "_tune").mkdir(parents=True)
+    (tmp_path / "x" / "_tune" / "tuner.pkl").write_bytes(b"not ours")
+    out = _run(["resume", str(tmp_path / "x")])
+    assert out.returncode == 2 and "no manifest.json" in out.stderr and out.stderr.count("\n") == 1

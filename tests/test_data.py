@@ -17,8 +17,10 @@ def test_digits_split_is_seeded_and_75_25():
     assert a.shape == (1, 8, 8) and a.num_classes == 10
     assert torch.equal(a.val_y, b.val_y)
     assert not torch.equal(a.val_y, c.val_y)
-    # normalised with the training set's statistics
-    assert abs(a.train_x.mean().item()) < 1e-4
+    # kept as the source's integers; normalised per batch with the training set's statistics
+    assert a.train_x.dtype == torch.uint8 and int(a.train_x.max()) == 16
+    x = a.normalise(a.train_x)
+    assert abs(x.mean().item()) < 1e-4 and abs(x.std().item() - 1) < 1e-3
 
 
 def _make_folder(root, classes=("cat", "dog", "fox"), per_class=6, size=(20, 14)):
@@ -94,3 +96,119 @@ def test_augment_keeps_shape_and_changes_pixels():
     out = data.augment(x, "flip_crop", g)
     assert out.shape == x.shape
     assert data.augment(x, "none", g) is x
+
+
+def _float_path(x_uint8, scale):
+    """The old path: the whole set as float32, normalised once."""
+    x = x_uint8.float() * scale
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    std = x.std(dim=(0, 2, 3), keepdim=True)
+    return (x - mean) / std
+
+
+def test_uint8_storage_gives_the_float_path_batches():
+    d = data.load_digits(DatasetConfig())
+    ref = _float_path(d.train_x, 1 / 16)
+    perm = torch.randperm(len(d.train_y), generator=torch.Generator().manual_seed(0))
+    (x, y), = list(d.epoch(perm, 64, 1))
+    assert x.dtype == torch.float32
+    assert torch.allclose(x, ref[perm[:64]], atol=1e-5) and torch.equal(y, d.train_y[perm[:64]])
+    assert d.nbytes < 0.3 * (d.train_x.numel() + d.val_x.numel()) * 4 + 1e5   # about a quarter of float32
+
+
+def test_generated_set_is_uint8_and_a_quarter_of_float():
+    d = data.load(DatasetConfig(name="synthetic", num_samples=2000, image_size=32))
+    assert d.train_x.dtype == torch.uint8
+    assert d.nbytes == pytest.approx((2000 * 3 * 32 * 32) + 2000 * 8, rel=0.01)
+
+
+def _nested_folder(root, per_class=12):
+    """Nested class folders, PNG/JPEG/WebP, mixed sizes and modes, a corrupt file, a text file."""
+    rng = np.random.default_rng(0)
+    for k, cls in enumerate(("ant", "bee", "cow")):
+        for i in range(per_class):
+            sub = root / cls / ("deep" if i % 3 == 0 else "") / ("deeper" if i % 6 == 0 else "")
+            sub.mkdir(parents=True, exist_ok=True)
+            w, h = 10 + i, 14 + 2 * i
+            pixels = (rng.random((h, w, 3)) * 60 + k * 80).astype(np.uint8)
+            im = Image.fromarray(pixels)
+            if i % 4 == 1:
+                im = im.convert("L")
+            fmt = ("png", "jpeg", "webp")[i % 3]
+            if i % 4 == 2 and fmt != "jpeg":
+                im = im.convert("RGBA")
+            im.save(sub / f"{i}.{'jpg' if fmt == 'jpeg' else fmt}", format=fmt.upper())
+    (root / "bee" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "ant" / "README.txt").write_text("labels by hand")
+
+
+def test_imagefolder_as_users_have_it(tmp_path, capsys):
+    _nested_folder(tmp_path / "f")
+    d = data.load_imagefolder(DatasetConfig(name="imagefolder", data_dir=str(tmp_path / "f"), image_size=16))
+    assert d.classes == ("ant", "bee", "cow") and d.shape == (3, 16, 16)
+    assert len(d.train_y) + len(d.val_y) == 36   # the broken file skipped, the text file ignored
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "skipped 1 unreadable image" in out and "broken.jpg" in out
+
+
+def test_mostly_unreadable_folder_is_refused(tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(4):
+            (tmp_path / cls / f"{i}.png").write_bytes(b"garbage")
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / cls / "ok.png")
+    with pytest.raises(ConfigError, match="8 of 10 images are unreadable"):
+        data.load_imagefolder(DatasetConfig(name="imagefolder", data_dir=str(tmp_path)))
+
+
+def test_explicit_train_and_val_folders_are_used(tmp_path):
+    _make_folder(tmp_path / "f" / "train", per_class=5)
+    _make_folder(tmp_path / "f" / "val", per_class=2)
+    d = data.load_imagefolder(DatasetConfig(name="imagefolder", data_dir=str(tmp_path / "f"), image_size=8))
+    assert len(d.train_y) == 15 and len(d.val_y) == 6
+
+
+def test_forcing_memory_over_the_budget_is_refused_before_decoding(tmp_path):
+    from trainables import folder
+    _make_folder(tmp_path / "f")
+    cfg = DatasetConfig(name="imagefolder", data_dir=str(tmp_path / "f"), stream=False)
+    with pytest.raises(ConfigError) as err:
+        folder.scan(cfg, budget=1000)
+    assert "dataset.stream = False" in str(err.value) and "budget is 1 KB" in str(err.value)
+
+
+def test_streaming_gives_the_in_memory_batches(tmp_path):
+    """Over the budget the folder streams through worker processes, in the same permutation,
+    with the same pixels and statistics as the in-memory path."""
+    from trainables import folder
+    _make_folder(tmp_path / "f", per_class=20)
+    cfg = DatasetConfig(name="imagefolder", data_dir=str(tmp_path / "f"), image_size=16, workers=2)
+    mem = folder.scan(cfg).load()
+    plan = folder.scan(cfg, budget=1000)
+    assert plan.streams and "streaming, 2 workers" in plan.describe() and "over the memory budget" in plan.describe()
+    st = plan.stream()
+    assert st.shape == mem.shape and torch.equal(st.train_y, mem.train_y) and torch.equal(st.val_y, mem.val_y)
+    perm = torch.randperm(len(mem.train_y), generator=torch.Generator().manual_seed(3))
+    for (a, ya), (b, yb) in zip(mem.epoch(perm, 8, 5), st.epoch(perm, 8, 5)):
+        assert torch.allclose(a, b, atol=1e-5) and torch.equal(ya, yb)
+    va = torch.cat([x for x, _ in mem.val_batches(7)])
+    vb = torch.cat([x for x, _ in st.val_batches(7)])
+    assert torch.allclose(va, vb, atol=1e-5)
+
+
+def test_a_streamed_trial_matches_the_in_memory_trial(tmp_path):
+    """Same data and seed, under a budget the test sets: the trainer's metrics agree."""
+    from trainables.config import TrainConfig
+    from trainables.trainer import Trainer
+    _make_folder(tmp_path / "f", per_class=20)
+    base = {"dataset": {"name": "imagefolder", "data_dir": str(tmp_path / "f"), "image_size": 16, "workers": 2},
+            "model": {"width": 4}, "trainer": {"epochs": 2, "per_gpu_batch_size": 8}}
+    mem = list(Trainer(TrainConfig.from_dict(base), cpu_threads=1).run())
+    data._CACHE.clear()
+    streamed = TrainConfig.from_dict({**base, "dataset": {**base["dataset"], "memory_budget": 1e-12}})
+    t = Trainer(streamed, cpu_threads=1)
+    assert t.data.how == "streaming, 2 workers"
+    st = list(t.run())
+    for a, b in zip(mem, st):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_acc"] == pytest.approx(b["val_acc"], abs=1e-6)

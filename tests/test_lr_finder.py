@@ -68,8 +68,7 @@ def test_range_test_on_a_tiny_model():
     cfg = TrainConfig.from_dict({"model": {"width": 8}, "trainer": {"per_gpu_batch_size": 64}})
     curve = lf.range_test(cfg, steps=200, cpu_threads=1)
     assert 20 < len(curve.lrs) <= 200 and curve.lrs[0] == pytest.approx(1e-7)
-    assert curve.problem is None
-    assert "passed 4x" in curve.stop_reason or "loss became" in curve.stop_reason
+    assert curve.problem is None   # the loss fell clearly below chance
     s = curve.suggest()
     assert 1e-4 < s["valley"] < 5
 

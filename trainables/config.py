@@ -172,6 +172,10 @@ class DatasetConfig:
     num_classes: int = spec_field(10, kind=int, check=in_range(2, 100000))   # synthetic only
     num_samples: int = spec_field(4096, kind=int, check=positive)            # synthetic only
     augment: str = spec_field("none", kind=str, check=one_of(list(AUGMENTS)))
+    # imagefolder: stream from disk (true), keep in memory (false), or decide by the budget (null)
+    stream: Optional[bool] = spec_field(None, kind=bool)
+    memory_budget: float = spec_field(0.25, kind=float, check=in_range(0, 1, True, False))  # share of free memory
+    workers: Optional[int] = spec_field(None, kind=int, check=optional(positive))   # streaming decoders
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,30 +1,66 @@
-"""Datasets held in memory as tensors and batched by index.
+"""Datasets for the trainer: compact in memory, shared once per node, or streamed from disk.
 
-Small image sets fit in memory (and on the GPU), so a trial samples a permutation and
-slices, with no per-sample DataLoader. A worker process loads a dataset once and keeps it
-for the trials that reuse the worker (Tune's reuse_actors).
+In memory, images are kept as the source's own integers (uint8, or digits' 0-16) and turned into
+normalised float32 per batch, on the trial's device (the airbench pattern): a quarter of the
+memory of a float copy, and on a GPU the data lives there at that size. A trial samples a
+permutation and slices; no per-sample DataLoader. A worker process keeps what it loaded for the
+trials that reuse it, and a sweep shares one copy per node through Ray's object store
+(trainables/shared.py).
+
+An image folder too large for the memory budget is streamed instead: worker processes decode,
+resize and batch the files in the trainer's own permutation, so the batches (and so the metrics)
+are those of the in-memory path on the same data and seed.
+
+Both kinds offer the trainer the same few calls: ``epoch(perm, batch)``, ``val_batches(batch)``,
+``val_sample(n)``, and ``shape``/``classes``/``train_y``/``val_y``.
 """
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from trainables.config import ConfigError, DatasetConfig
 from trainables.datafiles import check_dataset_files
 
 
+class _Normaliser:
+    """x (integers) -> (x * scale - mean) / std per channel, as one multiply-add per batch."""
+
+    def __init__(self, scale: float, mean: Sequence[float], std: Sequence[float]):
+        self.mul = [scale / s for s in std]
+        self.add = [-m / s for m, s in zip(mean, std)]
+        self._on: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        key = str(x.device)
+        if key not in self._on:
+            view = (1, -1, 1, 1)
+            self._on[key] = (torch.tensor(self.mul, device=x.device).view(view),
+                             torch.tensor(self.add, device=x.device).view(view))
+        mul, add = self._on[key]
+        return x.float() * mul + add
+
+
 @dataclass
 class ImageData:
-    train_x: torch.Tensor   # float32 N x C x H x W, normalised with the training set's statistics
+    """A dataset held in memory. ``train_x``/``val_x`` hold the source's integers (N x C x H x W);
+    ``scale`` maps them to [0, 1]; ``mean``/``std`` are the training set's per-channel statistics
+    of the scaled values."""
+    train_x: torch.Tensor
     train_y: torch.Tensor   # int64 N
     val_x: torch.Tensor
     val_y: torch.Tensor
     classes: Tuple[str, ...]
     mean: Tuple[float, ...]
     std: Tuple[float, ...]
+    scale: float = 1 / 255
+    how: str = "in memory"
+    _norm: Optional[_Normaliser] = field(default=None, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -34,39 +70,92 @@ class ImageData:
     def shape(self) -> Tuple[int, int, int]:
         return tuple(self.train_x.shape[1:])
 
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.train_x, self.train_y, self.val_x, self.val_y))
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        if self._norm is None:
+            self._norm = _Normaliser(self.scale, self.mean, self.std)
+        return self._norm(x)
+
     def to(self, device) -> "ImageData":
         return ImageData(self.train_x.to(device), self.train_y.to(device), self.val_x.to(device),
-                         self.val_y.to(device), self.classes, self.mean, self.std)
+                         self.val_y.to(device), self.classes, self.mean, self.std, self.scale, self.how)
+
+    # --- what the trainer calls ---------------------------------------------------------
+    def epoch(self, perm: torch.Tensor, batch: int, steps: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        perm = perm.to(self.train_x.device)
+        for i in range(steps):
+            idx = perm[i * batch:(i + 1) * batch]
+            yield self.normalise(self.train_x[idx]), self.train_y[idx]
+
+    def val_batches(self, batch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        for i in range(0, len(self.val_y), batch):
+            yield self.normalise(self.val_x[i:i + batch]), self.val_y[i:i + batch]
+
+    def val_sample(self, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.normalise(self.val_x[:n]), self.val_y[:n]
+
+    def arrays(self) -> dict:
+        """Plain numpy arrays and metadata: what goes into Ray's object store."""
+        return {"train_x": self.train_x.cpu().numpy(), "train_y": self.train_y.cpu().numpy(),
+                "val_x": self.val_x.cpu().numpy(), "val_y": self.val_y.cpu().numpy(),
+                "classes": list(self.classes), "mean": list(self.mean), "std": list(self.std),
+                "scale": self.scale}
+
+    @classmethod
+    def from_arrays(cls, a: dict, how: str) -> "ImageData":
+        """Zero-copy: the tensors view the arrays, which Ray maps read-only from shared memory."""
+        import warnings
+        with warnings.catch_warnings():   # read-only arrays: the trainer never writes to its data
+            warnings.simplefilter("ignore", UserWarning)
+            t = {k: torch.from_numpy(a[k]) for k in ("train_x", "train_y", "val_x", "val_y")}
+        return cls(t["train_x"], t["train_y"], t["val_x"], t["val_y"], tuple(a["classes"]), tuple(a["mean"]),
+                   tuple(a["std"]), a["scale"], how)
 
 
-def _split(x: torch.Tensor, y: torch.Tensor, cfg: DatasetConfig):
+def _split_index(n: int, cfg: DatasetConfig):
     """Seeded split; stratification is unnecessary at these sizes but the seed is not."""
     g = torch.Generator().manual_seed(cfg.split_seed)
-    perm = torch.randperm(len(x), generator=g)
-    n_val = max(1, int(round(len(x) * cfg.val_fraction)))
-    val, train = perm[:n_val], perm[n_val:]
-    return x[train], y[train], x[val], y[val]
+    perm = torch.randperm(n, generator=g)
+    n_val = max(1, int(round(n * cfg.val_fraction)))
+    return perm[n_val:], perm[:n_val]
 
 
-def _normalise(train_x, val_x):
-    mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
-    std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-    return ((train_x - mean) / std, (val_x - mean) / std,
-            tuple(mean.flatten().tolist()), tuple(std.flatten().tolist()))
+def _stats(x: torch.Tensor, scale: float, chunk: int = 4096) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """Per-channel mean and std of x * scale, a chunk at a time: no float copy of the whole set."""
+    c = x.shape[1]
+    s = torch.zeros(c, dtype=torch.float64)
+    s2 = torch.zeros(c, dtype=torch.float64)
+    n = 0
+    for i in range(0, len(x), chunk):
+        part = x[i:i + chunk].to(torch.float64) * scale
+        s += part.sum(dim=(0, 2, 3))
+        s2 += (part * part).sum(dim=(0, 2, 3))
+        n += part.numel() // c
+    mean = s / n
+    var = (s2 / n - mean * mean).clamp_min(0) * n / max(1, n - 1)
+    return tuple(mean.tolist()), tuple(var.sqrt().clamp_min(1e-6).tolist())
 
 
-def _finish(train_x, train_y, val_x, val_y, classes) -> ImageData:
-    train_x, val_x, mean, std = _normalise(train_x.float(), val_x.float())
-    return ImageData(train_x.contiguous(), train_y.long(), val_x.contiguous(), val_y.long(),
-                     tuple(str(c) for c in classes), mean, std)
+def _finish(x: torch.Tensor, y: torch.Tensor, cfg: DatasetConfig, classes, scale: float) -> ImageData:
+    train, val = _split_index(len(x), cfg)
+    return _finish_split(x[train], y[train], x[val], y[val], classes, scale)
+
+
+def _finish_split(tx, ty, vx, vy, classes, scale: float) -> ImageData:
+    mean, std = _stats(tx, scale)
+    return ImageData(tx.contiguous(), ty.long(), vx.contiguous(), vy.long(), tuple(str(c) for c in classes),
+                     mean, std, scale)
 
 
 def load_digits(cfg: DatasetConfig) -> ImageData:
     from sklearn.datasets import load_digits as sk_digits  # ships with scikit-learn: no download
     d = sk_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = torch.tensor(d.images, dtype=torch.uint8).unsqueeze(1)   # the source's own 0..16
     y = torch.tensor(d.target, dtype=torch.int64)
-    return _finish(*_split(x, y, cfg), classes=[str(c) for c in range(10)])
+    return _finish(x, y, cfg, [str(c) for c in range(10)], scale=1 / 16)
 
 
 def load_torchvision(cfg: DatasetConfig) -> ImageData:
@@ -77,59 +166,34 @@ def load_torchvision(cfg: DatasetConfig) -> ImageData:
     train, test = (cls(root, train=flag, download=cfg.download) for flag in (True, False))
 
     def tensors(ds):
-        x = torch.as_tensor(ds.data)
+        x = torch.as_tensor(ds.data)   # uint8 already: kept as it is
         x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)   # CIFAR is N x H x W x C
-        return x.float() / 255.0, torch.as_tensor(ds.targets, dtype=torch.int64)
+        return x, torch.as_tensor(ds.targets, dtype=torch.int64)
 
     (tx, ty), (vx, vy) = tensors(train), tensors(test)   # the official split is the validation set
-    return _finish(tx, ty, vx, vy, classes=train.classes)
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
-def load_imagefolder(cfg: DatasetConfig) -> ImageData:
-    from PIL import Image
-    check_dataset_files(cfg)
-    root = os.path.expanduser(cfg.data_dir)
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    if len(classes) < 2:
-        raise ConfigError("dataset.data_dir", cfg.data_dir, "needs at least two class subfolders")
-    size = cfg.image_size or 32
-    mode = "L" if cfg.channels == 1 else "RGB"
-    images, labels = [], []
-    for label, cls_name in enumerate(classes):
-        folder = os.path.join(root, cls_name)
-        for fname in sorted(os.listdir(folder)):
-            if not fname.lower().endswith(IMAGE_SUFFIXES):
-                continue
-            with Image.open(os.path.join(folder, fname)) as im:
-                im = im.convert(mode).resize((size, size), Image.BILINEAR)
-                t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-                images.append(t.view(size, size, -1).permute(2, 0, 1))
-            labels.append(label)
-    if len(images) < 2:
-        raise ConfigError("dataset.data_dir", cfg.data_dir, f"found {len(images)} images; need at least 2")
-    x = torch.stack(images).float() / 255.0
-    y = torch.tensor(labels, dtype=torch.int64)
-    return _finish(*_split(x, y, cfg), classes=classes)
+    return _finish_split(tx, ty, vx, vy, train.classes, 1 / 255)
 
 
 def load_generated(cfg: DatasetConfig) -> ImageData:
     """glyphs, shapes, letters: made by tunesmith itself and cached (trainables/generated.py)."""
     from trainables import generated
     x, y, classes = generated.load(cfg.name)
-    x = torch.from_numpy(x).float() / 255.0
-    return _finish(*_split(x, torch.from_numpy(y), cfg), classes=classes)
+    return _finish(torch.from_numpy(x), torch.from_numpy(y), cfg, classes, 1 / 255)
 
 
 def load_synthetic(cfg: DatasetConfig) -> ImageData:
     """Random images with random labels: for throughput, not accuracy."""
     g = torch.Generator().manual_seed(cfg.split_seed)
     c, s = cfg.channels or 3, cfg.image_size or 32
-    x = torch.rand(cfg.num_samples, c, s, s, generator=g)
+    x = torch.randint(0, 256, (cfg.num_samples, c, s, s), generator=g, dtype=torch.uint8)
     y = torch.randint(0, cfg.num_classes, (cfg.num_samples,), generator=g)
-    return _finish(*_split(x, y, cfg), classes=[str(i) for i in range(cfg.num_classes)])
+    return _finish(x, y, cfg, [str(i) for i in range(cfg.num_classes)], 1 / 255)
+
+
+def load_imagefolder(cfg: DatasetConfig) -> ImageData:
+    from trainables import folder
+    plan = folder.scan(cfg)
+    return plan.load()
 
 
 LOADERS: Dict[str, Callable[[DatasetConfig], ImageData]] = {
@@ -144,27 +208,46 @@ LOADERS: Dict[str, Callable[[DatasetConfig], ImageData]] = {
     "letters": load_generated,
 }
 
-_CACHE: Dict[tuple, ImageData] = {}
+_CACHE: Dict[tuple, object] = {}
 
 
 def list_datasets() -> list:
     return sorted(LOADERS)
 
 
-def load(cfg: DatasetConfig, device: Optional[torch.device] = None) -> ImageData:
-    """Load once per process and device; later trials in a reused worker get the cached tensors."""
+def source_key(cfg: DatasetConfig) -> DatasetConfig:
+    """The fields that decide the arrays (not the per-batch augmentation)."""
+    import dataclasses
+    return dataclasses.replace(cfg, augment="none")
+
+
+def load(cfg: DatasetConfig, device: Optional[torch.device] = None, shared: Optional[dict] = None):
+    """Load once per process and device; later trials in a reused worker get the cached data.
+    ``shared``: arrays from Ray's object store (trainables/shared.py), used instead of the files.
+    An image folder over the memory budget, or with ``stream: true``, comes back streaming."""
     device = torch.device(device or "cpu")
-    key = (cfg, str(device))
-    if key not in _CACHE:
-        try:
-            loader = LOADERS[cfg.name]
-        except KeyError:
-            raise ConfigError("dataset.name", cfg.name, f"unknown; choose from {', '.join(list_datasets())}") from None
-        cpu_key = (cfg, "cpu")
-        data = _CACHE.get(cpu_key) or loader(cfg)
+    src = source_key(cfg)
+    key = (src, str(device))
+    if key in _CACHE:
+        return _CACHE[key]
+    if cfg.name not in LOADERS:
+        raise ConfigError("dataset.name", cfg.name, f"unknown; choose from {', '.join(list_datasets())}")
+    cpu_key = (src, "cpu")
+    data = _CACHE.get(cpu_key)
+    if data is None:
+        if shared is not None:
+            data = ImageData.from_arrays(shared, "in memory, shared")
+        elif cfg.name == "imagefolder":
+            from trainables import folder
+            plan = folder.scan(cfg)
+            data = plan.stream() if plan.streams else plan.load()
+        else:
+            data = LOADERS[cfg.name](cfg)
         _CACHE[cpu_key] = data
-        _CACHE[key] = data if device.type == "cpu" else data.to(device)
-    return _CACHE[key]
+    if device.type != "cpu" and isinstance(data, ImageData):
+        data = data.to(device)   # uint8 on the GPU: a quarter of a float copy
+    _CACHE[key] = data
+    return data
 
 
 def augment(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:

@@ -234,11 +234,11 @@ def _time_steps(trainer, lr: float, n: int = 4) -> float:
     """Seconds per training step, measured on ``n`` steps at the start LR (which barely move
     the weights; they are restored anyway). The first step warms up and is not counted."""
     import torch
-    idx = torch.arange(min(trainer.global_batch, len(trainer.data.train_y)), device=trainer.device)
-    trainer.train_step(idx, lr, None)
+    x, y = next(trainer.data.epoch(torch.arange(len(trainer.data.train_y)), trainer.global_batch, 1))
+    trainer.train_step(x, y, lr, None)
     t0 = time.perf_counter()
     for _ in range(n):
-        loss, _, _ = trainer.train_step(idx, lr, None)
+        loss, _, _ = trainer.train_step(x, y, lr, None)
     loss.item()
     return max((time.perf_counter() - t0) / n, 1e-4)
 
@@ -248,30 +248,29 @@ def _one_test(trainer, start: float, end: float, steps: int, mode: str, val_loss
     import torch
     from trainables.trainer import DivergenceMonitor
 
-    model, d, bs = trainer.model, trainer.data, trainer.global_batch
-    val_x, val_y = d.val_x[:VAL_SUBSET], d.val_y[:VAL_SUBSET]
+    model, bs = trainer.model, trainer.global_batch
+    val_x, val_y = trainer.data.val_sample(VAL_SUBSET) if val_loss else (None, None)
     # Evaluating the subset costs about a third of a training step per sample: every k steps
     # keeps the evaluation at most as costly as the training it measures.
     every = max(1, round(len(val_y) / (3 * bs))) if val_loss else 1
+    if val_loss:
+        val_x = trainer._inputs(val_x)
     # the trainer's own divergence rule: smoothed loss above stop_factor x its best, or NaN/inf
     monitor = DivergenceMonitor(stop_factor, warmup=max(10, int(steps * SKIP_START)))
     lrs, losses = [], []
     reason = f"reached the end LR {end:g}"
-    perm, pos = torch.randperm(len(d.train_y), generator=trainer.generator).to(trainer.device), 0
+    batches = trainer.batches()
     for i in range(steps):
-        if pos + bs > len(perm):
-            perm, pos = torch.randperm(len(d.train_y), generator=trainer.generator).to(trainer.device), 0
-        idx = perm[pos:pos + bs]
-        pos += bs
+        x, y = next(batches)
         lr = lr_at_step(i, steps, start, end, mode)
-        loss, _, _ = trainer.train_step(idx, lr, None)
+        loss, _, _ = trainer.train_step(x, y, lr, None)
         value = loss.item()
         if val_loss:
             if i % every and i != steps - 1 and math.isfinite(value):
                 continue
             model.eval()
             with torch.inference_mode(), trainer._autocast():
-                value = torch.nn.functional.cross_entropy(model(trainer._inputs(val_x)).float(), val_y).item()
+                value = torch.nn.functional.cross_entropy(model(val_x).float(), val_y).item()
         lrs.append(lr)
         losses.append(value)
         if monitor.update(value):

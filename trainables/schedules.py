@@ -8,7 +8,7 @@ They are stepped every batch by the trainer, and tested without torch or Ray.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 
@@ -102,7 +102,10 @@ def lr_at(name: str, t: float, total: float, p: ScheduleParams) -> float:
     except KeyError:
         raise KeyError(f"unknown schedule {name!r}; choose from {', '.join(list_schedules())}") from None
     if p.milestones and name in BUDGET_AWARE:
+        whole = total
         t, total = segment(t, total, p.milestones)
+        if name == "warmup_cosine":   # the warm-up keeps its share of each segment
+            p = replace(p, warmup_epochs=p.warmup_epochs * total / whole)
     return fn(t, total, p)
 
 

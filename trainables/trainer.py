@@ -67,7 +67,8 @@ def device_count(device: torch.device, num_gpus: Optional[float]) -> int:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, num_gpus: Optional[float] = None,
-                 device: Optional[torch.device] = None, cpu_threads: Optional[int] = None):
+                 device: Optional[torch.device] = None, cpu_threads: Optional[int] = None,
+                 shared: Optional[dict] = None):
         self.cfg = cfg
         self.device = device or pick_device(num_gpus)
         self.devices = device_count(self.device, num_gpus)
@@ -81,7 +82,7 @@ class Trainer:
         self.channels_last = on_gpu
 
         torch.manual_seed(cfg.seed)
-        self.data = data_mod.load(cfg.dataset, self.device)
+        self.data = data_mod.load(cfg.dataset, self.device, shared=shared)
         model = build_model(cfg.model, self.data.shape, self.data.num_classes).to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -94,6 +95,7 @@ class Trainer:
         self.steps_per_epoch = max(1, n // self.global_batch + (1 if n % self.global_batch > 1 else 0))
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.monitor = DivergenceMonitor(t.divergence_factor)
+        self.epoch = 0   # epochs done: a restored trainer continues from here
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -101,12 +103,18 @@ class Trainer:
     def _inputs(self, x):
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def train_step(self, idx: torch.Tensor, lr: float, momentum: Optional[float]):
-        """One optimizer step on the training samples ``idx``; returns (loss, logits, labels)."""
+    def batches(self) -> Iterator:
+        """Training batches (normalised x, y) without end, a new permutation every epoch."""
+        n = len(self.data.train_y)
+        while True:
+            perm = torch.randperm(n, generator=self.generator)
+            yield from self.data.epoch(perm, self.global_batch, self.steps_per_epoch)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float, momentum: Optional[float]):
+        """One optimizer step on the normalised batch ``x``; returns (loss, logits, labels)."""
         set_lr_momentum(self.optimizer, lr, momentum)
         self.model.train()
-        x = data_mod.augment(self.data.train_x[idx], self.cfg.dataset.augment, self.generator)
-        y = self.data.train_y[idx]
+        x = data_mod.augment(x, self.cfg.dataset.augment, self.generator)
         with self._autocast():
             logits = self.model(self._inputs(x))
             loss = self.train_loss_fn(logits.float(), y)
@@ -118,15 +126,14 @@ class Trainer:
     def train_epoch(self, epoch: int) -> Dict[str, float]:
         t = self.cfg.trainer
         n = len(self.data.train_y)
-        perm = torch.randperm(n, generator=self.generator).to(self.device)
+        perm = torch.randperm(n, generator=self.generator)
         total_loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
-        for i in range(self.steps_per_epoch):
-            idx = perm[i * self.global_batch:(i + 1) * self.global_batch]
+        for i, (x, y) in enumerate(self.data.epoch(perm, self.global_batch, self.steps_per_epoch)):
             progress = epoch + i / self.steps_per_epoch
             lr = lr_at(t.schedule, progress, t.epochs, self.sched)
-            loss, logits, y = self.train_step(idx, lr, momentum_at(t.schedule, progress, t.epochs, self.sched))
+            loss, logits, y = self.train_step(x, y, lr, momentum_at(t.schedule, progress, t.epochs, self.sched))
             value = loss.item()   # one sync per step: the divergence check needs it at once
             reason = self.monitor.update(value)
             if reason:
@@ -140,24 +147,21 @@ class Trainer:
     @torch.inference_mode()
     def evaluate(self) -> Dict[str, float]:
         self.model.eval()
-        x_all, y_all = self.data.val_x, self.data.val_y
         loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
-        bs = self.cfg.trainer.eval_batch_size
-        for i in range(0, len(y_all), bs):
-            x, y = x_all[i:i + bs], y_all[i:i + bs]
+        for x, y in self.data.val_batches(self.cfg.trainer.eval_batch_size):
             with self._autocast():
                 logits = self.model(self._inputs(x)).float()
             loss += nn.functional.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
-        n = len(y_all)
+        n = len(self.data.val_y)
         return {"val_loss": loss.item() / n, "val_acc": correct.item() / n}
 
     @torch.inference_mode()
     def preview(self, count: int = 16) -> dict:
         """The first validation images, un-normalised to uint8, with predicted and true labels."""
         self.model.eval()
-        x, y = self.data.val_x[:count], self.data.val_y[:count]
+        x, y = self.data.val_sample(count)
         with self._autocast():
             pred = self.model(self._inputs(x)).float().argmax(1)
         mean = torch.tensor(self.data.mean, device=x.device).view(1, -1, 1, 1)
@@ -170,7 +174,7 @@ class Trainer:
         """One dict per epoch. The last one has ``done`` and, if it diverged, ``diverged``."""
         t = self.cfg.trainer
         try:
-            for epoch in range(t.epochs):
+            for epoch in range(self.epoch, t.epochs):
                 start = time.perf_counter()
                 if self.device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
@@ -191,9 +195,33 @@ class Trainer:
                 metrics["done"] = epoch + 1 == t.epochs
                 if t.preview_every and ((epoch + 1) % t.preview_every == 0 or metrics["done"]):
                     metrics["preview"] = self.preview()
+                self.epoch = epoch + 1
                 yield metrics
         finally:
             self.close()
+
+    # --- checkpoints: plain state dicts; the Tune wrapper turns them into Ray checkpoints -------
+    def state_dict(self) -> dict:
+        """Everything a run needs to continue exactly: weights, optimizer, the position in the
+        schedule (epochs done), the RNG states and the divergence monitor."""
+        model = self.model.module if isinstance(self.model, nn.DataParallel) else self.model
+        state = {"epoch": self.epoch, "model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                 "monitor": dict(vars(self.monitor))}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        model = self.model.module if isinstance(self.model, nn.DataParallel) else self.model
+        model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        vars(self.monitor).update(state["monitor"])
+        self.epoch = int(state["epoch"])
 
     @staticmethod
     def _nan_metrics() -> Dict[str, float]:

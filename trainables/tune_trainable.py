@@ -2,26 +2,56 @@
 through its report call and the trial's context."""
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from trainables.config import TrainConfig
 
 
-def train_cnn(config: Dict[str, Any], base: Dict[str, Any]) -> None:
+def _private_mb() -> float:
+    """This process's unique memory (USS): what a shared dataset must not add to."""
+    import psutil
+    return psutil.Process().memory_full_info().uss / 2 ** 20
+
+
+STATE_FILE = "trainer.pt"
+
+
+def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[list] = None,
+              checkpoint_every: int = 1) -> None:
     """Function trainable: ``base`` is the spec's TrainConfig as a dict, ``config`` the values
-    the search algorithm chose (``{"lr": 0.1, "model.width": 32}``)."""
+    the search algorithm chose (``{"lr": 0.1, "model.width": 32}``), ``shared`` the dataset's
+    arrays in Ray's object store (orchestrator/datashare.py), read zero-copy."""
+    import os
+    import tempfile
+    import ray
+    import torch
     from ray import tune
+    from trainables import data as data_mod
     from trainables.trainer import Trainer
 
     cfg = TrainConfig.from_dict(base).with_overrides(config)   # the loaders check data files on this node
     held = tune.get_context().get_trial_resources().required_resources
-    trainer = Trainer(cfg, num_gpus=held.get("GPU", 0.0), cpu_threads=held.get("CPU", 1))
+    before = _private_mb()
+    arrays = None
+    if shared and data_mod.source_key(cfg.dataset) == data_mod.source_key(TrainConfig.from_dict(base).dataset):
+        arrays = ray.get(shared[0])   # a search over the data's own fields loads its own copy
+    trainer = Trainer(cfg, num_gpus=held.get("GPU", 0.0), cpu_threads=held.get("CPU", 1), shared=arrays)
+    data_info = {"data_mb": trainer.data.nbytes / 2 ** 20, "data_added_mb": _private_mb() - before}
+    resumed = tune.get_checkpoint()
+    if resumed is not None:   # a retry after a lost worker or node, or `tunesmith resume`
+        with resumed.as_directory() as folder:
+            trainer.load_state_dict(torch.load(os.path.join(folder, STATE_FILE), weights_only=True))
     device = str(trainer.device)
     if trainer.device.type == "cuda":
-        import torch
         device = f"cuda:{torch.cuda.get_device_name()} x{trainer.devices}"
     for metrics in trainer.run():
-        metrics.pop("done", None)   # Tune reserves 'done'
+        done = metrics.pop("done", False)   # Tune reserves 'done'
         metrics["device"] = device
         metrics["global_batch"] = trainer.global_batch
-        tune.report(metrics)
+        metrics.update(data_info)
+        if checkpoint_every and not metrics.get("diverged") and (metrics["epoch"] % checkpoint_every == 0 or done):
+            with tempfile.TemporaryDirectory(prefix="tunesmith-ckpt-") as folder:
+                torch.save(trainer.state_dict(), os.path.join(folder, STATE_FILE))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        else:
+            tune.report(metrics)

@@ -1,0 +1,205 @@
+"""Data at scale: memory per trial, load time, and streaming throughput, before and after.
+
+1. Load: peak RSS and seconds to load, in a fresh process, for the float32 copy the trainer
+   used to hold ("before") and the uint8 copy it holds now ("after").
+2. Trials on one node: the private memory (USS) and RSS that the first and each additional
+   concurrent trial adds, when every trial loads its own float32 copy ("before") and when all
+   read the one uint8 copy in Ray's object store ("after").
+3. Streaming: images per second through decode, batching and a training step of the default
+   model on CPU, against the in-memory path on the same folder (target: at least 80%).
+
+Datasets, made by the benchmark and cached under $TUNESMITH_CACHE/bench: 50,000 images at
+3x32x32 (``synthetic``) and 10,000 at 3x128x128 (an image folder of JPEGs).
+
+    .venv/bin/python bench/data_scale.py [--trials 4] [--skip-128]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+SETS = {
+    "50k x 3x32x32": {"name": "synthetic", "num_samples": 50000, "image_size": 32},
+    "10k x 3x128x128": {"name": "imagefolder", "image_size": 128},
+}
+
+
+def _folder(n: int = 10000, size: int = 128, classes: int = 10) -> str:
+    """An image folder of JPEGs with some structure (a coloured blob per class), made once."""
+    import numpy as np
+    from PIL import Image
+    from trainables.generated import cache_dir
+    root = os.path.join(cache_dir(), "bench", f"folder-{n}-{size}")
+    if os.path.exists(os.path.join(root, ".done")):
+        return root
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for i in range(n):
+        k = i % classes
+        d = os.path.join(root, f"class{k}")
+        os.makedirs(d, exist_ok=True)
+        cx, cy = 0.2 + 0.06 * k, rng.uniform(0.2, 0.8)
+        blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.02)
+        img = rng.uniform(0, 0.5, (size, size, 3)) + blob[..., None] * rng.uniform(0.3, 0.7, 3)
+        Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(os.path.join(d, f"{i}.jpg"), quality=90)
+    open(os.path.join(root, ".done"), "w").close()
+    return root
+
+
+def _cfg(ds: dict):
+    from trainables.config import DatasetConfig
+    return DatasetConfig(**ds)
+
+
+# --- 1. load in a fresh process --------------------------------------------------------------
+def load_worker(ds: dict, mode: str) -> dict:
+    import resource
+    import torch
+    from trainables import data as data_mod
+    began = time.perf_counter()
+    d = data_mod.load(_cfg({**ds, "stream": False} if ds["name"] == "imagefolder" else ds))
+    if mode == "float32":   # what the trainer held before: the whole set normalised as float32
+        tx = d.normalise(d.train_x)
+        vx = d.normalise(d.val_x)
+        del d.train_x, d.val_x
+        held = tx.numel() * 4 + vx.numel() * 4
+    else:
+        held = d.nbytes
+    seconds = time.perf_counter() - began
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"seconds": seconds, "held_mb": held / 2 ** 20, "peak_rss_mb": peak / 2 ** 20}
+
+
+def _in_process(fn: str, *args) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", fn, json.dumps(args)], capture_output=True,
+                         text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+    if out.returncode:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _baseline_mb() -> float:
+    import psutil
+    import torch  # noqa: F401 - the baseline includes torch, as every trial does
+    return psutil.Process().memory_info().rss / 2 ** 20
+
+
+# --- 2. trials on one node -------------------------------------------------------------------
+def trials_on_a_node(ds: dict, n: int) -> dict:
+    import ray
+    from cluster.connect import connect, disconnect
+    from orchestrator.datashare import share
+    info = connect(num_cpus=n)
+
+    @ray.remote(num_cpus=1)
+    class Trial:
+        """Holds the data as a trial would, and reports what that costs this process."""
+
+        def __init__(self):
+            import psutil
+            import torch  # noqa: F401
+            self.proc = psutil.Process()
+            self.base = self.mem()
+
+        def mem(self):
+            m = self.proc.memory_full_info()
+            return {"uss": m.uss / 2 ** 20, "rss": m.rss / 2 ** 20}
+
+        def hold(self, mode, ref=None):
+            from trainables import data as data_mod
+            from trainables.config import DatasetConfig
+            cfg = DatasetConfig(**({**ds, "stream": False} if ds["name"] == "imagefolder" else ds))
+            if mode == "before":
+                d = data_mod.load(cfg)
+                self.x = (d.normalise(d.train_x), d.normalise(d.val_x))
+                data_mod._CACHE.clear()
+            else:
+                self.x = data_mod.load(cfg, shared=ray.get(ref[0]))
+                self.x.normalise(self.x.train_x[:64])   # touch it, as training does
+                s = float(self.x.train_x[::97].float().sum())   # and read pages across the whole set
+                del s
+            now = self.mem()
+            return {k: now[k] - self.base[k] for k in now}
+
+    out = {}
+    for mode in ("before", "after"):
+        ref = share(_cfg({**ds, "stream": False} if ds["name"] == "imagefolder" else ds)) if mode == "after" else None
+        if ref:
+            ray.get(ref[0])
+        actors = [Trial.remote() for _ in range(n)]
+        ray.get([a.mem.remote() for a in actors])
+        added = []
+        for a in actors:   # one after another: the first, then each additional trial
+            added.append(ray.get(a.hold.remote(mode, ref)))
+        out[mode] = added
+        for a in actors:
+            ray.kill(a)
+    disconnect(info)
+    return out
+
+
+# --- 3. streaming throughput -----------------------------------------------------------------
+def throughput_worker(folder: str, size: int, stream: bool, epochs: int = 2) -> dict:
+    from trainables.config import TrainConfig
+    from trainables.trainer import Trainer
+    cfg = TrainConfig.from_dict({"dataset": {"name": "imagefolder", "data_dir": folder, "image_size": size,
+                                             "stream": stream, "workers": 1 if stream else None},
+                                 "trainer": {"epochs": epochs}})
+    t = Trainer(cfg, cpu_threads=1)   # a trial holds one CPU; the stream's decoder takes the other
+    rates = [m["samples_per_second"] for m in t.run()]
+    return {"images_per_second": max(rates), "how": t.data.how}
+
+
+def main(argv=None) -> int:
+    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
+        fn, args = sys.argv[2], json.loads(sys.argv[3])
+        print(json.dumps(globals()[fn](*args)))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=4, help="concurrent trials on the node (default 4)")
+    ap.add_argument("--skip-128", action="store_true", help="only the 32x32 set")
+    args = ap.parse_args(argv)
+    sets = dict(SETS)
+    if args.skip_128:
+        sets.pop("10k x 3x128x128")
+    else:
+        t0 = time.perf_counter()
+        sets["10k x 3x128x128"] = {**sets["10k x 3x128x128"], "data_dir": _folder()}
+        print(f"(image folder ready in {time.perf_counter() - t0:.0f}s)", flush=True)
+
+    print("\n1. loading, in a fresh process (RSS includes torch)")
+    print(f"{'dataset':<16} {'held as':<8} {'held MB':>8} {'peak RSS MB':>11} {'seconds':>8}")
+    for label, ds in sets.items():
+        for mode in ("float32", "uint8"):
+            r = _in_process("load_worker", ds, mode)
+            print(f"{label:<16} {mode:<8} {r['held_mb']:>8.0f} {r['peak_rss_mb']:>11.0f} {r['seconds']:>8.1f}", flush=True)
+
+    print(f"\n2. {args.trials} trials on one node: memory each adds when it takes the data "
+          "(before: its own float32 copy; after: the shared uint8 copy)")
+    print(f"{'dataset':<16} {'':<7} " + " ".join(f"{'trial ' + str(i + 1) + ' USS/RSS MB':>20}" for i in range(args.trials)))
+    for label, ds in sets.items():
+        r = trials_on_a_node(ds, args.trials)
+        for mode in ("before", "after"):
+            cells = " ".join(f"{x['uss']:>10.0f}/{x['rss']:<9.0f}" for x in r[mode])
+            print(f"{label:<16} {mode:<7} {cells}", flush=True)
+
+    print("\n3. streaming throughput (decode + batch + a training step of the default model, 1 CPU "
+          "for the trainer, 1 for the decoder)")
+    folder32 = _folder(10000, 32) if True else None
+    mem = _in_process("throughput_worker", folder32, 32, False)
+    st = _in_process("throughput_worker", folder32, 32, True)
+    print(f"10k x 3x32x32 folder  in memory: {mem['images_per_second']:.0f} img/s; {st['how']}: "
+          f"{st['images_per_second']:.0f} img/s = {100 * st['images_per_second'] / mem['images_per_second']:.0f}% "
+          f"(target >= 80%)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

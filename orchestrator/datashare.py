@@ -1,0 +1,48 @@
+"""One copy of a sweep's dataset per node: decoded once, put in Ray's object store, and read
+zero-copy by every trial on every node (numpy arrays in the store are mapped, not copied).
+
+The driver puts the copy it already holds (``smith``'s range test loaded one), or else a Ray
+task decodes the data where it runs: nothing assumes that the data is on the driver's disk.
+An image folder that streams is not shared: each trial reads its batches from disk.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+from trainables.config import DatasetConfig
+
+_REFS: Dict[tuple, object] = {}   # per Ray connection: smith's stages share one copy
+
+
+def _load_arrays(cfg: DatasetConfig) -> dict:
+    from trainables import data as data_mod
+    return data_mod.load(cfg).arrays()
+
+
+def plan(cfg: DatasetConfig, local: bool) -> Tuple[bool, str]:
+    """(shared in memory?, one line saying how and why) for the sweep's header. An image folder
+    on this machine is listed now, so a set that cannot fit is refused before any trial."""
+    if cfg.name != "imagefolder":
+        return True, "in memory, shared: one copy per node through Ray's object store"
+    if not local:
+        return True, "in memory, shared (or streaming, if the node that reads it finds it over the budget)"
+    from trainables import folder
+    p = folder.scan(cfg)
+    return (not p.streams), p.describe()
+
+
+def share(cfg: DatasetConfig, streams: bool = False) -> Optional[list]:
+    """``[ObjectRef]`` of the arrays, or None when the data streams. Memoised per dataset."""
+    if streams:
+        return None
+    import ray
+    from trainables import data as data_mod
+    src = data_mod.source_key(cfg)
+    key = (ray.get_runtime_context().get_job_id(), src)   # a reference lives as long as its connection
+    if key not in _REFS:
+        held = data_mod._CACHE.get((src, "cpu"))
+        if isinstance(held, data_mod.ImageData):
+            _REFS[key] = ray.put(held.arrays())
+        else:
+            _REFS[key] = ray.remote(num_cpus=0)(_load_arrays).options(name="tunesmith:load-data").remote(src)
+    return [_REFS[key]]

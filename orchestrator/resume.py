@@ -1,0 +1,86 @@
+"""`tunesmith resume RESULTS/SWEEP`: continue a sweep whose driver died.
+
+Tune's own restore does the work: completed trials stay completed, unfinished and errored ones
+continue from their last checkpoints, the searcher continues where it was, and failure counts
+carry over. What it does not do is handled here and in the writer:
+- the results writer comes back as the copy pickled in tuner.pkl; it rebuilds its records from
+  trials.parquet and epochs/ (the truth on disk), so no row is lost or written twice;
+- ASHA's rungs come back empty (ray#30838); they are refilled from the same files;
+- a restore that fails can start a fresh experiment in the same folder; the trial count is
+  checked afterwards.
+Tune's state is a pickle, so it is read only from a folder tunesmith wrote: its manifest must
+be there. A results folder is trusted like code.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+import time
+
+import yaml
+
+from orchestrator import manifest as manifest_mod
+from orchestrator.spec import SweepSpec, from_dict
+from orchestrator.storage import Storage
+from trainables.config import ConfigError
+
+
+def load(target: str):
+    """(storage of the results root, sweep name, spec, manifest) of a sweep tunesmith wrote."""
+    where = target.rstrip("/")
+    parent = Storage(where).parent()
+    name = posixpath.basename(Storage(where).root)
+    if not parent.exists(name, "manifest.json"):
+        raise ConfigError("resume", target, "no manifest.json: not a sweep folder tunesmith wrote "
+                          "(resume reads Tune's pickled state only from those)")
+    man = json.loads(parent.read_bytes(f"{name}/manifest.json"))
+    if not parent.exists(name, "_tune", "tuner.pkl"):
+        raise ConfigError("resume", target, "holds no Tune state (_tune/tuner.pkl): nothing to resume")
+    spec = from_dict(yaml.safe_load(parent.read_bytes(f"{name}/spec.yaml")), default_name=name)
+    if man.get("status") == "finished" and man.get("trials", {}).get("running", 0) == 0:
+        raise ConfigError("resume", target, "finished; nothing to resume (its trials all ended)")
+    return parent, name, spec, man
+
+
+def trial_ids(storage: Storage, name: str) -> set:
+    if not storage.exists(name, "trials.parquet"):
+        return set()
+    return set(storage.read_table(f"{name}/trials.parquet").column("trial_id").to_pylist())
+
+
+def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man: dict) -> dict:
+    import os
+    from ray import tune
+    from orchestrator.datashare import plan, share
+    from trainables.tune_trainable import train_cnn
+
+    os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)   # Tune's own Ctrl-C handling saves its state
+    before = trial_ids(storage, name)
+    in_memory, _ = plan(spec.train.dataset, local=cluster.started_here)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_cnn, base=spec.trial_config(), shared=share(spec.train.dataset, not in_memory),
+                             checkpoint_every=spec.checkpoints.every),
+        {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
+    tune_dir = storage.path(name, "_tune")
+    fs = None if storage.is_local else storage.fs
+    began = time.monotonic()
+    man.setdefault("resumed_at", []).append(manifest_mod.now_iso())
+    man["status"] = "running"
+    storage.write_bytes(f"{name}/manifest.json", manifest_mod.dumps(man))
+    tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=True,
+                               storage_filesystem=fs)
+    status = "failed"
+    try:
+        grid = tuner.fit()
+        status = "finished"
+    finally:
+        after = storage.read_table(f"{name}/trials.parquet").to_pandas() if storage.exists(name, "trials.parquet") \
+            else None
+        counts = after.status.value_counts().to_dict() if after is not None else {}
+        man.update(ended_at=manifest_mod.now_iso(), status=status, trials={str(k): int(v) for k, v in counts.items()})
+        man["wall_seconds"] = round(man.get("wall_seconds") or 0, 3) + round(time.monotonic() - began, 3)
+        storage.write_bytes(f"{name}/manifest.json", manifest_mod.dumps(man))
+    if len(grid) < len(before):
+        raise RuntimeError(f"Tune restored {len(grid)} trials where {len(before)} were recorded: the restore "
+                           "failed and Tune started afresh; the Parquet files keep what was written")
+    return {"trials": counts, "restored": len(before), "total": len(grid), "path": storage.uri(name)}

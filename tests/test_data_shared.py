@@ -1,0 +1,56 @@
+"""Issue #10 through a real Ray instance: one copy of the data per node, read zero-copy."""
+import shutil
+
+import numpy as np
+import pyarrow.dataset as pds
+import pytest
+from PIL import Image
+
+from orchestrator import spec as spec_mod
+from orchestrator.storage import Storage
+from orchestrator.sweep import build_tuner
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _sweep(raw, cluster, root):
+    spec = spec_mod.from_dict({"results_dir": root, "asha": {"enabled": False}, **raw})
+    tuner, writer, _ = build_tuner(spec, Storage(root), cluster)
+    tuner.fit()
+    writer.close()
+    epochs = pds.dataset(f"{root}/{spec.name}/epochs").to_table().to_pandas()
+    extra = epochs.extra.map(dict)
+    return epochs.assign(data_mb=extra.map(lambda e: e.get("data_mb")),
+                         data_added_mb=extra.map(lambda e: e.get("data_added_mb")))
+
+
+def test_trials_share_one_copy_and_add_almost_no_memory(ray_session, tmp_path):
+    """48 MB of uint8 images: each trial maps the store's copy; its private memory grows by
+    a small fraction of that, not by the dataset."""
+    raw = {"name": "shared", "dataset": {"name": "synthetic", "num_samples": 16000, "image_size": 32},
+           "model": {"width": 4, "depth": 2}, "trainer": {"epochs": 1, "per_gpu_batch_size": 512},
+           "search": {"num_samples": 4}}
+    e = _sweep(raw, ray_session, str(tmp_path / "results"))
+    assert len(e) == 4 and (e.data_mb > 45).all()
+    assert (e.data_added_mb < 0.15 * e.data_mb).all(), e[["trial_id", "data_mb", "data_added_mb"]]
+
+
+def test_files_are_read_once_per_sweep(ray_session, tmp_path):
+    """The folder is decoded once, by the loader, then taken away: the trials still train,
+    because none of them reads a file."""
+    from orchestrator.datashare import share
+    from trainables.config import DatasetConfig
+    import ray
+    folder = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        (folder / f"c{k}").mkdir(parents=True)
+        for i in range(30):
+            Image.fromarray((rng.random((12, 12, 3)) * 100 + 100 * k).astype(np.uint8)).save(folder / f"c{k}" / f"{i}.png")
+    ds = {"name": "imagefolder", "data_dir": str(folder), "image_size": 12}
+    ray.get(share(DatasetConfig(**ds))[0])   # decoded once, into the object store
+    shutil.rmtree(folder)
+    raw = {"name": "once", "dataset": ds, "model": {"width": 4}, "trainer": {"epochs": 2},
+           "search": {"num_samples": 3}}
+    e = _sweep(raw, ray_session, str(tmp_path / "results"))
+    assert len(e) == 6 and e.val_acc.notna().all()

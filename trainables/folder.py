@@ -1,0 +1,307 @@
+"""Image folders as users have them: class folders (nested inside as deep as they like), mixed
+formats, sizes and modes, an optional ``train/`` and ``val/`` side by side, corrupt files.
+
+``scan`` lists the files and decides, before anything is decoded, whether the decoded set fits
+the memory budget (``dataset.memory_budget``, a share of the node's available memory). In
+memory, the images are decoded in parallel into one preallocated uint8 array (peak memory about
+the final size). Otherwise they stream: DataLoader workers decode, resize and batch them in the
+trainer's permutation. An unreadable image is skipped and named, never fatal; a folder where
+most images are unreadable is bad input.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from trainables.config import ConfigError, DatasetConfig
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+PARALLEL_FROM = 2000    # fewer files decode faster in one process than a pool starts
+STATS_SAMPLE = 2000     # streaming: the normalisation statistics come from this many images
+
+
+def decode(path: str, size: int, mode: str) -> np.ndarray:
+    """One image as uint8 C x size x size: converted to ``mode`` (L or RGB), resized bilinearly.
+    The same function serves both paths, so both see the same pixels."""
+    from PIL import Image
+    with Image.open(path) as im:
+        im = im.convert(mode).resize((size, size), Image.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _decode_chunk(args) -> Tuple[int, np.ndarray, List[Tuple[int, str]]]:
+    start, paths, size, mode, channels = args
+    out = np.zeros((len(paths), channels, size, size), dtype=np.uint8)
+    bad = []
+    for i, p in enumerate(paths):
+        try:
+            out[i] = decode(p, size, mode)
+        except Exception as exc:   # noqa: BLE001 - any unreadable file is skipped and named
+            bad.append((start + i, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"))
+    return start, out, bad
+
+
+def _classes_and_files(root: str) -> Tuple[List[str], List[str], List[int], int]:
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    files, labels, other = [], [], 0
+    for label, name in enumerate(classes):
+        for folder, dirs, names in os.walk(os.path.join(root, name)):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for fname in sorted(names):
+                if fname.startswith("."):
+                    continue
+                if fname.lower().endswith(IMAGE_SUFFIXES):
+                    files.append(os.path.join(folder, fname))
+                    labels.append(label)
+                else:
+                    other += 1
+    return classes, files, labels, other
+
+
+def available_memory() -> int:
+    from trainables.batch_finder import available_memory_bytes
+    return available_memory_bytes()
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.3g} {unit}"
+        n /= 1000
+
+
+@dataclass
+class FolderPlan:
+    cfg: DatasetConfig
+    root: str
+    classes: List[str]
+    train_files: List[str]
+    train_labels: List[int]
+    val_files: List[str]
+    val_labels: List[int]
+    size: int
+    mode: str
+    estimate: int            # bytes of the decoded set in memory
+    budget: int
+    streams: bool
+    why: str
+    non_images: int = 0
+    explicit_val: bool = False
+    skipped: List[Tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.mode == "L" else 3
+
+    def describe(self) -> str:
+        n = len(self.train_files) + len(self.val_files)
+        how = (f"streaming, {self.workers()} workers" if self.streams else "in memory, shared")
+        return f"{how}: {n} images of {self.channels}x{self.size}x{self.size}, {_fmt_bytes(self.estimate)} decoded; {self.why}"
+
+    def workers(self) -> int:
+        return self.cfg.workers or max(1, min(4, os.cpu_count() or 1))
+
+    # --- in memory ----------------------------------------------------------------------
+    def _decode_all(self, files: Sequence[str]) -> Tuple[np.ndarray, List[int]]:
+        """uint8 N x C x S x S, and the indices of the files that could not be read."""
+        out = np.zeros((len(files), self.channels, self.size, self.size), dtype=np.uint8)
+        step = 256
+        jobs = [(i, list(files[i:i + step]), self.size, self.mode, self.channels) for i in range(0, len(files), step)]
+        bad: List[Tuple[int, str]] = []
+        if len(files) >= PARALLEL_FROM and (os.cpu_count() or 1) > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+            with ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context("fork")) as pool:
+                results = pool.map(_decode_chunk, jobs)
+                for start, chunk, b in results:
+                    out[start:start + len(chunk)] = chunk
+                    bad += b
+        else:
+            for job in jobs:
+                start, chunk, b = _decode_chunk(job)
+                out[start:start + len(chunk)] = chunk
+                bad += b
+        for i, why in bad:
+            self.skipped.append((os.path.relpath(files[i], self.root), why))
+        return out, [i for i, _ in bad]
+
+    def load(self):
+        from trainables.data import _finish, _finish_split
+        if self.explicit_val:
+            tx, tbad = self._decode_all(self.train_files)
+            vx, vbad = self._decode_all(self.val_files)
+            self._check_unreadable()
+            tkeep = np.setdiff1d(np.arange(len(tx)), tbad)
+            vkeep = np.setdiff1d(np.arange(len(vx)), vbad)
+            data = _finish_split(torch.from_numpy(tx[tkeep]), torch.tensor(self.train_labels)[tkeep],
+                                 torch.from_numpy(vx[vkeep]), torch.tensor(self.val_labels)[vkeep],
+                                 self.classes, 1 / 255)
+        else:
+            x, bad = self._decode_all(self.train_files)
+            self._check_unreadable()
+            keep = np.setdiff1d(np.arange(len(x)), bad)
+            x = x[keep] if bad else x
+            y = torch.tensor(self.train_labels, dtype=torch.int64)[keep]
+            data = _finish(torch.from_numpy(x), y, self.cfg, self.classes, 1 / 255)
+        self._report()
+        return data
+
+    def _check_unreadable(self) -> None:
+        total = len(self.train_files) + len(self.val_files)
+        if total and len(self.skipped) * 2 > total:
+            first = ", ".join(p for p, _ in self.skipped[:3])
+            raise ConfigError("dataset.data_dir", self.cfg.data_dir,
+                              f"{len(self.skipped)} of {total} images are unreadable (e.g. {first})")
+
+    def _report(self) -> None:
+        if self.skipped:
+            names = ", ".join(f"{p} ({why})" for p, why in self.skipped[:5])
+            more = f" and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
+            print(f"imagefolder {self.cfg.data_dir}: skipped {len(self.skipped)} unreadable image"
+                  f"{'s' if len(self.skipped) > 1 else ''}: {names}{more}", flush=True)
+
+    # --- streaming ----------------------------------------------------------------------
+    def stream(self):
+        if self.explicit_val:
+            train_f, train_y, val_f, val_y = self.train_files, self.train_labels, self.val_files, self.val_labels
+        else:
+            from trainables.data import _split_index
+            tr, va = _split_index(len(self.train_files), self.cfg)
+            train_f = [self.train_files[i] for i in tr.tolist()]
+            train_y = [self.train_labels[i] for i in tr.tolist()]
+            val_f = [self.train_files[i] for i in va.tolist()]
+            val_y = [self.train_labels[i] for i in va.tolist()]
+        # Statistics from an evenly spread sample: every image for small sets, as in memory.
+        pick = np.linspace(0, len(train_f) - 1, min(len(train_f), STATS_SAMPLE)).round().astype(int)
+        sample, bad = self._decode_all([train_f[i] for i in pick])
+        self._check_unreadable_sample(len(pick))
+        from trainables.data import _stats
+        keep = np.setdiff1d(np.arange(len(sample)), bad)
+        mean, std = _stats(torch.from_numpy(sample[keep]), 1 / 255)
+        return StreamingData(train_f, torch.tensor(train_y, dtype=torch.int64), val_f,
+                             torch.tensor(val_y, dtype=torch.int64), tuple(self.classes), mean, std,
+                             self.size, self.mode, self.workers(), self.root)
+
+    def _check_unreadable_sample(self, n: int) -> None:
+        if n and len(self.skipped) * 2 > n:
+            first = ", ".join(p for p, _ in self.skipped[:3])
+            raise ConfigError("dataset.data_dir", self.cfg.data_dir,
+                              f"{len(self.skipped)} of {n} images sampled are unreadable (e.g. {first})")
+
+
+def scan(cfg: DatasetConfig, budget: Optional[int] = None) -> FolderPlan:
+    """List the folder and decide in memory or streaming; nothing is decoded yet."""
+    from trainables.datafiles import check_dataset_files
+    check_dataset_files(cfg)
+    root = os.path.expanduser(cfg.data_dir)
+    explicit = all(os.path.isdir(os.path.join(root, d)) for d in ("train", "val"))
+    if explicit:
+        classes, files, labels, other = _classes_and_files(os.path.join(root, "train"))
+        vclasses, vfiles, vlabels, vother = _classes_and_files(os.path.join(root, "val"))
+        if vclasses != classes:
+            raise ConfigError("dataset.data_dir", cfg.data_dir,
+                              f"train/ and val/ hold different classes ({len(classes)} and {len(vclasses)})")
+        other += vother
+    else:
+        classes, files, labels, other = _classes_and_files(root)
+        vfiles, vlabels = [], []
+    if len(classes) < 2:
+        raise ConfigError("dataset.data_dir", cfg.data_dir, "needs at least two class subfolders")
+    if len(files) + len(vfiles) < 2:
+        raise ConfigError("dataset.data_dir", cfg.data_dir, f"found {len(files) + len(vfiles)} images; need at least 2")
+    size = cfg.image_size or 32
+    mode = "L" if cfg.channels == 1 else "RGB"
+    channels = 1 if mode == "L" else 3
+    estimate = (len(files) + len(vfiles)) * (channels * size * size + 8)
+    budget = budget if budget is not None else int(cfg.memory_budget * available_memory())
+    shown = f"the budget is {_fmt_bytes(budget)} ({cfg.memory_budget:g} of available memory, dataset.memory_budget)"
+    if cfg.stream is True:
+        streams, why = True, "dataset.stream is true"
+    elif estimate > budget:
+        if cfg.stream is False:
+            raise ConfigError("dataset.stream", False, f"the decoded images take {_fmt_bytes(estimate)} but {shown}; "
+                              "set dataset.stream: true (or leave it unset) or raise dataset.memory_budget")
+        streams, why = True, f"over the memory budget: {shown}"
+    else:
+        streams, why = False, f"within the memory budget: {shown}"
+    return FolderPlan(cfg, root, classes, files, labels, vfiles, vlabels, size, mode, estimate, budget, streams,
+                      why, other, explicit)
+
+
+class _FileSet(torch.utils.data.Dataset):
+    """Decodes one file per item. An unreadable file yields the next readable one (a stable
+    choice, so epochs stay reproducible) and is named once, by the worker that met it."""
+
+    def __init__(self, files: Sequence[str], size: int, mode: str, root: str):
+        self.files, self.size, self.mode, self.root = list(files), size, mode, root
+        self._warned = set()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        for k in range(len(self.files)):
+            j = (i + k) % len(self.files)
+            try:
+                return torch.from_numpy(decode(self.files[j], self.size, self.mode)), i
+            except Exception as exc:   # noqa: BLE001
+                if j not in self._warned:
+                    self._warned.add(j)
+                    print(f"imagefolder: skipped unreadable image {os.path.relpath(self.files[j], self.root)} "
+                          f"({type(exc).__name__})", flush=True)
+        raise ConfigError("dataset.data_dir", self.root, "no readable image")
+
+
+def _collate(items):
+    xs, idx = zip(*items)
+    return torch.stack(xs), torch.tensor(idx)
+
+
+class StreamingData:
+    """A folder read from disk batch by batch, in the trainer's permutation."""
+
+    def __init__(self, train_files, train_y, val_files, val_y, classes, mean, std, size, mode, workers, root):
+        from trainables.data import _Normaliser
+        self.train_files, self.train_y, self.val_files, self.val_y = train_files, train_y, val_files, val_y
+        self.classes, self.mean, self.std, self.scale = classes, mean, std, 1 / 255
+        self.size, self.mode, self.workers, self.root = size, mode, workers, root
+        self.normalise = _Normaliser(self.scale, mean, std)
+        self.how = f"streaming, {workers} workers"
+        self.device = torch.device("cpu")
+        self._train = _FileSet(train_files, size, mode, root)
+        self._val = _FileSet(val_files, size, mode, root)
+
+    num_classes = property(lambda self: len(self.classes))
+    shape = property(lambda self: (1 if self.mode == "L" else 3, self.size, self.size))
+    nbytes = property(lambda self: 0)
+
+    def to(self, device) -> "StreamingData":
+        self.device = torch.device(device)
+        return self
+
+    def _loader(self, dataset, batches):
+        return torch.utils.data.DataLoader(
+            dataset, batch_sampler=batches, num_workers=self.workers, collate_fn=_collate,
+            pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.workers else None,
+            multiprocessing_context="fork" if self.workers else None)
+
+    def epoch(self, perm: torch.Tensor, batch: int, steps: int):
+        chunks = [perm[i * batch:(i + 1) * batch].tolist() for i in range(steps)]
+        y_all = self.train_y
+        for x, idx in self._loader(self._train, chunks):
+            yield self.normalise(x.to(self.device, non_blocking=True)), y_all[idx].to(self.device)
+
+    def val_batches(self, batch: int):
+        chunks = [list(range(i, min(i + batch, len(self.val_files)))) for i in range(0, len(self.val_files), batch)]
+        for x, idx in self._loader(self._val, chunks):
+            yield self.normalise(x.to(self.device, non_blocking=True)), self.val_y[idx].to(self.device)
+
+    def val_sample(self, n: int):
+        n = min(n, len(self.val_files))
+        x = torch.stack([self._val[i][0] for i in range(n)])
+        return self.normalise(x.to(self.device)), self.val_y[:n].to(self.device)
