@@ -94,6 +94,14 @@ def check_reachable(address: str) -> str:
     return resolved
 
 
+def package_dirs() -> list:
+    """tunesmith's packages, shipped to every node: trials import trainables, and the tasks
+    that load shared data or probe storage import orchestrator."""
+    import orchestrator
+    root = os.path.dirname(os.path.dirname(os.path.abspath(orchestrator.__file__)))
+    return [os.path.join(root, p) for p in ("orchestrator", "trainables", "search_spaces", "cluster")]
+
+
 def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
             num_gpus: Optional[int] = None, dashboard: bool = False,
             log_to_driver: bool = False) -> ClusterInfo:
@@ -114,9 +122,7 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
         common = dict(log_to_driver=log_to_driver, logging_level=logging.WARNING,
                       include_dashboard=dashboard)
         if address:
-            import trainables
-            ray.init(address=address, runtime_env={"py_modules": [os.path.dirname(trainables.__file__)]},
-                     **common)
+            ray.init(address=address, runtime_env={"py_modules": package_dirs()}, **common)
         else:
             ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
                      dashboard_host="127.0.0.1", **common)

@@ -71,6 +71,9 @@ def cmd_run(args) -> int:
     cluster = connect(args.address, args.num_cpus, args.num_gpus, args.dashboard, args.worker_logs)
     try:
         concurrency_for(spec, cluster)   # a trial that cannot fit is bad input, before anything is written
+        if args.address:
+            from cluster.storage_check import check_every_node
+            check_every_node(spec.results_dir)
         outcome = run_sweep(spec, cluster, command="run")
     finally:
         disconnect(cluster)
@@ -101,6 +104,17 @@ def cmd_resume(args) -> int:
           + ", ".join(f"{n} {s}" for s, n in sorted(out["trials"].items())))
     print(f"results: {out['path']}")
     return 0
+
+
+def cmd_submit(args) -> int:
+    from cluster import submit
+    spec = load_spec(args)   # validated here, before anything reaches the cluster
+    return submit.submit(spec, args.address, wait=not args.no_wait)
+
+
+def cmd_jobs(args) -> int:
+    from cluster import submit
+    return submit.jobs(args.action, args.job_id, args.address)
 
 
 def cmd_validate(args) -> int:
@@ -218,6 +232,14 @@ COMMANDS: Dict[str, tuple] = {
     "resume": (cmd_resume, "continue a sweep whose driver died, from its checkpoints",
                [lambda p: p.add_argument("sweep_dir", help="RESULTS/SWEEP: a sweep folder tunesmith wrote"),
                 _add_cluster_args]),
+    "submit": (cmd_submit, "submit a sweep to a Ray cluster as a job (Jobs API)",
+               [_add_spec_args,
+                lambda p: p.add_argument("--address", help="the head's job server, http://HEAD:8265"),
+                lambda p: p.add_argument("--no-wait", action="store_true", help="print the job id and return")]),
+    "jobs": (cmd_jobs, "list, inspect, follow or stop submitted sweeps",
+             [lambda p: p.add_argument("action", choices=("list", "status", "logs", "stop")),
+              lambda p: p.add_argument("job_id", nargs="?"),
+              lambda p: p.add_argument("--address", help="the head's job server, http://HEAD:8265")]),
     "spaces": (cmd_spaces, "list the search-space presets (Smith's ranges)", []),
     "analyze": (cmd_analyze, "summarise sweeps from their Parquet results", [_add_analyze_args]),
 }

@@ -170,6 +170,9 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
     cluster = connect(args.address, args.num_cpus, args.num_gpus, args.dashboard, args.worker_logs)
     warnings: List[str] = []
     try:
+        if args.address:
+            from cluster.storage_check import check_every_node
+            check_every_node(spec.results_dir)
         worker.join()
         if "error" in box:
             raise box["error"]

@@ -3,6 +3,7 @@ network namespace this test creates, and `tunesmith run --address` from the head
 Checks that trials ran on both nodes and that the driver wrote every result. The namespaces
 share the filesystem, so an absolute path stands in for shared storage. Needs root (ip netns).
 """
+import json
 import os
 import signal
 import subprocess
@@ -110,3 +111,226 @@ def test_sweep_runs_trials_on_both_nodes(two_namespaces, tmp_path):
                 pass
             p.wait(timeout=30)
         log.close()
+
+
+# --- issue #8: jobs, lost nodes, storage that a node cannot see ---------------------------------
+
+class Cluster:
+    """A head (with its job server) and a worker, each a host in its own network namespace,
+    started with `ray start`; a third host joins on demand. Everything it starts, it stops."""
+
+    def __init__(self, tmp, tag):
+        self.tmp, self.tag = tmp, tag
+        self.ns = {k: f"ts{k}{tag}" for k in "ABC"}
+        self.ip = {k: f"10.77.{tag}.{i}" for i, k in enumerate("ABC", 1)}
+        self.br = f"tsbr{tag}"
+        self.procs, self.made = {}, []
+        self.log = open(tmp / "nodes.log", "w")
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token"}
+        self.env.pop("RAY_ADDRESS", None)
+
+    def net(self):
+        _ip("link", "add", self.br, "type", "bridge")
+        self.made.append(("link", self.br))
+        _ip("link", "set", self.br, "up")
+        for k in "ABC":
+            ns = self.ns[k]
+            _ip("netns", "add", ns)
+            self.made.append(("netns", ns))
+            veth = f"v{ns}"
+            _ip("link", "add", veth, "type", "veth", "peer", "name", f"{veth}p")
+            _ip("link", "set", f"{veth}p", "master", self.br)
+            _ip("link", "set", f"{veth}p", "up")
+            _ip("link", "set", veth, "netns", ns)
+            _ip("-n", ns, "addr", "add", f"{self.ip[k]}/24", "dev", veth)
+            _ip("-n", ns, "link", "set", veth, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+
+    def start(self, k, hide=None):
+        args = ([f"--head", f"--node-ip-address={self.ip[k]}", "--port=6379", f"--dashboard-host={self.ip[k]}",
+                 "--dashboard-port=8265"] if k == "A" else
+                [f"--address={self.ip['A']}:6379", f"--node-ip-address={self.ip[k]}"])
+        cmd = [os.path.join(BIN, "ray"), "start", *args, "--num-cpus=1", "--disable-usage-stats", "--block"]
+        if hide:   # this host does not see the folder: a tmpfs over it, in its own mount namespace
+            cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                   f"mount -t tmpfs none {hide} && exec " + " ".join(cmd)]
+        # the nodes' Python is tunesmith's, as on a cluster whose image has it installed
+        env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_AUTH_MODE": "token",
+               "PATH": BIN + os.pathsep + os.environ.get("PATH", "")}
+        self.procs[k] = subprocess.Popen(["ip", "netns", "exec", self.ns[k], *cmd], stdout=self.log,
+                                         stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def alive(self) -> int:
+        check = "import ray; ray.init(address='%s:6379'); print(sum(n['Alive'] for n in ray.nodes()))" % self.ip["A"]
+        probe = subprocess.run(["ip", "netns", "exec", self.ns["A"], sys.executable, "-c", check],
+                               capture_output=True, text=True, env=self.env, timeout=60)
+        lines = probe.stdout.strip().splitlines()
+        return int(lines[-1]) if lines and lines[-1].isdigit() else 0
+
+    def wait_alive(self, n, timeout=120):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.alive() == n:
+                return
+            time.sleep(2)
+        raise AssertionError(f"{n} nodes never came up:\n" + (self.tmp / "nodes.log").read_text()[-3000:])
+
+    def kill(self, k):
+        """Every process of host k, with SIGKILL: a lost node."""
+        for pid in subprocess.run(["ip", "netns", "pids", self.ns[k]], capture_output=True, text=True).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        p = self.procs.pop(k, None)
+        if p:
+            p.wait(timeout=30)
+
+    def exec(self, k, *cmd, timeout=300, **kw):
+        return subprocess.run(["ip", "netns", "exec", self.ns[k], *cmd], capture_output=True, text=True,
+                              env=kw.pop("env", self.env), timeout=timeout, cwd=str(self.tmp), **kw)
+
+    def close(self):
+        for k in list(self.procs):
+            self.kill(k)
+        for k in "ABC":
+            if ("netns", self.ns[k]) in self.made:
+                self.kill(k)
+        for kind, name in reversed(self.made):
+            subprocess.run(["ip", kind, "del", name], capture_output=True)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("cluster"), os.getpid() % 200 + 21)
+    try:
+        c.net()
+        c.start("A")
+        c.wait_alive(1)
+        c.start("B")
+        c.wait_alive(2)
+        yield c
+    finally:
+        c.close()
+
+
+SWEEP = """
+name: {name}
+dataset: {{name: digits}}
+model: {{width: 8}}
+trainer: {{epochs: {epochs}, per_gpu_batch_size: 16}}
+search: {{num_samples: {n}, space: {{lr: {{loguniform: [0.01, 0.3]}}}}}}
+asha: {{enabled: false}}
+"""
+
+
+def _spec(c, name, epochs=3, n=4):
+    path = c.tmp / f"{name}.yaml"
+    path.write_text(SWEEP.format(name=name, epochs=epochs, n=n))
+    return str(path)
+
+
+def test_submit_through_the_jobs_api(cluster):
+    c = cluster
+    url = f"http://{c.ip['A']}:8265"
+    results = c.tmp / "shared"
+    out = c.exec("A", os.path.join(BIN, "tunesmith"), "submit", _spec(c, "job"), "--address", url,
+                 "--results-dir", str(results))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    job_id = out.stdout.split("submitted ", 1)[1].split(":", 1)[0]
+    trials = pq.read_table(results / "job" / "trials.parquet").to_pandas()
+    assert len(trials) == 4 and set(trials.status) == {"completed"}
+    assert set(trials.node_ip) == {c.ip["A"], c.ip["B"]}
+    listed = c.exec("A", os.path.join(BIN, "tunesmith"), "jobs", "list", "--address", url)
+    assert job_id in listed.stdout and "SUCCEEDED" in listed.stdout and "job" in listed.stdout
+    logs = c.exec("A", os.path.join(BIN, "tunesmith"), "jobs", "logs", job_id, "--address", url)
+    assert "results:" in logs.stdout
+
+
+def test_submit_refuses_bad_input_in_one_line(cluster, tmp_path):
+    c = cluster
+    url = f"http://{c.ip['A']}:8265"
+    ts = os.path.join(BIN, "tunesmith")
+    no_token = {**c.env, "HOME": str(tmp_path)}
+    no_token.pop("RAY_AUTH_TOKEN", None)
+    for argv, env, message in [
+        (["--address", f"http://{c.ip['A']}:1"], c.env, "no Ray job server answers"),
+        (["--address", url], no_token, "wants a token"),
+        (["--address", url, "--set", "trainer.lr=-1"], c.env, "trainer.lr = -1"),
+        (["--address", url, "--results-dir", "relative/dir"], c.env, "absolute path"),
+    ]:
+        out = c.exec("A", ts, "submit", _spec(c, "bad"), *argv, env=env, timeout=60)
+        assert out.returncode == 2 and message in out.stderr and out.stderr.count("\n") == 1, (argv, out.stderr)
+
+
+def test_jobs_stop_ends_the_sweep_like_ctrl_c(cluster):
+    c = cluster
+    url = f"http://{c.ip['A']}:8265"
+    ts = os.path.join(BIN, "tunesmith")
+    results = c.tmp / "stopped"
+    out = c.exec("A", ts, "submit", _spec(c, "long", epochs=200, n=2), "--address", url, "--results-dir",
+                 str(results), "--no-wait")
+    job_id = out.stdout.split("submitted ", 1)[1].split(":", 1)[0]
+    epochs = results / "long" / "epochs"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (epochs.exists() and any(p.suffix == ".parquet" for p in epochs.iterdir())):
+        time.sleep(1)
+    stop = c.exec("A", ts, "jobs", "stop", job_id, "--address", url, timeout=120)
+    assert stop.returncode == 0 and "STOPPED" in stop.stdout, stop.stdout + stop.stderr
+    trials = pq.read_table(results / "long" / "trials.parquet").to_pandas()
+    assert set(trials.status) == {"stopped"} and set(trials.stop_reason) == {"sweep interrupted"}
+    assert json.loads((results / "long" / "manifest.json").read_text())["status"] == "interrupted"
+
+
+def test_results_a_node_cannot_see_are_refused_before_any_trial(cluster):
+    c = cluster
+    hidden = c.tmp / "hidden"
+    hidden.mkdir()
+    c.start("C", hide=str(hidden))
+    try:
+        c.wait_alive(3)
+        out = c.exec("A", os.path.join(BIN, "tunesmith"), "run", _spec(c, "blind"), "--address",
+                     f"{c.ip['A']}:6379", "--results-dir", str(hidden), timeout=120)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr[-2000:]
+        assert f"not reachable from node {c.ip['C']}" in out.stderr
+        assert not (hidden / "blind").exists()
+    finally:
+        c.kill("C")
+
+
+def test_a_lost_worker_node_costs_no_trial(cluster):
+    """SIGKILL every process of the worker host mid-sweep: its trials continue from their
+    checkpoints on the head, every epoch once, with the defaults and ASHA off. Runs last."""
+    c = cluster
+    results = c.tmp / "lost"
+    run = subprocess.Popen(["ip", "netns", "exec", c.ns["A"], os.path.join(BIN, "tunesmith"), "run",
+                            _spec(c, "lost", epochs=20, n=2), "--address", f"{c.ip['A']}:6379",
+                            "--results-dir", str(results)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           env=c.env, cwd=str(c.tmp), text=True)
+    epochs = results / "lost" / "epochs"
+
+    def rows_on_b():
+        try:
+            e = pq.read_table(epochs).to_pandas()
+        except Exception:   # noqa: BLE001 - not written yet
+            return 0
+        return (e.node_ip == c.ip["B"]).sum()
+    deadline = time.time() + 240
+    while time.time() < deadline and rows_on_b() < 3:
+        time.sleep(0.5)
+    assert rows_on_b() >= 3, "no trial ran on the worker host"
+    c.kill("B")
+    out, _ = run.communicate(timeout=400)
+    assert run.returncode == 0, out[-3000:]
+    trials = pq.read_table(results / "lost" / "trials.parquet").to_pandas()
+    assert len(trials) == 2 and set(trials.status) == {"completed"}, trials[["trial_id", "status", "stop_reason"]]
+    e = pq.read_table(epochs).to_pandas()
+    assert not e.duplicated(["trial_id", "epoch"]).any()
+    assert (e.groupby("trial_id").epoch.count() == 20).all()
+    moved = e.groupby("trial_id").node_ip.nunique()
+    moved = moved[moved > 1].index
+    assert len(moved) == 1   # the trial that lost its host finished on the head, from its checkpoint
+    assert trials.set_index("trial_id").loc[moved[0], "retries"] >= 1
+    first_on_a = e[(e.trial_id == moved[0]) & (e.node_ip == c.ip["A"])].epoch.min()
+    assert first_on_a > 1   # it did not start over

@@ -1,0 +1,170 @@
+"""Submitting sweeps to a Ray cluster through the Jobs API, and managing them.
+
+`tunesmith submit` validates the spec here, then submits `tunesmith run` on the resolved spec as
+a Ray job: the runtime environment carries tunesmith's packages and the spec, and the job's
+driver runs on the head node (`--address auto`), where it checks that every node reaches the
+results storage before any trial starts. `tunesmith jobs stop` ends the sweep as Ctrl-C does:
+the job is submitted with RAY_JOB_STOP_SIGNAL=SIGINT, so trials are stopped and marked, and the
+results kept.
+
+Token authentication stays on: the client presents RAY_AUTH_TOKEN, or the token `ray start`
+keeps in ~/.ray/auth_token, as an Authorization header. RAY_ADDRESS in the environment would
+silently override the address given to the client (and RAY_API_SERVER_ADDRESS too), so an
+explicit --address takes their place for this process.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Dict, Optional
+
+import yaml
+
+from trainables.config import ConfigError
+
+STOP_WAIT_S = 60   # Tune needs a moment to stop trials and close the writers after SIGINT
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def _token() -> Optional[str]:
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    path = os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    if not token and os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            token = fh.read().strip()
+    return token or None
+
+
+def client(address: Optional[str]):
+    """A JobSubmissionClient for ``address`` (http://HEAD:8265), or a one-line error naming it."""
+    if not address:
+        address = os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
+        if not address or not address.startswith("http"):
+            raise ConfigError("--address", address, "give the head's job server, such as http://HEAD:8265")
+    if not address.startswith(("http://", "https://")):
+        raise ConfigError("--address", address, "must be the job server's URL, such as http://HEAD:8265")
+    for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):   # the explicit address wins
+        os.environ.pop(var, None)
+    token = _token()
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    from ray.job_submission import JobSubmissionClient
+    try:
+        return JobSubmissionClient(address, headers=headers)
+    except ConnectionError as exc:
+        raise ConfigError("--address", address, f"no Ray job server answers there ({_first_line(exc)}); check that "
+                          "the head is up with its dashboard, and that this machine reaches port 8265") from None
+    except Exception as exc:   # noqa: BLE001 - Ray's auth errors have no common base class
+        raise ConfigError("--address", address, _auth_hint(exc)) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def _auth_hint(exc: BaseException) -> str:
+    text = str(exc)
+    if "401" in text or "403" in text or "uthenticat" in text or "oken" in text:
+        return ("the job server refused this client's token" if _token() else "the job server wants a token") + \
+               ": set RAY_AUTH_TOKEN, or copy the head's ~/.ray/auth_token to this machine"
+    return _first_line(exc)
+
+
+def _runtime_env(spec_dict: dict, workdir: str) -> dict:
+    """tunesmith's packages and the resolved spec travel with the job."""
+    from cluster.connect import package_dirs
+    with open(os.path.join(workdir, "spec.yaml"), "w", encoding="utf-8") as fh:
+        yaml.safe_dump(spec_dict, fh, sort_keys=False)
+    return {"working_dir": workdir, "py_modules": package_dirs(),
+            "env_vars": {"RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S),
+                         "PYTHONUNBUFFERED": "1"}}
+
+
+def submit(spec, address: Optional[str], wait: bool, out=sys.stdout) -> int:
+    """Submit the validated ``spec``; the job's exit code when waiting, else 0 once submitted."""
+    from orchestrator.storage import is_uri
+    if not is_uri(spec.results_dir) and not os.path.isabs(spec.results_dir):
+        raise ConfigError("results_dir", spec.results_dir, "a job runs in a temporary folder on the head: give an "
+                          "absolute path every node reaches, or a URI (s3://..., gs://...)")
+    c = client(address)
+    try:
+        c.list_jobs()   # fails fast on a refused token, before anything is submitted
+    except Exception as exc:   # noqa: BLE001
+        raise ConfigError("--address", address, _auth_hint(exc)) from None
+    workdir = tempfile.mkdtemp(prefix="tunesmith-job-")
+    try:
+        job_id = c.submit_job(entrypoint="python -m orchestrator run spec.yaml --address auto",
+                              runtime_env=_runtime_env(spec.to_dict(), workdir),
+                              metadata={"tunesmith_sweep": spec.name, "results_dir": spec.results_dir})
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"submitted {job_id}: sweep {spec.name} -> {spec.results_dir}", file=out, flush=True)
+    if not wait:
+        print(f"follow it with: tunesmith jobs logs {job_id} --address {address}", file=out)
+        return 0
+    return follow(c, job_id, out)
+
+
+def follow(c, job_id: str, out=sys.stdout, poll_s: float = 1.0) -> int:
+    """Print the job's log as it grows; the job driver's exit code at the end (130 if stopped)."""
+    shown = 0
+    while True:
+        status = str(c.get_job_status(job_id).value if hasattr(c.get_job_status(job_id), "value")
+                     else c.get_job_status(job_id))
+        logs = c.get_job_logs(job_id)
+        if len(logs) > shown:
+            out.write(logs[shown:])
+            out.flush()
+            shown = len(logs)
+        if status in TERMINAL:
+            break
+        time.sleep(poll_s)
+    info = c.get_job_info(job_id)
+    code = getattr(info, "driver_exit_code", None)
+    if status == "STOPPED":
+        return 130
+    if code is not None:
+        return int(code)
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def jobs(action: str, job_id: Optional[str], address: Optional[str], out=sys.stdout) -> int:
+    c = client(address)
+    try:
+        if action == "list":
+            rows = [(j.submission_id or j.job_id, str(j.status.value if hasattr(j.status, "value") else j.status),
+                     (j.metadata or {}).get("tunesmith_sweep", "-"), j.entrypoint) for j in c.list_jobs()]
+            print(f"{'job':<28} {'status':<10} {'sweep':<20} entrypoint", file=out)
+            for r in rows:
+                print(f"{r[0]:<28} {r[1]:<10} {r[2]:<20} {r[3]}", file=out)
+            return 0
+        if not job_id:
+            raise ConfigError("JOB_ID", None, f"jobs {action} needs a job id (tunesmith jobs list shows them)")
+        if action == "status":
+            info = c.get_job_info(job_id)
+            st = info.status.value if hasattr(info.status, "value") else info.status
+            print(f"{job_id}: {st}" + (f" ({info.message})" if info.message else ""), file=out)
+            return 0
+        if action == "logs":
+            out.write(c.get_job_logs(job_id))
+            return 0
+        if action == "stop":
+            c.stop_job(job_id)   # SIGINT to the job's driver: Tune stops the trials, the writers close
+            deadline = time.time() + STOP_WAIT_S + 15
+            while time.time() < deadline:
+                st = c.get_job_status(job_id)
+                st = st.value if hasattr(st, "value") else str(st)
+                if st in TERMINAL:
+                    print(f"{job_id}: {st}", file=out)
+                    return 0
+                time.sleep(0.5)
+            print(f"{job_id}: still stopping", file=out)
+            return 1
+    except RuntimeError as exc:
+        if "does not exist" in str(exc) or "404" in str(exc):
+            raise ConfigError("JOB_ID", job_id, "no such job on this cluster") from None
+        raise
+    raise ConfigError("jobs", action, "choose list, status, logs or stop")
