@@ -37,6 +37,18 @@ class ResourceSpec:
     gpus: float = spec_field(0.0, kind=float,
                              check=lambda v: "must be >= 0" if v < 0 else
                              ("above 1 must be a whole number" if v > 1 and not float(v).is_integer() else None))
+    # data-parallel ranks on CPUs (gloo); with gpus above 1, one rank per GPU (nccl) instead
+    workers: int = spec_field(1, kind=int, check=positive)
+
+    def __post_init__(self):
+        if self.gpus > 1 and self.workers not in (1, int(self.gpus)):
+            raise ConfigError("resources.workers", self.workers,
+                              f"with resources.gpus {self.gpus:g}, a trial runs one rank per GPU; leave workers at 1")
+
+    @property
+    def ranks(self) -> int:
+        """Processes a trial trains with: DDP through Ray Train when above 1."""
+        return int(self.gpus) if self.gpus > 1 else self.workers
 
 
 @dataclasses.dataclass(frozen=True)

@@ -76,8 +76,29 @@ def build_scheduler(spec: SweepSpec):
 
 
 def concurrency_for(spec: SweepSpec, cluster: ClusterInfo) -> int:
-    return max_concurrent(cluster.cpus, cluster.gpus, spec.resources.cpus, spec.resources.gpus,
-                          spec.search.max_concurrent)
+    """Tune does not count the GPUs and CPUs of a trial's Train workers: the cap counts them
+    (ray#18332)."""
+    r = spec.resources
+    return max_concurrent(cluster.cpus, cluster.gpus, r.cpus * r.ranks, r.gpus, spec.search.max_concurrent)
+
+
+def ddp_options(spec: SweepSpec, storage: Storage) -> Optional[dict]:
+    """For a data-parallel trial: its ranks, their resources, and where Ray Train keeps its runs
+    (named per trial, so a retried trial resumes its own)."""
+    r = spec.resources
+    if r.ranks <= 1:
+        return None
+    return {"workers": r.ranks, "use_gpu": r.gpus > 1, "cpus_per_worker": r.cpus,
+            "storage_path": storage.path(spec.name, "_train"), "sweep": spec.name,
+            "filesystem": None if storage.is_local else storage.fs}
+
+
+def trial_resources(spec: SweepSpec) -> dict:
+    """What Tune reserves for a trial: all of it, or a sliver when Ray Train's workers hold the
+    real resources ({"cpu": 0} is refused)."""
+    if spec.resources.ranks > 1:
+        return {"cpu": 0.01}
+    return {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
 
 
 def _trial_dirname(trial) -> str:
@@ -107,8 +128,8 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
         from orchestrator.datashare import share
         trainable = tune.with_parameters(train_cnn, base=spec.trial_config(),
                                          shared=share(spec.train.dataset, data_streams),
-                                         checkpoint_every=spec.checkpoints.every)
-    resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+                                         checkpoint_every=spec.checkpoints.every, ddp=ddp_options(spec, storage))
+    resources = trial_resources(spec)
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         param_space={d.key: d.to_tune() for d in spec.search.space},

@@ -133,3 +133,25 @@ def test_trial_larger_than_cluster_is_bad_input(ray_session, tmp_path, capsys, s
     err = capsys.readouterr().err
     assert "resources.cpus = 64" in err and err.count("\n") == 1
     assert not os.path.exists(tmp_path / "results" / "tiny")
+
+
+def test_data_parallel_ranks_match_one_process_with_the_same_global_batch(ray_session, tmp_path):
+    """resources.workers: 2 trains with DDP through Ray Train (gloo on CPU): two ranks of 32
+    give the metrics of one process at 64, within what per-rank BatchNorm statistics allow."""
+    import pyarrow.dataset as pds
+    from orchestrator.cli import main as cli
+    out = {}
+    for name, resources, batch in (("ddp", "{cpus: 0.5, workers: 2}", 32), ("single", "{cpus: 1}", 64)):
+        spec = tmp_path / f"{name}.yaml"
+        spec.write_text(f"name: {name}\ndataset: {{name: digits}}\nmodel: {{width: 8}}\n"
+                        f"trainer: {{epochs: 3, per_gpu_batch_size: {batch}}}\nasha: {{enabled: false}}\n"
+                        f"resources: {resources}\nresults_dir: {tmp_path / 'results'}\n")
+        assert cli(["run", str(spec)]) == 0
+        out[name] = pds.dataset(str(tmp_path / "results" / name / "epochs")).to_table().to_pandas().sort_values("epoch")
+    ddp, one = out["ddp"], out["single"]
+    assert list(ddp.epoch) == [1, 2, 3] and set(ddp.device) == {"cpu x2 (DDP)"}
+    assert ddp.extra.map(dict).map(lambda e: e["global_batch"]).eq(64).all()
+    for a, b in zip(ddp.itertuples(), one.itertuples()):
+        assert abs(a.train_loss - b.train_loss) < 0.15 * b.train_loss + 0.02, (a.train_loss, b.train_loss)
+        assert abs(a.val_acc - b.val_acc) < 0.06, (a.val_acc, b.val_acc)
+    assert ddp.val_acc.iloc[-1] > 0.9

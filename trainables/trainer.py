@@ -66,12 +66,18 @@ def device_count(device: torch.device, num_gpus: Optional[float]) -> int:
 
 
 class Trainer:
+    """One trial's training. With ``world`` > 1 it is one rank of a data-parallel run (set up by
+    Ray Train, trainables/tune_trainable.py): each rank trains its share of every global batch,
+    DistributedDataParallel averages the gradients, and the losses the run acts on (divergence,
+    the epoch's train metrics) are averaged over ranks, so every rank decides the same."""
+
     def __init__(self, cfg: TrainConfig, num_gpus: Optional[float] = None,
                  device: Optional[torch.device] = None, cpu_threads: Optional[int] = None,
-                 shared: Optional[dict] = None):
+                 shared: Optional[dict] = None, rank: int = 0, world: int = 1):
         self.cfg = cfg
+        self.rank, self.world = rank, world
         self.device = device or pick_device(num_gpus)
-        self.devices = device_count(self.device, num_gpus)
+        self.devices = world if world > 1 else device_count(self.device, num_gpus)
         if cpu_threads:
             torch.set_num_threads(max(1, int(cpu_threads)))
         t = cfg.trainer
@@ -86,13 +92,19 @@ class Trainer:
         model = build_model(cfg.model, self.data.shape, self.data.num_classes).to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model = nn.DataParallel(model) if self.devices > 1 else model
+        if world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" and self.device.index is not None else None
+            self.model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        else:
+            self.model = nn.DataParallel(model) if self.devices > 1 else model
+        self.net = model   # the unwrapped module: evaluation, previews and checkpoints
         self.optimizer = build_optimizer(model, t, self.peak_lr)
         self.train_loss_fn = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
         self.sched = schedule_params(t, self.peak_lr)
         n = len(self.data.train_y)
-        # Drop a trailing batch of one sample: BatchNorm cannot train on it.
-        self.steps_per_epoch = max(1, n // self.global_batch + (1 if n % self.global_batch > 1 else 0))
+        # Drop a trailing batch of one sample: BatchNorm cannot train on it. Ranks of a
+        # data-parallel run drop the partial batch: each must take a step at every step.
+        self.steps_per_epoch = max(1, n // self.global_batch + (1 if n % self.global_batch > 1 and world == 1 else 0))
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.monitor = DivergenceMonitor(t.divergence_factor)
         self.epoch = 0   # epochs done: a restored trainer continues from here
@@ -126,15 +138,15 @@ class Trainer:
     def train_epoch(self, epoch: int) -> Dict[str, float]:
         t = self.cfg.trainer
         n = len(self.data.train_y)
-        perm = torch.randperm(n, generator=self.generator)
+        perm = self._shard(torch.randperm(n, generator=self.generator))
         total_loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
-        for i, (x, y) in enumerate(self.data.epoch(perm, self.global_batch, self.steps_per_epoch)):
+        for i, (x, y) in enumerate(self.data.epoch(perm, self.rank_batch, self.steps_per_epoch)):
             progress = epoch + i / self.steps_per_epoch
             lr = lr_at(t.schedule, progress, t.epochs, self.sched)
             loss, logits, y = self.train_step(x, y, lr, momentum_at(t.schedule, progress, t.epochs, self.sched))
-            value = loss.item()   # one sync per step: the divergence check needs it at once
+            value = self._mean(loss.detach()).item()   # one sync per step: the divergence check needs it at once
             reason = self.monitor.update(value)
             if reason:
                 return {"diverged": True, "stop_reason": f"diverged: {reason}", "lr": lr,
@@ -142,16 +154,43 @@ class Trainer:
             total_loss += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
+        if self.world > 1:
+            import torch.distributed as dist
+            tot = torch.stack([total_loss, correct.to(total_loss.dtype), torch.tensor(float(seen), device=self.device)])
+            dist.all_reduce(tot)
+            total_loss, correct, seen = tot[0], tot[1], tot[2].item()
         return {"train_loss": total_loss.item() / seen, "train_acc": correct.item() / seen, "lr": lr}
+
+    @property
+    def rank_batch(self) -> int:
+        return self.global_batch // self.world
+
+    def _shard(self, perm: torch.Tensor) -> torch.Tensor:
+        """This rank's samples of each global batch, in order: the run sees the same global
+        batches as one process would."""
+        if self.world == 1:
+            return perm
+        gb, rb = self.global_batch, self.rank_batch
+        steps = self.steps_per_epoch
+        return perm[:steps * gb].view(steps, self.world, rb)[:, self.rank].reshape(-1)
+
+    def _mean(self, value: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+        value = value.clone()
+        dist.all_reduce(value)
+        return value / self.world
 
     @torch.inference_mode()
     def evaluate(self) -> Dict[str, float]:
         self.model.eval()
         loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        self.net.eval()
         for x, y in self.data.val_batches(self.cfg.trainer.eval_batch_size):
             with self._autocast():
-                logits = self.model(self._inputs(x)).float()
+                logits = self.net(self._inputs(x)).float()
             loss += nn.functional.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
         n = len(self.data.val_y)
@@ -163,7 +202,7 @@ class Trainer:
         self.model.eval()
         x, y = self.data.val_sample(count)
         with self._autocast():
-            pred = self.model(self._inputs(x)).float().argmax(1)
+            pred = self.net(self._inputs(x)).float().argmax(1)
         mean = torch.tensor(self.data.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.data.std, device=x.device).view(1, -1, 1, 1)
         images = ((x * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
@@ -204,7 +243,7 @@ class Trainer:
     def state_dict(self) -> dict:
         """Everything a run needs to continue exactly: weights, optimizer, the position in the
         schedule (epochs done), the RNG states and the divergence monitor."""
-        model = self.model.module if isinstance(self.model, nn.DataParallel) else self.model
+        model = self.net
         state = {"epoch": self.epoch, "model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                  "monitor": dict(vars(self.monitor))}
@@ -213,8 +252,7 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        model = self.model.module if isinstance(self.model, nn.DataParallel) else self.model
-        model.load_state_dict(state["model"])
+        self.net.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
@@ -230,6 +268,6 @@ class Trainer:
     def close(self) -> None:
         """Free the device memory a trial holds: ASHA-stopped trials can otherwise keep it
         (ray#23971) in a reused worker."""
-        self.model = self.optimizer = None
+        self.model = self.net = self.optimizer = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -17,7 +17,7 @@ STATE_FILE = "trainer.pt"
 
 
 def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[list] = None,
-              checkpoint_every: int = 1) -> None:
+              checkpoint_every: int = 1, ddp: Optional[dict] = None) -> None:
     """Function trainable: ``base`` is the spec's TrainConfig as a dict, ``config`` the values
     the search algorithm chose (``{"lr": 0.1, "model.width": 32}``), ``shared`` the dataset's
     arrays in Ray's object store (orchestrator/datashare.py), read zero-copy."""
@@ -30,6 +30,8 @@ def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[lis
     from trainables.trainer import Trainer
 
     cfg = TrainConfig.from_dict(base).with_overrides(config)   # the loaders check data files on this node
+    if ddp:
+        return _data_parallel(cfg, shared, checkpoint_every, ddp)
     held = tune.get_context().get_trial_resources().required_resources
     before = _private_mb()
     arrays = None
@@ -55,3 +57,63 @@ def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[lis
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
         else:
             tune.report(metrics)
+
+
+# --- data-parallel trials: Ray Train (V2) inside the Tune trial ---------------------------------
+
+def _data_parallel(cfg: TrainConfig, shared: Optional[list], checkpoint_every: int, ddp: dict) -> None:
+    """The trial launches a TorchTrainer with one worker per rank and waits for it; rank 0's
+    reports reach Tune through Train's TuneReportCallback. The Train run is named after the
+    trial, so a retried trial resumes it from its last checkpoint."""
+    from ray import train, tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+    trial = tune.get_context().get_trial_id()
+    trainer = TorchTrainer(
+        _rank_loop,
+        train_loop_config={"cfg": cfg.to_dict(), "shared": shared, "checkpoint_every": checkpoint_every},
+        scaling_config=train.ScalingConfig(num_workers=ddp["workers"], use_gpu=ddp["use_gpu"],
+                                           resources_per_worker={"CPU": ddp["cpus_per_worker"],
+                                                                 **({"GPU": 1} if ddp["use_gpu"] else {})}),
+        run_config=train.RunConfig(name=f"{ddp['sweep']}-{trial}", storage_path=ddp["storage_path"],
+                                   storage_filesystem=ddp.get("filesystem"), callbacks=[TuneReportCallback()]))
+    trainer.fit()
+
+
+def _rank_loop(loop_config: dict) -> None:
+    """One rank of a data-parallel trial (runs in a Ray Train worker)."""
+    import os
+    import tempfile
+    import ray
+    import torch
+    from ray import train
+    from trainables.trainer import Trainer
+    ctx = train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cfg = TrainConfig.from_dict(loop_config["cfg"])
+    shared = loop_config["shared"]
+    device = None
+    if torch.cuda.is_available():
+        from ray.train.torch import get_device
+        device = get_device()
+    arrays = ray.get(shared[0]) if shared else None
+    trainer = Trainer(cfg, device=device, cpu_threads=1, shared=arrays, rank=rank, world=world)
+    resumed = train.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as folder:
+            trainer.load_state_dict(torch.load(os.path.join(folder, STATE_FILE), weights_only=True))
+    device_name = (f"cuda:{torch.cuda.get_device_name()} x{world} (DDP)" if trainer.device.type == "cuda"
+                   else f"cpu x{world} (DDP)")
+    every = loop_config["checkpoint_every"]
+    for metrics in trainer.run():
+        done = metrics.pop("done", False)
+        metrics.pop("preview", None)
+        metrics.update(device=device_name, global_batch=trainer.global_batch,
+                       data_mb=trainer.data.nbytes / 2 ** 20)
+        save = every and not metrics.get("diverged") and (metrics["epoch"] % every == 0 or done)
+        if save and rank == 0:
+            with tempfile.TemporaryDirectory(prefix="tunesmith-ckpt-") as folder:
+                torch.save(trainer.state_dict(), os.path.join(folder, STATE_FILE))
+                train.report(metrics, checkpoint=train.Checkpoint.from_directory(folder))
+        else:
+            train.report(metrics)
