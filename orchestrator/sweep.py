@@ -122,8 +122,8 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
                            keep_checkpoints=spec.checkpoints.keep, scheduler=scheduler)
     callbacks = [writer]
     if progress:
-        from orchestrator.progress import ProgressPrinter
-        callbacks.append(ProgressPrinter(writer, trial_count(spec)))
+        from orchestrator.progress import make
+        callbacks.append(make(writer, trial_count(spec), spec.time_budget_s))
     if trainable is None:
         from orchestrator.datashare import share
         trainable = tune.with_parameters(train_cnn, base=spec.trial_config(),
@@ -191,6 +191,8 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
         status = "interrupted"
         raise
     finally:
+        from orchestrator.progress import stop_all
+        stop_all()
         stopper.uninstall()
         writer.close("sweep interrupted" if status == "interrupted" else "sweep ended")
         man.update(ended_at=manifest_mod.now_iso(), status=status,

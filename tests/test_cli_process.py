@@ -199,3 +199,36 @@ def test_resume_refuses_a_folder_tunesmith_did_not_write(tmp_path):
     (tmp_path / "x" / "_tune" / "tuner.pkl").write_bytes(b"not ours")
     out = _run(["resume", str(tmp_path / "x")])
     assert out.returncode == 2 and "no manifest.json" in out.stderr and out.stderr.count("\n") == 1
+
+
+def test_live_display_in_a_terminal(tmp_path):
+    """In a real pseudo-terminal (tmux), `run` shows the live display: counts, best, running
+    trials; it updates, and leaves a clean final table."""
+    import shutil
+    if not shutil.which("tmux"):
+        pytest.skip("tmux is not installed")
+    session = f"ts{os.getpid()}"
+    log = tmp_path / "screen.txt"
+    cmd = (f"cd {ROOT} && {TUNESMITH} run examples/digits.yaml --results-dir {tmp_path} --name live "
+           f"--num-samples 6 --set trainer.epochs=6; echo EXIT=$?; sleep 30")
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "50", cmd], check=True,
+                   env={**_env(), "TERM": "xterm-256color"})
+    try:
+        frames, deadline = [], time.time() + 240
+        while time.time() < deadline:
+            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
+                                    text=True).stdout
+            frames.append(screen)
+            if "EXIT=" in screen:
+                break
+            time.sleep(0.5)
+        log.write_text("\n=====\n".join(frames))
+        live = [f for f in frames if "done" in f and "elapsed" in f]
+        assert live, frames[-1]
+        assert any("running" in f and "epoch" in f for f in live)          # a line per running trial
+        assert len({f for f in live}) > 2                                   # it updates
+        final = frames[-1]
+        assert "EXIT=0" in final and "6/6 done" in final and "best val_acc" in final
+        assert "rank  trial" in final                                       # the clean final table
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
