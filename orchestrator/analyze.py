@@ -29,6 +29,7 @@ class Sweep:
     epochs: pd.DataFrame
     metric: str
     mode: str
+    storage: Optional[Storage] = None   # where the sweep's other files are (report page)
 
     @property
     def names(self) -> Dict[str, str]:
@@ -97,7 +98,7 @@ def load(results: str, names: Optional[List[str]] = None) -> List[Sweep]:
         if trials.empty:
             raise ConfigError("results", storage.uri(name, "trials.parquet"), "holds no trials")
         metric, mode = _metric_of(storage, name)
-        sweeps.append(Sweep(name, trials, _read_epochs(storage, name), metric, mode))
+        sweeps.append(Sweep(name, trials, _read_epochs(storage, name), metric, mode, storage))
     return sweeps
 
 
@@ -367,10 +368,14 @@ def _save(fig, out_dir: str, name: str) -> str:
     return path
 
 
-def run(results: str, names: Optional[List[str]], fmt: str, top: int, plots_dir: Optional[str]) -> str:
+def run(results: str, names: Optional[List[str]], fmt: str, top: int, plots_dir: Optional[str],
+        html: Optional[str] = None) -> str:
     sweeps = load(results, names)
     summaries = [summary(s, top) for s in sweeps]
     plots = plot(sweeps, plots_dir, min(top, 10)) if plots_dir else []
+    if html:
+        from orchestrator import report
+        report.write(html, sweeps, summaries, top)
     if fmt == "json":
         body = {"sweeps": summaries, "plots": plots}
         if len(summaries) > 1:

@@ -140,7 +140,14 @@ def cmd_analyze(args) -> int:
     if not args.no_plots:
         plots = args.plots or ("tunesmith-analysis" if is_uri(args.results) else
                                os.path.join(args.results, "_analysis"))
-    sys.stdout.write(analyze.run(args.results, args.sweep, args.format, args.top, plots))
+    html = None
+    if args.html:
+        html = os.path.abspath(args.html)
+        if not os.path.isdir(os.path.dirname(html)):
+            raise ConfigError("--html", args.html, "its folder does not exist")
+    sys.stdout.write(analyze.run(args.results, args.sweep, args.format, args.top, plots, html))
+    if html:
+        print(f"report: {html}")
     return 0
 
 
@@ -219,6 +226,7 @@ def _add_analyze_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top", type=int, default=5, help="how many best trials to list and plot")
     p.add_argument("--plots", help="folder for the PNG plots (default: RESULTS/_analysis)")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
+    p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report page")
 
 
 COMMANDS: Dict[str, tuple] = {

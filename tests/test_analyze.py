@@ -144,3 +144,36 @@ def test_seed_repeats_are_reported_as_a_seed_variance_study(tmp_path, capsys):
     rows = out.split("seed variance")[1].splitlines()
     assert rows[1].split() == ["seeds", "mean", "std", "min", "max"]
     assert rows[3].split() == ["4", "0.93", "0.02582", "0.9", "0.96"]   # mean and sample spread of the seeds
+
+
+def _chromium():
+    import shutil
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+def test_html_report_renders_offline_in_headless_chromium(results, tmp_path, capsys):
+    """The page is one file: no network reference, plots embedded. Headless Chromium, with the
+    network closed to it, renders it to a screenshot and to a DOM that names the best trial."""
+    import subprocess
+    page = tmp_path / "report.html"
+    assert main(["analyze", str(results), "--html", str(page), "--no-plots"]) == 0
+    assert f"report: {page}" in capsys.readouterr().out
+    html = page.read_text()
+    assert "http://" not in html and "https://" not in html and "src=\"data:image/png;base64," in html
+    assert "alpha_002" in html and "Sweeps side by side" in html
+    browser = _chromium()
+    assert browser, "chromium is not installed: .ci/run installs Debian's chromium for this test"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--proxy-server=127.0.0.1:9",   # no network
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20000
+    from PIL import Image
+    im = Image.open(shot).convert("L")
+    assert len(set(im.resize((60, 120)).getdata())) > 5   # not a blank page
+    dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert "Best trial <b>alpha_002</b>" in dom and "Best trial <b>beta_004</b>" in dom
