@@ -33,6 +33,8 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
 def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="join this Ray cluster (e.g. auto or HEAD:6379) instead of starting "
                                      "a private local instance bound to 127.0.0.1")
+    p.add_argument("--mlflow", metavar="URI", help="also track in MLflow at this tracking URI "
+                                                  "(tracking.mlflow in the spec)")
     p.add_argument("--num-cpus", type=int, help="CPUs for the local instance (default: all)")
     p.add_argument("--num-gpus", type=int, help="GPUs for the local instance (default: all)")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard on 127.0.0.1")
@@ -46,13 +48,19 @@ def load_spec(args):
         overrides.append(f"name={args.name}")
     if args.results_dir:
         overrides.append(f"results_dir={args.results_dir}")
+    if getattr(args, "mlflow", None):
+        overrides.append(f"tracking.mlflow.uri={args.mlflow}")
     if getattr(args, "num_samples", None) is not None:
         overrides.append(f"search.num_samples={args.num_samples}")
     return spec_mod.load(args.spec, overrides)
 
 
 def _local_checks(spec, args) -> None:
-    """Checks that read the driver's disk hold only when the trials run here too."""
+    """Checks that read the driver's disk hold only when the trials run here too; and a tracking
+    server that does not answer is bad input, before anything is written."""
+    if spec.mlflow.uri:
+        from orchestrator.mlflow_sink import connect
+        connect(spec.mlflow.uri, spec.mlflow.experiment)
     from orchestrator.storage import Storage
     from orchestrator.sweep import check_fresh
     from trainables.datafiles import check_dataset_files
@@ -148,6 +156,16 @@ def cmd_analyze(args) -> int:
     sys.stdout.write(analyze.run(args.results, args.sweep, args.format, args.top, plots, html))
     if html:
         print(f"report: {html}")
+    if args.mlflow:
+        from orchestrator.mlflow_sink import connect, log_files
+        connect(args.mlflow, args.mlflow_experiment)
+        for sw in analyze.load(args.results, args.sweep):
+            pngs = analyze.plot([sw], plots, min(args.top, 10)) if plots else []
+            files = {f"analysis/{os.path.basename(p)}": open(p, "rb").read() for p in pngs}
+            if html:
+                files[f"analysis/{os.path.basename(html)}"] = open(html, "rb").read()
+            log_files(args.mlflow, args.mlflow_experiment, sw.name, files)
+        print(f"plots logged to MLflow at {args.mlflow}")
     return 0
 
 
@@ -160,9 +178,17 @@ def cmd_lr_find(args) -> int:
     check_dataset_files(spec.train.dataset)
     storage = Storage(spec.results_dir)
     check_fresh(storage, spec.name)
+    if spec.mlflow.uri:
+        from orchestrator.mlflow_sink import connect
+        connect(spec.mlflow.uri, spec.mlflow.experiment)
     decision = lrfind.decide(spec.train, args.start, args.end, args.steps, "linear" if args.linear else "exp",
                              args.val_loss, args.pick, time_cap=args.max_seconds, say=print)
     paths = lrfind.write(decision, storage, spec.name, f"{spec.name}: LR range test")
+    if spec.mlflow.uri:
+        from orchestrator.mlflow_sink import log_files
+        log_files(spec.mlflow.uri, spec.mlflow.experiment, spec.name,
+                  {f"lr_find/{rel}": storage.read_bytes(f"{spec.name}/lr_find/{rel}")
+                   for rel in ("curve.parquet", "lr_find.png", "decision.json")})
     print(lrfind.summary_text(decision))
     print("\n".join(f"{k}: {v}" for k, v in paths.items()))
     print(f"tensorboard --logdir {storage.uri(spec.name, 'tensorboard')}")
@@ -227,6 +253,8 @@ def _add_analyze_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plots", help="folder for the PNG plots (default: RESULTS/_analysis)")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
     p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report page")
+    p.add_argument("--mlflow", metavar="URI", help="log the plots (and the page) to each sweep's MLflow parent run")
+    p.add_argument("--mlflow-experiment", default="tunesmith", help="the MLflow experiment (default tunesmith)")
 
 
 COMMANDS: Dict[str, tuple] = {

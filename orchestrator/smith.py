@@ -259,6 +259,13 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
     text = render(report)
     storage.write_bytes(f"{spec.name}/smith_report.md", text.encode())
     print("\n" + text)
+    if spec.mlflow.uri:
+        from orchestrator.mlflow_sink import log_files
+        files = {"smith/smith_report.md": text.encode(),
+                 "smith/smith.json": json.dumps(report, indent=2, default=str).encode()}
+        for rel in ("curve.parquet", "lr_find.png", "decision.json"):
+            files[f"lr_find/{rel}"] = storage.read_bytes(f"{spec.name}/lr_find/{rel}")
+        log_files(spec.mlflow.uri, spec.mlflow.experiment, spec.name, files)
     return report
 
 

@@ -16,7 +16,7 @@ from trainables.config import (ConfigError, TrainConfig, _coerce, in_range, one_
 ALGORITHMS = ("grid", "random", "tpe")
 METRICS = {"val_acc": "max", "val_loss": "min", "train_acc": "max", "train_loss": "min"}
 TOP_LEVEL = ("name", "description", "seed", "dataset", "model", "trainer", "search", "asha",
-             "resources", "metric", "mode", "results_dir", "time_budget_s", "checkpoints")
+             "resources", "metric", "mode", "results_dir", "time_budget_s", "checkpoints", "tracking")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -59,6 +59,12 @@ class CheckpointSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class MlflowSpec:
+    uri: Optional[str] = spec_field(None, kind=str)           # e.g. http://127.0.0.1:5000; null: off
+    experiment: str = spec_field("tunesmith", kind=str)
+
+
+@dataclasses.dataclass(frozen=True)
 class SearchSpec:
     algorithm: str = "random"
     num_samples: int = 16
@@ -90,6 +96,7 @@ class SweepSpec:
     time_budget_s: Optional[float] = None
     description: str = ""
     checkpoints: CheckpointSpec = dataclasses.field(default_factory=CheckpointSpec)
+    mlflow: MlflowSpec = dataclasses.field(default_factory=MlflowSpec)
 
     @property
     def seed(self) -> int:
@@ -120,7 +127,7 @@ class SweepSpec:
                "search": self.search.to_dict(), "asha": to_dict(self.asha),
                "resources": to_dict(self.resources), "metric": self.metric, "mode": self.mode,
                "results_dir": self.results_dir, "time_budget_s": self.time_budget_s,
-               "checkpoints": to_dict(self.checkpoints)}
+               "checkpoints": to_dict(self.checkpoints), "tracking": {"mlflow": to_dict(self.mlflow)}}
         return out
 
 
@@ -272,8 +279,15 @@ def from_dict(raw: Mapping[str, Any], default_name: str = "sweep") -> SweepSpec:
         raise ConfigError("time_budget_s", budget, "must be > 0")
     description = _coerce(raw.get("description", ""), str, "description")
     checkpoints = parse(CheckpointSpec, raw.get("checkpoints"), "checkpoints")
+    tracking = raw.get("tracking") or {}
+    if not isinstance(tracking, Mapping):
+        raise ConfigError("tracking", tracking, "must be a mapping such as {mlflow: {uri: ..., experiment: ...}}")
+    for key in tracking:
+        if key != "mlflow":
+            raise ConfigError(f"tracking.{key}", tracking[key], "unknown tracking sink; known: mlflow")
+    mlflow = parse(MlflowSpec, tracking.get("mlflow"), "tracking.mlflow")
     return SweepSpec(name, train, search, asha, resources, metric, mode, results_dir, budget, description,
-                     checkpoints)
+                     checkpoints, mlflow)
 
 
 def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:

@@ -106,7 +106,8 @@ def _trial_dirname(trial) -> str:
 
 
 def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainable: Optional[Callable] = None,
-                stopper=None, progress: bool = False, write_results: bool = True, data_streams: bool = False):
+                stopper=None, progress: bool = False, write_results: bool = True, data_streams: bool = False,
+                manifest: Optional[dict] = None):
     from ray import tune
     from orchestrator.results import ResultsWriter
     from trainables.tune_trainable import train_cnn
@@ -121,6 +122,9 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
                            write=write_results, interrupted=getattr(stopper, "event", None),
                            keep_checkpoints=spec.checkpoints.keep, scheduler=scheduler)
     callbacks = [writer]
+    if spec.mlflow.uri:   # after the writer: it reads the trial's status from the writer's records
+        from orchestrator.mlflow_sink import MLflowSink
+        callbacks.append(MLflowSink(spec.mlflow.uri, spec.mlflow.experiment, writer, spec.to_dict(), manifest or {}))
     if progress:
         from orchestrator.progress import make
         callbacks.append(make(writer, trial_count(spec), spec.time_budget_s))
@@ -174,7 +178,7 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
     from orchestrator.datashare import plan
     in_memory, data_line = plan(spec.train.dataset, local=cluster.started_here) if trainable is None else (True, "")
     tuner, writer, concurrency = build_tuner(spec, storage, cluster, trainable, stopper, progress,
-                                             data_streams=not in_memory)
+                                             data_streams=not in_memory, manifest=man)
     if progress:
         print(f"sweep {spec.name}: {trial_count(spec)} trials, {concurrency} at a time, "
               f"{spec.search.algorithm} search{', ASHA' if spec.asha.enabled else ''}; "
