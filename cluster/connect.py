@@ -35,7 +35,9 @@ def prepare_environment() -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1e9")
+    # Every epoch checkpoints (the default) triggers Tune's "snapshotting ... may become a
+    # bottleneck" warning; 0 switches that warning off.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 def _bind_loopback_if_imported() -> None:
@@ -122,7 +124,10 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
         common = dict(log_to_driver=log_to_driver, logging_level=logging.WARNING,
                       include_dashboard=dashboard)
         if address:
-            ray.init(address=address, runtime_env={"py_modules": package_dirs()}, **common)
+            # A submitted job's driver already has tunesmith in the job's runtime env; Ray refuses
+            # a second one given to ray.init.
+            in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+            ray.init(address=address, runtime_env=None if in_job else {"py_modules": package_dirs()}, **common)
         else:
             ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
                      dashboard_host="127.0.0.1", **common)

@@ -39,7 +39,8 @@ def check_every_node(location: str, field: str = "results_dir") -> List[str]:
         probe = ray.remote(num_cpus=0)(_sees)
         refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
                 .remote(location, marker) for n in nodes]
-        seen = ray.get(refs, timeout=60)
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=60)
+        seen = [ray.get(r) if r in done else False for r in refs]   # a node that never answers cannot help
     finally:
         try:
             storage.fs.delete_file(storage.path(marker))

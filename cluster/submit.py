@@ -15,9 +15,7 @@ explicit --address takes their place for this process.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 import time
 from typing import Dict, Optional
 
@@ -73,14 +71,17 @@ def _auth_hint(exc: BaseException) -> str:
     return _first_line(exc)
 
 
-def _runtime_env(spec_dict: dict, workdir: str) -> dict:
-    """tunesmith's packages and the resolved spec travel with the job."""
+SPEC_VAR = "TUNESMITH_JOB_SPEC"
+
+
+def _runtime_env(spec_dict: dict) -> dict:
+    """tunesmith's packages and the resolved spec (as YAML in an environment variable) travel
+    with the job. No working_dir: a job driver that calls ray.init can see Ray unpack the
+    working_dir again under its feet (its cwd vanished mid-import in a test here)."""
     from cluster.connect import package_dirs
-    with open(os.path.join(workdir, "spec.yaml"), "w", encoding="utf-8") as fh:
-        yaml.safe_dump(spec_dict, fh, sort_keys=False)
-    return {"working_dir": workdir, "py_modules": package_dirs(),
-            "env_vars": {"RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S),
-                         "PYTHONUNBUFFERED": "1"}}
+    return {"py_modules": package_dirs(),
+            "env_vars": {SPEC_VAR: yaml.safe_dump(spec_dict, sort_keys=False), "RAY_JOB_STOP_SIGNAL": "SIGINT",
+                         "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S), "PYTHONUNBUFFERED": "1"}}
 
 
 def submit(spec, address: Optional[str], wait: bool, out=sys.stdout) -> int:
@@ -94,13 +95,9 @@ def submit(spec, address: Optional[str], wait: bool, out=sys.stdout) -> int:
         c.list_jobs()   # fails fast on a refused token, before anything is submitted
     except Exception as exc:   # noqa: BLE001
         raise ConfigError("--address", address, _auth_hint(exc)) from None
-    workdir = tempfile.mkdtemp(prefix="tunesmith-job-")
-    try:
-        job_id = c.submit_job(entrypoint="python -m orchestrator run spec.yaml --address auto",
-                              runtime_env=_runtime_env(spec.to_dict(), workdir),
-                              metadata={"tunesmith_sweep": spec.name, "results_dir": spec.results_dir})
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    job_id = c.submit_job(entrypoint=f"python -m orchestrator run env:{SPEC_VAR} --address auto",
+                          runtime_env=_runtime_env(spec.to_dict()),
+                          metadata={"tunesmith_sweep": spec.name, "results_dir": spec.results_dir})
     print(f"submitted {job_id}: sweep {spec.name} -> {spec.results_dir}", file=out, flush=True)
     if not wait:
         print(f"follow it with: tunesmith jobs logs {job_id} --address {address}", file=out)

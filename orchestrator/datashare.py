@@ -24,7 +24,11 @@ def plan(cfg: DatasetConfig, local: bool) -> Tuple[bool, str]:
     on this machine is listed now, so a set that cannot fit is refused before any trial."""
     if cfg.name != "imagefolder":
         return True, "in memory, shared: one copy per node through Ray's object store"
-    if not local:
+    import os
+    from orchestrator.tensorboard import ready
+    ready()
+    if not local or not cfg.data_dir or not os.path.isdir(os.path.expanduser(cfg.data_dir)):
+        # read where the trials run: that node decides, and a missing folder errors the trial
         return True, "in memory, shared (or streaming, if the node that reads it finds it over the budget)"
     from trainables import folder
     p = folder.scan(cfg)
@@ -36,6 +40,8 @@ def share(cfg: DatasetConfig, streams: bool = False) -> Optional[list]:
     if streams:
         return None
     import ray
+    from orchestrator.tensorboard import ready
+    ready()   # torch is being imported in the background: import it from one thread at a time
     from trainables import data as data_mod
     src = data_mod.source_key(cfg)
     key = (ray.get_runtime_context().get_job_id(), src)   # a reference lives as long as its connection

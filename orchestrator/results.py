@@ -55,6 +55,13 @@ class TrialRecord:
     written: set = field(default_factory=set)   # epochs already in epochs/: a replay is not a new row
 
 
+@dataclass
+class _Kept:
+    """A kept checkpoint read back on resume: its path, on the results' filesystem."""
+    path: str
+    filesystem: Any
+
+
 def _delete_checkpoint(ckpt) -> None:
     """A Ray checkpoint's folder, on whatever filesystem holds it; a failure costs disk only."""
     try:
@@ -178,6 +185,12 @@ class ResultsWriter(Callback):
         self.maybe_flush()
 
     @_timed
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        """Tune's next experiment snapshot will name this checkpoint, and a resume restarts the
+        trial from it: the epochs it covers go to disk first, or a killed driver would lose them."""
+        self._write_rows()
+
+    @_timed
     def on_trial_recover(self, iteration, trials, trial, **info):
         """A lost worker or node: Tune restarts the trial from its last checkpoint, elsewhere."""
         rec = self.trials.get(trial.trial_id)
@@ -234,6 +247,8 @@ class ResultsWriter(Callback):
             rec.ended_at = row["ended_at"].timestamp() if row["ended_at"] else None
             rec.node_ip, rec.device, rec.global_batch = row["node_ip"], row["device"], row["global_batch"]
             rec.retries, rec.checkpoint, rec.error = row.get("retries") or 0, row.get("checkpoint"), row["error"] or ""
+            if rec.checkpoint:   # the kept one: it goes when a better trial ends
+                self._ckpt[rec.trial_id] = _Kept(rec.checkpoint, self.storage.fs)
             for m in schema.SUMMARY_METRICS:
                 if row.get(f"best_{m}") is not None:
                     rec.best[m] = row[f"best_{m}"]
@@ -365,11 +380,7 @@ class ResultsWriter(Callback):
         if not self._write:
             self._rows, self._dirty = [], False
             return
-        if self._rows:
-            table = pa.Table.from_pylist(self._rows, schema=schema.EPOCH_SCHEMA)
-            self.storage.write_table(f"{self.sweep}/epochs/part-{self._token}-{self._part:05d}.parquet", table)
-            self._part += 1
-            self._rows = []
+        self._write_rows()
         now = time.monotonic()
         if self._dirty and (self._status_changed or self._closing or now - self._trials_written >= TRIALS_EVERY):
             self.storage.write_table(f"{self.sweep}/trials.parquet", self.trials_table())
@@ -380,6 +391,13 @@ class ResultsWriter(Callback):
         if self._tb_staging:
             self.storage.upload_dir(self._tb_staging, f"{self.sweep}/tensorboard")
         self._last_flush = time.monotonic()
+
+    def _write_rows(self) -> None:
+        if self._rows and self._write:
+            table = pa.Table.from_pylist(self._rows, schema=schema.EPOCH_SCHEMA)
+            self.storage.write_table(f"{self.sweep}/epochs/part-{self._token}-{self._part:05d}.parquet", table)
+            self._part += 1
+            self._rows = []
 
     def trials_table(self) -> pa.Table:
         recs = list(self.trials.values())

@@ -161,6 +161,8 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
 
     def stage1():
         try:
+            from orchestrator.tensorboard import ready
+            ready()   # torch, from one thread at a time
             box["decision"] = lrfind.decide(spec.train, args.start, args.end, args.steps, "exp",
                                             args.val_loss, args.pick, time_cap=cap, say=print)
         except BaseException as exc:   # re-raised in the main thread

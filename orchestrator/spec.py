@@ -317,12 +317,20 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
 
 
 def load(path: str, overrides: Sequence[str] = ()) -> SweepSpec:
+    """A spec file, or ``env:NAME``: the YAML in that environment variable (how a submitted
+    job receives its resolved spec)."""
     import yaml
-    if not os.path.isfile(path):
+    from_env = path.startswith("env:")
+    if from_env and path[4:] not in os.environ:
+        raise ConfigError("spec", path, f"the environment has no {path[4:]}")
+    if not from_env and not os.path.isfile(path):
         raise ConfigError("spec", path, "no such file")
     try:
-        with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh)
+        if from_env:
+            raw = yaml.safe_load(os.environ[path[4:]])
+        else:
+            with open(path, encoding="utf-8") as fh:
+                raw = yaml.safe_load(fh)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

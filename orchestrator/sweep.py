@@ -163,6 +163,9 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
     if fresh:   # `smith` checks before its first stage writes lr_find/ into the folder
         check_fresh(storage, spec.name)
     spec = resolve_largest_batch(spec)
+    from orchestrator.datashare import plan
+    # how the data is read, decided (and a folder that cannot fit refused) before anything is written
+    in_memory, data_line = plan(spec.train.dataset, local=cluster.started_here) if trainable is None else (True, "")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"   # ours (InterruptStopper) records the interrupt
     # Tune's result grid looks for the per-trial JSON/CSV files our writers replace.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
@@ -175,8 +178,6 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
     man = manifest_mod.build(spec.to_dict(), command, info)
     storage.write_bytes(f"{spec.name}/manifest.json", manifest_mod.dumps(man))
 
-    from orchestrator.datashare import plan
-    in_memory, data_line = plan(spec.train.dataset, local=cluster.started_here) if trainable is None else (True, "")
     tuner, writer, concurrency = build_tuner(spec, storage, cluster, trainable, stopper, progress,
                                              data_streams=not in_memory, manifest=man)
     if progress:

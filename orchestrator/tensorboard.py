@@ -112,4 +112,16 @@ def preload() -> None:
     and cluster.connect sets it first."""
     import importlib
     import threading
-    threading.Thread(target=importlib.import_module, args=("tensorboardX",), daemon=True).start()
+    global _PRELOAD
+    _PRELOAD = threading.Thread(target=importlib.import_module, args=("tensorboardX",), daemon=True)
+    _PRELOAD.start()
+
+
+_PRELOAD = None
+
+
+def ready() -> None:
+    """Wait for the background import: torch imported from two threads at once can fail with
+    'partially initialized module' (seen in a job's driver)."""
+    if _PRELOAD is not None:
+        _PRELOAD.join()

@@ -36,7 +36,7 @@ def spec_file(tmp_path):
 @pytest.fixture(scope="session")
 def glyph_folder(tmp_path_factory):
     """A small ImageFolder harder than digits, made here: 10 digit classes drawn from the
-    machine's fonts, rotated, blurred and noised, 32x32 grayscale, 100 per class."""
+    machine's fonts, rotated, blurred and noised, 32x32 grayscale, 300 per class."""
     import numpy as np
     from PIL import Image
     from trainables import generated
@@ -46,7 +46,7 @@ def glyph_folder(tmp_path_factory):
     for label in range(10):
         folder = root / str(label)
         folder.mkdir()
-        for i in range(100):
+        for i in range(300):
             Image.fromarray(generated._glyph(rng, str(label), fonts)[0]).save(folder / f"{i}.png")
     return str(root)
 

@@ -191,7 +191,9 @@ results_dir: {tmp_path / 'results'}
     assert manifest["status"] == "finished" and manifest["resumed_at"] and manifest["trials"] == {"completed": 6}
     # checkpoints: only the best trial's final one is kept, and trials.parquet names it
     kept = after.checkpoint.dropna()
-    assert len(kept) == 1 and kept.index[0] == after.best_val_acc.idxmax() and os.path.isdir(kept.iloc[0])
+    best = after.sort_values(["best_val_acc", "best_val_loss"], ascending=[False, True]).index[0]   # ties: lower loss
+    assert len(kept) == 1 and kept.index[0] == best and os.path.isdir(kept.iloc[0])
+    assert os.path.exists(os.path.join(kept.iloc[0], "trainer.pt"))
 
 
 def test_resume_refuses_a_folder_tunesmith_did_not_write(tmp_path):

@@ -25,8 +25,8 @@ def _sweep(raw, cluster, root):
 
 
 def test_trials_share_one_copy_and_add_almost_no_memory(ray_session, tmp_path):
-    """48 MB of uint8 images: each trial maps the store's copy; its private memory grows by
-    a small fraction of that, not by the dataset."""
+    """48 MB of uint8 images: each trial maps the store's copy; its private (anonymous) memory
+    grows by a small fraction of that, not by the dataset, the first trial on a worker too."""
     raw = {"name": "shared", "dataset": {"name": "synthetic", "num_samples": 16000, "image_size": 32},
            "model": {"width": 4, "depth": 2}, "trainer": {"epochs": 1, "per_gpu_batch_size": 512},
            "search": {"num_samples": 4}}

@@ -254,10 +254,11 @@ def test_submit_refuses_bad_input_in_one_line(cluster, tmp_path):
     ts = os.path.join(BIN, "tunesmith")
     no_token = {**c.env, "HOME": str(tmp_path)}
     no_token.pop("RAY_AUTH_TOKEN", None)
+    shared = ["--results-dir", str(c.tmp / "shared-bad")]
     for argv, env, message in [
-        (["--address", f"http://{c.ip['A']}:1"], c.env, "no Ray job server answers"),
-        (["--address", url], no_token, "wants a token"),
-        (["--address", url, "--set", "trainer.lr=-1"], c.env, "trainer.lr = -1"),
+        (["--address", f"http://{c.ip['A']}:1", *shared], c.env, "no Ray job server answers"),
+        (["--address", url, *shared], no_token, "wants a token"),
+        (["--address", url, "--set", "trainer.lr=-1", *shared], c.env, "trainer.lr = -1"),
         (["--address", url, "--results-dir", "relative/dir"], c.env, "absolute path"),
     ]:
         out = c.exec("A", ts, "submit", _spec(c, "bad"), *argv, env=env, timeout=60)
@@ -297,6 +298,7 @@ def test_results_a_node_cannot_see_are_refused_before_any_trial(cluster):
         assert not (hidden / "blind").exists()
     finally:
         c.kill("C")
+        c.wait_alive(2)   # until Ray has noticed: the next test must not count a dead host
 
 
 def test_a_lost_worker_node_costs_no_trial(cluster):
@@ -312,14 +314,13 @@ def test_a_lost_worker_node_costs_no_trial(cluster):
 
     def rows_on_b():
         try:
-            e = pq.read_table(epochs).to_pandas()
+            return int((pq.read_table(epochs).to_pandas().node_ip == c.ip["B"]).sum())
         except Exception:   # noqa: BLE001 - not written yet
             return 0
-        return (e.node_ip == c.ip["B"]).sum()
     deadline = time.time() + 240
-    while time.time() < deadline and rows_on_b() < 3:
+    while time.time() < deadline and rows_on_b() < 3 and run.poll() is None:
         time.sleep(0.5)
-    assert rows_on_b() >= 3, "no trial ran on the worker host"
+    assert rows_on_b() >= 3, "no trial ran on the worker host: " + (run.communicate()[0][-3000:] if run.poll() is not None else "")
     c.kill("B")
     out, _ = run.communicate(timeout=400)
     assert run.returncode == 0, out[-3000:]

@@ -105,8 +105,8 @@ def test_smith_stages_and_report(ray_session, tmp_path, capsys, spec_file):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_smith_notices_a_chance_level_answer_and_widens(ray_session, tmp_path, capsys, spec_file):
-    """Random labels: no LR can do better than chance. smith says so, widens the range, and
-    never presents the result as a model without a warning."""
+    """Random labels: no LR can do better than chance, and the held-out loss shows it. smith
+    says so, widens the range, and never presents the result as a model without a warning."""
     text = """
 name: noise
 dataset: {name: synthetic, num_samples: 400, image_size: 8, num_classes: 10}
@@ -114,7 +114,7 @@ model: {width: 8}
 trainer: {epochs: 2}
 results_dir: RESULTS
 """
-    assert main(["smith", spec_file(text), "--samples", "2", "--max-seconds", "5"]) == 0
+    assert main(["smith", spec_file(text), "--samples", "2", "--max-seconds", "5", "--val-loss"]) == 0
     out = capsys.readouterr().out
     assert "no better than chance" in out
     report = json.loads((tmp_path / "results" / "noise" / "smith.json").read_text())

@@ -150,7 +150,8 @@ def test_data_parallel_ranks_match_one_process_with_the_same_global_batch(ray_se
         out[name] = pds.dataset(str(tmp_path / "results" / name / "epochs")).to_table().to_pandas().sort_values("epoch")
     ddp, one = out["ddp"], out["single"]
     assert list(ddp.epoch) == [1, 2, 3] and set(ddp.device) == {"cpu x2 (DDP)"}
-    assert ddp.extra.map(dict).map(lambda e: e["global_batch"]).eq(64).all()
+    trials = pq.read_table(tmp_path / "results" / "ddp" / "trials.parquet").to_pandas()
+    assert list(trials.global_batch) == [64]
     for a, b in zip(ddp.itertuples(), one.itertuples()):
         assert abs(a.train_loss - b.train_loss) < 0.15 * b.train_loss + 0.02, (a.train_loss, b.train_loss)
         assert abs(a.val_acc - b.val_acc) < 0.06, (a.val_acc, b.val_acc)

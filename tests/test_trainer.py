@@ -27,6 +27,16 @@ def test_monitor_flags_loss_above_four_times_best_smoothed():
     assert "exceeded 4x" in m.update(2.1)
 
 
+def test_a_converged_loss_wobbling_near_zero_is_not_divergence():
+    """0.0015 to 0.006 is 4x the best, but far below where the run started: two healthy
+    20-epoch digits trials were once stopped as diverged for this."""
+    m = DivergenceMonitor(factor=4.0, beta=0.0, warmup=1)
+    for loss in (2.3, 1.0, 0.1, 0.01, 0.0015):
+        assert m.update(loss) is None
+    assert m.update(0.006) is None and m.update(0.05) is None
+    assert "exceeded 4x" in m.update(1.3)   # back above half the starting loss: diverged
+
+
 def test_monitor_tolerates_noise_below_the_threshold():
     m = DivergenceMonitor()
     losses = [2.3 - 0.01 * i + (0.3 if i % 7 == 0 else 0) for i in range(200)]

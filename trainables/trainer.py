@@ -31,6 +31,7 @@ class DivergenceMonitor:
     def __init__(self, factor: float = 4.0, beta: float = SMOOTHING, warmup: int = WARMUP_STEPS):
         self.factor, self.beta, self.warmup = factor, beta, warmup
         self.avg, self.steps, self.best = 0.0, 0, math.inf
+        self.start = math.inf   # the smoothed loss once settled (at ``warmup`` steps)
 
     @property
     def smoothed(self) -> float:
@@ -42,9 +43,13 @@ class DivergenceMonitor:
         self.steps += 1
         self.avg = self.beta * self.avg + (1 - self.beta) * loss
         smooth = self.smoothed
+        if self.steps == self.warmup:
+            self.start = smooth
         # The best counts from the first step (a run can blow up within its first batches),
-        # but is only judged once the average has settled.
-        if self.steps >= self.warmup and smooth > self.factor * self.best:
+        # but is only judged once the average has settled. A converged run's loss near zero
+        # may wobble to 4x its best (0.0015 to 0.006) without diverging: the loss must also
+        # climb back above half its starting level.
+        if self.steps >= self.warmup and smooth > self.factor * self.best and smooth > 0.5 * self.start:
             return f"smoothed loss {smooth:.4g} exceeded {self.factor:g}x its best {self.best:.4g}"
         self.best = min(self.best, smooth)
         return None

@@ -8,7 +8,16 @@ from trainables.config import TrainConfig
 
 
 def _private_mb() -> float:
-    """This process's unique memory (USS): what a shared dataset must not add to."""
+    """This process's anonymous memory: what it allocated for itself. Pages of Ray's object
+    store are shared memory and do not count, however many trials map them (USS would count
+    them for the first trial on a node, while no other process maps them yet)."""
+    try:
+        with open("/proc/self/smaps_rollup", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Anonymous:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import psutil
     return psutil.Process().memory_full_info().uss / 2 ** 20
 
@@ -37,8 +46,9 @@ def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[lis
     arrays = None
     if shared and data_mod.source_key(cfg.dataset) == data_mod.source_key(TrainConfig.from_dict(base).dataset):
         arrays = ray.get(shared[0])   # a search over the data's own fields loads its own copy
+    data = data_mod.load(cfg.dataset, shared=arrays)
+    data_info = {"data_mb": data.nbytes / 2 ** 20, "data_added_mb": _private_mb() - before}
     trainer = Trainer(cfg, num_gpus=held.get("GPU", 0.0), cpu_threads=held.get("CPU", 1), shared=arrays)
-    data_info = {"data_mb": trainer.data.nbytes / 2 ** 20, "data_added_mb": _private_mb() - before}
     resumed = tune.get_checkpoint()
     if resumed is not None:   # a retry after a lost worker or node, or `tunesmith resume`
         with resumed.as_directory() as folder:
