@@ -62,14 +62,20 @@ class _Kept:
     filesystem: Any
 
 
-def _delete_checkpoint(ckpt) -> None:
-    """A Ray checkpoint's folder, on whatever filesystem holds it; a failure costs disk only."""
+def _delete_checkpoint(ckpt, keep_latest: bool = False) -> None:
+    """A trial's checkpoints, on whatever filesystem holds them: every ``checkpoint_*`` folder
+    beside ``ckpt`` (Tune keeps them all: a count limit forces an experiment snapshot at each
+    checkpoint, which made a 16-trial digits sweep 20 times slower), or all but ``ckpt`` itself.
+    A failure costs disk only."""
+    import posixpath
+    import pyarrow.fs as pafs
     try:
-        fs = getattr(ckpt, "filesystem", None)
-        if fs is not None:
-            fs.delete_dir(ckpt.path)
-        else:
-            shutil.rmtree(ckpt.path, ignore_errors=True)
+        fs = getattr(ckpt, "filesystem", None) or pafs.LocalFileSystem()
+        parent = posixpath.dirname(ckpt.path.rstrip("/"))
+        for info in fs.get_file_info(pafs.FileSelector(parent)):
+            name = posixpath.basename(info.path)
+            if name.startswith("checkpoint_") and not (keep_latest and info.path.rstrip("/") == ckpt.path.rstrip("/")):
+                fs.delete_dir(info.path)
     except Exception:   # noqa: BLE001 - housekeeping must never end a sweep
         pass
 
@@ -214,6 +220,7 @@ class ResultsWriter(Callback):
         for tid in list(self._ckpt):
             if tid == keep:
                 self.trials[tid].checkpoint = self._ckpt[tid].path
+                _delete_checkpoint(self._ckpt[tid], keep_latest=True)   # its earlier epochs
                 continue
             _delete_checkpoint(self._ckpt.pop(tid))
             if tid in self.trials and self.trials[tid].checkpoint:

@@ -149,7 +149,9 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
             callbacks=callbacks, stop=stopper,
             # a trial whose worker or node dies restarts from its last checkpoint, on any node
             failure_config=tune.FailureConfig(max_failures=spec.checkpoints.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+            # num_to_keep=None: a count limit makes Tune snapshot the experiment at every
+            # checkpoint (20x slower sweeps here); the writer removes ended trials' checkpoints
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None)),
     )
     return tuner, writer, concurrency
 
