@@ -192,7 +192,7 @@ def main(argv=None) -> int:
 
     print("\n3. streaming throughput (decode + batch + a training step of the default model, 1 CPU "
           "for the trainer, 1 for the decoder)")
-    folder32 = _folder(10000, 32) if True else None
+    folder32 = _folder(10000, 32)
     mem = _in_process("throughput_worker", folder32, 32, False)
     st = _in_process("throughput_worker", folder32, 32, True)
     print(f"10k x 3x32x32 folder  in memory: {mem['images_per_second']:.0f} img/s; {st['how']}: "

@@ -244,8 +244,11 @@ def load(cfg: DatasetConfig, device: Optional[torch.device] = None, shared: Opti
         else:
             data = LOADERS[cfg.name](cfg)
         _CACHE[cpu_key] = data
-    if device.type != "cpu" and isinstance(data, ImageData):
-        data = data.to(device)   # uint8 on the GPU: a quarter of a float copy
+    if device.type != "cpu":
+        # uint8 on the GPU: a quarter of a float copy; a stream moves each batch there. The
+        # streaming object is copied so that the CPU entry in the cache keeps its device.
+        import copy
+        data = data.to(device) if isinstance(data, ImageData) else copy.copy(data).to(device)
     _CACHE[key] = data
     return data
 
