@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def start():
     """(cluster, results root): a 2-CPU local instance bound to 127.0.0.1, and a scratch folder."""
-    from cluster.connect import connect
+    from tunesmith.cluster.connect import connect
     cluster = connect(num_cpus=2)
     logging.getLogger("ray.tune").setLevel(logging.ERROR)
     return cluster, tempfile.mkdtemp(prefix="tunesmith-bench-")
@@ -21,9 +21,9 @@ def start():
 def timed_sweep(raw_spec: dict, cluster, root: str, on_writer=None, **build_kwargs) -> float:
     """Wall seconds of one sweep through tunesmith's own Tuner assembly, writers closed;
     ``on_writer(writer)`` afterwards, to read what the writer measured of itself."""
-    from orchestrator import spec as spec_mod
-    from orchestrator.storage import Storage
-    from orchestrator.sweep import build_tuner
+    from tunesmith.orchestrator import spec as spec_mod
+    from tunesmith.orchestrator.storage import Storage
+    from tunesmith.orchestrator.sweep import build_tuner
     spec = spec_mod.from_dict({"results_dir": root, **raw_spec})
     tuner, writer, _ = build_tuner(spec, Storage(root), cluster, **build_kwargs)
     begin = time.perf_counter()

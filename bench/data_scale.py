@@ -35,7 +35,7 @@ def _folder(n: int = 10000, size: int = 128, classes: int = 10) -> str:
     """An image folder of JPEGs with some structure (a coloured blob per class), made once."""
     import numpy as np
     from PIL import Image
-    from trainables.generated import cache_dir
+    from tunesmith.trainables.generated import cache_dir
     root = os.path.join(cache_dir(), "bench", f"folder-{n}-{size}")
     if os.path.exists(os.path.join(root, ".done")):
         return root
@@ -54,15 +54,28 @@ def _folder(n: int = 10000, size: int = 128, classes: int = 10) -> str:
 
 
 def _cfg(ds: dict):
-    from trainables.config import DatasetConfig
+    from tunesmith.trainables.config import DatasetConfig
     return DatasetConfig(**ds)
 
 
 # --- 1. load in a fresh process --------------------------------------------------------------
 def load_worker(ds: dict, mode: str) -> dict:
-    import resource
-    import torch
-    from trainables import data as data_mod
+    """Load once in this fresh process. The peak is sampled every few milliseconds and counted
+    above the process's RSS just before loading (Python and torch imported), so that it is the
+    loading's own cost, comparable with the size held."""
+    import threading
+    import psutil
+    import torch  # noqa: F401
+    from tunesmith.trainables import data as data_mod
+    proc = psutil.Process()
+    base = proc.memory_info().rss
+    peak = [base]
+
+    def watch():
+        while True:
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.003)
+    threading.Thread(target=watch, daemon=True).start()
     began = time.perf_counter()
     d = data_mod.load(_cfg({**ds, "stream": False} if ds["name"] == "imagefolder" else ds))
     if mode == "float32":   # what the trainer held before: the whole set normalised as float32
@@ -73,13 +86,14 @@ def load_worker(ds: dict, mode: str) -> dict:
     else:
         held = d.nbytes
     seconds = time.perf_counter() - began
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"seconds": seconds, "held_mb": held / 2 ** 20, "peak_rss_mb": peak / 2 ** 20}
+    time.sleep(0.02)
+    return {"seconds": seconds, "held_mb": held / 2 ** 20, "peak_rss_mb": (peak[0] - base) / 2 ** 20,
+            "peak_ratio": (peak[0] - base) / held}
 
 
 def _in_process(fn: str, *args) -> dict:
     out = subprocess.run([sys.executable, __file__, "--worker", fn, json.dumps(args)], capture_output=True,
-                         text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+                         text=True, cwd=ROOT)
     if out.returncode:
         raise RuntimeError(out.stderr[-2000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -94,8 +108,8 @@ def _baseline_mb() -> float:
 # --- 2. trials on one node -------------------------------------------------------------------
 def trials_on_a_node(ds: dict, n: int) -> dict:
     import ray
-    from cluster.connect import connect, disconnect
-    from orchestrator.datashare import share
+    from tunesmith.cluster.connect import connect, disconnect
+    from tunesmith.orchestrator.datashare import share
     info = connect(num_cpus=n)
 
     @ray.remote(num_cpus=1)
@@ -113,8 +127,8 @@ def trials_on_a_node(ds: dict, n: int) -> dict:
             return {"uss": m.uss / 2 ** 20, "rss": m.rss / 2 ** 20}
 
         def hold(self, mode, ref=None):
-            from trainables import data as data_mod
-            from trainables.config import DatasetConfig
+            from tunesmith.trainables import data as data_mod
+            from tunesmith.trainables.config import DatasetConfig
             cfg = DatasetConfig(**({**ds, "stream": False} if ds["name"] == "imagefolder" else ds))
             if mode == "before":
                 d = data_mod.load(cfg)
@@ -147,8 +161,8 @@ def trials_on_a_node(ds: dict, n: int) -> dict:
 
 # --- 3. streaming throughput -----------------------------------------------------------------
 def throughput_worker(folder: str, size: int, stream: bool, epochs: int = 2) -> dict:
-    from trainables.config import TrainConfig
-    from trainables.trainer import Trainer
+    from tunesmith.trainables.config import TrainConfig
+    from tunesmith.trainables.trainer import Trainer
     cfg = TrainConfig.from_dict({"dataset": {"name": "imagefolder", "data_dir": folder, "image_size": size,
                                              "stream": stream, "workers": 1 if stream else None},
                                  "trainer": {"epochs": epochs}})
@@ -174,12 +188,13 @@ def main(argv=None) -> int:
         sets["10k x 3x128x128"] = {**sets["10k x 3x128x128"], "data_dir": _folder()}
         print(f"(image folder ready in {time.perf_counter() - t0:.0f}s)", flush=True)
 
-    print("\n1. loading, in a fresh process (RSS includes torch)")
-    print(f"{'dataset':<16} {'held as':<8} {'held MB':>8} {'peak RSS MB':>11} {'seconds':>8}")
+    print("\n1. loading, in a fresh process: peak RSS added while loading (above Python and torch)")
+    print(f"{'dataset':<16} {'held as':<8} {'held MB':>8} {'peak MB':>8} {'peak/held':>9} {'seconds':>8}")
     for label, ds in sets.items():
         for mode in ("float32", "uint8"):
             r = _in_process("load_worker", ds, mode)
-            print(f"{label:<16} {mode:<8} {r['held_mb']:>8.0f} {r['peak_rss_mb']:>11.0f} {r['seconds']:>8.1f}", flush=True)
+            print(f"{label:<16} {mode:<8} {r['held_mb']:>8.0f} {r['peak_rss_mb']:>8.0f} {r['peak_ratio']:>9.2f} "
+                  f"{r['seconds']:>8.1f}", flush=True)
 
     print(f"\n2. {args.trials} trials on one node: memory each adds when it takes the data "
           "(before: its own float32 copy; after: the shared uint8 copy)")

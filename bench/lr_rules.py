@@ -23,14 +23,14 @@ GRID = [10 ** (e / 2) for e in range(-7, 1)]   # 3e-4 ... 1
 
 
 def _cfg(dataset: str, epochs: int, lr: float = 0.05):
-    from trainables.config import TrainConfig
+    from tunesmith.trainables.config import TrainConfig
     return TrainConfig.from_dict({"dataset": {"name": dataset}, "trainer": {"epochs": epochs, "lr": lr}})
 
 
 def train(dataset: str, epochs: int, lr: float) -> float:
     import torch
     torch.set_num_threads(1)
-    from trainables.trainer import Trainer
+    from tunesmith.trainables.trainer import Trainer
     best = 0.0
     for m in Trainer(_cfg(dataset, epochs, lr), cpu_threads=1).run():
         if m["val_acc"] == m["val_acc"]:
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     ap.add_argument("--datasets", nargs="+", default=["digits", "glyphs", "shapes", "letters"])
     ap.add_argument("--epochs", type=int, default=6)
     args = ap.parse_args(argv)
-    from trainables.lr_finder import range_test
+    from tunesmith.trainables.lr_finder import range_test
     shortfall = {}
     with ProcessPoolExecutor(2) as pool:
         for ds in args.datasets:

@@ -59,7 +59,7 @@ def _tunesmith(contender: str, dataset: str, budget: float, data_dir=None):
     path = os.path.join(root, "spec.yaml")
     with open(path, "w") as fh:
         yaml.safe_dump(spec, fh)
-    cmd = [sys.executable, "-m", "orchestrator", "smith" if contender == "smith" else "run", path, "--name", "q"]
+    cmd = [sys.executable, "-m", "tunesmith.orchestrator", "smith" if contender == "smith" else "run", path, "--name", "q"]
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": ROOT}
     began = time.time()
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
@@ -84,9 +84,9 @@ def optuna_study(dataset: str, budget: float, began: float, data_dir=None) -> di
     import optuna
     import torch
     from torch import nn
-    from trainables import data as data_mod
-    from trainables.config import DatasetConfig, ModelConfig
-    from trainables.models import build_model
+    from tunesmith.trainables import data as data_mod
+    from tunesmith.trainables.config import DatasetConfig, ModelConfig
+    from tunesmith.trainables.models import build_model
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(2)
     kw = {"name": dataset, **({"data_dir": data_dir} if data_dir else {})}
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cifar10", help="a local CIFAR-10 folder: adds the dataset")
     args = ap.parse_args(argv)
     datasets = list(args.datasets) + (["cifar10"] if args.cifar10 else [])
-    from trainables import generated
+    from tunesmith.trainables import generated
     for ds in datasets:   # made and cached before any clock starts
         if ds in generated.GENERATORS:
             generated.load(ds)

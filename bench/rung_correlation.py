@@ -23,8 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def curve(dataset: str, epochs: int, lr: float, momentum: float, milestones: tuple) -> list:
     import torch
     torch.set_num_threads(1)
-    from trainables.config import TrainConfig
-    from trainables.trainer import Trainer
+    from tunesmith.trainables.config import TrainConfig
+    from tunesmith.trainables.trainer import Trainer
     cfg = TrainConfig.from_dict({"dataset": {"name": dataset}, "trainer": {
         "epochs": epochs, "lr": lr, "max_momentum": momentum, "milestones": list(milestones)}})
     # a diverged run (NaN) ranks below every other, and keeps that value to the end
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     ap.add_argument("--trials", type=int, default=10)
     ap.add_argument("--epochs", type=int, default=10)
     args = ap.parse_args(argv)
-    from trainables.schedules import rung_milestones
+    from tunesmith.trainables.schedules import rung_milestones
     ms = rung_milestones(args.epochs, 1, 3)
     rungs = list(ms[:-1])
     rng = random.Random(0)

@@ -8,6 +8,7 @@ so nothing assumes the trials run on the driver's host.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ def resolve_address(address: str) -> str:
     except OSError:
         found = ""
     if not found:
-        from trainables.config import ConfigError
+        from tunesmith.trainables.config import ConfigError
         raise ConfigError("--address", "auto", f"no Ray cluster was started on this machine ({CURRENT_CLUSTER} "
                           "is missing); start one with `ray start --head`, or give HEAD:6379")
     return found
@@ -78,7 +79,7 @@ def check_reachable(address: str) -> str:
     """The cluster's GCS answers a TCP connection within a few seconds, or a one-line error
     naming the address: Ray itself retries for a minute and more, printing GCS warnings."""
     import socket
-    from trainables.config import ConfigError
+    from tunesmith.trainables.config import ConfigError
     resolved = resolve_address(address)
     target = resolved.split("://", 1)[-1]
     host, sep, port = target.rpartition(":")
@@ -96,12 +97,26 @@ def check_reachable(address: str) -> str:
     return resolved
 
 
-def package_dirs() -> list:
-    """tunesmith's packages, shipped to every node: trials import trainables, and the tasks
-    that load shared data or probe storage import orchestrator."""
-    import orchestrator
-    root = os.path.dirname(os.path.dirname(os.path.abspath(orchestrator.__file__)))
-    return [os.path.join(root, p) for p in ("orchestrator", "trainables", "search_spaces", "cluster")]
+@functools.lru_cache(maxsize=1)
+def shipped_package() -> str:
+    """A folder named ``tunesmith`` holding tunesmith's packages, to ship to every node as a Ray
+    ``py_modules`` entry: trials import trainables, and the tasks that load shared data or probe
+    storage import orchestrator. An installed wheel already has that folder; an editable install
+    maps each subpackage to the repository's top level, so a copy is staged (Ray uploads it by
+    content hash, once)."""
+    import tunesmith.orchestrator
+    names = ("orchestrator", "trainables", "search_spaces", "cluster")
+    for base in tunesmith.__path__:
+        if all(os.path.isfile(os.path.join(base, n, "__init__.py")) for n in names):
+            return base
+    import shutil
+    import tempfile
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(tunesmith.orchestrator.__file__)))
+    stage = os.path.join(tempfile.mkdtemp(prefix="tunesmith-ship-"), "tunesmith")
+    for n in names:
+        shutil.copytree(os.path.join(repo, n), os.path.join(stage, n),
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return stage
 
 
 def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
@@ -127,7 +142,7 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
             # A submitted job's driver already has tunesmith in the job's runtime env; Ray refuses
             # a second one given to ray.init.
             in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-            ray.init(address=address, runtime_env=None if in_job else {"py_modules": package_dirs()}, **common)
+            ray.init(address=address, runtime_env=None if in_job else {"py_modules": [shipped_package()]}, **common)
         else:
             ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
                      dashboard_host="127.0.0.1", **common)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from trainables.config import ConfigError
+from tunesmith.trainables.config import ConfigError
 
 
 def max_concurrent(cluster_cpus: float, cluster_gpus: float, trial_cpus: float, trial_gpus: float,

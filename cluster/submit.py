@@ -21,7 +21,7 @@ from typing import Dict, Optional
 
 import yaml
 
-from trainables.config import ConfigError
+from tunesmith.trainables.config import ConfigError
 
 STOP_WAIT_S = 60   # Tune needs a moment to stop trials and close the writers after SIGINT
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -78,15 +78,15 @@ def _runtime_env(spec_dict: dict) -> dict:
     """tunesmith's packages and the resolved spec (as YAML in an environment variable) travel
     with the job. No working_dir: a job driver that calls ray.init can see Ray unpack the
     working_dir again under its feet (its cwd vanished mid-import in a test here)."""
-    from cluster.connect import package_dirs
-    return {"py_modules": package_dirs(),
+    from tunesmith.cluster.connect import shipped_package
+    return {"py_modules": [shipped_package()],
             "env_vars": {SPEC_VAR: yaml.safe_dump(spec_dict, sort_keys=False), "RAY_JOB_STOP_SIGNAL": "SIGINT",
                          "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S), "PYTHONUNBUFFERED": "1"}}
 
 
 def submit(spec, address: Optional[str], wait: bool, out=sys.stdout) -> int:
     """Submit the validated ``spec``; the job's exit code when waiting, else 0 once submitted."""
-    from orchestrator.storage import is_uri
+    from tunesmith.orchestrator.storage import is_uri
     if not is_uri(spec.results_dir) and not os.path.isabs(spec.results_dir):
         raise ConfigError("results_dir", spec.results_dir, "a job runs in a temporary folder on the head: give an "
                           "absolute path every node reaches, or a URI (s3://..., gs://...)")
@@ -95,7 +95,7 @@ def submit(spec, address: Optional[str], wait: bool, out=sys.stdout) -> int:
         c.list_jobs()   # fails fast on a refused token, before anything is submitted
     except Exception as exc:   # noqa: BLE001
         raise ConfigError("--address", address, _auth_hint(exc)) from None
-    job_id = c.submit_job(entrypoint=f"python -m orchestrator run env:{SPEC_VAR} --address auto",
+    job_id = c.submit_job(entrypoint=f"python -m tunesmith.orchestrator run env:{SPEC_VAR} --address auto",
                           runtime_env=_runtime_env(spec.to_dict()),
                           metadata={"tunesmith_sweep": spec.name, "results_dir": spec.results_dir})
     print(f"submitted {job_id}: sweep {spec.name} -> {spec.results_dir}", file=out, flush=True)

@@ -18,8 +18,8 @@ from typing import Any, Dict, List, Optional
 import pandas as pd
 import pyarrow.parquet as pq
 
-from orchestrator.storage import Storage
-from trainables.config import ConfigError
+from tunesmith.orchestrator.storage import Storage
+from tunesmith.trainables.config import ConfigError
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Sweep:
     @property
     def names(self) -> Dict[str, str]:
         """hp column -> the setting as the spec wrote it (hp_model_width -> model.width)."""
-        from orchestrator.schema import hp_column
+        from tunesmith.orchestrator.schema import hp_column
         keys = set()
         for cfg in self.trials.get("config", pd.Series(dtype=object)).dropna().head(50):
             try:
@@ -374,7 +374,7 @@ def run(results: str, names: Optional[List[str]], fmt: str, top: int, plots_dir:
     summaries = [summary(s, top) for s in sweeps]
     plots = plot(sweeps, plots_dir, min(top, 10)) if plots_dir else []
     if html:
-        from orchestrator import report
+        from tunesmith.orchestrator import report
         report.write(html, sweeps, summaries, top)
     if fmt == "json":
         body = {"sweeps": summaries, "plots": plots}

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from trainables.config import ConfigError
+from tunesmith.trainables.config import ConfigError
 
 
 class UsageError(Exception):
@@ -42,7 +42,7 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_spec(args):
-    from orchestrator import spec as spec_mod
+    from tunesmith.orchestrator import spec as spec_mod
     overrides = list(args.overrides)
     if args.name:
         overrides.append(f"name={args.name}")
@@ -59,11 +59,11 @@ def _local_checks(spec, args) -> None:
     """Checks that read the driver's disk hold only when the trials run here too; and a tracking
     server that does not answer is bad input, before anything is written."""
     if spec.mlflow.uri:
-        from orchestrator.mlflow_sink import connect
+        from tunesmith.orchestrator.mlflow_sink import connect
         connect(spec.mlflow.uri, spec.mlflow.experiment)
-    from orchestrator.storage import Storage
-    from orchestrator.sweep import check_fresh
-    from trainables.datafiles import check_dataset_files
+    from tunesmith.orchestrator.storage import Storage
+    from tunesmith.orchestrator.sweep import check_fresh
+    from tunesmith.trainables.datafiles import check_dataset_files
     if not args.address:
         check_dataset_files(spec.train.dataset)
     check_fresh(Storage(spec.results_dir), spec.name)
@@ -72,15 +72,15 @@ def _local_checks(spec, args) -> None:
 def cmd_run(args) -> int:
     spec = load_spec(args)
     _local_checks(spec, args)
-    from cluster.connect import connect, disconnect
-    from orchestrator.tensorboard import preload
-    from orchestrator.sweep import best_table, concurrency_for, run_sweep
+    from tunesmith.cluster.connect import connect, disconnect
+    from tunesmith.orchestrator.tensorboard import preload
+    from tunesmith.orchestrator.sweep import best_table, concurrency_for, run_sweep
     preload()
     cluster = connect(args.address, args.num_cpus, args.num_gpus, args.dashboard, args.worker_logs)
     try:
         concurrency_for(spec, cluster)   # a trial that cannot fit is bad input, before anything is written
         if args.address:
-            from cluster.storage_check import check_every_node
+            from tunesmith.cluster.storage_check import check_every_node
             check_every_node(spec.results_dir)
         outcome = run_sweep(spec, cluster, command="run")
     finally:
@@ -98,9 +98,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from cluster.connect import connect, disconnect
-    from orchestrator import resume
-    from orchestrator.tensorboard import preload
+    from tunesmith.cluster.connect import connect, disconnect
+    from tunesmith.orchestrator import resume
+    from tunesmith.orchestrator.tensorboard import preload
     storage, name, spec, man = resume.load(args.sweep_dir)
     preload()
     cluster = connect(args.address, args.num_cpus, args.num_gpus, args.dashboard, args.worker_logs)
@@ -115,19 +115,19 @@ def cmd_resume(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from cluster import submit
+    from tunesmith.cluster import submit
     spec = load_spec(args)   # validated here, before anything reaches the cluster
     return submit.submit(spec, args.address, wait=not args.no_wait)
 
 
 def cmd_jobs(args) -> int:
-    from cluster import submit
+    from tunesmith.cluster import submit
     return submit.jobs(args.action, args.job_id, args.address)
 
 
 def cmd_validate(args) -> int:
     spec = load_spec(args)
-    from orchestrator.spec import trial_count
+    from tunesmith.orchestrator.spec import trial_count
     print(f"{args.spec}: valid; sweep {spec.name!r}, {trial_count(spec)} trials, "
           f"{spec.search.algorithm} search over {', '.join(d.key for d in spec.search.space) or 'nothing'}")
     return 0
@@ -142,8 +142,8 @@ def _at_least_one(args, *names) -> None:
 
 def cmd_analyze(args) -> int:
     _at_least_one(args, "top")
-    from orchestrator import analyze
-    from orchestrator.storage import is_uri
+    from tunesmith.orchestrator import analyze
+    from tunesmith.orchestrator.storage import is_uri
     plots = None
     if not args.no_plots:
         plots = args.plots or ("tunesmith-analysis" if is_uri(args.results) else
@@ -157,7 +157,7 @@ def cmd_analyze(args) -> int:
     if html:
         print(f"report: {html}")
     if args.mlflow:
-        from orchestrator.mlflow_sink import connect, log_files
+        from tunesmith.orchestrator.mlflow_sink import connect, log_files
         connect(args.mlflow, args.mlflow_experiment)
         for sw in analyze.load(args.results, args.sweep):
             pngs = analyze.plot([sw], plots, min(args.top, 10)) if plots else []
@@ -170,22 +170,22 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_lr_find(args) -> int:
-    from orchestrator import lrfind
-    from orchestrator.storage import Storage
-    from orchestrator.sweep import check_fresh
-    from trainables.datafiles import check_dataset_files
+    from tunesmith.orchestrator import lrfind
+    from tunesmith.orchestrator.storage import Storage
+    from tunesmith.orchestrator.sweep import check_fresh
+    from tunesmith.trainables.datafiles import check_dataset_files
     spec = load_spec(args)
     check_dataset_files(spec.train.dataset)
     storage = Storage(spec.results_dir)
     check_fresh(storage, spec.name)
     if spec.mlflow.uri:
-        from orchestrator.mlflow_sink import connect
+        from tunesmith.orchestrator.mlflow_sink import connect
         connect(spec.mlflow.uri, spec.mlflow.experiment)
     decision = lrfind.decide(spec.train, args.start, args.end, args.steps, "linear" if args.linear else "exp",
                              args.val_loss, args.pick, time_cap=args.max_seconds, say=print)
     paths = lrfind.write(decision, storage, spec.name, f"{spec.name}: LR range test")
     if spec.mlflow.uri:
-        from orchestrator.mlflow_sink import log_files
+        from tunesmith.orchestrator.mlflow_sink import log_files
         log_files(spec.mlflow.uri, spec.mlflow.experiment, spec.name,
                   {f"lr_find/{rel}": storage.read_bytes(f"{spec.name}/lr_find/{rel}")
                    for rel in ("curve.parquet", "lr_find.png", "decision.json")})
@@ -213,8 +213,8 @@ def cmd_smith(args) -> int:
     _at_least_one(args, "short_epochs", "samples")
     spec = load_spec(args)
     _local_checks(spec, args)
-    from orchestrator import smith
-    from orchestrator.tensorboard import preload
+    from tunesmith.orchestrator import smith
+    from tunesmith.orchestrator.tensorboard import preload
     preload()
     smith.run(spec, args, started)
     return 0
@@ -231,7 +231,7 @@ def _add_smith_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_spaces(args) -> int:
-    from search_spaces.presets import PRESETS
+    from tunesmith.search_spaces.presets import PRESETS
     for name in sorted(PRESETS):
         p = PRESETS[name]
         print(f"{name}\n  {p.summary}\n  source: {p.source}")
@@ -242,6 +242,21 @@ def cmd_spaces(args) -> int:
             print(f"  sets trainer.{key}: {value}")
         print()
     print("use: search: {presets: [momentum, weight_decay_deep]}; a search.space entry of the same name overrides")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    import json
+    from tunesmith.orchestrator.spec import json_schema
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if not args.output:
+        sys.stdout.write(text)
+        return 0
+    tmp = args.output + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:   # whole or not at all
+        fh.write(text)
+    os.replace(tmp, args.output)
+    print(f"wrote {args.output}; start a spec with: # yaml-language-server: $schema={args.output}")
     return 0
 
 
@@ -276,6 +291,8 @@ COMMANDS: Dict[str, tuple] = {
              [lambda p: p.add_argument("action", choices=("list", "status", "logs", "stop")),
               lambda p: p.add_argument("job_id", nargs="?"),
               lambda p: p.add_argument("--address", help="the head's job server, http://HEAD:8265")]),
+    "schema": (cmd_schema, "print the spec's JSON Schema (for editors' YAML language servers)",
+               [lambda p: p.add_argument("-o", "--output", help="write it to this file instead")]),
     "spaces": (cmd_spaces, "list the search-space presets (Smith's ranges)", []),
     "analyze": (cmd_analyze, "summarise sweeps from their Parquet results", [_add_analyze_args]),
 }
@@ -293,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from cluster.connect import prepare_environment
+    from tunesmith.cluster.connect import prepare_environment
     prepare_environment()   # before anything imports Ray: it reads these variables once
     parser = build_parser()
     try:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
-from trainables.config import DatasetConfig
+from tunesmith.trainables.config import DatasetConfig
 
 _REFS: Dict[tuple, object] = {}   # per Ray connection: smith's stages share one copy
 
 
 def _load_arrays(cfg: DatasetConfig) -> dict:
-    from trainables import data as data_mod
+    from tunesmith.trainables import data as data_mod
     return data_mod.load(cfg).arrays()
 
 
@@ -25,12 +25,12 @@ def plan(cfg: DatasetConfig, local: bool) -> Tuple[bool, str]:
     if cfg.name != "imagefolder":
         return True, "in memory, shared: one copy per node through Ray's object store"
     import os
-    from orchestrator.tensorboard import ready
+    from tunesmith.orchestrator.tensorboard import ready
     ready()
     if not local or not cfg.data_dir or not os.path.isdir(os.path.expanduser(cfg.data_dir)):
         # read where the trials run: that node decides, and a missing folder errors the trial
         return True, "in memory, shared (or streaming, if the node that reads it finds it over the budget)"
-    from trainables import folder
+    from tunesmith.trainables import folder
     p = folder.scan(cfg)
     return (not p.streams), p.describe()
 
@@ -40,9 +40,9 @@ def share(cfg: DatasetConfig, streams: bool = False) -> Optional[list]:
     if streams:
         return None
     import ray
-    from orchestrator.tensorboard import ready
+    from tunesmith.orchestrator.tensorboard import ready
     ready()   # torch is being imported in the background: import it from one thread at a time
-    from trainables import data as data_mod
+    from tunesmith.trainables import data as data_mod
     src = data_mod.source_key(cfg)
     key = (ray.get_runtime_context().get_job_id(), src)   # a reference lives as long as its connection
     if key not in _REFS:

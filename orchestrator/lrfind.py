@@ -11,9 +11,9 @@ from typing import Dict, Optional
 
 import pyarrow as pa
 
-from orchestrator.storage import Storage
-from trainables.config import ConfigError, TrainConfig
-from trainables.lr_finder import SUGGESTERS, TIME_CAP_S, LRCurve, LRFinderError, band, range_test
+from tunesmith.orchestrator.storage import Storage
+from tunesmith.trainables.config import ConfigError, TrainConfig
+from tunesmith.trainables.lr_finder import SUGGESTERS, TIME_CAP_S, LRCurve, LRFinderError, band, range_test
 
 # The rule that sets the band's max LR by default: the one whose LR trained best across the
 # quality benchmark's datasets (bench/lr_rules.py; the README quotes the table).

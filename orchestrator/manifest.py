@@ -41,7 +41,7 @@ def now_iso() -> str:
 
 
 def build(spec_dict: Dict[str, Any], command: str, cluster: Dict[str, Any]) -> Dict[str, Any]:
-    from orchestrator.schema import SCHEMA_VERSION
+    from tunesmith.orchestrator.schema import SCHEMA_VERSION
     import os
     here = os.path.dirname(os.path.abspath(__file__))
     return {"schema_version": SCHEMA_VERSION, "sweep": spec_dict.get("name"), "command": command,

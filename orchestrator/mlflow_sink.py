@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from trainables.config import ConfigError
+from tunesmith.trainables.config import ConfigError
 
 try:
     from ray.tune import Callback
@@ -119,7 +119,7 @@ class MLflowSink(Callback):
 
     def _result(self, trial, result) -> None:
         from mlflow.entities import Metric
-        from orchestrator.results import _TUNE_KEYS, _num
+        from tunesmith.orchestrator.results import _TUNE_KEYS, _num
         if trial.trial_id not in self.runs:
             self._start(trial)
         epoch = int(result.get("training_iteration") or 0)

@@ -87,8 +87,8 @@ def _read(storage, rel: str):
 def write(path: str, sweeps, summaries: List[Dict[str, Any]], top: int) -> str:
     """Render the page to ``path``, written whole (a temporary name, then renamed)."""
     import jinja2
-    from orchestrator import analyze
-    from orchestrator.manifest import now_iso
+    from tunesmith.orchestrator import analyze
+    from tunesmith.orchestrator.manifest import now_iso
     pages = []
     with tempfile.TemporaryDirectory(prefix="tunesmith-report-") as tmp:
         for sw, s in zip(sweeps, summaries):

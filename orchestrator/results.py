@@ -23,9 +23,9 @@ from typing import Any, Dict, List, Optional
 
 import pyarrow as pa
 
-from orchestrator import schema
-from orchestrator import tensorboard as tb
-from orchestrator.storage import Storage
+from tunesmith.orchestrator import schema
+from tunesmith.orchestrator import tensorboard as tb
+from tunesmith.orchestrator.storage import Storage
 
 try:
     from ray.tune import Callback

@@ -19,10 +19,10 @@ import time
 
 import yaml
 
-from orchestrator import manifest as manifest_mod
-from orchestrator.spec import SweepSpec, from_dict
-from orchestrator.storage import Storage
-from trainables.config import ConfigError
+from tunesmith.orchestrator import manifest as manifest_mod
+from tunesmith.orchestrator.spec import SweepSpec, from_dict
+from tunesmith.orchestrator.storage import Storage
+from tunesmith.trainables.config import ConfigError
 
 
 def load(target: str):
@@ -51,8 +51,8 @@ def trial_ids(storage: Storage, name: str) -> set:
 def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man: dict) -> dict:
     import os
     from ray import tune
-    from orchestrator.datashare import plan, share
-    from trainables.tune_trainable import train_cnn
+    from tunesmith.orchestrator.datashare import plan, share
+    from tunesmith.trainables.tune_trainable import train_cnn
 
     os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)   # Tune's own Ctrl-C handling saves its state
     before = trial_ids(storage, name)

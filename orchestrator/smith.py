@@ -21,10 +21,10 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
-from orchestrator import lrfind
-from orchestrator.spec import SweepSpec, from_dict
-from orchestrator.storage import Storage
-from trainables.config import ConfigError
+from tunesmith.orchestrator import lrfind
+from tunesmith.orchestrator.spec import SweepSpec, from_dict
+from tunesmith.orchestrator.storage import Storage
+from tunesmith.trainables.config import ConfigError
 
 MOMENTA = [0.99, 0.97, 0.95, 0.9]
 DEEP_MODELS = ("resnet18", "resnet34")
@@ -52,7 +52,7 @@ def stage2_spec(spec: SweepSpec, lr_range, epochs: int, wd_preset: str, samples:
                 budget: Optional[float] = None, name: Optional[str] = None) -> SweepSpec:
     """The user's dataset, model, resources and trainer, with Smith's stage-2 search: LR,
     momentum bound and weight decay drawn jointly (lr/(1-m) is the effective step)."""
-    from search_spaces.presets import PRESETS
+    from tunesmith.search_spaces.presets import PRESETS
     raw = spec.to_dict()
     trainer = dict(raw["trainer"])
     for key in ("schedule", "cycle_momentum", "max_momentum", "min_momentum"):
@@ -131,8 +131,8 @@ def _stage2_report(out, s2: SweepSpec, lr_range, basis: str) -> Dict[str, Any]:
 
 
 def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
-    from cluster.connect import connect, disconnect
-    from orchestrator.sweep import best_table, check_fresh, run_sweep
+    from tunesmith.cluster.connect import connect, disconnect
+    from tunesmith.orchestrator.sweep import best_table, check_fresh, run_sweep
 
     storage = Storage(spec.results_dir)
     retry_name, final_name = f"{spec.name}-wide", f"{spec.name}-final"
@@ -152,7 +152,7 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
         return None if deadline is None else deadline - time.time()
 
     if args.address and not args.address.startswith("ray://"):
-        from cluster.connect import check_reachable
+        from tunesmith.cluster.connect import check_reachable
         check_reachable(args.address)   # before the range test starts: a dead address is bad input
 
     # Stage 1 runs while Ray starts: the range test needs no cluster.
@@ -161,7 +161,7 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
 
     def stage1():
         try:
-            from orchestrator.tensorboard import ready
+            from tunesmith.orchestrator.tensorboard import ready
             ready()   # torch, from one thread at a time
             box["decision"] = lrfind.decide(spec.train, args.start, args.end, args.steps, "exp",
                                             args.val_loss, args.pick, time_cap=cap, say=print)
@@ -173,7 +173,7 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
     warnings: List[str] = []
     try:
         if args.address:
-            from cluster.storage_check import check_every_node
+            from tunesmith.cluster.storage_check import check_every_node
             check_every_node(spec.results_dir)
         worker.join()
         if "error" in box:
@@ -262,7 +262,7 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
     storage.write_bytes(f"{spec.name}/smith_report.md", text.encode())
     print("\n" + text)
     if spec.mlflow.uri:
-        from orchestrator.mlflow_sink import log_files
+        from tunesmith.orchestrator.mlflow_sink import log_files
         files = {"smith/smith_report.md": text.encode(),
                  "smith/smith.json": json.dumps(report, indent=2, default=str).encode()}
         for rel in ("curve.parquet", "lr_find.png", "decision.json"):

@@ -7,43 +7,48 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Annotated, Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple
 
-from search_spaces.space import Dimension
-from trainables.config import (ConfigError, TrainConfig, _coerce, in_range, one_of, optional,
-                               parse, positive, resolve_key, spec_field, to_dict)
+from pydantic import ConfigDict, Field, WithJsonSchema, model_validator
+
+from tunesmith.search_spaces.space import Dimension
+from tunesmith.trainables.config import (NO_BOOL_FLOAT, NO_BOOL_INT, ConfigError, DatasetConfig, Int,
+                                         ModelConfig, Num, Section, TrainConfig, TrainerConfig, parse,
+                                         resolve_key, to_dict)
 
 ALGORITHMS = ("grid", "random", "tpe")
 METRICS = {"val_acc": "max", "val_loss": "min", "train_acc": "max", "train_loss": "min"}
-TOP_LEVEL = ("name", "description", "seed", "dataset", "model", "trainer", "search", "asha",
-             "resources", "metric", "mode", "results_dir", "time_budget_s", "checkpoints", "tracking")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-@dataclasses.dataclass(frozen=True)
-class AshaSpec:
-    enabled: bool = spec_field(True, kind=bool)
-    max_t: Optional[int] = spec_field(None, kind=int, check=optional(positive))  # default: trainer.epochs
-    grace_period: int = spec_field(1, kind=int, check=positive)   # epochs every trial is granted
-    reduction_factor: float = spec_field(3.0, kind=float, check=in_range(1, 1e9, True))
-    # one_cycle and warmup_cosine are planned to end at each rung, so that every verdict reads an
-    # annealed model (trainables/schedules.py); false: one schedule over max_t, judged mid-way
-    budget_aware: bool = spec_field(True, kind=bool)
+class AshaSpec(Section):
+    """ASHA early stopping: every trial gets grace_period epochs, then the best 1/reduction_factor
+    go on at each rung."""
+    enabled: bool = True
+    max_t: Optional[Annotated[int, Field(gt=0), NO_BOOL_INT]] = Field(None, description="default: trainer.epochs")
+    grace_period: Int = Field(1, gt=0, description="epochs every trial is granted")
+    reduction_factor: Num = Field(3.0, gt=1)
+    budget_aware: bool = Field(True, description="one_cycle and warmup_cosine are planned to end at each "
+                               "rung, so that every verdict reads an annealed model; false: one schedule "
+                               "over max_t, judged mid-way")
 
 
-@dataclasses.dataclass(frozen=True)
-class ResourceSpec:
-    cpus: float = spec_field(1.0, kind=float, check=positive)
-    gpus: float = spec_field(0.0, kind=float,
-                             check=lambda v: "must be >= 0" if v < 0 else
-                             ("above 1 must be a whole number" if v > 1 and not float(v).is_integer() else None))
-    # data-parallel ranks on CPUs (gloo); with gpus above 1, one rank per GPU (nccl) instead
-    workers: int = spec_field(1, kind=int, check=positive)
+class ResourceSpec(Section):
+    """What one trial holds."""
+    cpus: Num = Field(1.0, gt=0)
+    gpus: Num = Field(0.0, ge=0, description="a fraction shares a GPU; above 1, a whole number: one "
+                      "data-parallel rank per GPU")
+    workers: Int = Field(1, gt=0, description="data-parallel ranks on CPUs (gloo); with gpus above 1, one "
+                         "rank per GPU (nccl) instead")
 
-    def __post_init__(self):
+    @model_validator(mode="after")
+    def _whole_gpus(self):
+        if self.gpus > 1 and not float(self.gpus).is_integer():
+            raise ConfigError("resources.gpus", self.gpus, "above 1 must be a whole number")
         if self.gpus > 1 and self.workers not in (1, int(self.gpus)):
             raise ConfigError("resources.workers", self.workers,
                               f"with resources.gpus {self.gpus:g}, a trial runs one rank per GPU; leave workers at 1")
+        return self
 
     @property
     def ranks(self) -> int:
@@ -51,17 +56,80 @@ class ResourceSpec:
         return int(self.gpus) if self.gpus > 1 else self.workers
 
 
-@dataclasses.dataclass(frozen=True)
-class CheckpointSpec:
-    every: int = spec_field(1, kind=int, check=lambda v: None if v >= 0 else "must be >= 0")   # epochs; 0: never
-    keep: str = spec_field("best", kind=str, check=one_of(["best", "all", "none"]))   # after a trial ends
-    max_failures: int = spec_field(2, kind=int, check=lambda v: None if v >= -1 else "must be >= -1")  # retries
+class CheckpointSpec(Section):
+    """Per-trial checkpoints, for retries on a lost node and for loading the winner."""
+    every: Int = Field(1, ge=0, description="epochs between checkpoints; 0: never")
+    keep: Literal["best", "all", "none"] = Field("best", description="what stays after a trial ends")
+    max_failures: Int = Field(2, ge=-1, description="retries of a trial whose worker or node died; -1: forever")
 
 
-@dataclasses.dataclass(frozen=True)
-class MlflowSpec:
-    uri: Optional[str] = spec_field(None, kind=str)           # e.g. http://127.0.0.1:5000; null: off
-    experiment: str = spec_field("tunesmith", kind=str)
+class MlflowSpec(Section):
+    """MLflow as a second tracking sink (pip install 'tunesmith[mlflow]')."""
+    uri: Optional[str] = Field(None, description="tracking server, e.g. http://127.0.0.1:5000; null: off")
+    experiment: str = "tunesmith"
+
+
+class TrackingSpec(Section):
+    mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
+
+
+_BOUNDS = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
+_VALUES = {"type": "array", "minItems": 1}
+DIMENSION_SCHEMA = {
+    "description": "one of {loguniform: [low, high]}, {uniform: [low, high]}, {randint: [low, high)}, "
+                   "{choice: [...]}, {grid: [...]}",
+    "oneOf": [{"type": "object", "properties": {kind: bounds}, "required": [kind], "additionalProperties": False}
+              for kind, bounds in (("loguniform", _BOUNDS), ("uniform", _BOUNDS), ("randint", _BOUNDS),
+                                   ("choice", _VALUES), ("grid", _VALUES))]}
+# A dimension's own rules (bounds in order, loguniform above 0, values the trainer accepts) are
+# checked by search_spaces.space.Dimension.parse with the trainer's validation, after the file.
+DimensionText = Annotated[Any, WithJsonSchema(DIMENSION_SCHEMA)]
+
+
+class SearchFile(Section):
+    """How the space is searched."""
+    algorithm: Literal[ALGORITHMS] = Field("random", description="grid, random or tpe (Bayesian, hyperopt)")
+    num_samples: Optional[Annotated[int, Field(ge=1), NO_BOOL_INT]] = Field(None, description="trials to draw (default 16); a space of grids "
+                                       "and choices only is walked once, or N times with N seeds when given")
+    max_concurrent: Optional[Annotated[int, Field(ge=1), NO_BOOL_INT]] = Field(None, description="default: as many as the resources fit")
+    n_initial_points: Int = Field(8, ge=1, description="tpe: random trials before the model takes over")
+    space: Optional[Dict[str, DimensionText]] = Field(
+        None, description="setting: dimension; bare names are trainer fields, others read model.width, "
+                          "dataset.augment, seed")
+    points_to_evaluate: Optional[List[Dict[str, Any]]] = Field(None, description="settings tried first")
+    presets: Optional[List[str]] = Field(None, description="named ranges from Smith's papers "
+                                         "(`tunesmith presets` lists them)")
+    lr_band: Optional[Tuple[Num, Num]] = Field(None, description="[min, max]: what smith's range test found")
+
+
+class SpecFile(Section):
+    """A tunesmith sweep spec: what `tunesmith run`, `smith` and `submit` read."""
+    model_config = ConfigDict(title="tunesmith sweep spec")
+    name: Optional[str] = Field(None, pattern=NAME_RE.pattern, description="default: the spec file's name")
+    description: str = ""
+    seed: Int = 0
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    search: SearchFile = Field(default_factory=SearchFile)
+    asha: AshaSpec = Field(default_factory=AshaSpec)
+    resources: ResourceSpec = Field(default_factory=ResourceSpec)
+    metric: Literal[tuple(METRICS)] = "val_acc"
+    mode: Optional[Literal["min", "max"]] = Field(None, description="default: the metric's own direction")
+    results_dir: str = Field("results", min_length=1, description="a path, or a URI such as s3://bucket/prefix")
+    time_budget_s: Optional[Annotated[float, Field(gt=0), NO_BOOL_FLOAT]] = Field(None, description="the whole sweep's wall-clock budget")
+    checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+
+
+def json_schema() -> dict:
+    """The spec's JSON Schema, for editors (`tunesmith schema`)."""
+    from tunesmith.search_spaces.presets import list_presets
+    schema = SpecFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    search = schema["$defs"]["SearchFile"]["properties"]["presets"]
+    search["anyOf"][0]["items"] = {"enum": list_presets()}
+    return schema
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +178,7 @@ class SweepSpec:
     def milestones(self) -> Tuple[int, ...]:
         """Where the trials' schedules end a segment, matching ASHA's rungs; () when the
         schedule runs whole (ASHA off, not budget-aware, or a schedule that does not anneal)."""
-        from trainables.schedules import BUDGET_AWARE, rung_milestones
+        from tunesmith.trainables.schedules import BUDGET_AWARE, rung_milestones
         if not (self.asha.enabled and self.asha.budget_aware) or self.train.trainer.schedule not in BUDGET_AWARE:
             return ()
         if self.max_t != self.train.trainer.epochs:
@@ -131,37 +199,13 @@ class SweepSpec:
         return out
 
 
-def _parse_search(raw: Any, base: TrainConfig, presets: Tuple[str, ...] = ()) -> SearchSpec:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError("search", raw, "must be a mapping")
-    known = ("algorithm", "num_samples", "max_concurrent", "n_initial_points", "space", "points_to_evaluate",
-             "presets", "lr_band")
-    for key in raw:
-        if key not in known:
-            raise ConfigError(f"search.{key}", raw[key], f"unknown key; known: {', '.join(known)}")
-    algorithm = _coerce(raw.get("algorithm", "random"), str, "search.algorithm")
-    problem = one_of(list(ALGORITHMS))(algorithm)
-    if problem:
-        raise ConfigError("search.algorithm", algorithm, problem)
-    asked = raw.get("num_samples")
-    num_samples = _coerce(1 if asked is None and algorithm == "grid" else (16 if asked is None else asked),
-                          int, "search.num_samples")
-    if num_samples < 1:
-        raise ConfigError("search.num_samples", num_samples, "must be >= 1")
-    max_conc = _coerce(raw.get("max_concurrent"), int, "search.max_concurrent")
-    if max_conc is not None and max_conc < 1:
-        raise ConfigError("search.max_concurrent", max_conc, "must be >= 1")
-    n_init = _coerce(raw.get("n_initial_points", 8), int, "search.n_initial_points")
-    if n_init < 1:
-        raise ConfigError("search.n_initial_points", n_init, "must be >= 1")
-
-    space_raw = raw.get("space") or {}
-    if not isinstance(space_raw, Mapping):
-        raise ConfigError("search.space", space_raw, "must be a mapping of setting: {kind: [...]}")
+def _resolve_search(f: SearchFile, base: TrainConfig, presets: Tuple[str, ...] = ()) -> SearchSpec:
+    """The validated search section against the trainer: each dimension's values must be ones
+    the trainer accepts, and each point a whole configuration inside the space."""
+    algorithm = f.algorithm
+    num_samples = f.num_samples or (1 if algorithm == "grid" else 16)
     dims = []
-    for key, spec in space_raw.items():
+    for key, spec in (f.space or {}).items():
         where = f"search.space.{key}"
         resolve_key(str(key), "search.space")
         dim = Dimension.parse(str(key), spec, where)
@@ -173,15 +217,10 @@ def _parse_search(raw: Any, base: TrainConfig, presets: Tuple[str, ...] = ()) ->
             _check_value(base, dim.key, value, where)
         dims.append(dim)
 
-    points_raw = raw.get("points_to_evaluate") or []
-    if not isinstance(points_raw, (list, tuple)):
-        raise ConfigError("search.points_to_evaluate", points_raw, "must be a list of {setting: value}")
     by_key = {d.key: d for d in dims}
     points = []
-    for i, point in enumerate(points_raw):
+    for i, point in enumerate(f.points_to_evaluate or []):
         where = f"search.points_to_evaluate[{i}]"
-        if not isinstance(point, Mapping):
-            raise ConfigError(where, point, "must be a mapping of setting: value")
         full = {}
         for key, value in point.items():
             if key not in by_key:
@@ -199,15 +238,12 @@ def _parse_search(raw: Any, base: TrainConfig, presets: Tuple[str, ...] = ()) ->
                                       f"missing, and the spec's value {default!r} lies outside the space")
                 full[dim.key] = default
         points.append(full)
-    dims, num_samples = _distinct_trials(dims, algorithm, num_samples, asked is not None, base.seed)
-    band = raw.get("lr_band")
-    if band is not None:
-        if not isinstance(band, (list, tuple)) or len(band) != 2:
-            raise ConfigError("search.lr_band", band, "must be [min, max]")
-        band = tuple(_coerce(b, float, "search.lr_band") for b in band)
-        if not 0 < band[0] < band[1]:
-            raise ConfigError("search.lr_band", list(band), "must be 0 < min < max")
-    return SearchSpec(algorithm, num_samples, max_conc, n_init, tuple(dims), tuple(points), presets, band)
+    dims, num_samples = _distinct_trials(dims, algorithm, num_samples, f.num_samples is not None, base.seed)
+    band = f.lr_band
+    if band is not None and not 0 < band[0] < band[1]:
+        raise ConfigError("search.lr_band", list(band), "must be 0 < min < max")
+    return SearchSpec(algorithm, num_samples, f.max_concurrent, f.n_initial_points, tuple(dims), tuple(points),
+                      presets, band)
 
 
 def _distinct_trials(dims, algorithm: str, num_samples: int, asked: bool, seed: int):
@@ -227,7 +263,7 @@ def _distinct_trials(dims, algorithm: str, num_samples: int, asked: bool, seed: 
 
 def _apply_presets(raw: Mapping[str, Any]):
     """Expand search.presets into dimensions and trainer settings before validation."""
-    from search_spaces import presets as presets_mod
+    from tunesmith.search_spaces import presets as presets_mod
     search = raw.get("search")
     if not isinstance(search, Mapping) or not search.get("presets"):
         return raw, ()
@@ -251,43 +287,15 @@ def _check_value(base: TrainConfig, key: str, value: Any, where: str) -> None:
 def from_dict(raw: Mapping[str, Any], default_name: str = "sweep") -> SweepSpec:
     if not isinstance(raw, Mapping):
         raise ConfigError("spec", raw, "must be a mapping at the top level")
-    for key in raw:
-        if key not in TOP_LEVEL:
-            raise ConfigError(str(key), raw[key], f"unknown key; known: {', '.join(TOP_LEVEL)}")
-    name = _coerce(raw.get("name", default_name), str, "name")
-    if not NAME_RE.match(name):
-        raise ConfigError("name", name, "use letters, digits, '.', '_' and '-' only")
     raw, presets = _apply_presets(raw)
-    train = TrainConfig.from_dict(raw)
-    search = _parse_search(raw.get("search"), train, presets)
-    asha = parse(AshaSpec, raw.get("asha"), "asha")
-    resources = parse(ResourceSpec, raw.get("resources"), "resources")
-    metric = _coerce(raw.get("metric", "val_acc"), str, "metric")
-    if metric not in METRICS:
-        raise ConfigError("metric", metric, f"unknown; choose from {', '.join(METRICS)}")
-    mode = _coerce(raw.get("mode", METRICS[metric]), str, "mode")
-    if mode not in ("min", "max"):
-        raise ConfigError("mode", mode, "must be min or max")
-    max_t = asha.max_t or train.trainer.epochs
-    if asha.grace_period > max_t:
-        raise ConfigError("asha.grace_period", asha.grace_period, f"must not exceed asha.max_t ({max_t})")
-    results_dir = _coerce(raw.get("results_dir", "results"), str, "results_dir")
-    if not results_dir:
-        raise ConfigError("results_dir", results_dir, "must not be empty")
-    budget = _coerce(raw.get("time_budget_s"), float, "time_budget_s")
-    if budget is not None and budget <= 0:
-        raise ConfigError("time_budget_s", budget, "must be > 0")
-    description = _coerce(raw.get("description", ""), str, "description")
-    checkpoints = parse(CheckpointSpec, raw.get("checkpoints"), "checkpoints")
-    tracking = raw.get("tracking") or {}
-    if not isinstance(tracking, Mapping):
-        raise ConfigError("tracking", tracking, "must be a mapping such as {mlflow: {uri: ..., experiment: ...}}")
-    for key in tracking:
-        if key != "mlflow":
-            raise ConfigError(f"tracking.{key}", tracking[key], "unknown tracking sink; known: mlflow")
-    mlflow = parse(MlflowSpec, tracking.get("mlflow"), "tracking.mlflow")
-    return SweepSpec(name, train, search, asha, resources, metric, mode, results_dir, budget, description,
-                     checkpoints, mlflow)
+    f = parse(SpecFile, {**raw, "name": raw.get("name", default_name)}, "")
+    train = TrainConfig(dataset=f.dataset, model=f.model, trainer=f.trainer, seed=f.seed)
+    search = _resolve_search(f.search, train, presets)
+    max_t = f.asha.max_t or train.trainer.epochs
+    if f.asha.grace_period > max_t:
+        raise ConfigError("asha.grace_period", f.asha.grace_period, f"must not exceed asha.max_t ({max_t})")
+    return SweepSpec(f.name, train, search, f.asha, f.resources, f.metric, f.mode or METRICS[f.metric],
+                     f.results_dir, f.time_budget_s, f.description, f.checkpoints, f.tracking.mlflow)
 
 
 def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from trainables.config import ConfigError
+from tunesmith.trainables.config import ConfigError
 
 
 def is_uri(path: str) -> bool:

@@ -10,12 +10,12 @@ from typing import Callable, Optional
 
 import yaml
 
-from cluster.connect import ClusterInfo
-from cluster.resources import max_concurrent
-from orchestrator import manifest as manifest_mod
-from orchestrator.spec import SweepSpec, trial_count
-from orchestrator.storage import Storage
-from trainables.config import ConfigError
+from tunesmith.cluster.connect import ClusterInfo
+from tunesmith.cluster.resources import max_concurrent
+from tunesmith.orchestrator import manifest as manifest_mod
+from tunesmith.orchestrator.spec import SweepSpec, trial_count
+from tunesmith.orchestrator.storage import Storage
+from tunesmith.trainables.config import ConfigError
 
 
 @dataclass
@@ -45,7 +45,7 @@ def resolve_largest_batch(spec: SweepSpec) -> SweepSpec:
         return spec
     import dataclasses
     import ray
-    from trainables.batch_finder import find_for
+    from tunesmith.trainables.batch_finder import find_for
     task = ray.remote(num_cpus=spec.resources.cpus, num_gpus=spec.resources.gpus)(find_for)
     found = ray.get(task.remote(spec.train.to_dict()))
     print(f"largest_batch: per_gpu_batch_size {found['per_gpu_batch_size']} (largest that ran: "
@@ -69,7 +69,7 @@ def build_search(spec: SweepSpec, concurrency: int):
 def build_scheduler(spec: SweepSpec):
     if not spec.asha.enabled:
         return None
-    from orchestrator.scheduler import RecordingASHA
+    from tunesmith.orchestrator.scheduler import RecordingASHA
     return RecordingASHA(time_attr="training_iteration",
                          max_t=spec.max_t, grace_period=spec.asha.grace_period,
                          reduction_factor=spec.asha.reduction_factor, rungs=spec.milestones[:-1] or None)
@@ -109,8 +109,8 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
                 stopper=None, progress: bool = False, write_results: bool = True, data_streams: bool = False,
                 manifest: Optional[dict] = None):
     from ray import tune
-    from orchestrator.results import ResultsWriter
-    from trainables.tune_trainable import train_cnn
+    from tunesmith.orchestrator.results import ResultsWriter
+    from tunesmith.trainables.tune_trainable import train_cnn
 
     concurrency = concurrency_for(spec, cluster)
     scheduler = build_scheduler(spec)
@@ -123,13 +123,13 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
                            keep_checkpoints=spec.checkpoints.keep, scheduler=scheduler)
     callbacks = [writer]
     if spec.mlflow.uri:   # after the writer: it reads the trial's status from the writer's records
-        from orchestrator.mlflow_sink import MLflowSink
+        from tunesmith.orchestrator.mlflow_sink import MLflowSink
         callbacks.append(MLflowSink(spec.mlflow.uri, spec.mlflow.experiment, writer, spec.to_dict(), manifest or {}))
     if progress:
-        from orchestrator.progress import make
+        from tunesmith.orchestrator.progress import make
         callbacks.append(make(writer, trial_count(spec), spec.time_budget_s))
     if trainable is None:
-        from orchestrator.datashare import share
+        from tunesmith.orchestrator.datashare import share
         trainable = tune.with_parameters(train_cnn, base=spec.trial_config(),
                                          shared=share(spec.train.dataset, data_streams),
                                          checkpoint_every=spec.checkpoints.every, ddp=ddp_options(spec, storage))
@@ -159,13 +159,13 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
 def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Callable] = None,
               progress: bool = True, command: str = "run", fresh: bool = True) -> SweepOutcome:
     import os
-    from orchestrator.scheduler import InterruptStopper
+    from tunesmith.orchestrator.scheduler import InterruptStopper
 
     storage = Storage(spec.results_dir)
     if fresh:   # `smith` checks before its first stage writes lr_find/ into the folder
         check_fresh(storage, spec.name)
     spec = resolve_largest_batch(spec)
-    from orchestrator.datashare import plan
+    from tunesmith.orchestrator.datashare import plan
     # how the data is read, decided (and a folder that cannot fit refused) before anything is written
     in_memory, data_line = plan(spec.train.dataset, local=cluster.started_here) if trainable is None else (True, "")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"   # ours (InterruptStopper) records the interrupt
@@ -198,7 +198,7 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
         status = "interrupted"
         raise
     finally:
-        from orchestrator.progress import stop_all
+        from tunesmith.orchestrator.progress import stop_all
         stop_all()
         stopper.uninstall()
         writer.close("sweep interrupted" if status == "interrupted" else "sweep ended")

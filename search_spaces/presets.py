@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from trainables.config import ConfigError
+from tunesmith.trainables.config import ConfigError
 
 
 @dataclass(frozen=True)

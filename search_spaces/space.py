@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Tuple
 
-from trainables.config import ConfigError
+from tunesmith.trainables.config import ConfigError
 
 KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
 

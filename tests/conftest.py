@@ -1,17 +1,14 @@
 import os
-import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 
 @pytest.fixture(scope="session")
 def ray_session():
     """One Ray instance for every integration test, bound to 127.0.0.1 like the CLI's."""
-    from cluster.connect import connect
+    from tunesmith.cluster.connect import connect
     info = connect(num_cpus=2)
     yield info
     import ray
@@ -39,7 +36,7 @@ def glyph_folder(tmp_path_factory):
     machine's fonts, rotated, blurred and noised, 32x32 grayscale, 300 per class."""
     import numpy as np
     from PIL import Image
-    from trainables import generated
+    from tunesmith.trainables import generated
     root = tmp_path_factory.mktemp("glyphs")
     rng = np.random.default_rng(0)
     fonts = generated._fonts()

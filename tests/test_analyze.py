@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from orchestrator.cli import main
-from orchestrator.results import ResultsWriter
-from orchestrator.storage import Storage
+from tunesmith.orchestrator.cli import main
+from tunesmith.orchestrator.results import ResultsWriter
+from tunesmith.orchestrator.storage import Storage
 
 
 def _sweep(root, name, lrs, widths, good_lr=0.1):
@@ -110,7 +110,7 @@ def test_unknown_sweep_names_the_choices(results, capsys):
 def test_a_decade_grid_is_shown_per_value_not_in_bins(tmp_path):
     """Issue #7: 7 decades fell into 4 quantile bins, averaging 1e-2 (the best) with failing
     neighbours. Few distinct values are shown one by one, and the importance says it all."""
-    from orchestrator import analyze
+    from tunesmith.orchestrator import analyze
     decades = [0.1, 0.01, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7]
     w = ResultsWriter(Storage(str(tmp_path)), "dec", ["lr"], {"lr": decades}, epochs=1, metric="val_acc",
                       mode="max", pruned={})

@@ -1,7 +1,7 @@
 import pytest
 
-from trainables import batch_finder as bf
-from trainables.config import TrainConfig
+from tunesmith.trainables import batch_finder as bf
+from tunesmith.trainables.config import TrainConfig
 
 
 def test_doubles_then_binary_searches_under_a_simulated_limit():

@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from cluster import connect as connect_mod
-from orchestrator.cli import main
+from tunesmith.cluster import connect as connect_mod
+from tunesmith.orchestrator.cli import main
 
 SPEC = "name: c\ndataset: {name: digits}\nresults_dir: RESULTS\n"
 

@@ -3,9 +3,9 @@ import pytest
 import torch
 from PIL import Image
 
-from trainables import data
-from trainables.config import ConfigError, DatasetConfig
-from trainables.datafiles import check_dataset_files
+from tunesmith.trainables import data
+from tunesmith.trainables.config import ConfigError, DatasetConfig
+from tunesmith.trainables.datafiles import check_dataset_files
 
 
 def test_digits_split_is_seeded_and_75_25():
@@ -169,7 +169,7 @@ def test_explicit_train_and_val_folders_are_used(tmp_path):
 
 
 def test_forcing_memory_over_the_budget_is_refused_before_decoding(tmp_path):
-    from trainables import folder
+    from tunesmith.trainables import folder
     _make_folder(tmp_path / "f")
     cfg = DatasetConfig(name="imagefolder", data_dir=str(tmp_path / "f"), stream=False)
     with pytest.raises(ConfigError) as err:
@@ -180,7 +180,7 @@ def test_forcing_memory_over_the_budget_is_refused_before_decoding(tmp_path):
 def test_streaming_gives_the_in_memory_batches(tmp_path):
     """Over the budget the folder streams through worker processes, in the same permutation,
     with the same pixels and statistics as the in-memory path."""
-    from trainables import folder
+    from tunesmith.trainables import folder
     _make_folder(tmp_path / "f", per_class=20)
     cfg = DatasetConfig(name="imagefolder", data_dir=str(tmp_path / "f"), image_size=16, workers=2)
     mem = folder.scan(cfg).load()
@@ -198,8 +198,8 @@ def test_streaming_gives_the_in_memory_batches(tmp_path):
 
 def test_a_streamed_trial_matches_the_in_memory_trial(tmp_path):
     """Same data and seed, under a budget the test sets: the trainer's metrics agree."""
-    from trainables.config import TrainConfig
-    from trainables.trainer import Trainer
+    from tunesmith.trainables.config import TrainConfig
+    from tunesmith.trainables.trainer import Trainer
     _make_folder(tmp_path / "f", per_class=20)
     base = {"dataset": {"name": "imagefolder", "data_dir": str(tmp_path / "f"), "image_size": 16, "workers": 2},
             "model": {"width": 4}, "trainer": {"epochs": 2, "per_gpu_batch_size": 8}}
@@ -212,3 +212,35 @@ def test_a_streamed_trial_matches_the_in_memory_trial(tmp_path):
     for a, b in zip(mem, st):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["val_acc"] == pytest.approx(b["val_acc"], abs=1e-6)
+
+
+def test_split_is_two_views_of_one_buffer_in_the_old_order():
+    """Loading holds the set once: train and val are views of one uint8 buffer, put in split
+    order in place, with the rows that indexing by the split would give."""
+    cfg = DatasetConfig(name="synthetic", num_samples=3000, image_size=8, channels=1)
+    d = data.load(cfg)
+    assert d.train_x.untyped_storage().data_ptr() == d.val_x.untyped_storage().data_ptr()
+    g = torch.Generator().manual_seed(cfg.split_seed)   # load_synthetic's own draw, then the split
+    x = torch.randint(0, 256, (3000, 1, 8, 8), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 10, (3000,), generator=g)
+    tr, va = data._split_index(3000, cfg)
+    assert torch.equal(d.train_x, x[tr]) and torch.equal(d.val_x, x[va])
+    assert torch.equal(d.train_y, y[tr]) and torch.equal(d.val_y, y[va])
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 257])
+def test_rows_are_permuted_in_place(n):
+    rng = np.random.default_rng(n)
+    a = rng.integers(0, 255, (n, 2, 3, 3), dtype=np.uint8)
+    order = rng.permutation(n)
+    want = a[order].copy()
+    data._permute_rows_(a, order)
+    assert (a == want).all()
+
+
+def test_folder_split_is_views_and_drops_unreadable_rows_in_place(tmp_path):
+    _nested_folder(tmp_path / "f")
+    d = data.load_imagefolder(DatasetConfig(name="imagefolder", data_dir=str(tmp_path / "f"), image_size=16))
+    assert d.train_x.untyped_storage().data_ptr() == d.val_x.untyped_storage().data_ptr()
+    assert len(d.train_x) == len(d.train_y) and len(d.val_x) == len(d.val_y)
+    assert set(d.train_y.tolist()) | set(d.val_y.tolist()) == {0, 1, 2}

@@ -6,9 +6,9 @@ import pyarrow.dataset as pds
 import pytest
 from PIL import Image
 
-from orchestrator import spec as spec_mod
-from orchestrator.storage import Storage
-from orchestrator.sweep import build_tuner
+from tunesmith.orchestrator import spec as spec_mod
+from tunesmith.orchestrator.storage import Storage
+from tunesmith.orchestrator.sweep import build_tuner
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -38,8 +38,8 @@ def test_trials_share_one_copy_and_add_almost_no_memory(ray_session, tmp_path):
 def test_files_are_read_once_per_sweep(ray_session, tmp_path):
     """The folder is decoded once, by the loader, then taken away: the trials still train,
     because none of them reads a file."""
-    from orchestrator.datashare import share
-    from trainables.config import DatasetConfig
+    from tunesmith.orchestrator.datashare import share
+    from tunesmith.trainables.config import DatasetConfig
     import ray
     folder = tmp_path / "imgs"
     rng = np.random.default_rng(0)

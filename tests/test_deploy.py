@@ -6,7 +6,7 @@ import shlex
 import pytest
 import yaml
 
-from orchestrator.cli import build_parser
+from tunesmith.orchestrator.cli import build_parser
 
 DEPLOY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cluster", "deploy")
 

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from trainables import lr_finder as lf
-from trainables.config import TrainConfig
+from tunesmith.trainables import lr_finder as lf
+from tunesmith.trainables.config import TrainConfig
 
 
 def _curve(n=100, start=1e-7, end=10.0):
@@ -75,7 +75,7 @@ def test_range_test_on_a_tiny_model():
 
 def test_range_test_restores_the_model_it_was_given(monkeypatch):
     import torch
-    from trainables import trainer as trainer_mod
+    from tunesmith.trainables import trainer as trainer_mod
     made = []
     real = trainer_mod.Trainer
 

@@ -60,7 +60,7 @@ results_dir: {results}
 def test_a_sweep_is_tracked_as_a_parent_run_with_nested_trials(ray_session, server, tmp_path):
     from mlflow.tracking import MlflowClient
     import pyarrow.parquet as pq
-    from orchestrator.cli import main
+    from tunesmith.orchestrator.cli import main
     spec = tmp_path / "s.yaml"
     spec.write_text(SPEC.format(name="mlf", results=tmp_path / "results"))
     assert main(["run", str(spec), "--mlflow", server]) == 0
@@ -91,7 +91,7 @@ def test_a_sweep_is_tracked_as_a_parent_run_with_nested_trials(ray_session, serv
 
 
 def test_a_server_that_is_down_is_bad_input(tmp_path, capsys):
-    from orchestrator.cli import main
+    from tunesmith.orchestrator.cli import main
     spec = tmp_path / "s.yaml"
     spec.write_text(SPEC.format(name="down", results=tmp_path / "results"))
     assert main(["run", str(spec), "--mlflow", f"http://127.0.0.1:{_free_port()}"]) == 2
@@ -102,7 +102,7 @@ def test_a_server_that_is_down_is_bad_input(tmp_path, capsys):
 
 def test_without_mlflow_installed_the_error_says_how_to_install(tmp_path, capsys, monkeypatch):
     import builtins
-    from orchestrator.cli import main
+    from tunesmith.orchestrator.cli import main
     real = builtins.__import__
 
     def no_mlflow(name, *a, **k):

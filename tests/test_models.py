@@ -1,16 +1,16 @@
 import pytest
 import torch
 
-from trainables.config import MODELS, OPTIMIZERS, ConfigError, ModelConfig, TrainerConfig
-from trainables.models import build_model, list_models
-from trainables.optimizers import build_optimizer, current_momentum, list_optimizers, set_lr_momentum
+from tunesmith.trainables.config import MODELS, OPTIMIZERS, ConfigError, ModelConfig, TrainerConfig
+from tunesmith.trainables.models import build_model, list_models
+from tunesmith.trainables.optimizers import build_optimizer, current_momentum, list_optimizers, set_lr_momentum
 
 
 def test_registries_match_the_names_specs_validate_against():
     assert sorted(MODELS) == list_models()
     assert sorted(OPTIMIZERS) == list_optimizers()
-    from trainables.config import DATASETS
-    from trainables.data import list_datasets
+    from tunesmith.trainables.config import DATASETS
+    from tunesmith.trainables.data import list_datasets
     assert sorted(DATASETS) == list_datasets()
 
 

@@ -10,7 +10,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.cli import main
+from tunesmith.orchestrator.cli import main
 
 pytestmark = [pytest.mark.slow]
 

@@ -1,9 +1,9 @@
 import pytest
 
-from orchestrator import spec as spec_mod
-from orchestrator.cli import main
-from search_spaces.presets import PRESETS, list_presets
-from trainables.config import ConfigError
+from tunesmith.orchestrator import spec as spec_mod
+from tunesmith.orchestrator.cli import main
+from tunesmith.search_spaces.presets import PRESETS, list_presets
+from tunesmith.trainables.config import ConfigError
 
 
 def _space(s):

@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from orchestrator import spec as spec_mod
-from trainables import lr_finder as lf
-from trainables.config import TrainConfig
-from trainables.schedules import ScheduleParams, lr_at, momentum_at, rung_milestones, segment
+from tunesmith.orchestrator import spec as spec_mod
+from tunesmith.trainables import lr_finder as lf
+from tunesmith.trainables.config import TrainConfig
+from tunesmith.trainables.schedules import ScheduleParams, lr_at, momentum_at, rung_milestones, segment
 
 
 # --- suggestion rules on synthetic curves with known answers ---------------------------------
@@ -64,7 +64,7 @@ def test_range_test_extends_itself_and_then_refuses_noise(tmp_path):
     """Random labels: nothing to learn, and the held-out loss shows it (a training loss can
     fall by memorising). The test runs again, longer, says so, and decides nothing rather than
     reading a band from noise."""
-    from orchestrator import lrfind
+    from tunesmith.orchestrator import lrfind
     cfg = TrainConfig.from_dict({"dataset": {"name": "synthetic", "num_samples": 512, "image_size": 8},
                                  "model": {"width": 8}})
     heard = []
@@ -79,8 +79,8 @@ def test_range_test_extends_itself_and_then_refuses_noise(tmp_path):
 def test_range_test_on_harder_data_picks_an_lr_that_works(glyph_folder):
     """The LR the default test and rule pick trains as well as the best of a small random
     search over a wide range (same model, schedule and epochs)."""
-    from orchestrator import lrfind
-    from trainables.trainer import Trainer
+    from tunesmith.orchestrator import lrfind
+    from tunesmith.trainables.trainer import Trainer
     base = {"dataset": {"name": "imagefolder", "data_dir": glyph_folder, "channels": 1, "image_size": 16},
             "trainer": {"epochs": 6}}
     cfg = TrainConfig.from_dict(base)
@@ -129,7 +129,7 @@ def test_rungs_under_the_default_schedule_do_not_prune_the_eventual_best(glyph_f
     """Six configurations trained to the end under the default (budget-aware) 1cycle: the one
     that ends best is not among those ASHA would prune first, and rung ranks track final ranks."""
     from scipy.stats import spearmanr
-    from trainables.trainer import Trainer
+    from tunesmith.trainables.trainer import Trainer
     spec = spec_mod.from_dict({"dataset": {"name": "imagefolder", "data_dir": glyph_folder, "channels": 1,
                                            "image_size": 16}, "trainer": {"epochs": 6}})
     rungs = list(spec.milestones[:-1])
@@ -150,7 +150,7 @@ def test_rungs_under_the_default_schedule_do_not_prune_the_eventual_best(glyph_f
 # --- sweeps that cannot mean anything --------------------------------------------------------
 
 def test_empty_spec_file_is_refused(tmp_path, capsys):
-    from orchestrator.cli import main
+    from tunesmith.orchestrator.cli import main
     path = tmp_path / "empty.yaml"
     path.write_text("")
     assert main(["run", str(path)]) == 2

@@ -1,7 +1,7 @@
 import pytest
 
-from cluster.resources import max_concurrent
-from trainables.config import ConfigError
+from tunesmith.cluster.resources import max_concurrent
+from tunesmith.trainables.config import ConfigError
 
 
 @pytest.mark.parametrize("cpus,gpus,tc,tg,req,expected", [

@@ -6,9 +6,9 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator import schema
-from orchestrator.results import ResultsWriter
-from orchestrator.storage import Storage
+from tunesmith.orchestrator import schema
+from tunesmith.orchestrator.results import ResultsWriter
+from tunesmith.orchestrator.storage import Storage
 
 
 def _result(epoch, acc, loss=0.5, **extra):

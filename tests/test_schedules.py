@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from trainables.schedules import SCHEDULES, ScheduleParams, list_schedules, lr_at, momentum_at
+from tunesmith.trainables.schedules import SCHEDULES, ScheduleParams, list_schedules, lr_at, momentum_at
 
 P = ScheduleParams(lr=1.0)
 
@@ -70,5 +70,5 @@ def test_unknown_schedule_names_the_choices():
 
 
 def test_registry_matches_config_names():
-    from trainables.config import SCHEDULE_NAMES
+    from tunesmith.trainables.config import SCHEDULE_NAMES
     assert sorted(SCHEDULE_NAMES) == sorted(SCHEDULES)

@@ -4,7 +4,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.cli import main
+from tunesmith.orchestrator.cli import main
 
 SPEC = """
 name: sm

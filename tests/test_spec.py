@@ -2,9 +2,9 @@ import os
 
 import pytest
 
-from orchestrator import spec as spec_mod
-from orchestrator.cli import main
-from trainables.config import ConfigError
+from tunesmith.orchestrator import spec as spec_mod
+from tunesmith.orchestrator.cli import main
+from tunesmith.trainables.config import ConfigError
 
 GOOD = """
 name: t
@@ -128,3 +128,56 @@ def test_example_specs_are_valid():
     assert names
     for name in names:
         spec_mod.load(os.path.join(root, name))
+
+
+# --- the JSON Schema for editors ---------------------------------------------------------------
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+def _validator():
+    import jsonschema
+    schema = spec_mod.json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def test_every_example_validates_against_the_schema_and_names_it():
+    import yaml
+    validator = _validator()
+    names = sorted(n for n in os.listdir(EXAMPLES) if n.endswith((".yaml", ".yml")))
+    assert names
+    for name in names:
+        with open(os.path.join(EXAMPLES, name), encoding="utf-8") as fh:
+            text = fh.read()
+        assert text.startswith("# yaml-language-server: $schema=tunesmith.schema.json\n"), name
+        errors = [e.message for e in validator.iter_errors(yaml.safe_load(text))]
+        assert errors == [], (name, errors)
+        spec_mod.load(os.path.join(EXAMPLES, name))   # and tunesmith agrees
+
+
+def test_the_committed_schema_is_the_generated_one(capsys):
+    """Editors read examples/tunesmith.schema.json; it must not drift from the models."""
+    assert main(["schema"]) == 0
+    printed = capsys.readouterr().out
+    with open(os.path.join(EXAMPLES, "tunesmith.schema.json"), encoding="utf-8") as fh:
+        assert fh.read() == printed
+
+
+@pytest.mark.parametrize("label,raw,message", [b for b in BAD if b[0] in {
+    "unknown top-level key", "unknown trainer key", "non-positive lr", "zero batch", "unknown model",
+    "unknown optimizer", "unknown schedule", "unknown space kind", "unknown algorithm", "unknown metric",
+    "bad mode", "bad number", "bool for int", "bad name"}])
+def test_the_schema_refuses_what_tunesmith_refuses(label, raw, message):
+    """An editor flags the same mistakes while the spec is typed."""
+    raw = {k: v for k, v in raw.items()}
+    assert list(_validator().iter_errors(raw)), label
+
+
+def test_schema_offers_choices_and_descriptions():
+    schema = spec_mod.json_schema()
+    trainer = schema["$defs"]["TrainerConfig"]["properties"]
+    assert trainer["optimizer"]["enum"] == ["sgd", "adam", "adamw", "rmsprop", "rprop"]
+    assert trainer["lr"]["exclusiveMinimum"] == 0 and "peak LR" in trainer["lr"]["description"]
+    presets = schema["$defs"]["SearchFile"]["properties"]["presets"]["anyOf"][0]["items"]["enum"]
+    assert "momentum" in presets

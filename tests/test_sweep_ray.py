@@ -5,7 +5,7 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.cli import main
+from tunesmith.orchestrator.cli import main
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -114,8 +114,8 @@ results_dir: RESULTS
 
 def test_errored_trial_is_recorded(ray_session, tmp_path):
     """Data missing on the node that runs the trial: the trial errors and says why."""
-    from orchestrator import spec as spec_mod
-    from orchestrator.sweep import run_sweep
+    from tunesmith.orchestrator import spec as spec_mod
+    from tunesmith.orchestrator.sweep import run_sweep
     missing = str(tmp_path / "no-such-folder")
     spec = spec_mod.from_dict({"name": "err", "results_dir": str(tmp_path / "r"), "trainer": {"epochs": 2},
                                "dataset": {"name": "imagefolder", "data_dir": missing},
@@ -139,7 +139,7 @@ def test_data_parallel_ranks_match_one_process_with_the_same_global_batch(ray_se
     """resources.workers: 2 trains with DDP through Ray Train (gloo on CPU): two ranks of 32
     give the metrics of one process at 64, within what per-rank BatchNorm statistics allow."""
     import pyarrow.dataset as pds
-    from orchestrator.cli import main as cli
+    from tunesmith.orchestrator.cli import main as cli
     out = {}
     for name, resources, batch in (("ddp", "{cpus: 0.5, workers: 2}", 32), ("single", "{cpus: 1}", 64)):
         spec = tmp_path / f"{name}.yaml"

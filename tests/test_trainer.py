@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from trainables.config import TrainConfig
-from trainables.trainer import DivergenceMonitor, Trainer
+from tunesmith.trainables.config import TrainConfig
+from tunesmith.trainables.trainer import DivergenceMonitor, Trainer
 
 
 def _cfg(**trainer):
@@ -93,8 +93,8 @@ def test_a_run_restored_from_its_state_continues_exactly():
     of the run that never stopped (weights, optimizer, schedule position, RNG, monitor)."""
     import io
     import torch
-    from trainables.config import TrainConfig
-    from trainables.trainer import Trainer
+    from tunesmith.trainables.config import TrainConfig
+    from tunesmith.trainables.trainer import Trainer
     cfg = TrainConfig.from_dict({"model": {"width": 8}, "trainer": {"epochs": 4, "per_gpu_batch_size": 64},
                                  "dataset": {"augment": "flip_crop"}})
     whole = [m["val_loss"] for m in Trainer(cfg, cpu_threads=1).run()]

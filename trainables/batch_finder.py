@@ -74,9 +74,9 @@ def search(fits: Callable[[int], bool], start: int = 16, max_batch: Optional[int
 def _step_fn(cfg, device):
     """One real training step at a given batch size, on random inputs of the dataset's shape."""
     import torch
-    from trainables.data import load
-    from trainables.models import build_model
-    from trainables.optimizers import build_optimizer
+    from tunesmith.trainables.data import load
+    from tunesmith.trainables.models import build_model
+    from tunesmith.trainables.optimizers import build_optimizer
     data = load(cfg.dataset, "cpu")
     model = build_model(cfg.model, data.shape, data.num_classes).to(device)
     opt = build_optimizer(model, cfg.trainer, cfg.trainer.lr)
@@ -157,7 +157,7 @@ def find(cfg, memory_budget_bytes: Optional[int] = None, margin: float = 0.9, st
 
 def find_for(train_config: dict, margin: float = 0.9) -> dict:
     """Entry point for a Ray task on the trials' own kind of node and device."""
-    from trainables.config import TrainConfig
+    from tunesmith.trainables.config import TrainConfig
     r = find(TrainConfig.from_dict(train_config), margin=margin)
     return {"per_gpu_batch_size": r.per_gpu_batch_size, "largest_fit": r.largest_fit, "limit": r.limit,
             "tried": r.tried}

@@ -1,14 +1,18 @@
-"""Typed, validated configuration of one training run.
+"""Typed, validated configuration of one training run, on pydantic models.
 
 Everything that enters from outside (a YAML spec, a command-line override, a value
 sampled by a search algorithm) passes through ``parse`` once, and a bad value becomes
-a ``ConfigError`` that names the field and the value. Nothing downstream re-checks.
+a ``ConfigError`` that names the field and the value on one line. Nothing downstream
+re-checks. The models are frozen; their field descriptions and constraints are also the
+spec's JSON Schema (``tunesmith schema``).
 """
 from __future__ import annotations
 
-import dataclasses
-import math
-from typing import Any, Callable, Mapping, Optional
+from typing import Annotated, Any, Literal, Mapping, Optional, Tuple, Type, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
 
 
 class ConfigError(ValueError):
@@ -22,130 +26,107 @@ class ConfigError(ValueError):
         return (type(self), (self.field, self.value, self.problem))
 
 
-_MISSING = object()
+# --- field types: YAML reads ``1e-3`` as a string (YAML 1.1 wants a dot), so numbers accept
+# numeric strings (pydantic's lax mode); a bool is never a number. ---------------------------
 
-
-def spec_field(default: Any = _MISSING, *, check: Optional[Callable[[Any], Optional[str]]] = None,
-               kind: Any = None, default_factory: Any = _MISSING):
-    """A dataclass field with a validator. ``check(value)`` returns a problem or None."""
-    meta = {"check": check, "kind": kind}
-    if default_factory is not _MISSING:
-        return dataclasses.field(default_factory=default_factory, metadata=meta)
-    if default is _MISSING:
-        return dataclasses.field(metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
-
-
-# --- checks: each returns a problem sentence or None -------------------------------------
-
-def positive(v):
-    return None if v > 0 else "must be > 0"
-
-
-def non_negative(v):
-    return None if v >= 0 else "must be >= 0"
-
-
-def in_range(lo, hi, lo_open=False, hi_open=False):
+def _no_bool(kind: str):
     def check(v):
-        if (v <= lo if lo_open else v < lo) or (v >= hi if hi_open else v > hi):
-            return f"must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-        return None
-    return check
+        if isinstance(v, bool):
+            raise PydanticCustomError(f"{kind}_type", "bool")
+        return v
+    return BeforeValidator(check)
 
 
-def one_of(choices: Callable[[], list] | list):
-    def check(v):
-        options = choices() if callable(choices) else choices
-        return None if v in options else f"unknown; choose from {', '.join(map(str, options))}"
-    return check
+NO_BOOL_FLOAT, NO_BOOL_INT = _no_bool("float"), _no_bool("int")
+Num = Annotated[float, NO_BOOL_FLOAT]
+Int = Annotated[int, NO_BOOL_INT]
+# An optional constrained number puts its constraint before NO_BOOL_*, or the JSON Schema gets
+# pydantic's "gt" in place of "exclusiveMinimum".
 
 
-def optional(check):
-    return lambda v: None if v is None else check(v)
+class Section(BaseModel):
+    """A frozen spec section: unknown keys refused, NaN and infinity refused."""
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
-# --- coercion -------------------------------------------------------------------------------
+M = TypeVar("M", bound=BaseModel)
 
-def _coerce(value: Any, kind: Any, field: str) -> Any:
-    """Turn a YAML/CLI value into the declared kind. PyYAML reads ``1e-3`` as a string
-    (YAML 1.1 wants a dot), so floats accept numeric strings."""
-    if value is None:
-        return None
-    if kind is float:
-        if isinstance(value, bool):
-            raise ConfigError(field, value, "must be a number")
-        if isinstance(value, (int, float)):
-            out = float(value)
-        elif isinstance(value, str):
-            try:
-                out = float(value)
-            except ValueError:
-                raise ConfigError(field, value, "must be a number") from None
-        else:
-            raise ConfigError(field, value, "must be a number")
-        if math.isnan(out):
-            raise ConfigError(field, value, "must be a number, not NaN")
-        return out
-    if kind is int:
-        if isinstance(value, bool):
-            raise ConfigError(field, value, "must be an integer")
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                raise ConfigError(field, value, "must be an integer") from None
-        if not isinstance(value, int):
-            raise ConfigError(field, value, "must be an integer")
-        return value
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
-            return value.lower() in ("true", "yes")
-        raise ConfigError(field, value, "must be true or false")
-    if kind is str:
-        if not isinstance(value, str):
-            raise ConfigError(field, value, "must be a string")
-        return value
-    if kind == "int_list":
-        if not isinstance(value, (list, tuple)) or not all(
-                isinstance(x, int) and not isinstance(x, bool) for x in value):
-            raise ConfigError(field, value, "must be a list of integers")
-        return tuple(value)
-    return value
+_PROBLEMS = {
+    "float_type": "must be a number", "float_parsing": "must be a number",
+    "finite_number": "must be a finite number",
+    "int_type": "must be an integer", "int_parsing": "must be an integer", "int_from_float": "must be an integer",
+    "bool_type": "must be true or false", "bool_parsing": "must be true or false",
+    "string_type": "must be a string", "dict_type": "must be a mapping", "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping", "list_type": "must be a list", "tuple_type": "must be a list",
+    "missing": "is required", "string_too_short": "must not be empty",
+    "too_short": "too few items", "too_long": "too many items",
+}
 
 
-def parse(cls, data: Optional[Mapping[str, Any]], prefix: str):
-    """Build dataclass ``cls`` from a mapping, refusing unknown keys and bad values."""
+def _problem(err: dict, parent: Optional[Type[BaseModel]]) -> str:
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if kind == "extra_forbidden" and parent is not None:
+        return f"unknown key; known: {', '.join(parent.model_fields)}"
+    if kind == "literal_error":
+        return f"unknown; choose from {ctx.get('expected', '').replace(chr(39), '')}"
+    for name, op in (("greater_than", ">"), ("greater_than_equal", ">="), ("less_than", "<"),
+                     ("less_than_equal", "<=")):
+        if kind == name:
+            bound = next(iter(ctx.values()))
+            return f"must be {op} {bound:g}" if isinstance(bound, (int, float)) else f"must be {op} {bound}"
+    if kind in _PROBLEMS:
+        return _PROBLEMS[kind]
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    if kind == "string_pattern_mismatch":
+        return "use letters, digits, '.', '_' and '-' only"
+    return err["msg"][:1].lower() + err["msg"][1:]
+
+
+def _model_at(root: Type[BaseModel], loc: tuple) -> Optional[Type[BaseModel]]:
+    """The model class that holds the field at ``loc`` (to list its known keys)."""
+    import typing
+    model: Any = root
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return None
+        ann = model.model_fields[part].annotation
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        model = args[0] if typing.get_origin(ann) is typing.Union and len(args) == 1 else ann
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def config_error(exc: ValidationError, root: Type[BaseModel], prefix: str = "") -> ConfigError:
+    """pydantic's first error as ``field = value: problem``; a ConfigError raised inside a
+    validator (a cross-field check) comes back as it was."""
+    err = exc.errors(include_url=False)[0]
+    inner = (err.get("ctx") or {}).get("error")
+    if isinstance(inner, ConfigError):
+        return inner
+    raw_loc = tuple(err["loc"])
+    if err["type"] == "missing" and raw_loc and isinstance(raw_loc[-1], int):
+        raw_loc, err = raw_loc[:-1], {**err, "type": "too_short"}   # [min] where [min, max] is wanted
+    loc = tuple(str(p) if not isinstance(p, int) else f"[{p}]" for p in raw_loc)
+    field = ".".join(p for p in (prefix, *loc) if p).replace(".[", "[")
+    parent = _model_at(root, raw_loc[:-1])
+    value = err.get("input")
+    return ConfigError(field or prefix or "spec", value, _problem(err, parent))
+
+
+def parse(cls: Type[M], data: Optional[Mapping[str, Any]], prefix: str) -> M:
+    """Build model ``cls`` from a mapping, refusing unknown keys and bad values."""
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(prefix, data, "must be a mapping")
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in names:
-            raise ConfigError(f"{prefix}.{key}", data[key], f"unknown key; known: {', '.join(names)}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        name = f"{prefix}.{f.name}"
-        value = _coerce(data[f.name], f.metadata.get("kind"), name)
-        check = f.metadata.get("check")
-        if check is not None and value is not None:
-            problem = check(value)
-            if problem:
-                raise ConfigError(name, data[f.name], problem)
-        kwargs[f.name] = value
-    return cls(**kwargs)
+    try:
+        return cls.model_validate(dict(data))
+    except ValidationError as exc:
+        raise config_error(exc, cls, prefix) from None
 
 
-def to_dict(obj) -> dict:
-    out = dataclasses.asdict(obj)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+def to_dict(obj: BaseModel) -> dict:
+    return obj.model_dump(mode="json")
 
 
 # --- the configuration of one training run ---------------------------------------------------
@@ -160,88 +141,91 @@ AUGMENTS = ("none", "flip_crop", "crop")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetConfig:
-    name: str = spec_field("digits", kind=str, check=one_of(list(DATASETS)))
-    data_dir: Optional[str] = spec_field(None, kind=str)          # torchvision sets and imagefolder
-    download: bool = spec_field(False, kind=bool)                  # only when the spec asks
-    val_fraction: float = spec_field(0.25, kind=float, check=in_range(0, 1, True, True))
-    split_seed: int = spec_field(0, kind=int)                      # the split never moves with the trial seed
-    image_size: Optional[int] = spec_field(None, kind=int, check=optional(positive))  # imagefolder/synthetic
-    channels: Optional[int] = spec_field(None, kind=int, check=optional(in_range(1, 3)))
-    num_classes: int = spec_field(10, kind=int, check=in_range(2, 100000))   # synthetic only
-    num_samples: int = spec_field(4096, kind=int, check=positive)            # synthetic only
-    augment: str = spec_field("none", kind=str, check=one_of(list(AUGMENTS)))
-    # imagefolder: stream from disk (true), keep in memory (false), or decide by the budget (null)
-    stream: Optional[bool] = spec_field(None, kind=bool)
-    memory_budget: float = spec_field(0.25, kind=float, check=in_range(0, 1, True, False))  # share of free memory
-    workers: Optional[int] = spec_field(None, kind=int, check=optional(positive))   # streaming decoders
+class DatasetConfig(Section):
+    """The data: a bundled or generated set, a torchvision set, or an image folder."""
+    name: Literal[DATASETS] = "digits"
+    data_dir: Optional[str] = Field(None, description="torchvision sets and imagefolder: where the files are")
+    download: bool = Field(False, description="torchvision sets: download when missing (only when asked)")
+    val_fraction: Num = Field(0.25, gt=0, lt=1, description="share held out for validation")
+    split_seed: Int = Field(0, description="the split never moves with the trial seed")
+    image_size: Optional[Annotated[int, Field(gt=0), NO_BOOL_INT]] = Field(None, description="imagefolder and synthetic: side in pixels")
+    channels: Optional[Annotated[int, Field(ge=1, le=3), NO_BOOL_INT]] = Field(None, description="1 (grey) or 3 (RGB); null: the data's own")
+    num_classes: Int = Field(10, ge=2, le=100000, description="synthetic only")
+    num_samples: Int = Field(4096, gt=0, description="synthetic only")
+    augment: Literal[AUGMENTS] = Field("none", description="per batch, on the trial's device")
+    stream: Optional[bool] = Field(None, description="imagefolder: stream from disk (true), keep in memory "
+                                   "(false), or decide by the memory budget (null)")
+    memory_budget: Num = Field(0.25, gt=0, le=1, description="share of the node's free memory a decoded "
+                               "dataset may take before it streams")
+    workers: Optional[Annotated[int, Field(gt=0), NO_BOOL_INT]] = Field(None, description="streaming: decoding worker processes")
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    name: str = spec_field("small_cnn", kind=str, check=one_of(list(MODELS)))
-    width: int = spec_field(16, kind=int, check=positive)      # small_cnn: channels of the first block
-    # small_cnn: blocks, each halving the size; null: down to 4x4 (2 for 8 px, 3 for 32 px)
-    depth: Optional[int] = spec_field(None, kind=int, check=optional(in_range(1, 8)))
-    batch_norm: bool = spec_field(True, kind=bool)
-    dropout: float = spec_field(0.0, kind=float, check=in_range(0, 1, False, True))
+class ModelConfig(Section):
+    """The network."""
+    name: Literal[MODELS] = "small_cnn"
+    width: Int = Field(16, gt=0, description="small_cnn: channels of the first block")
+    depth: Optional[Annotated[int, Field(ge=1, le=8), NO_BOOL_INT]] = Field(None, description="small_cnn: blocks, each halving the size; "
+                                 "null: down to 4x4 (2 for 8 px, 3 for 32 px)")
+    batch_norm: bool = True
+    dropout: Num = Field(0.0, ge=0, lt=1)
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainerConfig:
-    epochs: int = spec_field(10, kind=int, check=positive)
-    per_gpu_batch_size: int = spec_field(32, kind=int, check=positive)   # more steps per CPU-second than 64
-    optimizer: str = spec_field("sgd", kind=str, check=one_of(list(OPTIMIZERS)))
-    lr: float = spec_field(0.05, kind=float, check=positive)
-    momentum: float = spec_field(0.9, kind=float, check=in_range(0, 1, False, True))
-    nesterov: bool = spec_field(False, kind=bool)
-    weight_decay: float = spec_field(5e-4, kind=float, check=non_negative)
-    label_smoothing: float = spec_field(0.0, kind=float, check=in_range(0, 1, False, True))
-    schedule: str = spec_field("one_cycle", kind=str, check=one_of(list(SCHEDULE_NAMES)))
-    warmup_epochs: float = spec_field(1.0, kind=float, check=non_negative)
-    step_epochs: float = spec_field(10.0, kind=float, check=positive)
-    step_gamma: float = spec_field(0.1, kind=float, check=in_range(0, 1, True, False))
-    min_lr_ratio: float = spec_field(0.0, kind=float, check=in_range(0, 1))
-    div_factor: float = spec_field(10.0, kind=float, check=in_range(1, 1e9))
-    final_div: float = spec_field(100.0, kind=float, check=in_range(1, 1e9))
-    annihilation: float = spec_field(0.1, kind=float, check=in_range(0, 1, False, True))
-    cycle_epochs: float = spec_field(4.0, kind=float, check=positive)
-    cycle_momentum: bool = spec_field(True, kind=bool)
-    max_momentum: float = spec_field(0.95, kind=float, check=in_range(0, 1, False, True))
-    min_momentum: float = spec_field(0.85, kind=float, check=in_range(0, 1, False, True))
-    scale_lr: bool = spec_field(False, kind=bool)    # lr x devices: linear scaling with the global batch
-    divergence_factor: float = spec_field(4.0, kind=float, check=in_range(1, 1e9, True))
-    precision: str = spec_field("auto", kind=str, check=one_of(list(PRECISIONS)))  # auto: bf16 on GPU
-    eval_batch_size: int = spec_field(1024, kind=int, check=positive)
-    preview_every: int = spec_field(0, kind=int, check=non_negative)  # epochs between prediction grids
-    # Epochs where one_cycle / warmup_cosine end a segment and start again from the current
-    # weights (budget-aware schedules). Set by the sweep from ASHA's rungs; () is one schedule.
-    milestones: tuple = spec_field((), kind="int_list")
+class TrainerConfig(Section):
+    """Optimiser, schedule and loop of one trial."""
+    epochs: Int = Field(10, gt=0)
+    per_gpu_batch_size: Int = Field(32, gt=0, description="scaled by the GPU count (or ranks)")
+    optimizer: Literal[OPTIMIZERS] = "sgd"
+    lr: Num = Field(0.05, gt=0, description="the peak LR of one_cycle and triangular")
+    momentum: Num = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: Num = Field(5e-4, ge=0)
+    label_smoothing: Num = Field(0.0, ge=0, lt=1)
+    schedule: Literal[SCHEDULE_NAMES] = "one_cycle"
+    warmup_epochs: Num = Field(1.0, ge=0)
+    step_epochs: Num = Field(10.0, gt=0)
+    step_gamma: Num = Field(0.1, gt=0, le=1)
+    min_lr_ratio: Num = Field(0.0, ge=0, le=1)
+    div_factor: Num = Field(10.0, ge=1, description="one_cycle: start LR = lr / div_factor (Smith: 10)")
+    final_div: Num = Field(100.0, ge=1)
+    annihilation: Num = Field(0.1, ge=0, lt=1, description="one_cycle: share of steps that anneal below the start")
+    cycle_epochs: Num = Field(4.0, gt=0)
+    cycle_momentum: bool = True
+    max_momentum: Num = Field(0.95, ge=0, lt=1)
+    min_momentum: Num = Field(0.85, ge=0, lt=1)
+    scale_lr: bool = Field(False, description="lr x devices: linear scaling with the global batch")
+    divergence_factor: Num = Field(4.0, gt=1, description="stop when the loss exceeds this x its best")
+    precision: Literal[PRECISIONS] = Field("auto", description="auto: bf16 on GPU")
+    eval_batch_size: Int = Field(1024, gt=0)
+    preview_every: Int = Field(0, ge=0, description="epochs between prediction grids in TensorBoard")
+    milestones: Tuple[Int, ...] = Field((), description="set by the sweep from ASHA's rungs: epochs where "
+                                        "one_cycle and warmup_cosine end a segment; () is one schedule")
 
-    def __post_init__(self):
+    @model_validator(mode="after")
+    def _cross_fields(self):
         if self.min_momentum > self.max_momentum:
             raise ConfigError("trainer.min_momentum", self.min_momentum,
                               f"must not exceed trainer.max_momentum ({self.max_momentum})")
         if self.nesterov and self.optimizer == "sgd" and self.momentum == 0:
             raise ConfigError("trainer.nesterov", True, "needs trainer.momentum > 0")
+        return self
 
 
 SECTIONS = {"dataset": DatasetConfig, "model": ModelConfig, "trainer": TrainerConfig}
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    dataset: DatasetConfig = dataclasses.field(default_factory=DatasetConfig)
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
-    seed: int = 0
+class TrainConfig(BaseModel):
+    """One trial's whole configuration: what the trainer receives."""
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    seed: Int = 0
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], prefix: str = "") -> "TrainConfig":
         dot = f"{prefix}." if prefix else ""
         sections = {name: parse(sec, data.get(name), f"{dot}{name}") for name, sec in SECTIONS.items()}
-        seed = _coerce(data.get("seed", 0), int, f"{dot}seed")
+        seed = parse(_Seed, {"seed": data.get("seed", 0)}, prefix).seed
         return cls(seed=seed, **sections)
 
     def to_dict(self) -> dict:
@@ -260,6 +244,10 @@ class TrainConfig:
         return TrainConfig.from_dict(data, prefix)
 
 
+class _Seed(BaseModel):
+    seed: Int = 0
+
+
 def resolve_key(key: str, prefix: str = "") -> tuple:
     """``lr`` -> ("trainer", "lr"); ``model.width`` -> ("model", "width"). Bare names are
     trainer fields, the knobs searched most; other sections are written with their name."""
@@ -270,7 +258,7 @@ def resolve_key(key: str, prefix: str = "") -> tuple:
     section = section or "trainer"
     if section not in SECTIONS:
         raise ConfigError(where, key, f"unknown section {section!r}; use dataset., model. or a trainer field")
-    known = [f.name for f in dataclasses.fields(SECTIONS[section])]
+    known = list(SECTIONS[section].model_fields)
     if name not in known:
         raise ConfigError(where, key, f"no such {section} field; known: {', '.join(known)}")
     return section, name
@@ -283,7 +271,7 @@ def _plain(value):
 
 
 def schedule_params(t: TrainerConfig, lr: float):
-    from trainables.schedules import ScheduleParams
+    from tunesmith.trainables.schedules import ScheduleParams
     return ScheduleParams(lr=lr, warmup_epochs=t.warmup_epochs, step_epochs=t.step_epochs,
                           step_gamma=t.step_gamma, min_lr_ratio=t.min_lr_ratio,
                           div_factor=t.div_factor, final_div=t.final_div,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from trainables.config import ConfigError, DatasetConfig
+from tunesmith.trainables.config import ConfigError, DatasetConfig
 
 TORCHVISION_FILES = {
     "mnist": ("MNIST/raw", ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",

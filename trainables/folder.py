@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from trainables.config import ConfigError, DatasetConfig
+from tunesmith.trainables.config import ConfigError, DatasetConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 PARALLEL_FROM = 2000    # fewer files decode faster in one process than a pool starts
@@ -46,6 +46,17 @@ def _decode_chunk(args) -> Tuple[int, np.ndarray, List[Tuple[int, str]]]:
     return start, out, bad
 
 
+def _drop_rows(x: np.ndarray, y: torch.Tensor, bad: Sequence[int], n_train: int):
+    """Remove the unreadable rows in place (each good row moves up), keeping the train rows
+    first; the buffer is not copied."""
+    drop = set(bad)
+    keep = [i for i in range(len(x)) if i not in drop]
+    for j, i in enumerate(keep):
+        if i != j:
+            x[j] = x[i]
+    return x[:len(keep)], y[keep], sum(1 for i in keep if i < n_train)
+
+
 def _classes_and_files(root: str) -> Tuple[List[str], List[str], List[int], int]:
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
     files, labels, other = [], [], 0
@@ -64,7 +75,7 @@ def _classes_and_files(root: str) -> Tuple[List[str], List[str], List[int], int]
 
 
 def available_memory() -> int:
-    from trainables.batch_finder import available_memory_bytes
+    from tunesmith.trainables.batch_finder import available_memory_bytes
     return available_memory_bytes()
 
 
@@ -131,23 +142,25 @@ class FolderPlan:
         return out, [i for i, _ in bad]
 
     def load(self):
-        from trainables.data import _finish, _finish_split
+        """Decode into one uint8 buffer, train rows first, so that the split is two views of it
+        and no row is ever copied: the peak stays near the final size."""
+        from tunesmith.trainables.data import _finish_split, _split_index
         if self.explicit_val:
-            tx, tbad = self._decode_all(self.train_files)
-            vx, vbad = self._decode_all(self.val_files)
-            self._check_unreadable()
-            tkeep = np.setdiff1d(np.arange(len(tx)), tbad)
-            vkeep = np.setdiff1d(np.arange(len(vx)), vbad)
-            data = _finish_split(torch.from_numpy(tx[tkeep]), torch.tensor(self.train_labels)[tkeep],
-                                 torch.from_numpy(vx[vkeep]), torch.tensor(self.val_labels)[vkeep],
-                                 self.classes, 1 / 255)
+            files, labels, n_train = self.train_files + self.val_files, self.train_labels + self.val_labels, \
+                len(self.train_files)
         else:
-            x, bad = self._decode_all(self.train_files)
-            self._check_unreadable()
-            keep = np.setdiff1d(np.arange(len(x)), bad)
-            x = x[keep] if bad else x
-            y = torch.tensor(self.train_labels, dtype=torch.int64)[keep]
-            data = _finish(torch.from_numpy(x), y, self.cfg, self.classes, 1 / 255)
+            tr, va = _split_index(len(self.train_files), self.cfg)   # the same split as every loader's
+            order = tr.tolist() + va.tolist()
+            files = [self.train_files[i] for i in order]
+            labels = [self.train_labels[i] for i in order]
+            n_train = len(tr)
+        x, bad = self._decode_all(files)
+        self._check_unreadable()
+        y = torch.tensor(labels, dtype=torch.int64)
+        if bad:
+            x, y, n_train = _drop_rows(x, y, bad, n_train)
+        t = torch.from_numpy(x)
+        data = _finish_split(t[:n_train], y[:n_train], t[n_train:], y[n_train:], self.classes, 1 / 255)
         self._report()
         return data
 
@@ -170,7 +183,7 @@ class FolderPlan:
         if self.explicit_val:
             train_f, train_y, val_f, val_y = self.train_files, self.train_labels, self.val_files, self.val_labels
         else:
-            from trainables.data import _split_index
+            from tunesmith.trainables.data import _split_index
             tr, va = _split_index(len(self.train_files), self.cfg)
             train_f = [self.train_files[i] for i in tr.tolist()]
             train_y = [self.train_labels[i] for i in tr.tolist()]
@@ -180,7 +193,7 @@ class FolderPlan:
         pick = np.linspace(0, len(train_f) - 1, min(len(train_f), STATS_SAMPLE)).round().astype(int)
         sample, bad = self._decode_all([train_f[i] for i in pick])
         self._check_unreadable_sample(len(pick))
-        from trainables.data import _stats
+        from tunesmith.trainables.data import _stats
         keep = np.setdiff1d(np.arange(len(sample)), bad)
         mean, std = _stats(torch.from_numpy(sample[keep]), 1 / 255)
         return StreamingData(train_f, torch.tensor(train_y, dtype=torch.int64), val_f,
@@ -196,7 +209,7 @@ class FolderPlan:
 
 def scan(cfg: DatasetConfig, budget: Optional[int] = None) -> FolderPlan:
     """List the folder and decide in memory or streaming; nothing is decoded yet."""
-    from trainables.datafiles import check_dataset_files
+    from tunesmith.trainables.datafiles import check_dataset_files
     check_dataset_files(cfg)
     root = os.path.expanduser(cfg.data_dir)
     explicit = all(os.path.isdir(os.path.join(root, d)) for d in ("train", "val"))
@@ -266,7 +279,7 @@ class StreamingData:
     """A folder read from disk batch by batch, in the trainer's permutation."""
 
     def __init__(self, train_files, train_y, val_files, val_y, classes, mean, std, size, mode, workers, root):
-        from trainables.data import _Normaliser
+        from tunesmith.trainables.data import _Normaliser
         self.train_files, self.train_y, self.val_files, self.val_y = train_files, train_y, val_files, val_y
         self.classes, self.mean, self.std, self.scale = classes, mean, std, 1 / 255
         self.size, self.mode, self.workers, self.root = size, mode, workers, root

@@ -186,7 +186,7 @@ def range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: Optional[int]
     ``steps=None`` sizes it to the data (``default_steps``) within ``time_cap`` seconds; a curve
     that does not fall clearly is then run again EXTEND times longer (``say`` hears one line
     about it). A given ``steps`` is taken as it is."""
-    from trainables.trainer import Trainer
+    from tunesmith.trainables.trainer import Trainer
 
     began = time.perf_counter()
     trainer = Trainer(cfg, device=device, cpu_threads=cpu_threads)
@@ -246,7 +246,7 @@ def _time_steps(trainer, lr: float, n: int = 4) -> float:
 def _one_test(trainer, start: float, end: float, steps: int, mode: str, val_loss: bool,
               stop_factor: float) -> LRCurve:
     import torch
-    from trainables.trainer import DivergenceMonitor
+    from tunesmith.trainables.trainer import DivergenceMonitor
 
     model, bs = trainer.model, trainer.global_batch
     val_x, val_y = trainer.data.val_sample(VAL_SUBSET) if val_loss else (None, None)

@@ -6,7 +6,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from trainables.config import ConfigError, ModelConfig
+from tunesmith.trainables.config import ConfigError, ModelConfig
 
 
 class SmallCNN(nn.Module):

@@ -9,7 +9,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from trainables.config import ConfigError, TrainerConfig
+from tunesmith.trainables.config import ConfigError, TrainerConfig
 
 
 def _decay_groups(model: torch.nn.Module, weight_decay: float):

@@ -15,11 +15,11 @@ from typing import Dict, Iterator, Optional
 import torch
 from torch import nn
 
-from trainables import data as data_mod
-from trainables.config import TrainConfig, schedule_params
-from trainables.models import build_model
-from trainables.optimizers import build_optimizer, current_momentum, set_lr_momentum
-from trainables.schedules import lr_at, momentum_at
+from tunesmith.trainables import data as data_mod
+from tunesmith.trainables.config import TrainConfig, schedule_params
+from tunesmith.trainables.models import build_model
+from tunesmith.trainables.optimizers import build_optimizer, current_momentum, set_lr_momentum
+from tunesmith.trainables.schedules import lr_at, momentum_at
 
 SMOOTHING = 0.98      # EMA of the batch loss, bias-corrected, as fastai and Lightning do
 WARMUP_STEPS = 10     # first steps are noisy: no verdict before this many

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from trainables.config import TrainConfig
+from tunesmith.trainables.config import TrainConfig
 
 
 def _private_mb() -> float:
@@ -35,8 +35,8 @@ def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[lis
     import ray
     import torch
     from ray import tune
-    from trainables import data as data_mod
-    from trainables.trainer import Trainer
+    from tunesmith.trainables import data as data_mod
+    from tunesmith.trainables.trainer import Trainer
 
     cfg = TrainConfig.from_dict(base).with_overrides(config)   # the loaders check data files on this node
     if ddp:
@@ -97,7 +97,7 @@ def _rank_loop(loop_config: dict) -> None:
     import ray
     import torch
     from ray import train
-    from trainables.trainer import Trainer
+    from tunesmith.trainables.trainer import Trainer
     ctx = train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = TrainConfig.from_dict(loop_config["cfg"])
