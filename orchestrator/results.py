@@ -295,9 +295,9 @@ class ResultsWriter(Callback):
             self._dirty = self._status_changed = True
             w = self._tb(trial_id)
             if w is not None:
-                w.file_writer.add_summary(tb.experiment_summary(
+                w.add_summary(tb.experiment_summary(
                     self.hp_domains, list(dict.fromkeys([self.metric, "val_loss", "val_acc"]))))
-                w.file_writer.add_summary(tb.session_start(hps))
+                w.add_summary(tb.session_start(hps))
         return rec
 
     def record(self, trial_id: str, result: Dict[str, Any], config: Optional[Dict[str, Any]] = None) -> None:
@@ -375,8 +375,8 @@ class ResultsWriter(Callback):
         if w is not None:
             for m, v in rec.best.items():
                 w.add_scalar(f"best_{m}", v, rec.epochs)
-            w.file_writer.add_summary(tb.session_end(rec.status))
-            w.close()   # one event-writer thread per running trial, not per trial ever started
+            w.add_summary(tb.session_end(rec.status))
+            w.close()   # one open file per running trial, not per trial ever started
             del self._tb_writers[trial_id]
 
     def maybe_flush(self) -> None:
@@ -446,7 +446,7 @@ class ResultsWriter(Callback):
                 self._dirty = True
                 w = self._tb_writers.get(rec.trial_id)
                 if w is not None:
-                    w.file_writer.add_summary(tb.session_end("stopped"))
+                    w.add_summary(tb.session_end("stopped"))
         self.flush()
         for w in self._tb_writers.values():
             w.close()
@@ -460,9 +460,7 @@ class ResultsWriter(Callback):
             return None
         w = self._tb_writers.get(trial_id)
         if w is None:
-            from tensorboardX import SummaryWriter
-            base = self._tb_local or self._tb_staging
-            w = SummaryWriter(os.path.join(base, trial_id), flush_secs=3600, max_queue=10000)
+            w = tb.EventLog(os.path.join(self._tb_local or self._tb_staging, trial_id))
             self._tb_writers[trial_id] = w
         return w
 

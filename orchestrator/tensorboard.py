@@ -125,3 +125,57 @@ def ready() -> None:
     'partially initialized module' (seen in a job's driver)."""
     if _PRELOAD is not None:
         _PRELOAD.join()
+
+
+class EventLog:
+    """One trial's TensorBoard event file, written by the caller's thread.
+
+    tensorboardX's SummaryWriter starts a writer thread per trial and fsyncs at every flush;
+    for short trials that was most of the results writer's per-trial cost (bench/overhead.py).
+    Here events wait in memory and are appended, with tensorboardX's own record format, when
+    the results writer flushes (about every second) and when the trial ends. The file is made
+    at the first flush, so a trial that never reports leaves no empty file behind."""
+
+    def __init__(self, logdir: str):
+        self.logdir = logdir
+        self._events: list = []
+        self._file = None
+
+    def add_summary(self, summary, step: Optional[int] = None) -> None:
+        import time
+        from tensorboardX.proto import event_pb2
+        event = event_pb2.Event(wall_time=time.time(), summary=summary)
+        if step is not None:
+            event.step = int(step)
+        self._events.append(event)
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        from tensorboardX import summary
+        self.add_summary(summary.scalar(tag, float(value)), step)
+
+    def add_image(self, tag: str, chw: np.ndarray, step: int) -> None:
+        from tensorboardX import summary
+        self.add_summary(summary.image(tag, chw, dataformats="CHW"), step)
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        from tensorboardX import summary
+        self.add_summary(summary.text(tag, text), step)
+
+    def flush(self) -> None:
+        if not self._events:
+            return
+        if self._file is None:
+            import os
+            from tensorboardX.event_file_writer import EventsWriter
+            os.makedirs(self.logdir, exist_ok=True)
+            self._file = EventsWriter(os.path.join(self.logdir, "events"))
+        for event in self._events:
+            self._file.write_event(event)
+        self._events = []
+        self._file.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
