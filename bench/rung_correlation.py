@@ -1,7 +1,10 @@
 """Do ASHA's rungs judge trials by what they will become? Spearman rank correlation between each
-trial's validation accuracy at each rung and its final accuracy, for 1cycle planned over the
-whole run (what plain epoch-rung ASHA judges) against budget-aware 1cycle (segments that end at
-the rungs, trainables/schedules.py).
+trial's validation accuracy at each rung and its final accuracy, for three designs:
+
+- 1cycle planned over the whole run, rungs from grace 1 (plain epoch-rung ASHA: epochs 1, 3);
+- budget-aware 1cycle (segments that end at those rungs, trainables/schedules.py);
+- 1cycle over the whole run, rungs from a grace period of a third of the run (epochs 3, 9 of
+  10): the same curves as the first, read later.
 
 Every trial runs to the end (no pruning), so each has a final value to rank against. The same
 configurations (lr log-uniform in [1e-3, 1], momentum bound from Smith's grid) and seeds are
@@ -54,13 +57,23 @@ def main(argv=None) -> int:
     print(f"{args.trials} trials, {args.epochs} epochs, rungs at epochs {rungs} (ASHA grace 1, reduction 3)")
     with ProcessPoolExecutor(2) as pool:
         for ds in args.datasets:
-            for label, milestones in (("1cycle over the whole run", ()), ("budget-aware 1cycle", ms)):
-                curves = list(pool.map(curve, [ds] * len(configs), [args.epochs] * len(configs),
-                                       [c[0] for c in configs], [c[1] for c in configs], [milestones] * len(configs)))
+            whole = None
+            third = max(1, -(-args.epochs // 3))
+            late = [third * 3 ** k for k in range(8) if third * 3 ** k < args.epochs]   # Tune's ASHA rungs
+            for label, milestones, at in (("1cycle over the whole run", (), rungs), ("budget-aware 1cycle", ms, rungs),
+                                          ("1cycle, grace a third", None, late)):
+                if milestones is None:
+                    curves = whole   # the same runs, judged at later rungs
+                else:
+                    curves = list(pool.map(curve, [ds] * len(configs), [args.epochs] * len(configs),
+                                           [c[0] for c in configs], [c[1] for c in configs],
+                                           [milestones] * len(configs)))
+                if milestones == ():
+                    whole = curves
                 final = [c[-1] for c in curves]
-                rhos = [spearman([c[r - 1] for c in curves], final) for r in rungs]
+                rhos = [spearman([c[r - 1] for c in curves], final) for r in at]
                 print(f"{ds:<8} {label:<27} " + "  ".join(f"epoch {r}: rho {x:+.2f}" if x == x else f"epoch {r}: all tied"
-                                               for r, x in zip(rungs, rhos))
+                                               for r, x in zip(at, rhos))
                       + f"   best final {max(final):.4f}", flush=True)
     return 0
 

@@ -53,6 +53,7 @@ class TrialRecord:
     retries: int = 0                  # restarts from a checkpoint after a lost worker or node
     checkpoint: Optional[str] = None  # the kept checkpoint (the best trial's final one)
     written: set = field(default_factory=set)   # epochs already in epochs/: a replay is not a new row
+    train_checkpoint: Optional[str] = None       # a data-parallel trial's latest (Ray Train's)
 
 
 @dataclass
@@ -210,8 +211,10 @@ class ResultsWriter(Callback):
     def _housekeep(self, trial) -> None:
         """An ended trial's checkpoint goes, unless it is the best trial's final one (whose path
         trials.parquet keeps) or the spec keeps them all."""
-        ckpt = getattr(trial, "checkpoint", None)
         rec = self.trials.get(trial.trial_id)
+        # a data-parallel trial's checkpoints are Ray Train's, named in its reports (rank 0's)
+        ckpt = getattr(trial, "checkpoint", None) or (
+            _Kept(rec.train_checkpoint, self.storage.fs) if rec is not None and rec.train_checkpoint else None)
         if ckpt is None or rec is None or self.keep_checkpoints == "all":
             return
         self._ckpt[trial.trial_id] = ckpt
@@ -309,6 +312,8 @@ class ResultsWriter(Callback):
         if rec.status not in ("running",) and rec.status != "diverged":
             rec.status = "running"   # a resumed trial runs again
         rec.epochs = max(rec.epochs, epoch)
+        if result.get(TRAIN_CHECKPOINT):
+            rec.train_checkpoint = str(result[TRAIN_CHECKPOINT])
         rec.node_ip = result.get("node_ip", rec.node_ip)
         rec.device = result.get("device", rec.device)
         rec.global_batch = result.get("global_batch", rec.global_batch)
@@ -479,7 +484,8 @@ class ResultsWriter(Callback):
         return sorted(have, key=lambda r: (sign * r.best[key], r.best.get("val_loss", math.inf)))
 
 
-_TUNE_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "done",
+TRAIN_CHECKPOINT = "checkpoint_path"   # ray.tune.integration.ray_train.TuneReportCallback's key
+_TUNE_KEYS = {TRAIN_CHECKPOINT, "training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "done",
               "trial_id", "date", "pid", "hostname", "node_ip", "time_since_restore",
               "iterations_since_restore", "checkpoint_dir_name", "should_checkpoint", "epoch",
               "diverged", "global_batch", "experiment_tag", "config"}

@@ -152,6 +152,11 @@ def test_data_parallel_ranks_match_one_process_with_the_same_global_batch(ray_se
     assert list(ddp.epoch) == [1, 2, 3] and set(ddp.device) == {"cpu x2 (DDP)"}
     trials = pq.read_table(tmp_path / "results" / "ddp" / "trials.parquet").to_pandas()
     assert list(trials.global_batch) == [64]
+    # Ray Train's checkpoints are housekept like Tune's: the winner's final one kept and named
+    kept = trials.checkpoint.iloc[0]
+    assert kept and os.path.exists(os.path.join(kept, "trainer.pt")), kept
+    run_dir = os.path.dirname(kept)
+    assert [n for n in os.listdir(run_dir) if n.startswith("checkpoint_")] == [os.path.basename(kept)]
     for a, b in zip(ddp.itertuples(), one.itertuples()):
         assert abs(a.train_loss - b.train_loss) < 0.15 * b.train_loss + 0.02, (a.train_loss, b.train_loss)
         assert abs(a.val_acc - b.val_acc) < 0.06, (a.val_acc, b.val_acc)
