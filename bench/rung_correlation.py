@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     with ProcessPoolExecutor(2) as pool:
         for ds in args.datasets:
             whole = None
-            third = max(1, -(-args.epochs // 3))
+            third = max(1, args.epochs // 3)
             late = [third * 3 ** k for k in range(8) if third * 3 ** k < args.epochs]   # Tune's ASHA rungs
             for label, milestones, at in (("1cycle over the whole run", (), rungs), ("budget-aware 1cycle", ms, rungs),
                                           ("1cycle, grace a third", None, late)):

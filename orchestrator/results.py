@@ -75,7 +75,9 @@ def _delete_checkpoint(ckpt, keep_latest: bool = False) -> None:
         parent = posixpath.dirname(ckpt.path.rstrip("/"))
         for info in fs.get_file_info(pafs.FileSelector(parent)):
             name = posixpath.basename(info.path)
-            if name.startswith("checkpoint_") and not (keep_latest and info.path.rstrip("/") == ckpt.path.rstrip("/")):
+            if info.type != pafs.FileType.Directory or not name.startswith("checkpoint_"):
+                continue   # Ray Train keeps checkpoint_manager_snapshot.json beside them
+            if not (keep_latest and info.path.rstrip("/") == ckpt.path.rstrip("/")):
                 fs.delete_dir(info.path)
     except Exception:   # noqa: BLE001 - housekeeping must never end a sweep
         pass

@@ -156,7 +156,8 @@ def test_data_parallel_ranks_match_one_process_with_the_same_global_batch(ray_se
     kept = trials.checkpoint.iloc[0]
     assert kept and os.path.exists(os.path.join(kept, "trainer.pt")), kept
     run_dir = os.path.dirname(kept)
-    assert [n for n in os.listdir(run_dir) if n.startswith("checkpoint_")] == [os.path.basename(kept)]
+    assert [n for n in os.listdir(run_dir) if n.startswith("checkpoint_") and os.path.isdir(os.path.join(run_dir, n))] \
+        == [os.path.basename(kept)]
     for a, b in zip(ddp.itertuples(), one.itertuples()):
         assert abs(a.train_loss - b.train_loss) < 0.15 * b.train_loss + 0.02, (a.train_loss, b.train_loss)
         assert abs(a.val_acc - b.val_acc) < 0.06, (a.val_acc, b.val_acc)
