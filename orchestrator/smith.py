@@ -22,7 +22,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from tunesmith.orchestrator import lrfind
-from tunesmith.orchestrator.spec import SweepSpec, from_dict
+from tunesmith.orchestrator.spec import SweepSpec, default_grace, from_dict
 from tunesmith.orchestrator.storage import Storage
 from tunesmith.trainables.config import ConfigError
 
@@ -67,8 +67,8 @@ def stage2_spec(spec: SweepSpec, lr_range, epochs: int, wd_preset: str, samples:
         # under 1cycle, "max_momentum" is the upper bound of the cycle, which falls to 0.85 and back
         "space": {"max_momentum": {"choice": MOMENTA}, "weight_decay": {"choice": list(wd_values)}},
     }
-    raw["asha"] = {"enabled": True, "max_t": epochs, "grace_period": max(1, epochs // 9),
-                   "reduction_factor": 3, "budget_aware": True}
+    raw["asha"] = {"enabled": True, "max_t": epochs, "grace_period": default_grace(epochs),
+                   "reduction_factor": 3, "budget_aware": False}
     raw["time_budget_s"] = budget
     if spec.train.trainer.optimizer not in ("sgd", "rmsprop"):
         raise ConfigError("trainer.optimizer", spec.train.trainer.optimizer,
@@ -116,10 +116,10 @@ def _no_better_than_chance(best: Optional[float], chance: Optional[float]) -> bo
 def _stage2_report(out, s2: SweepSpec, lr_range, basis: str) -> Dict[str, Any]:
     w = out.writer
     ranked = w.ranked()
-    at = (s2.milestones or (s2.asha.grace_period,))[0]
+    at = (s2.rungs or (s2.max_t,))[0]
     best = ranked[0] if ranked else None
     return {"sweep": out.path, "name": s2.name, "epochs": s2.train.trainer.epochs, "lr_range": list(lr_range),
-            "lr_basis": basis, "trials": len(w.trials), "rung_epochs": list(s2.milestones[:-1]),
+            "lr_basis": basis, "trials": len(w.trials), "rung_epochs": list(s2.rungs), "annealed_rungs": bool(s2.milestones),
             "best_trial": best.trial_id if best else None, "best": best.best[s2.metric] if best else None,
             "best_epoch": max(best.curve, key=lambda e: best.curve[e] if s2.mode == "max" else -best.curve[e])
             if best and best.curve else None,
@@ -193,7 +193,7 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
         s2 = stage2_spec(spec, lr_range, epochs, wd_preset, samples, left())
         print(f"\nstage 2: 1cycle, lr log-uniform in [{lr_range[0]:.3g}, {lr_range[1]:.3g}] ({basis}) jointly with "
               f"max_momentum {MOMENTA} and {wd_preset}; {epochs} epochs, ASHA at epochs "
-              f"{list(s2.milestones[:-1])} on annealed schedules"
+              f"{list(s2.rungs)}" + (" on annealed schedules" if s2.milestones else " (one schedule over the run)")
               + (f"; {left():.0f}s of budget left" if budget else ""), flush=True)
         out2 = run_sweep(s2, cluster, command="smith", fresh=False)
         print("\n" + best_table(out2), flush=True)
@@ -294,7 +294,9 @@ def render(r: Dict[str, Any]) -> str:
                   f"({', '.join(f'{n} {k}' for k, n in sorted(run['status'].items()))}) in {run['seconds']:.0f}s; "
                   f"1cycle with the LR log-uniform in [{run['lr_range'][0]:.3g}, {run['lr_range'][1]:.3g}] "
                   f"({run['lr_basis']}), momentum cycling down to 0.85 from the bound searched; "
-                  f"ASHA rungs at epochs {run['rung_epochs']}, each read on an annealed schedule.",
+                  f"ASHA rungs at epochs {run['rung_epochs']}" + (", each read on an annealed schedule."
+                                                                   if run.get("annealed_rungs") else
+                                                                   ", a third of the run or later into one schedule."),
                   "", f"Momentum (upper bound) by mean {m} at epoch {run['ranked_at_epoch']} (the first rung):"]
         lines += [f"- {_f(x['value'])}: mean {x['mean']:.4f}, best {x['best']:.4f} ({x['trials']} trials)"
                   for x in run["momentum_ranking"]]

@@ -114,10 +114,19 @@ def test_each_segment_anneals_before_its_rung(name):
         assert momentum_at(name, 1 - 1e-6, 10, p) == pytest.approx(0.95)
 
 
+def test_default_asha_judges_one_schedule_at_a_third_of_the_run():
+    s = spec_mod.from_dict({"trainer": {"epochs": 10}})
+    assert s.asha.grace_period == 3 and not s.asha.budget_aware and s.milestones == () and s.rungs == (3, 9)
+    assert spec_mod.from_dict({"asha": {"grace_period": 1, "budget_aware": True}}).rungs == (1, 3)
+    assert spec_mod.from_dict({"trainer": {"epochs": 2}}).asha.grace_period == 1
+    assert spec_mod.from_dict({"trainer": {"epochs": 12}, "asha": {"max_t": 6}}).asha.grace_period == 2
+    assert spec_mod.from_dict({"asha": {"grace_period": 1}}).asha.grace_period == 1   # as asked
+
+
 def test_spec_plans_segments_only_when_asha_judges_an_annealing_schedule():
-    base = {"trainer": {"epochs": 10}, "asha": {"grace_period": 1}}
+    base = {"trainer": {"epochs": 10}, "asha": {"grace_period": 1, "budget_aware": True}}
     assert spec_mod.from_dict(base).milestones == (1, 3, 10)
-    assert spec_mod.from_dict({**base, "asha": {"enabled": False}}).milestones == ()
+    assert spec_mod.from_dict({**base, "asha": {"enabled": False, "budget_aware": True}}).milestones == ()
     assert spec_mod.from_dict({**base, "asha": {"budget_aware": False}}).milestones == ()
     const = spec_mod.from_dict({"trainer": {"epochs": 10, "schedule": "constant"}})
     assert const.milestones == ()
@@ -126,13 +135,15 @@ def test_spec_plans_segments_only_when_asha_judges_an_annealing_schedule():
 
 @pytest.mark.slow
 def test_rungs_under_the_default_schedule_do_not_prune_the_eventual_best(glyph_folder):
-    """Six configurations trained to the end under the default (budget-aware) 1cycle: the one
-    that ends best is not among those ASHA would prune first, and rung ranks track final ranks."""
+    """Six configurations trained to the end under the default 1cycle and ASHA: the one that
+    ends best is not among those ASHA would prune first at its rungs, and rung ranks track final
+    ranks."""
     from scipy.stats import spearmanr
     from tunesmith.trainables.trainer import Trainer
     spec = spec_mod.from_dict({"dataset": {"name": "imagefolder", "data_dir": glyph_folder, "channels": 1,
                                            "image_size": 16}, "trainer": {"epochs": 6}})
-    rungs = list(spec.milestones[:-1])
+    rungs = list(spec.rungs)
+    assert rungs == [2]
     curves = []
     for lr in (0.003, 0.01, 0.02, 0.05, 0.1, 0.3):
         cfg = TrainConfig.from_dict(spec.trial_config()).with_overrides({"lr": lr})
