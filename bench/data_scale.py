@@ -230,15 +230,27 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=4, help="concurrent trials on the node (default 4)")
     ap.add_argument("--skip-128", action="store_true", help="only the 32x32 set")
+    ap.add_argument("--parts", nargs="+", type=int, default=[1, 2, 3], choices=[1, 2, 3],
+                    help="which sections to run (default all)")
     args = ap.parse_args(argv)
     sets = dict(SETS)
-    if args.skip_128:
+    if args.skip_128 or args.parts == [3]:
         sets.pop("10k x 3x128x128")
     else:
         t0 = time.perf_counter()
         sets["10k x 3x128x128"] = {**sets["10k x 3x128x128"], "data_dir": _folder()}
         print(f"(image folder ready in {time.perf_counter() - t0:.0f}s)", flush=True)
 
+    if 1 in args.parts:
+        loading(sets)
+    if 2 in args.parts:
+        sharing(sets, args.trials)
+    if 3 in args.parts:
+        streaming()
+    return 0
+
+
+def loading(sets: dict) -> None:
     print("\n1. loading, in a fresh process: peak RSS added while loading (above Python and torch)")
     print(f"{'dataset':<16} {'held as':<8} {'held MB':>8} {'peak MB':>8} {'peak/held':>9} {'seconds':>8}")
     for label, ds in sets.items():
@@ -247,15 +259,19 @@ def main(argv=None) -> int:
             print(f"{label:<16} {mode:<8} {r['held_mb']:>8.0f} {r['peak_rss_mb']:>8.0f} {r['peak_ratio']:>9.2f} "
                   f"{r['seconds']:>8.1f}", flush=True)
 
-    print(f"\n2. {args.trials} trials on one node: memory each adds when it takes the data "
+
+def sharing(sets: dict, trials: int) -> None:
+    print(f"\n2. {trials} trials on one node: memory each adds when it takes the data "
           "(before: its own float32 copy; after: the shared uint8 copy)")
-    print(f"{'dataset':<16} {'':<7} " + " ".join(f"{'trial ' + str(i + 1) + ' USS/RSS MB':>20}" for i in range(args.trials)))
+    print(f"{'dataset':<16} {'':<7} " + " ".join(f"{'trial ' + str(i + 1) + ' USS/RSS MB':>20}" for i in range(trials)))
     for label, ds in sets.items():
-        r = trials_on_a_node(ds, args.trials)
+        r = trials_on_a_node(ds, trials)
         for mode in ("before", "after"):
             cells = " ".join(f"{x['uss']:>10.0f}/{x['rss']:<9.0f}" for x in r[mode])
             print(f"{label:<16} {mode:<7} {cells}", flush=True)
 
+
+def streaming() -> None:
     print("\n3. streaming throughput (decode + batch + a training step of the default model, 1 CPU "
           "for the trainer, 1 for the decoder)")
     folder32 = _folder(10000, 32)
@@ -268,7 +284,6 @@ def main(argv=None) -> int:
     print(f"the same folder through Ray Data (read_images, 1 CPU) into the same model: "
           f"{rd['images_per_second']:.0f} img/s against {rd['in_memory']:.0f} in memory in that loop = "
           f"{100 * rd['images_per_second'] / rd['in_memory']:.0f}%")
-    return 0
 
 
 if __name__ == "__main__":
