@@ -58,7 +58,8 @@ class TrialRecord:
 
 @dataclass
 class _Kept:
-    """A kept checkpoint read back on resume: its path, on the results' filesystem."""
+    """A checkpoint known by its path on the results' filesystem: the kept one read back on
+    resume, or a data-parallel trial's (Ray Train's, named in its reports)."""
     path: str
     filesystem: Any
 

@@ -12,8 +12,8 @@ from typing import Annotated, Any, Dict, List, Literal, Mapping, Optional, Seque
 from pydantic import ConfigDict, Field, WithJsonSchema, model_validator
 
 from tunesmith.search_spaces.space import Dimension
-from tunesmith.trainables.config import (NO_BOOL_FLOAT, NO_BOOL_INT, ConfigError, DatasetConfig, Int,
-                                         ModelConfig, Num, Section, TrainConfig, TrainerConfig, parse,
+from tunesmith.trainables.config import (NO_BOOL_INT, ConfigError, DatasetConfig, Int, ModelConfig, Num,
+                                         OptPosInt, OptPosNum, Section, TrainConfig, TrainerConfig, parse,
                                          resolve_key, to_dict)
 
 ALGORITHMS = ("grid", "random", "tpe")
@@ -25,8 +25,8 @@ class AshaSpec(Section):
     """ASHA early stopping: every trial gets grace_period epochs, then the best 1/reduction_factor
     go on at each rung."""
     enabled: bool = True
-    max_t: Optional[Annotated[int, Field(gt=0), NO_BOOL_INT]] = Field(None, description="default: trainer.epochs")
-    grace_period: Optional[Annotated[int, Field(gt=0), NO_BOOL_INT]] = Field(
+    max_t: OptPosInt = Field(None, description="default: trainer.epochs")
+    grace_period: OptPosInt = Field(
         None, description="epochs every trial is granted; null: a third of max_t (at least 1), where "
                           "the first rung ranks trials as they end (bench/rung_correlation.py)")
     reduction_factor: Num = Field(3.0, gt=1)
@@ -91,9 +91,11 @@ DimensionText = Annotated[Any, WithJsonSchema(DIMENSION_SCHEMA)]
 class SearchFile(Section):
     """How the space is searched."""
     algorithm: Literal[ALGORITHMS] = Field("random", description="grid, random or tpe (Bayesian, hyperopt)")
-    num_samples: Optional[Annotated[int, Field(ge=1), NO_BOOL_INT]] = Field(None, description="trials to draw (default 16); a space of grids "
-                                       "and choices only is walked once, or N times with N seeds when given")
-    max_concurrent: Optional[Annotated[int, Field(ge=1), NO_BOOL_INT]] = Field(None, description="default: as many as the resources fit")
+    num_samples: Optional[Annotated[int, Field(ge=1), NO_BOOL_INT]] = Field(
+        None, description="trials to draw (default 16); a space of grids and choices only is walked once, "
+                          "or N times with N seeds when given")
+    max_concurrent: Optional[Annotated[int, Field(ge=1), NO_BOOL_INT]] = Field(
+        None, description="default: as many as the resources fit")
     n_initial_points: Int = Field(8, ge=1, description="tpe: random trials before the model takes over")
     space: Optional[Dict[str, DimensionText]] = Field(
         None, description="setting: dimension; bare names are trainer fields, others read model.width, "
@@ -119,7 +121,7 @@ class SpecFile(Section):
     metric: Literal[tuple(METRICS)] = "val_acc"
     mode: Optional[Literal["min", "max"]] = Field(None, description="default: the metric's own direction")
     results_dir: str = Field("results", min_length=1, description="a path, or a URI such as s3://bucket/prefix")
-    time_budget_s: Optional[Annotated[float, Field(gt=0), NO_BOOL_FLOAT]] = Field(None, description="the whole sweep's wall-clock budget")
+    time_budget_s: OptPosNum = Field(None, description="the whole sweep's wall-clock budget")
     checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 

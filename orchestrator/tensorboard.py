@@ -5,6 +5,8 @@ with a status when it ends, and converts values."""
 from __future__ import annotations
 
 import math
+import os
+import time
 from typing import Any, Dict, Iterable, Optional
 
 import numpy as np
@@ -137,35 +139,32 @@ class EventLog:
     at the first flush, so a trial that never reports leaves no empty file behind."""
 
     def __init__(self, logdir: str):
+        from tensorboardX import summary
+        from tensorboardX.proto import event_pb2
+        self._summary, self._event = summary, event_pb2.Event   # imported once, not per scalar
         self.logdir = logdir
         self._events: list = []
         self._file = None
 
     def add_summary(self, summary, step: Optional[int] = None) -> None:
-        import time
-        from tensorboardX.proto import event_pb2
-        event = event_pb2.Event(wall_time=time.time(), summary=summary)
+        event = self._event(wall_time=time.time(), summary=summary)
         if step is not None:
             event.step = int(step)
         self._events.append(event)
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
-        from tensorboardX import summary
-        self.add_summary(summary.scalar(tag, float(value)), step)
+        self.add_summary(self._summary.scalar(tag, float(value)), step)
 
     def add_image(self, tag: str, chw: np.ndarray, step: int) -> None:
-        from tensorboardX import summary
-        self.add_summary(summary.image(tag, chw, dataformats="CHW"), step)
+        self.add_summary(self._summary.image(tag, chw, dataformats="CHW"), step)
 
     def add_text(self, tag: str, text: str, step: int) -> None:
-        from tensorboardX import summary
-        self.add_summary(summary.text(tag, text), step)
+        self.add_summary(self._summary.text(tag, text), step)
 
     def flush(self) -> None:
         if not self._events:
             return
         if self._file is None:
-            import os
             from tensorboardX.event_file_writer import EventsWriter
             os.makedirs(self.logdir, exist_ok=True)
             self._file = EventsWriter(os.path.join(self.logdir, "events"))

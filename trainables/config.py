@@ -8,11 +8,11 @@ spec's JSON Schema (``tunesmith schema``).
 """
 from __future__ import annotations
 
+import typing
 from typing import Annotated, Any, Literal, Mapping, Optional, Tuple, Type, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
-
 
 
 class ConfigError(ValueError):
@@ -42,6 +42,8 @@ Num = Annotated[float, NO_BOOL_FLOAT]
 Int = Annotated[int, NO_BOOL_INT]
 # An optional constrained number puts its constraint before NO_BOOL_*, or the JSON Schema gets
 # pydantic's "gt" in place of "exclusiveMinimum".
+OptPosInt = Optional[Annotated[int, Field(gt=0), NO_BOOL_INT]]       # null, or a whole number > 0
+OptPosNum = Optional[Annotated[float, Field(gt=0), NO_BOOL_FLOAT]]   # null, or a number > 0
 
 
 class Section(BaseModel):
@@ -62,6 +64,8 @@ _PROBLEMS = {
     "too_short": "too few items", "too_long": "too many items",
 }
 
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
 
 def _problem(err: dict, parent: Optional[Type[BaseModel]]) -> str:
     kind, ctx = err["type"], err.get("ctx") or {}
@@ -69,11 +73,10 @@ def _problem(err: dict, parent: Optional[Type[BaseModel]]) -> str:
         return f"unknown key; known: {', '.join(parent.model_fields)}"
     if kind == "literal_error":
         return f"unknown; choose from {ctx.get('expected', '').replace(chr(39), '')}"
-    for name, op in (("greater_than", ">"), ("greater_than_equal", ">="), ("less_than", "<"),
-                     ("less_than_equal", "<=")):
-        if kind == name:
-            bound = next(iter(ctx.values()))
-            return f"must be {op} {bound:g}" if isinstance(bound, (int, float)) else f"must be {op} {bound}"
+    if kind in _BOUNDS:
+        bound = next(iter(ctx.values()))
+        return f"must be {_BOUNDS[kind]} {bound:g}" if isinstance(bound, (int, float)) else \
+            f"must be {_BOUNDS[kind]} {bound}"
     if kind in _PROBLEMS:
         return _PROBLEMS[kind]
     if kind == "value_error":
@@ -85,7 +88,6 @@ def _problem(err: dict, parent: Optional[Type[BaseModel]]) -> str:
 
 def _model_at(root: Type[BaseModel], loc: tuple) -> Optional[Type[BaseModel]]:
     """The model class that holds the field at ``loc`` (to list its known keys)."""
-    import typing
     model: Any = root
     for part in loc:
         if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
@@ -110,7 +112,7 @@ def config_error(exc: ValidationError, root: Type[BaseModel], prefix: str = "") 
     field = ".".join(p for p in (prefix, *loc) if p).replace(".[", "[")
     parent = _model_at(root, raw_loc[:-1])
     value = err.get("input")
-    return ConfigError(field or prefix or "spec", value, _problem(err, parent))
+    return ConfigError(field or "spec", value, _problem(err, parent))
 
 
 def parse(cls: Type[M], data: Optional[Mapping[str, Any]], prefix: str) -> M:
@@ -148,8 +150,9 @@ class DatasetConfig(Section):
     download: bool = Field(False, description="torchvision sets: download when missing (only when asked)")
     val_fraction: Num = Field(0.25, gt=0, lt=1, description="share held out for validation")
     split_seed: Int = Field(0, description="the split never moves with the trial seed")
-    image_size: Optional[Annotated[int, Field(gt=0), NO_BOOL_INT]] = Field(None, description="imagefolder and synthetic: side in pixels")
-    channels: Optional[Annotated[int, Field(ge=1, le=3), NO_BOOL_INT]] = Field(None, description="1 (grey) or 3 (RGB); null: the data's own")
+    image_size: OptPosInt = Field(None, description="imagefolder and synthetic: side in pixels")
+    channels: Optional[Annotated[int, Field(ge=1, le=3), NO_BOOL_INT]] = Field(
+        None, description="1 (grey) or 3 (RGB); null: the data's own")
     num_classes: Int = Field(10, ge=2, le=100000, description="synthetic only")
     num_samples: Int = Field(4096, gt=0, description="synthetic only")
     augment: Literal[AUGMENTS] = Field("none", description="per batch, on the trial's device")
@@ -157,15 +160,15 @@ class DatasetConfig(Section):
                                    "(false), or decide by the memory budget (null)")
     memory_budget: Num = Field(0.25, gt=0, le=1, description="share of the node's free memory a decoded "
                                "dataset may take before it streams")
-    workers: Optional[Annotated[int, Field(gt=0), NO_BOOL_INT]] = Field(None, description="streaming: decoding worker processes")
+    workers: OptPosInt = Field(None, description="streaming: decoding worker processes")
 
 
 class ModelConfig(Section):
     """The network."""
     name: Literal[MODELS] = "small_cnn"
     width: Int = Field(16, gt=0, description="small_cnn: channels of the first block")
-    depth: Optional[Annotated[int, Field(ge=1, le=8), NO_BOOL_INT]] = Field(None, description="small_cnn: blocks, each halving the size; "
-                                 "null: down to 4x4 (2 for 8 px, 3 for 32 px)")
+    depth: Optional[Annotated[int, Field(ge=1, le=8), NO_BOOL_INT]] = Field(
+        None, description="small_cnn: blocks, each halving the size; null: down to 4x4 (2 for 8 px, 3 for 32 px)")
     batch_norm: bool = True
     dropout: Num = Field(0.0, ge=0, lt=1)
 
@@ -223,10 +226,9 @@ class TrainConfig(BaseModel):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], prefix: str = "") -> "TrainConfig":
-        dot = f"{prefix}." if prefix else ""
-        sections = {name: parse(sec, data.get(name), f"{dot}{name}") for name, sec in SECTIONS.items()}
-        seed = parse(_Seed, {"seed": data.get("seed", 0)}, prefix).seed
-        return cls(seed=seed, **sections)
+        """The sections (and seed) of ``data``, which may be a whole spec; a missing or null
+        section takes its defaults."""
+        return parse(cls, {k: data[k] for k in (*SECTIONS, "seed") if data.get(k) is not None}, prefix)
 
     def to_dict(self) -> dict:
         return {"dataset": to_dict(self.dataset), "model": to_dict(self.model),
@@ -242,10 +244,6 @@ class TrainConfig(BaseModel):
             else:
                 data[section][name] = _plain(value)
         return TrainConfig.from_dict(data, prefix)
-
-
-class _Seed(BaseModel):
-    seed: Int = 0
 
 
 def resolve_key(key: str, prefix: str = "") -> tuple:

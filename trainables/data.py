@@ -247,7 +247,6 @@ def list_datasets() -> list:
 
 def source_key(cfg: DatasetConfig) -> DatasetConfig:
     """The fields that decide the arrays (not the per-batch augmentation)."""
-    import dataclasses
     return cfg.model_copy(update={"augment": "none"})
 
 
