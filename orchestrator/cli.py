@@ -253,9 +253,14 @@ def cmd_schema(args) -> int:
         sys.stdout.write(text)
         return 0
     tmp = args.output + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:   # whole or not at all
-        fh.write(text)
-    os.replace(tmp, args.output)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:   # whole or not at all
+            fh.write(text)
+        os.replace(tmp, args.output)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise ConfigError("--output", args.output, exc.strerror or str(exc)) from None
     print(f"wrote {args.output}; start a spec with: # yaml-language-server: $schema={args.output}")
     return 0
 

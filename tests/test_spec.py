@@ -181,3 +181,11 @@ def test_schema_offers_choices_and_descriptions():
     assert trainer["lr"]["exclusiveMinimum"] == 0 and "peak LR" in trainer["lr"]["description"]
     presets = schema["$defs"]["SearchFile"]["properties"]["presets"]["anyOf"][0]["items"]["enum"]
     assert "momentum" in presets
+
+
+def test_schema_to_a_folder_that_does_not_exist_is_bad_input(tmp_path, capsys):
+    out = tmp_path / "missing" / "schema.json"
+    assert main(["schema", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--output = '{out}'" in err and err.count("\n") == 1
+    assert not out.parent.exists()
