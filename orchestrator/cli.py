@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Dict, List, Optional
 
 from tunesmith.trainables.config import ConfigError
@@ -317,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     from tunesmith.cluster.connect import prepare_environment
     prepare_environment()   # before anything imports Ray: it reads these variables once
+    # requests probes urllib3's optional SOCKS support on import and, without PySocks, warns on
+    # stderr; whether the warning shows depends on which thread imports requests first (Ray's
+    # and the TensorBoard preload's), and it would break the one-line error of bad input.
+    warnings.filterwarnings("ignore", message="SOCKS support in urllib3 requires")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
