@@ -97,6 +97,18 @@ def _num(value: Any) -> Optional[float]:
     return out if math.isfinite(out) else None
 
 
+def _take_metrics(rec: "TrialRecord", row: Dict[str, Any]) -> None:
+    """An epoch row's metrics into the trial's last and best values."""
+    for m in schema.CORE_METRICS:
+        v = row.get(m)
+        if v is None:
+            continue
+        rec.last[m] = v
+        if m in schema.SUMMARY_METRICS:
+            better = min if m in schema.LOWER_IS_BETTER else max
+            rec.best[m] = better(rec.best.get(m, v), v)
+
+
 def _ts(seconds: Optional[float]):
     return None if seconds is None else datetime.fromtimestamp(seconds, tz=timezone.utc)
 
@@ -273,13 +285,20 @@ class ResultsWriter(Callback):
             fs, path = self.storage.fs, self.storage.path(self.sweep, "epochs")
             files = [f for f in pds.dataset(path, filesystem=fs, format="parquet").files]
             self._part = len(files)
-            for row in pds.dataset(files, filesystem=fs, format="parquet").to_table(
-                    columns=["trial_id", "epoch", self.metric]).to_pylist():
+            columns = list(dict.fromkeys(["trial_id", "epoch", self.metric, *schema.CORE_METRICS]))
+            rows = pds.dataset(files, filesystem=fs, format="parquet").to_table(columns=columns).to_pylist()
+            # trials.parquet is rewritten on status changes and every few seconds, the epoch rows
+            # before each checkpoint: where they disagree, the rows are newer (a trial whose last
+            # epoch was written just before the driver died must not read as stopped short).
+            for row in sorted(rows, key=lambda r: r["epoch"]):
                 rec = self.trials.get(row["trial_id"])
-                if rec is not None:
-                    rec.written.add(row["epoch"])
-                    if row[self.metric] is not None:
-                        rec.curve[row["epoch"]] = row[self.metric]
+                if rec is None or row["epoch"] in rec.written:
+                    continue
+                rec.written.add(row["epoch"])
+                rec.epochs = max(rec.epochs, row["epoch"])
+                if row[self.metric] is not None:
+                    rec.curve[row["epoch"]] = row[self.metric]
+                _take_metrics(rec, row)
         if self.scheduler is not None and hasattr(self.scheduler, "restore_rungs"):
             self.scheduler.restore_rungs({tid: r.curve for tid, r in self.trials.items()})
 
@@ -336,14 +355,7 @@ class ResultsWriter(Callback):
                 extra[k] = num
         row["extra"] = list(extra.items())
         self._rows.append(row)
-        for m in schema.CORE_METRICS:
-            v = row[m]
-            if v is None:
-                continue
-            rec.last[m] = v
-            if m in schema.SUMMARY_METRICS:
-                better = min if m in schema.LOWER_IS_BETTER else max
-                rec.best[m] = better(rec.best.get(m, v), v)
+        _take_metrics(rec, row)
         if row.get(self.metric) is not None:
             rec.curve[epoch] = row[self.metric]
         if result.get("diverged"):

@@ -301,6 +301,50 @@ def test_results_a_node_cannot_see_are_refused_before_any_trial(cluster):
         c.wait_alive(2)   # until Ray has noticed: the next test must not count a dead host
 
 
+def test_resume_after_the_driver_is_killed_on_a_cluster(cluster):
+    """SIGKILL the driver on the head mid-sweep while the cluster lives on, then `tunesmith resume`
+    against the same cluster: every trial ends, completed ones are not rerun, trials run on both
+    hosts, and each (trial, epoch) is in the Parquet files once."""
+    c = cluster
+    results = c.tmp / "resumed"
+    argv = ["--address", f"{c.ip['A']}:6379"]
+    run = subprocess.Popen(["ip", "netns", "exec", c.ns["A"], os.path.join(BIN, "tunesmith"), "run",
+                            _spec(c, "res", epochs=12, n=4), *argv, "--results-dir", str(results)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=c.env, cwd=str(c.tmp),
+                           start_new_session=True)
+    trials_file = results / "res" / "trials.parquet"
+
+    def completed():
+        try:
+            return int((pq.read_table(trials_file).to_pandas().status == "completed").sum())
+        except Exception:   # noqa: BLE001 - not written yet
+            return 0
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and completed() < 1 and run.poll() is None:
+            time.sleep(0.3)
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)   # the driver and anything it started on the head's host
+        run.wait(timeout=30)
+    killed_at = time.time()
+    before = pq.read_table(trials_file).to_pandas().set_index("trial_id")
+    done_before = set(before.index[before.status == "completed"])
+    assert 1 <= len(done_before) < 4, before[["status"]]
+
+    out = c.exec("A", os.path.join(BIN, "tunesmith"), "resume", str(results / "res"), *argv, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    after = pq.read_table(trials_file).to_pandas().set_index("trial_id")
+    assert len(after) == 4 and set(after.status) == {"completed"}, after[["status", "stop_reason", "error"]]
+    e = pq.read_table(results / "res" / "epochs").to_pandas()
+    assert not e.duplicated(["trial_id", "epoch"]).any()
+    assert (e.groupby("trial_id").epoch.apply(sorted).map(lambda x: x == list(range(1, 13)))).all()
+    assert set(e.node_ip) == {c.ip["A"], c.ip["B"]}
+    for tid in done_before:   # not rerun
+        assert e[e.trial_id == tid].timestamp.max().timestamp() < killed_at
+        assert after.loc[tid, "started_at"] == before.loc[tid, "started_at"]
+    assert json.loads((results / "res" / "manifest.json").read_text())["status"] == "finished"
+
+
 def test_a_lost_worker_node_costs_no_trial(cluster):
     """SIGKILL every process of the worker host mid-sweep: its trials continue from their
     checkpoints on the head, every epoch once, with the defaults and ASHA off. Runs last."""

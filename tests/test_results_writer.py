@@ -172,3 +172,33 @@ def test_several_sweeps_read_as_one_dataset(tmp_path):
     momentum = con.execute(f"select sweep, hp_momentum from read_parquet('{tmp_path}/*/trials.parquet', "
                            f"union_by_name=true) order by 1").fetchall()
     assert momentum[0] == ("a", None) and momentum[-1] == ("b", 0.9)
+
+
+def test_reload_takes_epoch_rows_written_after_the_last_trials_file(tmp_path):
+    """A driver killed after a trial's last epoch rows went to disk (before its checkpoint) but
+    before trials.parquet was rewritten: the resumed writer reads the rows as the truth, so the
+    trial, ended by Tune from its final checkpoint without a new report, reads as completed."""
+    def make():
+        return ResultsWriter(Storage(str(tmp_path)), "s", ["lr"], {"lr": []}, epochs=4, metric="val_acc",
+                             mode="max")
+    w = make()
+    w._start("t1", {"lr": 0.1})
+    w.record("t1", _result(1, 0.4))
+    w.flush()                                   # trials.parquet: running, 1 epoch
+    for e in (2, 3, 4):
+        w.record("t1", _result(e, 0.4 + 0.1 * e))
+        w._write_rows()                         # what on_checkpoint does; no trials.parquet
+    stale = pq.read_table(tmp_path / "s" / "trials.parquet").to_pandas()
+    assert stale.epochs.tolist() == [1]
+    w2 = make()
+    w2.reload()
+    rec = w2.trials["t1"]
+    assert rec.epochs == 4 and rec.written == {1, 2, 3, 4}
+    assert rec.best["val_acc"] == pytest.approx(0.8) and rec.last["val_acc"] == pytest.approx(0.8)
+    w2.record("t1", _result(4, 0.8))           # Tune's replay of the last report: no second row
+    w2.finish("t1")
+    w2.close()
+    t = pq.read_table(tmp_path / "s" / "trials.parquet").to_pandas()
+    assert t.status.tolist() == ["completed"] and t.epochs.tolist() == [4]
+    e = pq.read_table(tmp_path / "s" / "epochs").to_pandas()
+    assert sorted(e.epoch) == [1, 2, 3, 4]
