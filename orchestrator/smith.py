@@ -3,9 +3,10 @@
 1. LR range test -> the LR band [max/10, max]. It runs in the driver while Ray starts, sized to
    the data, and checks its own curve: an uninformative one gives no band, and stage 2 then
    searches a wide LR range instead of reading a band from noise.
-2. An ASHA sweep with 1cycle: the LR drawn log-uniformly from the band widened by a decade on
-   each side (the test can misread by that much), jointly with the cyclical momentum's upper
-   bound {0.99, 0.97, 0.95, 0.9} and Smith's weight decays. The schedules are budget-aware, so
+2. An ASHA sweep with 1cycle: the LR log-uniform over the band widened by a decade on each side
+   (the test can misread by that much), jointly with the cyclical momentum's upper bound
+   {0.99, 0.97, 0.95, 0.9} and Smith's weight decays, drawn quasi-randomly (a scrambled Halton
+   sequence) so that the few trials a budget allows cover the range evenly. The schedules are budget-aware, so
    every rung judges an annealed model.
 3. Optionally (--final), the best configuration trained for the spec's full length.
 
@@ -62,7 +63,7 @@ def stage2_spec(spec: SweepSpec, lr_range, epochs: int, wd_preset: str, samples:
     raw["name"] = name or spec.name
     wd_values = PRESETS[wd_preset].space["weight_decay"]["grid"]
     raw["search"] = {
-        "algorithm": "random", "num_samples": samples, "max_concurrent": spec.search.max_concurrent,
+        "algorithm": "quasi", "num_samples": samples, "max_concurrent": spec.search.max_concurrent,
         "presets": ["lr_band"], "lr_band": [float(lr_range[0]), float(lr_range[1])],
         # under 1cycle, "max_momentum" is the upper bound of the cycle, which falls to 0.85 and back
         "space": {"max_momentum": {"choice": MOMENTA}, "weight_decay": {"choice": list(wd_values)}},

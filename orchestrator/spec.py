@@ -16,7 +16,7 @@ from tunesmith.trainables.config import (NO_BOOL_INT, ConfigError, DatasetConfig
                                          OptPosInt, OptPosNum, Section, TrainConfig, TrainerConfig, parse,
                                          resolve_key, to_dict)
 
-ALGORITHMS = ("grid", "random", "tpe")
+ALGORITHMS = ("grid", "random", "quasi", "tpe")
 METRICS = {"val_acc": "max", "val_loss": "min", "train_acc": "max", "train_loss": "min"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -90,7 +90,8 @@ DimensionText = Annotated[Any, WithJsonSchema(DIMENSION_SCHEMA)]
 
 class SearchFile(Section):
     """How the space is searched."""
-    algorithm: Literal[ALGORITHMS] = Field("random", description="grid, random or tpe (Bayesian, hyperopt)")
+    algorithm: Literal[ALGORITHMS] = Field("random", description="grid, random, quasi (random, spread evenly: a scrambled "
+                                                                     "Halton sequence) or tpe (Bayesian, hyperopt)")
     num_samples: Optional[Annotated[int, Field(ge=1), NO_BOOL_INT]] = Field(
         None, description="trials to draw (default 16); a space of grids and choices only is walked once, "
                           "or N times with N seeds when given")
@@ -231,8 +232,8 @@ def _resolve_search(f: SearchFile, base: TrainConfig, presets: Tuple[str, ...] =
         where = f"search.space.{key}"
         resolve_key(str(key), "search.space")
         dim = Dimension.parse(str(key), spec, where)
-        if algorithm == "tpe" and dim.kind == "grid":
-            raise ConfigError(where, spec, "tpe cannot search a grid; use choice, or algorithm: grid")
+        if algorithm in ("tpe", "quasi") and dim.kind == "grid":
+            raise ConfigError(where, spec, f"{algorithm} cannot search a grid; use choice, or algorithm: grid")
         if algorithm == "grid" and dim.kind == "choice":
             dim = dataclasses.replace(dim, kind="grid")   # a grid search walks every choice
         for value in dim.examples():

@@ -63,6 +63,9 @@ def build_search(spec: SweepSpec, concurrency: int):
                              n_initial_points=spec.search.n_initial_points, random_state_seed=spec.seed)
         # TPE learns from finished trials: too many at once and it is random search.
         return ConcurrencyLimiter(tpe, max_concurrent=concurrency)
+    if spec.search.algorithm == "quasi" and any(d.kind != "grid" for d in spec.search.space):
+        from tunesmith.search_spaces.quasi import QuasiRandomSearch
+        return QuasiRandomSearch(spec.search.space, seed=spec.seed, points_to_evaluate=points or None)
     return BasicVariantGenerator(points_to_evaluate=points or None, random_state=spec.seed)
 
 

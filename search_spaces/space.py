@@ -90,6 +90,18 @@ class Dimension:
             return tune.loguniform(self.low, self.high)
         return tune.randint(int(self.low), int(self.high))
 
+    def at(self, u: float) -> Any:
+        """The value at ``u`` in [0, 1): the dimension's own measure, so that evenly spread
+        ``u`` give evenly spread values (in log space for loguniform)."""
+        u = min(max(float(u), 0.0), math.nextafter(1.0, 0.0))
+        if self.kind in ("choice", "grid"):
+            return self.values[int(u * len(self.values))]
+        if self.kind == "randint":
+            return int(self.low) + int(u * (self.high - self.low))
+        if self.kind == "loguniform":
+            return math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
+        return self.low + u * (self.high - self.low)
+
     def to_spec(self) -> dict:
         if self.kind in ("choice", "grid"):
             return {self.kind: list(self.values)}

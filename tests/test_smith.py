@@ -81,6 +81,11 @@ def test_smith_stages_and_report(ray_session, tmp_path, capsys, spec_file):
     assert trials.hp_lr.between(lo / 10 * (1 - 1e-9), hi * 10 * (1 + 1e-9)).all()
     assert set(trials.hp_max_momentum) <= {0.9, 0.95, 0.97, 0.99}
     assert set(trials.hp_weight_decay) <= {1e-4, 1e-3, 1e-2}
+    # drawn quasi-randomly: the first four LRs (in trial order) fill the four quarters of the range
+    import math
+    first = trials.sort_values("trial_id").hp_lr.iloc[:4]
+    quarter = [int((math.log(x) - math.log(lo / 10)) / math.log(hi * 100 / lo) * 4) for x in first]
+    assert sorted(quarter) == [0, 1, 2, 3], list(first)
     assert s2["rung_epochs"] == [1] and s2["ranked_at_epoch"] == 1
     assert sum(r["trials"] for r in s2["momentum_ranking"]) == 6   # every trial reached the first rung
     assert s2["best"] == pytest.approx(trials.best_val_acc.max())

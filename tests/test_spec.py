@@ -51,6 +51,8 @@ BAD = [
     ("unknown searched setting", {"search": {"space": {"foo": {"choice": [1]}}}}, "no such trainer field"),
     ("unknown space kind", {"search": {"space": {"lr": {"normal": [0, 1]}}}}, "unknown kind 'normal'"),
     ("grid under tpe", {"search": {"algorithm": "tpe", "space": {"lr": {"grid": [0.1]}}}}, "tpe cannot search a grid"),
+    ("grid under quasi", {"search": {"algorithm": "quasi", "space": {"lr": {"grid": [0.1]}}}},
+     "quasi cannot search a grid"),
     ("unknown algorithm", {"search": {"algorithm": "bohb"}}, "search.algorithm = 'bohb'"),
     ("point outside space", {"search": {"space": {"lr": {"uniform": [0.01, 0.1]}},
                                         "points_to_evaluate": [{"lr": 0.5}]}}, "outside the space"),

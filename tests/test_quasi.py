@@ -1,0 +1,53 @@
+"""Quasi-random search without a Ray instance: the searcher object alone."""
+import math
+import pickle
+
+import pytest
+
+from tunesmith.search_spaces.quasi import QuasiRandomSearch
+from tunesmith.search_spaces.space import Dimension
+
+DIMS = [Dimension.parse("lr", {"loguniform": [1e-4, 1.0]}, "lr"),
+        Dimension.parse("max_momentum", {"choice": [0.99, 0.97, 0.95, 0.9]}, "m"),
+        Dimension.parse("model.width", {"randint": [16, 65]}, "w")]
+
+
+def _draw(searcher, n):
+    return [searcher.suggest(f"t{i}") for i in range(n)]
+
+
+def test_every_prefix_is_spread_over_the_log_range():
+    """Each of the first 2^k LRs falls in its own 1/2^k of the log range: no two of the first
+    eight share an eighth of [1e-4, 1], which independent draws do most of the time."""
+    pts = _draw(QuasiRandomSearch(DIMS, seed=3), 8)
+    for k in (1, 2, 3):
+        cells = [int((math.log10(p["lr"]) + 4) / 4 * 2 ** k) for p in pts[:2 ** k]]
+        assert sorted(cells) == list(range(2 ** k)), (k, [p["lr"] for p in pts])
+    assert all(p["max_momentum"] in (0.99, 0.97, 0.95, 0.9) for p in pts)
+    # the second coordinate (base 3): the first nine fill each ninth once, so each of four
+    # choices, a quarter wide, holds at least two whole ninths
+    nine = _draw(QuasiRandomSearch(DIMS, seed=3), 9)
+    assert all(sum(p["max_momentum"] == m for p in nine) >= 2 for m in (0.99, 0.97, 0.95, 0.9))
+    assert all(isinstance(p["model.width"], int) and 16 <= p["model.width"] < 65 for p in pts)
+
+
+def test_seeds_scramble_and_the_same_seed_repeats():
+    a, b, c = (_draw(QuasiRandomSearch(DIMS, seed=s), 4) for s in (0, 0, 1))
+    assert a == b and a != c
+
+
+def test_points_come_first_and_a_restore_continues_the_sequence(tmp_path):
+    s = QuasiRandomSearch(DIMS, seed=0, points_to_evaluate=[{"lr": 0.1, "max_momentum": 0.9, "model.width": 32}])
+    assert s.suggest("p") == {"lr": 0.1, "max_momentum": 0.9, "model.width": 32}
+    first = _draw(s, 3)
+    s.save(str(tmp_path / "state.pkl"))
+    rest = _draw(s, 3)
+    fresh = QuasiRandomSearch(DIMS, seed=0)
+    fresh.restore(str(tmp_path / "state.pkl"))
+    assert _draw(fresh, 3) == rest and not set(map(str, rest)) & set(map(str, first))
+    assert pickle.loads(pickle.dumps(s)).drawn == s.drawn
+
+
+def test_a_grid_is_refused():
+    with pytest.raises(ValueError, match="grid"):
+        QuasiRandomSearch([Dimension.parse("lr", {"grid": [0.1, 0.2]}, "lr")])
