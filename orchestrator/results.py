@@ -163,6 +163,7 @@ class ResultsWriter(Callback):
         self._tb_local = storage.local_path(sweep, "tensorboard")
         self._tb_staging = None if self._tb_local else tempfile.mkdtemp(prefix="tunesmith-tb-")
         self._closed = self._closing = False
+        self._reconcile = False            # set by reload: Tune's ended trials checked once
         self.busy_seconds = 0.0
         self.keep_checkpoints = keep_checkpoints   # best | all | none
         self.scheduler = scheduler         # its rungs are rebuilt from disk on resume (ray#30838)
@@ -259,6 +260,7 @@ class ResultsWriter(Callback):
         self._tb_writers = {}
         self._token = uuid.uuid4().hex[:6]
         self._closed = self._closing = False
+        self._reconcile = True
         if self._tb_staging is not None:
             self._tb_staging = tempfile.mkdtemp(prefix="tunesmith-tb-")
         if not self.storage.exists(self.sweep, "trials.parquet"):
@@ -304,7 +306,23 @@ class ResultsWriter(Callback):
 
     @_timed
     def on_step_end(self, iteration, trials, **info):
+        if self._reconcile:
+            self.reconcile(trials)
         self.maybe_flush()
+
+    def reconcile(self, trials) -> None:
+        """After a resume: a trial that Tune's snapshot holds as ended, while the files on disk
+        still say running (the driver died between the two writes), gets no second end from Tune;
+        it is ended here, from what its rows say."""
+        self._reconcile = False
+        for trial in trials:
+            rec = self.trials.get(trial.trial_id)
+            if rec is None or rec.status != "running":
+                continue
+            if trial.status == "TERMINATED":
+                self.finish(trial.trial_id)
+            elif trial.status == "ERROR":
+                self.finish(trial.trial_id, error=_error_text(trial) or "errored")
 
     @_timed
     def on_experiment_end(self, trials, **info):

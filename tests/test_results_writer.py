@@ -202,3 +202,27 @@ def test_reload_takes_epoch_rows_written_after_the_last_trials_file(tmp_path):
     assert t.status.tolist() == ["completed"] and t.epochs.tolist() == [4]
     e = pq.read_table(tmp_path / "s" / "epochs").to_pandas()
     assert sorted(e.epoch) == [1, 2, 3, 4]
+
+
+def test_a_trial_tune_restored_as_ended_is_ended_once_after_reload(tmp_path):
+    """The driver died after Tune's snapshot held the trial TERMINATED but before trials.parquet
+    said so: Tune will not end it again, so the writer ends it from its rows at the first step."""
+    from types import SimpleNamespace
+    w = ResultsWriter(Storage(str(tmp_path)), "s", ["lr"], {"lr": []}, epochs=2, metric="val_acc", mode="max")
+    for t in ("t1", "t2"):
+        w._start(t, {"lr": 0.1})
+        w.record(t, _result(1, 0.5))
+    w.record("t1", _result(2, 0.6))
+    w.flush()                                   # both 'running' on disk
+    w2 = ResultsWriter(Storage(str(tmp_path)), "s", ["lr"], {"lr": []}, epochs=2, metric="val_acc", mode="max")
+    w2.reload()
+    tune_trials = [SimpleNamespace(trial_id="t1", status="TERMINATED"), SimpleNamespace(trial_id="t2", status="PENDING")]
+    w2.on_step_end(0, tune_trials)
+    assert w2.trials["t1"].status == "completed" and w2.trials["t2"].status == "running"
+    w2.record("t2", _result(2, 0.7))
+    w2.on_step_end(1, [SimpleNamespace(trial_id="t1", status="TERMINATED"),
+                       SimpleNamespace(trial_id="t2", status="RUNNING")])
+    w2.finish("t2")
+    w2.close()
+    t = pq.read_table(tmp_path / "s" / "trials.parquet").to_pandas().set_index("trial_id")
+    assert t.status.to_dict() == {"t1": "completed", "t2": "completed"}
