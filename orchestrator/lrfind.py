@@ -38,7 +38,7 @@ class LRDecision:
                 "informative": self.informative, "problem": c.problem, "notes": c.notes,
                 "max_lr": self.max_lr, "min_lr": self.min_lr,
                 "band": [self.min_lr, self.max_lr] if self.informative else None,
-                "suggestions": c.suggestions, "mode": c.mode, "points": len(c.lrs), "stop_reason": c.stop_reason,
+                "suggestions": c.suggestions, "mode": c.mode, "points": len(c.lrs), "steps": c.steps, "stop_reason": c.stop_reason,
                 "start_lr": c.lrs[0] if c.lrs else None, "last_lr": c.lrs[-1] if c.lrs else None,
                 "num_classes": c.num_classes, "seconds": round(c.seconds, 3)}
 

@@ -1,6 +1,7 @@
 """Issue #7: the range test sized to the data and checking itself, rules on known curves,
 budget-aware rungs that judge trials by what they become, and sweeps that mean something."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -68,11 +69,26 @@ def test_range_test_extends_itself_and_then_refuses_noise(tmp_path):
     cfg = TrainConfig.from_dict({"dataset": {"name": "synthetic", "num_samples": 512, "image_size": 8},
                                  "model": {"width": 8}})
     heard = []
-    d = lrfind.decide(cfg, 1e-7, 10.0, None, "exp", True, time_cap=20, say=heard.append)
-    assert len(heard) == 1 and "running it again" in heard[0]
+    d = lrfind.decide(cfg, 1e-7, 10.0, None, "exp", True, say=heard.append)
+    assert len(heard) == 1 and "running it again" in heard[0], heard
+    first = int(re.search(r"in (\d+) steps; running it again", heard[0]).group(1))
+    assert d.curve.steps >= 2 * first   # really longer
     assert not d.informative and d.max_lr is None and "no suggestion" in d.why
     assert d.curve.mode == "val" and d.curve.notes
     assert d.to_dict()["band"] is None
+
+
+def test_range_test_does_not_rerun_when_its_cap_leaves_no_room():
+    """Under a tight cap (a short smith budget), a second run barely longer than the first would
+    tell nothing new and cost its whole length: the test says so and decides on what it has."""
+    from tunesmith.orchestrator import lrfind
+    cfg = TrainConfig.from_dict({"dataset": {"name": "synthetic", "num_samples": 512, "image_size": 8},
+                                 "model": {"width": 8}})
+    heard = []
+    d = lrfind.decide(cfg, 1e-7, 10.0, None, "exp", True, time_cap=0.5, say=heard.append)
+    assert len(heard) == 1 and "no room" in heard[0] and "twice as long" in heard[0], heard
+    assert not d.informative and d.curve.notes == heard
+    assert d.curve.steps <= 100
 
 
 @pytest.mark.slow

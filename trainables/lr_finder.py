@@ -8,8 +8,9 @@ measured on a held-out batch at every step, as Smith recommends.
 Its default length is set by the data: one epoch or MIN_STEPS steps, whichever is larger,
 within a time cap. The curve is smoothed without lag (a centred mean) and trimmed at both ends
 before anything is read off it, and the test checks itself: a loss that never falls clearly
-(not below chance) makes it run again, longer; a curve still flat after that is reported as
-uninformative, never read as if it said something.
+(not below chance) makes it run again, longer, when its time cap leaves room for at least twice
+the steps; a curve still flat after that is reported as uninformative, never read as if it
+said something.
 
 Suggestions, each a pure function tested on synthetic curves:
   steepest - the steepest descent of the smoothed loss against log LR;
@@ -52,6 +53,7 @@ class LRCurve:
     num_classes: int = 0
     problem: Optional[str] = None        # why the curve cannot be read, after any extension
     notes: List[str] = field(default_factory=list)   # what the test did about it, one line each
+    steps: int = 0                       # training steps run (in val mode, points are fewer)
 
     def suggest(self) -> Dict[str, float]:
         self.suggestions = suggest_all(self.lrs, self.smoothed)
@@ -202,12 +204,22 @@ def range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: Optional[int]
             planned = default_steps(len(trainer.data.train_y), trainer.global_batch)
             # the first run may use a quarter of the cap, leaving room to extend
             affordable = max(100, int(time_cap / (EXTEND + 1) / step_s))
+            t0 = time.perf_counter()
             curve = _one_test(trainer, start, end, min(planned, affordable), mode, val_loss, stop_factor)
+            # what a step really cost, held-out evaluations included
+            step_s = max(step_s, (time.perf_counter() - t0) / max(1, curve.steps))
             curve.problem = check_curve(curve.losses, curve.smoothed, k)
             if curve.problem:
-                longer = max(len(curve.lrs) + 1, min(planned * EXTEND,
-                                                     int((time_cap - (time.perf_counter() - began)) / step_s)))
-                note = f"LR range test: {curve.problem} in {len(curve.lrs)} steps; running it again over {longer} steps"
+                left = time_cap - (time.perf_counter() - began)
+                longer = min(planned * EXTEND, int(left / step_s))
+                if longer < 2 * curve.steps:   # a run barely longer would tell nothing new
+                    note = (f"LR range test: {curve.problem} in {curve.steps} steps; no room in its "
+                            f"{time_cap:.0f}s time cap to run it twice as long ({max(0.0, left):.1f}s left)")
+                    curve.notes.append(note)
+                    if say:
+                        say(note)
+                    return _finished(curve, k, began)
+                note = f"LR range test: {curve.problem} in {curve.steps} steps; running it again over {longer} steps"
                 if say:
                     say(note)
                 _restore(trainer, saved_model, saved_opt)
@@ -216,10 +228,14 @@ def range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: Optional[int]
                 curve.notes.append(note)
                 curve.problem = check_curve(curve.losses, curve.smoothed, k)
                 if curve.problem:
-                    curve.notes.append(f"still uninformative after {len(curve.lrs)} steps ({first_problem})")
+                    curve.notes.append(f"still uninformative after {curve.steps} steps ({first_problem})")
     finally:
         _restore(trainer, saved_model, saved_opt)   # the test leaves no trace on the model
-    curve.num_classes = k
+    return _finished(curve, k, began)
+
+
+def _finished(curve: LRCurve, num_classes: int, began: float) -> LRCurve:
+    curve.num_classes = num_classes
     curve.seconds = time.perf_counter() - began
     return curve
 
@@ -277,4 +293,4 @@ def _one_test(trainer, start: float, end: float, steps: int, mode: str, val_loss
             reason = (f"loss became {value} at LR {lr:.3g}" if not math.isfinite(value) else
                       f"smoothed loss passed {stop_factor:g}x its best at LR {lr:.3g}")
             break
-    return LRCurve(lrs, losses, smooth(losses), reason, "val" if val_loss else "train")
+    return LRCurve(lrs, losses, smooth(losses), reason, "val" if val_loss else "train", steps=i + 1)
