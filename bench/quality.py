@@ -89,7 +89,21 @@ def _tunesmith(contender: str, dataset: str, budget: float, data_dir=None, seed:
         if len(hit):
             s = hit.timestamp.min().timestamp() - began
             first = s if first is None else min(first, s)
-    return best, first, wall
+    return best, first, wall, _trials(root)
+
+
+def _trials(root: str) -> dict:
+    """Every trial's peak LR and best val_acc, and for smith the range test's max LR (its rule's
+    pick): the evidence for where stage 2 should search."""
+    import pyarrow.parquet as pq
+    out = {"trials": [], "max_lr": None}
+    for path in glob.glob(os.path.join(root, "q*", "trials.parquet")):
+        t = pq.read_table(path, columns=["hp_lr", "best_val_acc"]).to_pandas().dropna()
+        out["trials"] += [(float(a), float(b)) for a, b in zip(t.hp_lr, t.best_val_acc)]
+    smith = os.path.join(root, "q", "smith.json")
+    if os.path.exists(smith):
+        out["max_lr"] = json.load(open(smith))["stage1"]["max_lr"]
+    return out
 
 
 def optuna_study(dataset: str, budget: float, began: float, data_dir=None, seed: int = 0) -> dict:
@@ -155,8 +169,38 @@ def _optuna(dataset: str, budget: float, data_dir=None, seed: int = 0):
         out = json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
         print(f"  optuna on {dataset} failed:\n{proc.stderr[-1500:]}")
-        return 0.0, None, wall
-    return out["best"], out["first"], wall
+        return 0.0, None, wall, {"trials": [], "max_lr": None}
+    return out["best"], out["first"], wall, {"trials": [], "max_lr": None}
+
+
+def _print_lr_evidence(evidence) -> None:
+    """Where the good LRs lay against the range test's pick: every trial of the tunesmith
+    contenders, its LR as a multiple of the median max LR smith's range tests chose on that
+    dataset, in half-decade bins, with the median best val_acc as a share of the dataset's best."""
+    pooled: dict = {}
+    lines = []
+    for ds, res in evidence:
+        picks = [o[3]["max_lr"] for c in res for o in res[c] if len(o) > 3 and o[3]["max_lr"]]
+        trials = [t for c in res for o in res[c] if len(o) > 3 for t in o[3]["trials"]]
+        if not picks or not trials:
+            continue
+        ref = statistics.median(picks)
+        top = max(acc for _, acc in trials)
+        bins: dict = {}
+        for lr, acc in trials:
+            b = round(2 * math.log10(lr / ref)) / 2
+            bins.setdefault(b, []).append(acc / top)
+            pooled.setdefault(b, []).append(acc / top)
+        best_bin = max(bins, key=lambda b: statistics.median(bins[b]))
+        lines.append(f"  {ds:<8} pick {ref:.3g}: best median at LR = pick x 10^{best_bin:+.1f}; "
+                     + ", ".join(f"10^{b:+.1f}: {statistics.median(v):.2f} ({len(v)})" for b, v in sorted(bins.items())))
+    if not lines:
+        return
+    print("
+LR evidence: each trial's LR over the median max LR of smith's range tests on that dataset "
+          "(half-decade bins), median best val_acc as a share of the dataset's best (trials):")
+    print("\n".join(lines))
+    print("  pooled   " + ", ".join(f"10^{b:+.1f}: {statistics.median(v):.2f} ({len(v)})" for b, v in sorted(pooled.items())))
 
 
 def _med(xs):
@@ -190,7 +234,7 @@ def main(argv=None) -> int:
     for ds in datasets:   # made and cached before any clock starts
         if ds in generated.GENERATORS:
             generated.load(ds)
-    rows = []
+    rows, evidence = [], []
     for ds in datasets:
         budget = args.budget_digits if ds == "digits" else args.budget
         repeats = args.repeats_digits if ds == "digits" else args.repeats
@@ -203,6 +247,7 @@ def main(argv=None) -> int:
                 res[c].append(out)
                 print(f"{ds} run {r + 1}/{repeats} {c:<11} best {out[0]:.4f}  to {TARGETS[ds]:.0%}: "
                       f"{'-' if out[1] is None else f'{out[1]:.1f}s'}  wall {out[2]:.0f}s", flush=True)
+        evidence.append((ds, res))
         top = max(_med([o[0] for o in res[c]]) for c in args.contenders)
         for c in args.contenders:
             best = _med([o[0] for o in res[c]])
@@ -218,6 +263,7 @@ def main(argv=None) -> int:
         t = f"{first:.1f}" if first is not None else "-"
         print(f"{ds:<8} {budget:>6.0f} {n:>2} {c:<11} {best:>12.4f} {t:>11} {reached:>5}/{n} {100 * gap:>9.1f}pp")
     print("targets: " + ", ".join(f"{d} {TARGETS[d]:.0%}" for d in datasets))
+    _print_lr_evidence(evidence)
     by = {(r[0], r[3]): r for r in rows}
     if "smith" in args.contenders:
         worst = max(by[(d, "smith")][7] for d in datasets)
