@@ -196,8 +196,7 @@ def _print_lr_evidence(evidence) -> None:
                      + ", ".join(f"10^{b:+.1f}: {statistics.median(v):.2f} ({len(v)})" for b, v in sorted(bins.items())))
     if not lines:
         return
-    print("
-LR evidence: each trial's LR over the median max LR of smith's range tests on that dataset "
+    print("\nLR evidence: each trial's LR over the median max LR of smith's range tests on that dataset "
           "(half-decade bins), median best val_acc as a share of the dataset's best (trials):")
     print("\n".join(lines))
     print("  pooled   " + ", ".join(f"10^{b:+.1f}: {statistics.median(v):.2f} ({len(v)})" for b, v in sorted(pooled.items())))
