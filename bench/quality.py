@@ -82,6 +82,8 @@ def _tunesmith(contender: str, dataset: str, budget: float, data_dir=None, seed:
     best, first = 0.0, None
     for folder in glob.glob(os.path.join(root, "q*", "epochs")):
         t = pds.dataset(folder).to_table(columns=["val_acc", "timestamp"]).to_pandas().dropna()
+        # what was reached within the budget (Tune's timestamps are whole seconds)
+        t = t[t.timestamp.map(lambda x: x.timestamp()) - began <= budget + 1.0]
         if t.empty:
             continue
         best = max(best, float(t.val_acc.max()))
@@ -144,6 +146,9 @@ def optuna_study(dataset: str, budget: float, began: float, data_dir=None, seed:
             net.eval()
             with torch.no_grad():
                 acc = (net(d.normalise(d.val_x)).argmax(1) == d.val_y).float().mean().item()
+            if time.time() - began > budget:   # a trial in flight when time ran out counts no further
+                trial.study.stop()
+                raise optuna.TrialPruned()
             state["best"] = max(state["best"], acc)
             if acc >= target and state["first"] is None:
                 state["first"] = time.time() - began
