@@ -53,7 +53,7 @@ def search_range(max_lr: float):
     the minimum-loss LR, a safe peak for one run; a 1cycle run tolerates more (Smith's own rule
     is the minimum), the test can misread by a decade, and short runs favour LRs that are too
     small (Wu et al., ICLR 2018). On the quality benchmark's datasets the trials that ended best
-    lay at 2 to 5 times the pick, and those below a third of it never led (bench/quality.py
+    lay at 3 to 10 times the pick, and those below a third of it never came near (bench/quality.py
     prints that evidence with every run)."""
     return max_lr / 10 ** BELOW, max_lr * 10 ** ABOVE
 
