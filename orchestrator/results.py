@@ -97,8 +97,14 @@ def _num(value: Any) -> Optional[float]:
     return out if math.isfinite(out) else None
 
 
-def _take_metrics(rec: "TrialRecord", row: Dict[str, Any]) -> None:
-    """An epoch row's metrics into the trial's last and best values."""
+def _take_row(rec: "TrialRecord", row: Dict[str, Any], metric: str) -> None:
+    """An epoch row into the trial's record: written epochs, count, curve, last and best values.
+    The same for a report as it arrives and for a row read back by a resume."""
+    epoch = row["epoch"]
+    rec.written.add(epoch)
+    rec.epochs = max(rec.epochs, epoch)
+    if row.get(metric) is not None:
+        rec.curve[epoch] = row[metric]
     for m in schema.CORE_METRICS:
         v = row.get(m)
         if v is None:
@@ -294,13 +300,8 @@ class ResultsWriter(Callback):
             # epoch was written just before the driver died must not read as stopped short).
             for row in sorted(rows, key=lambda r: r["epoch"]):
                 rec = self.trials.get(row["trial_id"])
-                if rec is None or row["epoch"] in rec.written:
-                    continue
-                rec.written.add(row["epoch"])
-                rec.epochs = max(rec.epochs, row["epoch"])
-                if row[self.metric] is not None:
-                    rec.curve[row["epoch"]] = row[self.metric]
-                _take_metrics(rec, row)
+                if rec is not None and row["epoch"] not in rec.written:
+                    _take_row(rec, row, self.metric)
         if self.scheduler is not None and hasattr(self.scheduler, "restore_rungs"):
             self.scheduler.restore_rungs({tid: r.curve for tid, r in self.trials.items()})
 
@@ -348,10 +349,8 @@ class ResultsWriter(Callback):
         epoch = int(result.get("training_iteration") or result.get("epoch") or rec.epochs + 1)
         if epoch in rec.written:
             return   # Tune replays the reports made since a retried trial's last checkpoint
-        rec.written.add(epoch)
         if rec.status not in ("running",) and rec.status != "diverged":
             rec.status = "running"   # a resumed trial runs again
-        rec.epochs = max(rec.epochs, epoch)
         if result.get(TRAIN_CHECKPOINT):
             rec.train_checkpoint = str(result[TRAIN_CHECKPOINT])
         rec.node_ip = result.get("node_ip", rec.node_ip)
@@ -373,9 +372,7 @@ class ResultsWriter(Callback):
                 extra[k] = num
         row["extra"] = list(extra.items())
         self._rows.append(row)
-        _take_metrics(rec, row)
-        if row.get(self.metric) is not None:
-            rec.curve[epoch] = row[self.metric]
+        _take_row(rec, row, self.metric)
         if result.get("diverged"):
             rec.stop_reason = str(result.get("stop_reason", "diverged"))
             rec.status = "diverged"

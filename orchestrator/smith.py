@@ -7,8 +7,8 @@
    decade and a half above it (the rule is conservative, the test can misread by a decade, and
    short runs favour LRs that are too small), jointly with the cyclical momentum's upper bound
    {0.99, 0.97, 0.95, 0.9} and Smith's weight decays, drawn quasi-randomly (a scrambled Halton
-   sequence) so that the few trials a budget allows cover the range evenly. The schedules are budget-aware, so
-   every rung judges an annealed model.
+   sequence) so that the few trials a budget allows cover the range evenly. ASHA's first rung
+   comes a third of the way into each schedule.
 3. Optionally (--final), the best configuration trained for the spec's full length.
 
 ``time_budget_s`` covers all the stages. smith checks its own answer: a best no better than

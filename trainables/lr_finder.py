@@ -212,30 +212,25 @@ def range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: Optional[int]
             if curve.problem:
                 left = time_cap - (time.perf_counter() - began)
                 longer = min(planned * EXTEND, int(left / step_s))
-                if longer < 2 * curve.steps:   # a run barely longer would tell nothing new
-                    note = (f"LR range test: {curve.problem} in {curve.steps} steps; no room in its "
-                            f"{time_cap:.0f}s time cap to run it twice as long ({max(0.0, left):.1f}s left)")
-                    curve.notes.append(note)
-                    if say:
-                        say(note)
-                    return _finished(curve, k, began)
-                note = f"LR range test: {curve.problem} in {curve.steps} steps; running it again over {longer} steps"
+                rerun = longer >= 2 * curve.steps   # a run barely longer would tell nothing new
+                note = f"LR range test: {curve.problem} in {curve.steps} steps; " + (
+                    f"running it again over {longer} steps" if rerun else
+                    f"no room in its {time_cap:.0f}s time cap to run it twice as long ({max(0.0, left):.1f}s left)")
                 if say:
                     say(note)
-                _restore(trainer, saved_model, saved_opt)
-                first_problem = curve.problem
-                curve = _one_test(trainer, start, end, longer, mode, val_loss, stop_factor)
-                curve.notes.append(note)
-                curve.problem = check_curve(curve.losses, curve.smoothed, k)
-                if curve.problem:
-                    curve.notes.append(f"still uninformative after {curve.steps} steps ({first_problem})")
+                if not rerun:
+                    curve.notes.append(note)
+                else:
+                    _restore(trainer, saved_model, saved_opt)
+                    first_problem = curve.problem
+                    curve = _one_test(trainer, start, end, longer, mode, val_loss, stop_factor)
+                    curve.notes.append(note)
+                    curve.problem = check_curve(curve.losses, curve.smoothed, k)
+                    if curve.problem:
+                        curve.notes.append(f"still uninformative after {curve.steps} steps ({first_problem})")
     finally:
         _restore(trainer, saved_model, saved_opt)   # the test leaves no trace on the model
-    return _finished(curve, k, began)
-
-
-def _finished(curve: LRCurve, num_classes: int, began: float) -> LRCurve:
-    curve.num_classes = num_classes
+    curve.num_classes = k
     curve.seconds = time.perf_counter() - began
     return curve
 
