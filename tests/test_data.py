@@ -23,6 +23,13 @@ def test_digits_split_is_seeded_and_75_25():
     assert abs(x.mean().item()) < 1e-4 and abs(x.std().item() - 1) < 1e-3
 
 
+def test_digits_read_from_the_package_file_are_scikit_learns_digits():
+    from sklearn.datasets import load_digits
+    images, labels = data._digits_arrays()
+    d = load_digits()
+    assert np.array_equal(images, d.images) and np.array_equal(labels, d.target)
+
+
 def _make_folder(root, classes=("cat", "dog", "fox"), per_class=6, size=(20, 14)):
     rng = np.random.default_rng(0)
     for k, cls in enumerate(classes):
