@@ -22,7 +22,8 @@ dataset's target accuracy. With ``--repeats N`` each contender runs N times per 
 with seed r (the search's draws, the initialisation and the batch order all change), and the
 table shows medians (a run that never reached the target counts as never). The last lines check
 the issue's bars: smith within 0.5 pp of the best contender everywhere, and on digits smith at 98%
-in at most half of Optuna's time.
+in at most half of Optuna's time, beside Ray Tune's own floor measured in the same run (a plain
+Ray Tune script's first report: no contender built on Ray Tune can be sooner).
 
     .venv/bin/python bench/quality.py [--datasets digits glyphs shapes letters] [--budget 120]
                                       [--budget-digits 45] [--repeats 1] [--repeats-digits 3]
@@ -178,6 +179,35 @@ def _optuna(dataset: str, budget: float, data_dir=None, seed: int = 0):
     return out["best"], out["first"], wall, {"trials": [], "max_lr": None}
 
 
+def tune_floor(began: float) -> float:
+    """Ray Tune's own floor on this machine (``--floor-worker``): seconds from the process's start
+    until the first report of a plain Ray Tune script whose one trial imports torch and reports at
+    once (no data, no model), on a fresh local instance. No contender that runs its trials through
+    Ray Tune can have a result sooner."""
+    import tempfile as tf
+    import ray
+    from ray import tune
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
+
+    def trainable(config):
+        import torch  # noqa: F401  (every CNN trial does)
+        tune.report({"at": time.time()})
+    grid = tune.Tuner(trainable, run_config=tune.RunConfig(storage_path=tf.mkdtemp(), verbose=0)).fit()
+    return grid[0].metrics["at"] - began
+
+
+def _floor() -> float:
+    began = time.time()
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--floor-worker", str(began)],
+                          cwd=ROOT, capture_output=True, text=True, env=env)
+    try:
+        return float(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        print(f"  the Ray Tune floor run failed:\n{proc.stderr[-1500:]}")
+        return math.nan
+
+
 def _print_lr_evidence(evidence) -> None:
     """Where the good LRs lay against the range test's pick: every trial of the tunesmith
     contenders, its LR as a multiple of the median max LR smith's range tests chose on that
@@ -224,6 +254,9 @@ def main(argv=None) -> int:
         ds, budget, began, seed = sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
         print(json.dumps(optuna_study(ds, budget, began, sys.argv[6] if len(sys.argv) > 6 else None, seed)))
         return 0
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--floor-worker":
+        print(tune_floor(float(sys.argv[2])))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", nargs="+", default=["digits", "glyphs", "shapes", "letters"])
     ap.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
@@ -238,7 +271,7 @@ def main(argv=None) -> int:
     for ds in datasets:   # made and cached before any clock starts
         if ds in generated.GENERATORS:
             generated.load(ds)
-    rows, evidence = [], []
+    rows, evidence, floors = [], [], []
     for ds in datasets:
         budget = args.budget_digits if ds == "digits" else args.budget
         repeats = args.repeats_digits if ds == "digits" else args.repeats
@@ -251,6 +284,10 @@ def main(argv=None) -> int:
                 res[c].append(out)
                 print(f"{ds} run {r + 1}/{repeats} {c:<11} best {out[0]:.4f}  to {TARGETS[ds]:.0%}: "
                       f"{'-' if out[1] is None else f'{out[1]:.1f}s'}  wall {out[2]:.0f}s", flush=True)
+        if ds == "digits" and "smith" in args.contenders and "optuna" in args.contenders:
+            floors = [_floor() for _ in range(repeats)]   # bar 2's context, measured in the same run
+            print(f"digits: Ray Tune's floor, a plain script's first report: "
+                  + ", ".join(f"{f:.1f}s" for f in floors), flush=True)
         evidence.append((ds, res))
         top = max(_med([o[0] for o in res[c]]) for c in args.contenders)
         for c in args.contenders:
@@ -279,6 +316,10 @@ def main(argv=None) -> int:
             show = lambda t: "never (median)" if t is None else f"{t:.1f} s"
             print(f"bar 2, digits: smith reaches 98% in {show(s_t)} against Optuna's {show(o_t)} (median of "
                   f"{args.repeats_digits}; at most half): {'met' if ok else 'NOT met'}")
+            floor = statistics.median(floors)
+            print(f"  Ray Tune's floor here: a plain Ray Tune script's one trial (import torch, report) "
+                  f"reports {floor:.1f} s after its process starts (median of {len(floors)}); half of "
+                  f"Optuna's time is {show(None if o_t is None else o_t / 2)}")
     return 0
 
 
