@@ -71,6 +71,8 @@ def _local_checks(spec, args) -> None:
 
 
 def cmd_run(args) -> int:
+    import time
+    started = time.time()   # time_budget_s counts from here, as smith's does
     spec = load_spec(args)
     _local_checks(spec, args)
     from tunesmith.cluster.connect import connect, disconnect
@@ -83,7 +85,7 @@ def cmd_run(args) -> int:
         if args.address:
             from tunesmith.cluster.storage_check import check_every_node
             check_every_node(spec.results_dir)
-        outcome = run_sweep(spec, cluster, command="run")
+        outcome = run_sweep(spec, cluster, command="run", started=started)
     finally:
         disconnect(cluster)
     print()

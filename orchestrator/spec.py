@@ -122,7 +122,7 @@ class SpecFile(Section):
     metric: Literal[tuple(METRICS)] = "val_acc"
     mode: Optional[Literal["min", "max"]] = Field(None, description="default: the metric's own direction")
     results_dir: str = Field("results", min_length=1, description="a path, or a URI such as s3://bucket/prefix")
-    time_budget_s: OptPosNum = Field(None, description="the whole sweep's wall-clock budget")
+    time_budget_s: OptPosNum = Field(None, description="the command's wall-clock budget in seconds, from its start (Ray's start-up and smith's stages included)")
     checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 

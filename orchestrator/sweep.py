@@ -110,10 +110,14 @@ def _trial_dirname(trial) -> str:
 
 def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainable: Optional[Callable] = None,
                 stopper=None, progress: bool = False, write_results: bool = True, data_streams: bool = False,
-                manifest: Optional[dict] = None):
+                manifest: Optional[dict] = None, budget_s: Optional[float] = None):
+    """``budget_s``: Tune's time budget where it is not the spec's (what is left of it when the
+    command spent some before the sweep)."""
     from ray import tune
     from tunesmith.orchestrator.results import ResultsWriter
     from tunesmith.trainables.tune_trainable import train_cnn
+
+    budget_s = spec.time_budget_s if budget_s is None else budget_s
 
     concurrency = concurrency_for(spec, cluster)
     scheduler = build_scheduler(spec)
@@ -130,7 +134,7 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
         callbacks.append(MLflowSink(spec.mlflow.uri, spec.mlflow.experiment, writer, spec.to_dict(), manifest or {}))
     if progress:
         from tunesmith.orchestrator.progress import make
-        callbacks.append(make(writer, trial_count(spec), spec.time_budget_s))
+        callbacks.append(make(writer, trial_count(spec), budget_s))
     if trainable is None:
         from tunesmith.orchestrator.datashare import share
         trainable = tune.with_parameters(train_cnn, base=spec.trial_config(),
@@ -144,7 +148,7 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
             metric=spec.metric, mode=spec.mode, search_alg=build_search(spec, concurrency),
             scheduler=scheduler, num_samples=spec.search.num_samples,
             max_concurrent_trials=concurrency, reuse_actors=True,   # actor start-up is most of Tune's per-trial cost
-            time_budget_s=spec.time_budget_s, trial_dirname_creator=_trial_dirname),
+            time_budget_s=budget_s, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             # Ray gets our filesystem object, so a URI's endpoint and credentials carry over
             name="_tune", storage_path=storage.path(spec.name),
@@ -160,7 +164,10 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
 
 
 def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Callable] = None,
-              progress: bool = True, command: str = "run", fresh: bool = True) -> SweepOutcome:
+              progress: bool = True, command: str = "run", fresh: bool = True,
+              started: Optional[float] = None) -> SweepOutcome:
+    """``started``: when the command started (time.time()); ``time_budget_s`` then counts from
+    it, Ray's start-up included, instead of from the sweep's first trial."""
     import os
     from tunesmith.orchestrator.scheduler import InterruptStopper
 
@@ -183,8 +190,11 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
     man = manifest_mod.build(spec.to_dict(), command, info)
     storage.write_bytes(f"{spec.name}/manifest.json", manifest_mod.dumps(man))
 
+    budget = spec.time_budget_s
+    if budget and started is not None:
+        budget = max(1.0, budget - (time.time() - started))
     tuner, writer, concurrency = build_tuner(spec, storage, cluster, trainable, stopper, progress,
-                                             data_streams=not in_memory, manifest=man)
+                                             data_streams=not in_memory, manifest=man, budget_s=budget)
     if progress:
         print(f"sweep {spec.name}: {trial_count(spec)} trials, {concurrency} at a time, "
               f"{spec.search.algorithm} search{', ASHA' if spec.asha.enabled else ''}; "

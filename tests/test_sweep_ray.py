@@ -1,6 +1,7 @@
 """Sweeps end to end through a real Ray instance (one per test session)."""
 import json
 import os
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -125,6 +126,21 @@ def test_errored_trial_is_recorded(ray_session, tmp_path):
     assert set(trials.status) == {"errored"}
     assert trials.stop_reason.str.contains(f"dataset.data_dir = '{missing}': no such directory").all()
     assert not outcome.interrupted
+
+
+def test_time_budget_counts_from_the_commands_start(ray_session, tmp_path):
+    """time_budget_s is the command's: what Ray's start-up took before the sweep is not given
+    again to Tune (the budget of `run` used to start at the sweep, 8 s later than at smith's)."""
+    from tunesmith.orchestrator import spec as spec_mod
+    from tunesmith.orchestrator.sweep import run_sweep
+    spec = spec_mod.from_dict({"name": "budget", "results_dir": str(tmp_path / "r"), "time_budget_s": 12,
+                               "model": {"name": "small_cnn", "width": 8}, "trainer": {"epochs": 50},
+                               "asha": {"enabled": False},
+                               "search": {"num_samples": 100, "space": {"lr": {"loguniform": [0.01, 0.1]}}}})
+    outcome = run_sweep(spec, ray_session, progress=False, started=time.time() - 10)   # 2 s are left
+    assert outcome.wall_seconds < 7, f"the sweep ran {outcome.wall_seconds:.1f} s of a budget with 2 s left"
+    trials = pq.read_table(tmp_path / "r" / "budget" / "trials.parquet").to_pandas()
+    assert len(trials) >= 1 and (trials.epochs < 50).all()
 
 
 def test_trial_larger_than_cluster_is_bad_input(ray_session, tmp_path, capsys, spec_file):
