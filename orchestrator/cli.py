@@ -231,6 +231,8 @@ def _add_smith_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", choices=("auto", "deep", "shallow"), default="auto",
                    help="Smith's grid for deep (ResNets) or shallow networks (default: by model)")
     p.add_argument("--final", action="store_true", help="stage 3: train the best configuration full length")
+    p.add_argument("--range", nargs=2, type=float, metavar=("BELOW", "ABOVE"),
+                   help="stage 2's LR range in decades below and above the range test's max LR (default 0.5 1.5)")
 
 
 def cmd_spaces(args) -> int:

@@ -47,7 +47,7 @@ def weight_decay_preset(spec: SweepSpec, choice: str) -> str:
 BELOW, ABOVE = 0.5, 1.5       # decades of stage 2's LR range below and above the band's max
 
 
-def search_range(max_lr: float):
+def search_range(max_lr: float, below: float = BELOW, above: float = ABOVE):
     """Stage 2's LR range: from half a decade below the range test's max LR to a decade and a
     half above it, centred half a decade above the pick. The default rule (min10) is a tenth of
     the minimum-loss LR, a safe peak for one run; a 1cycle run tolerates more (Smith's own rule
@@ -55,7 +55,7 @@ def search_range(max_lr: float):
     small (Wu et al., ICLR 2018). On the quality benchmark's datasets the trials that ended best
     lay at 3 to 10 times the pick, and those below a third of it never came near (bench/quality.py
     prints that evidence with every run)."""
-    return max_lr / 10 ** BELOW, max_lr * 10 ** ABOVE
+    return max_lr / 10 ** below, max_lr * 10 ** above
 
 
 def stage2_spec(spec: SweepSpec, lr_range, epochs: int, wd_preset: str, samples: int,
@@ -149,6 +149,10 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
     for name in (spec.name, retry_name, final_name):
         check_fresh(storage, name)
     wd_preset = weight_decay_preset(spec, args.weight_decay)
+    below, above = args.range or (BELOW, ABOVE)
+    if below < 0 or above < 0 or below + above <= 0:
+        raise ConfigError("--range", f"{below:g} {above:g}", "decades below and above the max LR: both >= 0, "
+                          "not both 0")
     epochs = args.short_epochs or spec.train.trainer.epochs
     if epochs > spec.train.trainer.epochs:
         raise ConfigError("--short-epochs", epochs, f"must not exceed trainer.epochs ({spec.train.trainer.epochs})")
@@ -194,9 +198,9 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
         chance = _chance(spec.metric, decision.curve.num_classes)
 
         if decision.informative:
-            lr_range = search_range(decision.max_lr)
-            basis = (f"from half a decade below the range test's max LR {decision.max_lr:.3g} to a decade "
-                     f"and a half above it")
+            lr_range = search_range(decision.max_lr, below, above)
+            basis = (f"from {below:g} decades below the range test's max LR {decision.max_lr:.3g} to {above:g} "
+                     f"above it")
         else:
             lr_range = WIDE
             basis = f"the wide range, since the range test gave no band ({decision.curve.problem})"

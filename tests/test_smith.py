@@ -48,7 +48,9 @@ def test_lr_find_bad_options(tmp_path, capsys, argv, message, spec_file):
 
 @pytest.mark.parametrize("argv,message", [(["--short-epochs", "0"], "--short-epochs = 0"),
                                           (["--samples", "0"], "--samples = 0"),
-                                          (["--short-epochs", "9"], "must not exceed trainer.epochs")])
+                                          (["--short-epochs", "9"], "must not exceed trainer.epochs"),
+                                          (["--range", "-1", "1"], "--range = '-1 1'"),
+                                          (["--range", "0", "0"], "--range = '0 0'")])
 def test_smith_bad_options(tmp_path, capsys, argv, message, spec_file):
     assert main(["smith", spec_file(SPEC), *argv]) == 2
     err = capsys.readouterr().err
