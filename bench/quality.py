@@ -64,10 +64,11 @@ def _spec(dataset: str, root: str, budget: float, data_dir: str = None, seed: in
     return {"dataset": ds, "results_dir": root, "time_budget_s": budget, "seed": seed}
 
 
-SMITH_RANGE = ["0.5", "1.0"]
+SMITH_RANGE = ("0.5", "1.0")   # the smith-range contender's default
 
 
-def _tunesmith(contender: str, dataset: str, budget: float, data_dir=None, seed: int = 0):
+def _tunesmith(contender: str, dataset: str, budget: float, data_dir=None, seed: int = 0,
+               smith_range=SMITH_RANGE):
     """(best val_acc, seconds to target or None, wall seconds) of one CLI run."""
     import pyarrow.dataset as pds
     import yaml
@@ -83,7 +84,7 @@ def _tunesmith(contender: str, dataset: str, budget: float, data_dir=None, seed:
     smith = contender.startswith("smith")
     cmd = [sys.executable, "-m", "tunesmith.orchestrator", "smith" if smith else "run", path, "--name", "q"]
     if contender == "smith-range":
-        cmd += ["--range", *SMITH_RANGE]
+        cmd += ["--range", *smith_range]
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": ROOT}
     began = time.time()
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
@@ -275,10 +276,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--repeats-digits", type=int, default=3, help="digits: median of this many (default 3)")
     ap.add_argument("--cifar10", help="a local CIFAR-10 folder: adds the dataset")
-    ap.add_argument("--smith-range", nargs=2, default=SMITH_RANGE, metavar=("BELOW", "ABOVE"),
+    ap.add_argument("--smith-range", nargs=2, default=list(SMITH_RANGE), metavar=("BELOW", "ABOVE"),
                     help="the smith-range contender's stage-2 LR range, decades around the pick (default 0.5 1.0)")
     args = ap.parse_args(argv)
-    SMITH_RANGE[:] = args.smith_range
     datasets = list(args.datasets) + (["cifar10"] if args.cifar10 else [])
     from tunesmith.trainables import generated
     for ds in datasets:   # made and cached before any clock starts
@@ -293,7 +293,7 @@ def main(argv=None) -> int:
         for r in range(repeats):
             for c in args.contenders:   # interleaved, so drift in the machine's speed hits all alike
                 # repeat r runs every contender with seed r: its own draws, init and batch order
-                out = _optuna(ds, budget, data_dir, r) if c == "optuna" else _tunesmith(c, ds, budget, data_dir, r)
+                out = _optuna(ds, budget, data_dir, r) if c == "optuna" else _tunesmith(c, ds, budget, data_dir, r, args.smith_range)
                 res[c].append(out)
                 print(f"{ds} run {r + 1}/{repeats} {c:<11} best {out[0]:.4f}  to {TARGETS[ds]:.0%}: "
                       f"{'-' if out[1] is None else f'{out[1]:.1f}s'}  wall {out[2]:.0f}s", flush=True)
@@ -325,7 +325,7 @@ def main(argv=None) -> int:
               f"{'met' if worst <= 0.005 + 1e-9 else 'NOT met'}")
         if "smith-range" in args.contenders:
             alt = max(by[(d, "smith-range")][7] for d in datasets)
-            print(f"  smith-range (--range {' '.join(SMITH_RANGE)}) against the same contenders: worst gap "
+            print(f"  smith-range (--range {' '.join(args.smith_range)}) against the same contenders: worst gap "
                   f"{100 * alt:.1f} pp")
         if "digits" in datasets and "optuna" in args.contenders:
             s_t, o_t = by[("digits", "smith")][5], by[("digits", "optuna")][5]
