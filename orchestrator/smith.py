@@ -7,8 +7,10 @@
    decade and a half above it (the rule is conservative, the test can misread by a decade, and
    short runs favour LRs that are too small), jointly with the cyclical momentum's upper bound
    {0.99, 0.97, 0.95, 0.9} and Smith's weight decays, drawn quasi-randomly (a scrambled Halton
-   sequence) so that the few trials a budget allows cover the range evenly. ASHA's first rung
-   comes a third of the way into each schedule.
+   sequence) so that the few trials a budget allows cover the range evenly. The two are coupled:
+   lr/(1-m) is the effective step, and the range test measured it at trainer.momentum, so each
+   trial's LR is the drawn one scaled by (1-m)/(1-trainer.momentum) (--coupling independent
+   draws them apart). ASHA's first rung comes a third of the way into each schedule.
 3. Optionally (--final), the best configuration trained for the spec's full length.
 
 ``time_budget_s`` covers all the stages. smith checks its own answer: a best no better than
@@ -59,9 +61,11 @@ def search_range(max_lr: float, below: float = BELOW, above: float = ABOVE):
 
 
 def stage2_spec(spec: SweepSpec, lr_range, epochs: int, wd_preset: str, samples: int,
-                budget: Optional[float] = None, name: Optional[str] = None) -> SweepSpec:
+                budget: Optional[float] = None, name: Optional[str] = None, coupled: bool = True) -> SweepSpec:
     """The user's dataset, model, resources and trainer, with Smith's stage-2 search: LR,
-    momentum bound and weight decay drawn jointly (lr/(1-m) is the effective step)."""
+    momentum bound and weight decay drawn jointly. ``coupled``: lr/(1-m) is the effective step,
+    and the range test measured it at trainer.momentum, so each trial's LR is the range's LR
+    scaled by (1-m)/(1-trainer.momentum): a 0.99 bound gets a tenth of a 0.9 bound's LR."""
     from tunesmith.search_spaces.presets import PRESETS
     raw = spec.to_dict()
     trainer = dict(raw["trainer"])
@@ -76,6 +80,7 @@ def stage2_spec(spec: SweepSpec, lr_range, epochs: int, wd_preset: str, samples:
         "presets": ["lr_band"], "lr_band": [float(lr_range[0]), float(lr_range[1])],
         # under 1cycle, "max_momentum" is the upper bound of the cycle, which falls to 0.85 and back
         "space": {"max_momentum": {"choice": MOMENTA}, "weight_decay": {"choice": list(wd_values)}},
+        "lr_momentum_ref": float(spec.train.trainer.momentum) if coupled else None,
     }
     raw["asha"] = {"enabled": True, "max_t": epochs, "grace_period": default_grace(epochs),
                    "reduction_factor": 3, "budget_aware": False}
@@ -129,7 +134,7 @@ def _stage2_report(out, s2: SweepSpec, lr_range, basis: str) -> Dict[str, Any]:
     at = (s2.rungs or (s2.max_t,))[0]
     best = ranked[0] if ranked else None
     return {"sweep": out.path, "name": s2.name, "epochs": s2.train.trainer.epochs, "lr_range": list(lr_range),
-            "lr_basis": basis, "trials": len(w.trials), "rung_epochs": list(s2.rungs), "annealed_rungs": bool(s2.milestones),
+            "lr_basis": basis, "lr_momentum_ref": s2.search.lr_momentum_ref, "trials": len(w.trials), "rung_epochs": list(s2.rungs), "annealed_rungs": bool(s2.milestones),
             "best_trial": best.trial_id if best else None, "best": best.best[s2.metric] if best else None,
             "best_epoch": max(best.curve, key=lambda e: best.curve[e] if s2.mode == "max" else -best.curve[e])
             if best and best.curve else None,
@@ -160,7 +165,8 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
     deadline = started + budget if budget else None
     samples = args.samples or (BUDGET_SAMPLES if budget else DEFAULT_SAMPLES)
     # Fail on bad input before any work: stage 2 must be a valid spec for some band.
-    stage2_spec(spec, WIDE, epochs, wd_preset, 1)
+    coupled = getattr(args, "coupling", "effective") == "effective"
+    stage2_spec(spec, WIDE, epochs, wd_preset, 1, coupled=coupled)
 
     def left() -> Optional[float]:
         return None if deadline is None else deadline - time.time()
@@ -205,9 +211,9 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
             lr_range = WIDE
             basis = f"the wide range, since the range test gave no band ({decision.curve.problem})"
             warnings.append(f"stage 1 gave no band: {decision.curve.problem}; stage 2 searched {WIDE[0]:g} to {WIDE[1]:g}")
-        s2 = stage2_spec(spec, lr_range, epochs, wd_preset, samples, left())
+        s2 = stage2_spec(spec, lr_range, epochs, wd_preset, samples, left(), coupled=coupled)
         print(f"\nstage 2: 1cycle, lr log-uniform in [{lr_range[0]:.3g}, {lr_range[1]:.3g}] ({basis}) jointly with "
-              f"max_momentum {MOMENTA} and {wd_preset}; {epochs} epochs, ASHA at epochs "
+              f"max_momentum {MOMENTA} and {wd_preset}{_coupling_text(s2)}; {epochs} epochs, ASHA at epochs "
               f"{list(s2.rungs)}" + (" on annealed schedules" if s2.milestones else " (one schedule over the run)")
               + (f"; {left():.0f}s of budget left" if budget else ""), flush=True)
         out2 = run_sweep(s2, cluster, command="smith", fresh=False)
@@ -223,7 +229,7 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
                     + (f" for the remaining {left():.0f}s" if budget else ""))
             print("\n" + note, flush=True)
             warnings.append(note)
-            s2b = stage2_spec(spec, wide, epochs, wd_preset, samples, left(), name=retry_name)
+            s2b = stage2_spec(spec, wide, epochs, wd_preset, samples, left(), name=retry_name, coupled=coupled)
             out2b = run_sweep(s2b, cluster, command="smith")
             print("\n" + best_table(out2b), flush=True)
             stages.append(_stage2_report(out2b, s2b, wide, "widened after a result no better than chance"))
@@ -286,6 +292,13 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
     return report
 
 
+def _coupling_text(s2: SweepSpec) -> str:
+    ref = s2.search.lr_momentum_ref
+    return ("" if ref is None else
+            f", each trial's lr scaled by (1-m)/(1-{ref:g}) for its momentum bound m (the effective step "
+            f"lr/(1-m) spread over the range, as the range test measured it at momentum {ref:g})")
+
+
 def _f(x) -> str:
     return f"{x:.4g}" if isinstance(x, float) else str(x)
 
@@ -308,7 +321,9 @@ def render(r: Dict[str, Any]) -> str:
                   f"{run['trials']} trials of up to {run['epochs']} epochs "
                   f"({', '.join(f'{n} {k}' for k, n in sorted(run['status'].items()))}) in {run['seconds']:.0f}s; "
                   f"1cycle with the LR log-uniform in [{run['lr_range'][0]:.3g}, {run['lr_range'][1]:.3g}] "
-                  f"({run['lr_basis']}), momentum cycling down to 0.85 from the bound searched; "
+                  f"({run['lr_basis']}), momentum cycling down to 0.85 from the bound searched"
+                  + (f", each trial's lr scaled by (1-m)/(1-{run['lr_momentum_ref']:g}) for its bound m (the effective "
+                     f"step lr/(1-m) spread evenly)" if run.get("lr_momentum_ref") is not None else "") + "; "
                   f"ASHA rungs at epochs {run['rung_epochs']}" + (", each read on an annealed schedule."
                                                                    if run.get("annealed_rungs") else
                                                                    ", a third of the run or later into one schedule."),

@@ -105,6 +105,11 @@ class SearchFile(Section):
     presets: Optional[List[str]] = Field(None, description="named ranges from Smith's papers "
                                          "(`tunesmith presets` lists them)")
     lr_band: Optional[Tuple[Num, Num]] = Field(None, description="[min, max]: what smith's range test found")
+    lr_momentum_ref: Optional[Annotated[float, Field(ge=0, lt=1)]] = Field(
+        None, description="quasi: the lr drawn is the LR at this momentum; each trial's lr is scaled by "
+                          "(1 - m) / (1 - ref) for its own max_momentum (or momentum) m, so that the effective "
+                          "step lr / (1 - m) is what is spread evenly (smith sets it to trainer.momentum, the "
+                          "range test's)")
 
 
 class SpecFile(Section):
@@ -154,10 +159,19 @@ class SearchSpec:
     points_to_evaluate: Tuple[Dict[str, Any], ...] = ()
     presets: Tuple[str, ...] = ()
     lr_band: Optional[Tuple[float, float]] = None
+    lr_momentum_ref: Optional[float] = None   # quasi: lr scaled by (1 - m) / (1 - ref) per trial
+
+    @property
+    def coupling(self) -> Optional[Tuple[str, str, float]]:
+        """(lr key, momentum key, ref) for the quasi search, or None."""
+        if self.lr_momentum_ref is None:
+            return None
+        keys = {d.key for d in self.space}
+        return ("lr", "max_momentum" if "max_momentum" in keys else "momentum", self.lr_momentum_ref)
 
     def to_dict(self) -> dict:
         return {"algorithm": self.algorithm, "num_samples": self.num_samples, "presets": list(self.presets),
-                "lr_band": list(self.lr_band) if self.lr_band else None,
+                "lr_band": list(self.lr_band) if self.lr_band else None, "lr_momentum_ref": self.lr_momentum_ref,
                 "max_concurrent": self.max_concurrent, "n_initial_points": self.n_initial_points,
                 "space": {d.key: d.to_spec() for d in self.space},
                 "points_to_evaluate": [dict(p) for p in self.points_to_evaluate]}
@@ -265,8 +279,17 @@ def _resolve_search(f: SearchFile, base: TrainConfig, presets: Tuple[str, ...] =
     band = f.lr_band
     if band is not None and not 0 < band[0] < band[1]:
         raise ConfigError("search.lr_band", list(band), "must be 0 < min < max")
+    ref = f.lr_momentum_ref
+    if ref is not None:
+        if algorithm != "quasi":
+            raise ConfigError("search.lr_momentum_ref", ref, f"only the quasi search couples the LR to the "
+                              f"momentum (search.algorithm is {algorithm})")
+        if by_key.get("lr") is None or by_key["lr"].kind not in ("uniform", "loguniform"):
+            raise ConfigError("search.lr_momentum_ref", ref, "needs a continuous lr in search.space")
+        if "max_momentum" not in by_key and "momentum" not in by_key:
+            raise ConfigError("search.lr_momentum_ref", ref, "needs max_momentum or momentum in search.space")
     return SearchSpec(algorithm, num_samples, f.max_concurrent, f.n_initial_points, tuple(dims), tuple(points),
-                      presets, band)
+                      presets, band, ref)
 
 
 def _distinct_trials(dims, algorithm: str, num_samples: int, asked: bool, seed: int):

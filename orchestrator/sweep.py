@@ -65,7 +65,8 @@ def build_search(spec: SweepSpec, concurrency: int):
         return ConcurrencyLimiter(tpe, max_concurrent=concurrency)
     if spec.search.algorithm == "quasi" and any(d.kind != "grid" for d in spec.search.space):
         from tunesmith.search_spaces.quasi import QuasiRandomSearch
-        return QuasiRandomSearch(spec.search.space, seed=spec.seed, points_to_evaluate=points or None)
+        return QuasiRandomSearch(spec.search.space, seed=spec.seed, points_to_evaluate=points or None,
+                                 couple=spec.search.coupling)
     return BasicVariantGenerator(points_to_evaluate=points or None, random_state=spec.seed)
 
 

@@ -51,3 +51,25 @@ def test_points_come_first_and_a_restore_continues_the_sequence(tmp_path):
 def test_a_grid_is_refused():
     with pytest.raises(ValueError, match="grid"):
         QuasiRandomSearch([Dimension.parse("lr", {"grid": [0.1, 0.2]}, "lr")])
+
+
+def test_coupled_draws_spread_the_effective_step_and_survive_a_restore(tmp_path):
+    """couple=(lr, max_momentum, 0.9): the LR drawn is the LR at momentum 0.9, and each trial's
+    LR is scaled by (1-m)/(1-0.9), so lr/(1-m) is what fills the range (here [1e-3, 10])."""
+    plain = _draw(QuasiRandomSearch(DIMS, seed=5), 8)
+    s = QuasiRandomSearch(DIMS, seed=5, couple=("lr", "max_momentum", 0.9))
+    coupled = _draw(s, 8)
+    for p, c in zip(plain, coupled):   # the same sequence, the LR scaled by the momentum's share
+        assert c["max_momentum"] == p["max_momentum"] and c["model.width"] == p["model.width"]
+        assert c["lr"] == pytest.approx(p["lr"] * (1 - p["max_momentum"]) / 0.1)
+    steps = [c["lr"] / (1 - c["max_momentum"]) for c in coupled]
+    assert all(1e-3 * (1 - 1e-9) <= x <= 10 * (1 + 1e-9) for x in steps)
+    cells = [int((math.log10(x) + 3) / 4 * 4) for x in steps[:4]]
+    assert sorted(cells) == [0, 1, 2, 3], steps   # the effective steps fill the quarters
+    assert any(c["max_momentum"] == 0.99 and c["lr"] < 0.1 * p["lr"] * 1.0001 for c, p in zip(coupled, plain))
+    s.save(str(tmp_path / "state.pkl"))
+    fresh = QuasiRandomSearch(DIMS, seed=5)
+    fresh.restore(str(tmp_path / "state.pkl"))
+    assert fresh.couple == ("lr", "max_momentum", 0.9) and _draw(fresh, 2) == _draw(s, 2)
+    with pytest.raises(ValueError, match="momentum"):
+        QuasiRandomSearch(DIMS[:1], couple=("lr", "momentum", 0.9))

@@ -80,12 +80,18 @@ def test_smith_stages_and_report(ray_session, tmp_path, capsys, spec_file):
     assert s2["lr_range"] == pytest.approx([hi / 10 ** 0.5, hi * 10 ** 1.5])   # leaning to larger LRs
     trials = pq.read_table(root / "sm" / "trials.parquet").to_pandas()
     assert len(trials) == 6
-    assert trials.hp_lr.between(s2["lr_range"][0] * (1 - 1e-9), s2["lr_range"][1] * (1 + 1e-9)).all()
     assert set(trials.hp_max_momentum) <= {0.9, 0.95, 0.97, 0.99}
     assert set(trials.hp_weight_decay) <= {1e-4, 1e-3, 1e-2}
-    # drawn quasi-randomly: the first four LRs (in trial order) fill the four quarters of the range
+    # coupled: the range holds the LR at the range test's momentum (trainer.momentum, 0.9), and
+    # each trial ran at it scaled by (1-m)/(1-0.9): the effective step lr/(1-m) lies in the range/0.1
+    assert s2["lr_momentum_ref"] == 0.9
+    drawn = trials.hp_lr * 0.1 / (1 - trials.hp_max_momentum)
+    assert drawn.between(s2["lr_range"][0] * (1 - 1e-9), s2["lr_range"][1] * (1 + 1e-9)).all()
+    assert (trials.hp_lr[trials.hp_max_momentum == 0.99] < s2["lr_range"][1] / 10 * (1 + 1e-9)).all()
+    assert "scaled by (1-m)/(1-0.9)" in out
+    # drawn quasi-randomly: the first four drawn LRs (in trial order) fill the four quarters of the range
     import math
-    first = trials.sort_values("started_at").hp_lr.iloc[:4]
+    first = drawn[trials.sort_values("started_at").index].iloc[:4]
     a, b = (math.log(x) for x in s2["lr_range"])
     quarter = [int((math.log(x) - a) / (b - a) * 4) for x in first]
     assert sorted(quarter) == [0, 1, 2, 3], list(first)

@@ -54,6 +54,13 @@ BAD = [
     ("grid under quasi", {"search": {"algorithm": "quasi", "space": {"lr": {"grid": [0.1]}}}},
      "quasi cannot search a grid"),
     ("unknown algorithm", {"search": {"algorithm": "bohb"}}, "search.algorithm = 'bohb'"),
+    ("coupling under random", {"search": {"lr_momentum_ref": 0.9, "space": {
+        "lr": {"loguniform": [0.01, 1]}, "momentum": {"choice": [0.9, 0.99]}}}},
+     "search.lr_momentum_ref = 0.9: only the quasi search"),
+    ("coupling without a momentum", {"search": {"algorithm": "quasi", "lr_momentum_ref": 0.9,
+                                                "space": {"lr": {"loguniform": [0.01, 1]}}}},
+     "search.lr_momentum_ref = 0.9: needs max_momentum or momentum"),
+    ("coupling at momentum 1", {"search": {"algorithm": "quasi", "lr_momentum_ref": 1}}, "search.lr_momentum_ref = 1"),
     ("point outside space", {"search": {"space": {"lr": {"uniform": [0.01, 0.1]}},
                                         "points_to_evaluate": [{"lr": 0.5}]}}, "outside the space"),
     ("grace above max_t", {"trainer": {"epochs": 3}, "asha": {"grace_period": 5}}, "asha.grace_period = 5"),
