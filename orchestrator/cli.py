@@ -233,10 +233,10 @@ def _add_smith_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--final", action="store_true", help="stage 3: train the best configuration full length")
     p.add_argument("--range", nargs=2, type=float, metavar=("BELOW", "ABOVE"),
                    help="stage 2's LR range in decades below and above the range test's max LR (default 0.5 1.5)")
-    p.add_argument("--coupling", choices=("effective", "independent"), default="effective",
-                   help="stage 2's LR and momentum: 'effective' (default) spreads the effective step "
-                        "lr/(1-m) over the range, each trial's LR scaled by (1-m)/(1-trainer.momentum); "
-                        "'independent' draws the two apart")
+    p.add_argument("--coupling", choices=("independent", "effective"), default="independent",
+                   help="stage 2's LR and momentum: 'independent' (default) draws the two apart; 'effective' "
+                        "spreads the effective step lr/(1-m) over the range, each trial's LR scaled by "
+                        "(1-m)/(1-trainer.momentum)")
 
 
 def cmd_spaces(args) -> int:

@@ -7,10 +7,11 @@
    decade and a half above it (the rule is conservative, the test can misread by a decade, and
    short runs favour LRs that are too small), jointly with the cyclical momentum's upper bound
    {0.99, 0.97, 0.95, 0.9} and Smith's weight decays, drawn quasi-randomly (a scrambled Halton
-   sequence) so that the few trials a budget allows cover the range evenly. The two are coupled:
-   lr/(1-m) is the effective step, and the range test measured it at trainer.momentum, so each
-   trial's LR is the drawn one scaled by (1-m)/(1-trainer.momentum) (--coupling independent
-   draws them apart). ASHA's first rung comes a third of the way into each schedule.
+   sequence) so that the few trials a budget allows cover the range evenly. --coupling effective
+   couples the two (lr/(1-m) is the effective step, and the range test measured it at
+   trainer.momentum, so each trial's LR is the drawn one scaled by (1-m)/(1-trainer.momentum));
+   on the quality benchmark that did no better, so the default draws them apart. ASHA's first
+   rung comes a third of the way into each schedule.
 3. Optionally (--final), the best configuration trained for the spec's full length.
 
 ``time_budget_s`` covers all the stages. smith checks its own answer: a best no better than
@@ -61,11 +62,12 @@ def search_range(max_lr: float, below: float = BELOW, above: float = ABOVE):
 
 
 def stage2_spec(spec: SweepSpec, lr_range, epochs: int, wd_preset: str, samples: int,
-                budget: Optional[float] = None, name: Optional[str] = None, coupled: bool = True) -> SweepSpec:
+                budget: Optional[float] = None, name: Optional[str] = None, coupled: bool = False) -> SweepSpec:
     """The user's dataset, model, resources and trainer, with Smith's stage-2 search: LR,
-    momentum bound and weight decay drawn jointly. ``coupled``: lr/(1-m) is the effective step,
-    and the range test measured it at trainer.momentum, so each trial's LR is the range's LR
-    scaled by (1-m)/(1-trainer.momentum): a 0.99 bound gets a tenth of a 0.9 bound's LR."""
+    momentum bound and weight decay drawn jointly. ``coupled`` (smith --coupling effective):
+    lr/(1-m) is the effective step, and the range test measured it at trainer.momentum, so each
+    trial's LR is the range's LR scaled by (1-m)/(1-trainer.momentum): a 0.99 bound gets a tenth
+    of a 0.9 bound's LR."""
     from tunesmith.search_spaces.presets import PRESETS
     raw = spec.to_dict()
     trainer = dict(raw["trainer"])
@@ -165,7 +167,7 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
     deadline = started + budget if budget else None
     samples = args.samples or (BUDGET_SAMPLES if budget else DEFAULT_SAMPLES)
     # Fail on bad input before any work: stage 2 must be a valid spec for some band.
-    coupled = getattr(args, "coupling", "effective") == "effective"
+    coupled = getattr(args, "coupling", "independent") == "effective"
     stage2_spec(spec, WIDE, epochs, wd_preset, 1, coupled=coupled)
 
     def left() -> Optional[float]:

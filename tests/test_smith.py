@@ -64,6 +64,25 @@ def test_smith_refuses_adam_before_doing_anything(tmp_path, capsys, spec_file):
     assert not (tmp_path / "results").exists()
 
 
+def test_smith_coupling_scales_each_trials_lr_by_its_momentum():
+    """--coupling effective: stage 2 holds the LR at the range test's momentum (trainer.momentum)
+    and each trial runs at it times (1-m)/(1-ref); the default draws the two apart."""
+    import yaml
+    from tunesmith.orchestrator.smith import stage2_spec
+    from tunesmith.orchestrator.spec import from_dict
+    from tunesmith.orchestrator.sweep import build_search
+    spec = from_dict({**yaml.safe_load(SPEC.replace("RESULTS", "r")), "trainer": {"momentum": 0.8}})
+    apart = stage2_spec(spec, (0.01, 1.0), 3, "weight_decay_shallow", 8)
+    coupled = stage2_spec(spec, (0.01, 1.0), 3, "weight_decay_shallow", 8, coupled=True)
+    assert apart.search.lr_momentum_ref is None and coupled.search.lr_momentum_ref == 0.8
+    a, c = build_search(apart, 2), build_search(coupled, 2)
+    for i in range(8):
+        x, y = a.suggest(str(i)), c.suggest(str(i))
+        assert 0.01 <= x["lr"] <= 1.0 and y["max_momentum"] == x["max_momentum"]
+        assert y["lr"] == pytest.approx(x["lr"] * (1 - x["max_momentum"]) / 0.2)
+    assert from_dict(coupled.to_dict()).search.lr_momentum_ref == 0.8   # the sweep's spec.yaml keeps it
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_smith_stages_and_report(ray_session, tmp_path, capsys, spec_file):
@@ -80,18 +99,12 @@ def test_smith_stages_and_report(ray_session, tmp_path, capsys, spec_file):
     assert s2["lr_range"] == pytest.approx([hi / 10 ** 0.5, hi * 10 ** 1.5])   # leaning to larger LRs
     trials = pq.read_table(root / "sm" / "trials.parquet").to_pandas()
     assert len(trials) == 6
+    assert trials.hp_lr.between(s2["lr_range"][0] * (1 - 1e-9), s2["lr_range"][1] * (1 + 1e-9)).all()
     assert set(trials.hp_max_momentum) <= {0.9, 0.95, 0.97, 0.99}
     assert set(trials.hp_weight_decay) <= {1e-4, 1e-3, 1e-2}
-    # coupled: the range holds the LR at the range test's momentum (trainer.momentum, 0.9), and
-    # each trial ran at it scaled by (1-m)/(1-0.9): the effective step lr/(1-m) lies in the range/0.1
-    assert s2["lr_momentum_ref"] == 0.9
-    drawn = trials.hp_lr * 0.1 / (1 - trials.hp_max_momentum)
-    assert drawn.between(s2["lr_range"][0] * (1 - 1e-9), s2["lr_range"][1] * (1 + 1e-9)).all()
-    assert (trials.hp_lr[trials.hp_max_momentum == 0.99] < s2["lr_range"][1] / 10 * (1 + 1e-9)).all()
-    assert "scaled by (1-m)/(1-0.9)" in out
-    # drawn quasi-randomly: the first four drawn LRs (in trial order) fill the four quarters of the range
+    # drawn quasi-randomly: the first four LRs (in trial order) fill the four quarters of the range
     import math
-    first = drawn[trials.sort_values("started_at").index].iloc[:4]
+    first = trials.sort_values("started_at").hp_lr.iloc[:4]
     a, b = (math.log(x) for x in s2["lr_range"])
     quarter = [int((math.log(x) - a) / (b - a) * 4) for x in first]
     assert sorted(quarter) == [0, 1, 2, 3], list(first)
