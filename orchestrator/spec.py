@@ -108,8 +108,8 @@ class SearchFile(Section):
     lr_momentum_ref: Optional[Annotated[float, Field(ge=0, lt=1)]] = Field(
         None, description="quasi: the lr drawn is the LR at this momentum; each trial's lr is scaled by "
                           "(1 - m) / (1 - ref) for its own max_momentum (or momentum) m, so that the effective "
-                          "step lr / (1 - m) is what is spread evenly (smith sets it to trainer.momentum, the "
-                          "range test's)")
+                          "step lr / (1 - m) is what is spread evenly (smith --coupling effective sets it to "
+                          "trainer.momentum, the range test's)")
 
 
 class SpecFile(Section):
