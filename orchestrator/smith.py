@@ -167,7 +167,7 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
     deadline = started + budget if budget else None
     samples = args.samples or (BUDGET_SAMPLES if budget else DEFAULT_SAMPLES)
     # Fail on bad input before any work: stage 2 must be a valid spec for some band.
-    coupled = getattr(args, "coupling", "independent") == "effective"
+    coupled = args.coupling == "effective"
     stage2_spec(spec, WIDE, epochs, wd_preset, 1, coupled=coupled)
 
     def left() -> Optional[float]:
@@ -215,7 +215,7 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
             warnings.append(f"stage 1 gave no band: {decision.curve.problem}; stage 2 searched {WIDE[0]:g} to {WIDE[1]:g}")
         s2 = stage2_spec(spec, lr_range, epochs, wd_preset, samples, left(), coupled=coupled)
         print(f"\nstage 2: 1cycle, lr log-uniform in [{lr_range[0]:.3g}, {lr_range[1]:.3g}] ({basis}) jointly with "
-              f"max_momentum {MOMENTA} and {wd_preset}{_coupling_text(s2)}; {epochs} epochs, ASHA at epochs "
+              f"max_momentum {MOMENTA} and {wd_preset}{_coupling_text(s2.search.lr_momentum_ref)}; {epochs} epochs, ASHA at epochs "
               f"{list(s2.rungs)}" + (" on annealed schedules" if s2.milestones else " (one schedule over the run)")
               + (f"; {left():.0f}s of budget left" if budget else ""), flush=True)
         out2 = run_sweep(s2, cluster, command="smith", fresh=False)
@@ -294,8 +294,8 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
     return report
 
 
-def _coupling_text(s2: SweepSpec) -> str:
-    ref = s2.search.lr_momentum_ref
+def _coupling_text(ref: Optional[float]) -> str:
+    """How stage 2's LR was tied to the momentum, for the printed plan and the report."""
     return ("" if ref is None else
             f", each trial's lr scaled by (1-m)/(1-{ref:g}) for its momentum bound m (the effective step "
             f"lr/(1-m) spread over the range, as the range test measured it at momentum {ref:g})")
@@ -324,8 +324,7 @@ def render(r: Dict[str, Any]) -> str:
                   f"({', '.join(f'{n} {k}' for k, n in sorted(run['status'].items()))}) in {run['seconds']:.0f}s; "
                   f"1cycle with the LR log-uniform in [{run['lr_range'][0]:.3g}, {run['lr_range'][1]:.3g}] "
                   f"({run['lr_basis']}), momentum cycling down to 0.85 from the bound searched"
-                  + (f", each trial's lr scaled by (1-m)/(1-{run['lr_momentum_ref']:g}) for its bound m (the effective "
-                     f"step lr/(1-m) spread evenly)" if run.get("lr_momentum_ref") is not None else "") + "; "
+                  + _coupling_text(run.get("lr_momentum_ref")) + "; "
                   f"ASHA rungs at epochs {run['rung_epochs']}" + (", each read on an annealed schedule."
                                                                    if run.get("annealed_rungs") else
                                                                    ", a third of the run or later into one schedule."),
