@@ -72,7 +72,8 @@ def test_range_test_extends_itself_and_then_refuses_noise(tmp_path):
     d = lrfind.decide(cfg, 1e-7, 10.0, None, "exp", True, say=heard.append)
     assert len(heard) == 1 and "running it again" in heard[0], heard
     first = int(re.search(r"in (\d+) steps; running it again", heard[0]).group(1))
-    assert d.curve.steps >= 2 * first   # really longer
+    decades = math.log10(10.0 / d.curve.lrs[0])
+    assert d.curve.steps / decades >= 2 * first / 8   # really denser, over the decades it reran
     assert not d.informative and d.max_lr is None and "no suggestion" in d.why
     assert d.curve.mode == "val" and d.curve.notes
     assert d.to_dict()["band"] is None
@@ -86,9 +87,45 @@ def test_range_test_does_not_rerun_when_its_cap_leaves_no_room():
                                  "model": {"width": 8}})
     heard = []
     d = lrfind.decide(cfg, 1e-7, 10.0, None, "exp", True, time_cap=0.5, say=heard.append)
-    assert len(heard) == 1 and "no room" in heard[0] and "twice as long" in heard[0], heard
+    assert len(heard) == 1 and "no room" in heard[0] and "twice as densely" in heard[0], heard
     assert not d.informative and d.curve.notes == heard
     assert d.curve.steps <= 100
+
+
+def test_a_rerun_skips_the_decades_the_first_run_showed_flat():
+    lrs = list(np.logspace(-7, 1, 300))
+    flat_then_fall = [2.3 if lr < 1e-2 else 2.3 - 0.5 * math.log10(lr / 1e-2) for lr in lrs]
+    curve = lf.LRCurve(lrs, flat_then_fall, lf.smooth(flat_then_fall), "")
+    at = lrs[flat_then_fall.index(min(flat_then_fall[:285]))]     # the trimmed curve's lowest loss
+    assert lf._rerun_start(curve, 1e-7, 10.0, "exp") == pytest.approx(at / 1e3)
+    noise = list(np.random.default_rng(0).normal(2.3, 0.01, 300))
+    early = [x + (0.0 if i > 40 else -1.0) for i, x in enumerate(noise)]   # lowest at the start
+    assert lf._rerun_start(lf.LRCurve(lrs, early, lf.smooth(early), ""), 1e-7, 10.0, "exp") == 1e-7
+    assert lf._rerun_start(curve, 1e-7, 10.0, "linear") == 1e-7
+
+
+def test_range_test_length_does_not_follow_a_slowed_pace_sample(monkeypatch):
+    """smith runs the test while Ray starts on the same cores, so the sampled step time can be
+    several times the real one. The test's length must come from the data, not from that
+    load: with a pace sample four times too slow, it runs the same steps as without."""
+    from tunesmith.orchestrator import lrfind
+    from tunesmith.trainables.trainer import Trainer
+    cfg = TrainConfig.from_dict({"dataset": {"name": "synthetic", "num_samples": 512, "image_size": 8},
+                                 "model": {"width": 8}})
+    pace = lf._time_steps(Trainer(cfg), 1e-7)
+    cap = 3000 * pace    # the old sizing (a quarter of the cap at the sampled pace) gave 187 steps
+    runs = []
+    for slow in (1, 4):
+        real = lf._time_steps
+        monkeypatch.setattr(lf, "_time_steps", lambda t, lr, real=real, slow=slow: slow * real(t, lr))
+        heard = []
+        d = lrfind.decide(cfg, 1e-7, 10.0, None, "exp", True, time_cap=cap, say=heard.append)
+        monkeypatch.setattr(lf, "_time_steps", real)
+        assert len(heard) == 1 and "running it again" in heard[0], (slow, heard, cap)
+        first = int(re.search(r"in (\d+) steps", heard[0]).group(1))
+        runs.append((first, d.curve.steps))
+    old = int(cap / (lf.EXTEND + 1) / (4 * pace))    # what sizing from the slowed sample gave
+    assert runs[0] == runs[1] and runs[0][0] > old, (runs, old)
 
 
 @pytest.mark.slow

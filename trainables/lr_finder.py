@@ -8,9 +8,11 @@ measured on a held-out batch at every step, as Smith recommends.
 Its default length is set by the data: one epoch or MIN_STEPS steps, whichever is larger,
 within a time cap. The curve is smoothed without lag (a centred mean) and trimmed at both ends
 before anything is read off it, and the test checks itself: a loss that never falls clearly
-(not below chance) makes it run again, longer, when its time cap leaves room for at least twice
-the steps; a curve still flat after that is reported as uninformative, never read as if it
-said something.
+(not below chance) makes it run again, EXTEND times as many steps per decade of LR and from
+RERUN_BELOW decades under the first run's lowest loss (the decades below stayed flat), when its
+time cap leaves room for at least twice the density; a curve still flat after that is reported
+as uninformative, never read as if it said something. Both runs are sized in steps from the
+data and from paces that other work on the cores (Ray starting beside it) does not inflate.
 
 Suggestions, each a pure function tested on synthetic curves:
   steepest - the steepest descent of the smoothed loss against log LR;
@@ -31,7 +33,8 @@ SKIP_START = 0.10    # share of the curve skipped at the start: noise around the
 SKIP_END = 0.05      # and at the end, where the test has stopped on a climb or on NaN
 MIN_STEPS = 300      # a test shorter than this reads ~12 points per decade, too few (issue #7)
 TIME_CAP_S = 60.0    # the longest a default-length test may take, extension included
-EXTEND = 3           # an uninformative curve is run again this many times longer
+EXTEND = 3           # an uninformative curve is run again this many times as densely
+RERUN_BELOW = 3      # decades below the first run's lowest loss where the rerun starts
 FALL = 0.85          # an informative curve falls below 85% of min(start loss, chance loss)
 VAL_SUBSET = 512     # --val-loss: a fixed held-out subset, not one noisy batch
 SUGGESTERS = ("valley", "steepest", "min10", "minimum")
@@ -54,6 +57,7 @@ class LRCurve:
     problem: Optional[str] = None        # why the curve cannot be read, after any extension
     notes: List[str] = field(default_factory=list)   # what the test did about it, one line each
     steps: int = 0                       # training steps run (in val mode, points are fewer)
+    step_s: float = 0.0                  # seconds per step over the run's second half
 
     def suggest(self) -> Dict[str, float]:
         self.suggestions = suggest_all(self.lrs, self.smoothed)
@@ -200,39 +204,73 @@ def range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: Optional[int]
             curve = _one_test(trainer, start, end, steps, mode, val_loss, stop_factor)
             curve.problem = check_curve(curve.losses, curve.smoothed, k)
         else:
-            step_s = _time_steps(trainer, start)
-            planned = default_steps(len(trainer.data.train_y), trainer.global_batch)
-            # the first run may use a quarter of the cap, leaving room to extend
-            affordable = max(100, int(time_cap / (EXTEND + 1) / step_s))
-            t0 = time.perf_counter()
-            curve = _one_test(trainer, start, end, min(planned, affordable), mode, val_loss, stop_factor)
-            # what a step really cost, held-out evaluations included
-            step_s = max(step_s, (time.perf_counter() - t0) / max(1, curve.steps))
-            curve.problem = check_curve(curve.losses, curve.smoothed, k)
-            if curve.problem:
-                left = time_cap - (time.perf_counter() - began)
-                longer = min(planned * EXTEND, int(left / step_s))
-                rerun = longer >= 2 * curve.steps   # a run barely longer would tell nothing new
-                note = f"LR range test: {curve.problem} in {curve.steps} steps; " + (
-                    f"running it again over {longer} steps" if rerun else
-                    f"no room in its {time_cap:.0f}s time cap to run it twice as long ({max(0.0, left):.1f}s left)")
-                if say:
-                    say(note)
-                if not rerun:
-                    curve.notes.append(note)
-                else:
-                    _restore(trainer, saved_model, saved_opt)
-                    first_problem = curve.problem
-                    curve = _one_test(trainer, start, end, longer, mode, val_loss, stop_factor)
-                    curve.notes.append(note)
-                    curve.problem = check_curve(curve.losses, curve.smoothed, k)
-                    if curve.problem:
-                        curve.notes.append(f"still uninformative after {curve.steps} steps ({first_problem})")
+            curve = _sized_test(trainer, start, end, mode, val_loss, stop_factor, time_cap, began, say,
+                                lambda: _restore(trainer, saved_model, saved_opt))
     finally:
         _restore(trainer, saved_model, saved_opt)   # the test leaves no trace on the model
     curve.num_classes = k
     curve.seconds = time.perf_counter() - began
     return curve
+
+
+def _sized_test(trainer, start: float, end: float, mode: str, val_loss: bool, stop_factor: float,
+                time_cap: float, began: float, say, restore) -> LRCurve:
+    """The default-length test: sized to the data, in steps per decade of LR, within the cap.
+
+    The step time is sampled while other work may share the cores (smith starts Ray beside it),
+    so the sample only bounds the first run when even MIN_STEPS would not fit in half the cap.
+    A rerun is planned from the first run's own pace over its second half, and skips the decades
+    the first run showed flat: it starts RERUN_BELOW decades under the first run's lowest loss,
+    at EXTEND times its density, so its length depends on the data, not on the load."""
+    k = trainer.data.num_classes
+    step_s = _time_steps(trainer, start)
+    planned = default_steps(len(trainer.data.train_y), trainer.global_batch)
+    floor = MIN_STEPS if MIN_STEPS * step_s <= time_cap / 2 else 100
+    first = min(planned, max(floor, int(time_cap / (EXTEND + 1) / step_s)))
+    curve = _one_test(trainer, start, end, first, mode, val_loss, stop_factor)
+    curve.problem = check_curve(curve.losses, curve.smoothed, k)
+    if not curve.problem:
+        return curve
+    per_decade = first / _decades(start, end, mode)
+    again = _rerun_start(curve, start, end, mode)
+    left = time_cap - (time.perf_counter() - began)
+    longer = min(math.ceil(EXTEND * per_decade * _decades(again, end, mode)), int(left / curve.step_s))
+    rerun = longer >= 2 * per_decade * _decades(again, end, mode)   # barely denser would tell nothing new
+    where = f" from LR {again:.3g}, below which it was flat" if again > start else ""
+    note = f"LR range test: {curve.problem} in {curve.steps} steps; " + (
+        f"running it again over {longer} steps{where}" if rerun else
+        f"no room in its {time_cap:g}s time cap to run it twice as densely ({max(0.0, left):.1f}s left)")
+    if say:
+        say(note)
+    if not rerun:
+        curve.notes.append(note)
+        return curve
+    restore()
+    first_problem = curve.problem
+    curve = _one_test(trainer, again, end, longer, mode, val_loss, stop_factor)
+    curve.notes.append(note)
+    curve.problem = check_curve(curve.losses, curve.smoothed, k)
+    if curve.problem:
+        curve.notes.append(f"still uninformative after {curve.steps} steps ({first_problem})")
+    return curve
+
+
+def _decades(start: float, end: float, mode: str) -> float:
+    """How much LR range a test covers, in the unit its density is counted in."""
+    return math.log10(end / start) if mode == "exp" else 1.0
+
+
+def _rerun_start(curve: LRCurve, start: float, end: float, mode: str) -> float:
+    """Where a rerun may begin: RERUN_BELOW decades under the LR of the first run's lowest
+    smoothed loss (exp mode only), never below the asked start."""
+    if mode != "exp":
+        return start
+    try:
+        lrs, sm = _usable(curve.lrs, curve.smoothed)
+    except LRFinderError:
+        return start
+    at = lrs[sm.index(min(sm))]
+    return min(max(start, at / 10 ** RERUN_BELOW), end / 10 ** RERUN_BELOW)
 
 
 def _restore(trainer, model_state, opt_state) -> None:
@@ -241,17 +279,19 @@ def _restore(trainer, model_state, opt_state) -> None:
     trainer.monitor = type(trainer.monitor)(trainer.monitor.factor)
 
 
-def _time_steps(trainer, lr: float, n: int = 4) -> float:
-    """Seconds per training step, measured on ``n`` steps at the start LR (which barely move
-    the weights; they are restored anyway). The first step warms up and is not counted."""
+def _time_steps(trainer, lr: float, n: int = 6) -> float:
+    """Seconds per training step: the fastest of ``n`` steps at the start LR (which barely move
+    the weights; they are restored anyway), so a burst of other work on the cores does not
+    count. The first step warms up and is not counted."""
     import torch
     x, y = next(trainer.data.epoch(torch.arange(len(trainer.data.train_y)), trainer.global_batch, 1))
-    trainer.train_step(x, y, lr, None)
-    t0 = time.perf_counter()
+    trainer.train_step(x, y, lr, None)[0].item()
+    times = []
     for _ in range(n):
-        loss, _, _ = trainer.train_step(x, y, lr, None)
-    loss.item()
-    return max((time.perf_counter() - t0) / n, 1e-4)
+        t0 = time.perf_counter()
+        trainer.train_step(x, y, lr, None)[0].item()
+        times.append(time.perf_counter() - t0)
+    return max(min(times), 1e-4)
 
 
 def _one_test(trainer, start: float, end: float, steps: int, mode: str, val_loss: bool,
@@ -271,7 +311,11 @@ def _one_test(trainer, start: float, end: float, steps: int, mode: str, val_loss
     lrs, losses = [], []
     reason = f"reached the end LR {end:g}"
     batches = trainer.batches()
+    half = steps // 2
+    t_half = t0 = time.perf_counter()
     for i in range(steps):
+        if i == half:
+            t_half = time.perf_counter()
         x, y = next(batches)
         lr = lr_at_step(i, steps, start, end, mode)
         loss, _, _ = trainer.train_step(x, y, lr, None)
@@ -288,4 +332,8 @@ def _one_test(trainer, start: float, end: float, steps: int, mode: str, val_loss
             reason = (f"loss became {value} at LR {lr:.3g}" if not math.isfinite(value) else
                       f"smoothed loss passed {stop_factor:g}x its best at LR {lr:.3g}")
             break
-    return LRCurve(lrs, losses, smooth(losses), reason, "val" if val_loss else "train", steps=i + 1)
+    # the pace once anything sharing the cores at the start (Ray starting) has settled
+    ran = i + 1 - half if i >= half else i + 1   # a run that stopped early: all of it
+    step_s = (time.perf_counter() - (t_half if i >= half else t0)) / ran
+    return LRCurve(lrs, losses, smooth(losses), reason, "val" if val_loss else "train", steps=i + 1,
+                   step_s=step_s)
