@@ -233,9 +233,10 @@ def _sized_test(trainer, start: float, end: float, mode: str, val_loss: bool, st
         return curve
     per_decade = first / _decades(start, end, mode)
     again = _rerun_start(curve, start, end, mode)
+    span = _decades(again, end, mode)
     left = time_cap - (time.perf_counter() - began)
-    longer = min(math.ceil(EXTEND * per_decade * _decades(again, end, mode)), int(left / curve.step_s))
-    rerun = longer >= 2 * per_decade * _decades(again, end, mode)   # barely denser would tell nothing new
+    longer = min(math.ceil(EXTEND * per_decade * span), int(left / curve.step_s))
+    rerun = longer >= 2 * per_decade * span   # barely denser would tell nothing new
     where = f" from LR {again:.3g}, below which it was flat" if again > start else ""
     note = f"LR range test: {curve.problem} in {curve.steps} steps; " + (
         f"running it again over {longer} steps{where}" if rerun else
@@ -312,7 +313,7 @@ def _one_test(trainer, start: float, end: float, steps: int, mode: str, val_loss
     reason = f"reached the end LR {end:g}"
     batches = trainer.batches()
     half = steps // 2
-    t_half = t0 = time.perf_counter()
+    t_half = time.perf_counter()   # reset at the half: a run that stops before it counts whole
     for i in range(steps):
         if i == half:
             t_half = time.perf_counter()
@@ -333,7 +334,6 @@ def _one_test(trainer, start: float, end: float, steps: int, mode: str, val_loss
                       f"smoothed loss passed {stop_factor:g}x its best at LR {lr:.3g}")
             break
     # the pace once anything sharing the cores at the start (Ray starting) has settled
-    ran = i + 1 - half if i >= half else i + 1   # a run that stopped early: all of it
-    step_s = (time.perf_counter() - (t_half if i >= half else t0)) / ran
+    step_s = (time.perf_counter() - t_half) / (i + 1 - (half if i >= half else 0))
     return LRCurve(lrs, losses, smooth(losses), reason, "val" if val_loss else "train", steps=i + 1,
                    step_s=step_s)
