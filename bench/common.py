@@ -1,8 +1,10 @@
 """What the benchmarks share: a local Ray instance like the CLI's, and timing one sweep."""
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -15,7 +17,9 @@ def start():
     from tunesmith.cluster.connect import connect
     cluster = connect(num_cpus=2)
     logging.getLogger("ray.tune").setLevel(logging.ERROR)
-    return cluster, tempfile.mkdtemp(prefix="tunesmith-bench-")
+    root = tempfile.mkdtemp(prefix="tunesmith-bench-")
+    atexit.register(shutil.rmtree, root, True)   # a benchmark leaves nothing behind
+    return cluster, root
 
 
 def timed_sweep(raw_spec: dict, cluster, root: str, on_writer=None, **build_kwargs) -> float:

@@ -40,6 +40,7 @@ import glob
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -108,7 +109,9 @@ def _tunesmith(contender: str, dataset: str, budget: float, data_dir=None, seed:
         if len(hit):
             s = hit.timestamp.min().timestamp() - began
             first = s if first is None else min(first, s)
-    return best, first, wall, _trials(root)
+    trials = _trials(root)
+    shutil.rmtree(root, ignore_errors=True)   # read; a run's results are ~10 MB, and runs are many
+    return best, first, wall, trials
 
 
 def _trials(root: str) -> dict:
@@ -208,7 +211,9 @@ def tune_floor(began: float) -> float:
     def trainable(config):
         import torch  # noqa: F401  (every CNN trial does)
         tune.report({"at": time.time()})
-    grid = tune.Tuner(trainable, run_config=tune.RunConfig(storage_path=tf.mkdtemp(), verbose=0)).fit()
+    storage = tf.mkdtemp(prefix="tunesmith-floor-")
+    grid = tune.Tuner(trainable, run_config=tune.RunConfig(storage_path=storage, verbose=0)).fit()
+    shutil.rmtree(storage, ignore_errors=True)
     return grid[0].metrics["at"] - began
 
 
@@ -312,15 +317,18 @@ def main(argv=None) -> int:
             best = _med([o[0] for o in res[c]])
             firsts = [o[1] for o in res[c]]
             reached = sum(f is not None for f in firsts)
-            rows.append((ds, budget, repeats, c, best, _med_time(firsts), reached, top - best))
+            rows.append((ds, budget, repeats, c, best, _med_time(firsts), reached, top - best,
+                         [o[0] for o in res[c]]))
     print(f"\nquality benchmark: same wall-clock budget per contender, run one after another on "
           f"{os.cpu_count()} CPUs; medians over repeats")
     head = f"{'dataset':<8} {'budget':>6} {'n':>2} {'contender':<17} {'best val_acc':>12} {'s to target':>11} " \
-           f"{'reached':>7} {'behind best':>11}"
+           f"{'reached':>7} {'behind best':>11} {'mean ± sd':>15}  each seed"
     print(head + "\n" + "-" * len(head))
-    for ds, budget, n, c, best, first, reached, gap in rows:
+    for ds, budget, n, c, best, first, reached, gap, each in rows:
         t = f"{first:.1f}" if first is not None else "-"
-        print(f"{ds:<8} {budget:>6.0f} {n:>2} {c:<17} {best:>12.4f} {t:>11} {reached:>5}/{n} {100 * gap:>9.1f}pp")
+        sd = statistics.stdev(each) if len(each) > 1 else 0.0
+        print(f"{ds:<8} {budget:>6.0f} {n:>2} {c:<17} {best:>12.4f} {t:>11} {reached:>5}/{n} {100 * gap:>9.1f}pp "
+              f"{statistics.mean(each):>7.4f} ± {sd:.4f}  " + " ".join(f"{x:.4f}" for x in each))
     print("targets: " + ", ".join(f"{d} {TARGETS[d]:.0%}" for d in datasets))
     _print_lr_evidence(evidence)
     by = {(r[0], r[3]): r for r in rows}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,7 @@ def main() -> None:
             print(proc.stderr[-3000:])
             raise SystemExit(f"smith failed with exit code {proc.returncode}")
         rows = pq.read_table(os.path.join(out, "bench", "epochs")).to_pandas()
+        shutil.rmtree(out, ignore_errors=True)
         hit = rows[rows.val_acc >= args.target].sort_values("timestamp")
         best = rows.val_acc.max()
         if hit.empty:

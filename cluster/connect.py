@@ -109,10 +109,13 @@ def shipped_package() -> str:
     for base in tunesmith.__path__:
         if all(os.path.isfile(os.path.join(base, n, "__init__.py")) for n in names):
             return base
+    import atexit
     import shutil
     import tempfile
     repo = os.path.dirname(os.path.dirname(os.path.abspath(tunesmith.orchestrator.__file__)))
-    stage = os.path.join(tempfile.mkdtemp(prefix="tunesmith-ship-"), "tunesmith")
+    parent = tempfile.mkdtemp(prefix="tunesmith-ship-")
+    atexit.register(shutil.rmtree, parent, True)   # Ray has its own copy once it has uploaded it
+    stage = os.path.join(parent, "tunesmith")
     for n in names:
         shutil.copytree(os.path.join(repo, n), os.path.join(stage, n),
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
