@@ -1,6 +1,7 @@
 """Schedulers and stoppers that tell the results writer why a trial stopped."""
 from __future__ import annotations
 
+import math
 import signal
 import threading
 from typing import Dict, Optional, Sequence
@@ -37,9 +38,18 @@ class RecordingASHA(AsyncHyperBandScheduler):
                     if milestone in curve and tid not in recorded:
                         recorded[tid] = sign * curve[milestone]
 
+    def _no_value(self, result) -> bool:
+        """A result without a number to rank (a diverged trial's NaN): it joins no rung. Ray's
+        cutoff skips NaN anyway, but a rung holding only NaN made numpy warn "All-NaN slice
+        encountered" on the user's terminal."""
+        value = result.get(self._metric)
+        return isinstance(value, float) and math.isnan(value)
+
     def on_trial_result(self, tune_controller, trial, result):
         if getattr(self, "_pending_rungs", None):
             self._apply_pending_rungs()
+        if self._no_value(result):
+            return TrialScheduler.CONTINUE   # the trial stops itself (trainables/trainer.py)
         action = super().on_trial_result(tune_controller, trial, result)
         reached_end = result.get(self._time_attr, 0) >= self._max_t
         if action == TrialScheduler.STOP and not reached_end and not result.get("done") \
@@ -49,6 +59,12 @@ class RecordingASHA(AsyncHyperBandScheduler):
             self.pruned[trial.trial_id] = (f"pruned by ASHA at epoch {result.get(self._time_attr)} "
                                            f"({self._metric}={shown} below the rung's cutoff)")
         return action
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        if self._no_value(result):
+            self._trial_info.pop(trial.trial_id, None)
+            return
+        super().on_trial_complete(tune_controller, trial, result)
 
 
 class InterruptStopper(Stopper):

@@ -1,0 +1,39 @@
+"""ASHA's bookkeeping, driven by hand: no Ray instance."""
+import math
+import warnings
+from types import SimpleNamespace
+
+from ray.tune.schedulers import TrialScheduler
+
+from tunesmith.orchestrator.scheduler import RecordingASHA
+
+
+def _asha():
+    asha = RecordingASHA(time_attr="training_iteration", metric="val_acc", mode="max", max_t=9,
+                         grace_period=1, reduction_factor=3, rungs=[3])
+    trials = [SimpleNamespace(trial_id=f"t{i}") for i in range(4)]
+    for t in trials:
+        asha.on_trial_add(None, t)
+    return asha, trials
+
+
+def _rung(asha) -> dict:
+    (bracket,) = asha._brackets
+    return dict(bracket._rungs[-1][1])
+
+
+def test_a_diverged_trial_joins_no_rung_and_the_first_at_a_rung_makes_no_warning():
+    asha, (bad, a, b, c) = _asha()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # numpy's "All-NaN slice encountered" fails the test
+        nan = {"training_iteration": 3, "val_acc": math.nan, "diverged": True}
+        assert asha.on_trial_result(None, bad, nan) == TrialScheduler.CONTINUE
+        asha.on_trial_complete(None, bad, nan)
+        assert _rung(asha) == {}
+        assert "t0" not in asha.pruned
+        # the rung still judges the trials that have a value: the worst of three is pruned
+        assert asha.on_trial_result(None, a, {"training_iteration": 3, "val_acc": 0.9}) == TrialScheduler.CONTINUE
+        assert asha.on_trial_result(None, b, {"training_iteration": 3, "val_acc": 0.8}) == TrialScheduler.STOP
+        assert asha.on_trial_result(None, c, {"training_iteration": 3, "val_acc": 0.95}) == TrialScheduler.CONTINUE
+    assert set(_rung(asha)) == {"t1", "t2", "t3"}
+    assert asha.pruned["t2"].startswith("pruned by ASHA at epoch 3 (val_acc=0.8")
