@@ -96,7 +96,8 @@ def _tunesmith(contender: str, dataset: str, budget: float, data_dir=None, seed:
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     wall = time.time() - began
     if proc.returncode != 0:
-        print(f"  {contender} on {dataset} exited {proc.returncode}:\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}")
+        print(f"  {contender} on {dataset} exited {proc.returncode} (its results kept in {root}):\n"
+              f"{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}")
     best, first = 0.0, None
     for folder in glob.glob(os.path.join(root, "q*", "epochs")):
         t = pds.dataset(folder).to_table(columns=["val_acc", "timestamp"]).to_pandas().dropna()
@@ -110,7 +111,8 @@ def _tunesmith(contender: str, dataset: str, budget: float, data_dir=None, seed:
             s = hit.timestamp.min().timestamp() - began
             first = s if first is None else min(first, s)
     trials = _trials(root)
-    shutil.rmtree(root, ignore_errors=True)   # read; a run's results are ~10 MB, and runs are many
+    if proc.returncode == 0:   # read; a run's results are ~10 MB, and runs are many
+        shutil.rmtree(root, ignore_errors=True)
     return best, first, wall, trials
 
 
