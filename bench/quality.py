@@ -100,7 +100,10 @@ def _tunesmith(contender: str, dataset: str, budget: float, data_dir=None, seed:
               f"{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}")
     best, first = 0.0, None
     for folder in glob.glob(os.path.join(root, "q*", "epochs")):
-        t = pds.dataset(folder).to_table(columns=["val_acc", "timestamp"]).to_pandas().dropna()
+        epochs = pds.dataset(folder)
+        if "val_acc" not in epochs.schema.names:   # no trial finished an epoch within the budget
+            continue
+        t = epochs.to_table(columns=["val_acc", "timestamp"]).to_pandas().dropna()
         # what was reached within the budget (Tune's timestamps are whole seconds)
         t = t[t.timestamp.map(lambda x: x.timestamp()) - began <= budget + 1.0]
         if t.empty:
