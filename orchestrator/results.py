@@ -174,6 +174,10 @@ class ResultsWriter(Callback):
         self.keep_checkpoints = keep_checkpoints   # best | all | none
         self.scheduler = scheduler         # its rungs are rebuilt from disk on resume (ray#30838)
         self._ckpt: Dict[str, Any] = {}    # trial_id -> its latest Ray checkpoint, while it may be kept
+        # checkpoint deletions (checkpoint, keep_latest), due once Tune's saved experiment state
+        # knows their trial ended: queued since the last snapshot, and before it
+        self._doomed: List[tuple] = []
+        self._doomed_saved: List[tuple] = []
         self._status_changed = False      # trials.parquet: rewritten at once when a status changes,
         self._trials_written = 0.0        # and at most every TRIALS_EVERY seconds for metrics alone
         if write:
@@ -245,15 +249,22 @@ class ResultsWriter(Callback):
         for tid in list(self._ckpt):
             if tid == keep:
                 self.trials[tid].checkpoint = self._ckpt[tid].path
-                _delete_checkpoint(self._ckpt[tid], keep_latest=True)   # its earlier epochs
+                self._doomed.append((self._ckpt[tid], True))   # its earlier epochs
                 continue
-            _delete_checkpoint(self._ckpt.pop(tid))
+            self._doomed.append((self._ckpt.pop(tid), False))
             if tid in self.trials and self.trials[tid].checkpoint:
                 self.trials[tid].checkpoint = None
         self._dirty = self._status_changed = True
 
     # --- resume: Tune restores this callback from tuner.pkl; the files on disk are the truth --
     def get_state(self) -> Optional[Dict]:
+        """Called at each of Tune's experiment snapshots. A checkpoint is deleted only once a
+        snapshot taken after its trial ended has been saved: a driver killed between a trial's
+        end and the next snapshot leaves Tune's state calling the trial unfinished, and resume
+        restores it from that checkpoint."""
+        for ckpt, keep_latest in self._doomed_saved:
+            _delete_checkpoint(ckpt, keep_latest)
+        self._doomed_saved, self._doomed = self._doomed, []
         return {"sweep": self.sweep}   # non-empty, so that Tune calls set_state on restore
 
     def set_state(self, state: Dict) -> None:
@@ -483,6 +494,9 @@ class ResultsWriter(Callback):
                 if w is not None:
                     w.add_summary(tb.session_end("stopped"))
         self.flush()
+        for ckpt, keep_latest in self._doomed_saved + self._doomed:   # Tune saves its state at the end
+            _delete_checkpoint(ckpt, keep_latest)
+        self._doomed_saved = self._doomed = []
         for w in self._tb_writers.values():
             w.close()
         if self._tb_staging:
