@@ -1,5 +1,3 @@
-import sys
+from tunesmith.orchestrator.cli import entry
 
-from tunesmith.orchestrator.cli import main
-
-sys.exit(main())
+entry()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import signal
 import threading
+import time
 from typing import Dict, Optional, Sequence
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
@@ -67,20 +68,28 @@ class RecordingASHA(AsyncHyperBandScheduler):
         super().on_trial_complete(tune_controller, trial, result)
 
 
-class InterruptStopper(Stopper):
-    """Ctrl-C stops every trial cleanly and keeps what was written; a second Ctrl-C aborts.
-    Tune's own handler is switched off (TUNE_DISABLE_SIGINT_HANDLER) so that we know the
-    sweep was interrupted and can say so in the results."""
+class SweepStopper(Stopper):
+    """Stops every trial at the sweep's deadline or on Ctrl-C, keeping what was written; a second
+    Ctrl-C aborts. Tune's own handler is switched off (TUNE_DISABLE_SIGINT_HANDLER) so that we
+    know the sweep was interrupted and can say so in the results.
 
-    def __init__(self):
-        self.event = threading.Event()
+    ``deadline`` (time.time()) replaces Tune's ``time_budget_s``, whose clock starts at Tune's
+    first check, after its set-up (3 s here): a budget counted from the command's start is then
+    overrun by that much. A Tuner restored by `tunesmith resume` gets what was left of the budget
+    when the sweep's state was pickled."""
+
+    def __init__(self, deadline: Optional[float] = None):
+        self.event = threading.Event()       # Ctrl-C
+        self.timed_out = threading.Event()   # the deadline passed
+        self.deadline = deadline
         self._previous = None
 
     def __getstate__(self):   # Tune pickles the run config (tuner.pkl); events do not pickle
-        return {}
+        return {"left": None if self.deadline is None else max(1.0, self.deadline - time.time())}
 
     def __setstate__(self, state):
-        self.__init__()
+        left = state.get("left")
+        self.__init__(None if left is None else time.time() + left)
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -102,4 +111,6 @@ class InterruptStopper(Stopper):
         return False
 
     def stop_all(self):
-        return self.event.is_set()
+        if self.deadline is not None and time.time() >= self.deadline:
+            self.timed_out.set()
+        return self.event.is_set() or self.timed_out.is_set()

@@ -149,7 +149,7 @@ def _stage2_report(out, s2: SweepSpec, lr_range, basis: str) -> Dict[str, Any]:
 
 def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
     from tunesmith.cluster.connect import connect, disconnect
-    from tunesmith.orchestrator.sweep import best_table, check_fresh, run_sweep
+    from tunesmith.orchestrator.sweep import best_table, budget_problem, check_fresh, run_sweep
 
     storage = Storage(spec.results_dir)
     retry_name, final_name = f"{spec.name}-wide", f"{spec.name}-final"
@@ -218,7 +218,7 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
               f"max_momentum {MOMENTA} and {wd_preset}{_coupling_text(s2.search.lr_momentum_ref)}; {epochs} epochs, ASHA at epochs "
               f"{list(s2.rungs)}" + (" on annealed schedules" if s2.milestones else " (one schedule over the run)")
               + (f"; {left():.0f}s of budget left" if budget else ""), flush=True)
-        out2 = run_sweep(s2, cluster, command="smith", fresh=False)
+        out2 = run_sweep(s2, cluster, command="smith", fresh=False, deadline=deadline)
         print("\n" + best_table(out2), flush=True)
         stages = [_stage2_report(out2, s2, lr_range, basis)]
 
@@ -232,7 +232,7 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
             print("\n" + note, flush=True)
             warnings.append(note)
             s2b = stage2_spec(spec, wide, epochs, wd_preset, samples, left(), name=retry_name, coupled=coupled)
-            out2b = run_sweep(s2b, cluster, command="smith")
+            out2b = run_sweep(s2b, cluster, command="smith", deadline=deadline)
             print("\n" + best_table(out2b), flush=True)
             stages.append(_stage2_report(out2b, s2b, wide, "widened after a result no better than chance"))
         if budget and left() is not None and left() > 0.1 * budget and not args.final:
@@ -242,7 +242,7 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
         best_stage = max((st for st in stages if st["best"] is not None),
                          key=lambda st: st["best"] if spec.mode == "max" else -st["best"], default=stages[0])
         if best_stage["best"] is None:
-            raise RuntimeError("stage 2 produced no result")
+            raise RuntimeError(f"stage 2 produced no result{': ' + budget_problem(out2) if budget_problem(out2) else ''}")
         report: Dict[str, Any] = {"sweep": spec.name, "started_at_unix": started, "metric": spec.metric,
                                   "mode": spec.mode, "chance": chance, "time_budget_s": budget,
                                   "stage1": {**decision.to_dict(), **paths}, "stage2": best_stage,
@@ -254,7 +254,7 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
             if budget:
                 s3 = dataclasses.replace(s3, time_budget_s=max(1.0, left()))
             print(f"\nstage 3: the best configuration for {s3.train.trainer.epochs} epochs", flush=True)
-            out3 = run_sweep(s3, cluster, command="smith", progress=False)
+            out3 = run_sweep(s3, cluster, command="smith", progress=False, deadline=deadline)
             rec = next(iter(out3.writer.trials.values()), None)
             s3r = {"sweep": out3.path, "epochs": s3.train.trainer.epochs,
                    "final": rec.last.get(s3.metric) if rec else None,
@@ -306,7 +306,7 @@ def _f(x) -> str:
 
 
 def render(r: Dict[str, Any]) -> str:
-    s1, s2 = r["stage1"], r["stage2"]
+    s1 = r["stage1"]
     m = r["metric"]
     lines = [f"# Smith report: {r['sweep']}", "", "## Stage 1: LR range test",
              f"{s1['points']} points, LR from {s1['start_lr']:.2g} rising exponentially ({s1['mode']} loss); "

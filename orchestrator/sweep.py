@@ -25,6 +25,8 @@ class SweepOutcome:
     writer: object
     wall_seconds: float
     interrupted: bool
+    timed_out: bool = False   # the time budget ran out (before the last trial ended)
+    budget_left_s: Optional[float] = None   # what was left of it when the sweep began
 
     @property
     def path(self) -> str:
@@ -111,14 +113,19 @@ def _trial_dirname(trial) -> str:
 
 def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainable: Optional[Callable] = None,
                 stopper=None, progress: bool = False, write_results: bool = True, data_streams: bool = False,
-                manifest: Optional[dict] = None, budget_s: Optional[float] = None):
-    """``budget_s``: Tune's time budget where it is not the spec's (what is left of it when the
-    command spent some before the sweep)."""
+                manifest: Optional[dict] = None, deadline: Optional[float] = None):
+    """``deadline`` (time.time()): when the trials stop, where it is not the spec's
+    ``time_budget_s`` from now (the command's budget, part of which it spent before the sweep).
+    ``stopper``: a scheduler.SweepStopper, made here for that deadline when not given."""
     from ray import tune
     from tunesmith.orchestrator.results import ResultsWriter
+    from tunesmith.orchestrator.scheduler import SweepStopper
     from tunesmith.trainables.tune_trainable import train_cnn
 
-    budget_s = spec.time_budget_s if budget_s is None else budget_s
+    if stopper is None:
+        if deadline is None and spec.time_budget_s:
+            deadline = time.time() + spec.time_budget_s
+        stopper = SweepStopper(deadline)
 
     concurrency = concurrency_for(spec, cluster)
     scheduler = build_scheduler(spec)
@@ -127,7 +134,7 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
     writer = ResultsWriter(storage, spec.name, hp_keys, domains, epochs=spec.max_t,
                            metric=spec.metric, mode=spec.mode,
                            pruned=scheduler.pruned if scheduler is not None else None,
-                           write=write_results, interrupted=getattr(stopper, "event", None),
+                           write=write_results, interrupted=stopper.event, timed_out=stopper.timed_out,
                            keep_checkpoints=spec.checkpoints.keep, scheduler=scheduler)
     callbacks = [writer]
     if spec.mlflow.uri:   # after the writer: it reads the trial's status from the writer's records
@@ -135,7 +142,8 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
         callbacks.append(MLflowSink(spec.mlflow.uri, spec.mlflow.experiment, writer, spec.to_dict(), manifest or {}))
     if progress:
         from tunesmith.orchestrator.progress import make
-        callbacks.append(make(writer, trial_count(spec), budget_s))
+        callbacks.append(make(writer, trial_count(spec), None if stopper.deadline is None
+                              else stopper.deadline - time.time()))
     if trainable is None:
         from tunesmith.orchestrator.datashare import share
         trainable = tune.with_parameters(train_cnn, base=spec.trial_config(),
@@ -149,7 +157,7 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
             metric=spec.metric, mode=spec.mode, search_alg=build_search(spec, concurrency),
             scheduler=scheduler, num_samples=spec.search.num_samples,
             max_concurrent_trials=concurrency, reuse_actors=True,   # actor start-up is most of Tune's per-trial cost
-            time_budget_s=budget_s, trial_dirname_creator=_trial_dirname),
+            trial_dirname_creator=_trial_dirname),   # no time_budget_s: the stopper keeps the deadline
         run_config=tune.RunConfig(
             # Ray gets our filesystem object, so a URI's endpoint and credentials carry over
             name="_tune", storage_path=storage.path(spec.name),
@@ -166,11 +174,12 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
 
 def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Callable] = None,
               progress: bool = True, command: str = "run", fresh: bool = True,
-              started: Optional[float] = None) -> SweepOutcome:
+              started: Optional[float] = None, deadline: Optional[float] = None) -> SweepOutcome:
     """``started``: when the command started (time.time()); ``time_budget_s`` then counts from
-    it, Ray's start-up included, instead of from the sweep's first trial."""
+    it, Ray's start-up included, instead of from the sweep's first trial. ``deadline``: when the
+    trials stop, instead (smith's stages share one budget)."""
     import os
-    from tunesmith.orchestrator.scheduler import InterruptStopper
+    from tunesmith.orchestrator.scheduler import SweepStopper
 
     storage = Storage(spec.results_dir)
     if fresh:   # `smith` checks before its first stage writes lr_find/ into the folder
@@ -179,23 +188,23 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
     from tunesmith.orchestrator.datashare import plan
     # how the data is read, decided (and a folder that cannot fit refused) before anything is written
     in_memory, data_line = plan(spec.train.dataset, local=cluster.started_here) if trainable is None else (True, "")
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"   # ours (InterruptStopper) records the interrupt
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"   # ours (SweepStopper) records the interrupt
     # Tune's result grid looks for the per-trial JSON/CSV files our writers replace.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
 
-    stopper = InterruptStopper()
     storage.makedirs(spec.name)
     storage.write_bytes(f"{spec.name}/spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False).encode())
     info = {"address": cluster.address, "cpus": cluster.cpus, "gpus": cluster.gpus, "nodes": cluster.nodes}
     man = manifest_mod.build(spec.to_dict(), command, info)
     storage.write_bytes(f"{spec.name}/manifest.json", manifest_mod.dumps(man))
 
-    budget = spec.time_budget_s
-    if budget and started is not None:
-        budget = max(1.0, budget - (time.time() - started))
+    began = time.time()
+    if deadline is None and spec.time_budget_s:
+        deadline = (began if started is None else started) + spec.time_budget_s
+    stopper = SweepStopper(deadline)
     tuner, writer, concurrency = build_tuner(spec, storage, cluster, trainable, stopper, progress,
-                                             data_streams=not in_memory, manifest=man, budget_s=budget)
+                                             data_streams=not in_memory, manifest=man)
     if progress:
         print(f"sweep {spec.name}: {trial_count(spec)} trials, {concurrency} at a time, "
               f"{spec.search.algorithm} search{', ASHA' if spec.asha.enabled else ''}; "
@@ -220,7 +229,18 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
                    wall_seconds=round(time.monotonic() - start, 3),
                    trials=writer.status_counts())
         storage.write_bytes(f"{spec.name}/manifest.json", manifest_mod.dumps(man))
-    return SweepOutcome(spec, storage, writer, time.monotonic() - start, status == "interrupted")
+    return SweepOutcome(spec, storage, writer, time.monotonic() - start, status == "interrupted",
+                        stopper.timed_out.is_set(), None if deadline is None else deadline - began)
+
+
+def budget_problem(outcome: SweepOutcome) -> Optional[str]:
+    """Why a sweep with a time budget has no trial: the budget ran out before one started."""
+    if outcome.writer.trials or not outcome.timed_out:
+        return None
+    left = outcome.budget_left_s
+    return (f"time_budget_s = {outcome.spec.time_budget_s:g}: it ran out before any trial started "
+            + (f"(the sweep began with {max(0.0, left):.1f}s of it left, after starting Ray); "
+               if left is not None else "") + "give the sweep a larger budget")
 
 
 def best_table(outcome: SweepOutcome, top: int = 5) -> str:

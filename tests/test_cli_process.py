@@ -234,3 +234,15 @@ def test_live_display_in_a_terminal(tmp_path):
         assert "rank  trial" in final                                       # the clean final table
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_the_console_entry_flushes_runs_atexit_and_keeps_the_exit_code(tmp_path):
+    """entry() ends the process without the interpreter's teardown: what was printed, even
+    block-buffered into a pipe, and what atexit had to do still happen; the exit code is main's."""
+    code = ("import atexit, sys; atexit.register(print, 'atexit ran'); print('x' * 100000); "
+            f"sys.argv = ['tunesmith', 'analyze', {str(tmp_path / 'none')!r}]; "
+            "from tunesmith.orchestrator.cli import entry; entry()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout.endswith("x" * 100000 + "\natexit ran\n")
+    assert proc.stderr.startswith("tunesmith: error:") and proc.stderr.count("\n") == 1, proc.stderr

@@ -37,3 +37,17 @@ def test_a_diverged_trial_joins_no_rung_and_the_first_at_a_rung_makes_no_warning
         assert asha.on_trial_result(None, c, {"training_iteration": 3, "val_acc": 0.95}) == TrialScheduler.CONTINUE
     assert set(_rung(asha)) == {"t1", "t2", "t3"}
     assert asha.pruned["t2"].startswith("pruned by ASHA at epoch 3 (val_acc=0.8")
+
+
+def test_sweep_stopper_stops_at_its_deadline_and_a_restored_one_gets_what_was_left():
+    import pickle
+    import time
+    from tunesmith.orchestrator.scheduler import SweepStopper
+    assert not SweepStopper().stop_all() and not SweepStopper(time.time() + 60).stop_all()
+    late = SweepStopper(time.time() - 0.01)
+    assert late.stop_all() and late.timed_out.is_set() and not late.event.is_set()
+    # tuner.pkl: `tunesmith resume` gets the budget that was left when Tune pickled the stopper,
+    # counted from the restore, not a deadline that passed while the driver was dead
+    restored = pickle.loads(pickle.dumps(SweepStopper(time.time() + 30)))
+    assert 29 < restored.deadline - time.time() <= 30 and not restored.stop_all()
+    assert pickle.loads(pickle.dumps(SweepStopper())).deadline is None

@@ -130,17 +130,26 @@ def test_errored_trial_is_recorded(ray_session, tmp_path):
 
 def test_time_budget_counts_from_the_commands_start(ray_session, tmp_path):
     """time_budget_s is the command's: what Ray's start-up took before the sweep is not given
-    again to Tune (the budget of `run` used to start at the sweep, 8 s later than at smith's)."""
+    again to Tune (the budget of `run` used to start at the sweep, 8 s later than at smith's), nor
+    is Tune's own set-up (its time_budget_s counts from its first check, 3 s into the sweep)."""
     from tunesmith.orchestrator import spec as spec_mod
-    from tunesmith.orchestrator.sweep import run_sweep
-    spec = spec_mod.from_dict({"name": "budget", "results_dir": str(tmp_path / "r"), "time_budget_s": 12,
-                               "model": {"name": "small_cnn", "width": 8}, "trainer": {"epochs": 50},
-                               "asha": {"enabled": False},
-                               "search": {"num_samples": 100, "space": {"lr": {"loguniform": [0.01, 0.1]}}}})
-    outcome = run_sweep(spec, ray_session, progress=False, started=time.time() - 10)   # 2 s are left
-    assert outcome.wall_seconds < 7, f"the sweep ran {outcome.wall_seconds:.1f} s of a budget with 2 s left"
+    from tunesmith.orchestrator.sweep import budget_problem, run_sweep
+    raw = {"name": "budget", "results_dir": str(tmp_path / "r"), "time_budget_s": 16,
+           "model": {"name": "small_cnn", "width": 8}, "trainer": {"epochs": 50}, "asha": {"enabled": False},
+           "search": {"num_samples": 100, "space": {"lr": {"loguniform": [0.01, 0.1]}}}}
+    outcome = run_sweep(spec_mod.from_dict(raw), ray_session, progress=False, started=time.time() - 10)   # 6 s left
+    assert outcome.wall_seconds < 8, f"the sweep ran {outcome.wall_seconds:.1f} s of a budget with 6 s left"
+    assert outcome.timed_out and budget_problem(outcome) is None
     trials = pq.read_table(tmp_path / "r" / "budget" / "trials.parquet").to_pandas()
     assert len(trials) >= 1 and (trials.epochs < 50).all()
+    assert trials.stop_reason.str.match(r"time budget reached after \d+ of 50 epochs").all(), trials.stop_reason
+
+    # a budget spent before the sweep began: no trial, and the outcome says why
+    late = run_sweep(spec_mod.from_dict({**raw, "name": "late"}), ray_session, progress=False,
+                     started=time.time() - 20)
+    assert not late.writer.trials and late.timed_out
+    assert budget_problem(late).startswith("time_budget_s = 16: it ran out before any trial started"), \
+        budget_problem(late)
 
 
 def test_trial_larger_than_cluster_is_bad_input(ray_session, tmp_path, capsys, spec_file):
