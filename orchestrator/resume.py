@@ -67,6 +67,8 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
     man.setdefault("resumed_at", []).append(manifest_mod.now_iso())
     man["status"] = "running"
     storage.write_bytes(f"{name}/manifest.json", manifest_mod.dumps(man))
+    from tunesmith.orchestrator.sweep import light_usage_tagging
+    light_usage_tagging()
     tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=True,
                                storage_filesystem=fs)
     status = "failed"

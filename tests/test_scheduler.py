@@ -3,6 +3,8 @@ import math
 import warnings
 from types import SimpleNamespace
 
+import pytest
+
 from ray.tune.schedulers import TrialScheduler
 
 from tunesmith.orchestrator.scheduler import RecordingASHA
@@ -51,3 +53,20 @@ def test_sweep_stopper_stops_at_its_deadline_and_a_restored_one_gets_what_was_le
     restored = pickle.loads(pickle.dumps(SweepStopper(time.time() + 30)))
     assert 29 < restored.deadline - time.time() <= 30 and not restored.stop_all()
     assert pickle.loads(pickle.dumps(SweepStopper())).deadline is None
+
+
+@pytest.mark.parametrize("light", [False, True])
+def test_tunes_callback_telemetry_imports_no_tracking_library(light):
+    """Tune's fit tags its callbacks for Ray's usage statistics; Ray's own tagging imports mlflow
+    (1.4 s, installed with tunesmith[mlflow]) to compare classes. tunesmith's records the tag
+    without it. Without the replacement, the same check sees mlflow imported: the test can fail."""
+    import subprocess
+    import sys
+    code = ("import sys; from ray.tune import Callback; from ray.air._internal import usage; "
+            "from tunesmith.orchestrator.results import ResultsWriter; "
+            + ("from tunesmith.orchestrator.sweep import light_usage_tagging; light_usage_tagging(); " if light else "")
+            + "usage.tag_callbacks([Callback(), ResultsWriter.__new__(ResultsWriter)]); "
+            "print('mlflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(not light)], out.stdout
