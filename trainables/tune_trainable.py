@@ -25,6 +25,15 @@ def _private_mb() -> float:
 STATE_FILE = "trainer.pt"
 
 
+def _staging_dir() -> Optional[str]:
+    """Where a checkpoint is written before Ray copies it to the results: the trial's working
+    directory, inside Ray's session folder (Tune moves the trial there unless
+    RAY_CHDIR_TO_TRIAL_DIR=0). A trial stopped while its report waits is never resumed, nor is
+    its folder deleted; it is then left in Ray's folder, beside the trial's logs, not in /tmp."""
+    import os
+    return os.getcwd() if os.environ.get("RAY_CHDIR_TO_TRIAL_DIR", "1") != "0" else None
+
+
 def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[list] = None,
               checkpoint_every: int = 1, ddp: Optional[dict] = None) -> None:
     """Function trainable: ``base`` is the spec's TrainConfig as a dict, ``config`` the values
@@ -62,7 +71,7 @@ def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[lis
         metrics["global_batch"] = trainer.global_batch
         metrics.update(data_info)
         if checkpoint_every and not metrics.get("diverged") and (metrics["epoch"] % checkpoint_every == 0 or done):
-            with tempfile.TemporaryDirectory(prefix="tunesmith-ckpt-") as folder:
+            with tempfile.TemporaryDirectory(prefix="tunesmith-ckpt-", dir=_staging_dir()) as folder:
                 torch.save(trainer.state_dict(), os.path.join(folder, STATE_FILE))
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
         else:
