@@ -221,7 +221,11 @@ def cmd_smith(args) -> int:
     from tunesmith.orchestrator import smith
     from tunesmith.orchestrator.tensorboard import preload
     preload()
-    smith.run(spec, args, started)
+    try:
+        smith.run(spec, args, started)
+    except smith.NoResult as exc:
+        print(f"tunesmith: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

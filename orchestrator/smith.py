@@ -36,6 +36,10 @@ DEEP_MODELS = ("resnet18", "resnet34")
 
 
 WIDE = (1e-4, 1.0)            # the fallback LR range: where plain random search looks (issue #7)
+class NoResult(RuntimeError):
+    """smith ended without a model: one line for the user, exit code 1; what it wrote stays."""
+
+
 DEFAULT_SAMPLES = 16          # stage-2 trials without a time budget
 BUDGET_SAMPLES = 1000         # with one: as many as the budget allows
 STAGE1_SHARE = 0.2            # at most this share of the budget for the range test
@@ -204,6 +208,10 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
         paths = lrfind.write(decision, storage, spec.name, f"{spec.name}: LR range test")
         print(f"stage 1 ({time.time() - started:.1f}s): " + lrfind.summary_text(decision), flush=True)
         chance = _chance(spec.metric, decision.curve.num_classes)
+        if budget and left() <= 0:
+            raise NoResult(f"time_budget_s = {budget:g}: Ray's start-up and the range test took {budget - left():.1f}s "
+                           f"of it, and nothing is left for stage 2 (the range test's curve is written); "
+                           "give smith a larger budget")
 
         if decision.informative:
             lr_range = search_range(decision.max_lr, below, above)
@@ -242,7 +250,8 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
         best_stage = max((st for st in stages if st["best"] is not None),
                          key=lambda st: st["best"] if spec.mode == "max" else -st["best"], default=stages[0])
         if best_stage["best"] is None:
-            raise RuntimeError(f"stage 2 produced no result{': ' + budget_problem(out2) if budget_problem(out2) else ''}")
+            why = budget_problem(out2, budget)
+            raise NoResult(f"stage 2 produced no result: {why or 'no trial finished an epoch'}")
         report: Dict[str, Any] = {"sweep": spec.name, "started_at_unix": started, "metric": spec.metric,
                                   "mode": spec.mode, "chance": chance, "time_budget_s": budget,
                                   "stage1": {**decision.to_dict(), **paths}, "stage2": best_stage,

@@ -261,14 +261,16 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
                         stopper.timed_out.is_set(), None if deadline is None else deadline - began)
 
 
-def budget_problem(outcome: SweepOutcome) -> Optional[str]:
-    """Why a sweep with a time budget has no trial: the budget ran out before one started."""
-    if outcome.writer.trials or not outcome.timed_out:
+def budget_problem(outcome: SweepOutcome, budget: Optional[float] = None) -> Optional[str]:
+    """Why a sweep with a time budget has no result: the budget ran out before any trial
+    finished an epoch. ``budget``: the command's whole budget, where the sweep had the rest."""
+    if outcome.writer.ranked() or not outcome.timed_out:
         return None
+    budget = budget or outcome.spec.time_budget_s
     left = outcome.budget_left_s
-    return (f"time_budget_s = {outcome.spec.time_budget_s:g}: it ran out before any trial started "
-            + (f"(the sweep began with {max(0.0, left):.1f}s of it left, after starting Ray); "
-               if left is not None else "") + "give the sweep a larger budget")
+    spent = f" ({budget - left:.1f}s of it went before the sweep began, Ray's start-up included)" \
+        if left is not None else ""
+    return f"time_budget_s = {budget:g}: it ran out before any trial finished an epoch{spent}; give it a larger budget"
 
 
 def best_table(outcome: SweepOutcome, top: int = 5) -> str:

@@ -246,3 +246,15 @@ def test_the_console_entry_flushes_runs_atexit_and_keeps_the_exit_code(tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout.endswith("x" * 100000 + "\natexit ran\n")
     assert proc.stderr.startswith("tunesmith: error:") and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_smith_whose_budget_ends_before_stage_2_says_so_in_one_line(tmp_path):
+    """A budget that Ray's start-up and the range test use up: one line naming the budget (it
+    used to be 'time_budget_s = -1.7167384624481201: must be > 0', a value the user never gave),
+    exit code 1, and the range test's curve kept."""
+    proc = _run(["smith", "examples/digits.yaml", "--results-dir", str(tmp_path), "--name", "short",
+                 "--set", "time_budget_s=1"], timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.startswith("tunesmith: time_budget_s = 1: Ray's start-up and the range test took"), proc.stderr
+    assert proc.stderr.count("\n") == 1
+    assert (tmp_path / "short" / "lr_find" / "curve.parquet").exists()

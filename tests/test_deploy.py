@@ -3,7 +3,6 @@ command line the CLI accepts."""
 import os
 import shlex
 
-import pytest
 import yaml
 
 from tunesmith.orchestrator.cli import build_parser

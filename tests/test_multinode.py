@@ -147,7 +147,7 @@ class Cluster:
             _ip("-n", ns, "link", "set", "lo", "up")
 
     def start(self, k, hide=None):
-        args = ([f"--head", f"--node-ip-address={self.ip[k]}", "--port=6379", f"--dashboard-host={self.ip[k]}",
+        args = (["--head", f"--node-ip-address={self.ip[k]}", "--port=6379", f"--dashboard-host={self.ip[k]}",
                  "--dashboard-port=8265"] if k == "A" else
                 [f"--address={self.ip['A']}:6379", f"--node-ip-address={self.ip[k]}"])
         cmd = [os.path.join(BIN, "ray"), "start", *args, "--num-cpus=1", "--disable-usage-stats", "--block"]
