@@ -82,6 +82,7 @@ class SweepStopper(Stopper):
         self.event = threading.Event()       # Ctrl-C
         self.timed_out = threading.Event()   # the deadline passed
         self.deadline = deadline
+        self.hold_back = None   # () -> seconds kept from the end of the budget (smith's stage 3)
         self._previous = None
 
     def __getstate__(self):   # Tune pickles the run config (tuner.pkl); events do not pickle
@@ -111,6 +112,6 @@ class SweepStopper(Stopper):
         return False
 
     def stop_all(self):
-        if self.deadline is not None and time.time() >= self.deadline:
+        if self.deadline is not None and time.time() >= self.deadline - (self.hold_back() if self.hold_back else 0.0):
             self.timed_out.set()
         return self.event.is_set() or self.timed_out.is_set()

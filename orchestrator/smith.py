@@ -36,6 +36,21 @@ DEEP_MODELS = ("resnet18", "resnet34")
 
 
 WIDE = (1e-4, 1.0)            # the fallback LR range: where plain random search looks (issue #7)
+STAGE3_START_S = 5.0   # Tune's set-up and a trial's worker start before stage 3's first epoch
+STAGE3_MARGIN = 1.2    # reports and checkpoints beside each epoch's own seconds
+
+
+def stage3_hold_back(epochs: int):
+    """With --final and a time budget, stage 2 stops early enough for stage 3: ``epochs`` at the
+    median epoch time (training and validation) of stage 2's trials so far, with a margin."""
+    import statistics
+
+    def seconds(writer) -> float:
+        paces = [r.last["epoch_seconds"] for r in writer.trials.values() if r.last.get("epoch_seconds")]
+        return STAGE3_MARGIN * epochs * statistics.median(paces) + STAGE3_START_S if paces else 0.0
+    return seconds
+
+
 class NoResult(RuntimeError):
     """smith ended without a model: one line for the user, exit code 1; what it wrote stays."""
 
@@ -226,7 +241,8 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
               f"max_momentum {MOMENTA} and {wd_preset}{_coupling_text(s2.search.lr_momentum_ref)}; {epochs} epochs, ASHA at epochs "
               f"{list(s2.rungs)}" + (" on annealed schedules" if s2.milestones else " (one schedule over the run)")
               + (f"; {left():.0f}s of budget left" if budget else ""), flush=True)
-        out2 = run_sweep(s2, cluster, command="smith", fresh=False, deadline=deadline)
+        hold = stage3_hold_back(spec.train.trainer.epochs) if args.final and budget else None
+        out2 = run_sweep(s2, cluster, command="smith", fresh=False, deadline=deadline, hold_back=hold)
         print("\n" + best_table(out2), flush=True)
         stages = [_stage2_report(out2, s2, lr_range, basis)]
 
@@ -240,7 +256,7 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
             print("\n" + note, flush=True)
             warnings.append(note)
             s2b = stage2_spec(spec, wide, epochs, wd_preset, samples, left(), name=retry_name, coupled=coupled)
-            out2b = run_sweep(s2b, cluster, command="smith", deadline=deadline)
+            out2b = run_sweep(s2b, cluster, command="smith", deadline=deadline, hold_back=hold)
             print("\n" + best_table(out2b), flush=True)
             stages.append(_stage2_report(out2b, s2b, wide, "widened after a result no better than chance"))
         if budget and left() is not None and left() > 0.1 * budget and not args.final:
@@ -277,6 +293,11 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
             if better:
                 result = {"stage": 3, "sweep": s3.name, "trial": rec.trial_id, "value": s3r["best"],
                           "epoch": s3r["best_epoch"]}
+            elif s3r["best"] is None:
+                note = ("stage 3 finished no epoch" + (" within the time budget" if out3.timed_out else "")
+                        + f"; keeping stage 2's trial {result['trial']}")
+                warnings.append(note)
+                print(note, flush=True)
             else:
                 note = (f"stage 3 ended below stage 2: its best {spec.metric} {_f(s3r['best'])} against stage 2's "
                         f"{_f(result['value'])}; keeping stage 2's trial {result['trial']}")

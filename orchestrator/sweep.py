@@ -202,10 +202,12 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
 
 def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Callable] = None,
               progress: bool = True, command: str = "run", fresh: bool = True,
-              started: Optional[float] = None, deadline: Optional[float] = None) -> SweepOutcome:
+              started: Optional[float] = None, deadline: Optional[float] = None,
+              hold_back: Optional[Callable] = None) -> SweepOutcome:
     """``started``: when the command started (time.time()); ``time_budget_s`` then counts from
     it, Ray's start-up included, instead of from the sweep's first trial. ``deadline``: when the
-    trials stop, instead (smith's stages share one budget)."""
+    trials stop, instead (smith's stages share one budget). ``hold_back(writer)``: seconds to
+    keep from the end of the budget for what follows the sweep, read as its trials report."""
     import os
     from tunesmith.orchestrator.scheduler import SweepStopper
 
@@ -233,6 +235,8 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
     stopper = SweepStopper(deadline)
     tuner, writer, concurrency = build_tuner(spec, storage, cluster, trainable, stopper, progress,
                                              data_streams=not in_memory, manifest=man)
+    if hold_back is not None:
+        stopper.hold_back = lambda: hold_back(writer)
     if progress:
         print(f"sweep {spec.name}: {trial_count(spec)} trials, {concurrency} at a time, "
               f"{spec.search.algorithm} search{', ASHA' if spec.asha.enabled else ''}; "

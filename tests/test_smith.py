@@ -131,6 +131,23 @@ def test_smith_stages_and_report(ray_session, tmp_path, capsys, spec_file):
 
 @pytest.mark.ray
 @pytest.mark.slow
+def test_smith_final_within_a_time_budget_keeps_time_for_stage_3(ray_session, tmp_path, spec_file):
+    """--final with time_budget_s: stage 2 stops when what is left just fits stage 3 at stage 2's
+    pace, so the full-length run completes inside the budget (stage 2 used to take it all, and
+    stage 3 finished no epoch)."""
+    text = SPEC.replace("name: sm", "name: fb\ntime_budget_s: 20").replace("width: 16", "width: 8")
+    assert main(["smith", spec_file(text), "--final", "--short-epochs", "3"]) == 0
+    root = tmp_path / "results"
+    report = json.loads((root / "fb" / "smith.json").read_text())
+    final = pq.read_table(root / "fb-final" / "trials.parquet").to_pandas()
+    assert len(final) == 1 and final.status.iloc[0] == "completed" and final.epochs.iloc[0] == 6, final.stop_reason
+    assert report["seconds"] <= 21, f"{report['seconds']} s for a 20 s budget"
+    stage2 = pq.read_table(root / "fb" / "trials.parquet").to_pandas()
+    assert stage2.stop_reason.str.startswith("time budget reached").any()   # held back, not run dry
+
+
+@pytest.mark.ray
+@pytest.mark.slow
 def test_smith_notices_a_chance_level_answer_and_widens(ray_session, tmp_path, capsys, spec_file):
     """Random labels: no LR can do better than chance, and the held-out loss shows it. smith
     says so, widens the range, and never presents the result as a model without a warning."""
