@@ -150,14 +150,16 @@ class ResultsWriter(Callback):
     def __init__(self, storage: Storage, sweep: str, hp_keys: List[str], hp_domains: Dict[str, list],
                  epochs: int, metric: str, mode: str, flush_seconds: float = 1.0,
                  pruned: Optional[Dict[str, str]] = None, tensorboard: bool = True, write: bool = True,
-                 interrupted=None, keep_checkpoints: str = "best", scheduler=None, timed_out=None):
+                 interrupted=None, keep_checkpoints: str = "best", scheduler=None, timed_out=None,
+                 deadline: Optional[float] = None):
         self.storage, self.sweep = storage, sweep
         self.hp_keys, self.hp_domains = list(hp_keys), hp_domains
         self.epochs, self.metric, self.mode = epochs, metric, mode
         self.flush_seconds = flush_seconds
         self.pruned = pruned if pruned is not None else {}   # trial_id -> reason, from the scheduler
         self.interrupted = interrupted   # a threading.Event set on Ctrl-C (scheduler.SweepStopper)
-        self.timed_out = timed_out       # and one set when the sweep's time budget ran out
+        self.timed_out = timed_out       # and one set when the sweep's time budget ran out,
+        self.deadline = deadline         # at this time.time(), when trials stop by themselves
         self.trials: Dict[str, TrialRecord] = {}
         self._rows: List[dict] = []
         self._last_flush = time.monotonic()
@@ -189,13 +191,15 @@ class ResultsWriter(Callback):
         state = dict(self.__dict__)
         state["_tb_writers"] = {}
         state["interrupted"] = state["timed_out"] = None
+        state["deadline"] = None   # a resumed sweep's deadline is its stopper's, not this one
         return state
 
     def _was_interrupted(self) -> bool:
         return self.interrupted is not None and self.interrupted.is_set()
 
     def _timed_out(self) -> bool:
-        return self.timed_out is not None and self.timed_out.is_set()
+        return (self.timed_out is not None and self.timed_out.is_set()) or \
+            (self.deadline is not None and time.time() >= self.deadline)
 
     # --- Tune hooks (each timed: busy_seconds is the writer's own cost in the driver) ------
     @_timed

@@ -162,6 +162,7 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
                            metric=spec.metric, mode=spec.mode,
                            pruned=scheduler.pruned if scheduler is not None else None,
                            write=write_results, interrupted=stopper.event, timed_out=stopper.timed_out,
+                           deadline=stopper.deadline,
                            keep_checkpoints=spec.checkpoints.keep, scheduler=scheduler)
     callbacks = [writer]
     if spec.mlflow.uri:   # after the writer: it reads the trial's status from the writer's records
@@ -175,7 +176,8 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
         from tunesmith.orchestrator.datashare import share
         trainable = tune.with_parameters(train_cnn, base=spec.trial_config(),
                                          shared=share(spec.train.dataset, data_streams),
-                                         checkpoint_every=spec.checkpoints.every, ddp=ddp_options(spec, storage))
+                                         checkpoint_every=spec.checkpoints.every, ddp=ddp_options(spec, storage),
+                                         deadline=stopper.deadline)
     resources = trial_resources(spec)
     light_usage_tagging()
     tuner = tune.Tuner(

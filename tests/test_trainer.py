@@ -63,6 +63,28 @@ def test_same_config_and_seed_give_same_metrics():
     assert [m["train_loss"] for m in c] != [m["train_loss"] for m in a]
 
 
+def test_a_deadline_ends_the_run_mid_epoch_without_a_report():
+    """The sweep's time budget: the trainer stops at the next mini-batch once the deadline has
+    passed, instead of finishing an epoch that Tune's stop would wait for."""
+    import time
+    trainer = Trainer(_cfg(epochs=5, per_gpu_batch_size=16), cpu_threads=1)
+    steps = []
+    step = trainer.train_step
+
+    def counted(*args):
+        steps.append(1)
+        if len(steps) == trainer.steps_per_epoch + 3:   # three steps into the second epoch
+            trainer.deadline = time.time()
+        return step(*args)
+    trainer.train_step = counted
+    out = list(trainer.run())
+    assert [m["epoch"] for m in out] == [1]
+    assert len(steps) == trainer.steps_per_epoch + 3 < 2 * trainer.steps_per_epoch
+    late = Trainer(_cfg(), cpu_threads=1)
+    late.deadline = time.time() - 1
+    assert list(late.run()) == []
+
+
 def test_huge_lr_diverges_and_stops_at_once():
     out = list(Trainer(_cfg(lr=1e4, epochs=5, schedule="constant"), cpu_threads=1).run())
     assert len(out) == 1, "a diverged run must not train on"

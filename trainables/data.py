@@ -16,10 +16,9 @@ Both kinds offer the trainer the same few calls: ``epoch(perm, batch)``, ``val_b
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch

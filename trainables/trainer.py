@@ -81,6 +81,7 @@ class Trainer:
                  shared: Optional[dict] = None, rank: int = 0, world: int = 1):
         self.cfg = cfg
         self.rank, self.world = rank, world
+        self.deadline: Optional[float] = None   # time.time() at which run() ends, mid-epoch if need be
         self.device = device or pick_device(num_gpus)
         self.devices = world if world > 1 else device_count(self.device, num_gpus)
         if cpu_threads:
@@ -148,6 +149,8 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
         for i, (x, y) in enumerate(self.data.epoch(perm, self.rank_batch, self.steps_per_epoch)):
+            if self.deadline is not None and time.time() >= self.deadline:
+                return {"out_of_time": True}
             progress = epoch + i / self.steps_per_epoch
             lr = lr_at(t.schedule, progress, t.epochs, self.sched)
             loss, logits, y = self.train_step(x, y, lr, momentum_at(t.schedule, progress, t.epochs, self.sched))
@@ -223,6 +226,8 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
                 train = self.train_epoch(epoch)
+                if train.get("out_of_time"):   # the sweep's time budget: the epoch is abandoned
+                    return
                 if train.get("diverged"):
                     yield {"epoch": epoch + 1, **self._nan_metrics(), **train, "done": True}
                     return

@@ -35,10 +35,12 @@ def _staging_dir() -> Optional[str]:
 
 
 def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[list] = None,
-              checkpoint_every: int = 1, ddp: Optional[dict] = None) -> None:
+              checkpoint_every: int = 1, ddp: Optional[dict] = None, deadline: Optional[float] = None) -> None:
     """Function trainable: ``base`` is the spec's TrainConfig as a dict, ``config`` the values
     the search algorithm chose (``{"lr": 0.1, "model.width": 32}``), ``shared`` the dataset's
-    arrays in Ray's object store (orchestrator/datashare.py), read zero-copy."""
+    arrays in Ray's object store (orchestrator/datashare.py), read zero-copy. ``deadline``
+    (time.time(), by this node's clock): the sweep's time budget ends there; the trial stops at
+    the next mini-batch instead of finishing its epoch, which Tune's stop would wait for."""
     import os
     import tempfile
     import ray
@@ -47,6 +49,9 @@ def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[lis
     from tunesmith.trainables import data as data_mod
     from tunesmith.trainables.trainer import Trainer
 
+    import time
+    if deadline is not None and time.time() >= deadline:
+        return
     cfg = TrainConfig.from_dict(base).with_overrides(config)   # the loaders check data files on this node
     if ddp:
         return _data_parallel(cfg, shared, checkpoint_every, ddp)
@@ -58,6 +63,7 @@ def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[lis
     data = data_mod.load(cfg.dataset, shared=arrays)
     data_info = {"data_mb": data.nbytes / 2 ** 20, "data_added_mb": _private_mb() - before}
     trainer = Trainer(cfg, num_gpus=held.get("GPU", 0.0), cpu_threads=held.get("CPU", 1), shared=arrays)
+    trainer.deadline = deadline
     resumed = tune.get_checkpoint()
     if resumed is not None:   # a retry after a lost worker or node, or `tunesmith resume`
         with resumed.as_directory() as folder:
