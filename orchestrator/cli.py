@@ -97,8 +97,9 @@ def cmd_run(args) -> int:
     print(f"  tensorboard --logdir {outcome.storage.uri(spec.name, 'tensorboard')}")
     if outcome.interrupted:
         return 130
-    if budget_problem(outcome):
-        print(f"tunesmith: {budget_problem(outcome)}", file=sys.stderr)
+    why = budget_problem(outcome)
+    if why:
+        print(f"tunesmith: {why}", file=sys.stderr)
     return 0 if outcome.writer.ranked() else 1
 
 

@@ -150,16 +150,13 @@ class ResultsWriter(Callback):
     def __init__(self, storage: Storage, sweep: str, hp_keys: List[str], hp_domains: Dict[str, list],
                  epochs: int, metric: str, mode: str, flush_seconds: float = 1.0,
                  pruned: Optional[Dict[str, str]] = None, tensorboard: bool = True, write: bool = True,
-                 interrupted=None, keep_checkpoints: str = "best", scheduler=None, timed_out=None,
-                 deadline: Optional[float] = None):
+                 stopper=None, keep_checkpoints: str = "best", scheduler=None):
         self.storage, self.sweep = storage, sweep
         self.hp_keys, self.hp_domains = list(hp_keys), hp_domains
         self.epochs, self.metric, self.mode = epochs, metric, mode
         self.flush_seconds = flush_seconds
         self.pruned = pruned if pruned is not None else {}   # trial_id -> reason, from the scheduler
-        self.interrupted = interrupted   # a threading.Event set on Ctrl-C (scheduler.SweepStopper)
-        self.timed_out = timed_out       # and one set when the sweep's time budget ran out,
-        self.deadline = deadline         # at this time.time(), when trials stop by themselves
+        self.stopper = stopper           # scheduler.SweepStopper: Ctrl-C and the time budget
         self.trials: Dict[str, TrialRecord] = {}
         self._rows: List[dict] = []
         self._last_flush = time.monotonic()
@@ -190,16 +187,17 @@ class ResultsWriter(Callback):
         # Tune pickles its run config into tuner.pkl (for restore): leave the open writers out.
         state = dict(self.__dict__)
         state["_tb_writers"] = {}
-        state["interrupted"] = state["timed_out"] = None
-        state["deadline"] = None   # a resumed sweep's deadline is its stopper's, not this one
+        state["stopper"] = None   # a resumed sweep has its own
         return state
 
     def _was_interrupted(self) -> bool:
-        return self.interrupted is not None and self.interrupted.is_set()
+        return self.stopper is not None and self.stopper.event.is_set()
 
-    def _timed_out(self) -> bool:
-        return (self.timed_out is not None and self.timed_out.is_set()) or \
-            (self.deadline is not None and time.time() >= self.deadline)
+    def _out_of_time(self, rec: TrialRecord) -> Optional[str]:
+        """The stop reason of a trial the time budget stopped, else None."""
+        if self.stopper is None or not self.stopper.out_of_time():
+            return None
+        return f"time budget reached after {rec.epochs} of {self.epochs} epochs"
 
     # --- Tune hooks (each timed: busy_seconds is the writer's own cost in the driver) ------
     @_timed
@@ -422,8 +420,8 @@ class ResultsWriter(Callback):
             rec.status, rec.stop_reason = "completed", f"trained all {self.epochs} epochs"
         elif self._was_interrupted():
             rec.status, rec.stop_reason = "stopped", "sweep interrupted"
-        elif self._timed_out():
-            rec.status, rec.stop_reason = "stopped", f"time budget reached after {rec.epochs} of {self.epochs} epochs"
+        elif (reason := self._out_of_time(rec)) is not None:
+            rec.status, rec.stop_reason = "stopped", reason
         else:
             rec.status, rec.stop_reason = "stopped", f"stopped after {rec.epochs} of {self.epochs} epochs"
         self._dirty = self._status_changed = True
@@ -494,13 +492,12 @@ class ResultsWriter(Callback):
         if self._closed:
             return
         self._closing = True
-        timed_out = not self._was_interrupted() and self._timed_out()
-        if self._was_interrupted():
+        interrupted = self._was_interrupted()
+        if interrupted:
             unfinished_reason = "sweep interrupted"
         for rec in self.trials.values():
             if rec.status == "running":
-                reason = f"time budget reached after {rec.epochs} of {self.epochs} epochs" if timed_out \
-                    else unfinished_reason
+                reason = (not interrupted and self._out_of_time(rec)) or unfinished_reason
                 rec.status, rec.stop_reason, rec.ended_at = "stopped", reason, time.time()
                 self._dirty = True
                 w = self._tb_writers.get(rec.trial_id)

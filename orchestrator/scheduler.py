@@ -111,6 +111,10 @@ class SweepStopper(Stopper):
     def __call__(self, trial_id, result):
         return False
 
+    def out_of_time(self) -> bool:
+        """The budget is over: here (possibly held back), or at the deadline the trials keep."""
+        return self.timed_out.is_set() or (self.deadline is not None and time.time() >= self.deadline)
+
     def stop_all(self):
         if self.deadline is not None and time.time() >= self.deadline - (self.hold_back() if self.hold_back else 0.0):
             self.timed_out.set()

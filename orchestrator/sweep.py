@@ -140,19 +140,16 @@ def light_usage_tagging() -> None:
 
 def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainable: Optional[Callable] = None,
                 stopper=None, progress: bool = False, write_results: bool = True, data_streams: bool = False,
-                manifest: Optional[dict] = None, deadline: Optional[float] = None):
-    """``deadline`` (time.time()): when the trials stop, where it is not the spec's
-    ``time_budget_s`` from now (the command's budget, part of which it spent before the sweep).
-    ``stopper``: a scheduler.SweepStopper, made here for that deadline when not given."""
+                manifest: Optional[dict] = None):
+    """``stopper``: a scheduler.SweepStopper; when not given, one for the spec's
+    ``time_budget_s`` from now."""
     from ray import tune
     from tunesmith.orchestrator.results import ResultsWriter
     from tunesmith.orchestrator.scheduler import SweepStopper
     from tunesmith.trainables.tune_trainable import train_cnn
 
     if stopper is None:
-        if deadline is None and spec.time_budget_s:
-            deadline = time.time() + spec.time_budget_s
-        stopper = SweepStopper(deadline)
+        stopper = SweepStopper(time.time() + spec.time_budget_s if spec.time_budget_s else None)
 
     concurrency = concurrency_for(spec, cluster)
     scheduler = build_scheduler(spec)
@@ -161,8 +158,7 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
     writer = ResultsWriter(storage, spec.name, hp_keys, domains, epochs=spec.max_t,
                            metric=spec.metric, mode=spec.mode,
                            pruned=scheduler.pruned if scheduler is not None else None,
-                           write=write_results, interrupted=stopper.event, timed_out=stopper.timed_out,
-                           deadline=stopper.deadline,
+                           write=write_results, stopper=stopper,
                            keep_checkpoints=spec.checkpoints.keep, scheduler=scheduler)
     callbacks = [writer]
     if spec.mlflow.uri:   # after the writer: it reads the trial's status from the writer's records

@@ -43,13 +43,13 @@ def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[lis
     the next mini-batch instead of finishing its epoch, which Tune's stop would wait for."""
     import os
     import tempfile
+    import time
     import ray
     import torch
     from ray import tune
     from tunesmith.trainables import data as data_mod
     from tunesmith.trainables.trainer import Trainer
 
-    import time
     if deadline is not None and time.time() >= deadline:
         return
     cfg = TrainConfig.from_dict(base).with_overrides(config)   # the loaders check data files on this node
