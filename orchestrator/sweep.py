@@ -60,8 +60,8 @@ def build_search(spec: SweepSpec, concurrency: int):
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
     points = [dict(p) for p in spec.search.points_to_evaluate]
     if spec.search.algorithm == "tpe":
-        from ray.tune.search.hyperopt import HyperOptSearch
-        tpe = HyperOptSearch(points_to_evaluate=points or None,
+        from tunesmith.search_spaces.tpe import TPESearch
+        tpe = TPESearch(points_to_evaluate=points or None,
                              n_initial_points=spec.search.n_initial_points, random_state_seed=spec.seed)
         # TPE learns from finished trials: too many at once and it is random search.
         return ConcurrencyLimiter(tpe, max_concurrent=concurrency)
