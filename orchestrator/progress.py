@@ -10,6 +10,25 @@ import sys
 import time
 
 from ray.tune import Callback
+from ray.tune.progress_reporter import TrialProgressCallback
+
+
+class NoTrialLines(TrialProgressCallback):
+    """Stands in for Tune's per-trial printer, which Tune adds unless one is given: at verbose=0
+    it still printed "Trial train_cnn_... completed. Last result:" for a trial that ended
+    without a report (one the time budget stopped before its first epoch)."""
+
+    def __init__(self):
+        super().__init__()
+
+    def on_trial_result(self, *args, **kwargs):
+        pass
+
+    def on_trial_error(self, *args, **kwargs):
+        pass
+
+    def on_trial_complete(self, *args, **kwargs):
+        pass
 
 
 class ProgressPrinter(Callback):

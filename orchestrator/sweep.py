@@ -160,7 +160,8 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
                            pruned=scheduler.pruned if scheduler is not None else None,
                            write=write_results, stopper=stopper,
                            keep_checkpoints=spec.checkpoints.keep, scheduler=scheduler)
-    callbacks = [writer]
+    from tunesmith.orchestrator.progress import NoTrialLines
+    callbacks = [writer, NoTrialLines()]
     if spec.mlflow.uri:   # after the writer: it reads the trial's status from the writer's records
         from tunesmith.orchestrator.mlflow_sink import MLflowSink
         callbacks.append(MLflowSink(spec.mlflow.uri, spec.mlflow.experiment, writer, spec.to_dict(), manifest or {}))

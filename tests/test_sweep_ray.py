@@ -162,7 +162,7 @@ def _reports_only_high_lrs(config):
     tune.report({"epoch": 1, "val_acc": config["lr"], "val_loss": 1.0})
 
 
-def test_a_trial_that_ends_without_a_report_does_not_end_the_sweep(ray_session, tmp_path):
+def test_a_trial_that_ends_without_a_report_does_not_end_the_sweep(ray_session, tmp_path, capsys):
     """Tune failed the whole sweep when a trial returned without reporting (with two or more
     searched dimensions its check counts the config as reported keys), and Ray's TPE searcher
     raised on it: a budget ending just after a trial started took every result down with it."""
@@ -182,6 +182,8 @@ def test_a_trial_that_ends_without_a_report_does_not_end_the_sweep(ray_session, 
     silent = trials[trials.epochs == 0]
     assert len(silent) >= 1 and (silent.status == "stopped").all(), trials[["status", "stop_reason", "epochs"]]
     assert (trials[trials.epochs == 1].status == "completed").all()
+    out = capsys.readouterr()
+    assert "Last result" not in out.out + out.err, "Tune's own trial printer is off"
 
 
 def test_trial_larger_than_cluster_is_bad_input(ray_session, tmp_path, capsys, spec_file):
