@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Dict, Optional
+from typing import Optional
 
 import yaml
 

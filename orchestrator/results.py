@@ -54,6 +54,7 @@ class TrialRecord:
     checkpoint: Optional[str] = None  # the kept checkpoint (the best trial's final one)
     written: set = field(default_factory=set)   # epochs already in epochs/: a replay is not a new row
     train_checkpoint: Optional[str] = None       # a data-parallel trial's latest (Ray Train's)
+    schedule_epochs: Optional[int] = None        # where its schedule ends, once fitted to the time budget
 
 
 @dataclass
@@ -373,6 +374,8 @@ class ResultsWriter(Callback):
         rec.node_ip = result.get("node_ip", rec.node_ip)
         rec.device = result.get("device", rec.device)
         rec.global_batch = result.get("global_batch", rec.global_batch)
+        if result.get("schedule_epochs"):
+            rec.schedule_epochs = int(result["schedule_epochs"])
         row = {"schema_version": schema.SCHEMA_VERSION, "sweep": self.sweep, "trial_id": trial_id,
                "epoch": epoch, "timestamp": _ts(result.get("timestamp") or time.time()),
                "time_total_s": _num(result.get("time_total_s")),
@@ -418,6 +421,9 @@ class ResultsWriter(Callback):
             rec.status, rec.stop_reason = "pruned", self.pruned[trial_id]
         elif rec.epochs >= self.epochs:
             rec.status, rec.stop_reason = "completed", f"trained all {self.epochs} epochs"
+        elif rec.schedule_epochs and rec.epochs >= rec.schedule_epochs:
+            rec.status, rec.stop_reason = "completed", (f"annealed in {rec.epochs} of {self.epochs} epochs: its "
+                                                        "schedule was fitted to the time budget")
         elif self._was_interrupted():
             rec.status, rec.stop_reason = "stopped", "sweep interrupted"
         elif (reason := self._out_of_time(rec)) is not None:

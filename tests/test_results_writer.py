@@ -52,6 +52,24 @@ def test_trial_statuses_and_summaries(writer):
     assert json.loads(t.loc["t1", "config"]) == {"lr": 0.1, "model.width": 16}
 
 
+def test_a_trial_that_annealed_early_for_the_time_budget_is_completed_and_says_so(tmp_path):
+    """A trial fitted its schedule to the sweep's deadline and ended annealed at epoch 2 of 3:
+    it completed a schedule, unlike one the budget cut off."""
+    w = ResultsWriter(Storage(str(tmp_path)), "s1", ["lr"], {"lr": []}, epochs=3, metric="val_acc", mode="max")
+    for t in ("fitted", "cut"):
+        w._start(t, {"lr": 0.1})
+    w.record("fitted", _result(1, 0.5, schedule_epochs=2))
+    w.record("fitted", _result(2, 0.7, schedule_epochs=2))
+    w.record("cut", _result(1, 0.5))
+    w.finish("fitted")
+    w.finish("cut")
+    w.close()
+    t = pq.read_table(tmp_path / "s1" / "trials.parquet").to_pandas().set_index("trial_id")
+    assert t.loc["fitted", "status"] == "completed"
+    assert t.loc["fitted", "stop_reason"] == "annealed in 2 of 3 epochs: its schedule was fitted to the time budget"
+    assert t.loc["cut", "status"] == "stopped"
+
+
 def test_hyperparameters_are_typed_columns(writer):
     _, root = writer
     table = pq.read_table(root / "trials.parquet")

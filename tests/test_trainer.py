@@ -85,6 +85,69 @@ def test_a_deadline_ends_the_run_mid_epoch_without_a_report():
     assert list(late.run()) == []
 
 
+class _StepClock:
+    """The trainer's clock, advanced one second per training step and frozen otherwise: a run
+    whose pace and deadline are known exactly, however fast the machine is."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def time(self):
+        return self.now
+
+    perf_counter = time
+
+
+def test_a_run_that_cannot_finish_by_the_deadline_anneals_in_the_epochs_that_fit(monkeypatch):
+    """Budgeted training: rather than being cut off at its peak LR, a 1cycle run re-plans the
+    rest of its schedule into the whole epochs left before the deadline, ends annealed there,
+    and says where its schedule now ends; every step is taken before the deadline."""
+    from tunesmith.trainables import trainer as trainer_mod
+    clock = _StepClock()
+    monkeypatch.setattr(trainer_mod, "time", clock)
+    trainer = Trainer(_cfg(epochs=10, per_gpu_batch_size=64, schedule="one_cycle"), cpu_threads=1)
+    spe = trainer.steps_per_epoch
+    trainer.deadline = 4.5 * spe   # four and a half epochs at one second per step
+    lrs = []
+    step = trainer.train_step
+
+    def ticking(x, y, lr, momentum):
+        lrs.append(lr)
+        clock.now += 1.0
+        return step(x, y, lr, momentum)
+    trainer.train_step = ticking
+    out, plans = [], []
+    for m in trainer.run():   # a checkpoint carries the re-planned schedule, for a resumed run
+        out.append(m)
+        state = trainer.state_dict()
+        plans.append((state["end_epoch"], bool(state["warp"])))
+    assert 2 <= len(out) <= 4, [m["epoch"] for m in out]
+    assert out[-1]["done"] is True and out[-1]["schedule_epochs"] == len(out)
+    assert clock.now <= trainer.deadline and len(lrs) == len(out) * spe
+    peak = trainer.peak_lr
+    assert max(lrs) == pytest.approx(peak, rel=0.05), "the compressed schedule still reaches its peak"
+    assert lrs[-1] < 0.2 * peak / 10, "the run ends annealed, deep in 1cycle's annihilation, not at its peak"
+    assert all(m["val_acc"] > 0 for m in out)
+    assert plans[-1] == (len(out), True)
+
+
+def test_a_run_that_fits_its_deadline_keeps_its_schedule(monkeypatch):
+    from tunesmith.trainables import trainer as trainer_mod
+    clock = _StepClock()
+    monkeypatch.setattr(trainer_mod, "time", clock)
+    trainer = Trainer(_cfg(epochs=3, per_gpu_batch_size=64), cpu_threads=1)
+    trainer.deadline = 10 * trainer.steps_per_epoch
+    step = trainer.train_step
+
+    def ticking(*args):
+        clock.now += 1.0
+        return step(*args)
+    trainer.train_step = ticking
+    out = list(trainer.run())
+    assert [m["epoch"] for m in out] == [1, 2, 3] and "schedule_epochs" not in out[-1]
+    assert trainer.warp is None
+
+
 def test_huge_lr_diverges_and_stops_at_once():
     out = list(Trainer(_cfg(lr=1e4, epochs=5, schedule="constant"), cpu_threads=1).run())
     assert len(out) == 1, "a diverged run must not train on"

@@ -5,6 +5,11 @@ The LR and momentum are set every batch from the pure schedules in trainables/sc
 A run whose loss turns NaN/inf, or climbs above ``divergence_factor`` times its best smoothed
 loss, stops at once and says so: Ray's ASHA ignores NaN results, so a diverged run would
 otherwise train on to max_t.
+
+A run given a ``deadline`` (a sweep's time budget) that cannot finish its schedule before it
+re-plans: the rest of the schedule is compressed into the whole epochs that still fit, so the
+run ends annealed (Li, Yumer and Ramanan, "Budgeted Training", ICLR 2020) instead of being cut
+off at its peak LR, where a 1cycle run's accuracy is low and noisy.
 """
 from __future__ import annotations
 
@@ -23,6 +28,10 @@ from tunesmith.trainables.schedules import lr_at, momentum_at
 
 SMOOTHING = 0.98      # EMA of the batch loss, bias-corrected, as fastai and Lightning do
 WARMUP_STEPS = 10     # first steps are noisy: no verdict before this many
+PACE_MARGIN = 1.1     # a re-planned schedule assumes epochs this much slower than measured
+PACE_SLACK_S = 0.05   # and this much more per epoch (the first epoch's estimate leaves out its report)
+PROBE_FROM = 2        # the pace probe skips this many steps (allocation, first-call costs)
+EVAL_SHARE = 0.4      # an evaluated sample costs about this share of a trained one (forward only)
 
 
 class DivergenceMonitor:
@@ -114,6 +123,8 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.monitor = DivergenceMonitor(t.divergence_factor)
         self.epoch = 0   # epochs done: a restored trainer continues from here
+        self.end_epoch = t.epochs   # where the schedule ends: earlier once fitted to the deadline
+        self.warp: Optional[tuple] = None   # (at, progress, end): the schedule compressed from ``at``
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -141,8 +152,48 @@ class Trainer:
         self.optimizer.step()
         return loss, logits, y
 
-    def train_epoch(self, epoch: int) -> Dict[str, float]:
+    def schedule_progress(self, at: float) -> float:
+        """Where in the planned schedule (epochs of t.epochs) the run is at ``at`` epochs
+        trained: the same until the schedule is fitted to a deadline, faster after."""
+        if self.warp is None:
+            return at
+        start, progress, end = self.warp
+        total = self.cfg.trainer.epochs
+        return min(total, progress + (at - start) * (total - progress) / max(end - start, 1e-12))
+
+    def fit_to_deadline(self, at: float, epoch_seconds: float, into_epoch_s: float = 0.0) -> None:
+        """Re-plan the rest of the schedule to end at the last whole epoch that fits before the
+        deadline, at ``epoch_seconds`` per epoch (training, validation and report), never past
+        the planned length; ``into_epoch_s``: seconds already spent on the epoch holding ``at``.
+        A run that cannot finish even the current epoch is left as it is (it stops at the
+        deadline)."""
+        if self.deadline is None or epoch_seconds <= 0:
+            return
+        total = self.cfg.trainer.epochs
+        cost = PACE_MARGIN * epoch_seconds + PACE_SLACK_S
+        current = math.floor(at)
+        end = min(total, current + math.floor((self.deadline - time.time() + into_epoch_s) / cost))
+        if end <= current or end == self.end_epoch:
+            return
+        self.warp = (at, self.schedule_progress(at), float(end))
+        self.end_epoch = end
+
+    def _pace_probe(self, epoch: int, step: int, started: float, warm: float) -> None:
+        """Early in a run's first epoch, before any epoch time is known: estimate it from the
+        steps since ``warm`` (the first steps are slower) and fit the schedule to the deadline."""
+        n_train, n_val = len(self.data.train_y), len(self.data.val_y)
+        per_step = (time.perf_counter() - warm) / (step - PROBE_FROM)
+        per_epoch = per_step * self.steps_per_epoch * (1 + EVAL_SHARE * n_val / max(n_train, 1))
+        self.fit_to_deadline(epoch + step / self.steps_per_epoch, per_epoch,
+                             into_epoch_s=time.perf_counter() - started)
+
+    def train_epoch(self, epoch: int, probe: bool = False) -> Dict[str, float]:
+        """One epoch; ``probe``: no epoch time is known yet, so estimate it from the first
+        steps and fit the schedule to the deadline."""
         t = self.cfg.trainer
+        started = warm = time.perf_counter()
+        probe_at = max(PROBE_FROM + 3, self.steps_per_epoch // 20) \
+            if probe and self.deadline is not None and self.steps_per_epoch > PROBE_FROM + 4 else -1
         n = len(self.data.train_y)
         perm = self._shard(torch.randperm(n, generator=self.generator))
         total_loss = torch.zeros((), device=self.device)
@@ -151,7 +202,11 @@ class Trainer:
         for i, (x, y) in enumerate(self.data.epoch(perm, self.rank_batch, self.steps_per_epoch)):
             if self.deadline is not None and time.time() >= self.deadline:
                 return {"out_of_time": True}
-            progress = epoch + i / self.steps_per_epoch
+            if i == PROBE_FROM:
+                warm = time.perf_counter()
+            elif i == probe_at:
+                self._pace_probe(epoch, i, started, warm)
+            progress = self.schedule_progress(epoch + i / self.steps_per_epoch)
             lr = lr_at(t.schedule, progress, t.epochs, self.sched)
             loss, logits, y = self.train_step(x, y, lr, momentum_at(t.schedule, progress, t.epochs, self.sched))
             value = self._mean(loss.detach()).item()   # one sync per step: the divergence check needs it at once
@@ -220,12 +275,17 @@ class Trainer:
     def run(self) -> Iterator[Dict[str, float]]:
         """One dict per epoch. The last one has ``done`` and, if it diverged, ``diverged``."""
         t = self.cfg.trainer
+        last_start = None   # when this run's previous epoch began
         try:
-            for epoch in range(self.epoch, t.epochs):
+            while self.epoch < self.end_epoch:
+                epoch = self.epoch
                 start = time.perf_counter()
+                if last_start is not None:   # the last epoch's whole cost, its report included
+                    self.fit_to_deadline(epoch, start - last_start)
                 if self.device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
-                train = self.train_epoch(epoch)
+                train = self.train_epoch(epoch, probe=last_start is None)
+                last_start = start
                 if train.get("out_of_time"):   # the sweep's time budget: the epoch is abandoned
                     return
                 if train.get("diverged"):
@@ -241,7 +301,9 @@ class Trainer:
                 if self.device.type == "cuda":
                     metrics["gpu_mem_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
                 metrics["diverged"] = False
-                metrics["done"] = epoch + 1 == t.epochs
+                metrics["done"] = epoch + 1 >= self.end_epoch
+                if self.end_epoch < t.epochs:   # fitted to the deadline: the sweep's writer says so
+                    metrics["schedule_epochs"] = self.end_epoch
                 if t.preview_every and ((epoch + 1) % t.preview_every == 0 or metrics["done"]):
                     metrics["preview"] = self.preview()
                 self.epoch = epoch + 1
@@ -256,7 +318,8 @@ class Trainer:
         model = self.net
         state = {"epoch": self.epoch, "model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-                 "monitor": dict(vars(self.monitor))}
+                 "monitor": dict(vars(self.monitor)), "end_epoch": self.end_epoch,
+                 "warp": list(self.warp) if self.warp else []}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
@@ -270,6 +333,8 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         vars(self.monitor).update(state["monitor"])
         self.epoch = int(state["epoch"])
+        self.end_epoch = int(state.get("end_epoch", self.cfg.trainer.epochs))
+        self.warp = tuple(float(v) for v in state["warp"]) if state.get("warp") else None
 
     @staticmethod
     def _nan_metrics() -> Dict[str, float]:
