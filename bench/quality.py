@@ -24,7 +24,7 @@ starts it:
 The spec is the README's defaults plus the dataset: nothing tuned per dataset. The table gives
 the best validation accuracy each reached and the seconds (from the process's start) to the
 dataset's target accuracy. With ``--repeats N`` each contender runs N times per dataset, run r
-with seed r (the search's draws, the initialisation and the batch order all change), and the
+with seed r (plus --first-seed; the search's draws, the initialisation and the batch order all change), and the
 table shows medians (a run that never reached the target counts as never). The last lines check
 the issue's bars: smith within 0.5 pp of the best contender everywhere, and on digits smith at 98%
 in at most half of Optuna's time, beside Ray Tune's own floor measured in the same run (a plain
@@ -290,6 +290,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-digits", type=float, default=45.0)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--repeats-digits", type=int, default=3, help="digits: median of this many (default 3)")
+    ap.add_argument("--first-seed", type=int, default=0, help="repeat r runs seed first_seed + r (default 0)")
     ap.add_argument("--cifar10", help="a local CIFAR-10 folder: adds the dataset")
     ap.add_argument("--smith-range", nargs=2, default=list(SMITH_RANGE), metavar=("BELOW", "ABOVE"),
                     help="the smith-range contender's stage-2 LR range, decades around the pick (default 0.5 1.0)")
@@ -306,15 +307,17 @@ def main(argv=None) -> int:
         data_dir = args.cifar10 if ds == "cifar10" else None
         res = {c: [] for c in args.contenders}
         for r in range(repeats):
+            seed = args.first_seed + r
             for c in args.contenders:   # interleaved, so drift in the machine's speed hits all alike
-                # repeat r runs every contender with seed r: its own draws, init and batch order
-                out = _optuna(ds, budget, data_dir, r) if c == "optuna" else _tunesmith(c, ds, budget, data_dir, r, args.smith_range)
+                # repeat r runs every contender with its seed: its own draws, init and batch order
+                out = _optuna(ds, budget, data_dir, seed) if c == "optuna" else \
+                    _tunesmith(c, ds, budget, data_dir, seed, args.smith_range)
                 res[c].append(out)
                 print(f"{ds} run {r + 1}/{repeats} {c:<17} best {out[0]:.4f}  to {TARGETS[ds]:.0%}: "
                       f"{'-' if out[1] is None else f'{out[1]:.1f}s'}  wall {out[2]:.0f}s", flush=True)
         if ds == "digits" and "smith" in args.contenders and "optuna" in args.contenders:
             floors = [_floor() for _ in range(repeats)]   # bar 2's context, measured in the same run
-            print(f"digits: Ray Tune's floor, a plain script's first report: "
+            print("digits: Ray Tune's floor, a plain script's first report: "
                   + ", ".join(f"{f:.1f}s" for f in floors), flush=True)
         evidence.append((ds, res))
         top = max(_med([o[0] for o in res[c]]) for c in args.contenders)
