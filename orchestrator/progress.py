@@ -18,9 +18,6 @@ class NoTrialLines(TrialProgressCallback):
     it still printed "Trial train_cnn_... completed. Last result:" for a trial that ended
     without a report (one the time budget stopped before its first epoch)."""
 
-    def __init__(self):
-        super().__init__()
-
     def on_trial_result(self, *args, **kwargs):
         pass
 
