@@ -7,6 +7,23 @@ from typing import Optional
 from tunesmith.trainables.config import ConfigError
 
 
+TRIAL_SLIVER_CPU = 0.01   # what a data-parallel trial holds itself, beside its ranks ({"cpu": 0} is refused)
+
+
+def data_parallel_cpus(cluster_cpus: float, cpus_per_rank: float, ranks: int) -> float:
+    """The CPUs one data-parallel trial takes: its ranks' and its own sliver. Ray Train waits for
+    all of its ranks, so a trial that can never fit would wait out its timeout and end without
+    an epoch: it is refused, naming what would fit."""
+    total = cpus_per_rank * ranks + TRIAL_SLIVER_CPU
+    if total > cluster_cpus + 1e-9:
+        fits = math.floor(100 * (cluster_cpus - TRIAL_SLIVER_CPU) / ranks) / 100
+        raise ConfigError("resources.cpus", cpus_per_rank,
+                          f"{ranks} data-parallel ranks at {cpus_per_rank:g} CPU each, plus {TRIAL_SLIVER_CPU:g} for "
+                          f"the trial itself, need {total:g} CPUs and the cluster has {cluster_cpus:g}; "
+                          + (f"at most {fits:g} per rank fits" if fits > 0 else "use fewer workers"))
+    return total
+
+
 def max_concurrent(cluster_cpus: float, cluster_gpus: float, trial_cpus: float, trial_gpus: float,
                    requested: Optional[int] = None) -> int:
     """How many trials fit at once. Capping Tune's concurrency at this keeps trials from

@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import yaml
 
 from tunesmith.cluster.connect import ClusterInfo
-from tunesmith.cluster.resources import max_concurrent
+from tunesmith.cluster.resources import TRIAL_SLIVER_CPU, data_parallel_cpus, max_concurrent
 from tunesmith.orchestrator import manifest as manifest_mod
 from tunesmith.orchestrator.spec import SweepSpec, trial_count
 from tunesmith.orchestrator.storage import Storage
@@ -85,7 +85,8 @@ def concurrency_for(spec: SweepSpec, cluster: ClusterInfo) -> int:
     """Tune does not count the GPUs and CPUs of a trial's Train workers: the cap counts them
     (ray#18332)."""
     r = spec.resources
-    return max_concurrent(cluster.cpus, cluster.gpus, r.cpus * r.ranks, r.gpus, spec.search.max_concurrent)
+    cpus = data_parallel_cpus(cluster.cpus, r.cpus, r.ranks) if r.ranks > 1 else r.cpus
+    return max_concurrent(cluster.cpus, cluster.gpus, cpus, r.gpus, spec.search.max_concurrent)
 
 
 def ddp_options(spec: SweepSpec, storage: Storage) -> Optional[dict]:
@@ -103,7 +104,7 @@ def trial_resources(spec: SweepSpec) -> dict:
     """What Tune reserves for a trial: all of it, or a sliver when Ray Train's workers hold the
     real resources ({"cpu": 0} is refused)."""
     if spec.resources.ranks > 1:
-        return {"cpu": 0.01}
+        return {"cpu": TRIAL_SLIVER_CPU}
     return {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from tunesmith.cluster.resources import max_concurrent
+from tunesmith.cluster.resources import data_parallel_cpus, max_concurrent
 from tunesmith.trainables.config import ConfigError
 
 
@@ -20,3 +20,13 @@ def test_trial_larger_than_the_cluster_names_the_field():
         max_concurrent(16, 0, 1, 1)
     with pytest.raises(ConfigError, match="resources.cpus"):
         max_concurrent(2, 0, 4, 0)
+
+
+def test_a_data_parallel_trial_counts_its_own_sliver_and_is_refused_when_it_cannot_fit():
+    """Two ranks at one CPU each on two CPUs: with the trial's own 0.01 CPU it never fits, and
+    Ray Train would wait for its workers until the budget ran out (no epoch, no error)."""
+    assert data_parallel_cpus(2, 0.5, 2) == pytest.approx(1.01)
+    assert max_concurrent(4, 0, data_parallel_cpus(4, 1, 2), 0) == 1
+    with pytest.raises(ConfigError) as err:
+        data_parallel_cpus(2, 1, 2)
+    assert str(err.value).startswith("resources.cpus = 1: 2 data-parallel ranks") and "at most 0.99 per rank" in str(err.value)
