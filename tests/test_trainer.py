@@ -195,3 +195,56 @@ def test_a_run_restored_from_its_state_continues_exactly():
     tail = [m["val_loss"] for m in second.run()]
     assert len(tail) == 2
     assert head + tail == pytest.approx(whole, rel=1e-6)
+
+
+def _rank_under_a_deadline(rank: int, world: int, address: str, out):
+    """One rank of a two-process data-parallel run on gloo, its clock advancing per step at its
+    own pace (rank 1 half again as slow), the deadline four and a half epochs of rank 0's."""
+    import torch.distributed as dist
+    from tunesmith.trainables import trainer as trainer_mod
+    clock = _StepClock()
+    trainer_mod.time = clock
+    dist.init_process_group("gloo", init_method=address, rank=rank, world_size=world)
+    try:
+        trainer = Trainer(_cfg(epochs=10, per_gpu_batch_size=64, schedule="one_cycle"), cpu_threads=1,
+                          rank=rank, world=world)
+        spe = trainer.steps_per_epoch
+        trainer.deadline = 4.5 * spe
+        lrs = []
+        step = trainer.train_step
+
+        def ticking(x, y, lr, momentum):
+            lrs.append(lr)
+            clock.now += 1.0 + 0.5 * rank
+            return step(x, y, lr, momentum)
+        trainer.train_step = ticking
+        epochs = [(m["epoch"], m.get("schedule_epochs"), m["done"]) for m in trainer.run()]   # rank 0 reports
+        out.put((rank, epochs, lrs, spe))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_data_parallel_ranks_fit_one_plan_to_the_deadline_and_stop_together(tmp_path):
+    """The ranks of a data-parallel trial read different clocks and paces; they must agree on
+    where the compressed schedule ends and on the step where the deadline stops them, or the
+    gradient all-reduce of one waits for a rank that has stopped. Two gloo processes, no Ray."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    address = f"file://{tmp_path / 'rendezvous'}"
+    ranks = [ctx.Process(target=_rank_under_a_deadline, args=(r, 2, address, out)) for r in range(2)]
+    for p in ranks:
+        p.start()
+    try:
+        got = dict((r, (e, lrs, spe)) for r, e, lrs, spe in (out.get(timeout=60) for _ in ranks))
+    finally:
+        for p in ranks:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    (e0, lrs0, spe), (e1, lrs1, _) = got[0], got[1]
+    assert e0 == e1 and lrs0 == lrs1, (e0, e1)   # one plan, one schedule, the same steps
+    assert e0[-1][2] is True and e0[-1][1] == len(e0) < 10, e0   # ended annealed, fitted to the budget
+    # rank 1's pace (1.5 s a step) set the plan: its 4.5 * spe seconds hold three epochs, less the margin
+    assert len(e0) <= 2 and len(lrs0) == len(e0) * spe, (len(e0), len(lrs0), spe)
+    assert max(lrs0) == pytest.approx(0.1, rel=0.1) and lrs0[-1] < max(lrs0) / 10   # peaked, then annihilated

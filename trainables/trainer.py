@@ -167,12 +167,20 @@ class Trainer:
         the planned length; ``into_epoch_s``: seconds already spent on the epoch holding ``at``.
         A run that cannot finish even the current epoch is left as it is (it stops at the
         deadline)."""
-        if self.deadline is None or epoch_seconds <= 0:
+        if self.deadline is None:
+            return
+        left = self.deadline - time.time() + into_epoch_s
+        if self.world > 1:   # ranks plan from the slowest pace and the least time left: one plan for all
+            import torch.distributed as dist
+            both = torch.tensor([epoch_seconds, -left], dtype=torch.float64, device=self.device)
+            dist.all_reduce(both, op=dist.ReduceOp.MAX)
+            epoch_seconds, left = both[0].item(), -both[1].item()
+        if epoch_seconds <= 0:
             return
         total = self.cfg.trainer.epochs
         cost = PACE_MARGIN * epoch_seconds + PACE_SLACK_S
         current = math.floor(at)
-        end = min(total, current + math.floor((self.deadline - time.time() + into_epoch_s) / cost))
+        end = min(total, current + math.floor(left / cost))
         if end <= current or end == self.end_epoch:
             return
         self.warp = (at, self.schedule_progress(at), float(end))
@@ -200,7 +208,8 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
         for i, (x, y) in enumerate(self.data.epoch(perm, self.rank_batch, self.steps_per_epoch)):
-            if self.deadline is not None and time.time() >= self.deadline:
+            late = self.deadline is not None and time.time() >= self.deadline
+            if late and self.world == 1:
                 return {"out_of_time": True}
             if i == PROBE_FROM:
                 warm = time.perf_counter()
@@ -209,7 +218,11 @@ class Trainer:
             progress = self.schedule_progress(epoch + i / self.steps_per_epoch)
             lr = lr_at(t.schedule, progress, t.epochs, self.sched)
             loss, logits, y = self.train_step(x, y, lr, momentum_at(t.schedule, progress, t.epochs, self.sched))
-            value = self._mean(loss.detach()).item()   # one sync per step: the divergence check needs it at once
+            # one sync per step: the divergence check needs the loss at once, and the ranks of a
+            # data-parallel run stop together at the deadline (one step late), or collectives hang
+            value, late = self._step_sync(loss.detach(), late)
+            if late:
+                return {"out_of_time": True}
             reason = self.monitor.update(value)
             if reason:
                 return {"diverged": True, "stop_reason": f"diverged: {reason}", "lr": lr,
@@ -237,13 +250,14 @@ class Trainer:
         steps = self.steps_per_epoch
         return perm[:steps * gb].view(steps, self.world, rb)[:, self.rank].reshape(-1)
 
-    def _mean(self, value: torch.Tensor) -> torch.Tensor:
+    def _step_sync(self, loss: torch.Tensor, late: bool):
+        """(the step's loss averaged over ranks, whether any rank has reached the deadline)."""
         if self.world == 1:
-            return value
+            return loss.item(), False
         import torch.distributed as dist
-        value = value.clone()
-        dist.all_reduce(value)
-        return value / self.world
+        both = torch.stack([loss.float(), torch.tensor(float(late), device=loss.device)])
+        dist.all_reduce(both)
+        return both[0].item() / self.world, both[1].item() > 0
 
     @torch.inference_mode()
     def evaluate(self) -> Dict[str, float]:

@@ -54,7 +54,7 @@ def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[lis
         return
     cfg = TrainConfig.from_dict(base).with_overrides(config)   # the loaders check data files on this node
     if ddp:
-        return _data_parallel(cfg, shared, checkpoint_every, ddp)
+        return _data_parallel(cfg, shared, checkpoint_every, ddp, deadline)
     held = tune.get_context().get_trial_resources().required_resources
     before = _private_mb()
     arrays = None
@@ -86,17 +86,20 @@ def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[lis
 
 # --- data-parallel trials: Ray Train (V2) inside the Tune trial ---------------------------------
 
-def _data_parallel(cfg: TrainConfig, shared: Optional[list], checkpoint_every: int, ddp: dict) -> None:
+def _data_parallel(cfg: TrainConfig, shared: Optional[list], checkpoint_every: int, ddp: dict,
+                   deadline: Optional[float] = None) -> None:
     """The trial launches a TorchTrainer with one worker per rank and waits for it; rank 0's
     reports reach Tune through Train's TuneReportCallback. The Train run is named after the
-    trial, so a retried trial resumes it from its last checkpoint."""
+    trial, so a retried trial resumes it from its last checkpoint. The ranks keep the sweep's
+    deadline as one process does: they fit the schedule to it and stop at it, together."""
     from ray import train, tune
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
     trial = tune.get_context().get_trial_id()
     trainer = TorchTrainer(
         _rank_loop,
-        train_loop_config={"cfg": cfg.to_dict(), "shared": shared, "checkpoint_every": checkpoint_every},
+        train_loop_config={"cfg": cfg.to_dict(), "shared": shared, "checkpoint_every": checkpoint_every,
+                           "deadline": deadline},
         scaling_config=train.ScalingConfig(num_workers=ddp["workers"], use_gpu=ddp["use_gpu"],
                                            resources_per_worker={"CPU": ddp["cpus_per_worker"],
                                                                  **({"GPU": 1} if ddp["use_gpu"] else {})}),
@@ -123,6 +126,7 @@ def _rank_loop(loop_config: dict) -> None:
         device = get_device()
     arrays = ray.get(shared[0]) if shared else None
     trainer = Trainer(cfg, device=device, cpu_threads=1, shared=arrays, rank=rank, world=world)
+    trainer.deadline = loop_config.get("deadline")
     resumed = train.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as folder:
