@@ -83,7 +83,15 @@ class SweepStopper(Stopper):
         self.timed_out = threading.Event()   # the deadline passed
         self.deadline = deadline
         self.hold_back = None   # () -> seconds kept from the end of the budget (smith's stage 3)
+        self.keeper = None      # DeadlineKeeper: tells the trials where the held-back budget ends
+        self._published = deadline
         self._previous = None
+
+    def keep_for_trials(self) -> None:
+        """With a hold-back, the trials' deadline moves earlier as stage 2's pace is measured:
+        a small actor holds it, so trials on any node fit their schedules to it."""
+        import ray
+        self.keeper = ray.remote(num_cpus=0)(DeadlineKeeper).remote(self.deadline)
 
     def __getstate__(self):   # Tune pickles the run config (tuner.pkl); events do not pickle
         return {"left": None if self.deadline is None else max(1.0, self.deadline - time.time())}
@@ -116,6 +124,30 @@ class SweepStopper(Stopper):
         return self.timed_out.is_set() or (self.deadline is not None and time.time() >= self.deadline)
 
     def stop_all(self):
-        if self.deadline is not None and time.time() >= self.deadline - (self.hold_back() if self.hold_back else 0.0):
+        end = self.deadline
+        if end is not None and self.hold_back:
+            end -= self.hold_back()
+            if self.keeper is not None and abs(end - self._published) > PUBLISH_STEP_S:
+                self.keeper.set.remote(end)
+                self._published = end
+        if end is not None and time.time() >= end:
             self.timed_out.set()
         return self.event.is_set() or self.timed_out.is_set()
+
+
+PUBLISH_STEP_S = 0.5   # the held-back deadline is sent to the trials when it moves by more
+
+
+class DeadlineKeeper:
+    """Where the sweep's trials must end (time.time()), as a Ray actor the driver updates: the
+    budget held back for smith's stage 3 grows with stage 2's measured pace, after the trials
+    started. Trials read it at each epoch's start."""
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+
+    def set(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def get(self) -> float:
+        return self.deadline

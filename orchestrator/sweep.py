@@ -175,7 +175,7 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
         trainable = tune.with_parameters(train_cnn, base=spec.trial_config(),
                                          shared=share(spec.train.dataset, data_streams),
                                          checkpoint_every=spec.checkpoints.every, ddp=ddp_options(spec, storage),
-                                         deadline=stopper.deadline)
+                                         deadline=stopper.deadline, keeper=stopper.keeper)
     resources = trial_resources(spec)
     light_usage_tagging()
     tuner = tune.Tuner(
@@ -233,6 +233,8 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
     if deadline is None and spec.time_budget_s:
         deadline = (began if started is None else started) + spec.time_budget_s
     stopper = SweepStopper(deadline)
+    if hold_back is not None and deadline is not None:
+        stopper.keep_for_trials()
     tuner, writer, concurrency = build_tuner(spec, storage, cluster, trainable, stopper, progress,
                                              data_streams=not in_memory, manifest=man)
     if hold_back is not None:

@@ -143,7 +143,9 @@ def test_smith_final_within_a_time_budget_keeps_time_for_stage_3(ray_session, tm
     assert len(final) == 1 and final.status.iloc[0] == "completed" and final.epochs.iloc[0] == 6, final.stop_reason
     assert report["seconds"] <= 21, f"{report['seconds']} s for a 20 s budget"
     stage2 = pq.read_table(root / "fb" / "trials.parquet").to_pandas()
-    assert stage2.stop_reason.str.startswith("time budget reached").any()   # held back, not run dry
+    # held back, not run dry: trials in flight at the hold-back point were stopped there, or had
+    # fitted their schedules to it (the held-back deadline reaches them while they run)
+    assert stage2.stop_reason.str.contains("time budget").any()
 
 
 @pytest.mark.ray

@@ -221,3 +221,25 @@ def test_data_parallel_ranks_match_one_process_with_the_same_global_batch(ray_se
         assert abs(a.train_loss - b.train_loss) < 0.15 * b.train_loss + 0.02, (a.train_loss, b.train_loss)
         assert abs(a.val_acc - b.val_acc) < 0.06, (a.val_acc, b.val_acc)
     assert ddp.val_acc.iloc[-1] > 0.9
+
+
+def test_a_held_back_deadline_reaches_trials_in_other_processes(ray_session):
+    """smith --final: the stopper holds back stage 3's share once stage 2's pace is known; the
+    DeadlineKeeper actor carries the earlier deadline to the trials, read here from a Ray task
+    (another process, as a trial is), and the stopper stops the sweep there."""
+    import ray
+    from tunesmith.orchestrator.scheduler import SweepStopper
+    from tunesmith.trainables.tune_trainable import _reader
+    now = time.time()
+    stopper = SweepStopper(now + 100)
+    stopper.keep_for_trials()
+    read = ray.remote(num_cpus=0)(lambda keeper: _reader(keeper)())
+    assert ray.get(read.remote(stopper.keeper)) == pytest.approx(now + 100)
+    stopper.hold_back = lambda: 30.0
+    assert not stopper.stop_all()
+    assert ray.get(read.remote(stopper.keeper)) == pytest.approx(now + 70)
+    stopper.hold_back = lambda: 200.0   # nothing left after the hold-back: stop
+    assert stopper.stop_all() and stopper.timed_out.is_set()
+    assert ray.get(read.remote(stopper.keeper)) == pytest.approx(now - 100)
+    ray.kill(stopper.keeper)
+    assert _reader(stopper.keeper)() is None   # a keeper that is gone: the trial keeps its last deadline

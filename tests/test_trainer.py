@@ -131,6 +131,36 @@ def test_a_run_that_cannot_finish_by_the_deadline_anneals_in_the_epochs_that_fit
     assert plans[-1] == (len(out), True)
 
 
+def test_a_deadline_moved_earlier_during_the_run_is_kept(monkeypatch):
+    """smith --final holds back stage 3's share of the budget once stage 2's pace is known,
+    after its trials started: a trial reads the deadline again at each epoch's start (None: no
+    answer, keep the last) and fits its schedule to the earlier one."""
+    from tunesmith.trainables import trainer as trainer_mod
+    clock = _StepClock()
+    monkeypatch.setattr(trainer_mod, "time", clock)
+    trainer = Trainer(_cfg(epochs=10, per_gpu_batch_size=64, schedule="one_cycle"), cpu_threads=1)
+    spe = trainer.steps_per_epoch
+    trainer.deadline = 100.0 * spe   # ample for ten epochs
+    reads = []
+
+    def source():
+        reads.append(trainer.epoch)
+        return None if trainer.epoch == 0 else (5.5 * spe if trainer.epoch >= 2 else None)
+    trainer.deadline_source = source
+    lrs = []
+    step = trainer.train_step
+
+    def ticking(x, y, lr, momentum):
+        lrs.append(lr)
+        clock.now += 1.0
+        return step(x, y, lr, momentum)
+    trainer.train_step = ticking
+    out = list(trainer.run())
+    assert reads[:3] == [0, 1, 2]   # at each epoch's start
+    assert 3 <= len(out) <= 5 and out[-1]["done"] and out[-1]["schedule_epochs"] == len(out), [m["epoch"] for m in out]
+    assert clock.now <= 5.5 * spe and lrs[-1] < max(lrs) / 10   # before the new deadline, annealed
+
+
 def test_a_run_that_fits_its_deadline_keeps_its_schedule(monkeypatch):
     from tunesmith.trainables import trainer as trainer_mod
     clock = _StepClock()

@@ -91,6 +91,7 @@ class Trainer:
         self.cfg = cfg
         self.rank, self.world = rank, world
         self.deadline: Optional[float] = None   # time.time() at which run() ends, mid-epoch if need be
+        self.deadline_source = None   # () -> a new deadline or None, read at each epoch's start
         self.device = device or pick_device(num_gpus)
         self.devices = world if world > 1 else device_count(self.device, num_gpus)
         if cpu_threads:
@@ -294,6 +295,9 @@ class Trainer:
             while self.epoch < self.end_epoch:
                 epoch = self.epoch
                 start = time.perf_counter()
+                if self.deadline_source is not None:   # the sweep may have moved it earlier
+                    moved = self.deadline_source()
+                    self.deadline = self.deadline if moved is None else moved
                 if last_start is not None:   # the last epoch's whole cost, its report included
                     self.fit_to_deadline(epoch, start - last_start)
                 if self.device.type == "cuda":

@@ -35,12 +35,14 @@ def _staging_dir() -> Optional[str]:
 
 
 def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[list] = None,
-              checkpoint_every: int = 1, ddp: Optional[dict] = None, deadline: Optional[float] = None) -> None:
+              checkpoint_every: int = 1, ddp: Optional[dict] = None, deadline: Optional[float] = None,
+              keeper=None) -> None:
     """Function trainable: ``base`` is the spec's TrainConfig as a dict, ``config`` the values
     the search algorithm chose (``{"lr": 0.1, "model.width": 32}``), ``shared`` the dataset's
     arrays in Ray's object store (orchestrator/datashare.py), read zero-copy. ``deadline``
     (time.time(), by this node's clock): the sweep's time budget ends there; the trial stops at
-    the next mini-batch instead of finishing its epoch, which Tune's stop would wait for."""
+    the next mini-batch instead of finishing its epoch, which Tune's stop would wait for.
+    ``keeper``: a DeadlineKeeper actor that may move the deadline earlier during the sweep."""
     import os
     import tempfile
     import time
@@ -54,7 +56,7 @@ def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[lis
         return
     cfg = TrainConfig.from_dict(base).with_overrides(config)   # the loaders check data files on this node
     if ddp:
-        return _data_parallel(cfg, shared, checkpoint_every, ddp, deadline)
+        return _data_parallel(cfg, shared, checkpoint_every, ddp, deadline, keeper)
     held = tune.get_context().get_trial_resources().required_resources
     before = _private_mb()
     arrays = None
@@ -64,6 +66,7 @@ def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[lis
     data_info = {"data_mb": data.nbytes / 2 ** 20, "data_added_mb": _private_mb() - before}
     trainer = Trainer(cfg, num_gpus=held.get("GPU", 0.0), cpu_threads=held.get("CPU", 1), shared=arrays)
     trainer.deadline = deadline
+    trainer.deadline_source = _reader(keeper)
     resumed = tune.get_checkpoint()
     if resumed is not None:   # a retry after a lost worker or node, or `tunesmith resume`
         with resumed.as_directory() as folder:
@@ -84,10 +87,25 @@ def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[lis
             tune.report(metrics)
 
 
+def _reader(keeper):
+    """The trainer's view of a DeadlineKeeper: its current deadline, or None (keep the last one)
+    when the driver that holds it is gone or slow to answer."""
+    if keeper is None:
+        return None
+    import ray
+
+    def read():
+        try:
+            return ray.get(keeper.get.remote(), timeout=5)
+        except Exception:
+            return None
+    return read
+
+
 # --- data-parallel trials: Ray Train (V2) inside the Tune trial ---------------------------------
 
 def _data_parallel(cfg: TrainConfig, shared: Optional[list], checkpoint_every: int, ddp: dict,
-                   deadline: Optional[float] = None) -> None:
+                   deadline: Optional[float] = None, keeper=None) -> None:
     """The trial launches a TorchTrainer with one worker per rank and waits for it; rank 0's
     reports reach Tune through Train's TuneReportCallback. The Train run is named after the
     trial, so a retried trial resumes it from its last checkpoint. The ranks keep the sweep's
@@ -99,7 +117,7 @@ def _data_parallel(cfg: TrainConfig, shared: Optional[list], checkpoint_every: i
     trainer = TorchTrainer(
         _rank_loop,
         train_loop_config={"cfg": cfg.to_dict(), "shared": shared, "checkpoint_every": checkpoint_every,
-                           "deadline": deadline},
+                           "deadline": deadline, "keeper": keeper},
         scaling_config=train.ScalingConfig(num_workers=ddp["workers"], use_gpu=ddp["use_gpu"],
                                            resources_per_worker={"CPU": ddp["cpus_per_worker"],
                                                                  **({"GPU": 1} if ddp["use_gpu"] else {})}),
@@ -127,6 +145,7 @@ def _rank_loop(loop_config: dict) -> None:
     arrays = ray.get(shared[0]) if shared else None
     trainer = Trainer(cfg, device=device, cpu_threads=1, shared=arrays, rank=rank, world=world)
     trainer.deadline = loop_config.get("deadline")
+    trainer.deadline_source = _reader(loop_config.get("keeper"))
     resumed = train.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as folder:
