@@ -123,13 +123,19 @@ def _trials(root: str) -> dict:
     """Every trial's peak LR and best val_acc, and for smith the range test's max LR (its rule's
     pick): the evidence for where stage 2 should search."""
     import pyarrow.parquet as pq
-    out = {"trials": [], "max_lr": None}
+    out = {"trials": [], "max_lr": None, "settings": [], "started": 0}
     for path in glob.glob(os.path.join(root, "q*", "trials.parquet")):
-        t = pq.read_table(path, columns=["hp_lr", "best_val_acc"]).to_pandas().dropna()
+        t = pq.read_table(path).to_pandas()
+        out["started"] += len(t)
+        t = t.dropna(subset=["hp_lr", "best_val_acc"])
         out["trials"] += [(float(a), float(b)) for a, b in zip(t.hp_lr, t.best_val_acc)]
+        for key in ("hp_max_momentum", "hp_weight_decay"):   # smith's stage 2 searches these too
+            if key in t:
+                out["settings"] += [(key[3:], float(v), float(b)) for v, b in zip(t[key], t.best_val_acc)]
     smith = os.path.join(root, "q", "smith.json")
     if os.path.exists(smith):
-        out["max_lr"] = json.load(open(smith))["stage1"]["max_lr"]
+        stage1 = json.load(open(smith))["stage1"]
+        out["max_lr"], out["stage1_s"] = stage1["max_lr"], stage1.get("seconds")
     return out
 
 
@@ -263,6 +269,33 @@ def _print_lr_evidence(evidence) -> None:
     print("  pooled   " + ", ".join(f"10^{b:+.1f}: {statistics.median(v):.2f} ({len(v)})" for b, v in sorted(pooled.items())))
 
 
+def _print_setting_evidence(evidence) -> None:
+    """How many trials each contender started per run (what its budget bought), and for
+    smith's stage 2 each momentum bound and weight decay's median best val_acc as a share of
+    the dataset's best trial."""
+    lines = []
+    for ds, res in evidence:
+        runs = {c: [o[3] for o in res[c] if len(o) > 3] for c in res}
+        top = max((acc for c in runs for o in runs[c] for _, acc in o["trials"]), default=0) or 1
+        lines.append(f"  {ds:<8} trials started per run: " + ", ".join(
+            f"{c} {statistics.median([o['started'] for o in rs]):g}" for c, rs in runs.items() if rs))
+        stage1 = [o["stage1_s"] for rs in runs.values() for o in rs if o.get("stage1_s")]
+        if stage1:
+            lines[-1] += f"; smith's range test {statistics.median(stage1):.1f}s"
+        groups: dict = {}
+        for rs in runs.values():
+            for o in rs:
+                for key, value, acc in o["settings"]:
+                    groups.setdefault((key, value), []).append(acc / top)
+        for key in sorted({k for k, _ in groups}):
+            lines.append(f"  {ds:<8} {key}: " + ", ".join(
+                f"{v:g}: {statistics.median(xs):.2f} ({len(xs)})" for (k, v), xs in sorted(groups.items()) if k == key))
+    if lines:
+        print("\nBudget and settings: trials per run, and smith's stage-2 settings by median best val_acc as a "
+              "share of the dataset's best (trials):")
+        print("\n".join(lines))
+
+
 def _med(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -339,6 +372,7 @@ def main(argv=None) -> int:
               f"{statistics.mean(each):>7.4f} ± {sd:.4f}  " + " ".join(f"{x:.4f}" for x in each))
     print("targets: " + ", ".join(f"{d} {TARGETS[d]:.0%}" for d in datasets))
     _print_lr_evidence(evidence)
+    _print_setting_evidence(evidence)
     by = {(r[0], r[3]): r for r in rows}
     if "smith" in args.contenders:
         worst = max(by[(d, "smith")][7] for d in datasets)
