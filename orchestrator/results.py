@@ -55,6 +55,7 @@ class TrialRecord:
     written: set = field(default_factory=set)   # epochs already in epochs/: a replay is not a new row
     train_checkpoint: Optional[str] = None       # a data-parallel trial's latest (Ray Train's)
     schedule_epochs: Optional[int] = None        # where its schedule ends, once fitted to the time budget
+    pace: Optional[float] = None   # seconds between its last two reports: an epoch's whole cost, report included
 
 
 @dataclass
@@ -159,6 +160,8 @@ class ResultsWriter(Callback):
         self.pruned = pruned if pruned is not None else {}   # trial_id -> reason, from the scheduler
         self.stopper = stopper           # scheduler.SweepStopper: Ctrl-C and the time budget
         self.trials: Dict[str, TrialRecord] = {}
+        self.opened_at = time.time()   # with Tune's set-up about to begin
+        self.start_up: Optional[float] = None   # seconds to the first report, less its epoch's own time
         self._rows: List[dict] = []
         self._last_flush = time.monotonic()
         self._dirty = False
@@ -376,6 +379,10 @@ class ResultsWriter(Callback):
         rec.global_batch = result.get("global_batch", rec.global_batch)
         if result.get("schedule_epochs"):
             rec.schedule_epochs = int(result["schedule_epochs"])
+        if epoch > 1 and _num(result.get("time_this_iter_s")):   # the first also holds the trial's start
+            rec.pace = float(result["time_this_iter_s"])
+        if self.start_up is None and _num(result.get("epoch_seconds")):
+            self.start_up = max(0.0, time.time() - self.opened_at - float(result["epoch_seconds"]))
         row = {"schema_version": schema.SCHEMA_VERSION, "sweep": self.sweep, "trial_id": trial_id,
                "epoch": epoch, "timestamp": _ts(result.get("timestamp") or time.time()),
                "time_total_s": _num(result.get("time_total_s")),

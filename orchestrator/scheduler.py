@@ -93,6 +93,16 @@ class SweepStopper(Stopper):
         import ray
         self.keeper = ray.remote(num_cpus=0)(DeadlineKeeper).remote(self.deadline)
 
+    def release(self) -> None:
+        """The sweep is over: its keeper goes (smith's next stage has its own)."""
+        if self.keeper is not None:
+            import ray
+            try:
+                ray.kill(self.keeper)
+            except Exception:   # Ray already gone (an aborted sweep): the actor went with it
+                pass
+            self.keeper = None
+
     def __getstate__(self):   # Tune pickles the run config (tuner.pkl); events do not pickle
         return {"left": None if self.deadline is None else max(1.0, self.deadline - time.time())}
 

@@ -36,18 +36,27 @@ DEEP_MODELS = ("resnet18", "resnet34")
 
 
 WIDE = (1e-4, 1.0)            # the fallback LR range: where plain random search looks (issue #7)
-STAGE3_START_S = 5.0   # Tune's set-up and a trial's worker start before stage 3's first epoch
-STAGE3_MARGIN = 1.2    # reports and checkpoints beside each epoch's own seconds
+STAGE3_START_S = 5.0   # Tune's set-up and a trial's worker start before stage 3's first epoch,
+                       # until stage 2's own start-up is measured
+STAGE3_WIND_DOWN_S = 1.5   # stage 2 stopping its trials and writing its results
+STAGE3_MARGIN = 1.2
 
 
 def stage3_hold_back(epochs: int):
-    """With --final and a time budget, stage 2 stops early enough for stage 3: ``epochs`` at the
-    median epoch time (training and validation) of stage 2's trials so far, with a margin."""
+    """With --final and a time budget, stage 2 stops early enough for stage 3: stage 2's own
+    start-up (Tune's set-up, the trial's worker, the data: from the sweep's start to its first
+    report, less that epoch), then ``epochs`` at the median pace of stage 2's trials so far (an
+    epoch's whole cost, its report and checkpoint included; the training and validation time
+    alone where no trial has a second epoch yet), with a margin, after stage 2's wind-down."""
     import statistics
 
     def seconds(writer) -> float:
-        paces = [r.last["epoch_seconds"] for r in writer.trials.values() if r.last.get("epoch_seconds")]
-        return STAGE3_MARGIN * epochs * statistics.median(paces) + STAGE3_START_S if paces else 0.0
+        paces = [r.pace for r in writer.trials.values() if r.pace] or \
+            [r.last["epoch_seconds"] for r in writer.trials.values() if r.last.get("epoch_seconds")]
+        if not paces:
+            return 0.0
+        start = STAGE3_START_S if writer.start_up is None else writer.start_up
+        return STAGE3_MARGIN * (epochs * statistics.median(paces) + start) + STAGE3_WIND_DOWN_S
     return seconds
 
 
@@ -286,7 +295,8 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
                    "best": rec.best.get(s3.metric) if rec else None,
                    "best_epoch": (max(rec.curve, key=lambda e: rec.curve[e] if spec.mode == "max" else -rec.curve[e])
                                   if rec and rec.curve else None),
-                   "status": rec.status if rec else "none"}
+                   "status": rec.status if rec else "none", "trained": rec.epochs if rec else 0,
+                   "stop_reason": rec.stop_reason if rec else ""}
             report["stage3"] = s3r
             better = s3r["best"] is not None and (s3r["best"] >= result["value"] if spec.mode == "max"
                                                   else s3r["best"] <= result["value"])
@@ -371,7 +381,9 @@ def render(r: Dict[str, Any]) -> str:
     if "stage3" in r:
         s3 = r["stage3"]
         lines += ["", "## Stage 3: full-length training",
-                  f"{s3['epochs']} epochs ({s3['status']}): best {m} {_f(s3['best'])} at epoch {s3['best_epoch']}, "
+                  f"{s3.get('trained', s3['epochs'])} of {s3['epochs']} epochs ({s3['status']}"
+                  + (f": {s3['stop_reason']}" if s3.get("stop_reason") and s3.get("trained") != s3["epochs"] else "")
+                  + f"): best {m} {_f(s3['best'])} at epoch {s3['best_epoch']}, "
                   f"{_f(s3['final'])} at the last epoch. Sweep: {s3['sweep']}"]
     res = r["result"]
     lines += ["", "## Result",

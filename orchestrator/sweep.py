@@ -258,6 +258,7 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
         from tunesmith.orchestrator.progress import stop_all
         stop_all()
         stopper.uninstall()
+        stopper.release()
         writer.close("sweep interrupted" if status == "interrupted" else "sweep ended")
         man.update(ended_at=manifest_mod.now_iso(), status=status,
                    wall_seconds=round(time.monotonic() - start, 3),

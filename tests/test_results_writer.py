@@ -70,6 +70,27 @@ def test_a_trial_that_annealed_early_for_the_time_budget_is_completed_and_says_s
     assert t.loc["cut", "status"] == "stopped"
 
 
+def test_stage3_is_held_back_at_the_trials_whole_epoch_cost(tmp_path):
+    """smith --final keeps stage 3's time from the end of the budget at stage 2's pace: each
+    trial's seconds between reports (its checkpoint and report included, 0.4 s here), not its
+    training and validation time alone (0.1 s), which left stage 3 too little on a busy machine;
+    a trial's first report, which holds its start, is not a pace."""
+    import time
+    from tunesmith.orchestrator.smith import STAGE3_MARGIN, STAGE3_WIND_DOWN_S, stage3_hold_back
+    w = ResultsWriter(Storage(str(tmp_path)), "s1", ["lr"], {"lr": []}, epochs=3, metric="val_acc", mode="max")
+    w.opened_at = time.time() - 3.1   # the sweep began 3.1 s before its first report (0.1 s of it the epoch)
+    hold = stage3_hold_back(6)
+    assert hold(w) == 0.0   # nothing measured: nothing held back yet
+    w._start("a", {"lr": 0.1})
+    w.record("a", _result(1, 0.5, time_this_iter_s=3.0))
+    assert w.start_up == pytest.approx(3.0, abs=0.05)
+    # no pace yet: the trainer's own time
+    assert hold(w) == pytest.approx(STAGE3_MARGIN * (6 * 0.1 + 3.0) + STAGE3_WIND_DOWN_S, abs=0.1)
+    w.record("a", _result(2, 0.6, time_this_iter_s=0.4))
+    assert w.trials["a"].pace == 0.4
+    assert hold(w) == pytest.approx(STAGE3_MARGIN * (6 * 0.4 + 3.0) + STAGE3_WIND_DOWN_S, abs=0.1)
+
+
 def test_hyperparameters_are_typed_columns(writer):
     _, root = writer
     table = pq.read_table(root / "trials.parquet")

@@ -241,5 +241,7 @@ def test_a_held_back_deadline_reaches_trials_in_other_processes(ray_session):
     stopper.hold_back = lambda: 200.0   # nothing left after the hold-back: stop
     assert stopper.stop_all() and stopper.timed_out.is_set()
     assert ray.get(read.remote(stopper.keeper)) == pytest.approx(now - 100)
-    ray.kill(stopper.keeper)
-    assert _reader(stopper.keeper)() is None   # a keeper that is gone: the trial keeps its last deadline
+    keeper = stopper.keeper
+    stopper.release()   # at the sweep's end
+    assert stopper.keeper is None
+    assert _reader(keeper)() is None   # a keeper that is gone: the trial keeps its last deadline
