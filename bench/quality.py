@@ -205,8 +205,8 @@ def _optuna(dataset: str, budget: float, data_dir=None, seed: int = 0):
         out = json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
         print(f"  optuna on {dataset} failed:\n{proc.stderr[-1500:]}")
-        return 0.0, None, wall, {"trials": [], "max_lr": None}
-    return out["best"], out["first"], wall, {"trials": [], "max_lr": None}
+        return 0.0, None, wall, {"trials": [], "max_lr": None, "settings": [], "started": 0}
+    return out["best"], out["first"], wall, {"trials": [], "max_lr": None, "settings": [], "started": out["trials"]}
 
 
 def tune_floor(began: float) -> float:
