@@ -119,11 +119,16 @@ def _tunesmith(contender: str, dataset: str, budget: float, data_dir=None, seed:
     return best, first, wall, trials
 
 
+def _no_trials(started: int = 0) -> dict:
+    """The evidence of a run that read no trial's settings (Optuna's, or a failed run)."""
+    return {"trials": [], "max_lr": None, "settings": [], "started": started}
+
+
 def _trials(root: str) -> dict:
     """Every trial's peak LR and best val_acc, and for smith the range test's max LR (its rule's
     pick): the evidence for where stage 2 should search."""
     import pyarrow.parquet as pq
-    out = {"trials": [], "max_lr": None, "settings": [], "started": 0}
+    out = _no_trials()
     for path in glob.glob(os.path.join(root, "q*", "trials.parquet")):
         t = pq.read_table(path).to_pandas()
         out["started"] += len(t)
@@ -205,8 +210,8 @@ def _optuna(dataset: str, budget: float, data_dir=None, seed: int = 0):
         out = json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
         print(f"  optuna on {dataset} failed:\n{proc.stderr[-1500:]}")
-        return 0.0, None, wall, {"trials": [], "max_lr": None, "settings": [], "started": 0}
-    return out["best"], out["first"], wall, {"trials": [], "max_lr": None, "settings": [], "started": out["trials"]}
+        return 0.0, None, wall, _no_trials()
+    return out["best"], out["first"], wall, _no_trials(started=out["trials"])
 
 
 def tune_floor(began: float) -> float:

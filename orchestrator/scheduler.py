@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Dict, Optional, Sequence
 
+import ray
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from ray.tune.stopper import Stopper
 
@@ -90,13 +91,11 @@ class SweepStopper(Stopper):
     def keep_for_trials(self) -> None:
         """With a hold-back, the trials' deadline moves earlier as stage 2's pace is measured:
         a small actor holds it, so trials on any node fit their schedules to it."""
-        import ray
         self.keeper = ray.remote(num_cpus=0)(DeadlineKeeper).remote(self.deadline)
 
     def release(self) -> None:
         """The sweep is over: its keeper goes (smith's next stage has its own)."""
         if self.keeper is not None:
-            import ray
             try:
                 ray.kill(self.keeper)
             except Exception:   # Ray already gone (an aborted sweep): the actor went with it

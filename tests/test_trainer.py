@@ -98,24 +98,37 @@ class _StepClock:
     perf_counter = time
 
 
-def test_a_run_that_cannot_finish_by_the_deadline_anneals_in_the_epochs_that_fit(monkeypatch):
-    """Budgeted training: rather than being cut off at its peak LR, a 1cycle run re-plans the
-    rest of its schedule into the whole epochs left before the deadline, ends annealed there,
-    and says where its schedule now ends; every step is taken before the deadline."""
-    from tunesmith.trainables import trainer as trainer_mod
-    clock = _StepClock()
-    monkeypatch.setattr(trainer_mod, "time", clock)
-    trainer = Trainer(_cfg(epochs=10, per_gpu_batch_size=64, schedule="one_cycle"), cpu_threads=1)
-    spe = trainer.steps_per_epoch
-    trainer.deadline = 4.5 * spe   # four and a half epochs at one second per step
+def _tick(trainer, clock, seconds=1.0):
+    """Each training step advances ``clock`` by ``seconds``; returns the list of the steps' LRs."""
     lrs = []
     step = trainer.train_step
 
     def ticking(x, y, lr, momentum):
         lrs.append(lr)
-        clock.now += 1.0
+        clock.now += seconds
         return step(x, y, lr, momentum)
     trainer.train_step = ticking
+    return lrs
+
+
+@pytest.fixture
+def step_clock(monkeypatch):
+    """The trainer module's clock replaced by a _StepClock."""
+    from tunesmith.trainables import trainer as trainer_mod
+    clock = _StepClock()
+    monkeypatch.setattr(trainer_mod, "time", clock)
+    return clock
+
+
+def test_a_run_that_cannot_finish_by_the_deadline_anneals_in_the_epochs_that_fit(step_clock):
+    """Budgeted training: rather than being cut off at its peak LR, a 1cycle run re-plans the
+    rest of its schedule into the whole epochs left before the deadline, ends annealed there,
+    and says where its schedule now ends; every step is taken before the deadline."""
+    clock = step_clock
+    trainer = Trainer(_cfg(epochs=10, per_gpu_batch_size=64, schedule="one_cycle"), cpu_threads=1)
+    spe = trainer.steps_per_epoch
+    trainer.deadline = 4.5 * spe   # four and a half epochs at one second per step
+    lrs = _tick(trainer, clock)
     out, plans = [], []
     for m in trainer.run():   # a checkpoint carries the re-planned schedule, for a resumed run
         out.append(m)
@@ -131,13 +144,11 @@ def test_a_run_that_cannot_finish_by_the_deadline_anneals_in_the_epochs_that_fit
     assert plans[-1] == (len(out), True)
 
 
-def test_a_deadline_moved_earlier_during_the_run_is_kept(monkeypatch):
+def test_a_deadline_moved_earlier_during_the_run_is_kept(step_clock):
     """smith --final holds back stage 3's share of the budget once stage 2's pace is known,
     after its trials started: a trial reads the deadline again at each epoch's start (None: no
     answer, keep the last) and fits its schedule to the earlier one."""
-    from tunesmith.trainables import trainer as trainer_mod
-    clock = _StepClock()
-    monkeypatch.setattr(trainer_mod, "time", clock)
+    clock = step_clock
     trainer = Trainer(_cfg(epochs=10, per_gpu_batch_size=64, schedule="one_cycle"), cpu_threads=1)
     spe = trainer.steps_per_epoch
     trainer.deadline = 100.0 * spe   # ample for ten epochs
@@ -147,32 +158,17 @@ def test_a_deadline_moved_earlier_during_the_run_is_kept(monkeypatch):
         reads.append(trainer.epoch)
         return None if trainer.epoch == 0 else (5.5 * spe if trainer.epoch >= 2 else None)
     trainer.deadline_source = source
-    lrs = []
-    step = trainer.train_step
-
-    def ticking(x, y, lr, momentum):
-        lrs.append(lr)
-        clock.now += 1.0
-        return step(x, y, lr, momentum)
-    trainer.train_step = ticking
+    lrs = _tick(trainer, clock)
     out = list(trainer.run())
     assert reads[:3] == [0, 1, 2]   # at each epoch's start
     assert 3 <= len(out) <= 5 and out[-1]["done"] and out[-1]["schedule_epochs"] == len(out), [m["epoch"] for m in out]
     assert clock.now <= 5.5 * spe and lrs[-1] < max(lrs) / 10   # before the new deadline, annealed
 
 
-def test_a_run_that_fits_its_deadline_keeps_its_schedule(monkeypatch):
-    from tunesmith.trainables import trainer as trainer_mod
-    clock = _StepClock()
-    monkeypatch.setattr(trainer_mod, "time", clock)
+def test_a_run_that_fits_its_deadline_keeps_its_schedule(step_clock):
     trainer = Trainer(_cfg(epochs=3, per_gpu_batch_size=64), cpu_threads=1)
     trainer.deadline = 10 * trainer.steps_per_epoch
-    step = trainer.train_step
-
-    def ticking(*args):
-        clock.now += 1.0
-        return step(*args)
-    trainer.train_step = ticking
+    _tick(trainer, step_clock)
     out = list(trainer.run())
     assert [m["epoch"] for m in out] == [1, 2, 3] and "schedule_epochs" not in out[-1]
     assert trainer.warp is None
@@ -240,14 +236,7 @@ def _rank_under_a_deadline(rank: int, world: int, address: str, out):
                           rank=rank, world=world)
         spe = trainer.steps_per_epoch
         trainer.deadline = 4.5 * spe
-        lrs = []
-        step = trainer.train_step
-
-        def ticking(x, y, lr, momentum):
-            lrs.append(lr)
-            clock.now += 1.0 + 0.5 * rank
-            return step(x, y, lr, momentum)
-        trainer.train_step = ticking
+        lrs = _tick(trainer, clock, 1.0 + 0.5 * rank)
         epochs = [(m["epoch"], m.get("schedule_epochs"), m["done"]) for m in trainer.run()]   # rank 0 reports
         out.put((rank, epochs, lrs, spe))
     finally:
