@@ -31,6 +31,7 @@ in at most half of Optuna's time, beside Ray Tune's own floor measured in the sa
 Ray Tune script's first report: no contender built on Ray Tune can be sooner).
 
     .venv/bin/python bench/quality.py [--datasets digits glyphs shapes letters] [--budget 120]
+                                      [--folder NAME=DIR[@TARGET]]
                                       [--budget-digits 45] [--repeats 1] [--repeats-digits 3]
 """
 from __future__ import annotations
@@ -61,11 +62,18 @@ BUDGET_AWARE_ASHA = {"budget_aware": True, "grace_period": 1}
 WIDE = {"loguniform": [1.0e-4, 1.0]}
 
 
-def _spec(dataset: str, root: str, budget: float, data_dir: str = None, seed: int = 0) -> dict:
-    ds = {"name": dataset}
+def _dataset(label: str, data_dir: str = None) -> dict:
+    """The spec's dataset section for a benchmark dataset: a named one, or (``--folder``) an image
+    folder under the user's label."""
+    from tunesmith.trainables.config import DATASETS
+    ds = {"name": label if label in DATASETS else "imagefolder"}
     if data_dir:
         ds["data_dir"] = data_dir
-    return {"dataset": ds, "results_dir": root, "time_budget_s": budget, "seed": seed}
+    return ds
+
+
+def _spec(dataset: str, root: str, budget: float, data_dir: str = None, seed: int = 0) -> dict:
+    return {"dataset": _dataset(dataset, data_dir), "results_dir": root, "time_budget_s": budget, "seed": seed}
 
 
 SMITH_RANGE = ("0.5", "1.0")   # the smith-range contender's default
@@ -144,7 +152,8 @@ def _trials(root: str) -> dict:
     return out
 
 
-def optuna_study(dataset: str, budget: float, began: float, data_dir=None, seed: int = 0) -> dict:
+def optuna_study(dataset: str, budget: float, began: float, data_dir=None, seed: int = 0,
+                 target: float = None) -> dict:
     """The in-process study, run in its own process (``--optuna-worker``)."""
     import optuna
     import torch
@@ -154,10 +163,8 @@ def optuna_study(dataset: str, budget: float, began: float, data_dir=None, seed:
     from tunesmith.trainables.models import build_model
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(2)
-    kw = {"name": dataset, **({"data_dir": data_dir} if data_dir else {})}
-    d = data_mod.load(DatasetConfig(**kw))
+    d = data_mod.load(DatasetConfig(**_dataset(dataset, data_dir)))
     state = {"best": 0.0, "first": None}
-    target = TARGETS[dataset]
 
     def objective(trial):
         lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
@@ -201,7 +208,8 @@ def optuna_study(dataset: str, budget: float, began: float, data_dir=None, seed:
 
 def _optuna(dataset: str, budget: float, data_dir=None, seed: int = 0):
     began = time.time()
-    cmd = [sys.executable, os.path.abspath(__file__), "--optuna-worker", dataset, str(budget), str(began), str(seed)]
+    cmd = [sys.executable, os.path.abspath(__file__), "--optuna-worker", dataset, str(budget), str(began), str(seed),
+           str(TARGETS[dataset])]
     if data_dir:
         cmd.append(data_dir)
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -315,14 +323,15 @@ def _med_time(firsts):
 
 def main(argv=None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--optuna-worker":
-        ds, budget, began, seed = sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
-        print(json.dumps(optuna_study(ds, budget, began, sys.argv[6] if len(sys.argv) > 6 else None, seed)))
+        ds, budget, began, seed, target = sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), \
+            float(sys.argv[6])
+        print(json.dumps(optuna_study(ds, budget, began, sys.argv[7] if len(sys.argv) > 7 else None, seed, target)))
         return 0
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--floor-worker":
         print(tune_floor(float(sys.argv[2])))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--datasets", nargs="+", default=["digits", "glyphs", "shapes", "letters"])
+    ap.add_argument("--datasets", nargs="*", default=["digits", "glyphs", "shapes", "letters"])
     ap.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
     ap.add_argument("--budget", type=float, default=120.0, help="seconds per contender (default 120)")
     ap.add_argument("--budget-digits", type=float, default=45.0)
@@ -330,10 +339,21 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats-digits", type=int, default=3, help="digits: median of this many (default 3)")
     ap.add_argument("--first-seed", type=int, default=0, help="repeat r runs seed first_seed + r (default 0)")
     ap.add_argument("--cifar10", help="a local CIFAR-10 folder: adds the dataset")
+    ap.add_argument("--folder", action="append", default=[], metavar="NAME=DIR[@TARGET]",
+                    help="adds an image folder (class folders) as dataset NAME, its target accuracy TARGET "
+                         "(default 0.5); repeatable: judge the defaults on data of your own")
     ap.add_argument("--smith-range", nargs=2, default=list(SMITH_RANGE), metavar=("BELOW", "ABOVE"),
                     help="the smith-range contender's stage-2 LR range, decades around the pick (default 0.5 1.0)")
     args = ap.parse_args(argv)
-    datasets = list(args.datasets) + (["cifar10"] if args.cifar10 else [])
+    folders = {}
+    for item in args.folder:
+        name, _, rest = item.partition("=")
+        path, _, target = rest.partition("@")
+        if not name or not os.path.isdir(path):
+            ap.error(f"--folder {item}: give NAME=DIR[@TARGET] with DIR an image folder")
+        folders[name] = os.path.abspath(path)
+        TARGETS[name] = float(target) if target else 0.5
+    datasets = list(args.datasets) + (["cifar10"] if args.cifar10 else []) + list(folders)
     from tunesmith.trainables import generated
     for ds in datasets:   # made and cached before any clock starts
         if ds in generated.GENERATORS:
@@ -342,7 +362,7 @@ def main(argv=None) -> int:
     for ds in datasets:
         budget = args.budget_digits if ds == "digits" else args.budget
         repeats = args.repeats_digits if ds == "digits" else args.repeats
-        data_dir = args.cifar10 if ds == "cifar10" else None
+        data_dir = args.cifar10 if ds == "cifar10" else folders.get(ds)
         res = {c: [] for c in args.contenders}
         for r in range(repeats):
             seed = args.first_seed + r
