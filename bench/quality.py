@@ -28,7 +28,11 @@ with seed r (plus --first-seed; the search's draws, the initialisation and the b
 table shows medians (a run that never reached the target counts as never). The last lines check
 the issue's bars: smith within 0.5 pp of the best contender everywhere, and on digits smith at 98%
 in at most half of Optuna's time, beside Ray Tune's own floor measured in the same run (a plain
-Ray Tune script's first report: no contender built on Ray Tune can be sooner).
+Ray Tune script's first report: no contender built on Ray Tune can be sooner). With two or more
+seeds, smith's gap to each contender is also given paired by seed (mean, standard error, 95%
+interval), with a verdict on bar 1 that says "cannot tell" when the interval spans the bar: a
+median of three moves by more than 0.5 pp between runs. ``--folder NAME=DIR[@TARGET]`` adds an
+image folder of your own (or a held-out one) as a dataset.
 
     .venv/bin/python bench/quality.py [--datasets digits glyphs shapes letters] [--budget 120]
                                       [--folder NAME=DIR[@TARGET]]
@@ -309,6 +313,42 @@ def _print_setting_evidence(evidence) -> None:
         print("\n".join(lines))
 
 
+def paired_gaps(smith, other, bar: float = -0.005):
+    """smith minus a contender, seed by seed (the same seed's runs are paired: one draw of the
+    machine's pace, one split): (mean, standard error, 95% interval, verdict on bar 1).
+    The verdict is 'holds' when the interval lies above the bar, 'fails' when below it, and
+    'cannot tell' when it spans it: medians of a few seeds move by more than the bar."""
+    diffs = [a - b for a, b in zip(smith, other)]
+    n = len(diffs)
+    mean = statistics.mean(diffs)
+    if n < 2:
+        return mean, math.nan, (math.nan, math.nan), "one seed: no interval"
+    se = statistics.stdev(diffs) / math.sqrt(n)
+    try:
+        from scipy.stats import t
+        q = float(t.ppf(0.975, n - 1))
+    except ImportError:   # scipy is a bench extra; the normal quantile understates a small n
+        q = 1.96
+    lo, hi = mean - q * se, mean + q * se
+    verdict = "holds" if lo >= bar else "fails" if hi < bar else "cannot tell"
+    return mean, se, (lo, hi), verdict
+
+
+def _print_paired(rows) -> None:
+    each = {(r[0], r[3]): r[8] for r in rows}
+    lines = []
+    for (ds, c), runs in each.items():
+        if c == "smith" or (ds, "smith") not in each or len(runs) < 2:
+            continue
+        mean, se, (lo, hi), verdict = paired_gaps(each[(ds, "smith")], runs)
+        lines.append(f"  {ds:<8} smith - {c:<15} {100 * mean:+5.1f} pp ± {100 * se:.1f} (95%: {100 * lo:+.1f} to "
+                     f"{100 * hi:+.1f}) over {len(runs)} seeds: {verdict}")
+    if lines:
+        print("\nPaired by seed, smith minus each contender (mean ± standard error; bar 1 needs the gap above "
+              "-0.5 pp):")
+        print("\n".join(lines))
+
+
 def _med(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -398,6 +438,7 @@ def main(argv=None) -> int:
     print("targets: " + ", ".join(f"{d} {TARGETS[d]:.0%}" for d in datasets))
     _print_lr_evidence(evidence)
     _print_setting_evidence(evidence)
+    _print_paired(rows)
     by = {(r[0], r[3]): r for r in rows}
     if "smith" in args.contenders:
         worst = max(by[(d, "smith")][7] for d in datasets)
