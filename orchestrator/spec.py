@@ -62,7 +62,7 @@ class CheckpointSpec(Section):
     """Per-trial checkpoints, for retries on a lost node and for loading the winner."""
     every: Int = Field(1, ge=0, description="epochs between checkpoints; 0: never")
     keep: Literal["best", "all", "none"] = Field("best", description="what stays after a trial ends")
-    max_failures: Int = Field(2, ge=-1, description="retries of a trial whose worker or node died; -1: forever")
+    max_failures: Int = Field(2, ge=-1, description="retries of a failed trial from its last checkpoint (a lost worker or node; Tune retries any error); -1: forever")
 
 
 class MlflowSpec(Section):

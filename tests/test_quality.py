@@ -107,7 +107,9 @@ def test_a_rerun_skips_the_decades_the_first_run_showed_flat():
 def test_range_test_length_does_not_follow_a_slowed_pace_sample(monkeypatch):
     """smith runs the test while Ray starts on the same cores, so the sampled step time can be
     several times the real one. The test's length must come from the data, not from that
-    load: with a pace sample four times too slow, it runs the same steps as without."""
+    load: with a pace sample four times too slow, it runs the same steps as without. The sample
+    is the one measured here, fixed, so that a burst of load between it and the runs cannot
+    change what the test compares."""
     from tunesmith.orchestrator import lrfind
     from tunesmith.trainables.trainer import Trainer
     cfg = TrainConfig.from_dict({"dataset": {"name": "synthetic", "num_samples": 512, "image_size": 8},
@@ -116,11 +118,10 @@ def test_range_test_length_does_not_follow_a_slowed_pace_sample(monkeypatch):
     cap = 3000 * pace    # the old sizing (a quarter of the cap at the sampled pace) gave 187 steps
     runs = []
     for slow in (1, 4):
-        real = lf._time_steps
-        monkeypatch.setattr(lf, "_time_steps", lambda t, lr, real=real, slow=slow: slow * real(t, lr))
+        monkeypatch.setattr(lf, "_time_steps", lambda t, lr, slow=slow: slow * pace)
         heard = []
         d = lrfind.decide(cfg, 1e-7, 10.0, None, "exp", True, time_cap=cap, say=heard.append)
-        monkeypatch.setattr(lf, "_time_steps", real)
+        monkeypatch.undo()
         assert len(heard) == 1 and "running it again" in heard[0], (slow, heard, cap)
         first = int(re.search(r"in (\d+) steps", heard[0]).group(1))
         runs.append((first, d.curve.steps))

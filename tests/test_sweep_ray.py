@@ -115,11 +115,13 @@ results_dir: RESULTS
 
 
 def test_errored_trial_is_recorded(ray_session, tmp_path):
-    """Data missing on the node that runs the trial: the trial errors and says why."""
+    """Data missing on the node that runs the trial: the trial errors and says why. (Without
+    retries: Tune would run each trial twice more, to the same error, for 10 s here.)"""
     from tunesmith.orchestrator import spec as spec_mod
     from tunesmith.orchestrator.sweep import run_sweep
     missing = str(tmp_path / "no-such-folder")
     spec = spec_mod.from_dict({"name": "err", "results_dir": str(tmp_path / "r"), "trainer": {"epochs": 2},
+                               "checkpoints": {"max_failures": 0},
                                "dataset": {"name": "imagefolder", "data_dir": missing},
                                "search": {"num_samples": 2, "space": {"lr": {"uniform": [0.1, 0.2]}}}})
     outcome = run_sweep(spec, ray_session, progress=False)
