@@ -158,6 +158,23 @@ def test_imagefolder_as_users_have_it(tmp_path, capsys):
     assert out.count("\n") == 1 and "skipped 1 unreadable image" in out and "broken.jpg" in out
 
 
+def test_a_grey_folder_loads_grey_unless_channels_says_otherwise(tmp_path):
+    """dataset.channels unset means the data's own: a folder of grey images (8-bit and 16-bit
+    PNGs) is one channel, a single colour image among them makes it RGB, and channels: 3 or 1
+    overrides what the folder holds."""
+    _make_folder(tmp_path / "g", per_class=4)
+    for i, path in enumerate(sorted((tmp_path / "g").rglob("*.png"))):
+        with Image.open(path) as im:
+            grey = im.convert("L")
+        (grey if i % 2 else grey.convert("I;16")).save(path)
+    grey = DatasetConfig(name="imagefolder", data_dir=str(tmp_path / "g"), image_size=8)
+    assert data.load_imagefolder(grey).shape == (1, 8, 8)
+    assert data.load_imagefolder(grey.model_copy(update={"channels": 3})).shape == (3, 8, 8)
+    Image.fromarray(np.full((8, 8, 3), (200, 30, 30), np.uint8)).save(tmp_path / "g" / "cat" / "red.png")
+    assert data.load_imagefolder(grey).shape == (3, 8, 8)
+    assert data.load_imagefolder(grey.model_copy(update={"channels": 1})).shape == (1, 8, 8)
+
+
 def test_mostly_unreadable_folder_is_refused(tmp_path):
     for cls in ("a", "b"):
         (tmp_path / cls).mkdir()

@@ -152,7 +152,7 @@ class DatasetConfig(Section):
     split_seed: Int = Field(0, description="the split never moves with the trial seed")
     image_size: OptPosInt = Field(None, description="imagefolder and synthetic: side in pixels")
     channels: Optional[Annotated[int, Field(ge=1, le=3), NO_BOOL_INT]] = Field(
-        None, description="1 (grey) or 3 (RGB); null: the data's own")
+        None, description="1 (grey) or 3 (RGB); null: the data's own (an imagefolder is grey when every image of a sample of 64 is)")
     num_classes: Int = Field(10, ge=2, le=100000, description="synthetic only")
     num_samples: Int = Field(4096, gt=0, description="synthetic only")
     augment: Literal[AUGMENTS] = Field("none", description="per batch, on the trial's device")

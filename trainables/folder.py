@@ -22,6 +22,8 @@ from tunesmith.trainables.config import ConfigError, DatasetConfig
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 PARALLEL_FROM = 2000    # fewer files decode faster in one process than a pool starts
 STATS_SAMPLE = 2000     # streaming: the normalisation statistics come from this many images
+MODE_SAMPLE = 64        # dataset.channels unset: this many images' headers decide grey or colour
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")   # PIL's modes without colour
 
 
 def decode(path: str, size: int, mode: str) -> np.ndarray:
@@ -72,6 +74,23 @@ def _classes_and_files(root: str) -> Tuple[List[str], List[str], List[int], int]
                 else:
                     other += 1
     return classes, files, labels, other
+
+
+def own_mode(files: Sequence[str]) -> str:
+    """The folder's own colour, from the headers of MODE_SAMPLE images spread over it (nothing is
+    decoded): "L" when every one read is grey, else "RGB". A palette image counts as colour."""
+    from PIL import Image
+    step = max(1, len(files) // MODE_SAMPLE)
+    seen = 0
+    for path in list(files)[::step][:MODE_SAMPLE]:
+        try:
+            with Image.open(path) as im:
+                if im.mode not in GREY_MODES:
+                    return "RGB"
+                seen += 1
+        except Exception:   # noqa: BLE001 - an unreadable file is skipped at decoding, and named
+            continue
+    return "L" if seen else "RGB"
 
 
 def available_memory() -> int:
@@ -228,7 +247,7 @@ def scan(cfg: DatasetConfig, budget: Optional[int] = None) -> FolderPlan:
     if len(files) + len(vfiles) < 2:
         raise ConfigError("dataset.data_dir", cfg.data_dir, f"found {len(files) + len(vfiles)} images; need at least 2")
     size = cfg.image_size or 32
-    mode = "L" if cfg.channels == 1 else "RGB"
+    mode = {1: "L", 3: "RGB"}.get(cfg.channels) or own_mode(files + vfiles)
     channels = 1 if mode == "L" else 3
     estimate = (len(files) + len(vfiles)) * (channels * size * size + 8)
     budget = budget if budget is not None else int(cfg.memory_budget * available_memory())
