@@ -246,4 +246,7 @@ def test_a_held_back_deadline_reaches_trials_in_other_processes(ray_session):
     keeper = stopper.keeper
     stopper.release()   # at the sweep's end
     assert stopper.keeper is None
+    gone = time.time() + 10   # ray.kill is asynchronous: a call right after it may still be answered
+    while _reader(keeper)() is not None and time.time() < gone:
+        time.sleep(0.1)
     assert _reader(keeper)() is None   # a keeper that is gone: the trial keeps its last deadline
