@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tunesmith.trainables import data
+from tunesmith.trainables import data, folder
 from tunesmith.trainables.config import ConfigError, DatasetConfig
 from tunesmith.trainables.datafiles import check_dataset_files
 
@@ -173,6 +173,15 @@ def test_a_grey_folder_loads_grey_unless_channels_says_otherwise(tmp_path):
     Image.fromarray(np.full((8, 8, 3), (200, 30, 30), np.uint8)).save(tmp_path / "g" / "cat" / "red.png")
     assert data.load_imagefolder(grey).shape == (3, 8, 8)
     assert data.load_imagefolder(grey.model_copy(update={"channels": 1})).shape == (1, 8, 8)
+
+
+def test_decoded_images_are_writable_for_torch(tmp_path):
+    """Streaming hands each decoded image to torch.from_numpy in a loading worker; PIL's own
+    buffer is read-only, and torch warned of that once in every worker."""
+    _make_folder(tmp_path / "f", per_class=1)
+    for mode, channels in (("L", 1), ("RGB", 3)):
+        arr = folder.decode(str(tmp_path / "f" / "cat" / "0.png"), 8, mode)
+        assert arr.flags.writeable and arr.shape == (channels, 8, 8) and arr.dtype == np.uint8
 
 
 def test_mostly_unreadable_folder_is_refused(tmp_path):

@@ -32,7 +32,7 @@ def decode(path: str, size: int, mode: str) -> np.ndarray:
     from PIL import Image
     with Image.open(path) as im:
         im = im.convert(mode).resize((size, size), Image.BILINEAR)
-        arr = np.asarray(im, dtype=np.uint8)
+        arr = np.array(im, dtype=np.uint8)   # a copy: PIL's own buffer is read-only, which torch warns of
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
