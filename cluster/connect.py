@@ -104,6 +104,9 @@ def check_reachable(address: str) -> str:
     return resolved
 
 
+_STAGED: list = []   # the temporary folders shipped_package staged, to remove once Ray has them
+
+
 @functools.lru_cache(maxsize=1)
 def shipped_package() -> str:
     """A folder named ``tunesmith`` holding tunesmith's packages, to ship to every node as a Ray
@@ -121,12 +124,22 @@ def shipped_package() -> str:
     import tempfile
     repo = os.path.dirname(os.path.dirname(os.path.abspath(tunesmith.orchestrator.__file__)))
     parent = tempfile.mkdtemp(prefix="tunesmith-ship-")
+    _STAGED.append(parent)
     atexit.register(shutil.rmtree, parent, True)   # Ray has its own copy once it has uploaded it
     stage = os.path.join(parent, "tunesmith")
     for n in names:
         shutil.copytree(os.path.join(repo, n), os.path.join(stage, n),
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return stage
+
+
+def unstage() -> None:
+    """Remove the staged copy now that Ray has uploaded it (ray.init does so before it returns),
+    rather than at exit: a driver killed mid-sweep (SIGKILL, a lost host) leaves no copy behind."""
+    import shutil
+    while _STAGED:
+        shutil.rmtree(_STAGED.pop(), ignore_errors=True)
+    shipped_package.cache_clear()
 
 
 def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
@@ -153,6 +166,7 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
             # a second one given to ray.init.
             in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
             ray.init(address=address, runtime_env=None if in_job else {"py_modules": [shipped_package()]}, **common)
+            unstage()
         else:
             ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
                      dashboard_host="127.0.0.1", **common)

@@ -3,11 +3,13 @@ network namespace this test creates, and `tunesmith run --address` from the head
 Checks that trials ran on both nodes and that the driver wrote every result. The namespaces
 share the filesystem, so an absolute path stands in for shared storage. Needs root (ip netns).
 """
+import glob
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pyarrow.parquet as pq
@@ -237,6 +239,7 @@ def test_resume_after_the_driver_is_killed_on_a_cluster(cluster):
     c = cluster
     results = c.tmp / "resumed"
     argv = ["--address", f"{c.ip['A']}:6379"]
+    staged = set(glob.glob(os.path.join(tempfile.gettempdir(), "tunesmith-ship-*")))
     run = subprocess.Popen(["ip", "netns", "exec", c.ns["A"], os.path.join(BIN, "tunesmith"), "run",
                             _spec(c, "res", epochs=12, n=4), *argv, "--results-dir", str(results)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=c.env, cwd=str(c.tmp),
@@ -256,6 +259,8 @@ def test_resume_after_the_driver_is_killed_on_a_cluster(cluster):
         os.killpg(run.pid, signal.SIGKILL)   # the driver and anything it started on the head's host
         run.wait(timeout=30)
     killed_at = time.time()
+    # the driver's copy of tunesmith for the nodes went once Ray had it, not at an exit it never reached
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "tunesmith-ship-*"))) <= staged
     before = pq.read_table(trials_file).to_pandas().set_index("trial_id")
     done_before = set(before.index[before.status == "completed"])
     assert 1 <= len(done_before) < 4, before[["status"]]
