@@ -184,6 +184,24 @@ def test_decoded_images_are_writable_for_torch(tmp_path):
         assert arr.flags.writeable and arr.shape == (channels, 8, 8) and arr.dtype == np.uint8
 
 
+def test_sixteen_bit_grey_images_are_scaled_not_clipped(tmp_path):
+    """A 16-bit scan (PNG mode I;16) spans 0 to 65535; PIL's convert to 8 bits clipped it, and
+    the whole image came out white. It is scaled instead; 16-bit files holding 8-bit values and
+    float images in [0, 1] keep their values."""
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "scan.png")
+    with Image.open(tmp_path / "scan.png") as im:
+        assert im.mode.startswith("I")
+    for mode in ("L", "RGB"):
+        out = folder.decode(str(tmp_path / "scan.png"), 32, mode)
+        assert out.min() <= 2 and out.max() >= 253 and abs(float(out.mean()) - 127.5) < 3, (mode, out.min(), out.max())
+    small = (np.arange(32 * 32).reshape(32, 32) % 256).astype(np.uint16)
+    Image.fromarray(small).save(tmp_path / "small.png")
+    assert (folder.decode(str(tmp_path / "small.png"), 32, "L")[0] == small).all()
+    Image.fromarray((small / 255.0).astype(np.float32), "F").save(tmp_path / "unit.tif")
+    assert np.abs(folder.decode(str(tmp_path / "unit.tif"), 32, "L")[0].astype(int) - small).max() <= 1
+
+
 def test_mostly_unreadable_folder_is_refused(tmp_path):
     for cls in ("a", "b"):
         (tmp_path / cls).mkdir()

@@ -26,11 +26,30 @@ MODE_SAMPLE = 64        # dataset.channels unset: this many images' headers deci
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")   # PIL's modes without colour
 
 
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")   # grey deeper than 8 bits
+
+
+def _as_8bit(im):
+    """A 16-bit, 32-bit or float grey image as 8-bit grey, scaled, where PIL's convert clips (a
+    16-bit scan came out white): values above 255 are taken as 16-bit, floats up to 1 as [0, 1].
+    The rule is fixed, not per image, so images keep their brightness relative to each other."""
+    from PIL import Image
+    a = np.asarray(im, dtype=np.float64)
+    top = a.max() if a.size else 0.0
+    if im.mode == "F" and top <= 1.0:
+        a = a * 255.0
+    elif im.mode != "F" and top > 255:
+        a = a / 257.0
+    return Image.fromarray(np.clip(a, 0, 255).round().astype(np.uint8), "L")
+
+
 def decode(path: str, size: int, mode: str) -> np.ndarray:
     """One image as uint8 C x size x size: converted to ``mode`` (L or RGB), resized bilinearly.
     The same function serves both paths, so both see the same pixels."""
     from PIL import Image
     with Image.open(path) as im:
+        if im.mode in WIDE_MODES:
+            im = _as_8bit(im)
         im = im.convert(mode).resize((size, size), Image.BILINEAR)
         arr = np.array(im, dtype=np.uint8)   # a copy: PIL's own buffer is read-only, which torch warns of
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
