@@ -23,10 +23,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 PARALLEL_FROM = 2000    # fewer files decode faster in one process than a pool starts
 STATS_SAMPLE = 2000     # streaming: the normalisation statistics come from this many images
 MODE_SAMPLE = 64        # dataset.channels unset: this many images' headers decide grey or colour
-GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")   # PIL's modes without colour
-
-
-WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")   # grey deeper than 8 bits
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")   # PIL's grey modes deeper than 8 bits
+GREY_MODES = ("1", "L", "LA") + WIDE_MODES                     # PIL's modes without colour
 
 
 def _as_8bit(im):
@@ -101,7 +99,7 @@ def own_mode(files: Sequence[str]) -> str:
     from PIL import Image
     step = max(1, len(files) // MODE_SAMPLE)
     seen = 0
-    for path in list(files)[::step][:MODE_SAMPLE]:
+    for path in files[::step][:MODE_SAMPLE]:
         try:
             with Image.open(path) as im:
                 if im.mode not in GREY_MODES:
@@ -266,7 +264,7 @@ def scan(cfg: DatasetConfig, budget: Optional[int] = None) -> FolderPlan:
     if len(files) + len(vfiles) < 2:
         raise ConfigError("dataset.data_dir", cfg.data_dir, f"found {len(files) + len(vfiles)} images; need at least 2")
     size = cfg.image_size or 32
-    mode = {1: "L", 3: "RGB"}.get(cfg.channels) or own_mode(files + vfiles)
+    mode = ("L" if cfg.channels == 1 else "RGB") if cfg.channels else own_mode(files + vfiles)
     channels = 1 if mode == "L" else 3
     estimate = (len(files) + len(vfiles)) * (channels * size * size + 8)
     budget = budget if budget is not None else int(cfg.memory_budget * available_memory())
