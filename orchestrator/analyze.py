@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from tunesmith.orchestrator.storage import Storage
 from tunesmith.trainables.config import ConfigError
@@ -54,8 +53,7 @@ class Sweep:
 
 def _read_table(storage: Storage, rel: str):
     try:
-        with storage.fs.open_input_file(storage.path(rel)) as fh:
-            return pq.read_table(fh).to_pandas()
+        return storage.read_table(rel).to_pandas()
     except Exception as exc:   # corrupt or truncated: say which file, in one line
         raise ConfigError("results", storage.uri(rel), f"not a readable Parquet file ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''})") from None

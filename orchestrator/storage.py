@@ -87,7 +87,11 @@ class Storage:
         self.fs.move(tmp, final)
 
     def read_table(self, rel: str) -> pa.Table:
-        return pq.read_table(self.path(rel), filesystem=self.fs)
+        """Read through one open file: trials.parquet is replaced (renamed over) while a sweep
+        runs, and a reader that opens the path twice, as pq.read_table(path) does, can take the
+        footer of one version and the pages of the next."""
+        with self.fs.open_input_file(self.path(rel)) as fh:
+            return pq.read_table(fh)
 
     def read_bytes(self, rel: str) -> bytes:
         with self.fs.open_input_stream(self.path(rel)) as f:
