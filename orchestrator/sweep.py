@@ -69,7 +69,10 @@ def build_search(spec: SweepSpec, concurrency: int):
         from tunesmith.search_spaces.quasi import QuasiRandomSearch
         return QuasiRandomSearch(spec.search.space, seed=spec.seed, points_to_evaluate=points or None,
                                  couple=spec.search.coupling)
-    return BasicVariantGenerator(points_to_evaluate=points or None, random_state=spec.seed)
+    # Tune caps a Searcher at max_concurrent_trials, but ignores the cap for a generator passed
+    # in (a warning): the generator takes it itself.
+    return BasicVariantGenerator(points_to_evaluate=points or None, random_state=spec.seed,
+                                 max_concurrent=concurrency)
 
 
 def build_scheduler(spec: SweepSpec):

@@ -235,13 +235,14 @@ def test_results_a_node_cannot_see_are_refused_before_any_trial(cluster):
 def test_resume_after_the_driver_is_killed_on_a_cluster(cluster):
     """SIGKILL the driver on the head mid-sweep while the cluster lives on, then `tunesmith resume`
     against the same cluster: every trial ends, completed ones are not rerun, trials run on both
-    hosts, and each (trial, epoch) is in the Parquet files once."""
+    hosts, and each (trial, epoch) is in the Parquet files once. Six trials, two at a time: the
+    sweep must still run after the first pair ends, and reused actors run a pair in about a second."""
     c = cluster
     results = c.tmp / "resumed"
     argv = ["--address", f"{c.ip['A']}:6379"]
     staged = set(glob.glob(os.path.join(tempfile.gettempdir(), "tunesmith-ship-*")))
     run = subprocess.Popen(["ip", "netns", "exec", c.ns["A"], os.path.join(BIN, "tunesmith"), "run",
-                            _spec(c, "res", epochs=12, n=4), *argv, "--results-dir", str(results)],
+                            _spec(c, "res", epochs=12, n=6), *argv, "--results-dir", str(results)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=c.env, cwd=str(c.tmp),
                            start_new_session=True)
     trials_file = results / "res" / "trials.parquet"
@@ -263,12 +264,12 @@ def test_resume_after_the_driver_is_killed_on_a_cluster(cluster):
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "tunesmith-ship-*"))) <= staged
     before = pq.read_table(trials_file).to_pandas().set_index("trial_id")
     done_before = set(before.index[before.status == "completed"])
-    assert 1 <= len(done_before) < 4, before[["status"]]
+    assert 1 <= len(done_before) < 6, before[["status"]]
 
     out = c.exec("A", os.path.join(BIN, "tunesmith"), "resume", str(results / "res"), *argv, timeout=400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     after = pq.read_table(trials_file).to_pandas().set_index("trial_id")
-    assert len(after) == 4 and set(after.status) == {"completed"}, after[["status", "stop_reason", "error"]]
+    assert len(after) == 6 and set(after.status) == {"completed"}, after[["status", "stop_reason", "error"]]
     e = pq.read_table(results / "res" / "epochs").to_pandas()
     assert not e.duplicated(["trial_id", "epoch"]).any()
     assert (e.groupby("trial_id").epoch.apply(sorted).map(lambda x: x == list(range(1, 13)))).all()

@@ -94,7 +94,7 @@ results_dir: RESULTS
     assert set(trials.status) <= {"completed", "pruned"}
 
 
-def test_grid_search_walks_every_combination(ray_session, tmp_path, spec_file):
+def test_grid_search_walks_every_combination_one_at_a_time(ray_session, tmp_path, spec_file):
     text = """
 name: grid
 dataset: {name: digits}
@@ -102,6 +102,7 @@ model: {width: 8}
 trainer: {epochs: 1, per_gpu_batch_size: 256}
 search:
   algorithm: grid
+  max_concurrent: 1
   space:
     momentum: {choice: [0.9, 0.95, 0.99]}
     weight_decay: {grid: [1.0e-4, 0.0]}
@@ -112,6 +113,8 @@ results_dir: RESULTS
     trials = pq.read_table(tmp_path / "results" / "grid" / "trials.parquet").to_pandas()
     combos = sorted(zip(trials.hp_momentum, trials.hp_weight_decay))
     assert combos == sorted((m, w) for m in (0.9, 0.95, 0.99) for w in (1e-4, 0.0))
+    spans = trials.sort_values("started_at")[["started_at", "ended_at"]].to_numpy()
+    assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:]))   # max_concurrent: 1
 
 
 def test_errored_trial_is_recorded(ray_session, tmp_path):
