@@ -3,6 +3,7 @@ network namespace this test creates, and `tunesmith run --address` from the head
 Checks that trials ran on both nodes and that the driver wrote every result. The namespaces
 share the filesystem, so an absolute path stands in for shared storage. Needs root (ip netns).
 """
+import contextlib
 import glob
 import json
 import os
@@ -14,6 +15,8 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
+
+from tunesmith.cluster.connect import CURRENT_CLUSTER
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +37,8 @@ FAST_HEALTH_CHECK = {"RAY_health_check_period_ms": "1000", "RAY_health_check_fai
 
 class Cluster:
     """A head (with its job server) and a worker, each a host in its own network namespace,
-    started with `ray start`; a third host joins on demand. Everything it starts, it stops."""
+    started with `ray start`; a third host joins on demand. Everything it starts, it stops, and
+    the address `ray start` leaves for a bare ray.init() is put back as it was."""
 
     def __init__(self, tmp, tag):
         self.tmp, self.tag = tmp, tag
@@ -45,6 +49,7 @@ class Cluster:
         self.log = open(tmp / "nodes.log", "w")
         self.env = {**os.environ, "RAY_AUTH_MODE": "token"}
         self.env.pop("RAY_ADDRESS", None)
+        self.current_cluster = _read(CURRENT_CLUSTER)
 
     def net(self):
         _ip("link", "add", self.br, "type", "bridge")
@@ -115,7 +120,21 @@ class Cluster:
                 self.kill(k)
         for kind, name in reversed(self.made):
             subprocess.run(["ip", kind, "del", name], capture_output=True)
+        if self.current_cluster is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(CURRENT_CLUSTER)
+        else:
+            with open(CURRENT_CLUSTER, "w") as f:
+                f.write(self.current_cluster)
         self.log.close()
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
 
 
 @pytest.fixture(scope="module")
