@@ -390,12 +390,12 @@ def main(argv=None) -> int:
         name, _, rest = item.partition("=")
         path, _, target = rest.partition("@")
         try:
-            TARGETS[name] = float(target) if target else 0.5
+            share = float(target) if target else 0.5
         except ValueError:
-            TARGETS[name] = math.nan
-        if not name or not os.path.isdir(path) or not 0 < TARGETS[name] <= 1:
+            share = math.nan
+        if not name or not os.path.isdir(path) or not 0 < share <= 1:
             ap.error(f"--folder {item}: give NAME=DIR[@TARGET] with DIR an image folder and TARGET in (0, 1]")
-        folders[name] = os.path.abspath(path)
+        folders[name], TARGETS[name] = os.path.abspath(path), share
     datasets = list(args.datasets) + (["cifar10"] if args.cifar10 else []) + list(folders)
     from tunesmith.trainables import generated
     for ds in datasets:   # made and cached before any clock starts
