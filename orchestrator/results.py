@@ -314,17 +314,28 @@ class ResultsWriter(Callback):
             fs, path = self.storage.fs, self.storage.path(self.sweep, "epochs")
             files = [f for f in pds.dataset(path, filesystem=fs, format="parquet").files]
             self._part = len(files)
-            columns = list(dict.fromkeys(["trial_id", "epoch", self.metric, *schema.CORE_METRICS]))
+            columns = list(dict.fromkeys(["trial_id", "epoch", "timestamp", "time_total_s", "node_ip", "device",
+                                          self.metric, *schema.CORE_METRICS]))
             rows = pds.dataset(files, filesystem=fs, format="parquet").to_table(columns=columns).to_pylist()
             # trials.parquet is rewritten on status changes and every few seconds, the epoch rows
             # before each checkpoint: where they disagree, the rows are newer (a trial whose last
-            # epoch was written just before the driver died must not read as stopped short).
+            # epoch was written just before the driver died must not read as stopped short, and
+            # one that started and checkpointed since the last trials.parquet must not be missing,
+            # or its epochs would be written again when Tune restores it).
             for row in sorted(rows, key=lambda r: r["epoch"]):
-                rec = self.trials.get(row["trial_id"])
-                if rec is not None and row["epoch"] not in rec.written:
+                rec = self.trials.get(row["trial_id"]) or self._unlisted(row)
+                if row["epoch"] not in rec.written:
                     _take_row(rec, row, self.metric)
         if self.scheduler is not None and hasattr(self.scheduler, "restore_rungs"):
             self.scheduler.restore_rungs({tid: r.curve for tid, r in self.trials.items()})
+
+    def _unlisted(self, row: Dict[str, Any]) -> TrialRecord:
+        """The record of a trial known from its epoch rows alone; its config comes from Tune."""
+        started = row["timestamp"].timestamp() - (row["time_total_s"] or 0.0) if row["timestamp"] else time.time()
+        rec = TrialRecord(row["trial_id"], {}, {}, started, node_ip=row["node_ip"], device=row["device"])
+        self.trials[rec.trial_id] = rec
+        self._dirty = self._status_changed = True
+        return rec
 
     @_timed
     def on_step_end(self, iteration, trials, **info):
@@ -335,24 +346,41 @@ class ResultsWriter(Callback):
     def reconcile(self, trials) -> None:
         """After a resume: a trial that Tune's snapshot holds as ended, while the files on disk
         still say running (the driver died between the two writes), gets no second end from Tune;
-        it is ended here, from what its rows say."""
+        it is ended here, from what its rows say. A trial known from its epoch rows alone takes
+        its config from Tune; one that Tune's snapshot does not hold either will not run again."""
         self._reconcile = False
+        known = set()
         for trial in trials:
+            known.add(trial.trial_id)
             rec = self.trials.get(trial.trial_id)
+            if rec is not None and not rec.config and getattr(trial, "config", None):
+                self._fill_config(rec, dict(trial.config))
             if rec is None or rec.status != "running":
                 continue
             if trial.status == "TERMINATED":
                 self.finish(trial.trial_id)
             elif trial.status == "ERROR":
                 self.finish(trial.trial_id, error=_error_text(trial) or "errored")
+        for rec in self.trials.values():
+            if rec.status == "running" and not rec.config and rec.trial_id not in known:
+                self.finish(rec.trial_id, status="stopped")
+                rec.stop_reason = (f"lost with the killed driver after {rec.epochs} of {self.epochs} epochs: "
+                                   "Tune's saved state did not hold it, so resume could not restart it")
 
     @_timed
     def on_experiment_end(self, trials, **info):
         self.close()
 
     # --- the writer, usable without Tune -------------------------------------------------
+    def _fill_config(self, rec: TrialRecord, config: Dict[str, Any]) -> None:
+        rec.hparams = {k: tb.plain(config.get(k)) for k in self.hp_keys}
+        rec.config = {k: tb.plain(v) for k, v in config.items()}
+        self._dirty = self._status_changed = True
+
     def _start(self, trial_id: str, config: Dict[str, Any]) -> TrialRecord:
         rec = self.trials.get(trial_id)
+        if rec is not None and not rec.config and config:   # known from its epoch rows alone
+            self._fill_config(rec, config)
         if rec is None:
             hps = {k: tb.plain(config.get(k)) for k in self.hp_keys}
             rec = TrialRecord(trial_id, hps, {k: tb.plain(v) for k, v in config.items()}, time.time())

@@ -8,6 +8,7 @@ import sys
 import time
 import urllib.request
 
+import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 import pytest
 
@@ -154,7 +155,9 @@ def test_ctrl_c_stops_cleanly_and_keeps_results(tmp_path):
 
 def test_resume_after_the_driver_is_killed(tmp_path):
     """SIGKILL the driver (and its Ray) mid-sweep, then `tunesmith resume`: every trial ends,
-    no completed trial runs again, and each (trial, epoch) is in the Parquet files once. One
+    no completed trial runs again, and each (trial, epoch) is in the Parquet files once. Killed,
+    where the poll catches it, while a new trial's rows are on disk and trials.parquet does not
+    list it yet: the resumed run must not write those epochs again. One
     trial at a time: two at once finished together, and a reused actor ran the last two in under
     a second, too fast to be caught between the second and the last (CI met that once)."""
     spec = tmp_path / "r.yaml"
@@ -173,8 +176,15 @@ results_dir: {tmp_path / 'results'}
 
     def two_done():
         return trials_file.exists() and (_trials(trials_file).status == "completed").sum() >= 2
+
+    def unlisted_rows():   # a trial's epoch rows on disk before trials.parquet lists it (CI met this)
+        rows = pds.dataset(trials_file.parent / "epochs").to_table(columns=["trial_id"]).column(0).to_pylist()
+        return bool(set(rows) - set(_trials(trials_file).trial_id))
     try:
         _wait_for(two_done, 180, "two completed trials")
+        deadline = time.time() + 3   # the next trials' first second (each runs in about 1.7 s)
+        while time.time() < deadline and not unlisted_rows():
+            time.sleep(0.02)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)

@@ -291,3 +291,48 @@ def test_a_trial_tune_restored_as_ended_is_ended_once_after_reload(tmp_path):
     w2.close()
     t = pq.read_table(tmp_path / "s" / "trials.parquet").to_pandas().set_index("trial_id")
     assert t.status.to_dict() == {"t1": "completed", "t2": "completed"}
+
+
+def test_a_trial_missing_from_the_trials_file_is_rebuilt_from_its_rows_and_not_written_twice(tmp_path):
+    """The driver died after a new trial's epoch rows went to disk (at its checkpoints) but before
+    trials.parquet listed it. On resume, Tune restores the trial from its checkpoint and replays
+    its last report: that epoch must not get a second row (CI caught this on a cluster), and the
+    trial must be listed with its config. A trial whose rows are all that is left, and which
+    Tune's snapshot never held, is listed as stopped rather than left running."""
+    from types import SimpleNamespace
+
+    def make():
+        return ResultsWriter(Storage(str(tmp_path)), "s", ["lr"], {"lr": []}, epochs=3, metric="val_acc",
+                             mode="max")
+    w = make()
+    w._start("t1", {"lr": 0.1})
+    w.record("t1", _result(1, 0.5))
+    w.flush()                                   # trials.parquet lists t1 only
+    for t in ("t2", "t3"):
+        w._start(t, {"lr": 0.2})
+        for e in (1, 2):
+            w.record(t, _result(e, 0.5 + 0.1 * e))
+            w._write_rows()                     # what on_checkpoint does; no trials.parquet
+    assert pq.read_table(tmp_path / "s" / "trials.parquet").column("trial_id").to_pylist() == ["t1"]
+
+    w2 = make()
+    w2.reload()
+    assert w2.trials["t2"].written == {1, 2} and w2.trials["t2"].best["val_acc"] == pytest.approx(0.7)
+    tune_trials = [SimpleNamespace(trial_id="t1", status="RUNNING", config={"lr": 0.1}),
+                   SimpleNamespace(trial_id="t2", status="RUNNING", config={"lr": 0.2})]
+    w2.on_trial_start(0, tune_trials, tune_trials[1])   # Tune restores t2 from its checkpoint
+    w2.on_step_end(0, tune_trials)
+    w2.record("t2", _result(2, 0.7))           # Tune's replay of the report its checkpoint holds
+    w2.record("t2", _result(3, 0.9))
+    for e in (2, 3):
+        w2.record("t1", _result(e, 0.9))
+    w2.finish("t1")
+    w2.finish("t2")
+    w2.close()
+    t = pq.read_table(tmp_path / "s" / "trials.parquet").to_pandas().set_index("trial_id")
+    assert t.status.to_dict() == {"t1": "completed", "t2": "completed", "t3": "stopped"}
+    assert t.hp_lr["t2"] == pytest.approx(0.2) and t.epochs["t2"] == 3 and t.best_val_acc["t2"] == pytest.approx(0.9)
+    assert "lost with the killed driver after 2 of 3 epochs" in t.stop_reason["t3"]
+    e = pq.read_table(tmp_path / "s" / "epochs").to_pandas()
+    assert not e.duplicated(["trial_id", "epoch"]).any()
+    assert sorted(e[e.trial_id == "t2"].epoch) == [1, 2, 3]
