@@ -174,6 +174,7 @@ class ResultsWriter(Callback):
         self._tb_staging = None if self._tb_local else tempfile.mkdtemp(prefix="tunesmith-tb-")
         self._closed = self._closing = False
         self._reconcile = False            # set by reload: Tune's ended trials checked once
+        self._lost: set = set()            # trials known from epoch rows alone that Tune's state lacks
         self.busy_seconds = 0.0
         self.keep_checkpoints = keep_checkpoints   # best | all | none
         self.scheduler = scheduler         # its rungs are rebuilt from disk on resume (ray#30838)
@@ -288,6 +289,7 @@ class ResultsWriter(Callback):
         self._token = uuid.uuid4().hex[:6]
         self._closed = self._closing = False
         self._reconcile = True
+        self._lost = set()
         if self._tb_staging is not None:
             self._tb_staging = tempfile.mkdtemp(prefix="tunesmith-tb-")
         if not self.storage.exists(self.sweep, "trials.parquet"):
@@ -364,6 +366,7 @@ class ResultsWriter(Callback):
         for rec in self.trials.values():
             if rec.status == "running" and not rec.config and rec.trial_id not in known:
                 self.finish(rec.trial_id, status="stopped")
+                self._lost.add(rec.trial_id)
                 rec.stop_reason = (f"lost with the killed driver after {rec.epochs} of {self.epochs} epochs: "
                                    "Tune's saved state did not hold it, so resume could not restart it")
 
@@ -381,6 +384,11 @@ class ResultsWriter(Callback):
         rec = self.trials.get(trial_id)
         if rec is not None and not rec.config and config:   # known from its epoch rows alone
             self._fill_config(rec, config)
+        if rec is not None and trial_id in self._lost:
+            # Tune's restored random or grid search makes the same trial again, under the same id
+            # and config and with the same seed: its epochs match the rows kept, and run on
+            self._lost.discard(trial_id)
+            rec.status, rec.stop_reason, rec.ended_at = "running", "", None
         if rec is None:
             hps = {k: tb.plain(config.get(k)) for k in self.hp_keys}
             rec = TrialRecord(trial_id, hps, {k: tb.plain(v) for k, v in config.items()}, time.time())

@@ -298,7 +298,8 @@ def test_a_trial_missing_from_the_trials_file_is_rebuilt_from_its_rows_and_not_w
     trials.parquet listed it. On resume, Tune restores the trial from its checkpoint and replays
     its last report: that epoch must not get a second row (CI caught this on a cluster), and the
     trial must be listed with its config. A trial whose rows are all that is left, and which
-    Tune's snapshot never held, is listed as stopped rather than left running."""
+    Tune's snapshot never held, is listed as stopped rather than left running, until Tune's
+    restored random search makes it again under the same id (same config and seed)."""
     from types import SimpleNamespace
 
     def make():
@@ -322,17 +323,28 @@ def test_a_trial_missing_from_the_trials_file_is_rebuilt_from_its_rows_and_not_w
                    SimpleNamespace(trial_id="t2", status="RUNNING", config={"lr": 0.2})]
     w2.on_trial_start(0, tune_trials, tune_trials[1])   # Tune restores t2 from its checkpoint
     w2.on_step_end(0, tune_trials)
+    assert w2.trials["t3"].status == "stopped"
+    assert "lost with the killed driver after 2 of 3 epochs" in w2.trials["t3"].stop_reason
+    w2.flush()
+    t = pq.read_table(tmp_path / "s" / "trials.parquet").to_pandas().set_index("trial_id")
+    assert t.status.to_dict() == {"t1": "running", "t2": "running", "t3": "stopped"}
     w2.record("t2", _result(2, 0.7))           # Tune's replay of the report its checkpoint holds
     w2.record("t2", _result(3, 0.9))
     for e in (2, 3):
         w2.record("t1", _result(e, 0.9))
     w2.finish("t1")
     w2.finish("t2")
+    t3 = SimpleNamespace(trial_id="t3", status="RUNNING", config={"lr": 0.3})
+    w2.on_trial_start(1, [t3], t3)              # made again, from the start
+    assert w2.trials["t3"].status == "running" and w2.trials["t3"].stop_reason == ""
+    for e in (1, 2, 3):
+        w2.record("t3", _result(e, 0.5 + 0.1 * e))
+    w2.finish("t3")
     w2.close()
     t = pq.read_table(tmp_path / "s" / "trials.parquet").to_pandas().set_index("trial_id")
-    assert t.status.to_dict() == {"t1": "completed", "t2": "completed", "t3": "stopped"}
+    assert t.status.to_dict() == {"t1": "completed", "t2": "completed", "t3": "completed"}
     assert t.hp_lr["t2"] == pytest.approx(0.2) and t.epochs["t2"] == 3 and t.best_val_acc["t2"] == pytest.approx(0.9)
-    assert "lost with the killed driver after 2 of 3 epochs" in t.stop_reason["t3"]
+    assert t.hp_lr["t3"] == pytest.approx(0.3) and t.epochs["t3"] == 3
     e = pq.read_table(tmp_path / "s" / "epochs").to_pandas()
     assert not e.duplicated(["trial_id", "epoch"]).any()
-    assert sorted(e[e.trial_id == "t2"].epoch) == [1, 2, 3]
+    assert sorted(e[e.trial_id == "t2"].epoch) == [1, 2, 3] and sorted(e[e.trial_id == "t3"].epoch) == [1, 2, 3]
