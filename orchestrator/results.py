@@ -376,9 +376,19 @@ class ResultsWriter(Callback):
 
     # --- the writer, usable without Tune -------------------------------------------------
     def _fill_config(self, rec: TrialRecord, config: Dict[str, Any]) -> None:
+        """A trial known from its epoch rows alone: the killed driver may not have flushed its
+        TensorBoard session start, so it is written (again) with the config."""
         rec.hparams = {k: tb.plain(config.get(k)) for k in self.hp_keys}
         rec.config = {k: tb.plain(v) for k, v in config.items()}
         self._dirty = self._status_changed = True
+        self._tb_session_start(rec)
+
+    def _tb_session_start(self, rec: TrialRecord) -> None:
+        w = self._tb(rec.trial_id)
+        if w is not None:
+            w.add_summary(tb.experiment_summary(
+                self.hp_domains, list(dict.fromkeys([self.metric, "val_loss", "val_acc"]))))
+            w.add_summary(tb.session_start(rec.hparams))
 
     def _start(self, trial_id: str, config: Dict[str, Any]) -> TrialRecord:
         rec = self.trials.get(trial_id)
@@ -394,11 +404,7 @@ class ResultsWriter(Callback):
             rec = TrialRecord(trial_id, hps, {k: tb.plain(v) for k, v in config.items()}, time.time())
             self.trials[trial_id] = rec
             self._dirty = self._status_changed = True
-            w = self._tb(trial_id)
-            if w is not None:
-                w.add_summary(tb.experiment_summary(
-                    self.hp_domains, list(dict.fromkeys([self.metric, "val_loss", "val_acc"]))))
-                w.add_summary(tb.session_start(hps))
+            self._tb_session_start(rec)
         return rec
 
     def record(self, trial_id: str, result: Dict[str, Any], config: Optional[Dict[str, Any]] = None) -> None:

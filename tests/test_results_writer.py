@@ -348,3 +348,12 @@ def test_a_trial_missing_from_the_trials_file_is_rebuilt_from_its_rows_and_not_w
     e = pq.read_table(tmp_path / "s" / "epochs").to_pandas()
     assert not e.duplicated(["trial_id", "epoch"]).any()
     assert sorted(e[e.trial_id == "t2"].epoch) == [1, 2, 3] and sorted(e[e.trial_id == "t3"].epoch) == [1, 2, 3]
+    # the first writer never flushed t2's TensorBoard events: its session start is written on resume
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    acc = EventAccumulator(str(tmp_path / "s" / "tensorboard" / "t2"))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    assert start.session_start_info.hparams["lr"].number_value == pytest.approx(0.2)
+    assert "_hparams_/session_end_info" in content
