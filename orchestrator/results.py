@@ -351,9 +351,8 @@ class ResultsWriter(Callback):
         it is ended here, from what its rows say. A trial known from its epoch rows alone takes
         its config from Tune; one that Tune's snapshot does not hold either will not run again."""
         self._reconcile = False
-        known = set()
+        known = {trial.trial_id for trial in trials}
         for trial in trials:
-            known.add(trial.trial_id)
             rec = self.trials.get(trial.trial_id)
             if rec is not None and not rec.config and getattr(trial, "config", None):
                 self._fill_config(rec, dict(trial.config))

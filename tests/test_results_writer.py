@@ -239,14 +239,16 @@ def test_several_sweeps_read_as_one_dataset(tmp_path):
     assert momentum[0] == ("a", None) and momentum[-1] == ("b", 0.9)
 
 
+def _resumable(tmp_path, epochs):
+    """A writer of sweep "s" under tmp_path, searching lr: a second one stands for a resumed run."""
+    return ResultsWriter(Storage(str(tmp_path)), "s", ["lr"], {"lr": []}, epochs=epochs, metric="val_acc", mode="max")
+
+
 def test_reload_takes_epoch_rows_written_after_the_last_trials_file(tmp_path):
     """A driver killed after a trial's last epoch rows went to disk (before its checkpoint) but
     before trials.parquet was rewritten: the resumed writer reads the rows as the truth, so the
     trial, ended by Tune from its final checkpoint without a new report, reads as completed."""
-    def make():
-        return ResultsWriter(Storage(str(tmp_path)), "s", ["lr"], {"lr": []}, epochs=4, metric="val_acc",
-                             mode="max")
-    w = make()
+    w = _resumable(tmp_path, epochs=4)
     w._start("t1", {"lr": 0.1})
     w.record("t1", _result(1, 0.4))
     w.flush()                                   # trials.parquet: running, 1 epoch
@@ -255,7 +257,7 @@ def test_reload_takes_epoch_rows_written_after_the_last_trials_file(tmp_path):
         w._write_rows()                         # what on_checkpoint does; no trials.parquet
     stale = pq.read_table(tmp_path / "s" / "trials.parquet").to_pandas()
     assert stale.epochs.tolist() == [1]
-    w2 = make()
+    w2 = _resumable(tmp_path, epochs=4)
     w2.reload()
     rec = w2.trials["t1"]
     assert rec.epochs == 4 and rec.written == {1, 2, 3, 4}
@@ -273,13 +275,13 @@ def test_a_trial_tune_restored_as_ended_is_ended_once_after_reload(tmp_path):
     """The driver died after Tune's snapshot held the trial TERMINATED but before trials.parquet
     said so: Tune will not end it again, so the writer ends it from its rows at the first step."""
     from types import SimpleNamespace
-    w = ResultsWriter(Storage(str(tmp_path)), "s", ["lr"], {"lr": []}, epochs=2, metric="val_acc", mode="max")
+    w = _resumable(tmp_path, epochs=2)
     for t in ("t1", "t2"):
         w._start(t, {"lr": 0.1})
         w.record(t, _result(1, 0.5))
     w.record("t1", _result(2, 0.6))
     w.flush()                                   # both 'running' on disk
-    w2 = ResultsWriter(Storage(str(tmp_path)), "s", ["lr"], {"lr": []}, epochs=2, metric="val_acc", mode="max")
+    w2 = _resumable(tmp_path, epochs=2)
     w2.reload()
     tune_trials = [SimpleNamespace(trial_id="t1", status="TERMINATED"), SimpleNamespace(trial_id="t2", status="PENDING")]
     w2.on_step_end(0, tune_trials)
@@ -302,10 +304,7 @@ def test_a_trial_missing_from_the_trials_file_is_rebuilt_from_its_rows_and_not_w
     restored random search makes it again under the same id (same config and seed)."""
     from types import SimpleNamespace
 
-    def make():
-        return ResultsWriter(Storage(str(tmp_path)), "s", ["lr"], {"lr": []}, epochs=3, metric="val_acc",
-                             mode="max")
-    w = make()
+    w = _resumable(tmp_path, epochs=3)
     w._start("t1", {"lr": 0.1})
     w.record("t1", _result(1, 0.5))
     w.flush()                                   # trials.parquet lists t1 only
@@ -316,7 +315,7 @@ def test_a_trial_missing_from_the_trials_file_is_rebuilt_from_its_rows_and_not_w
             w._write_rows()                     # what on_checkpoint does; no trials.parquet
     assert pq.read_table(tmp_path / "s" / "trials.parquet").column("trial_id").to_pylist() == ["t1"]
 
-    w2 = make()
+    w2 = _resumable(tmp_path, epochs=3)
     w2.reload()
     assert w2.trials["t2"].written == {1, 2} and w2.trials["t2"].best["val_acc"] == pytest.approx(0.7)
     tune_trials = [SimpleNamespace(trial_id="t1", status="RUNNING", config={"lr": 0.1}),
