@@ -119,11 +119,11 @@ class MLflowSink(Callback):
 
     def _result(self, trial, result) -> None:
         from mlflow.entities import Metric
-        from tunesmith.orchestrator.results import _TUNE_KEYS, _num
+        from tunesmith.orchestrator.results import _TUNE_KEYS, _num, report_time
         if trial.trial_id not in self.runs:
             self._start(trial)
         epoch = int(result.get("training_iteration") or 0)
-        ts = int(time.time() * 1000)
+        ts = int(report_time(result) * 1000)
         batch = self.pending.setdefault(trial.trial_id, [])
         for k, v in result.items():
             if k in _TUNE_KEYS or k in ("epoch", "done"):

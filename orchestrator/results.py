@@ -117,6 +117,12 @@ def _take_row(rec: "TrialRecord", row: Dict[str, Any], metric: str) -> None:
             rec.best[m] = better(rec.best.get(m, v), v)
 
 
+def report_time(result: dict) -> float:
+    """When the trial reported the epoch, on its own clock, to the ms. The trainables stamp it as
+    ``reported_at``: Tune's ``timestamp`` is whole seconds, which several short epochs share."""
+    return float(result.get("reported_at") or result.get("timestamp") or time.time())
+
+
 def _ts(seconds: Optional[float]):
     return None if seconds is None else datetime.fromtimestamp(seconds, tz=timezone.utc)
 
@@ -424,8 +430,9 @@ class ResultsWriter(Callback):
             rec.pace = float(result["time_this_iter_s"])
         if self.start_up is None and _num(result.get("epoch_seconds")):
             self.start_up = max(0.0, time.time() - self.opened_at - float(result["epoch_seconds"]))
+        reported_at = report_time(result)
         row = {"schema_version": schema.SCHEMA_VERSION, "sweep": self.sweep, "trial_id": trial_id,
-               "epoch": epoch, "timestamp": _ts(result.get("timestamp") or time.time()),
+               "epoch": epoch, "timestamp": _ts(reported_at),
                "time_total_s": _num(result.get("time_total_s")),
                "diverged": bool(result.get("diverged", False)), "node_ip": rec.node_ip,
                "device": rec.device}
@@ -449,11 +456,11 @@ class ResultsWriter(Callback):
         if w is not None:
             for k, v in [*((m, row[m]) for m in schema.CORE_METRICS), *extra.items()]:
                 if v is not None:   # NaN/inf are left out: one would flatten TB's chart scale
-                    w.add_scalar(k, v, epoch)
+                    w.add_scalar(k, v, epoch, reported_at)   # TB's time axes: when the epoch ended
             preview = result.get("preview")
             if isinstance(preview, dict) and "images" in preview:
-                w.add_image("predictions", tb.prediction_grid(preview), epoch)
-                w.add_text("predictions", tb.prediction_caption(preview), epoch)
+                w.add_image("predictions", tb.prediction_grid(preview), epoch, reported_at)
+                w.add_text("predictions", tb.prediction_caption(preview), epoch, reported_at)
 
     def finish(self, trial_id: str, error: str = "", status: Optional[str] = None) -> None:
         rec = self.trials.get(trial_id) or self._start(trial_id, {})
@@ -593,8 +600,8 @@ class ResultsWriter(Callback):
 
 
 TRAIN_CHECKPOINT = "checkpoint_path"   # ray.tune.integration.ray_train.TuneReportCallback's key
-_TUNE_KEYS = {TRAIN_CHECKPOINT, "training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "done",
-              "trial_id", "date", "pid", "hostname", "node_ip", "time_since_restore",
+_TUNE_KEYS = {TRAIN_CHECKPOINT, "training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "reported_at",
+              "done", "trial_id", "date", "pid", "hostname", "node_ip", "time_since_restore",
               "iterations_since_restore", "checkpoint_dir_name", "should_checkpoint", "epoch",
               "diverged", "global_batch", "experiment_tag", "config"}
 

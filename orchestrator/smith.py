@@ -215,6 +215,7 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
             ready()   # torch, from one thread at a time
             box["decision"] = lrfind.decide(spec.train, args.start, args.end, args.steps, "exp",
                                             args.val_loss, args.pick, time_cap=cap, say=print)
+            box["ended_s"] = round(time.time() - started, 2)   # no stage-2 trial can start sooner
         except BaseException as exc:   # re-raised in the main thread
             box["error"] = exc
     worker = threading.Thread(target=stage1, daemon=True)
@@ -279,7 +280,8 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
             raise NoResult(f"stage 2 produced no result: {why or 'no trial finished an epoch'}")
         report: Dict[str, Any] = {"sweep": spec.name, "started_at_unix": started, "metric": spec.metric,
                                   "mode": spec.mode, "chance": chance, "time_budget_s": budget,
-                                  "stage1": {**decision.to_dict(), **paths}, "stage2": best_stage,
+                                  "stage1": {**decision.to_dict(), **paths, "ended_s": box["ended_s"]},
+                                  "stage2": best_stage,
                                   "stage2_runs": stages, "warnings": warnings}
         result = {"stage": 2, "sweep": best_stage["name"], "trial": best_stage["best_trial"],
                   "value": best_stage["best"], "epoch": best_stage["best_epoch"]}

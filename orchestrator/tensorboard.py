@@ -146,20 +146,20 @@ class EventLog:
         self._events: list = []
         self._file = None
 
-    def add_summary(self, summary, step: Optional[int] = None) -> None:
-        event = self._event(wall_time=time.time(), summary=summary)
+    def add_summary(self, summary, step: Optional[int] = None, walltime: Optional[float] = None) -> None:
+        event = self._event(wall_time=time.time() if walltime is None else walltime, summary=summary)
         if step is not None:
             event.step = int(step)
         self._events.append(event)
 
-    def add_scalar(self, tag: str, value: float, step: int) -> None:
-        self.add_summary(self._summary.scalar(tag, float(value)), step)
+    def add_scalar(self, tag: str, value: float, step: int, walltime: Optional[float] = None) -> None:
+        self.add_summary(self._summary.scalar(tag, float(value)), step, walltime)
 
-    def add_image(self, tag: str, chw: np.ndarray, step: int) -> None:
-        self.add_summary(self._summary.image(tag, chw, dataformats="CHW"), step)
+    def add_image(self, tag: str, chw: np.ndarray, step: int, walltime: Optional[float] = None) -> None:
+        self.add_summary(self._summary.image(tag, chw, dataformats="CHW"), step, walltime)
 
-    def add_text(self, tag: str, text: str, step: int) -> None:
-        self.add_summary(self._summary.text(tag, text), step)
+    def add_text(self, tag: str, text: str, step: int, walltime: Optional[float] = None) -> None:
+        self.add_summary(self._summary.text(tag, text), step, walltime)
 
     def flush(self) -> None:
         if not self._events:

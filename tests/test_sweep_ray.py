@@ -39,6 +39,13 @@ def _tb_scalars(path):
     return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
 
 
+def _tb_walltimes(path, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(path, size_guidance={"scalars": 0})
+    acc.Reload()
+    return {e.step: e.wall_time for e in acc.Scalars(tag)}
+
+
 def test_cli_sweep_writes_parquet_and_tensorboard(ray_session, tmp_path, capsys, spec_file):
     assert main(["run", spec_file(SPEC)]) == 0
     out = capsys.readouterr().out
@@ -61,6 +68,12 @@ def test_cli_sweep_writes_parquet_and_tensorboard(ray_session, tmp_path, capsys,
             for m in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "samples_per_second"):
                 if row[m] == row[m]:   # null in Parquet (diverged) is absent from TB
                     assert scalars[m][row.epoch] == pytest.approx(row[m], rel=1e-5), (trial_id, m)
+        # each epoch's time is when the trial reported it, to the ms (Tune's own stamp is whole
+        # seconds, which three short epochs share), the same in Parquet and on TensorBoard's axes
+        at = [t.timestamp() for t in rows.sort_values("epoch").timestamp]
+        assert all(b > a for a, b in zip(at, at[1:])), (trial_id, at)
+        walls = _tb_walltimes(str(root / "tensorboard" / trial_id), "lr")
+        assert [walls[e] for e in sorted(walls)] == pytest.approx(at, abs=2e-3), (trial_id, walls, at)
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["status"] == "finished" and manifest["seed"] == 3
     assert manifest["versions"]["ray"].startswith("2.60")
@@ -214,6 +227,8 @@ def test_data_parallel_ranks_match_one_process_with_the_same_global_batch(ray_se
         out[name] = pds.dataset(str(tmp_path / "results" / name / "epochs")).to_table().to_pandas().sort_values("epoch")
     ddp, one = out["ddp"], out["single"]
     assert list(ddp.epoch) == [1, 2, 3] and set(ddp.device) == {"cpu x2 (DDP)"}
+    at = [t.timestamp() for t in ddp.timestamp]   # rank 0's report time, through Ray Train, to the ms
+    assert all(b > a for a, b in zip(at, at[1:])) and any(t % 1 for t in at), at
     trials = pq.read_table(tmp_path / "results" / "ddp" / "trials.parquet").to_pandas()
     assert list(trials.global_batch) == [64]
     # Ray Train's checkpoints are housekept like Tune's: the winner's final one kept and named

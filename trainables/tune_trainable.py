@@ -79,6 +79,7 @@ def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[lis
         metrics["device"] = device
         metrics["global_batch"] = trainer.global_batch
         metrics.update(data_info)
+        metrics["reported_at"] = time.time()   # Tune's timestamp is whole seconds: epochs would share one
         if checkpoint_every and not metrics.get("diverged") and (metrics["epoch"] % checkpoint_every == 0 or done):
             with tempfile.TemporaryDirectory(prefix="tunesmith-ckpt-", dir=_staging_dir()) as folder:
                 torch.save(trainer.state_dict(), os.path.join(folder, STATE_FILE))
@@ -130,6 +131,7 @@ def _rank_loop(loop_config: dict) -> None:
     """One rank of a data-parallel trial (runs in a Ray Train worker)."""
     import os
     import tempfile
+    import time
     import ray
     import torch
     from ray import train
@@ -157,7 +159,7 @@ def _rank_loop(loop_config: dict) -> None:
         done = metrics.pop("done", False)
         metrics.pop("preview", None)
         metrics.update(device=device_name, global_batch=trainer.global_batch,
-                       data_mb=trainer.data.nbytes / 2 ** 20)
+                       data_mb=trainer.data.nbytes / 2 ** 20, reported_at=time.time())
         save = every and not metrics.get("diverged") and (metrics["epoch"] % every == 0 or done)
         if save and rank == 0:
             with tempfile.TemporaryDirectory(prefix="tunesmith-ckpt-") as folder:
