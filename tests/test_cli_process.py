@@ -27,15 +27,23 @@ def _run(args, **kw):
     return subprocess.run([TUNESMITH, *args], capture_output=True, text=True, env=_env(), cwd=ROOT, **kw)
 
 
-def test_default_example_runs_from_the_command_line_on_loopback(tmp_path):
-    """The README's sweep, shortened: a private Ray bound to 127.0.0.1, results on disk."""
-    proc = _run(["run", "examples/digits.yaml", "--results-dir", str(tmp_path), "--name", "quick",
+@pytest.fixture(scope="module")
+def quick_sweep(tmp_path_factory):
+    """The README's sweep, shortened, run once from the command line: (its process, its folder)."""
+    root = tmp_path_factory.mktemp("quick")
+    proc = _run(["run", "examples/digits.yaml", "--results-dir", str(root), "--name", "quick",
                  "--num-samples", "4", "--set", "trainer.epochs=4"], timeout=240)
+    return proc, root / "quick"
+
+
+def test_default_example_runs_from_the_command_line_on_loopback(quick_sweep):
+    """A private Ray bound to 127.0.0.1, results on disk."""
+    proc, folder = quick_sweep
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "rank" in proc.stdout and "results:" in proc.stdout
-    manifest = json.loads((tmp_path / "quick" / "manifest.json").read_text())
+    manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["cluster"]["address"].startswith("127.0.0.1:")
-    trials = pq.read_table(tmp_path / "quick" / "trials.parquet").to_pandas()
+    trials = pq.read_table(folder / "trials.parquet").to_pandas()
     assert len(trials) == 4 and trials.best_val_acc.max() > 0.9
 
 
@@ -89,12 +97,12 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_tensorboard_server_serves_scalars_and_hparams(tmp_path):
+def test_tensorboard_server_serves_scalars_and_hparams(quick_sweep):
     """A real `tensorboard --logdir` on 127.0.0.1, read over its HTTP API."""
-    proc = _run(["run", "examples/digits.yaml", "--results-dir", str(tmp_path), "--name", "tb",
-                 "--num-samples", "2", "--set", "trainer.epochs=3"], timeout=240)
+    proc, folder = quick_sweep
     assert proc.returncode == 0, proc.stderr[-2000:]
-    logdir = tmp_path / "tb" / "tensorboard"
+    logdir = folder / "tensorboard"
+    trials = pq.read_table(folder / "trials.parquet").to_pandas().set_index("trial_id")
     port = _free_port()
     tb = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "tensorboard"), "--logdir", str(logdir),
                            "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false"],
@@ -107,11 +115,11 @@ def test_tensorboard_server_serves_scalars_and_hparams(tmp_path):
                     return json.loads(r.read())
             except OSError:
                 return []
-        _wait_for(lambda: len(runs()) == 2, 60, "tensorboard runs")
+        _wait_for(lambda: len(runs()) == 4, 60, "tensorboard runs")
         run = sorted(runs())[0]
         with urllib.request.urlopen(f"{base}/data/plugin/scalars/scalars?run={run}&tag=val_acc", timeout=10) as r:
             points = json.loads(r.read())
-        assert [p[1] for p in points] == [1, 2, 3]
+        assert [p[1] for p in points] == list(range(1, trials.loc[run, "epochs"] + 1))
         assert all(0 <= p[2] <= 1 for p in points)
         req = urllib.request.Request(f"{base}/data/plugin/hparams/experiment", data=b'{"experimentName": ""}',
                                      headers={"Content-Type": "application/json"}, method="POST")
