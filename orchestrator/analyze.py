@@ -50,6 +50,18 @@ class Sweep:
     def score(self) -> str:
         return f"best_{self.metric}"
 
+    @property
+    def ranked(self) -> pd.DataFrame:
+        """Trials with a score, best first; ties (common on small validation sets) go to the
+        lower validation loss, as in the sweep's own table, smith's report and the checkpoint
+        kept (``ResultsWriter.ranked``)."""
+        t = self.trials.dropna(subset=[self.score])
+        keys, ascending = [self.score], [self.mode == "min"]
+        if "best_val_loss" in t and self.score != "best_val_loss":
+            keys.append("best_val_loss")
+            ascending.append(True)
+        return t.sort_values(keys, ascending=ascending, na_position="last", kind="stable")
+
 
 def _read_table(storage: Storage, rel: str):
     try:
@@ -164,8 +176,7 @@ def _sort_key(label: str):
 
 
 def best(sweep: Sweep, top: int) -> List[Dict[str, Any]]:
-    t = sweep.trials.dropna(subset=[sweep.score])
-    t = t.sort_values(sweep.score, ascending=sweep.mode == "min").head(top)
+    t = sweep.ranked.head(top)
     rows = []
     for rank, (_, r) in enumerate(t.iterrows(), 1):
         rows.append({"rank": rank, "trial_id": r.trial_id, "status": r.status, sweep.metric: float(r[sweep.score]),
@@ -299,7 +310,7 @@ def plot(sweeps: List[Sweep], out_dir: str, top: int) -> List[str]:
               "errored": "black", "stopped": "tab:gray", "running": "tab:blue"}
     for sw in sweeps:
         m = sw.metric
-        ranked = sw.trials.dropna(subset=[sw.score]).sort_values(sw.score, ascending=sw.mode == "min")
+        ranked = sw.ranked
         # learning curves of the top k
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for _, r in ranked.head(top).iterrows():

@@ -128,6 +128,24 @@ def test_a_decade_grid_is_shown_per_value_not_in_bins(tmp_path):
     assert lr["importance"] == pytest.approx(1.0)
 
 
+def test_tied_trials_rank_as_the_sweep_ranked_them(tmp_path):
+    """Ties on the metric (common on a small validation set) go to the lower validation loss, as
+    in the sweep's own table and smith's report; analyze used to list them in file order."""
+    from tunesmith.orchestrator import analyze
+    w = ResultsWriter(Storage(str(tmp_path)), "tie", ["lr"], {"lr": []}, epochs=1, metric="val_acc",
+                      mode="max", pruned={})
+    (tmp_path / "tie").mkdir(exist_ok=True)
+    (tmp_path / "tie" / "spec.yaml").write_text("metric: val_acc\nmode: max\n")
+    for i, (acc, loss) in enumerate([(0.95, 0.30), (0.99, 0.08), (0.99, 0.05), (0.99, 0.07)]):
+        w._start(f"t{i}", {"lr": 0.1 * (i + 1)})
+        w.record(f"t{i}", {"training_iteration": 1, "val_acc": acc, "val_loss": loss})
+        w.finish(f"t{i}")
+    assert [r.trial_id for r in w.ranked()] == ["t2", "t3", "t1", "t0"]
+    w.close()
+    (s,) = [analyze.summary(sw, 4) for sw in analyze.load(str(tmp_path), None)]
+    assert [b["trial_id"] for b in s["best"]] == ["t2", "t3", "t1", "t0"]
+
+
 def test_seed_repeats_are_reported_as_a_seed_variance_study(tmp_path, capsys):
     w = ResultsWriter(Storage(str(tmp_path)), "seeds", ["seed"], {"seed": [0, 1, 2, 3]}, epochs=1,
                       metric="val_acc", mode="max", pruned={})
