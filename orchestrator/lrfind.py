@@ -104,11 +104,14 @@ def plot_png(d: LRDecision, title: str) -> bytes:
     if c.num_classes > 1:
         ax.axhline(math.log(c.num_classes), color="0.4", ls=":", lw=1, label=f"chance: ln {c.num_classes}")
     ax.set(xlabel="learning rate (log)", ylabel="loss", title=title)
-    ax.text(0.01, 0.02, ("decision: " + d.why) if d.informative else d.why, transform=ax.transAxes,
-            fontsize=8, va="bottom", wrap=True)
+    # the decision as a caption under the axes, where neither the legend nor the curve hides it
+    import textwrap
+    caption = textwrap.wrap(("decision: " + d.why) if d.informative else d.why, 120)
+    fig.set_size_inches(7.5, 4.5 + 0.16 * len(caption))
+    fig.text(0.01, 0.01, "\n".join(caption), fontsize=8, va="bottom")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, (0.16 * len(caption) + 0.08) / (4.5 + 0.16 * len(caption)), 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)

@@ -42,6 +42,29 @@ def test_suggestions_on_a_known_curve():
     assert 10 ** -2.2 < s["min10"] < 10 ** -1.8
 
 
+def test_a_fall_after_a_blow_up_is_not_read_as_a_place_to_train():
+    """The loss falls to its minimum at 1e-1, spikes, drops back steeply and at length from the
+    spike, then climbs for good (a BatchNorm net on digits did this). The steepest fall and the
+    longest fall of the whole curve lie in the drop-back, above the minimum: no rule may read it."""
+    lrs, logs = _curve(200)
+    loss = []
+    for x in logs:
+        if x < -4:
+            loss.append(2.3)
+        elif x < -1:
+            loss.append(2.3 - (x + 4) * (2.0 / 3))                  # a gentle fall to 0.3
+        elif x < -0.5:
+            loss.append(0.3 + 12 * (x + 1))                           # the spike, to 6.3
+        elif x < 0.5:
+            loss.append(6.3 - 5.5 * (x + 0.5))                        # falls back fast, to 0.8
+        else:
+            loss.append(0.8 + 20 * (x - 0.5))
+    s = lf.suggest_all(lrs, loss)
+    lowest = lrs[int(np.argmin(loss))]
+    assert lowest == pytest.approx(0.1, rel=0.1)
+    assert 1e-4 < s["steepest"] < lowest and 1e-4 < s["valley"] < lowest, s
+
+
 def test_nan_tail_is_cut_not_crashed():
     lrs, loss = _known()
     loss = loss[:80] + [math.nan] * 20

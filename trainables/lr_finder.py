@@ -15,8 +15,9 @@ as uninformative, never read as if it said something. Both runs are sized in ste
 data and from paces that other work on the cores (Ray starting beside it) does not inflate.
 
 Suggestions, each a pure function tested on synthetic curves:
-  steepest - the steepest descent of the smoothed loss against log LR;
-  valley   - the middle of the longest falling stretch of the smoothed loss (fastai's default);
+  steepest - the steepest descent of the smoothed loss against log LR, below its minimum;
+  valley   - the middle of the longest falling stretch of the smoothed loss, below its minimum
+             (fastai's default);
   min10    - the LR of the minimum smoothed loss, divided by 10;
   minimum  - the LR of the minimum smoothed loss (Smith's upper bound for 1cycle).
 The chosen one is the band's maximum; the band's minimum is max / 10, as for 1cycle.
@@ -121,9 +122,19 @@ def check_curve(losses: Sequence[float], smoothed: Sequence[float], num_classes:
     return None
 
 
-def steepest(lrs: Sequence[float], smoothed: Sequence[float]) -> float:
-    """The LR where the smoothed loss falls fastest against log LR."""
+def _up_to_minimum(lrs: Sequence[float], smoothed: Sequence[float]):
+    """The usable curve up to its lowest loss. A fall past it is a recovery from a blow-up (a
+    BatchNorm net's loss spikes at a high LR, then drops back before it climbs for good), not
+    an LR that trains: on digits the steepest fall of the whole curve lay at 0.43, above the
+    minimum at 0.05."""
     lrs, sm = _usable(lrs, smoothed)
+    i = min(range(len(sm)), key=sm.__getitem__)
+    return lrs[:i + 1], sm[:i + 1]
+
+
+def steepest(lrs: Sequence[float], smoothed: Sequence[float]) -> float:
+    """The LR where the smoothed loss falls fastest against log LR, below its minimum."""
+    lrs, sm = _up_to_minimum(lrs, smoothed)
     logs = [math.log10(x) for x in lrs]
     best_i, best_g = None, 0.0
     for i in range(1, len(sm) - 1):
@@ -136,8 +147,9 @@ def steepest(lrs: Sequence[float], smoothed: Sequence[float]) -> float:
 
 
 def valley(lrs: Sequence[float], smoothed: Sequence[float]) -> float:
-    """The middle of the longest stretch over which the smoothed loss keeps falling."""
-    lrs, sm = _usable(lrs, smoothed)
+    """The middle of the longest stretch over which the smoothed loss keeps falling, below its
+    minimum."""
+    lrs, sm = _up_to_minimum(lrs, smoothed)
     best_start, best_len, start = 0, 0, 0
     for i in range(1, len(sm)):
         if sm[i] >= sm[i - 1]:
