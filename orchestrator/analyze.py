@@ -336,8 +336,7 @@ def plot(sweeps: List[Sweep], out_dir: str, top: int) -> List[str]:
         if cols and not ranked.empty:
             fig, ax = plt.subplots(figsize=(1.8 * (len(cols) + 1) + 2, 4.5))
             axes = cols + [sw.score]
-            norm = {}
-            ends = {}
+            norm, ends, logged = {}, {}, set()
             for c in axes:
                 s = ranked[c]
                 if s.dtype == object or s.dtype == bool or (c != sw.score and s.nunique() <= FEW_VALUES):
@@ -350,6 +349,7 @@ def plot(sweeps: List[Sweep], out_dir: str, top: int) -> List[str]:
                     x = s.astype(float)
                     if (x > 0).all() and x.max() / max(x.min(), 1e-300) > 10:
                         x = x.map(math.log10)
+                        logged.add(c)
                     span = x.max() - x.min()
                     norm[c] = (x - x.min()) / span if span > 0 else x * 0 + 0.5
                     ends[c] = (_fmt(float(s.min())), _fmt(float(s.max())))
@@ -362,7 +362,7 @@ def plot(sweeps: List[Sweep], out_dir: str, top: int) -> List[str]:
                 ax.text(i, -0.04, ends[c][0], ha="center", va="top", fontsize=7)
                 ax.text(i, 1.04, ends[c][1], ha="center", va="bottom", fontsize=7)
             ax.set_ylim(-0.12, 1.12)
-            ax.set_xticks(range(len(axes)), [sw.names.get(c, c) for c in axes])
+            ax.set_xticks(range(len(axes)), [sw.names.get(c, c) + (" (log)" if c in logged else "") for c in axes])
             ax.set_yticks([])
             ax.set_title(f"{sw.name}: parallel coordinates (colour: {m}, yellow best)")
             paths.append(_save(fig, out_dir, f"{sw.name}-parallel.png"))
