@@ -4,7 +4,8 @@ For each dataset of the quality benchmark: the range test at its default length,
 1cycle run of the default model at each rule's suggested max LR, beside an oracle grid of max
 LRs (half-decade steps). Prints, per dataset, each rule's LR and best validation accuracy, and
 each rule's shortfall from the grid's best; the rule with the smallest worst-case shortfall is
-the one to make the default (orchestrator/lrfind.py DEFAULT_PICK).
+the one to make lr-find's default (trainables/lr_finder.py DEFAULT_PICK; smith's, SMITH_PICK, is
+chosen on bench/quality.py, where the rule anchors a two-decade search).
 
     .venv/bin/python bench/lr_rules.py [--datasets digits glyphs shapes letters] [--epochs 6]
 

@@ -12,6 +12,8 @@ starts it:
 - ``smith-coupled``: the same with ``--coupling effective``: stage 2's LR scaled by each trial's
   momentum, (1-m)/(1-trainer.momentum), so the effective step lr/(1-m) is spread over the range,
   against the default (drawn apart) in the same run;
+- ``smith-steepest``: the same with ``--pick steepest``: stage 2's range around the steepest
+  fall of the range test's curve instead of the default rule's pick;
 - ``random``: ``tunesmith run SPEC``, random search, lr log-uniform in [1e-4, 1];
 - ``random-ba``: the same random search under the previous ASHA default, budget-aware 1cycle
   judged from epoch 1 (``asha: {budget_aware: true, grace_period: 1}``): the evidence for
@@ -56,7 +58,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 TARGETS = {"digits": 0.98, "glyphs": 0.90, "shapes": 0.60, "letters": 0.75, "cifar10": 0.70}
-CONTENDERS = ("smith", "smith-range", "smith-coupled", "random", "random-ba", "tpe", "optuna")
+CONTENDERS = ("smith", "smith-range", "smith-coupled", "smith-steepest", "random", "random-ba", "tpe", "optuna")
 # smith-range: smith with stage 2's LR range set by --smith-range (decades below and above the
 # range test's pick), to weigh a change of the default against it in one run.
 # random-ba: the same random search under the previous ASHA default, budget-aware 1cycle judged
@@ -103,6 +105,8 @@ def _tunesmith(contender: str, dataset: str, budget: float, data_dir=None, seed:
         cmd += ["--range", *smith_range]
     if contender == "smith-coupled":
         cmd += ["--coupling", "effective"]
+    if contender == "smith-steepest":
+        cmd += ["--pick", "steepest"]
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": ROOT}
     began = time.time()
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
@@ -450,7 +454,8 @@ def main(argv=None) -> int:
         print(f"bar 1, smith within 0.5 pp of the best contender on every dataset: worst gap {100 * worst:.1f} pp: "
               f"{'met' if worst <= 0.005 + 1e-9 else 'NOT met'}")
         for variant, how in (("smith-range", f"--range {' '.join(args.smith_range)}"),
-                             ("smith-coupled", "--coupling effective")):
+                             ("smith-coupled", "--coupling effective"),
+                             ("smith-steepest", "--pick steepest")):
             if variant in args.contenders:
                 alt = max(by[(d, variant)][7] for d in datasets)
                 print(f"  {variant} ({how}) against the same contenders: worst gap {100 * alt:.1f} pp")

@@ -210,7 +210,11 @@ def _add_lr_find_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seconds", type=float, default=60.0, help="time cap of a default-length test (default 60)")
     p.add_argument("--linear", action="store_true", help="raise the LR linearly instead of exponentially")
     p.add_argument("--val-loss", action="store_true", help="measure the loss on a fixed held-out subset (512 samples)")
-    p.add_argument("--pick", default=None, help="suggestion that sets the max LR: min10 (default), minimum, valley, steepest")
+    from tunesmith.trainables.lr_finder import DEFAULT_PICK, SMITH_PICK
+    first = SMITH_PICK if p.prog.endswith("smith") else DEFAULT_PICK
+    rules = [first] + [r for r in ("steepest", "min10", "valley", "minimum") if r != first]
+    p.add_argument("--pick", default=None,
+                   help=f"suggestion that sets the max LR: {rules[0]} (default), {', '.join(rules[1:])}")
 
 
 def cmd_smith(args) -> int:

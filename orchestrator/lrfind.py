@@ -13,11 +13,11 @@ import pyarrow as pa
 
 from tunesmith.orchestrator.storage import Storage
 from tunesmith.trainables.config import ConfigError, TrainConfig
-from tunesmith.trainables.lr_finder import SUGGESTERS, TIME_CAP_S, LRCurve, LRFinderError, band, range_test
+from tunesmith.trainables.lr_finder import (DEFAULT_PICK, SMITH_PICK, SUGGESTERS, TIME_CAP_S, LRCurve,
+                                            LRFinderError, band, range_test)
 
-# The rule that sets the band's max LR by default: the one whose LR trained best across the
-# quality benchmark's datasets (bench/lr_rules.py; the README quotes the table).
-DEFAULT_PICK = "min10"
+SOURCES = {DEFAULT_PICK: "lr-find's default rule, the best single run on the benchmark's datasets",
+           SMITH_PICK: "smith's default rule, chosen on the quality benchmark"}
 
 
 @dataclass
@@ -44,11 +44,12 @@ class LRDecision:
 
 
 def decide(cfg: TrainConfig, start: float, end: float, steps: Optional[int], mode: str, val_loss: bool,
-           pick: str = DEFAULT_PICK, cpu_threads: Optional[int] = None, time_cap: float = TIME_CAP_S,
-           say=None) -> LRDecision:
+           pick: Optional[str] = None, cpu_threads: Optional[int] = None, time_cap: float = TIME_CAP_S,
+           say=None, default: str = DEFAULT_PICK) -> LRDecision:
     """The range test and what it decides. An uninformative curve gives a decision with no
-    band (``informative`` false) and the reason in ``why``: callers fall back, never guess."""
-    pick = pick or DEFAULT_PICK
+    band (``informative`` false) and the reason in ``why``: callers fall back, never guess.
+    ``pick`` is the user's rule (--pick); without one, ``default`` (lr-find's or smith's)."""
+    pick = pick or default
     if pick not in SUGGESTERS:
         raise ConfigError("--pick", pick, f"unknown; choose from {', '.join(SUGGESTERS)}")
     if not 0 < start < end:
@@ -65,7 +66,7 @@ def decide(cfg: TrainConfig, start: float, end: float, steps: Optional[int], mod
         return LRDecision(curve, pick, None, None, why=f"no suggestion: {curve.problem}")
     max_lr = curve.suggestions[pick]
     lo, hi = band(max_lr, cfg.trainer.div_factor)
-    source = "the default rule, chosen on the quality benchmark" if pick == DEFAULT_PICK else "asked for with --pick"
+    source = SOURCES.get(pick, "the default rule") if pick == default else "asked for with --pick"
     return LRDecision(curve, pick, hi, lo, why=f"{pick} ({RULE_TEXT[pick]}): {source}")
 
 

@@ -214,7 +214,8 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
             from tunesmith.orchestrator.tensorboard import ready
             ready()   # torch, from one thread at a time
             box["decision"] = lrfind.decide(spec.train, args.start, args.end, args.steps, "exp",
-                                            args.val_loss, args.pick, time_cap=cap, say=print)
+                                            args.val_loss, args.pick, time_cap=cap, say=print,
+                                            default=lrfind.SMITH_PICK)
             box["ended_s"] = round(time.time() - started, 2)   # no stage-2 trial can start sooner
         except BaseException as exc:   # re-raised in the main thread
             box["error"] = exc

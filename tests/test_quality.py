@@ -145,7 +145,7 @@ def test_range_test_on_harder_data_picks_an_lr_that_works(glyph_folder):
     base = {"dataset": {"name": "imagefolder", "data_dir": glyph_folder, "channels": 1, "image_size": 16},
             "trainer": {"epochs": 6}}
     cfg = TrainConfig.from_dict(base)
-    d = lrfind.decide(cfg, 1e-7, 10.0, None, "exp", False, cpu_threads=2)
+    d = lrfind.decide(cfg, 1e-7, 10.0, None, "exp", False, cpu_threads=2, default=lrfind.SMITH_PICK)   # as smith
     assert d.informative, d.why
 
     def best(lr):

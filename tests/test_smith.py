@@ -20,7 +20,7 @@ results_dir: RESULTS
 def test_lr_find_writes_curve_plot_decision_and_tensorboard(tmp_path, capsys, spec_file):
     assert main(["lr-find", spec_file(SPEC), "--steps", "60"]) == 0
     out = capsys.readouterr().out
-    assert "band:" in out and "chosen max LR" in out and "rule: min10" in out
+    assert "band:" in out and "chosen max LR" in out and "rule: steepest" in out and "lr-find's default rule" in out
     root = tmp_path / "results" / "sm"
     curve = pq.read_table(root / "lr_find" / "curve.parquet").to_pandas()
     assert 20 < len(curve) <= 60 and curve.lr.is_monotonic_increasing

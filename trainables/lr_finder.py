@@ -39,6 +39,13 @@ RERUN_BELOW = 3      # decades below the first run's lowest loss where the rerun
 FALL = 0.85          # an informative curve falls below 85% of min(start loss, chance loss)
 VAL_SUBSET = 512     # --val-loss: a fixed held-out subset, not one noisy batch
 SUGGESTERS = ("valley", "steepest", "min10", "minimum")
+# The rule that sets lr-find's band by default: the one whose LR trained best in one 1cycle run
+# across the quality benchmark's datasets (bench/lr_rules.py; the README quotes the table).
+DEFAULT_PICK = "steepest"
+# smith's: the anchor of stage 2's two-decade search, chosen on the quality benchmark
+# (bench/quality.py --contenders smith smith-steepest could not tell the two apart, and the
+# stage-2 range was fitted around where the best trials lay against min10's pick).
+SMITH_PICK = "min10"
 
 
 class LRFinderError(ValueError):
