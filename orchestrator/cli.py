@@ -1,7 +1,8 @@
 """The ``tunesmith`` command: a table of subcommands, and ``main(argv) -> int``.
 
 Exit codes: 0 success, 1 the sweep failed, 2 bad input (a one-line error naming the field
-and the value; nothing is started or written), 130 interrupted.
+and the value; nothing is started or written), 130 interrupted, 141 the output's reader went
+away (``| head``).
 """
 from __future__ import annotations
 
@@ -364,12 +365,27 @@ def entry() -> None:
     a time budget's overrun. An exception still ends the process the ordinary way."""
     import atexit
     import threading
-    code = main()
+    try:
+        code = main()
+    except BrokenPipeError:
+        code = _reader_gone()
     threading._shutdown()     # what the interpreter does first at exit: joins non-daemon threads
     atexit._run_exitfuncs()   # then this
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = _reader_gone()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _reader_gone() -> int:
+    """Whatever read the output went away (`tunesmith spaces | head`): end quietly, with the
+    exit code of a command that SIGPIPE ended, not with a traceback."""
+    import signal
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())   # what is still buffered goes nowhere
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -274,6 +274,19 @@ def test_the_console_entry_flushes_runs_atexit_and_keeps_the_exit_code(tmp_path)
     assert proc.stderr.startswith("tunesmith: error:") and proc.stderr.count("\n") == 1, proc.stderr
 
 
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`tunesmith spaces | head -1`: the reader is gone before the output is written. The command
+    ends as one that SIGPIPE ended (141), with nothing on stderr; it printed a traceback."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([TUNESMITH, "spaces"], stdout=write, stderr=subprocess.PIPE, text=True,
+                              env=_env(), cwd=ROOT, timeout=120)
+    finally:
+        os.close(write)
+    assert proc.returncode == 141 and proc.stderr == "", (proc.returncode, proc.stderr[-2000:])
+
+
 def test_smith_whose_budget_ends_before_stage_2_says_so_in_one_line(tmp_path):
     """A budget that Ray's start-up and the range test use up: one line naming the budget (it
     used to be 'time_budget_s = -1.7167384624481201: must be > 0', a value the user never gave),
