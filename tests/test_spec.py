@@ -131,6 +131,18 @@ def test_validate_command(tmp_path, capsys, spec_file):
     assert "8 trials" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("search,says", [
+    ("", "1 trial: the spec's own settings (no search space)"),
+    ("search: {num_samples: 4}\n", "4 trials: a seed-variance study"),
+    ("search: {presets: [lr_decades]}\n", "7 trials: random search over lr"),
+])
+def test_validate_says_what_the_sweep_will_be(tmp_path, capsys, search, says):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\ndataset: {name: digits}\n" + search)
+    assert main(["validate", str(spec)]) == 0
+    assert says in capsys.readouterr().out
+
+
 def test_example_specs_are_valid():
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
     names = [f for f in os.listdir(root) if f.endswith(".yaml")]
