@@ -134,16 +134,8 @@ def cmd_jobs(args) -> int:
 
 def cmd_validate(args) -> int:
     spec = load_spec(args)
-    from tunesmith.orchestrator.spec import trial_count
-    keys = [d.key for d in spec.search.space]
-    n = trial_count(spec)
-    if not keys:
-        what = "the spec's own settings (no search space)"
-    elif keys == ["seed"]:
-        what = "a seed-variance study (the spec's own settings, each trial with its own seed)"
-    else:
-        what = f"{spec.search.algorithm} search over {', '.join(keys)}"
-    print(f"{args.spec}: valid; sweep {spec.name!r}, {n} trial{'' if n == 1 else 's'}: {what}")
+    from tunesmith.orchestrator.spec import plan_text
+    print(f"{args.spec}: valid; sweep {spec.name!r}, {plan_text(spec)}")
     return 0
 
 

@@ -412,3 +412,17 @@ def trial_count(spec: SweepSpec) -> int:
     """Trials the sweep will start: Ray repeats the whole grid num_samples times, and the
     points_to_evaluate are the first of those samples, not extra ones."""
     return grid_size(spec) * max(spec.search.num_samples, len(spec.search.points_to_evaluate))
+
+
+def plan_text(spec: SweepSpec) -> str:
+    """What the sweep will run, in words: '16 trials: random search over lr, weight_decay',
+    '1 trial: the spec's own settings (no search space)', or a seed-variance study."""
+    keys = [d.key for d in spec.search.space]
+    n = trial_count(spec)
+    if not keys:
+        what = "the spec's own settings (no search space)"
+    elif keys == ["seed"]:
+        what = "a seed-variance study (the spec's own settings, each trial with its own seed)"
+    else:
+        what = f"{spec.search.algorithm} search over {', '.join(keys)}"
+    return f"{n} trial{'' if n == 1 else 's'}: {what}"

@@ -13,7 +13,7 @@ import yaml
 from tunesmith.cluster.connect import ClusterInfo
 from tunesmith.cluster.resources import TRIAL_SLIVER_CPU, data_parallel_cpus, max_concurrent
 from tunesmith.orchestrator import manifest as manifest_mod
-from tunesmith.orchestrator.spec import SweepSpec, trial_count
+from tunesmith.orchestrator.spec import SweepSpec, plan_text, trial_count
 from tunesmith.orchestrator.storage import Storage
 from tunesmith.trainables.config import ConfigError
 
@@ -243,8 +243,8 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
     if hold_back is not None:
         stopper.hold_back = lambda: hold_back(writer)
     if progress:
-        print(f"sweep {spec.name}: {trial_count(spec)} trials, {concurrency} at a time, "
-              f"{spec.search.algorithm} search{', ASHA' if spec.asha.enabled else ''}; "
+        print(f"sweep {spec.name}: {plan_text(spec)}; {min(concurrency, trial_count(spec))} at a time"
+              f"{', ASHA' if spec.asha.enabled else ''}; "
               f"{cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs on {cluster.nodes} node(s)", flush=True)
         if data_line:
             print(f"data: {data_line}", flush=True)
