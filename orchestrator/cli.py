@@ -201,7 +201,7 @@ def cmd_lr_find(args) -> int:
     return 0 if decision.informative else 1
 
 
-def _add_lr_find_args(p: argparse.ArgumentParser) -> None:
+def _add_lr_find_args(p: argparse.ArgumentParser, default_pick: Optional[str] = None) -> None:
     p.add_argument("--start", type=float, default=1e-7, help="first LR (default 1e-7)")
     p.add_argument("--end", type=float, default=10.0, help="last LR (default 10)")
     p.add_argument("--steps", type=int, default=None,
@@ -210,11 +210,10 @@ def _add_lr_find_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seconds", type=float, default=60.0, help="time cap of a default-length test (default 60)")
     p.add_argument("--linear", action="store_true", help="raise the LR linearly instead of exponentially")
     p.add_argument("--val-loss", action="store_true", help="measure the loss on a fixed held-out subset (512 samples)")
-    from tunesmith.trainables.lr_finder import DEFAULT_PICK, SMITH_PICK
-    first = SMITH_PICK if p.prog.endswith("smith") else DEFAULT_PICK
-    rules = [first] + [r for r in ("steepest", "min10", "valley", "minimum") if r != first]
-    p.add_argument("--pick", default=None,
-                   help=f"suggestion that sets the max LR: {rules[0]} (default), {', '.join(rules[1:])}")
+    from tunesmith.trainables.lr_finder import DEFAULT_PICK, SUGGESTERS
+    first = default_pick or DEFAULT_PICK
+    p.add_argument("--pick", default=None, help=f"suggestion that sets the max LR: {first} (default), "
+                                                + ", ".join(r for r in SUGGESTERS if r != first))
 
 
 def cmd_smith(args) -> int:
@@ -235,7 +234,8 @@ def cmd_smith(args) -> int:
 
 
 def _add_smith_args(p: argparse.ArgumentParser) -> None:
-    _add_lr_find_args(p)
+    from tunesmith.trainables.lr_finder import SMITH_PICK
+    _add_lr_find_args(p, SMITH_PICK)
     p.add_argument("--short-epochs", type=int, help="epochs of stage 2's runs (default: trainer.epochs; ASHA's "
                                                     "budget-aware rungs make most of them short)")
     p.add_argument("--samples", type=int, help="stage-2 trials (default 16; with time_budget_s, as many as fit)")

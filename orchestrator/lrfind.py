@@ -86,8 +86,12 @@ def plot_png(d: LRDecision, title: str) -> bytes:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import textwrap
     c = d.curve
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    # the decision as a caption under the axes, where neither the legend nor the curve hides it
+    caption = textwrap.wrap(("decision: " + d.why) if d.informative else d.why, 120)
+    below = 0.16 * len(caption) + 0.08   # inches of caption under the axes
+    fig, ax = plt.subplots(figsize=(7.5, 4.42 + below))
     ax.plot(c.lrs, c.losses, color="0.75", lw=1, label=f"{c.mode} loss")
     ax.plot(c.lrs, c.smoothed, color="tab:blue", lw=2, label="smoothed")
     if d.informative:
@@ -105,14 +109,10 @@ def plot_png(d: LRDecision, title: str) -> bytes:
     if c.num_classes > 1:
         ax.axhline(math.log(c.num_classes), color="0.4", ls=":", lw=1, label=f"chance: ln {c.num_classes}")
     ax.set(xlabel="learning rate (log)", ylabel="loss", title=title)
-    # the decision as a caption under the axes, where neither the legend nor the curve hides it
-    import textwrap
-    caption = textwrap.wrap(("decision: " + d.why) if d.informative else d.why, 120)
-    fig.set_size_inches(7.5, 4.5 + 0.16 * len(caption))
     fig.text(0.01, 0.01, "\n".join(caption), fontsize=8, va="bottom")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout(rect=(0, (0.16 * len(caption) + 0.08) / (4.5 + 0.16 * len(caption)), 1, 1))
+    fig.tight_layout(rect=(0, below / fig.get_figheight(), 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
