@@ -30,7 +30,9 @@ with seed r (plus --first-seed; the search's draws, the initialisation and the b
 table shows medians (a run that never reached the target counts as never). The last lines check
 the issue's bars: smith within 0.5 pp of the best contender everywhere, and on digits smith at 98%
 in at most half of Optuna's time, beside Ray Tune's own floor measured in the same run (a plain
-Ray Tune script's first report: no contender built on Ray Tune can be sooner). With two or more
+Ray Tune script's first report: no contender built on Ray Tune can be sooner) and smith's method
+without Ray (its range test, then one 1cycle run in the same process: what the method itself
+costs). With two or more
 seeds, smith's gap to each contender is also given paired by seed (mean, standard error, 95%
 interval), with a verdict on bar 1 that says "cannot tell" when the interval spans the bar: a
 median of three moves by more than 0.5 pp between runs. ``--folder NAME=DIR[@TARGET]`` adds an
@@ -251,16 +253,42 @@ def tune_floor(began: float) -> float:
     return grid[0].metrics["at"] - began
 
 
-def _floor() -> float:
+def method_floor(began: float, target: float) -> "float | None":
+    """smith's method without Ray (``--method-floor-worker``): seconds from the process's start
+    until a 1cycle run at the middle of stage 2's LR range (10^0.5 times the range test's pick),
+    trained in this process right after smith's range test, first reaches ``target`` on digits;
+    None if it does not within its epochs. What smith could reach if its trials did not start Ray
+    workers: the range test alone, and no search."""
+    from tunesmith.orchestrator import lrfind
+    from tunesmith.orchestrator.smith import BELOW, ABOVE
+    from tunesmith.trainables.config import TrainConfig
+    from tunesmith.trainables.trainer import Trainer
+    cfg = TrainConfig.from_dict({"dataset": {"name": "digits"}})
+    decision = lrfind.decide(cfg, 1e-7, 10.0, None, "exp", False, cpu_threads=os.cpu_count(),
+                             default=lrfind.SMITH_PICK)
+    lr = decision.max_lr * 10 ** ((ABOVE - BELOW) / 2) if decision.informative else 0.1
+    for m in Trainer(cfg.with_overrides({"lr": lr}), cpu_threads=os.cpu_count()).run():
+        if m["val_acc"] >= target:
+            return time.time() - began
+    return None
+
+
+def _worker_seconds(flag: str, *extra: str) -> float:
+    """Run this file as ``flag`` in a new interpreter; the seconds it printed (nan if none)."""
     began = time.time()
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--floor-worker", str(began)],
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), flag, str(began), *extra],
                           cwd=ROOT, capture_output=True, text=True, env=env)
     try:
-        return float(proc.stdout.strip().splitlines()[-1])
+        out = proc.stdout.strip().splitlines()[-1]
+        return math.nan if out == "None" else float(out)
     except (IndexError, ValueError):
-        print(f"  the Ray Tune floor run failed:\n{proc.stderr[-1500:]}")
+        print(f"  {flag} failed:\n{proc.stderr[-1500:]}")
         return math.nan
+
+
+def _floor() -> float:
+    return _worker_seconds("--floor-worker")
 
 
 def _print_lr_evidence(evidence) -> None:
@@ -376,6 +404,9 @@ def main(argv=None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--floor-worker":
         print(tune_floor(float(sys.argv[2])))
         return 0
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--method-floor-worker":
+        print(method_floor(float(sys.argv[2]), float(sys.argv[3])))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", nargs="*", default=["digits", "glyphs", "shapes", "letters"])
     ap.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
@@ -407,7 +438,7 @@ def main(argv=None) -> int:
     for ds in datasets:   # made and cached before any clock starts
         if ds in generated.GENERATORS:
             generated.load(ds)
-    rows, evidence, floors = [], [], []
+    rows, evidence, floors, method = [], [], [], []
     for ds in datasets:
         budget = args.budget_digits if ds == "digits" else args.budget
         repeats = args.repeats_digits if ds == "digits" else args.repeats
@@ -426,6 +457,9 @@ def main(argv=None) -> int:
             floors = [_floor() for _ in range(repeats)]   # bar 2's context, measured in the same run
             print("digits: Ray Tune's floor, a plain script's first report: "
                   + ", ".join(f"{f:.1f}s" for f in floors), flush=True)
+            method = [_worker_seconds("--method-floor-worker", str(TARGETS[ds])) for _ in range(repeats)]
+            print(f"digits: smith's method without Ray, range test then one run in-process, at {TARGETS[ds]:.0%}: "
+                  + ", ".join(f"{f:.1f}s" for f in method), flush=True)
         evidence.append((ds, res))
         top = max(_med([o[0] for o in res[c]]) for c in args.contenders)
         for c in args.contenders:
@@ -469,6 +503,9 @@ def main(argv=None) -> int:
             print(f"  Ray Tune's floor here: a plain Ray Tune script's one trial (import torch, report) "
                   f"reports {floor:.1f} s after its process starts (median of {len(floors)}); half of "
                   f"Optuna's time is {show(None if o_t is None else o_t / 2)}")
+            m_t = _med_time([None if math.isnan(m) else m for m in method])
+            print(f"  smith's method without Ray (its range test, then one 1cycle run in the same process at "
+                  f"the middle of stage 2's range) reaches 98% in {show(m_t)} (median of {len(method)})")
             ends = [o[3].get("stage1_end_s") for o in dict(evidence)["digits"]["smith"]]
             ends = [e for e in ends if e is not None]
             if ends:   # stage 2 starts from the range test's pick: no smith trial can start sooner
