@@ -1,7 +1,7 @@
 """`tunesmith smith`: Leslie Smith's procedure as one command, with its reasoning written down.
 
-1. LR range test -> the LR band [max/10, max]. It runs in the driver while Ray starts, sized to
-   the data, and checks its own curve: an uninformative one gives no band, and stage 2 then
+1. LR range test -> the LR band [max/10, max]. It runs in the driver while Ray starts (on a
+   cluster, as a task where trials run), sized to the data, and checks its own curve: an uninformative one gives no band, and stage 2 then
    searches a wide LR range instead of reading a band from noise.
 2. An ASHA sweep with 1cycle: the LR log-uniform from half a decade below the band's max to a
    decade and a half above it (the rule is conservative, the test can misread by a decade, and
@@ -175,6 +175,36 @@ def _stage2_report(out, s2: SweepSpec, lr_range, basis: str) -> Dict[str, Any]:
             "interrupted": out.interrupted}
 
 
+def _range_test(train, start, end, steps, val_loss, pick, cap, say=print) -> lrfind.LRDecision:
+    return lrfind.decide(train, start, end, steps, "exp", val_loss, pick, time_cap=cap, say=say,
+                         default=lrfind.SMITH_PICK)
+
+
+def _range_test_task(*stage1_args):
+    """Stage 1 as a Ray task: the decision, the lines the test said, and the node it ran on."""
+    import ray
+    lines: List[str] = []
+    decision = _range_test(*stage1_args, say=lines.append)
+    return decision, lines, ray.util.get_node_ip_address()
+
+
+def _range_test_on_cluster(spec: SweepSpec, stage1_args):
+    """On a cluster the range test runs where trials run, as a task holding one trial's
+    resources (all of a data-parallel trial's GPUs, which it then trains on as one batch): it
+    reads the data on that node and measures the device the trials train on."""
+    import ray
+    res = spec.resources
+    task = ray.remote(_range_test_task).options(num_cpus=res.cpus, num_gpus=res.gpus,
+                                                name="tunesmith:range-test", max_retries=0)
+    try:
+        decision, lines, node = ray.get(task.remote(*stage1_args))
+    except ray.exceptions.RayTaskError as exc:   # bad input found there (a data path) is still bad input
+        raise exc.cause if isinstance(exc.cause, Exception) else exc
+    for line in lines:
+        print(line, flush=True)
+    return decision, node
+
+
 def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
     from tunesmith.cluster.connect import connect, disconnect
     from tunesmith.orchestrator.sweep import best_table, budget_problem, check_fresh, run_sweep
@@ -205,34 +235,40 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
         from tunesmith.cluster.connect import check_reachable
         check_reachable(args.address)   # before the range test starts: a dead address is bad input
 
-    # Stage 1 runs while Ray starts: the range test needs no cluster.
     box: Dict[str, Any] = {}
     cap = lrfind.TIME_CAP_S if budget is None else min(lrfind.TIME_CAP_S, STAGE1_SHARE * budget)
+    stage1_args = (spec.train, args.start, args.end, args.steps, args.val_loss, args.pick, cap)
 
     def stage1():
         try:
             from tunesmith.orchestrator.tensorboard import ready
             ready()   # torch, from one thread at a time
-            box["decision"] = lrfind.decide(spec.train, args.start, args.end, args.steps, "exp",
-                                            args.val_loss, args.pick, time_cap=cap, say=print,
-                                            default=lrfind.SMITH_PICK)
+            box["decision"] = _range_test(*stage1_args, say=print)
             box["ended_s"] = round(time.time() - started, 2)   # no stage-2 trial can start sooner
         except BaseException as exc:   # re-raised in the main thread
             box["error"] = exc
-    worker = threading.Thread(target=stage1, daemon=True)
-    worker.start()
+    worker = None
+    if not args.address:   # here the driver's host is the node: stage 1 runs while Ray starts
+        worker = threading.Thread(target=stage1, daemon=True)
+        worker.start()
     cluster = connect(args.address, args.num_cpus, args.num_gpus, args.dashboard, args.worker_logs)
     warnings: List[str] = []
     try:
         if args.address:
             from tunesmith.cluster.storage_check import check_every_node
             check_every_node(spec.results_dir)
-        worker.join()
+            # where trials run: the driver's host may lack the data, or the GPU the trials train on
+            box["decision"], box["node"] = _range_test_on_cluster(spec, stage1_args)
+            box["ended_s"] = round(time.time() - started, 2)
+        else:
+            worker.join()
+            box.setdefault("node", "driver")
         if "error" in box:
             raise box["error"]
         decision = box["decision"]
         paths = lrfind.write(decision, storage, spec.name, f"{spec.name}: LR range test")
-        print(f"stage 1 ({time.time() - started:.1f}s): " + lrfind.summary_text(decision), flush=True)
+        where = "" if box["node"] == "driver" else f", on node {box['node']}"
+        print(f"stage 1 ({time.time() - started:.1f}s{where}): " + lrfind.summary_text(decision), flush=True)
         chance = _chance(spec.metric, decision.curve.num_classes)
         if budget and left() <= 0:
             raise NoResult(f"time_budget_s = {budget:g}: Ray's start-up and the range test took {budget - left():.1f}s "
@@ -281,7 +317,8 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
             raise NoResult(f"stage 2 produced no result: {why or 'no trial finished an epoch'}")
         report: Dict[str, Any] = {"sweep": spec.name, "started_at_unix": started, "metric": spec.metric,
                                   "mode": spec.mode, "chance": chance, "time_budget_s": budget,
-                                  "stage1": {**decision.to_dict(), **paths, "ended_s": box["ended_s"]},
+                                  "stage1": {**decision.to_dict(), **paths, "ended_s": box["ended_s"],
+                                             "node": box["node"]},
                                   "stage2": best_stage,
                                   "stage2_runs": stages, "warnings": warnings}
         result = {"stage": 2, "sweep": best_stage["name"], "trial": best_stage["best_trial"],

@@ -151,9 +151,16 @@ def test_smith_final_within_a_time_budget_keeps_time_for_stage_3(ray_session, tm
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_smith_notices_a_chance_level_answer_and_widens(ray_session, tmp_path, capsys, spec_file):
+def test_smith_notices_a_chance_level_answer_and_widens(ray_session, tmp_path, capsys, spec_file, monkeypatch):
     """Random labels: no LR can do better than chance, and the held-out loss shows it. smith
-    says so, widens the range, and never presents the result as a model without a warning."""
+    says so, widens the range, and never presents the result as a model without a warning.
+    Joining a cluster (--address), its range test runs as a task where trials run, not in the
+    driver: here the driver's own range test fails."""
+    from tunesmith.orchestrator import lrfind
+
+    def not_here(*a, **k):
+        raise AssertionError("the range test ran in the driver")
+    monkeypatch.setattr(lrfind, "decide", not_here)
     text = """
 name: noise
 dataset: {name: synthetic, num_samples: 400, image_size: 8, num_classes: 10}
@@ -161,10 +168,12 @@ model: {width: 8}
 trainer: {epochs: 2}
 results_dir: RESULTS
 """
-    assert main(["smith", spec_file(text), "--samples", "2", "--max-seconds", "5", "--val-loss"]) == 0
+    assert main(["smith", spec_file(text), "--samples", "2", "--max-seconds", "5", "--val-loss",
+                 "--address", ray_session.address]) == 0
     out = capsys.readouterr().out
     assert "no better than chance" in out
     report = json.loads((tmp_path / "results" / "noise" / "smith.json").read_text())
+    assert report["stage1"]["node"] == "127.0.0.1" and "on node 127.0.0.1" in out
     assert not report["stage1"]["informative"] and report["stage1"]["band"] is None
     runs = report["stage2_runs"]
     assert len(runs) == 2 and runs[1]["name"] == "noise-wide"
