@@ -43,6 +43,18 @@ class LRDecision:
                 "num_classes": c.num_classes, "seconds": round(c.seconds, 3)}
 
 
+def check_options(pick: str, start: float, end: float, steps: Optional[int], time_cap: float = TIME_CAP_S) -> None:
+    """The range test's options, as `lr-find` and `smith` take them: bad ones are bad input."""
+    if pick not in SUGGESTERS:
+        raise ConfigError("--pick", pick, f"unknown; choose from {', '.join(SUGGESTERS)}")
+    if not 0 < start < end:
+        raise ConfigError("--start", start, f"must be > 0 and below --end ({end:g})")
+    if steps is not None and steps < 10:
+        raise ConfigError("--steps", steps, "must be >= 10")
+    if not time_cap > 0:
+        raise ConfigError("--max-seconds", time_cap, "must be > 0")
+
+
 def decide(cfg: TrainConfig, start: float, end: float, steps: Optional[int], mode: str, val_loss: bool,
            pick: Optional[str] = None, cpu_threads: Optional[int] = None, time_cap: float = TIME_CAP_S,
            say=None, default: str = DEFAULT_PICK) -> LRDecision:
@@ -50,12 +62,7 @@ def decide(cfg: TrainConfig, start: float, end: float, steps: Optional[int], mod
     band (``informative`` false) and the reason in ``why``: callers fall back, never guess.
     ``pick`` is the user's rule (--pick); without one, ``default`` (lr-find's or smith's)."""
     pick = pick or default
-    if pick not in SUGGESTERS:
-        raise ConfigError("--pick", pick, f"unknown; choose from {', '.join(SUGGESTERS)}")
-    if not 0 < start < end:
-        raise ConfigError("--start", start, f"must be > 0 and below --end ({end:g})")
-    if steps is not None and steps < 10:
-        raise ConfigError("--steps", steps, "must be >= 10")
+    check_options(pick, start, end, steps, time_cap)
     curve = range_test(cfg, start, end, steps, mode, val_loss, cpu_threads=cpu_threads, time_cap=time_cap, say=say)
     if curve.problem is None:
         try:

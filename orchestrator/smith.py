@@ -175,8 +175,8 @@ def _stage2_report(out, s2: SweepSpec, lr_range, basis: str) -> Dict[str, Any]:
             "interrupted": out.interrupted}
 
 
-def _range_test(train, start, end, steps, val_loss, pick, cap, say=print) -> lrfind.LRDecision:
-    return lrfind.decide(train, start, end, steps, "exp", val_loss, pick, time_cap=cap, say=say,
+def _range_test(train, start, end, steps, mode, val_loss, pick, cap, say=print) -> lrfind.LRDecision:
+    return lrfind.decide(train, start, end, steps, mode, val_loss, pick, time_cap=cap, say=say,
                          default=lrfind.SMITH_PICK)
 
 
@@ -205,14 +205,10 @@ def _range_test_on_cluster(spec: SweepSpec, stage1_args):
     return decision, node
 
 
-def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
-    from tunesmith.cluster.connect import connect, disconnect
-    from tunesmith.orchestrator.sweep import best_table, budget_problem, check_fresh, run_sweep
-
-    storage = Storage(spec.results_dir)
-    retry_name, final_name = f"{spec.name}-wide", f"{spec.name}-final"
-    for name in (spec.name, retry_name, final_name):
-        check_fresh(storage, name)
+def check(spec: SweepSpec, args):
+    """smith's options against the spec, before any work (also where `submit --smith` sends the
+    job): (weight-decay preset, (decades below, above), stage-2 epochs, coupled)."""
+    lrfind.check_options(args.pick or lrfind.SMITH_PICK, args.start, args.end, args.steps, args.max_seconds)
     wd_preset = weight_decay_preset(spec, args.weight_decay)
     below, above = args.range or (BELOW, ABOVE)
     if below < 0 or above < 0 or below + above <= 0:
@@ -221,12 +217,32 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
     epochs = args.short_epochs or spec.train.trainer.epochs
     if epochs > spec.train.trainer.epochs:
         raise ConfigError("--short-epochs", epochs, f"must not exceed trainer.epochs ({spec.train.trainer.epochs})")
+    coupled = args.coupling == "effective"
+    stage2_spec(spec, WIDE, epochs, wd_preset, 1, coupled=coupled)   # valid for some band
+    return wd_preset, (below, above), epochs, coupled
+
+
+def stage1_options(spec: SweepSpec, args) -> tuple:
+    """The range test's arguments from smith's command line: lr-find's options, and its time cap
+    (--max-seconds) within a fifth of time_budget_s."""
+    budget = spec.time_budget_s
+    cap = args.max_seconds if not budget else min(args.max_seconds, STAGE1_SHARE * budget)
+    return (spec.train, args.start, args.end, args.steps, "linear" if args.linear else "exp", args.val_loss,
+            args.pick, cap)
+
+
+def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
+    from tunesmith.cluster.connect import connect, disconnect
+    from tunesmith.orchestrator.sweep import best_table, budget_problem, check_fresh, run_sweep
+
+    storage = Storage(spec.results_dir)
+    retry_name, final_name = f"{spec.name}-wide", f"{spec.name}-final"
+    for name in (spec.name, retry_name, final_name):
+        check_fresh(storage, name)
+    wd_preset, (below, above), epochs, coupled = check(spec, args)
     budget = spec.time_budget_s
     deadline = started + budget if budget else None
     samples = args.samples or (BUDGET_SAMPLES if budget else DEFAULT_SAMPLES)
-    # Fail on bad input before any work: stage 2 must be a valid spec for some band.
-    coupled = args.coupling == "effective"
-    stage2_spec(spec, WIDE, epochs, wd_preset, 1, coupled=coupled)
 
     def left() -> Optional[float]:
         return None if deadline is None else deadline - time.time()
@@ -236,8 +252,7 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
         check_reachable(args.address)   # before the range test starts: a dead address is bad input
 
     box: Dict[str, Any] = {}
-    cap = lrfind.TIME_CAP_S if budget is None else min(lrfind.TIME_CAP_S, STAGE1_SHARE * budget)
-    stage1_args = (spec.train, args.start, args.end, args.steps, args.val_loss, args.pick, cap)
+    stage1_args = stage1_options(spec, args)
 
     def stage1():
         try:
