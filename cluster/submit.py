@@ -15,9 +15,10 @@ explicit --address takes their place for this process.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 import yaml
 
@@ -84,8 +85,10 @@ def _runtime_env(spec_dict: dict) -> dict:
                          "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S), "PYTHONUNBUFFERED": "1"}}
 
 
-def submit(spec, address: Optional[str], wait: bool, out=sys.stdout) -> int:
-    """Submit the validated ``spec``; the job's exit code when waiting, else 0 once submitted."""
+def submit(spec, address: Optional[str], wait: bool, out=sys.stdout, command: str = "run",
+           options: Sequence[str] = ()) -> int:
+    """Submit the validated ``spec`` as a job that runs ``tunesmith COMMAND`` (run or smith) with
+    ``options``; the job's exit code when waiting, else 0 once submitted."""
     from tunesmith.orchestrator.storage import is_uri
     if not is_uri(spec.results_dir) and not os.path.isabs(spec.results_dir):
         raise ConfigError("results_dir", spec.results_dir, "a job runs in a temporary folder on the head: give an "
@@ -95,10 +98,13 @@ def submit(spec, address: Optional[str], wait: bool, out=sys.stdout) -> int:
         c.list_jobs()   # fails fast on a refused token, before anything is submitted
     except Exception as exc:   # noqa: BLE001
         raise ConfigError("--address", address, _auth_hint(exc)) from None
-    job_id = c.submit_job(entrypoint=f"python -m tunesmith.orchestrator run env:{SPEC_VAR} --address auto",
+    entrypoint = shlex.join(["python", "-m", "tunesmith.orchestrator", command, f"env:{SPEC_VAR}", "--address",
+                             "auto", *options])
+    job_id = c.submit_job(entrypoint=entrypoint,
                           runtime_env=_runtime_env(spec.to_dict()),
                           metadata={"tunesmith_sweep": spec.name, "results_dir": spec.results_dir})
-    print(f"submitted {job_id}: sweep {spec.name} -> {spec.results_dir}", file=out, flush=True)
+    print(f"submitted {job_id}: {'smith ' if command == 'smith' else ''}sweep {spec.name} -> {spec.results_dir}",
+          file=out, flush=True)
     if not wait:
         print(f"follow it with: tunesmith jobs logs {job_id} --address {address}", file=out)
         return 0

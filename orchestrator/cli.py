@@ -121,10 +121,33 @@ def cmd_resume(args) -> int:
     return 0
 
 
+def _smith_options(args) -> List[str]:
+    """The smith options given on this command line, as smith's own command line takes them."""
+    p = argparse.ArgumentParser(add_help=False)
+    _add_smith_args(p)
+    argv: List[str] = []
+    for action in p._actions:
+        value = getattr(args, action.dest)
+        if value == action.default:
+            continue
+        flag = action.option_strings[0]
+        argv += [flag] if isinstance(action, argparse._StoreTrueAction) else \
+            [flag, *map(str, value if isinstance(value, (list, tuple)) else [value])]
+    return argv
+
+
 def cmd_submit(args) -> int:
     from tunesmith.cluster import submit
     spec = load_spec(args)   # validated here, before anything reaches the cluster
-    return submit.submit(spec, args.address, wait=not args.no_wait)
+    options = _smith_options(args)
+    if args.smith:
+        _at_least_one(args, "short_epochs", "samples")
+        from tunesmith.orchestrator import smith
+        smith.check(spec, args)   # smith's options are bad input here, not in the job's log
+    elif options:
+        raise ConfigError(options[0], " ".join(options[1:2]) or "given", "a smith option: submit smith with --smith")
+    return submit.submit(spec, args.address, wait=not args.no_wait, command="smith" if args.smith else "run",
+                         options=options)
 
 
 def cmd_jobs(args) -> int:
@@ -311,7 +334,10 @@ COMMANDS: Dict[str, tuple] = {
     "submit": (cmd_submit, "submit a sweep to a Ray cluster as a job (Jobs API)",
                [_add_spec_args,
                 lambda p: p.add_argument("--address", help="the head's job server, http://HEAD:8265"),
-                lambda p: p.add_argument("--no-wait", action="store_true", help="print the job id and return")]),
+                lambda p: p.add_argument("--no-wait", action="store_true", help="print the job id and return"),
+                lambda p: p.add_argument("--smith", action="store_true",
+                                         help="submit `tunesmith smith` (with the smith options below) instead of `run`"),
+                _add_smith_args]),
     "jobs": (cmd_jobs, "list, inspect, follow or stop submitted sweeps",
              [lambda p: p.add_argument("action", choices=("list", "status", "logs", "stop")),
               lambda p: p.add_argument("job_id", nargs="?"),

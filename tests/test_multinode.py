@@ -182,20 +182,28 @@ def test_sweep_runs_trials_on_both_nodes(cluster):
 
 
 def test_submit_through_the_jobs_api(cluster):
+    """`submit --smith`: smith as a Ray job, its options with it; the range test runs as a task
+    on a node of the cluster, and stage 2's trials on both. (`run` is submitted in the
+    jobs-stop test below.)"""
     c = cluster
     url = f"http://{c.ip['A']}:8265"
     results = c.tmp / "shared"
     out = c.exec("A", os.path.join(BIN, "tunesmith"), "submit", _spec(c, "job"), "--address", url,
-                 "--results-dir", str(results))
+                 "--results-dir", str(results), "--smith", "--samples", "4", "--max-seconds", "20")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     job_id = out.stdout.split("submitted ", 1)[1].split(":", 1)[0]
+    assert "smith sweep job" in out.stdout
+    report = json.loads((results / "job" / "smith.json").read_text())
+    assert report["stage1"]["node"] in (c.ip["A"], c.ip["B"]) and report["stage1"]["points"] >= 100
     trials = pq.read_table(results / "job" / "trials.parquet").to_pandas()
-    assert len(trials) == 4 and set(trials.status) == {"completed"}
+    assert len(trials) == 4 and set(trials.status) <= {"completed", "pruned"}
     assert set(trials.node_ip) == {c.ip["A"], c.ip["B"]}
+    lo, hi = report["stage2"]["lr_range"]
+    assert trials.hp_lr.between(lo * (1 - 1e-9), hi * (1 + 1e-9)).all()
     listed = c.exec("A", os.path.join(BIN, "tunesmith"), "jobs", "list", "--address", url)
     assert job_id in listed.stdout and "SUCCEEDED" in listed.stdout and "job" in listed.stdout
     logs = c.exec("A", os.path.join(BIN, "tunesmith"), "jobs", "logs", job_id, "--address", url)
-    assert "results:" in logs.stdout
+    assert f"on node {report['stage1']['node']}" in logs.stdout and "# Smith report: job" in logs.stdout
 
 
 def test_submit_refuses_bad_input_in_one_line(cluster, tmp_path):

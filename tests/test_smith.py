@@ -39,6 +39,7 @@ def test_lr_find_writes_curve_plot_decision_and_tensorboard(tmp_path, capsys, sp
     (["--pick", "best"], "--pick = 'best'"),
     (["--start", "1", "--end", "0.1"], "--start = 1.0"),
     (["--steps", "3"], "--steps = 3"),
+    (["--max-seconds", "0"], "--max-seconds = 0"),
 ])
 def test_lr_find_bad_options(tmp_path, capsys, argv, message, spec_file):
     assert main(["lr-find", spec_file(SPEC), *argv]) == 2
@@ -50,12 +51,26 @@ def test_lr_find_bad_options(tmp_path, capsys, argv, message, spec_file):
                                           (["--samples", "0"], "--samples = 0"),
                                           (["--short-epochs", "9"], "must not exceed trainer.epochs"),
                                           (["--range", "-1", "1"], "--range = '-1 1'"),
-                                          (["--range", "0", "0"], "--range = '0 0'")])
+                                          (["--range", "0", "0"], "--range = '0 0'"),
+                                          (["--pick", "best"], "--pick = 'best'"),
+                                          (["--max-seconds", "-1"], "--max-seconds = -1")])
 def test_smith_bad_options(tmp_path, capsys, argv, message, spec_file):
     assert main(["smith", spec_file(SPEC), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "results").exists()
+
+
+def test_smith_passes_lr_find_options_to_its_range_test(spec_file):
+    """--max-seconds and --linear reach smith's range test (it ran exponentially, capped at 60 s,
+    whatever they said); the cap stays within a fifth of time_budget_s."""
+    from tunesmith.orchestrator import smith
+    from tunesmith.orchestrator.cli import build_parser
+    from tunesmith.orchestrator.spec import load
+    args = build_parser().parse_args(["smith", "s.yaml", "--max-seconds", "7", "--linear", "--steps", "50"])
+    assert smith.stage1_options(load(spec_file(SPEC)), args)[1:] == (1e-7, 10.0, 50, "linear", False, None, 7.0)
+    budgeted = load(spec_file(SPEC + "time_budget_s: 20\n", "b.yaml"))
+    assert smith.stage1_options(budgeted, args)[-1] == pytest.approx(4.0)
 
 
 def test_smith_refuses_adam_before_doing_anything(tmp_path, capsys, spec_file):
@@ -180,3 +195,19 @@ results_dir: RESULTS
     assert runs[1]["lr_range"][0] < runs[0]["lr_range"][0] and runs[1]["lr_range"][1] > runs[0]["lr_range"][1]
     assert any(w.startswith("WARNING") and "no better than chance" in w for w in report["warnings"])
     assert "WARNING" in (tmp_path / "results" / "noise" / "smith_report.md").read_text()
+
+
+def test_submit_carries_smith_options_to_the_job_and_checks_them_here(spec_file, capsys):
+    """`submit --smith` sends smith's command line with the job; its options are checked before
+    anything reaches the cluster, and refused without --smith (no address answers here)."""
+    from tunesmith.orchestrator.cli import _smith_options, build_parser
+    args = build_parser().parse_args(["submit", "s.yaml", "--smith", "--final", "--samples", "4",
+                                      "--range", "0.5", "1", "--pick", "steepest"])
+    assert _smith_options(args) == ["--pick", "steepest", "--samples", "4", "--final", "--range", "0.5", "1.0"]
+    nowhere = ["--address", "http://127.0.0.1:9"]
+    assert main(["submit", spec_file(SPEC), *nowhere, "--samples", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--samples = '4': a smith option: submit smith with --smith" in err and err.count("\n") == 1
+    assert main(["submit", spec_file(SPEC), *nowhere, "--smith", "--short-epochs", "9"]) == 2
+    err = capsys.readouterr().err
+    assert "must not exceed trainer.epochs" in err and err.count("\n") == 1
