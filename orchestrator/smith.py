@@ -1,8 +1,9 @@
 """`tunesmith smith`: Leslie Smith's procedure as one command, with its reasoning written down.
 
 1. LR range test -> the LR band [max/10, max]. It runs in the driver while Ray starts (on a
-   cluster, as a task where trials run), sized to the data, and checks its own curve: an uninformative one gives no band, and stage 2 then
-   searches a wide LR range instead of reading a band from noise.
+   cluster, as a task where trials run), sized to the data, and checks its own curve: an
+   uninformative one gives no band, and stage 2 then searches a wide LR range instead of
+   reading a band from noise.
 2. An ASHA sweep with 1cycle: the LR log-uniform from half a decade below the band's max to a
    decade and a half above it (the rule is conservative, the test can misread by a decade, and
    short runs favour LRs that are too small), jointly with the cyclical momentum's upper bound
