@@ -210,8 +210,9 @@ def cmd_lr_find(args) -> int:
     if spec.mlflow.uri:
         from tunesmith.orchestrator.mlflow_sink import connect
         connect(spec.mlflow.uri, spec.mlflow.experiment)
-    decision = lrfind.decide(spec.train, args.start, args.end, args.steps, "linear" if args.linear else "exp",
-                             args.val_loss, args.pick, time_cap=args.max_seconds, say=print)
+    cfg, gpus = lrfind.as_one_trial(spec)
+    decision = lrfind.decide(cfg, args.start, args.end, args.steps, "linear" if args.linear else "exp",
+                             args.val_loss, args.pick, time_cap=args.max_seconds, say=print, num_gpus=gpus)
     paths = lrfind.write(decision, storage, spec.name, f"{spec.name}: LR range test")
     if spec.mlflow.uri:
         from tunesmith.orchestrator.mlflow_sink import log_files

@@ -7,7 +7,7 @@ import io
 import json
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import pyarrow as pa
 
@@ -43,6 +43,18 @@ class LRDecision:
                 "num_classes": c.num_classes, "seconds": round(c.seconds, 3)}
 
 
+def as_one_trial(spec) -> Tuple[TrainConfig, float]:
+    """The range test's config and GPUs, as one trial of the sweep trains: on its GPUs (none: the
+    CPU, even where this host has GPUs), at its global batch. A data-parallel trial on CPU ranks
+    trains W x per_gpu_batch_size per step, so the test takes that batch in one process; one on
+    G GPUs gets G devices, and the Trainer splits the batch over them."""
+    res = spec.resources
+    cfg = spec.train
+    if res.ranks > 1 and res.gpus <= 1:
+        cfg = cfg.with_overrides({"per_gpu_batch_size": cfg.trainer.per_gpu_batch_size * res.ranks})
+    return cfg, res.gpus
+
+
 def check_options(pick: str, start: float, end: float, steps: Optional[int], time_cap: float = TIME_CAP_S) -> None:
     """The range test's options, as `lr-find` and `smith` take them: bad ones are bad input."""
     if pick not in SUGGESTERS:
@@ -57,13 +69,14 @@ def check_options(pick: str, start: float, end: float, steps: Optional[int], tim
 
 def decide(cfg: TrainConfig, start: float, end: float, steps: Optional[int], mode: str, val_loss: bool,
            pick: Optional[str] = None, cpu_threads: Optional[int] = None, time_cap: float = TIME_CAP_S,
-           say=None, default: str = DEFAULT_PICK) -> LRDecision:
+           say=None, default: str = DEFAULT_PICK, num_gpus: Optional[float] = None) -> LRDecision:
     """The range test and what it decides. An uninformative curve gives a decision with no
     band (``informative`` false) and the reason in ``why``: callers fall back, never guess.
     ``pick`` is the user's rule (--pick); without one, ``default`` (lr-find's or smith's)."""
     pick = pick or default
     check_options(pick, start, end, steps, time_cap)
-    curve = range_test(cfg, start, end, steps, mode, val_loss, cpu_threads=cpu_threads, time_cap=time_cap, say=say)
+    curve = range_test(cfg, start, end, steps, mode, val_loss, cpu_threads=cpu_threads, time_cap=time_cap, say=say,
+                       num_gpus=num_gpus)
     if curve.problem is None:
         try:
             curve.suggest()

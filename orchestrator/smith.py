@@ -176,9 +176,9 @@ def _stage2_report(out, s2: SweepSpec, lr_range, basis: str) -> Dict[str, Any]:
             "interrupted": out.interrupted}
 
 
-def _range_test(train, start, end, steps, mode, val_loss, pick, cap, say=print) -> lrfind.LRDecision:
+def _range_test(train, start, end, steps, mode, val_loss, pick, cap, gpus, say=print) -> lrfind.LRDecision:
     return lrfind.decide(train, start, end, steps, mode, val_loss, pick, time_cap=cap, say=say,
-                         default=lrfind.SMITH_PICK)
+                         default=lrfind.SMITH_PICK, num_gpus=gpus)
 
 
 def _range_test_task(*stage1_args):
@@ -224,12 +224,13 @@ def check(spec: SweepSpec, args):
 
 
 def stage1_options(spec: SweepSpec, args) -> tuple:
-    """The range test's arguments from smith's command line: lr-find's options, and its time cap
-    (--max-seconds) within a fifth of time_budget_s."""
+    """The range test's arguments from smith's command line: lr-find's options, its time cap
+    (--max-seconds) within a fifth of time_budget_s, and one trial's config and GPUs."""
     budget = spec.time_budget_s
     cap = args.max_seconds if not budget else min(args.max_seconds, STAGE1_SHARE * budget)
-    return (spec.train, args.start, args.end, args.steps, "linear" if args.linear else "exp", args.val_loss,
-            args.pick, cap)
+    cfg, gpus = lrfind.as_one_trial(spec)
+    return (cfg, args.start, args.end, args.steps, "linear" if args.linear else "exp", args.val_loss,
+            args.pick, cap, gpus)
 
 
 def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:

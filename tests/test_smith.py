@@ -68,9 +68,25 @@ def test_smith_passes_lr_find_options_to_its_range_test(spec_file):
     from tunesmith.orchestrator.cli import build_parser
     from tunesmith.orchestrator.spec import load
     args = build_parser().parse_args(["smith", "s.yaml", "--max-seconds", "7", "--linear", "--steps", "50"])
-    assert smith.stage1_options(load(spec_file(SPEC)), args)[1:] == (1e-7, 10.0, 50, "linear", False, None, 7.0)
+    assert smith.stage1_options(load(spec_file(SPEC)), args)[1:] == (1e-7, 10.0, 50, "linear", False, None, 7.0, 0.0)
     budgeted = load(spec_file(SPEC + "time_budget_s: 20\n", "b.yaml"))
-    assert smith.stage1_options(budgeted, args)[-1] == pytest.approx(4.0)
+    assert smith.stage1_options(budgeted, args)[-2] == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("resources,batch,gpus", [("{cpus: 1}", 64, 0.0), ("{cpus: 1, workers: 2}", 128, 0.0),
+                                                  ("{cpus: 1, gpus: 0.5}", 64, 0.5), ("{cpus: 1, gpus: 2}", 64, 2.0)])
+def test_the_range_test_trains_as_one_trial_of_the_sweep(spec_file, resources, batch, gpus):
+    """lr-find and smith measure what a trial trains: its device (a spec without GPUs trains on
+    the CPU, whatever GPUs this host has) and its global batch (two CPU ranks of 64 step at 128;
+    G GPUs split G x 64 over G devices, as the Trainer does given G)."""
+    from tunesmith.orchestrator import lrfind
+    from tunesmith.orchestrator.spec import load
+    from tunesmith.trainables.trainer import Trainer
+    cfg, held = lrfind.as_one_trial(load(spec_file(SPEC + f"resources: {resources}\n")))
+    assert (cfg.trainer.per_gpu_batch_size, held) == (batch, gpus)
+    if gpus == 0:
+        trainer = Trainer(cfg, num_gpus=held)
+        assert trainer.device.type == "cpu" and trainer.global_batch == batch
 
 
 def test_smith_refuses_adam_before_doing_anything(tmp_path, capsys, spec_file):

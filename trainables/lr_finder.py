@@ -205,8 +205,9 @@ def lr_at_step(i: int, steps: int, start: float, end: float, mode: str = "exp") 
 
 def range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: Optional[int] = None, mode: str = "exp",
                val_loss: bool = False, stop_factor: float = 4.0, device=None, cpu_threads: Optional[int] = None,
-               time_cap: float = TIME_CAP_S, say=None) -> LRCurve:
-    """Run the test with the trainer's own model, optimizer, data, batch size and step.
+               time_cap: float = TIME_CAP_S, say=None, num_gpus: Optional[float] = None) -> LRCurve:
+    """Run the test with the trainer's own model, optimizer, data, batch size and step;
+    ``num_gpus`` as a trial holds them (None: every GPU this process sees).
 
     ``steps=None`` sizes it to the data (``default_steps``) within ``time_cap`` seconds; a curve
     that does not fall clearly is then run again EXTEND times longer (``say`` hears one line
@@ -214,7 +215,7 @@ def range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: Optional[int]
     from tunesmith.trainables.trainer import Trainer
 
     began = time.perf_counter()
-    trainer = Trainer(cfg, device=device, cpu_threads=cpu_threads)
+    trainer = Trainer(cfg, num_gpus=num_gpus, device=device, cpu_threads=cpu_threads)
     saved_model = copy.deepcopy(trainer.model.state_dict())
     saved_opt = copy.deepcopy(trainer.optimizer.state_dict())
     k = trainer.data.num_classes
