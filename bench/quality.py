@@ -260,13 +260,13 @@ def method_floor(began: float, target: float) -> "float | None":
     None if it does not within its epochs. What smith could reach if its trials did not start Ray
     workers: the range test alone, and no search."""
     from tunesmith.orchestrator import lrfind
-    from tunesmith.orchestrator.smith import BELOW, ABOVE
+    from tunesmith.orchestrator.smith import search_range
     from tunesmith.trainables.config import TrainConfig
     from tunesmith.trainables.trainer import Trainer
     cfg = TrainConfig.from_dict({"dataset": {"name": "digits"}})
     decision = lrfind.decide(cfg, 1e-7, 10.0, None, "exp", False, cpu_threads=os.cpu_count(),
                              default=lrfind.SMITH_PICK)
-    lr = decision.max_lr * 10 ** ((ABOVE - BELOW) / 2) if decision.informative else 0.1
+    lr = math.sqrt(math.prod(search_range(decision.max_lr))) if decision.informative else 0.1   # log-middle
     for m in Trainer(cfg.with_overrides({"lr": lr}), cpu_threads=os.cpu_count()).run():
         if m["val_acc"] >= target:
             return time.time() - began

@@ -126,13 +126,12 @@ def _smith_options(args) -> List[str]:
     p = argparse.ArgumentParser(add_help=False)
     _add_smith_args(p)
     argv: List[str] = []
-    for action in p._actions:
-        value = getattr(args, action.dest)
-        if value == action.default:
+    for dest, default in vars(p.parse_args([])).items():
+        value = getattr(args, dest)
+        if value == default:
             continue
-        flag = action.option_strings[0]
-        argv += [flag] if isinstance(action, argparse._StoreTrueAction) else \
-            [flag, *map(str, value if isinstance(value, (list, tuple)) else [value])]
+        flag = "--" + dest.replace("_", "-")
+        argv += [flag] if value is True else [flag, *map(str, value if isinstance(value, (list, tuple)) else [value])]
     return argv
 
 
