@@ -271,6 +271,9 @@ def _add_smith_args(p: argparse.ArgumentParser) -> None:
                    help="stage 2's LR and momentum: 'independent' (default) draws the two apart; 'effective' "
                         "spreads the effective step lr/(1-m) over the range, each trial's LR scaled by "
                         "(1-m)/(1-trainer.momentum)")
+    p.add_argument("--no-pilot", action="store_true",
+                   help="on one machine, do not train stage 2's centre point in this process while Ray starts "
+                        "its trial workers (the pilot)")
 
 
 def cmd_spaces(args) -> int:

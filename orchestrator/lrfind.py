@@ -139,16 +139,23 @@ def plot_png(d: LRDecision, title: str) -> bytes:
     return buf.getvalue()
 
 
-def write(d: LRDecision, storage: Storage, sweep: str, title: str) -> Dict[str, str]:
-    """Into <sweep>/lr_find/ and the sweep's TensorBoard folder, run 'lr_find'."""
+def write(d: LRDecision, storage: Storage, sweep: str, title: str, plot: bool = True) -> Dict[str, str]:
+    """Into <sweep>/lr_find/ and the sweep's TensorBoard folder, run 'lr_find'. ``plot=False``:
+    the curve and the decision only; write_plot adds the rest."""
     storage.makedirs(sweep, "lr_find")
-    png = plot_png(d, title)
     storage.write_table(f"{sweep}/lr_find/curve.parquet", curve_table(d))
-    storage.write_bytes(f"{sweep}/lr_find/lr_find.png", png)
     storage.write_bytes(f"{sweep}/lr_find/decision.json", json.dumps(d.to_dict(), indent=2).encode())
-    _tensorboard(d, storage, sweep, png)
+    if plot:
+        write_plot(d, storage, sweep, title)
     return {"curve": storage.uri(sweep, "lr_find", "curve.parquet"), "plot": storage.uri(sweep, "lr_find", "lr_find.png"),
             "decision": storage.uri(sweep, "lr_find", "decision.json")}
+
+
+def write_plot(d: LRDecision, storage: Storage, sweep: str, title: str) -> None:
+    """The PNG and TensorBoard's copy of the curve (matplotlib: a second of CPU and the GIL)."""
+    png = plot_png(d, title)
+    storage.write_bytes(f"{sweep}/lr_find/lr_find.png", png)
+    _tensorboard(d, storage, sweep, png)
 
 
 def _tensorboard(d: LRDecision, storage: Storage, sweep: str, png: bytes) -> None:

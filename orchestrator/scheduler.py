@@ -128,6 +128,11 @@ class SweepStopper(Stopper):
     def __call__(self, trial_id, result):
         return False
 
+    @property
+    def trials_deadline(self) -> Optional[float]:
+        """Where trials must end: the deadline, less what is held back once published."""
+        return self._published
+
     def out_of_time(self) -> bool:
         """The budget is over: here (possibly held back), or at the deadline the trials keep."""
         return self.timed_out.is_set() or (self.deadline is not None and time.time() >= self.deadline)

@@ -206,6 +206,75 @@ def _range_test_on_cluster(spec: SweepSpec, stage1_args):
     return decision, node
 
 
+def _why_no_pilot(spec: SweepSpec, args, samples: int) -> Optional[str]:
+    """None where smith trains a pilot (orchestrator/pilot.py), else why not (for the report):
+    only where trials would run on this host, on CPUs, one process each."""
+    r = spec.resources
+    if args.no_pilot:
+        return "--no-pilot"
+    if args.address:
+        return "trials run on the cluster's nodes"
+    if r.gpus or r.ranks > 1:
+        return "trials hold GPUs or several ranks, which Ray hands out"
+    if samples == 1:
+        return "--samples 1: the one trial is Tune's"
+    return None
+
+
+def _in_memory(spec: SweepSpec) -> bool:
+    from tunesmith.orchestrator.datashare import plan
+    return plan(spec.train.dataset, local=True)[0]
+
+
+def _pilot(spec: SweepSpec, s2: SweepSpec, storage: Storage, deadline: Optional[float]):
+    """Stage 2's centre as a trial in this process."""
+    from tunesmith.orchestrator.pilot import Pilot
+    from tunesmith.search_spaces.quasi import centre
+    return Pilot(s2.trial_config(), centre(s2.search.space, s2.search.coupling), storage, s2.name,
+                 spec.resources.cpus, deadline, s2.checkpoints.every)
+
+
+def _yield_to_stage1() -> None:
+    """Before this thread starts Ray on this machine: lower its priority, which the processes
+    Ray starts inherit (Linux keeps a priority per thread), so that Ray's start-up and then the
+    trials' workers take the CPU time the range test and the pilot leave. Tune's trials and this
+    thread share the lower priority; the range test's thread, and the pilot after it, keep the
+    normal one."""
+    import os
+    import sys
+    ray = sys.modules.get("ray")   # not imported yet: not started either (and not imported here,
+    if not sys.platform.startswith("linux") or (ray is not None and ray.is_initialized()):   # beside torch's)
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 10))
+    except OSError:   # not allowed here: Ray starts beside the range test, as it would anyway
+        pass
+
+
+TITLE = "{}: LR range test"
+
+
+def _write_plot(decision, storage: Storage, name: str, pilot, out: Dict[str, Any]) -> None:
+    try:
+        if pilot is not None:
+            pilot.ended.wait()
+        lrfind.write_plot(decision, storage, name, TITLE.format(name))
+    except BaseException as exc:   # noqa: BLE001 - re-raised before the report is written
+        out["error"] = exc
+
+
+def _join(writing: Optional[threading.Thread], out: Dict[str, Any]) -> None:
+    if writing is not None:
+        writing.join()
+    if "error" in out:
+        raise out["error"]
+
+
+def _config_text(config: Dict[str, Any]) -> str:
+    return ", ".join(f"{k} {_f(v)}" for k, v in config.items())
+
+
 def check(spec: SweepSpec, args):
     """smith's options against the spec, before any work (also where `submit --smith` sends the
     job): (weight-decay preset, (decades below, above), stage-2 epochs, coupled)."""
@@ -253,8 +322,23 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
         from tunesmith.cluster.connect import check_reachable
         check_reachable(args.address)   # before the range test starts: a dead address is bad input
 
-    box: Dict[str, Any] = {}
+    box: Dict[str, Any] = {"no_pilot": _why_no_pilot(spec, args, samples)}
     stage1_args = stage1_options(spec, args)
+    decided = threading.Event()
+
+    def plan(decision):
+        """Stage 2 from stage 1's decision: (LR range, why that range, stage 2's spec)."""
+        if decision.informative:
+            lr_range = search_range(decision.max_lr, below, above)
+            basis = (f"from {below:g} decades below the range test's max LR {decision.max_lr:.3g} to {above:g} "
+                     f"above it")
+        else:
+            lr_range = WIDE
+            basis = f"the wide range, since the range test gave no band ({decision.curve.problem})"
+        pilot = box["no_pilot"] is None   # the pilot is one of --samples
+        s2 = stage2_spec(spec, lr_range, epochs, wd_preset, samples - pilot if not budget else samples, left(),
+                         coupled=coupled)
+        return lr_range, basis, s2
 
     def stage1():
         try:
@@ -262,14 +346,25 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
             ready()   # torch, from one thread at a time
             box["decision"] = _range_test(*stage1_args, say=print)
             box["ended_s"] = round(time.time() - started, 2)   # no stage-2 trial can start sooner
+            if box["no_pilot"] is None and not _in_memory(spec):
+                box["no_pilot"] = "the data streams from disk: the driver does not load it"
+            box["plan"] = plan(box["decision"])
+            if box["no_pilot"] is None:
+                box["pilot"] = _pilot(spec, box["plan"][2], storage, deadline)
         except BaseException as exc:   # re-raised in the main thread
             box["error"] = exc
+        finally:
+            decided.set()
+        if box.get("pilot") is not None:   # stage 2's first trial, while Ray starts its workers
+            box["pilot"].run()
     worker = None
     if not args.address:   # here the driver's host is the node: stage 1 runs while Ray starts
         worker = threading.Thread(target=stage1, daemon=True)
         worker.start()
+        _yield_to_stage1()
     cluster = connect(args.address, args.num_cpus, args.num_gpus, args.dashboard, args.worker_logs)
     warnings: List[str] = []
+    writing, written = None, {}
     try:
         if args.address:
             from tunesmith.cluster.storage_check import check_every_node
@@ -277,13 +372,19 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
             # where trials run: the driver's host may lack the data, or the GPU the trials train on
             box["decision"], box["node"] = _range_test_on_cluster(spec, stage1_args)
             box["ended_s"] = round(time.time() - started, 2)
+            box["plan"] = plan(box["decision"])
         else:
-            worker.join()
+            decided.wait()
             box.setdefault("node", "driver")
         if "error" in box:
             raise box["error"]
         decision = box["decision"]
-        paths = lrfind.write(decision, storage, spec.name, f"{spec.name}: LR range test")
+        pilot = box.get("pilot")
+        paths = lrfind.write(decision, storage, spec.name, TITLE.format(spec.name), plot=False)
+        # the plot (a second of CPU and the GIL) waits for the pilot: stage 2 starts meanwhile
+        writing = threading.Thread(target=_write_plot, args=(decision, storage, spec.name, pilot, written),
+                                   daemon=True)
+        writing.start()
         where = "" if box["node"] == "driver" else f", on node {box['node']}"
         print(f"stage 1 ({time.time() - started:.1f}s{where}): " + lrfind.summary_text(decision), flush=True)
         chance = _chance(spec.metric, decision.curve.num_classes)
@@ -292,23 +393,22 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
                            f"of it, and nothing is left for stage 2 (the range test's curve is written); "
                            "give smith a larger budget")
 
-        if decision.informative:
-            lr_range = search_range(decision.max_lr, below, above)
-            basis = (f"from {below:g} decades below the range test's max LR {decision.max_lr:.3g} to {above:g} "
-                     f"above it")
-        else:
-            lr_range = WIDE
-            basis = f"the wide range, since the range test gave no band ({decision.curve.problem})"
+        lr_range, basis, s2 = box["plan"]
+        if not decision.informative:
             warnings.append(f"stage 1 gave no band: {decision.curve.problem}; stage 2 searched {WIDE[0]:g} to {WIDE[1]:g}")
-        s2 = stage2_spec(spec, lr_range, epochs, wd_preset, samples, left(), coupled=coupled)
         print(f"\nstage 2: 1cycle, lr log-uniform in [{lr_range[0]:.3g}, {lr_range[1]:.3g}] ({basis}) jointly with "
               f"max_momentum {MOMENTA} and {wd_preset}{_coupling_text(s2.search.lr_momentum_ref)}; {epochs} epochs, ASHA at epochs "
               f"{list(s2.rungs)}" + (" on annealed schedules" if s2.milestones else " (one schedule over the run)")
               + (f"; {left():.0f}s of budget left" if budget else ""), flush=True)
+        if pilot is not None:
+            print(f"pilot: trial {pilot.trial.trial_id}, stage 2's centre ({_config_text(pilot.config)}), trains in "
+                  f"this process while Ray starts the trials' workers", flush=True)
         hold = stage3_hold_back(spec.train.trainer.epochs) if args.final and budget else None
-        out2 = run_sweep(s2, cluster, command="smith", fresh=False, deadline=deadline, hold_back=hold)
+        out2 = run_sweep(s2, cluster, command="smith", fresh=False, deadline=deadline, hold_back=hold, pilot=pilot)
         print("\n" + best_table(out2), flush=True)
         stages = [_stage2_report(out2, s2, lr_range, basis)]
+        stages[0]["pilot"] = None if pilot is None else {"trial": pilot.trial.trial_id, "config": pilot.config}
+        stages[0]["no_pilot"] = box["no_pilot"]
 
         # smith checks its own answer: no better than chance is no answer.
         if _no_better_than_chance(stages[-1]["best"], chance) and not out2.interrupted \
@@ -374,8 +474,15 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
         if _no_better_than_chance(result["value"], chance):
             warnings.append(f"WARNING: the best {spec.metric} {_f(result['value'])} is no better than chance "
                             f"({chance:.3g}): this is not a usable model; check the data and the model")
+        _join(writing, written)   # the plot, before the report that links it
         report["seconds"] = round(time.time() - started, 2)
     finally:
+        if box.get("pilot") is not None:   # never left training past the command (Ctrl-C, an error)
+            box["pilot"].stop()
+        if worker is not None:
+            worker.join()
+        if writing is not None:
+            writing.join()
         disconnect(cluster)
     storage.write_bytes(f"{spec.name}/smith.json", json.dumps(report, indent=2, default=str).encode())
     text = render(report)
@@ -425,6 +532,9 @@ def render(r: Dict[str, Any]) -> str:
                   f"ASHA rungs at epochs {run['rung_epochs']}" + (", each read on an annealed schedule."
                                                                    if run.get("annealed_rungs") else
                                                                    ", a third of the run or later into one schedule."),
+                  *([f"Trial {run['pilot']['trial']}, stage 2's centre ({_config_text(run['pilot']['config'])}), "
+                     "trained in smith's own process while Ray started the trials' workers; ASHA did not judge it."]
+                    if run.get("pilot") else []),
                   "", f"Momentum (upper bound) by mean {m} at epoch {run['ranked_at_epoch']} (the first rung):"]
         lines += [f"- {_f(x['value'])}: mean {x['mean']:.4f}, best {x['best']:.4f} ({x['trials']} trials)"
                   for x in run["momentum_ranking"]]

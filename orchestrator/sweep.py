@@ -56,7 +56,8 @@ def resolve_largest_batch(spec: SweepSpec) -> SweepSpec:
     return dataclasses.replace(spec, train=train)
 
 
-def build_search(spec: SweepSpec, concurrency: int):
+def build_search(spec: SweepSpec, concurrency: int, held: Optional[Callable[[], int]] = None):
+    """``held``: concurrency slots held outside Tune (smith's pilot), for the quasi-random search."""
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
     points = [dict(p) for p in spec.search.points_to_evaluate]
     if spec.search.algorithm == "tpe":
@@ -67,8 +68,10 @@ def build_search(spec: SweepSpec, concurrency: int):
         return ConcurrencyLimiter(tpe, max_concurrent=concurrency)
     if spec.search.algorithm == "quasi" and any(d.kind != "grid" for d in spec.search.space):
         from tunesmith.search_spaces.quasi import QuasiRandomSearch
-        return QuasiRandomSearch(spec.search.space, seed=spec.seed, points_to_evaluate=points or None,
-                                 couple=spec.search.coupling)
+        quasi = QuasiRandomSearch(spec.search.space, seed=spec.seed, points_to_evaluate=points or None,
+                                  couple=spec.search.coupling)
+        quasi.held = held
+        return quasi
     # Tune caps a Searcher at max_concurrent_trials, but ignores the cap for a generator passed
     # in (a warning): the generator takes it itself.
     return BasicVariantGenerator(points_to_evaluate=points or None, random_state=spec.seed,
@@ -144,9 +147,10 @@ def light_usage_tagging() -> None:
 
 def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainable: Optional[Callable] = None,
                 stopper=None, progress: bool = False, write_results: bool = True, data_streams: bool = False,
-                manifest: Optional[dict] = None):
+                manifest: Optional[dict] = None, pilot=None):
     """``stopper``: a scheduler.SweepStopper; when not given, one for the spec's
-    ``time_budget_s`` from now."""
+    ``time_budget_s`` from now. ``pilot``: smith's orchestrator.pilot.Pilot, a trial of this
+    sweep already training in the driver."""
     from ray import tune
     from tunesmith.orchestrator.results import ResultsWriter
     from tunesmith.orchestrator.scheduler import SweepStopper
@@ -173,6 +177,11 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
         from tunesmith.orchestrator.progress import make
         callbacks.append(make(writer, trial_count(spec), None if stopper.deadline is None
                               else stopper.deadline - time.time()))
+    if pilot is not None:   # first: its reports reach the others as a Tune trial's would
+        import ray
+        from tunesmith.orchestrator.pilot import PilotRelay
+        pilot.relay = PilotRelay(pilot, list(callbacks), writer, stopper, ray.util.get_node_ip_address())
+        callbacks.insert(0, pilot.relay)
     if trainable is None:
         from tunesmith.orchestrator.datashare import share
         trainable = tune.with_parameters(train_cnn, base=spec.trial_config(),
@@ -185,7 +194,8 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
         tune.with_resources(trainable, resources),
         param_space={d.key: d.to_tune() for d in spec.search.space},
         tune_config=tune.TuneConfig(
-            metric=spec.metric, mode=spec.mode, search_alg=build_search(spec, concurrency),
+            metric=spec.metric, mode=spec.mode,
+            search_alg=build_search(spec, concurrency, None if pilot is None else pilot.holding),
             scheduler=scheduler, num_samples=spec.search.num_samples,
             max_concurrent_trials=concurrency, reuse_actors=True,   # actor start-up is most of Tune's per-trial cost
             trial_dirname_creator=_trial_dirname),   # no time_budget_s: the stopper keeps the deadline
@@ -206,11 +216,12 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
 def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Callable] = None,
               progress: bool = True, command: str = "run", fresh: bool = True,
               started: Optional[float] = None, deadline: Optional[float] = None,
-              hold_back: Optional[Callable] = None) -> SweepOutcome:
+              hold_back: Optional[Callable] = None, pilot=None) -> SweepOutcome:
     """``started``: when the command started (time.time()); ``time_budget_s`` then counts from
     it, Ray's start-up included, instead of from the sweep's first trial. ``deadline``: when the
     trials stop, instead (smith's stages share one budget). ``hold_back(writer)``: seconds to
-    keep from the end of the budget for what follows the sweep, read as its trials report."""
+    keep from the end of the budget for what follows the sweep, read as its trials report.
+    ``pilot``: a trial of this sweep training in the driver (orchestrator/pilot.py)."""
     import os
     from tunesmith.orchestrator.scheduler import SweepStopper
 
@@ -239,7 +250,7 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
     if hold_back is not None and deadline is not None:
         stopper.keep_for_trials()
     tuner, writer, concurrency = build_tuner(spec, storage, cluster, trainable, stopper, progress,
-                                             data_streams=not in_memory, manifest=man)
+                                             data_streams=not in_memory, manifest=man, pilot=pilot)
     if hold_back is not None:
         stopper.hold_back = lambda: hold_back(writer)
     if progress:
@@ -260,6 +271,8 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
     finally:
         from tunesmith.orchestrator.progress import stop_all
         stop_all()
+        if pilot is not None:   # its last reports, before the writer closes
+            pilot.relay.finish(stop=status != "finished")
         stopper.uninstall()
         stopper.release()
         writer.close("sweep interrupted" if status == "interrupted" else "sweep ended")

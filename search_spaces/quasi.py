@@ -17,9 +17,24 @@ benchmark's harder datasets a third of smith's trials died that way.
 from __future__ import annotations
 
 import pickle
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ray.tune.search import Searcher
+
+
+def point(dims: Sequence, u: Sequence[float], couple: Optional[Tuple[str, str, float]] = None) -> Dict[str, Any]:
+    """The configuration at ``u`` in the unit cube, with a coupled LR scaled for its momentum."""
+    config = {d.key: d.at(x) for d, x in zip(dims, u)}
+    if couple:
+        lr_key, m_key, ref = couple
+        config[lr_key] = config[lr_key] * (1 - config[m_key]) / (1 - ref)
+    return config
+
+
+def centre(dims: Sequence, couple: Optional[Tuple[str, str, float]] = None) -> Dict[str, Any]:
+    """The middle of the space: a loguniform dimension's geometric middle, a choice's middle
+    value (the upper one of the two middles)."""
+    return point(dims, [0.5] * len(dims), couple)
 
 
 class QuasiRandomSearch(Searcher):
@@ -35,6 +50,9 @@ class QuasiRandomSearch(Searcher):
         self.drawn = 0
         self._sequence = None
         self.couple = tuple(couple) if couple else None
+        self.cap: Optional[int] = None   # Tune's max_concurrent_trials, which this searcher keeps
+        self.live: set = set()           # trials suggested and not yet ended
+        self.held: Optional[Callable[[], int]] = None   # slots held outside Tune (smith's pilot)
         if self.couple:
             keys = {d.key for d in self.dims}
             missing = [k for k in self.couple[:2] if k not in keys]
@@ -58,18 +76,25 @@ class QuasiRandomSearch(Searcher):
         self.drawn += 1
         return [float(x) for x in self._sequence.random(1)[0]]
 
+    def __getstate__(self):   # Tune pickles its searcher (tuner.pkl); a resumed sweep holds no slot
+        return {**self.__dict__, "held": None}
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        """Tune's cap, kept here rather than by a ConcurrencyLimiter: slots held outside Tune
+        (``held``) count against it."""
+        self.cap = int(max_concurrent)
+        return True
+
     def suggest(self, trial_id: str) -> Optional[Dict[str, Any]]:
+        if self.cap is not None and len(self.live) + (self.held() if self.held else 0) >= self.cap:
+            return None   # Tune asks again at its next step
+        self.live.add(trial_id)
         if self.points:
             return self.points.pop(0)
-        u = self._next_unit()
-        config = {d.key: d.at(x) for d, x in zip(self.dims, u)}
-        if self.couple:
-            lr_key, m_key, ref = self.couple
-            config[lr_key] = config[lr_key] * (1 - config[m_key]) / (1 - ref)
-        return config
+        return point(self.dims, self._next_unit(), self.couple)
 
     def on_trial_complete(self, trial_id: str, result: Optional[Dict] = None, error: bool = False) -> None:
-        pass   # the sequence does not learn
+        self.live.discard(trial_id)   # the sequence does not learn
 
     def get_state(self) -> Dict[str, Any]:
         return {"dims": self.dims, "seed": self.seed, "points": self.points, "drawn": self.drawn,
