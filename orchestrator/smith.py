@@ -234,22 +234,41 @@ def _pilot(spec: SweepSpec, s2: SweepSpec, storage: Storage, deadline: Optional[
                  spec.resources.cpus, deadline, s2.checkpoints.every)
 
 
-def _yield_to_stage1() -> None:
-    """Before this thread starts Ray on this machine: lower its priority, which the processes
-    Ray starts inherit (Linux keeps a priority per thread), so that Ray's start-up and then the
-    trials' workers take the CPU time the range test and the pilot leave. Tune's trials and this
-    thread share the lower priority; the range test's thread, and the pilot after it, keep the
-    normal one."""
+def _connect_below(args):
+    """(ClusterInfo, an Event to set once Ray is shut down, or None). Starting Ray on this
+    machine, smith starts it from a thread of lower priority, which the processes Ray starts
+    inherit (Linux keeps a priority per thread): Ray's start-up and then the trials' workers take
+    the CPU time that the range test and the pilot leave. The thread lives until Ray is shut down:
+    Ray's processes die with the thread that started them. The driver's own threads keep the
+    normal priority (one holding the GIL at a low priority would stall the pilot)."""
     import os
     import sys
-    ray = sys.modules.get("ray")   # not imported yet: not started either (and not imported here,
-    if not sys.platform.startswith("linux") or (ray is not None and ray.is_initialized()):   # beside torch's)
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 10))
-    except OSError:   # not allowed here: Ray starts beside the range test, as it would anyway
-        pass
+    from tunesmith.cluster.connect import connect
+    ray = sys.modules.get("ray")   # not imported yet: not started either
+    options = (args.address, args.num_cpus, args.num_gpus, args.dashboard, args.worker_logs)
+    if args.address or not sys.platform.startswith("linux") or (ray is not None and ray.is_initialized()):
+        return connect(*options), None
+    out: Dict[str, Any] = {}
+    started, release = threading.Event(), threading.Event()
+
+    def start():
+        try:
+            tid = threading.get_native_id()
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 10))
+            except OSError:   # not allowed here: Ray starts beside the range test, as it would anyway
+                pass
+            out["cluster"] = connect(*options)
+        except BaseException as exc:   # noqa: BLE001 - re-raised in the calling thread
+            out["error"] = exc
+        finally:
+            started.set()
+        release.wait()
+    threading.Thread(target=start, name="tunesmith-ray-start", daemon=True).start()
+    started.wait()
+    if "error" in out:
+        raise out["error"]
+    return out["cluster"], release
 
 
 TITLE = "{}: LR range test"
@@ -303,7 +322,7 @@ def stage1_options(spec: SweepSpec, args) -> tuple:
 
 
 def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
-    from tunesmith.cluster.connect import connect, disconnect
+    from tunesmith.cluster.connect import disconnect
     from tunesmith.orchestrator.sweep import best_table, budget_problem, check_fresh, run_sweep
 
     storage = Storage(spec.results_dir)
@@ -361,8 +380,7 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
     if not args.address:   # here the driver's host is the node: stage 1 runs while Ray starts
         worker = threading.Thread(target=stage1, daemon=True)
         worker.start()
-        _yield_to_stage1()
-    cluster = connect(args.address, args.num_cpus, args.num_gpus, args.dashboard, args.worker_logs)
+    cluster, ray_thread = _connect_below(args)
     warnings: List[str] = []
     writing, written = None, {}
     try:
@@ -484,6 +502,8 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
         if writing is not None:
             writing.join()
         disconnect(cluster)
+        if ray_thread is not None:
+            ray_thread.set()
     storage.write_bytes(f"{spec.name}/smith.json", json.dumps(report, indent=2, default=str).encode())
     text = render(report)
     storage.write_bytes(f"{spec.name}/smith_report.md", text.encode())
