@@ -264,11 +264,30 @@ def _connect_below(args):
         finally:
             started.set()
         release.wait()
+    import logging
+    import signal
+    quiet = _DropLine("SIGTERM handler is not set")   # set here instead, in the main thread
+    logging.getLogger("ray._private.worker").addFilter(quiet)
     threading.Thread(target=start, name="tunesmith-ray-start", daemon=True).start()
-    started.wait()
+    try:
+        started.wait()
+    finally:
+        logging.getLogger("ray._private.worker").removeFilter(quiet)
     if "error" in out:
         raise out["error"]
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:   # as ray.init sets it from the main thread
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
     return out["cluster"], release
+
+
+class _DropLine:
+    """A logging filter that drops the records starting with ``text``."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith(self.text)
 
 
 TITLE = "{}: LR range test"
@@ -355,8 +374,8 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
             lr_range = WIDE
             basis = f"the wide range, since the range test gave no band ({decision.curve.problem})"
         pilot = box["no_pilot"] is None   # the pilot is one of --samples
-        s2 = stage2_spec(spec, lr_range, epochs, wd_preset, samples - pilot if not budget else samples, left(),
-                         coupled=coupled)
+        s2 = stage2_spec(spec, lr_range, epochs, wd_preset, samples - pilot if not budget else samples,
+                         None if left() is None else max(1.0, left()), coupled=coupled)   # checked below
         return lr_range, basis, s2
 
     def stage1():

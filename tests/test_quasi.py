@@ -73,3 +73,30 @@ def test_coupled_draws_spread_the_effective_step_and_survive_a_restore(tmp_path)
     assert fresh.couple == ("lr", "max_momentum", 0.9) and _draw(fresh, 2) == _draw(s, 2)
     with pytest.raises(ValueError, match="momentum"):
         QuasiRandomSearch(DIMS[:1], couple=("lr", "momentum", 0.9))
+
+
+def test_slots_held_outside_tune_count_against_the_cap():
+    """smith's pilot holds one of the sweep's slots: with a cap of 2, Tune gets one trial while
+    it runs, two once it ends, and a trial's end frees its slot."""
+    s = QuasiRandomSearch(DIMS, seed=1)
+    pilot = {"held": 1}
+    s.held = lambda: pilot["held"]
+    assert s.set_max_concurrency(2) is True   # kept here: no ConcurrencyLimiter around it
+    assert s.suggest("a") is not None
+    assert s.suggest("b") is None
+    pilot["held"] = 0
+    assert s.suggest("b") is not None and s.suggest("c") is None
+    s.on_trial_complete("a")
+    assert s.suggest("c") is not None
+    restored = pickle.loads(pickle.dumps(s))   # Tune pickles its searcher: the slot does not travel
+    assert restored.held is None and restored.drawn == s.drawn
+
+
+def test_centre_is_the_middle_of_each_dimension():
+    from tunesmith.search_spaces.quasi import centre
+    dims = [Dimension.parse("lr", {"loguniform": [0.01, 1.0]}, "lr"),
+            Dimension.parse("max_momentum", {"choice": [0.99, 0.97, 0.95, 0.9]}, "m"),
+            Dimension.parse("weight_decay", {"choice": [1e-2, 1e-3, 1e-4]}, "wd")]
+    assert centre(dims) == {"lr": pytest.approx(0.1), "max_momentum": 0.95, "weight_decay": 1e-3}
+    coupled = centre(dims, ("lr", "max_momentum", 0.9))   # lr/(1-m) is what the range test measured
+    assert coupled["lr"] == pytest.approx(0.1 * 0.05 / 0.1)

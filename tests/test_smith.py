@@ -133,9 +133,21 @@ def test_smith_stages_and_report(ray_session, tmp_path, capsys, spec_file):
     assert trials.hp_lr.between(s2["lr_range"][0] * (1 - 1e-9), s2["lr_range"][1] * (1 + 1e-9)).all()
     assert set(trials.hp_max_momentum) <= {0.9, 0.95, 0.97, 0.99}
     assert set(trials.hp_weight_decay) <= {1e-4, 1e-3, 1e-2}
-    # drawn quasi-randomly: the first four LRs (in trial order) fill the four quarters of the range
+    # the pilot: stage 2's centre, trained in this process (the driver) while Tune took the rest
     import math
-    first = trials.sort_values("started_at").hp_lr.iloc[:4]
+    assert s2["pilot"] == {"trial": "pilot", "config": {"lr": pytest.approx(math.sqrt(math.prod(s2["lr_range"]))),
+                                                      "max_momentum": 0.95, "weight_decay": 1e-3}}
+    pilot = trials.set_index("trial_id").loc["pilot"]
+    assert pilot.status == "completed" and pilot.epochs == 3 and pilot.device == "cpu", pilot.to_dict()
+    assert pilot.node_ip == "127.0.0.1" and pilot.hp_lr == pytest.approx(s2["pilot"]["config"]["lr"])
+    assert (root / "sm" / "tensorboard" / "pilot").is_dir()
+    if s2["best_trial"] == "pilot":   # the winner's checkpoint is kept, as a Tune trial's is
+        assert (root / "sm" / "pilot" / "checkpoint_000002" / "trainer.pt").is_file()
+    else:
+        assert not list((root / "sm" / "pilot").glob("checkpoint_*"))
+    assert "Trial pilot, stage 2's centre (lr" in (root / "sm" / "smith_report.md").read_text()
+    # drawn quasi-randomly: the first four LRs of Tune's trials fill the four quarters of the range
+    first = trials[trials.trial_id != "pilot"].sort_values("started_at").hp_lr.iloc[:4]
     a, b = (math.log(x) for x in s2["lr_range"])
     quarter = [int((math.log(x) - a) / (b - a) * 4) for x in first]
     assert sorted(quarter) == [0, 1, 2, 3], list(first)
