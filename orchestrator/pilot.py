@@ -97,7 +97,7 @@ class Pilot:
             cfg = TrainConfig.from_dict(self.base).with_overrides(self.config)
             self.trainer = trainer = Trainer(cfg, num_gpus=0, cpu_threads=self.cpu_threads)
             trainer.deadline = time.time() if self.stopped else self.deadline
-            self.events.put(("start", None))
+            self.events.put(("start", began))
             last = began
             for metrics in trainer.run():
                 now = time.time()
@@ -110,9 +110,9 @@ class Pilot:
                         (metrics["epoch"] % self.checkpoint_every == 0 or done):
                     self._checkpoint(trainer)
                 self.events.put(("result", metrics))
-            self.events.put(("complete", None))
+            self.events.put(("complete", time.time()))
         except BaseException as exc:   # noqa: BLE001 - the sweep goes on without it
-            self.events.put(("error", f"{type(exc).__name__}: {exc}"))
+            self.events.put(("error", (time.time(), f"{type(exc).__name__}: {exc}")))
         finally:
             self.running.clear()
             self.ended.set()
@@ -144,6 +144,7 @@ class PilotRelay(Callback):
                 return
             if kind == "start":
                 self._hooks("on_trial_start", trials)
+                self._when("started_at", value)
             elif kind == "result":
                 value["node_ip"] = self.node_ip
                 start_up = self.writer.start_up   # what Tune's trials take to start, not this one
@@ -154,15 +155,23 @@ class PilotRelay(Callback):
             elif kind == "complete":
                 self.pilot.trial.status = "TERMINATED"
                 self._hooks("on_trial_complete", trials)
+                self._when("ended_at", value)
                 self.done = True
             elif kind == "error":   # the writer takes the error's text; the others read its record
+                ended, text = value
                 self.pilot.trial.status = "ERROR"
-                self.writer.finish(TRIAL_ID, error=value)
+                self.writer.finish(TRIAL_ID, error=text)
+                self._when("ended_at", ended)
                 self.writer.maybe_flush()
                 for cb in self.callbacks:
                     if cb is not self.writer:
                         cb.on_trial_error(0, [*trials, self.pilot.trial], self.pilot.trial)
                 self.done = True
+
+    def _when(self, field: str, at: float) -> None:
+        """The pilot's start and end as it lived them, not when the relay passed them on (it may
+        have ended before Tune's first step)."""
+        self.writer.set_time(TRIAL_ID, field, at)
 
     def finish(self, trials=(), stop: bool = False) -> None:
         """The sweep has ended: stop the pilot if the sweep was cut short, wait for it, relay the

@@ -494,6 +494,13 @@ class ResultsWriter(Callback):
             w.close()   # one open file per running trial, not per trial ever started
             del self._tb_writers[trial_id]
 
+    def set_time(self, trial_id: str, field: str, at: float) -> None:
+        """A trial's ``started_at`` or ``ended_at``, where it ran outside Tune (smith's pilot)."""
+        rec = self.trials.get(trial_id)
+        if rec is not None and field in ("started_at", "ended_at"):
+            setattr(rec, field, at)
+            self._dirty = self._status_changed = True
+
     def maybe_flush(self) -> None:
         if self._dirty and time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()

@@ -98,12 +98,14 @@ class QuasiRandomSearch(Searcher):
 
     def get_state(self) -> Dict[str, Any]:
         return {"dims": self.dims, "seed": self.seed, "points": self.points, "drawn": self.drawn,
-                "metric": self._metric, "mode": self._mode, "couple": self.couple}
+                "metric": self._metric, "mode": self._mode, "couple": self.couple, "cap": self.cap,
+                "live": sorted(self.live)}
 
     def set_state(self, state: Dict[str, Any]) -> None:
         self.dims, self.seed, self.points, self.drawn = state["dims"], state["seed"], state["points"], state["drawn"]
         self._metric, self._mode = state["metric"], state["mode"]
         self.couple = state.get("couple")
+        self.cap, self.live = state.get("cap"), set(state.get("live", ()))   # a resumed sweep keeps its cap
         self._sequence = None
 
     def save(self, checkpoint_path: str) -> None:
