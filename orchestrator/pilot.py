@@ -48,19 +48,16 @@ class Pilot:
         self.cpu_threads, self.deadline = cpu_threads, deadline
         self.trial = DriverTrial(config)
         self.events: "queue.Queue[tuple]" = queue.Queue()
-        self.running = threading.Event()
-        self.running.set()   # from its creation: the slot is held before the sweep asks for trials
         self.ended = threading.Event()
         self.trainer = None
-        self.stopped = False
         self.relay: Optional["PilotRelay"] = None   # set by the sweep that takes it in
 
     def holding(self) -> int:
-        return 1 if self.running.is_set() else 0
+        """From its creation (before the sweep asks for trials) until it ends: one slot."""
+        return 0 if self.ended.is_set() else 1
 
     def stop(self) -> None:
         """The sweep was interrupted or ran out of time: end at the next mini-batch."""
-        self.stopped = True
         self.move_deadline(time.time())
 
     def move_deadline(self, deadline: Optional[float]) -> None:
@@ -96,7 +93,7 @@ class Pilot:
         try:
             cfg = TrainConfig.from_dict(self.base).with_overrides(self.config)
             self.trainer = trainer = Trainer(cfg, num_gpus=0, cpu_threads=self.cpu_threads)
-            trainer.deadline = time.time() if self.stopped else self.deadline
+            trainer.deadline = self.deadline   # already past if stopped while it was being built
             self.events.put(("start", began))
             last = began
             for metrics in trainer.run():
@@ -114,7 +111,6 @@ class Pilot:
         except BaseException as exc:   # noqa: BLE001 - the sweep goes on without it
             self.events.put(("error", (time.time(), f"{type(exc).__name__}: {exc}")))
         finally:
-            self.running.clear()
             self.ended.set()
 
 
@@ -143,8 +139,8 @@ class PilotRelay(Callback):
             except queue.Empty:
                 return
             if kind == "start":
-                self._hooks("on_trial_start", trials)
-                self._when("started_at", value)
+                self._hooks("on_trial_start", trials)   # then its own start, not the relay's time
+                self.writer.set_time(TRIAL_ID, "started_at", value)
             elif kind == "result":
                 value["node_ip"] = self.node_ip
                 start_up = self.writer.start_up   # what Tune's trials take to start, not this one
@@ -155,23 +151,18 @@ class PilotRelay(Callback):
             elif kind == "complete":
                 self.pilot.trial.status = "TERMINATED"
                 self._hooks("on_trial_complete", trials)
-                self._when("ended_at", value)
+                self.writer.set_time(TRIAL_ID, "ended_at", value)
                 self.done = True
             elif kind == "error":   # the writer takes the error's text; the others read its record
                 ended, text = value
                 self.pilot.trial.status = "ERROR"
                 self.writer.finish(TRIAL_ID, error=text)
-                self._when("ended_at", ended)
+                self.writer.set_time(TRIAL_ID, "ended_at", ended)
                 self.writer.maybe_flush()
                 for cb in self.callbacks:
                     if cb is not self.writer:
                         cb.on_trial_error(0, [*trials, self.pilot.trial], self.pilot.trial)
                 self.done = True
-
-    def _when(self, field: str, at: float) -> None:
-        """The pilot's start and end as it lived them, not when the relay passed them on (it may
-        have ended before Tune's first step)."""
-        self.writer.set_time(TRIAL_ID, field, at)
 
     def finish(self, trials=(), stop: bool = False) -> None:
         """The sweep has ended: stop the pilot if the sweep was cut short, wait for it, relay the
