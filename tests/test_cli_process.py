@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
+from typing import List, NamedTuple, Optional
 
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
@@ -27,24 +29,68 @@ def _run(args, **kw):
     return subprocess.run([TUNESMITH, *args], capture_output=True, text=True, env=_env(), cwd=ROOT, **kw)
 
 
+class Quick(NamedTuple):
+    code: int
+    output: str                     # what it printed: in a terminal, the last screen
+    screens: Optional[List[str]]    # the screens seen while it ran, in a terminal (tmux)
+    folder: Path
+
+
 @pytest.fixture(scope="module")
 def quick_sweep(tmp_path_factory):
-    """The README's sweep, shortened, run once from the command line: (its process, its folder)."""
+    """The README's sweep, shortened, run once from the command line as users run it: in a real
+    pseudo-terminal (tmux) where there is one, so its live display is seen too."""
+    import shutil
     root = tmp_path_factory.mktemp("quick")
-    proc = _run(["run", "examples/digits.yaml", "--results-dir", str(root), "--name", "quick",
-                 "--num-samples", "4", "--set", "trainer.epochs=4"], timeout=240)
-    return proc, root / "quick"
+    args = ["run", "examples/digits.yaml", "--results-dir", str(root), "--name", "quick",
+            "--num-samples", "6", "--set", "trainer.epochs=6"]
+    if not shutil.which("tmux"):
+        proc = _run(args, timeout=240)
+        return Quick(proc.returncode, proc.stdout + proc.stderr, None, root / "quick")
+    session = f"ts{os.getpid()}"
+    cmd = f"cd {ROOT} && {TUNESMITH} {' '.join(args)}; echo EXIT=$?; sleep 60"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "50", cmd], check=True,
+                   env={**_env(), "TERM": "xterm-256color"})
+    try:
+        frames, deadline = [], time.time() + 240
+        while time.time() < deadline:
+            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
+                                    text=True).stdout
+            frames.append(screen)
+            if "EXIT=" in screen:
+                break
+            time.sleep(0.25)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    (root / "screens.txt").write_text("\n=====\n".join(frames))
+    last = frames[-1]
+    code = int(last.split("EXIT=", 1)[1].split()[0]) if "EXIT=" in last else -1
+    return Quick(code, last, frames, root / "quick")
 
 
 def test_default_example_runs_from_the_command_line_on_loopback(quick_sweep):
     """A private Ray bound to 127.0.0.1, results on disk."""
-    proc, folder = quick_sweep
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "rank" in proc.stdout and "results:" in proc.stdout
-    manifest = json.loads((folder / "manifest.json").read_text())
+    q = quick_sweep
+    assert q.code == 0, q.output[-2000:]
+    assert "rank" in q.output and "results:" in q.output
+    manifest = json.loads((q.folder / "manifest.json").read_text())
     assert manifest["cluster"]["address"].startswith("127.0.0.1:")
-    trials = pq.read_table(folder / "trials.parquet").to_pandas()
-    assert len(trials) == 4 and trials.best_val_acc.max() > 0.9
+    trials = pq.read_table(q.folder / "trials.parquet").to_pandas()
+    assert len(trials) == 6 and trials.best_val_acc.max() > 0.9
+
+
+def test_live_display_in_a_terminal(quick_sweep):
+    """In a real pseudo-terminal (tmux), `run` shows the live display: counts, best, running
+    trials; it updates, and leaves a clean final table."""
+    if quick_sweep.screens is None:
+        pytest.skip("tmux is not installed")
+    live = [f for f in quick_sweep.screens if "done" in f and "elapsed" in f]
+    assert live, quick_sweep.output
+    assert any("running" in f and "epoch" in f for f in live)          # a line per running trial
+    assert len({f for f in live}) > 2                                   # it updates
+    final = quick_sweep.output
+    assert "EXIT=0" in final and "6/6 done" in final and "best val_acc" in final
+    assert "rank  trial" in final                                       # the clean final table
 
 
 def test_bad_spec_from_the_command_line(tmp_path):
@@ -69,28 +115,6 @@ def _wait_for(predicate, timeout, what):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_sigkill_midway_leaves_readable_parquet(tmp_path):
-    """Killed with SIGKILL mid-sweep: every part file already written reads back whole."""
-    proc = subprocess.Popen([TUNESMITH, "run", "examples/digits.yaml", "--results-dir", str(tmp_path),
-                             "--name", "killed", "--num-samples", "40", "--set", "trainer.epochs=30",
-                             "--set", "asha.enabled=false"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(), cwd=ROOT,
-                            start_new_session=True)
-    epochs = tmp_path / "killed" / "epochs"
-    try:
-        _wait_for(lambda: epochs.exists() and len([p for p in epochs.iterdir() if p.suffix == ".parquet"]) >= 3,
-                  180, "part files")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)   # the driver and the Ray processes it started
-        proc.wait(timeout=30)
-    table = pq.read_table(epochs)
-    assert table.num_rows >= 3
-    trials = pq.read_table(tmp_path / "killed" / "trials.parquet")
-    assert trials.num_rows >= 1
-    assert set(table.column("trial_id").to_pylist()) <= set(trials.column("trial_id").to_pylist())
-    assert not [p for p in epochs.iterdir() if p.suffix == ".parquet" and p.stat().st_size == 0]
-
-
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -99,8 +123,8 @@ def _free_port():
 
 def test_tensorboard_server_serves_scalars_and_hparams(quick_sweep):
     """A real `tensorboard --logdir` on 127.0.0.1, read over its HTTP API."""
-    proc, folder = quick_sweep
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    folder = quick_sweep.folder
+    assert quick_sweep.code == 0, quick_sweep.output[-2000:]
     logdir = folder / "tensorboard"
     trials = pq.read_table(folder / "trials.parquet").to_pandas().set_index("trial_id")
     port = _free_port()
@@ -115,7 +139,7 @@ def test_tensorboard_server_serves_scalars_and_hparams(quick_sweep):
                     return json.loads(r.read())
             except OSError:
                 return []
-        _wait_for(lambda: len(runs()) == 4, 60, "tensorboard runs")
+        _wait_for(lambda: len(runs()) == 6, 60, "tensorboard runs")
         run = sorted(runs())[0]
         with urllib.request.urlopen(f"{base}/data/plugin/scalars/scalars?run={run}&tag=val_acc", timeout=10) as r:
             points = json.loads(r.read())
@@ -162,7 +186,8 @@ def test_ctrl_c_stops_cleanly_and_keeps_results(tmp_path):
 
 
 def test_resume_after_the_driver_is_killed(tmp_path):
-    """SIGKILL the driver (and its Ray) mid-sweep, then `tunesmith resume`: every trial ends,
+    """SIGKILL the driver (and its Ray) mid-sweep: what it wrote reads back whole. Then `tunesmith
+    resume`: every trial ends,
     no completed trial runs again, and each (trial, epoch) is in the Parquet files once. Killed,
     where the poll catches it, while a new trial's rows are on disk and trials.parquet does not
     list it yet: the resumed run must not write those epochs again. One
@@ -197,6 +222,10 @@ results_dir: {tmp_path / 'results'}
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     killed_at = time.time()
+    # SIGKILL mid-sweep: every part file already written reads back whole, none empty
+    parts = [p for p in (tmp_path / "results" / "r" / "epochs").iterdir() if p.suffix == ".parquet"]
+    assert parts and not [p for p in parts if p.stat().st_size == 0]
+    assert sum(pq.read_table(p).num_rows for p in parts) >= 24   # two trials' 12 epochs
     before = _trials(trials_file).set_index("trial_id")
     done_before = set(before.index[before.status == "completed"])
     assert len(done_before) < 5, "the sweep ended before it could be killed"
@@ -227,39 +256,6 @@ def test_resume_refuses_a_folder_tunesmith_did_not_write(tmp_path):
     (tmp_path / "x" / "_tune" / "tuner.pkl").write_bytes(b"not ours")
     out = _run(["resume", str(tmp_path / "x")])
     assert out.returncode == 2 and "no manifest.json" in out.stderr and out.stderr.count("\n") == 1
-
-
-def test_live_display_in_a_terminal(tmp_path):
-    """In a real pseudo-terminal (tmux), `run` shows the live display: counts, best, running
-    trials; it updates, and leaves a clean final table."""
-    import shutil
-    if not shutil.which("tmux"):
-        pytest.skip("tmux is not installed")
-    session = f"ts{os.getpid()}"
-    log = tmp_path / "screen.txt"
-    cmd = (f"cd {ROOT} && {TUNESMITH} run examples/digits.yaml --results-dir {tmp_path} --name live "
-           f"--num-samples 6 --set trainer.epochs=6; echo EXIT=$?; sleep 30")
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "50", cmd], check=True,
-                   env={**_env(), "TERM": "xterm-256color"})
-    try:
-        frames, deadline = [], time.time() + 240
-        while time.time() < deadline:
-            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
-                                    text=True).stdout
-            frames.append(screen)
-            if "EXIT=" in screen:
-                break
-            time.sleep(0.5)
-        log.write_text("\n=====\n".join(frames))
-        live = [f for f in frames if "done" in f and "elapsed" in f]
-        assert live, frames[-1]
-        assert any("running" in f and "epoch" in f for f in live)          # a line per running trial
-        assert len({f for f in live}) > 2                                   # it updates
-        final = frames[-1]
-        assert "EXIT=0" in final and "6/6 done" in final and "best val_acc" in final
-        assert "rank  trial" in final                                       # the clean final table
-    finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
 
 
 def test_the_console_entry_flushes_runs_atexit_and_keeps_the_exit_code(tmp_path):

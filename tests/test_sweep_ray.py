@@ -215,17 +215,24 @@ def test_trial_larger_than_cluster_is_bad_input(ray_session, tmp_path, capsys, s
 def test_data_parallel_ranks_match_one_process_with_the_same_global_batch(ray_session, tmp_path):
     """resources.workers: 2 trains with DDP through Ray Train (gloo on CPU): two ranks of 32
     give the metrics of one process at 64, within what per-rank BatchNorm statistics allow."""
+    import pandas as pd
     import pyarrow.dataset as pds
+    import yaml
+    from tunesmith.orchestrator import spec as spec_mod
     from tunesmith.orchestrator.cli import main as cli
-    out = {}
-    for name, resources, batch in (("ddp", "{cpus: 0.5, workers: 2}", 32), ("single", "{cpus: 1}", 64)):
-        spec = tmp_path / f"{name}.yaml"
-        spec.write_text(f"name: {name}\ndataset: {{name: digits}}\nmodel: {{width: 8}}\n"
-                        f"trainer: {{epochs: 3, per_gpu_batch_size: {batch}}}\nasha: {{enabled: false}}\n"
-                        f"resources: {resources}\nresults_dir: {tmp_path / 'results'}\n")
-        assert cli(["run", str(spec)]) == 0
-        out[name] = pds.dataset(str(tmp_path / "results" / name / "epochs")).to_table().to_pandas().sort_values("epoch")
-    ddp, one = out["ddp"], out["single"]
+    from tunesmith.trainables.config import TrainConfig
+    from tunesmith.trainables.trainer import Trainer
+    raw = {"name": "ddp", "dataset": {"name": "digits"}, "model": {"width": 8},
+           "trainer": {"epochs": 3, "per_gpu_batch_size": 32}, "asha": {"enabled": False},
+           "resources": {"cpus": 0.5, "workers": 2}, "results_dir": str(tmp_path / "results")}
+    spec = tmp_path / "ddp.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    assert cli(["run", str(spec)]) == 0
+    ddp = pds.dataset(str(tmp_path / "results" / "ddp" / "epochs")).to_table().to_pandas().sort_values("epoch")
+    # the reference: the same trial in one process (here) at the global batch, 64
+    one_process = {**raw, "trainer": {**raw["trainer"], "per_gpu_batch_size": 64}, "resources": {"cpus": 1}}
+    cfg = TrainConfig.from_dict(spec_mod.from_dict(one_process).trial_config())
+    one = pd.DataFrame([m for m in Trainer(cfg, cpu_threads=1).run()])
     assert list(ddp.epoch) == [1, 2, 3] and set(ddp.device) == {"cpu x2 (DDP)"}
     at = [t.timestamp() for t in ddp.timestamp]   # rank 0's report time, through Ray Train, to the ms
     assert all(b > a for a, b in zip(at, at[1:])) and any(t % 1 for t in at), at
