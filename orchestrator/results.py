@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from tunesmith.orchestrator import schema
 from tunesmith.orchestrator import tensorboard as tb
-from tunesmith.orchestrator.storage import Storage
+from tunesmith.orchestrator.storage import Storage, KeptCheckpoint, delete_checkpoints
 
 try:
     from ray.tune import Callback
@@ -56,34 +56,6 @@ class TrialRecord:
     train_checkpoint: Optional[str] = None       # a data-parallel trial's latest (Ray Train's)
     schedule_epochs: Optional[int] = None        # where its schedule ends, once fitted to the time budget
     pace: Optional[float] = None   # seconds between its last two reports: an epoch's whole cost, report included
-
-
-@dataclass
-class _Kept:
-    """A checkpoint known by its path on the results' filesystem: the kept one read back on
-    resume, or a data-parallel trial's (Ray Train's, named in its reports)."""
-    path: str
-    filesystem: Any
-
-
-def _delete_checkpoint(ckpt, keep_latest: bool = False) -> None:
-    """A trial's checkpoints, on whatever filesystem holds them: every ``checkpoint_*`` folder
-    beside ``ckpt`` (Tune keeps them all: a count limit forces an experiment snapshot at each
-    checkpoint, which made a 16-trial digits sweep 20 times slower), or all but ``ckpt`` itself.
-    A failure costs disk only."""
-    import posixpath
-    import pyarrow.fs as pafs
-    try:
-        fs = getattr(ckpt, "filesystem", None) or pafs.LocalFileSystem()
-        parent = posixpath.dirname(ckpt.path.rstrip("/"))
-        for info in fs.get_file_info(pafs.FileSelector(parent)):
-            name = posixpath.basename(info.path)
-            if info.type != pafs.FileType.Directory or not name.startswith("checkpoint_"):
-                continue   # Ray Train keeps checkpoint_manager_snapshot.json beside them
-            if not (keep_latest and info.path.rstrip("/") == ckpt.path.rstrip("/")):
-                fs.delete_dir(info.path)
-    except Exception:   # noqa: BLE001 - housekeeping must never end a sweep
-        pass
 
 
 def _num(value: Any) -> Optional[float]:
@@ -257,7 +229,7 @@ class ResultsWriter(Callback):
         rec = self.trials.get(trial.trial_id)
         # a data-parallel trial's checkpoints are Ray Train's, named in its reports (rank 0's)
         ckpt = getattr(trial, "checkpoint", None) or (
-            _Kept(rec.train_checkpoint, self.storage.fs) if rec is not None and rec.train_checkpoint else None)
+            KeptCheckpoint(rec.train_checkpoint, self.storage.fs) if rec is not None and rec.train_checkpoint else None)
         if ckpt is None or rec is None or self.keep_checkpoints == "all":
             return
         self._ckpt[trial.trial_id] = ckpt
@@ -280,7 +252,7 @@ class ResultsWriter(Callback):
         end and the next snapshot leaves Tune's state calling the trial unfinished, and resume
         restores it from that checkpoint."""
         for ckpt, keep_latest in self._doomed_saved:
-            _delete_checkpoint(ckpt, keep_latest)
+            delete_checkpoints(ckpt, keep_latest)
         self._doomed_saved, self._doomed = self._doomed, []
         return {"sweep": self.sweep}   # non-empty, so that Tune calls set_state on restore
 
@@ -310,7 +282,7 @@ class ResultsWriter(Callback):
             rec.node_ip, rec.device, rec.global_batch = row["node_ip"], row["device"], row["global_batch"]
             rec.retries, rec.checkpoint, rec.error = row.get("retries") or 0, row.get("checkpoint"), row["error"] or ""
             if rec.checkpoint:   # the kept one: it goes when a better trial ends
-                self._ckpt[rec.trial_id] = _Kept(rec.checkpoint, self.storage.fs)
+                self._ckpt[rec.trial_id] = KeptCheckpoint(rec.checkpoint, self.storage.fs)
             for m in schema.SUMMARY_METRICS:
                 if row.get(f"best_{m}") is not None:
                     rec.best[m] = row[f"best_{m}"]
@@ -573,7 +545,7 @@ class ResultsWriter(Callback):
                     w.add_summary(tb.session_end("stopped"))
         self.flush()
         for ckpt, keep_latest in self._doomed_saved + self._doomed:   # Tune saves its state at the end
-            _delete_checkpoint(ckpt, keep_latest)
+            delete_checkpoints(ckpt, keep_latest)
         self._doomed_saved = self._doomed = []
         for w in self._tb_writers.values():
             w.close()

@@ -235,19 +235,34 @@ def _pilot(spec: SweepSpec, s2: SweepSpec, storage: Storage, deadline: Optional[
     Tune's trials nothing. Untimed, it ran its full length unpruned and held a slot that long:
     on the quality benchmark smith lost 1 pp on glyphs and 6.5 pp on shapes (one seed)."""
     from tunesmith.orchestrator.pilot import Pilot
-    from tunesmith.search_spaces.quasi import centre
+    from tunesmith.search_spaces.space import centre
     ends = time.time() + PILOT_S if deadline is None else min(deadline, time.time() + PILOT_S)
     return Pilot(s2.trial_config(), centre(s2.search.space, s2.search.coupling), storage, s2.name,
                  spec.resources.cpus, ends, s2.checkpoints.every)
 
 
-def _connect_below(args):
+WARM_WAIT_S = 30.0   # the most Ray's start waits for the range test's imports
+
+
+def _warm_up() -> None:
+    """What the range test's first trainer imports, imported first: torch (by tensorboardX's
+    background import), and torch._dynamo, which torch.optim imports when the first optimizer
+    is built and at its first step (about 2 s of CPU here, holding the GIL throughout)."""
+    from tunesmith.orchestrator.tensorboard import ready
+    ready()   # torch, from one thread at a time
+    import torch._dynamo  # noqa: F401
+
+
+def _connect_below(args, after: Optional[threading.Event] = None):
     """(ClusterInfo, an Event to set once Ray is shut down, or None). Starting Ray on this
     machine, smith starts it from a thread of lower priority, which the processes Ray starts
     inherit (Linux keeps a priority per thread): Ray's start-up and then the trials' workers take
     the CPU time that the range test and the pilot leave. The thread lives until Ray is shut down:
     Ray's processes die with the thread that started them. The driver's own threads keep the
-    normal priority (one holding the GIL at a low priority would stall the pilot)."""
+    normal priority (one holding the GIL at a low priority would stall the pilot). With ``after``,
+    Ray's start (its import and ray.init, seconds of Python holding the GIL) waits until that
+    event is set, or WARM_WAIT_S: until the range test has imported torch, so that the two do not
+    take turns at the GIL; the range test's steps leave it free most of the time."""
     import os
     import sys
     from tunesmith.cluster.connect import connect
@@ -260,6 +275,8 @@ def _connect_below(args):
 
     def start():
         try:
+            if after is not None:
+                after.wait(WARM_WAIT_S)
             tid = threading.get_native_id()
             try:
                 os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 10))
@@ -369,7 +386,7 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
 
     box: Dict[str, Any] = {"no_pilot": _why_no_pilot(spec, args, samples)}
     stage1_args = stage1_options(spec, args)
-    decided = threading.Event()
+    decided, warm = threading.Event(), threading.Event()
 
     def plan(decision):
         """Stage 2 from stage 1's decision: (LR range, why that range, stage 2's spec)."""
@@ -387,8 +404,8 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
 
     def stage1():
         try:
-            from tunesmith.orchestrator.tensorboard import ready
-            ready()   # torch, from one thread at a time
+            _warm_up()
+            warm.set()
             box["decision"] = _range_test(*stage1_args, say=print)
             box["ended_s"] = round(time.time() - started, 2)   # no stage-2 trial can start sooner
             if box["no_pilot"] is None and not _in_memory(spec):
@@ -399,6 +416,7 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
         except BaseException as exc:   # re-raised in the main thread
             box["error"] = exc
         finally:
+            warm.set()
             decided.set()
         if box.get("pilot") is not None:   # stage 2's first trial, while Ray starts its workers
             box["pilot"].run()
@@ -406,7 +424,7 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
     if not args.address:   # here the driver's host is the node: stage 1 runs while Ray starts
         worker = threading.Thread(target=stage1, daemon=True)
         worker.start()
-    cluster, ray_thread = _connect_below(args)
+    cluster, ray_thread = _connect_below(args, None if args.address else warm)
     warnings: List[str] = []
     writing, written = None, {}
     try:

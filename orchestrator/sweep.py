@@ -179,7 +179,7 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
                               else stopper.deadline - time.time()))
     if pilot is not None:   # first: its reports reach the others as a Tune trial's would
         import ray
-        from tunesmith.orchestrator.pilot import PilotRelay
+        from tunesmith.orchestrator.pilot_relay import PilotRelay
         pilot.relay = PilotRelay(pilot, list(callbacks), writer, stopper, ray.util.get_node_ip_address())
         callbacks.insert(0, pilot.relay)
     if trainable is None:

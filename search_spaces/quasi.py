@@ -21,20 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ray.tune.search import Searcher
 
-
-def point(dims: Sequence, u: Sequence[float], couple: Optional[Tuple[str, str, float]] = None) -> Dict[str, Any]:
-    """The configuration at ``u`` in the unit cube, with a coupled LR scaled for its momentum."""
-    config = {d.key: d.at(x) for d, x in zip(dims, u)}
-    if couple:
-        lr_key, m_key, ref = couple
-        config[lr_key] = config[lr_key] * (1 - config[m_key]) / (1 - ref)
-    return config
-
-
-def centre(dims: Sequence, couple: Optional[Tuple[str, str, float]] = None) -> Dict[str, Any]:
-    """The middle of the space: a loguniform dimension's geometric middle, a choice's middle
-    value (the upper one of the two middles)."""
-    return point(dims, [0.5] * len(dims), couple)
+from tunesmith.search_spaces.space import point
 
 
 class QuasiRandomSearch(Searcher):

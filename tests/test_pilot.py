@@ -4,7 +4,8 @@ import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 import torch
 
-from tunesmith.orchestrator.pilot import Pilot, PilotRelay
+from tunesmith.orchestrator.pilot import Pilot
+from tunesmith.orchestrator.pilot_relay import PilotRelay
 from tunesmith.orchestrator.results import ResultsWriter
 from tunesmith.orchestrator.scheduler import SweepStopper
 from tunesmith.orchestrator.storage import Storage

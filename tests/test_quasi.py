@@ -93,7 +93,7 @@ def test_slots_held_outside_tune_count_against_the_cap():
 
 
 def test_centre_is_the_middle_of_each_dimension():
-    from tunesmith.search_spaces.quasi import centre
+    from tunesmith.search_spaces.space import centre
     dims = [Dimension.parse("lr", {"loguniform": [0.01, 1.0]}, "lr"),
             Dimension.parse("max_momentum", {"choice": [0.99, 0.97, 0.95, 0.9]}, "m"),
             Dimension.parse("weight_decay", {"choice": [1e-2, 1e-3, 1e-4]}, "wd")]
