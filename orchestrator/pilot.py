@@ -52,7 +52,7 @@ class Pilot:
         self.events: "queue.Queue[tuple]" = queue.Queue()
         self.ended = threading.Event()
         self.trainer = None
-        self.relay = None   # a PilotRelay (orchestrator/pilot_relay.py)   # set by the sweep that takes it in
+        self.relay = None   # the PilotRelay (pilot_relay.py) of the sweep that takes it in
 
     def holding(self) -> int:
         """From its creation (before the sweep asks for trials) until it ends: one slot."""

@@ -1,6 +1,7 @@
 """The real `tunesmith` command in its own process, started the way users start it."""
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -48,7 +49,7 @@ def quick_sweep(tmp_path_factory):
         proc = _run(args, timeout=240)
         return Quick(proc.returncode, proc.stdout + proc.stderr, None, root / "quick")
     session = f"ts{os.getpid()}"
-    cmd = f"cd {ROOT} && {TUNESMITH} {' '.join(args)}; echo EXIT=$?; sleep 60"
+    cmd = f"cd {shlex.quote(ROOT)} && {shlex.join([TUNESMITH, *args])}; echo EXIT=$?; sleep 60"
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "50", cmd], check=True,
                    env={**_env(), "TERM": "xterm-256color"})
     try:
