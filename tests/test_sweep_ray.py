@@ -157,7 +157,9 @@ def test_time_budget_counts_from_the_commands_start(ray_session, tmp_path):
            "model": {"name": "small_cnn", "width": 8}, "trainer": {"epochs": 50}, "asha": {"enabled": False},
            "search": {"num_samples": 100, "space": {"lr": {"loguniform": [0.01, 0.1]}}}}
     outcome = run_sweep(spec_mod.from_dict(raw), ray_session, progress=False, started=time.time() - 10)   # 6 s left
-    assert outcome.wall_seconds < 8, f"the sweep ran {outcome.wall_seconds:.1f} s of a budget with 6 s left"
+    # counted from the sweep's start it would run 16 s; the rest is the wind-down (trials stopped,
+    # results written), which took up to 2.1 s on a loaded 2-core machine (8.1 s failed a bound of 8)
+    assert outcome.wall_seconds < 11, f"the sweep ran {outcome.wall_seconds:.1f} s of a budget with 6 s left"
     assert outcome.timed_out
     trials = pq.read_table(tmp_path / "r" / "budget" / "trials.parquet").to_pandas()
     assert len(trials) >= 1 and (trials.epochs < 50).all()
