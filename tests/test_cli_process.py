@@ -188,12 +188,11 @@ def test_ctrl_c_stops_cleanly_and_keeps_results(tmp_path):
 
 def test_resume_after_the_driver_is_killed(tmp_path):
     """SIGKILL the driver (and its Ray) mid-sweep: what it wrote reads back whole. Then `tunesmith
-    resume`: every trial ends,
-    no completed trial runs again, and each (trial, epoch) is in the Parquet files once. Killed,
-    where the poll catches it, while a new trial's rows are on disk and trials.parquet does not
-    list it yet: the resumed run must not write those epochs again. One
-    trial at a time: two at once finished together, and a reused actor ran the last two in under
-    a second, too fast to be caught between the second and the last (CI met that once)."""
+    resume`: every trial ends, no completed trial runs again, and each (trial, epoch) is in the
+    Parquet files once. Killed, where the poll catches it, while a new trial's rows are on disk
+    and trials.parquet does not list it yet: the resumed run must not write those epochs again.
+    One trial at a time: two at once finished together, and a reused actor ran the last two in
+    under a second, too fast to be caught between the second and the last (CI met that once)."""
     spec = tmp_path / "r.yaml"
     spec.write_text(f"""
 name: r

@@ -248,8 +248,9 @@ def test_results_a_node_cannot_see_are_refused_before_any_trial(cluster):
 def test_resume_after_the_driver_is_killed_on_a_cluster(cluster):
     """SIGKILL the driver on the head mid-sweep while the cluster lives on, then `tunesmith resume`
     against the same cluster: every trial ends, completed ones are not rerun, trials run on both
-    hosts (`run --address` as users start it; the first run is one), and each (trial, epoch) is in the Parquet files once. Six trials, two at a time: the
-    sweep must still run after the first pair ends, and reused actors run a pair in about a second."""
+    hosts (`run --address` as users start it; the first run is one), and each (trial, epoch) is
+    in the Parquet files once. Six trials, two at a time: the sweep must still run after the
+    first pair ends, and reused actors run a pair in about a second."""
     c = cluster
     results = c.tmp / "resumed"
     argv = ["--address", f"{c.ip['A']}:6379"]
