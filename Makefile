@@ -1,30 +1,49 @@
 # Two commands from a fresh clone: `make sweep` and `make test`. Each creates .venv on first
-# use (Python 3.11) and installs tunesmith with its dependencies; nothing else is downloaded.
+# use (Python 3.11). `make sweep` installs tunesmith and what it runs with, nothing more;
+# `make test` adds the test extras and Debian's headless Chromium (the report page's test).
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+SUM := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(SUM)
+TEST_STAMP := $(VENV)/.installed-test-$(SUM)
+PIP := $(VENV)/bin/python -m pip install -q --disable-pip-version-check
 SWEEP_NAME ?= digits-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup sweep test test-fast bench clean
+.PHONY: setup setup-test browser sweep test test-fast bench clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	$(PY) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
-	rm -f $(VENV)/.installed-*
+	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(PIP) -e .
+	rm -f $(VENV)/.installed-[0-9]*
 	touch $@
+
+setup-test: $(TEST_STAMP) browser
+
+$(TEST_STAMP): $(STAMP)
+	$(PIP) -e '.[test]'
+	rm -f $(VENV)/.installed-test-*
+	touch $@
+
+# The report page is tested in a real browser: Debian's headless Chromium, installed once.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null) || \
+	  (echo "make: Debian's chromium could not be installed (it needs root and apt); the report page's test needs it" >&2; exit 1)
 
 sweep: $(STAMP)
 	$(VENV)/bin/tunesmith run examples/digits.yaml --name $(SWEEP_NAME)
 
-test: $(STAMP)
+test: setup-test
 	$(VENV)/bin/python -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(TEST_STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[bench]'
 	$(VENV)/bin/python bench/overhead.py
 	$(VENV)/bin/python bench/writer_cost.py
 	$(VENV)/bin/python bench/smith_time.py

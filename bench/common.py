@@ -26,7 +26,7 @@ def timed_sweep(raw_spec: dict, cluster, root: str, on_writer=None, **build_kwar
     """Wall seconds of one sweep through tunesmith's own Tuner assembly, writers closed;
     ``on_writer(writer)`` afterwards, to read what the writer measured of itself."""
     from tunesmith.orchestrator import spec as spec_mod
-    from tunesmith.orchestrator.storage import Storage
+    from tunesmith.cluster.storage import Storage
     from tunesmith.orchestrator.sweep import build_tuner
     spec = spec_mod.from_dict({"results_dir": root, **raw_spec})
     tuner, writer, _ = build_tuner(spec, Storage(root), cluster, **build_kwargs)

@@ -109,7 +109,7 @@ def _baseline_mb() -> float:
 def trials_on_a_node(ds: dict, n: int) -> dict:
     import ray
     from tunesmith.cluster.connect import connect, disconnect
-    from tunesmith.orchestrator.datashare import share
+    from tunesmith.orchestrator.data_share import share
     info = connect(num_cpus=n)
 
     @ray.remote(num_cpus=1)

@@ -30,7 +30,7 @@ def main() -> None:
     import polars as pl
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from tunesmith.orchestrator.storage import Storage
+    from tunesmith.cluster.storage import Storage
 
     root = tempfile.mkdtemp(prefix="tunesmith-bench-")
     store = Storage(root)

@@ -4,7 +4,7 @@ For each dataset of the quality benchmark: the range test at its default length,
 1cycle run of the default model at each rule's suggested max LR, beside an oracle grid of max
 LRs (half-decade steps). Prints, per dataset, each rule's LR and best validation accuracy, and
 each rule's shortfall from the grid's best; the rule with the smallest worst-case shortfall is
-the one to make lr-find's default (trainables/lr_finder.py DEFAULT_PICK; smith's, SMITH_PICK, is
+the one to make lr-find's default (trainables/lr_range_test.py DEFAULT_PICK; smith's, SMITH_PICK, is
 chosen on bench/quality.py, where the rule anchors a two-decade search).
 
     .venv/bin/python bench/lr_rules.py [--datasets digits glyphs shapes letters] [--epochs 6]
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         if not sep or not os.path.isdir(folder):
             ap.error(f"--folder {item!r}: NAME=DIR, with DIR an image folder")
         sections[name] = {"name": "imagefolder", "data_dir": os.path.abspath(folder)}
-    from tunesmith.trainables.lr_finder import range_test
+    from tunesmith.trainables.lr_range_test import range_test
     shortfall = {}
     with ProcessPoolExecutor(2) as pool:
         for ds, section in sections.items():

@@ -259,13 +259,13 @@ def method_floor(began: float, target: float) -> "float | None":
     trained in this process right after smith's range test, first reaches ``target`` on digits;
     None if it does not within its epochs. What smith could reach if its trials did not start Ray
     workers: the range test alone, and no search."""
-    from tunesmith.orchestrator import lrfind
+    from tunesmith.orchestrator import lr_find
     from tunesmith.orchestrator.smith import search_range
     from tunesmith.trainables.config import TrainConfig
     from tunesmith.trainables.trainer import Trainer
     cfg = TrainConfig.from_dict({"dataset": {"name": "digits"}})
-    decision = lrfind.decide(cfg, 1e-7, 10.0, None, "exp", False, cpu_threads=os.cpu_count(),
-                             default=lrfind.SMITH_PICK)
+    decision = lr_find.decide(cfg, 1e-7, 10.0, None, "exp", False, cpu_threads=os.cpu_count(),
+                             default=lr_find.SMITH_PICK)
     lr = math.sqrt(math.prod(search_range(decision.max_lr))) if decision.informative else 0.1   # log-middle
     for m in Trainer(cfg.with_overrides({"lr": lr}), cpu_threads=os.cpu_count()).run():
         if m["val_acc"] >= target:

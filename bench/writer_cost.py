@@ -2,7 +2,7 @@
 writers on and off, alternated (off, on, off, on, ...) on one Ray instance. Prints each wall
 time, the difference by median and by minimum, and, since run-to-run noise on a 2-core machine
 is of the same size as the effect, the time the writer's hooks themselves took in the driver
-(ResultsWriter.busy_seconds). Target: at most 5% of the sweep's wall time.
+(LedgerCallback.busy_seconds). Target: at most 5% of the sweep's wall time.
 
     .venv/bin/python bench/writer_cost.py [--trials 12] [--epochs 8] [--rounds 2]
 """

@@ -114,7 +114,7 @@ def shipped_package() -> str:
     storage import orchestrator. An installed wheel already has that folder; an editable install
     maps each subpackage to the repository's top level, so a copy is staged (Ray uploads it by
     content hash, once)."""
-    import tunesmith.orchestrator
+    import tunesmith
     names = ("orchestrator", "trainables", "search_spaces", "cluster")
     for base in tunesmith.__path__:
         if all(os.path.isfile(os.path.join(base, n, "__init__.py")) for n in names):
@@ -122,7 +122,7 @@ def shipped_package() -> str:
     import atexit
     import shutil
     import tempfile
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(tunesmith.orchestrator.__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # cluster/ is one of them
     parent = tempfile.mkdtemp(prefix="tunesmith-ship-")
     _STAGED.append(parent)
     atexit.register(shutil.rmtree, parent, True)   # Ray has its own copy once it has uploaded it

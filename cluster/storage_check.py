@@ -14,7 +14,7 @@ from tunesmith.trainables.config import ConfigError
 
 
 def _sees(location: str, marker: str) -> bool:
-    from tunesmith.orchestrator.storage import Storage
+    from tunesmith.cluster.storage import Storage
     try:
         st = Storage(location)
         return st.exists(marker) and st.read_bytes(marker) == marker.encode()
@@ -27,7 +27,7 @@ def check_every_node(location: str, field: str = "results_dir") -> List[str]:
     ConfigError naming the nodes that cannot see ``location``."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-    from tunesmith.orchestrator.storage import Storage
+    from tunesmith.cluster.storage import Storage
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) < 2:
         return [n["NodeManagerAddress"] for n in nodes]

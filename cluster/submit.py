@@ -89,7 +89,7 @@ def submit(spec, address: Optional[str], wait: bool, out=sys.stdout, command: st
            options: Sequence[str] = ()) -> int:
     """Submit the validated ``spec`` as a job that runs ``tunesmith COMMAND`` (run or smith) with
     ``options``; the job's exit code when waiting, else 0 once submitted."""
-    from tunesmith.orchestrator.storage import is_uri
+    from tunesmith.cluster.storage import is_uri
     if not is_uri(spec.results_dir) and not os.path.isabs(spec.results_dir):
         raise ConfigError("results_dir", spec.results_dir, "a job runs in a temporary folder on the head: give an "
                           "absolute path every node reaches, or a URI (s3://..., gs://...)")

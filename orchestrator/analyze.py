@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
-from tunesmith.orchestrator.storage import Storage
+from tunesmith.cluster.storage import Storage
 from tunesmith.trainables.config import ConfigError
 
 
@@ -378,13 +378,14 @@ def _save(fig, out_dir: str, name: str) -> str:
 
 
 def run(results: str, names: Optional[List[str]], fmt: str, top: int, plots_dir: Optional[str],
-        html: Optional[str] = None) -> str:
+        page=None) -> str:
+    """The analysis as text in ``fmt``; ``page(sweeps, summaries)``, when given, renders the
+    same summaries elsewhere (cli.py passes the HTML page's writer)."""
     sweeps = load(results, names)
     summaries = [summary(s, top) for s in sweeps]
     plots = plot(sweeps, plots_dir, min(top, 10)) if plots_dir else []
-    if html:
-        from tunesmith.orchestrator import report
-        report.write(html, sweeps, summaries, top)
+    if page is not None:
+        page(sweeps, summaries)
     if fmt == "json":
         body = {"sweeps": summaries, "plots": plots}
         if len(summaries) > 1:

@@ -7,6 +7,7 @@ away (``| head``).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import warnings
@@ -61,11 +62,11 @@ def _local_checks(spec, args) -> None:
     """Checks that read the driver's disk hold only when the trials run here too; and a tracking
     server that does not answer is bad input, before anything is written."""
     if spec.mlflow.uri:
-        from tunesmith.orchestrator.mlflow_sink import connect
+        from tunesmith.orchestrator.sinks.mlflow import connect
         connect(spec.mlflow.uri, spec.mlflow.experiment)
-    from tunesmith.orchestrator.storage import Storage
+    from tunesmith.cluster.storage import Storage
     from tunesmith.orchestrator.sweep import check_fresh
-    from tunesmith.trainables.datafiles import check_dataset_files
+    from tunesmith.trainables.data_check import check_dataset_files
     if not args.address:
         check_dataset_files(spec.train.dataset)
     check_fresh(Storage(spec.results_dir), spec.name)
@@ -77,7 +78,7 @@ def cmd_run(args) -> int:
     spec = load_spec(args)
     _local_checks(spec, args)
     from tunesmith.cluster.connect import connect, disconnect
-    from tunesmith.orchestrator.tensorboard import preload
+    from tunesmith.orchestrator.tb_events import preload
     from tunesmith.orchestrator.sweep import best_table, budget_problem, concurrency_for, run_sweep
     preload()
     cluster = connect(args.address, args.num_cpus, args.num_gpus, args.dashboard, args.worker_logs)
@@ -91,8 +92,8 @@ def cmd_run(args) -> int:
         disconnect(cluster)
     print()
     print(best_table(outcome))
-    counts = outcome.writer.status_counts()
-    print(f"\n{len(outcome.writer.trials)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())}) "
+    counts = outcome.ledger.status_counts()
+    print(f"\n{len(outcome.ledger.trials)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())}) "
           f"in {outcome.wall_seconds:.1f}s")
     print(f"results: {outcome.path}")
     print(f"  tensorboard --logdir {outcome.storage.uri(spec.name, 'tensorboard')}")
@@ -101,13 +102,13 @@ def cmd_run(args) -> int:
     why = budget_problem(outcome)
     if why:
         print(f"tunesmith: {why}", file=sys.stderr)
-    return 0 if outcome.writer.ranked() else 1
+    return 0 if outcome.ledger.ranked() else 1
 
 
 def cmd_resume(args) -> int:
     from tunesmith.cluster.connect import connect, disconnect
     from tunesmith.orchestrator import resume
-    from tunesmith.orchestrator.tensorboard import preload
+    from tunesmith.orchestrator.tb_events import preload
     storage, name, spec, man = resume.load(args.sweep_dir)
     preload()
     cluster = connect(args.address, args.num_cpus, args.num_gpus, args.dashboard, args.worker_logs)
@@ -171,7 +172,7 @@ def _at_least_one(args, *names) -> None:
 def cmd_analyze(args) -> int:
     _at_least_one(args, "top")
     from tunesmith.orchestrator import analyze
-    from tunesmith.orchestrator.storage import is_uri
+    from tunesmith.cluster.storage import is_uri
     plots = None
     if not args.no_plots:
         plots = args.plots or ("tunesmith-analysis" if is_uri(args.results) else
@@ -181,11 +182,15 @@ def cmd_analyze(args) -> int:
         html = os.path.abspath(args.html)
         if not os.path.isdir(os.path.dirname(html)):
             raise ConfigError("--html", args.html, "its folder does not exist")
-    sys.stdout.write(analyze.run(args.results, args.sweep, args.format, args.top, plots, html))
+    page = None
+    if html:
+        from tunesmith.orchestrator import page as page_mod
+        page = functools.partial(page_mod.write, html, top=args.top)
+    sys.stdout.write(analyze.run(args.results, args.sweep, args.format, args.top, plots, page))
     if html:
         print(f"report: {html}")
     if args.mlflow:
-        from tunesmith.orchestrator.mlflow_sink import connect, log_files
+        from tunesmith.orchestrator.sinks.mlflow import connect, log_files
         connect(args.mlflow, args.mlflow_experiment)
         for sw in analyze.load(args.results, args.sweep):
             pngs = analyze.plot([sw], plots, min(args.top, 10)) if plots else []
@@ -198,27 +203,27 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_lr_find(args) -> int:
-    from tunesmith.orchestrator import lrfind
-    from tunesmith.orchestrator.storage import Storage
+    from tunesmith.orchestrator import lr_find
+    from tunesmith.cluster.storage import Storage
     from tunesmith.orchestrator.sweep import check_fresh
-    from tunesmith.trainables.datafiles import check_dataset_files
+    from tunesmith.trainables.data_check import check_dataset_files
     spec = load_spec(args)
     check_dataset_files(spec.train.dataset)
     storage = Storage(spec.results_dir)
     check_fresh(storage, spec.name)
     if spec.mlflow.uri:
-        from tunesmith.orchestrator.mlflow_sink import connect
+        from tunesmith.orchestrator.sinks.mlflow import connect
         connect(spec.mlflow.uri, spec.mlflow.experiment)
-    cfg, gpus = lrfind.as_one_trial(spec)
-    decision = lrfind.decide(cfg, args.start, args.end, args.steps, "linear" if args.linear else "exp",
+    cfg, gpus = lr_find.as_one_trial(spec)
+    decision = lr_find.decide(cfg, args.start, args.end, args.steps, "linear" if args.linear else "exp",
                              args.val_loss, args.pick, time_cap=args.max_seconds, say=print, num_gpus=gpus)
-    paths = lrfind.write(decision, storage, spec.name, f"{spec.name}: LR range test")
+    paths = lr_find.write(decision, storage, spec.name, f"{spec.name}: LR range test")
     if spec.mlflow.uri:
-        from tunesmith.orchestrator.mlflow_sink import log_files
+        from tunesmith.orchestrator.sinks.mlflow import log_files
         log_files(spec.mlflow.uri, spec.mlflow.experiment, spec.name,
                   {f"lr_find/{rel}": storage.read_bytes(f"{spec.name}/lr_find/{rel}")
                    for rel in ("curve.parquet", "lr_find.png", "decision.json")})
-    print(lrfind.summary_text(decision))
+    print(lr_find.summary_text(decision))
     print("\n".join(f"{k}: {v}" for k, v in paths.items()))
     print(f"tensorboard --logdir {storage.uri(spec.name, 'tensorboard')}")
     return 0 if decision.informative else 1
@@ -233,7 +238,7 @@ def _add_lr_find_args(p: argparse.ArgumentParser, default_pick: Optional[str] = 
     p.add_argument("--max-seconds", type=float, default=60.0, help="time cap of a default-length test (default 60)")
     p.add_argument("--linear", action="store_true", help="raise the LR linearly instead of exponentially")
     p.add_argument("--val-loss", action="store_true", help="measure the loss on a fixed held-out subset (512 samples)")
-    from tunesmith.trainables.lr_finder import DEFAULT_PICK, SUGGESTERS
+    from tunesmith.trainables.lr_range_test import DEFAULT_PICK, SUGGESTERS
     first = default_pick or DEFAULT_PICK
     p.add_argument("--pick", default=None, help=f"suggestion that sets the max LR: {first} (default), "
                                                 + ", ".join(r for r in SUGGESTERS if r != first))
@@ -246,7 +251,7 @@ def cmd_smith(args) -> int:
     spec = load_spec(args)
     _local_checks(spec, args)
     from tunesmith.orchestrator import smith
-    from tunesmith.orchestrator.tensorboard import preload
+    from tunesmith.orchestrator.tb_events import preload
     preload()
     try:
         smith.run(spec, args, started)
@@ -257,7 +262,7 @@ def cmd_smith(args) -> int:
 
 
 def _add_smith_args(p: argparse.ArgumentParser) -> None:
-    from tunesmith.trainables.lr_finder import SMITH_PICK
+    from tunesmith.trainables.lr_range_test import SMITH_PICK
     _add_lr_find_args(p, SMITH_PICK)
     p.add_argument("--short-epochs", type=int, help="epochs of stage 2's runs (default: trainer.epochs; ASHA's "
                                                     "budget-aware rungs make most of them short)")

@@ -75,7 +75,7 @@ class Pilot:
         folder; the one before it goes, since a pilot is never resumed."""
         import io
         import torch
-        from tunesmith.orchestrator.storage import KeptCheckpoint, delete_checkpoints
+        from tunesmith.orchestrator.retention import KeptCheckpoint, delete_checkpoints
         buf = io.BytesIO()
         torch.save(trainer.state_dict(), buf)
         name = f"checkpoint_{trainer.epoch - 1:06d}"
@@ -114,12 +114,3 @@ class Pilot:
             self.events.put(("error", (time.time(), f"{type(exc).__name__}: {exc}")))
         finally:
             self.ended.set()
-
-
-def __getattr__(name: str):
-    """PilotRelay lived here until it moved to pilot_relay.py (it imports Ray Tune): the run
-    config that Tune pickled for an earlier smith sweep names it here, and resume unpickles it."""
-    if name == "PilotRelay":
-        from tunesmith.orchestrator.pilot_relay import PilotRelay
-        return PilotRelay
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

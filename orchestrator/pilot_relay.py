@@ -7,6 +7,7 @@ from typing import List
 from ray.tune import Callback
 
 from tunesmith.orchestrator.pilot import TRIAL_ID, Pilot
+from tunesmith.orchestrator.sinks import transient_state
 
 
 class PilotRelay(Callback):
@@ -14,14 +15,17 @@ class PilotRelay(Callback):
     others, as Tune's hooks, from Tune's own thread. At the sweep's end it waits for the pilot
     (which keeps the sweep's deadline) before the writer closes."""
 
-    def __init__(self, pilot: Pilot, callbacks: List[Callback], writer, stopper, node_ip: str):
-        self.pilot, self.callbacks, self.writer, self.stopper = pilot, callbacks, writer, stopper
+    def __init__(self, pilot: Pilot, callbacks: List[Callback], callback, stopper, node_ip: str):
+        self.pilot, self.callbacks, self.callback, self.stopper = pilot, callbacks, callback, stopper
         self.node_ip = node_ip
         self.done = False
 
-    def __getstate__(self):   # Tune pickles its run config: a resumed sweep has no pilot
-        return {"pilot": None, "callbacks": [], "writer": None, "stopper": None, "node_ip": self.node_ip,
-                "done": True}
+    # Tune pickles its run config: a resumed sweep has no pilot
+    TRANSIENT = {"pilot": lambda: None, "callbacks": list, "callback": lambda: None, "stopper": lambda: None,
+                 "done": lambda: True}
+
+    def __getstate__(self):
+        return transient_state(self, self.TRANSIENT)
 
     def _hooks(self, name: str, trials, *args) -> None:
         for cb in self.callbacks:
@@ -35,27 +39,27 @@ class PilotRelay(Callback):
                 return
             if kind == "start":
                 self._hooks("on_trial_start", trials)   # then its own start, not the relay's time
-                self.writer.set_time(TRIAL_ID, "started_at", value)
+                self.callback.set_time(TRIAL_ID, "started_at", value)
             elif kind == "result":
                 value["node_ip"] = self.node_ip
-                start_up = self.writer.start_up   # what Tune's trials take to start, not this one
+                start_up = self.callback.start_up   # what Tune's trials take to start, not this one
                 self._hooks("on_trial_result", trials, value)
-                self.writer.start_up = start_up
+                self.callback.start_up = start_up
             elif kind == "checkpoint":
                 self.pilot.trial.checkpoint = value
             elif kind == "complete":
                 self.pilot.trial.status = "TERMINATED"
                 self._hooks("on_trial_complete", trials)
-                self.writer.set_time(TRIAL_ID, "ended_at", value)
+                self.callback.set_time(TRIAL_ID, "ended_at", value)
                 self.done = True
             elif kind == "error":   # the writer takes the error's text; the others read its record
                 ended, text = value
                 self.pilot.trial.status = "ERROR"
-                self.writer.finish(TRIAL_ID, error=text)
-                self.writer.set_time(TRIAL_ID, "ended_at", ended)
-                self.writer.maybe_flush()
+                self.callback.finish(TRIAL_ID, error=text)
+                self.callback.set_time(TRIAL_ID, "ended_at", ended)
+                self.callback.maybe_flush()
                 for cb in self.callbacks:
-                    if cb is not self.writer:
+                    if cb is not self.callback:
                         cb.on_trial_error(0, [*trials, self.pilot.trial], self.pilot.trial)
                 self.done = True
 

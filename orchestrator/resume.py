@@ -21,7 +21,7 @@ import yaml
 
 from tunesmith.orchestrator import manifest as manifest_mod
 from tunesmith.orchestrator.spec import SweepSpec, from_dict
-from tunesmith.orchestrator.storage import Storage
+from tunesmith.cluster.storage import Storage
 from tunesmith.trainables.config import ConfigError
 
 
@@ -51,7 +51,7 @@ def trial_ids(storage: Storage, name: str) -> set:
 def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man: dict) -> dict:
     import os
     from ray import tune
-    from tunesmith.orchestrator.datashare import plan, share
+    from tunesmith.orchestrator.data_share import plan, share
     from tunesmith.trainables.tune_trainable import train_cnn
 
     os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)   # Tune's own Ctrl-C handling saves its state

@@ -226,6 +226,20 @@ class SweepSpec:
         """The TrainConfig every trial starts from, with the budget-aware milestones."""
         return self.train.with_overrides({"milestones": list(self.milestones)}).to_dict()
 
+    def derive(self, *, drop_trainer: Sequence[str] = (), **changes) -> "SweepSpec":
+        """A new spec from this one, validated again as a whole: ``trainer``, ``model`` and
+        ``dataset`` mappings update those sections, ``search`` and ``asha`` mappings replace
+        theirs, and any other key (``name``, ``time_budget_s``, ``seed``) is set. ``drop_trainer``:
+        trainer fields to reset to their defaults, or to what a search preset sets."""
+        raw = self.to_dict()
+        for key, value in changes.items():
+            if key in ("trainer", "model", "dataset"):
+                raw[key] = {**raw[key], **value}
+            else:
+                raw[key] = value
+        raw["trainer"] = {k: v for k, v in raw["trainer"].items() if k not in drop_trainer}
+        return from_dict(raw)
+
     def to_dict(self) -> dict:
         out = {"name": self.name, "description": self.description, "seed": self.seed,
                **{k: v for k, v in self.train.to_dict().items() if k != "seed"},

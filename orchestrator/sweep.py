@@ -14,7 +14,7 @@ from tunesmith.cluster.connect import ClusterInfo
 from tunesmith.cluster.resources import TRIAL_SLIVER_CPU, data_parallel_cpus, max_concurrent
 from tunesmith.orchestrator import manifest as manifest_mod
 from tunesmith.orchestrator.spec import SweepSpec, plan_text, trial_count
-from tunesmith.orchestrator.storage import Storage
+from tunesmith.cluster.storage import Storage
 from tunesmith.trainables.config import ConfigError
 
 
@@ -22,7 +22,7 @@ from tunesmith.trainables.config import ConfigError
 class SweepOutcome:
     spec: SweepSpec
     storage: Storage
-    writer: object
+    ledger: object            # ledger.Ledger: the sweep's trials as they ended
     wall_seconds: float
     interrupted: bool
     timed_out: bool = False   # the time budget ran out (before the last trial ended)
@@ -81,7 +81,7 @@ def build_search(spec: SweepSpec, concurrency: int, held: Optional[Callable[[], 
 def build_scheduler(spec: SweepSpec):
     if not spec.asha.enabled:
         return None
-    from tunesmith.orchestrator.scheduler import RecordingASHA
+    from tunesmith.orchestrator.asha import RecordingASHA
     return RecordingASHA(time_attr="training_iteration",
                          max_t=spec.max_t, grace_period=spec.asha.grace_period,
                          reduction_factor=spec.asha.reduction_factor, rungs=spec.milestones[:-1] or None)
@@ -148,12 +148,12 @@ def light_usage_tagging() -> None:
 def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainable: Optional[Callable] = None,
                 stopper=None, progress: bool = False, write_results: bool = True, data_streams: bool = False,
                 manifest: Optional[dict] = None, pilot=None):
-    """``stopper``: a scheduler.SweepStopper; when not given, one for the spec's
+    """``stopper``: a stopper.SweepStopper; when not given, one for the spec's
     ``time_budget_s`` from now. ``pilot``: smith's orchestrator.pilot.Pilot, a trial of this
     sweep already training in the driver."""
     from ray import tune
-    from tunesmith.orchestrator.results import ResultsWriter
-    from tunesmith.orchestrator.scheduler import SweepStopper
+    from tunesmith.orchestrator.callback import LedgerCallback
+    from tunesmith.orchestrator.stopper import SweepStopper
     from tunesmith.trainables.tune_trainable import train_cnn
 
     if stopper is None:
@@ -163,27 +163,29 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
     scheduler = build_scheduler(spec)
     hp_keys = [d.key for d in spec.search.space]
     domains = {d.key: list(d.values) if d.kind in ("choice", "grid") else [] for d in spec.search.space}
-    writer = ResultsWriter(storage, spec.name, hp_keys, domains, epochs=spec.max_t,
-                           metric=spec.metric, mode=spec.mode,
-                           pruned=scheduler.pruned if scheduler is not None else None,
-                           write=write_results, stopper=stopper,
-                           keep_checkpoints=spec.checkpoints.keep, scheduler=scheduler)
-    from tunesmith.orchestrator.progress import NoTrialLines
-    callbacks = [writer, NoTrialLines()]
-    if spec.mlflow.uri:   # after the writer: it reads the trial's status from the writer's records
-        from tunesmith.orchestrator.mlflow_sink import MLflowSink
-        callbacks.append(MLflowSink(spec.mlflow.uri, spec.mlflow.experiment, writer, spec.to_dict(), manifest or {}))
+    extra_sinks = []
+    if spec.mlflow.uri:
+        from tunesmith.orchestrator.sinks.mlflow import MLflowSink
+        extra_sinks.append(MLflowSink(spec.mlflow.uri, spec.mlflow.experiment, spec.name, spec.to_dict(),
+                                      manifest or {}))
+    callback = LedgerCallback(storage, spec.name, hp_keys, domains, epochs=spec.max_t,
+                              metric=spec.metric, mode=spec.mode,
+                              pruned=scheduler.pruned if scheduler is not None else None,
+                              write=write_results, stopper=stopper,
+                              keep_checkpoints=spec.checkpoints.keep, scheduler=scheduler, sinks=extra_sinks)
+    from tunesmith.orchestrator.display import NoTrialLines
+    callbacks = [callback, NoTrialLines()]
     if progress:
-        from tunesmith.orchestrator.progress import make
-        callbacks.append(make(writer, trial_count(spec), None if stopper.deadline is None
+        from tunesmith.orchestrator.display import make
+        callbacks.append(make(callback.ledger, trial_count(spec), None if stopper.deadline is None
                               else stopper.deadline - time.time()))
     if pilot is not None:   # first: its reports reach the others as a Tune trial's would
         import ray
         from tunesmith.orchestrator.pilot_relay import PilotRelay
-        pilot.relay = PilotRelay(pilot, list(callbacks), writer, stopper, ray.util.get_node_ip_address())
+        pilot.relay = PilotRelay(pilot, list(callbacks), callback, stopper, ray.util.get_node_ip_address())
         callbacks.insert(0, pilot.relay)
     if trainable is None:
-        from tunesmith.orchestrator.datashare import share
+        from tunesmith.orchestrator.data_share import share
         trainable = tune.with_parameters(train_cnn, base=spec.trial_config(),
                                          shared=share(spec.train.dataset, data_streams),
                                          checkpoint_every=spec.checkpoints.every, ddp=ddp_options(spec, storage),
@@ -207,10 +209,10 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
             # a trial whose worker or node dies restarts from its last checkpoint, on any node
             failure_config=tune.FailureConfig(max_failures=spec.checkpoints.max_failures),
             # num_to_keep=None: a count limit makes Tune snapshot the experiment at every
-            # checkpoint (20x slower sweeps here); the writer removes ended trials' checkpoints
+            # checkpoint (20x slower sweeps here); retention.py removes ended trials' checkpoints
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None)),
     )
-    return tuner, writer, concurrency
+    return tuner, callback, concurrency
 
 
 def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Callable] = None,
@@ -219,17 +221,17 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
               hold_back: Optional[Callable] = None, pilot=None) -> SweepOutcome:
     """``started``: when the command started (time.time()); ``time_budget_s`` then counts from
     it, Ray's start-up included, instead of from the sweep's first trial. ``deadline``: when the
-    trials stop, instead (smith's stages share one budget). ``hold_back(writer)``: seconds to
+    trials stop, instead (smith's stages share one budget). ``hold_back(ledger)``: seconds to
     keep from the end of the budget for what follows the sweep, read as its trials report.
     ``pilot``: a trial of this sweep training in the driver (orchestrator/pilot.py)."""
     import os
-    from tunesmith.orchestrator.scheduler import SweepStopper
+    from tunesmith.orchestrator.stopper import SweepStopper
 
     storage = Storage(spec.results_dir)
     if fresh:   # `smith` checks before its first stage writes lr_find/ into the folder
         check_fresh(storage, spec.name)
     spec = resolve_largest_batch(spec)
-    from tunesmith.orchestrator.datashare import plan
+    from tunesmith.orchestrator.data_share import plan
     # how the data is read, decided (and a folder that cannot fit refused) before anything is written
     in_memory, data_line = plan(spec.train.dataset, local=cluster.started_here) if trainable is None else (True, "")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"   # ours (SweepStopper) records the interrupt
@@ -249,10 +251,10 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
     stopper = SweepStopper(deadline)
     if hold_back is not None and deadline is not None:
         stopper.keep_for_trials()
-    tuner, writer, concurrency = build_tuner(spec, storage, cluster, trainable, stopper, progress,
+    tuner, callback, concurrency = build_tuner(spec, storage, cluster, trainable, stopper, progress,
                                              data_streams=not in_memory, manifest=man, pilot=pilot)
     if hold_back is not None:
-        stopper.hold_back = lambda: hold_back(writer)
+        stopper.hold_back = lambda: hold_back(callback.ledger)
     if progress:
         print(f"sweep {spec.name}: {plan_text(spec)}; {min(concurrency, trial_count(spec))} at a time"
               f"{', ASHA' if spec.asha.enabled else ''}; "
@@ -269,25 +271,25 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
         status = "interrupted"
         raise
     finally:
-        from tunesmith.orchestrator.progress import stop_all
+        from tunesmith.orchestrator.display import stop_all
         stop_all()
         if pilot is not None:   # its last reports, before the writer closes
             pilot.relay.finish(stop=status != "finished")
         stopper.uninstall()
         stopper.release()
-        writer.close("sweep interrupted" if status == "interrupted" else "sweep ended")
+        callback.close("sweep interrupted" if status == "interrupted" else "sweep ended")
         man.update(ended_at=manifest_mod.now_iso(), status=status,
                    wall_seconds=round(time.monotonic() - start, 3),
-                   trials=writer.status_counts())
+                   trials=callback.ledger.status_counts())
         storage.write_bytes(f"{spec.name}/manifest.json", manifest_mod.dumps(man))
-    return SweepOutcome(spec, storage, writer, time.monotonic() - start, status == "interrupted",
+    return SweepOutcome(spec, storage, callback.ledger, time.monotonic() - start, status == "interrupted",
                         stopper.timed_out.is_set(), None if deadline is None else deadline - began)
 
 
 def budget_problem(outcome: SweepOutcome, budget: Optional[float] = None) -> Optional[str]:
     """Why a sweep with a time budget has no result: the budget ran out before any trial
     finished an epoch. ``budget``: the command's whole budget, where the sweep had the rest."""
-    if outcome.writer.ranked() or not outcome.timed_out:
+    if outcome.ledger.ranked() or not outcome.timed_out:
         return None
     budget = budget or outcome.spec.time_budget_s
     left = outcome.budget_left_s
@@ -297,7 +299,7 @@ def budget_problem(outcome: SweepOutcome, budget: Optional[float] = None) -> Opt
 
 
 def best_table(outcome: SweepOutcome, top: int = 5) -> str:
-    w = outcome.writer
+    w = outcome.ledger
     rows = w.ranked()[:top]
     hp_keys = list(w.hp_keys)
     head = ["rank", "trial", "status", f"best {w.metric}", "epochs", *hp_keys]

@@ -6,18 +6,18 @@ import json
 import pytest
 
 from tunesmith.orchestrator.cli import main
-from tunesmith.orchestrator.results import ResultsWriter
-from tunesmith.orchestrator.storage import Storage
+from tunesmith.orchestrator.callback import LedgerCallback
+from tunesmith.cluster.storage import Storage
 
 
 def _sweep(root, name, lrs, widths, good_lr=0.1):
-    w = ResultsWriter(Storage(str(root)), name, ["lr", "model.width"], {"lr": [], "model.width": [16, 32]},
+    w = LedgerCallback(Storage(str(root)), name, ["lr", "model.width"], {"lr": [], "model.width": [16, 32]},
                       epochs=3, metric="val_acc", mode="max", pruned={})
     (root / name).mkdir(exist_ok=True)
     (root / name / "spec.yaml").write_text("metric: val_acc\nmode: max\n")
     for i, (lr, width) in enumerate(zip(lrs, widths)):
         tid = f"{name}_{i:03d}"
-        w._start(tid, {"lr": lr, "model.width": width})
+        w.start(tid, {"lr": lr, "model.width": width})
         for e in (1, 2, 3):
             acc = max(0.0, 0.99 - abs(lr - good_lr) - (0.05 if width == 16 else 0)) * e / 3
             w.record(tid, {"training_iteration": e, "val_acc": acc, "val_loss": 1 - acc})
@@ -112,12 +112,12 @@ def test_a_decade_grid_is_shown_per_value_not_in_bins(tmp_path):
     neighbours. Few distinct values are shown one by one, and the importance says it all."""
     from tunesmith.orchestrator import analyze
     decades = [0.1, 0.01, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7]
-    w = ResultsWriter(Storage(str(tmp_path)), "dec", ["lr"], {"lr": decades}, epochs=1, metric="val_acc",
+    w = LedgerCallback(Storage(str(tmp_path)), "dec", ["lr"], {"lr": decades}, epochs=1, metric="val_acc",
                       mode="max", pruned={})
     (tmp_path / "dec").mkdir(exist_ok=True)
     (tmp_path / "dec" / "spec.yaml").write_text("metric: val_acc\nmode: max\n")
     for i, lr in enumerate(decades):
-        w._start(f"t{i}", {"lr": lr})
+        w.start(f"t{i}", {"lr": lr})
         w.record(f"t{i}", {"training_iteration": 1, "val_acc": 0.949 if lr == 0.01 else 0.1 + 0.01 * i})
         w.finish(f"t{i}")
     w.close()
@@ -132,12 +132,12 @@ def test_tied_trials_rank_as_the_sweep_ranked_them(tmp_path):
     """Ties on the metric (common on a small validation set) go to the lower validation loss, as
     in the sweep's own table and smith's report; analyze used to list them in file order."""
     from tunesmith.orchestrator import analyze
-    w = ResultsWriter(Storage(str(tmp_path)), "tie", ["lr"], {"lr": []}, epochs=1, metric="val_acc",
+    w = LedgerCallback(Storage(str(tmp_path)), "tie", ["lr"], {"lr": []}, epochs=1, metric="val_acc",
                       mode="max", pruned={})
     (tmp_path / "tie").mkdir(exist_ok=True)
     (tmp_path / "tie" / "spec.yaml").write_text("metric: val_acc\nmode: max\n")
     for i, (acc, loss) in enumerate([(0.95, 0.30), (0.99, 0.08), (0.99, 0.05), (0.99, 0.07)]):
-        w._start(f"t{i}", {"lr": 0.1 * (i + 1)})
+        w.start(f"t{i}", {"lr": 0.1 * (i + 1)})
         w.record(f"t{i}", {"training_iteration": 1, "val_acc": acc, "val_loss": loss})
         w.finish(f"t{i}")
     assert [r.trial_id for r in w.ranked()] == ["t2", "t3", "t1", "t0"]
@@ -147,12 +147,12 @@ def test_tied_trials_rank_as_the_sweep_ranked_them(tmp_path):
 
 
 def test_seed_repeats_are_reported_as_a_seed_variance_study(tmp_path, capsys):
-    w = ResultsWriter(Storage(str(tmp_path)), "seeds", ["seed"], {"seed": [0, 1, 2, 3]}, epochs=1,
+    w = LedgerCallback(Storage(str(tmp_path)), "seeds", ["seed"], {"seed": [0, 1, 2, 3]}, epochs=1,
                       metric="val_acc", mode="max", pruned={})
     (tmp_path / "seeds").mkdir(exist_ok=True)
     (tmp_path / "seeds" / "spec.yaml").write_text("metric: val_acc\nmode: max\n")
     for i, acc in enumerate([0.90, 0.92, 0.94, 0.96]):
-        w._start(f"t{i}", {"seed": i})
+        w.start(f"t{i}", {"seed": i})
         w.record(f"t{i}", {"training_iteration": 1, "val_acc": acc})
         w.finish(f"t{i}")
     w.close()

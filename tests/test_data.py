@@ -3,9 +3,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tunesmith.trainables import data, folder
+from tunesmith.trainables import data, folder, image_data
 from tunesmith.trainables.config import ConfigError, DatasetConfig
-from tunesmith.trainables.datafiles import check_dataset_files
+from tunesmith.trainables.data_check import check_dataset_files
 
 
 def test_digits_split_is_seeded_and_75_25():
@@ -274,7 +274,7 @@ def test_split_is_two_views_of_one_buffer_in_the_old_order():
     g = torch.Generator().manual_seed(cfg.split_seed)   # load_synthetic's own draw, then the split
     x = torch.randint(0, 256, (3000, 1, 8, 8), generator=g, dtype=torch.uint8)
     y = torch.randint(0, 10, (3000,), generator=g)
-    tr, va = data._split_index(3000, cfg)
+    tr, va = image_data.split_index(3000, cfg)
     assert torch.equal(d.train_x, x[tr]) and torch.equal(d.val_x, x[va])
     assert torch.equal(d.train_y, y[tr]) and torch.equal(d.val_y, y[va])
 
@@ -285,7 +285,7 @@ def test_rows_are_permuted_in_place(n):
     a = rng.integers(0, 255, (n, 2, 3, 3), dtype=np.uint8)
     order = rng.permutation(n)
     want = a[order].copy()
-    data._permute_rows_(a, order)
+    image_data.permute_rows_(a, order)
     assert (a == want).all()
 
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from tunesmith.orchestrator import spec as spec_mod
-from tunesmith.orchestrator.storage import Storage
+from tunesmith.cluster.storage import Storage
 from tunesmith.orchestrator.sweep import build_tuner
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -38,7 +38,7 @@ def test_trials_share_one_copy_and_add_almost_no_memory(ray_session, tmp_path):
 def test_files_are_read_once_per_sweep(ray_session, tmp_path):
     """The folder is decoded once, by the loader, then taken away: the trials still train,
     because none of them reads a file."""
-    from tunesmith.orchestrator.datashare import share
+    from tunesmith.orchestrator.data_share import share
     from tunesmith.trainables.config import DatasetConfig
     import ray
     folder = tmp_path / "imgs"

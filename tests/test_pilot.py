@@ -6,9 +6,9 @@ import torch
 
 from tunesmith.orchestrator.pilot import Pilot
 from tunesmith.orchestrator.pilot_relay import PilotRelay
-from tunesmith.orchestrator.results import ResultsWriter
-from tunesmith.orchestrator.scheduler import SweepStopper
-from tunesmith.orchestrator.storage import Storage
+from tunesmith.orchestrator.callback import LedgerCallback
+from tunesmith.orchestrator.stopper import SweepStopper
+from tunesmith.cluster.storage import Storage
 from tunesmith.trainables.config import TrainConfig
 
 BASE = TrainConfig.from_dict({"dataset": {"name": "digits"}, "trainer": {"epochs": 2, "lr": 0.05}}).to_dict()
@@ -16,7 +16,7 @@ BASE = TrainConfig.from_dict({"dataset": {"name": "digits"}, "trainer": {"epochs
 
 def _sweep(tmp_path, stopper=None):
     storage = Storage(str(tmp_path))
-    writer = ResultsWriter(storage, "sw", ["lr"], {"lr": []}, epochs=2, metric="val_acc", mode="max")
+    writer = LedgerCallback(storage, "sw", ["lr"], {"lr": []}, epochs=2, metric="val_acc", mode="max")
     pilot = Pilot(BASE, {"lr": 0.05}, storage, "sw", cpu_threads=1)
     relay = PilotRelay(pilot, [writer], writer, stopper or SweepStopper(None), "127.0.0.1")
     return storage, writer, pilot, relay

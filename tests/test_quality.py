@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tunesmith.orchestrator import spec as spec_mod
-from tunesmith.trainables import lr_finder as lf
+from tunesmith.trainables import lr_range_test as lf
 from tunesmith.trainables.config import TrainConfig
 from tunesmith.trainables.schedules import ScheduleParams, lr_at, momentum_at, rung_milestones, segment
 
@@ -65,11 +65,11 @@ def test_range_test_extends_itself_and_then_refuses_noise(tmp_path):
     """Random labels: nothing to learn, and the held-out loss shows it (a training loss can
     fall by memorising). The test runs again, longer, says so, and decides nothing rather than
     reading a band from noise."""
-    from tunesmith.orchestrator import lrfind
+    from tunesmith.orchestrator import lr_find
     cfg = TrainConfig.from_dict({"dataset": {"name": "synthetic", "num_samples": 512, "image_size": 8},
                                  "model": {"width": 8}})
     heard = []
-    d = lrfind.decide(cfg, 1e-7, 10.0, None, "exp", True, say=heard.append)
+    d = lr_find.decide(cfg, 1e-7, 10.0, None, "exp", True, say=heard.append)
     assert len(heard) == 1 and "running it again" in heard[0], heard
     first = int(re.search(r"in (\d+) steps; running it again", heard[0]).group(1))
     decades = math.log10(10.0 / d.curve.lrs[0])
@@ -82,11 +82,11 @@ def test_range_test_extends_itself_and_then_refuses_noise(tmp_path):
 def test_range_test_does_not_rerun_when_its_cap_leaves_no_room():
     """Under a tight cap (a short smith budget), a second run barely longer than the first would
     tell nothing new and cost its whole length: the test says so and decides on what it has."""
-    from tunesmith.orchestrator import lrfind
+    from tunesmith.orchestrator import lr_find
     cfg = TrainConfig.from_dict({"dataset": {"name": "synthetic", "num_samples": 512, "image_size": 8},
                                  "model": {"width": 8}})
     heard = []
-    d = lrfind.decide(cfg, 1e-7, 10.0, None, "exp", True, time_cap=0.5, say=heard.append)
+    d = lr_find.decide(cfg, 1e-7, 10.0, None, "exp", True, time_cap=0.5, say=heard.append)
     assert len(heard) == 1 and "no room" in heard[0] and "twice as densely" in heard[0], heard
     assert not d.informative and d.curve.notes == heard
     assert d.curve.steps <= 100
@@ -113,7 +113,7 @@ def test_range_test_length_does_not_follow_a_slowed_pace_sample(monkeypatch):
     the first run's own pace, within what is left of the time cap, so under load on CI it was
     cut to 641 steps in one run and 687 in the other: the rerun is compared within a fifth, a
     sample followed would cut it to a quarter.)"""
-    from tunesmith.orchestrator import lrfind
+    from tunesmith.orchestrator import lr_find
     from tunesmith.trainables.trainer import Trainer
     cfg = TrainConfig.from_dict({"dataset": {"name": "synthetic", "num_samples": 512, "image_size": 8},
                                  "model": {"width": 8}})
@@ -123,7 +123,7 @@ def test_range_test_length_does_not_follow_a_slowed_pace_sample(monkeypatch):
     for slow in (1, 4):
         monkeypatch.setattr(lf, "_time_steps", lambda t, lr, slow=slow: slow * pace)
         heard = []
-        d = lrfind.decide(cfg, 1e-7, 10.0, None, "exp", True, time_cap=cap, say=heard.append)
+        d = lr_find.decide(cfg, 1e-7, 10.0, None, "exp", True, time_cap=cap, say=heard.append)
         monkeypatch.undo()
         assert len(heard) == 1 and "running it again" in heard[0], (slow, heard, cap)
         first = int(re.search(r"in (\d+) steps", heard[0]).group(1))
@@ -139,13 +139,13 @@ def test_range_test_on_harder_data_picks_an_lr_that_works(glyph_folder):
     search_range around the pick) trains as well as a small random search over a wide range:
     the same number of runs, the same model, schedule and epochs. (The pick alone is a safe
     peak, and on the glyphs this machine's fonts draw it lay a third of the best LR.)"""
-    from tunesmith.orchestrator import lrfind
+    from tunesmith.orchestrator import lr_find
     from tunesmith.orchestrator.smith import search_range
     from tunesmith.trainables.trainer import Trainer
     base = {"dataset": {"name": "imagefolder", "data_dir": glyph_folder, "channels": 1, "image_size": 16},
             "trainer": {"epochs": 6}}
     cfg = TrainConfig.from_dict(base)
-    d = lrfind.decide(cfg, 1e-7, 10.0, None, "exp", False, cpu_threads=2, default=lrfind.SMITH_PICK)   # as smith
+    d = lr_find.decide(cfg, 1e-7, 10.0, None, "exp", False, cpu_threads=2, default=lr_find.SMITH_PICK)   # as smith
     assert d.informative, d.why
 
     def best(lr):

@@ -79,10 +79,10 @@ def test_the_range_test_trains_as_one_trial_of_the_sweep(spec_file, resources, b
     """lr-find and smith measure what a trial trains: its device (a spec without GPUs trains on
     the CPU, whatever GPUs this host has) and its global batch (two CPU ranks of 64 step at 128;
     G GPUs split G x 64 over G devices, as the Trainer does given G)."""
-    from tunesmith.orchestrator import lrfind
+    from tunesmith.orchestrator import lr_find
     from tunesmith.orchestrator.spec import load
     from tunesmith.trainables.trainer import Trainer
-    cfg, held = lrfind.as_one_trial(load(spec_file(SPEC + f"resources: {resources}\n")))
+    cfg, held = lr_find.as_one_trial(load(spec_file(SPEC + f"resources: {resources}\n")))
     assert (cfg.trainer.per_gpu_batch_size, held) == (batch, gpus)
     if gpus == 0:
         trainer = Trainer(cfg, num_gpus=held)
@@ -199,11 +199,11 @@ def test_smith_notices_a_chance_level_answer_and_widens(ray_session, tmp_path, c
     says so, widens the range, and never presents the result as a model without a warning.
     Joining a cluster (--address), its range test runs as a task where trials run, not in the
     driver: here the driver's own range test fails."""
-    from tunesmith.orchestrator import lrfind
+    from tunesmith.orchestrator import lr_find
 
     def not_here(*a, **k):
         raise AssertionError("the range test ran in the driver")
-    monkeypatch.setattr(lrfind, "decide", not_here)
+    monkeypatch.setattr(lr_find, "decide", not_here)
     text = """
 name: noise
 dataset: {name: synthetic, num_samples: 400, image_size: 8, num_classes: 10}

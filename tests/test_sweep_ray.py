@@ -170,7 +170,7 @@ def test_time_budget_counts_from_the_commands_start(ray_session, tmp_path):
     # a budget spent before the sweep began: no trial, and the outcome says why
     late = run_sweep(spec_mod.from_dict({**raw, "name": "late"}), ray_session, progress=False,
                      started=time.time() - 20)
-    assert not late.writer.trials and late.timed_out
+    assert not late.ledger.trials and late.timed_out
     assert re.match(r"time_budget_s = 16: it ran out before any trial finished an epoch \(2\d\.\ds of it went before the "
                     r"sweep began", budget_problem(late)), budget_problem(late)
 
@@ -257,7 +257,7 @@ def test_a_held_back_deadline_reaches_trials_in_other_processes(ray_session):
     DeadlineKeeper actor carries the earlier deadline to the trials, read here from a Ray task
     (another process, as a trial is), and the stopper stops the sweep there."""
     import ray
-    from tunesmith.orchestrator.scheduler import SweepStopper
+    from tunesmith.orchestrator.stopper import SweepStopper
     from tunesmith.trainables.tune_trainable import _reader
     now = time.time()
     stopper = SweepStopper(now + 100)

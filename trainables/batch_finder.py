@@ -134,15 +134,6 @@ def cpu_per_sample_bytes(cfg) -> Tuple[int, int, int]:
     return fixed, per_sample, len(data.train_y)
 
 
-def available_memory_bytes() -> int:
-    try:
-        import psutil
-        return int(psutil.virtual_memory().available)
-    except ImportError:   # pragma: no cover - psutil comes with ray[default]
-        import os
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
 def find(cfg, memory_budget_bytes: Optional[int] = None, margin: float = 0.9, start: int = 16,
          max_batch: Optional[int] = None) -> BatchSearch:
     """The largest per-GPU batch for this config where this runs: a GPU if there is one."""
@@ -151,7 +142,8 @@ def find(cfg, memory_budget_bytes: Optional[int] = None, margin: float = 0.9, st
         fits, n = gpu_fits(cfg)
         return search(fits, start, min(max_batch or n, n), margin)
     fixed, per_sample, n = cpu_per_sample_bytes(cfg)
-    budget = memory_budget_bytes or available_memory_bytes() // 4   # leave room for the rest of the sweep
+    from tunesmith.trainables.folder import available_memory
+    budget = memory_budget_bytes or available_memory() // 4   # leave room for the rest of the sweep
     return search(lambda bs: fixed + bs * per_sample <= budget, start, min(max_batch or n, n), margin)
 
 

@@ -111,8 +111,8 @@ def own_mode(files: Sequence[str]) -> str:
 
 
 def available_memory() -> int:
-    from tunesmith.trainables.batch_finder import available_memory_bytes
-    return available_memory_bytes()
+    import psutil   # a dependency
+    return int(psutil.virtual_memory().available)
 
 
 def _fmt_bytes(n: float) -> str:
@@ -180,12 +180,12 @@ class FolderPlan:
     def load(self):
         """Decode into one uint8 buffer, train rows first, so that the split is two views of it
         and no row is ever copied: the peak stays near the final size."""
-        from tunesmith.trainables.data import _finish_split, _split_index
+        from tunesmith.trainables.image_data import finish_split, split_index
         if self.explicit_val:
             files, labels, n_train = self.train_files + self.val_files, self.train_labels + self.val_labels, \
                 len(self.train_files)
         else:
-            tr, va = _split_index(len(self.train_files), self.cfg)   # the same split as every loader's
+            tr, va = split_index(len(self.train_files), self.cfg)   # the same split as every loader's
             order = tr.tolist() + va.tolist()
             files = [self.train_files[i] for i in order]
             labels = [self.train_labels[i] for i in order]
@@ -196,7 +196,7 @@ class FolderPlan:
         if bad:
             x, y, n_train = _drop_rows(x, y, bad, n_train)
         t = torch.from_numpy(x)
-        data = _finish_split(t[:n_train], y[:n_train], t[n_train:], y[n_train:], self.classes, 1 / 255)
+        data = finish_split(t[:n_train], y[:n_train], t[n_train:], y[n_train:], self.classes, 1 / 255)
         self._report()
         return data
 
@@ -219,8 +219,8 @@ class FolderPlan:
         if self.explicit_val:
             train_f, train_y, val_f, val_y = self.train_files, self.train_labels, self.val_files, self.val_labels
         else:
-            from tunesmith.trainables.data import _split_index
-            tr, va = _split_index(len(self.train_files), self.cfg)
+            from tunesmith.trainables.image_data import split_index
+            tr, va = split_index(len(self.train_files), self.cfg)
             train_f = [self.train_files[i] for i in tr.tolist()]
             train_y = [self.train_labels[i] for i in tr.tolist()]
             val_f = [self.train_files[i] for i in va.tolist()]
@@ -229,9 +229,9 @@ class FolderPlan:
         pick = np.linspace(0, len(train_f) - 1, min(len(train_f), STATS_SAMPLE)).round().astype(int)
         sample, bad = self._decode_all([train_f[i] for i in pick])
         self._check_unreadable_sample(len(pick))
-        from tunesmith.trainables.data import _stats
+        from tunesmith.trainables.image_data import stats
         keep = np.setdiff1d(np.arange(len(sample)), bad)
-        mean, std = _stats(torch.from_numpy(sample[keep]), 1 / 255)
+        mean, std = stats(torch.from_numpy(sample[keep]), 1 / 255)
         return StreamingData(train_f, torch.tensor(train_y, dtype=torch.int64), val_f,
                              torch.tensor(val_y, dtype=torch.int64), tuple(self.classes), mean, std,
                              self.size, self.mode, self.workers(), self.root)
@@ -245,7 +245,7 @@ class FolderPlan:
 
 def scan(cfg: DatasetConfig, budget: Optional[int] = None) -> FolderPlan:
     """List the folder and decide in memory or streaming; nothing is decoded yet."""
-    from tunesmith.trainables.datafiles import check_dataset_files
+    from tunesmith.trainables.data_check import check_dataset_files
     check_dataset_files(cfg)
     root = os.path.expanduser(cfg.data_dir)
     explicit = all(os.path.isdir(os.path.join(root, d)) for d in ("train", "val"))
@@ -315,11 +315,11 @@ class StreamingData:
     """A folder read from disk batch by batch, in the trainer's permutation."""
 
     def __init__(self, train_files, train_y, val_files, val_y, classes, mean, std, size, mode, workers, root):
-        from tunesmith.trainables.data import _Normaliser
+        from tunesmith.trainables.image_data import Normaliser
         self.train_files, self.train_y, self.val_files, self.val_y = train_files, train_y, val_files, val_y
         self.classes, self.mean, self.std, self.scale = classes, mean, std, 1 / 255
         self.size, self.mode, self.workers, self.root = size, mode, workers, root
-        self.normalise = _Normaliser(self.scale, mean, std)
+        self.normalise = Normaliser(self.scale, mean, std)
         self.how = f"streaming, {workers} workers"
         self.device = torch.device("cpu")
         self._train = _FileSet(train_files, size, mode, root)

@@ -39,7 +39,7 @@ def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[lis
               keeper=None) -> None:
     """Function trainable: ``base`` is the spec's TrainConfig as a dict, ``config`` the values
     the search algorithm chose (``{"lr": 0.1, "model.width": 32}``), ``shared`` the dataset's
-    arrays in Ray's object store (orchestrator/datashare.py), read zero-copy. ``deadline``
+    arrays in Ray's object store (orchestrator/data_share.py), read zero-copy. ``deadline``
     (time.time(), by this node's clock): the sweep's time budget ends there; the trial stops at
     the next mini-batch instead of finishing its epoch, which Tune's stop would wait for.
     ``keeper``: a DeadlineKeeper actor that may move the deadline earlier during the sweep."""

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from tunesmith.trainables import lr_finder as lf
+from tunesmith.trainables import lr_range_test as lf
 from tunesmith.trainables.config import TrainConfig
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from ray.tune.schedulers import TrialScheduler
 
-from tunesmith.orchestrator.scheduler import RecordingASHA
+from tunesmith.orchestrator.asha import RecordingASHA
 
 
 def _asha():
@@ -44,7 +44,7 @@ def test_a_diverged_trial_joins_no_rung_and_the_first_at_a_rung_makes_no_warning
 def test_sweep_stopper_stops_at_its_deadline_and_a_restored_one_gets_what_was_left():
     import pickle
     import time
-    from tunesmith.orchestrator.scheduler import SweepStopper
+    from tunesmith.orchestrator.stopper import SweepStopper
     assert not SweepStopper().stop_all() and not SweepStopper(time.time() + 60).stop_all()
     late = SweepStopper(time.time() - 0.01)
     assert late.stop_all() and late.timed_out.is_set() and not late.event.is_set()
@@ -63,9 +63,9 @@ def test_tunes_callback_telemetry_imports_no_tracking_library(light):
     import subprocess
     import sys
     code = ("import sys; from ray.tune import Callback; from ray.air._internal import usage; "
-            "from tunesmith.orchestrator.results import ResultsWriter; "
+            "from tunesmith.orchestrator.callback import LedgerCallback; "
             + ("from tunesmith.orchestrator.sweep import light_usage_tagging; light_usage_tagging(); " if light else "")
-            + "usage.tag_callbacks([Callback(), ResultsWriter.__new__(ResultsWriter)]); "
+            + "usage.tag_callbacks([Callback(), LedgerCallback.__new__(LedgerCallback)]); "
             "print('mlflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -25,7 +25,7 @@ def plan(cfg: DatasetConfig, local: bool) -> Tuple[bool, str]:
     if cfg.name != "imagefolder":
         return True, "in memory, shared: one copy per node through Ray's object store"
     import os
-    from tunesmith.orchestrator.tensorboard import ready
+    from tunesmith.orchestrator.tb_events import ready
     ready()
     if not local or not cfg.data_dir or not os.path.isdir(os.path.expanduser(cfg.data_dir)):
         # read where the trials run: that node decides, and a missing folder errors the trial
@@ -40,7 +40,7 @@ def share(cfg: DatasetConfig, streams: bool = False) -> Optional[list]:
     if streams:
         return None
     import ray
-    from tunesmith.orchestrator.tensorboard import ready
+    from tunesmith.orchestrator.tb_events import ready
     ready()   # torch is being imported in the background: import it from one thread at a time
     from tunesmith.trainables import data as data_mod
     src = data_mod.source_key(cfg)

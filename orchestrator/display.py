@@ -29,8 +29,8 @@ class NoTrialLines(TrialProgressCallback):
 
 
 class ProgressPrinter(Callback):
-    def __init__(self, writer, total: int, every_seconds: float = 15.0, stream=None):
-        self.writer, self.total, self.every = writer, total, every_seconds
+    def __init__(self, ledger, total: int, every_seconds: float = 15.0, stream=None):
+        self.ledger, self.total, self.every = ledger, total, every_seconds
         self.stream = stream or sys.stdout
         self.start = time.monotonic()
         self._last = self.start
@@ -48,19 +48,19 @@ class ProgressPrinter(Callback):
         print(f"[{time.monotonic() - self.start:7.1f}s] {text}", file=self.stream, flush=True)
 
     def _counts(self) -> str:
-        recs = list(self.writer.trials.values())
+        recs = list(self.ledger.trials.values())
         running = sum(r.status == "running" for r in recs)
         done = len(recs) - running
-        best = self.writer.ranked()
-        best_txt = f", best {self.writer.metric} {best[0].best[self.writer.metric]:.4f}" if best else ""
+        best = self.ledger.ranked()
+        best_txt = f", best {self.ledger.metric} {best[0].best[self.ledger.metric]:.4f}" if best else ""
         return f"{done}/{self.total} done, {running} running{best_txt}"
 
     def _finished(self, trial) -> None:
-        rec = self.writer.trials.get(trial.trial_id)
+        rec = self.ledger.trials.get(trial.trial_id)
         if rec is None:
             return
-        value = rec.best.get(self.writer.metric)
-        shown = f"{self.writer.metric} {value:.4f}" if value is not None else "no result"
+        value = rec.best.get(self.ledger.metric)
+        shown = f"{self.ledger.metric} {value:.4f}" if value is not None else "no result"
         hps = " ".join(f"{k}={_short(v)}" for k, v in rec.hparams.items())
         self._say(f"{trial.trial_id} {rec.status:<9} {shown} after {rec.epochs} ep  {hps}  | {self._counts()}")
 
@@ -69,7 +69,7 @@ class ProgressPrinter(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._finished(trial)
-        rec = self.writer.trials.get(trial.trial_id)
+        rec = self.ledger.trials.get(trial.trial_id)
         if rec is not None:
             self._say(f"{trial.trial_id} error: {rec.stop_reason}")
 
@@ -83,8 +83,8 @@ class ProgressPrinter(Callback):
 class LiveProgress(ProgressPrinter):
     """The terminal display, redrawn a few times a second from the writer's records."""
 
-    def __init__(self, writer, total: int, budget_s: float = None, stream=None):
-        super().__init__(writer, total, stream=stream)
+    def __init__(self, ledger, total: int, budget_s: float = None, stream=None):
+        super().__init__(ledger, total, stream=stream)
         self.budget_s = budget_s
         self._live = None
 
@@ -105,19 +105,19 @@ class LiveProgress(ProgressPrinter):
         from rich.console import Group
         from rich.table import Table
         from rich.text import Text
-        recs = list(self.writer.trials.values())
+        recs = list(self.ledger.trials.values())
         counts = {}
         for r in recs:
             counts[r.status] = counts.get(r.status, 0) + 1
         running = counts.get("running", 0)
         done = len(recs) - running
         elapsed = time.monotonic() - self.start
-        m = self.writer.metric
+        m = self.ledger.metric
         head = Text.assemble(
             (f"{done}/{self.total} done", "bold"), "  ",
             *(f"{k} {counts.get(k, 0)}  " for k in ("running", "completed", "pruned", "diverged", "errored")),
             f"| {elapsed:.0f}s elapsed, ~{self._eta(elapsed, done)} left")
-        ranked = self.writer.ranked()
+        ranked = self.ledger.ranked()
         if ranked:
             b = ranked[0]
             hps = " ".join(f"{k}={_short(v)}" for k, v in b.hparams.items())
@@ -125,13 +125,13 @@ class LiveProgress(ProgressPrinter):
         else:
             best = Text("best: no result yet", style="dim")
         table = Table(box=None, pad_edge=False, header_style="bold")
-        for col in ("trial", "epoch", m, *self.writer.hp_keys):
+        for col in ("trial", "epoch", m, *self.ledger.hp_keys):
             table.add_column(col)
         for r in recs:
             if r.status == "running":
                 value = r.curve.get(max(r.curve)) if r.curve else None
-                table.add_row(r.trial_id, f"{r.epochs}/{self.writer.epochs}",
-                              "-" if value is None else f"{value:.4f}", *(_short(r.hparams.get(k)) for k in self.writer.hp_keys))
+                table.add_row(r.trial_id, f"{r.epochs}/{self.ledger.epochs}",
+                              "-" if value is None else f"{value:.4f}", *(_short(r.hparams.get(k)) for k in self.ledger.hp_keys))
         return Group(head, best, table) if running else Group(head, best)
 
     def _start_live(self):
@@ -175,12 +175,12 @@ def stop_all() -> None:
         display.stop()
 
 
-def make(writer, total: int, budget_s=None, stream=None):
+def make(ledger, total: int, budget_s=None, stream=None):
     """The live display in a terminal, plain lines elsewhere."""
     stream = stream or sys.stdout
     if stream.isatty() and os.environ.get("TERM", "") != "dumb":
-        return LiveProgress(writer, total, budget_s, stream)
-    return ProgressPrinter(writer, total, stream=stream)
+        return LiveProgress(ledger, total, budget_s, stream)
+    return ProgressPrinter(ledger, total, stream=stream)
 
 
 def _short(v) -> str:

@@ -1,4 +1,4 @@
-"""MLflow as a second tracking sink, beside Parquet and TensorBoard, with the same hooks.
+"""The MLflow sink, beside Parquet and TensorBoard, with the same hooks.
 
 One parent run per sweep (the resolved spec and the manifest as artifacts), one nested run per
 trial (every hyperparameter a param, every epoch metric with step = epoch, ``status`` and
@@ -17,12 +17,9 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
+from tunesmith.orchestrator.ledger import TUNE_KEYS, num, report_time
+from tunesmith.orchestrator.sinks import Sink
 from tunesmith.trainables.config import ConfigError
-
-try:
-    from ray.tune import Callback
-except ImportError:  # pragma: no cover
-    Callback = object
 
 STATUS = {"completed": "FINISHED", "stopped": "KILLED", "pruned": "KILLED", "diverged": "FAILED",
           "errored": "FAILED"}
@@ -55,27 +52,23 @@ def connect(uri: str, experiment: str):
     return client, exp_id
 
 
-class MLflowSink(Callback):
-    def __init__(self, uri: str, experiment: str, writer, spec_dict: Dict[str, Any], manifest: Dict[str, Any]):
-        self.uri, self.experiment, self.writer = uri, experiment, writer
+class MLflowSink(Sink):
+    def __init__(self, uri: str, experiment: str, sweep: str, spec_dict: Dict[str, Any], manifest: Dict[str, Any]):
+        self.uri, self.experiment, self.sweep = uri, experiment, sweep
         self.spec_dict, self.manifest = spec_dict, manifest
         self.client, self.exp_id = connect(uri, experiment)
-        self.parent = self.client.create_run(self.exp_id, run_name=writer.sweep,
-                                             tags={"tunesmith.sweep": writer.sweep}).info.run_id
+        self.parent = self.client.create_run(self.exp_id, run_name=sweep,
+                                             tags={"tunesmith.sweep": sweep}).info.run_id
         self.runs: Dict[str, str] = {}
         self.pending: Dict[str, List[Any]] = {}
         self.sent_at: Dict[str, float] = {}
         self.failed: Optional[str] = None
         self._guard(self._log_sweep)
 
-    def __getstate__(self):   # tuner.pkl: the client's session does not pickle; a resume reconnects
-        state = dict(self.__dict__)
-        state["client"] = None
-        return state
+    TRANSIENT = {"client": lambda: None}   # the client's session does not pickle; a resume reconnects
 
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        if self.failed is None:
+    def reopen(self) -> None:
+        if self.failed is None and self.client is None:
             try:
                 self.client, _ = connect(self.uri, self.experiment)
             except ConfigError as exc:
@@ -97,42 +90,39 @@ class MLflowSink(Callback):
         self.client.log_dict(self.parent, self.manifest, "manifest.json")
         self.client.log_param(self.parent, "search.algorithm", self.spec_dict.get("search", {}).get("algorithm"))
 
-    # --- Tune hooks -------------------------------------------------------------------------
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self._guard(self._start, trial)
+    # --- the sink's hooks -------------------------------------------------------------------
+    def trial_started(self, rec, fresh: bool) -> None:
+        self._guard(self._start, rec)
 
-    def _start(self, trial) -> None:
-        if trial.trial_id in self.runs:
+    def _start(self, rec) -> None:
+        if rec.trial_id in self.runs:
             return
         from mlflow.entities import Param
-        rec = self.writer.trials.get(trial.trial_id)
-        hps = rec.hparams if rec else dict(trial.config)
-        run = self.client.create_run(self.exp_id, run_name=trial.trial_id,
-                                     tags={"mlflow.parentRunId": self.parent, "tunesmith.sweep": self.writer.sweep,
-                                           "tunesmith.trial_id": trial.trial_id, "status": "running"})
-        self.runs[trial.trial_id] = run.info.run_id
+        run = self.client.create_run(self.exp_id, run_name=rec.trial_id,
+                                     tags={"mlflow.parentRunId": self.parent, "tunesmith.sweep": self.sweep,
+                                           "tunesmith.trial_id": rec.trial_id, "status": "running"})
+        self.runs[rec.trial_id] = run.info.run_id
         self.client.log_batch(run.info.run_id, params=[Param(k, json.dumps(v) if not isinstance(v, str) else v)
-                                                       for k, v in hps.items()])
+                                                       for k, v in rec.hparams.items()])
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._guard(self._result, trial, result)
+    def epoch(self, rec, row, extra, result) -> None:
+        self._guard(self._result, rec, result)
 
-    def _result(self, trial, result) -> None:
+    def _result(self, rec, result) -> None:
         from mlflow.entities import Metric
-        from tunesmith.orchestrator.results import _TUNE_KEYS, _num, report_time
-        if trial.trial_id not in self.runs:
-            self._start(trial)
+        if rec.trial_id not in self.runs:
+            self._start(rec)
         epoch = int(result.get("training_iteration") or 0)
         ts = int(report_time(result) * 1000)
-        batch = self.pending.setdefault(trial.trial_id, [])
+        batch = self.pending.setdefault(rec.trial_id, [])
         for k, v in result.items():
-            if k in _TUNE_KEYS or k in ("epoch", "done"):
+            if k in TUNE_KEYS:
                 continue
-            num = _num(v)
-            if num is not None:
-                batch.append(Metric(k, num, ts, epoch))
-        if time.monotonic() - self.sent_at.get(trial.trial_id, 0.0) >= FLUSH_S:
-            self._send(trial.trial_id)
+            value = num(v)
+            if value is not None:
+                batch.append(Metric(k, value, ts, epoch))
+        if time.monotonic() - self.sent_at.get(rec.trial_id, 0.0) >= FLUSH_S:
+            self._send(rec.trial_id)
 
     def _send(self, trial_id: str) -> None:
         batch = self.pending.pop(trial_id, [])
@@ -140,29 +130,23 @@ class MLflowSink(Callback):
         for i in range(0, len(batch), 1000):   # MLflow's per-request limit
             self.client.log_batch(self.runs[trial_id], metrics=batch[i:i + 1000])
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._guard(self._end, trial.trial_id)
+    def trial_ended(self, rec) -> None:
+        self._guard(self._end, rec)
 
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._guard(self._end, trial.trial_id)
-
-    def _end(self, trial_id: str) -> None:
-        if trial_id not in self.runs:
+    def _end(self, rec) -> None:
+        if rec.trial_id not in self.runs:
             return
-        self._send(trial_id)
-        rec = self.writer.trials.get(trial_id)
-        status = rec.status if rec else "completed"
-        run_id = self.runs.pop(trial_id)
-        self.client.set_tag(run_id, "status", status)
-        self.client.set_tag(run_id, "stop_reason", (rec.stop_reason if rec else "")[:5000])
-        self.client.set_terminated(run_id, STATUS.get(status, "FINISHED"))
+        self._send(rec.trial_id)
+        run_id = self.runs.pop(rec.trial_id)
+        self.client.set_tag(run_id, "status", rec.status)
+        self.client.set_tag(run_id, "stop_reason", rec.stop_reason[:5000])
+        self.client.set_terminated(run_id, STATUS.get(rec.status, "FINISHED"))
 
-    def on_experiment_end(self, trials, **info):
-        self.close()
-
-    def close(self, interrupted: bool = False) -> None:
+    def close(self, ledger, stopped, interrupted: bool) -> None:
         for trial_id in list(self.runs):   # trials still running when the sweep ended
-            self._guard(self._end, trial_id)
+            rec = ledger.trials.get(trial_id)
+            if rec is not None:
+                self._guard(self._end, rec)
         self._guard(lambda: self.client.set_terminated(self.parent, "KILLED" if interrupted else "FINISHED"))
 
     # --- artifacts of smith, lr-find and analyze --------------------------------------------

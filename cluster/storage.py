@@ -6,8 +6,7 @@ from __future__ import annotations
 import os
 import posixpath
 import uuid
-from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import List, Optional
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -107,30 +106,3 @@ class Storage:
 
     def local_path(self, *parts: str) -> Optional[str]:
         return self.path(*parts) if self.is_local else None
-
-
-# Checkpoints, for the results writer and smith's pilot: here, where no Ray is imported.
-@dataclass
-class KeptCheckpoint:
-    """A checkpoint known by its path on the results' filesystem: the kept one read back on
-    resume, or a data-parallel trial's (Ray Train's, named in its reports)."""
-    path: str
-    filesystem: Any
-
-
-def delete_checkpoints(ckpt, keep_latest: bool = False) -> None:
-    """A trial's checkpoints, on whatever filesystem holds them: every ``checkpoint_*`` folder
-    beside ``ckpt`` (Tune keeps them all: a count limit forces an experiment snapshot at each
-    checkpoint, which made a 16-trial digits sweep 20 times slower), or all but ``ckpt`` itself.
-    A failure costs disk only."""
-    try:
-        fs = getattr(ckpt, "filesystem", None) or pafs.LocalFileSystem()
-        parent = posixpath.dirname(ckpt.path.rstrip("/"))
-        for info in fs.get_file_info(pafs.FileSelector(parent)):
-            name = posixpath.basename(info.path)
-            if info.type != pafs.FileType.Directory or not name.startswith("checkpoint_"):
-                continue   # Ray Train keeps checkpoint_manager_snapshot.json beside them
-            if not (keep_latest and info.path.rstrip("/") == ckpt.path.rstrip("/")):
-                fs.delete_dir(info.path)
-    except Exception:   # noqa: BLE001 - housekeeping must never end a sweep
-        pass

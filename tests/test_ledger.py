@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tunesmith.orchestrator import schema
-from tunesmith.orchestrator.results import ResultsWriter
-from tunesmith.orchestrator.storage import Storage
+from tunesmith.orchestrator.callback import LedgerCallback
+from tunesmith.cluster.storage import Storage
 
 
 def _result(epoch, acc, loss=0.5, **extra):
@@ -20,13 +20,13 @@ def _result(epoch, acc, loss=0.5, **extra):
 
 @pytest.fixture
 def writer(tmp_path):
-    w = ResultsWriter(Storage(str(tmp_path)), "s1", ["lr", "model.width"],
+    w = LedgerCallback(Storage(str(tmp_path)), "s1", ["lr", "model.width"],
                       {"lr": [], "model.width": [16, 32]}, epochs=3, metric="val_acc", mode="max",
                       pruned={"t3": "pruned by ASHA at epoch 1"})
     cfgs = {"t1": {"lr": 0.1, "model.width": 16}, "t2": {"lr": 10.0, "model.width": 32},
             "t3": {"lr": 0.01, "model.width": 32}, "t4": {"lr": 0.05, "model.width": 16}}
     for t, c in cfgs.items():
-        w._start(t, c)
+        w.start(t, c)
     for e in (1, 2, 3):
         w.record("t1", _result(e, 0.5 + 0.1 * e, custom_metric=float(e)))
     w.record("t2", {**_result(1, math.nan, math.nan), "diverged": True, "stop_reason": "diverged: loss became nan"})
@@ -55,9 +55,9 @@ def test_trial_statuses_and_summaries(writer):
 def test_a_trial_that_annealed_early_for_the_time_budget_is_completed_and_says_so(tmp_path):
     """A trial fitted its schedule to the sweep's deadline and ended annealed at epoch 2 of 3:
     it completed a schedule, unlike one the budget cut off."""
-    w = ResultsWriter(Storage(str(tmp_path)), "s1", ["lr"], {"lr": []}, epochs=3, metric="val_acc", mode="max")
+    w = LedgerCallback(Storage(str(tmp_path)), "s1", ["lr"], {"lr": []}, epochs=3, metric="val_acc", mode="max")
     for t in ("fitted", "cut"):
-        w._start(t, {"lr": 0.1})
+        w.start(t, {"lr": 0.1})
     w.record("fitted", _result(1, 0.5, schedule_epochs=2))
     w.record("fitted", _result(2, 0.7, schedule_epochs=2))
     w.record("cut", _result(1, 0.5))
@@ -77,18 +77,18 @@ def test_stage3_is_held_back_at_the_trials_whole_epoch_cost(tmp_path):
     a trial's first report, which holds its start, is not a pace."""
     import time
     from tunesmith.orchestrator.smith import STAGE3_MARGIN, STAGE3_WIND_DOWN_S, stage3_hold_back
-    w = ResultsWriter(Storage(str(tmp_path)), "s1", ["lr"], {"lr": []}, epochs=3, metric="val_acc", mode="max")
-    w.opened_at = time.time() - 3.1   # the sweep began 3.1 s before its first report (0.1 s of it the epoch)
+    w = LedgerCallback(Storage(str(tmp_path)), "s1", ["lr"], {"lr": []}, epochs=3, metric="val_acc", mode="max")
+    w.ledger.opened_at = time.time() - 3.1   # the sweep began 3.1 s before its first report (0.1 s of it the epoch)
     hold = stage3_hold_back(6)
-    assert hold(w) == 0.0   # nothing measured: nothing held back yet
-    w._start("a", {"lr": 0.1})
+    assert hold(w.ledger) == 0.0   # nothing measured: nothing held back yet
+    w.start("a", {"lr": 0.1})
     w.record("a", _result(1, 0.5, time_this_iter_s=3.0))
     assert w.start_up == pytest.approx(3.0, abs=0.05)
     # no pace yet: the trainer's own time
-    assert hold(w) == pytest.approx(STAGE3_MARGIN * (6 * 0.1 + 3.0) + STAGE3_WIND_DOWN_S, abs=0.1)
+    assert hold(w.ledger) == pytest.approx(STAGE3_MARGIN * (6 * 0.1 + 3.0) + STAGE3_WIND_DOWN_S, abs=0.1)
     w.record("a", _result(2, 0.6, time_this_iter_s=0.4))
     assert w.trials["a"].pace == 0.4
-    assert hold(w) == pytest.approx(STAGE3_MARGIN * (6 * 0.4 + 3.0) + STAGE3_WIND_DOWN_S, abs=0.1)
+    assert hold(w.ledger) == pytest.approx(STAGE3_MARGIN * (6 * 0.4 + 3.0) + STAGE3_WIND_DOWN_S, abs=0.1)
 
 
 def test_hyperparameters_are_typed_columns(writer):
@@ -186,7 +186,7 @@ def test_tensorboard_scalars_hparams_and_status(writer):
 
 def test_prediction_grid_is_written_as_an_image(tmp_path):
     import numpy as np
-    w = ResultsWriter(Storage(str(tmp_path)), "s2", [], {}, epochs=1, metric="val_acc", mode="max")
+    w = LedgerCallback(Storage(str(tmp_path)), "s2", [], {}, epochs=1, metric="val_acc", mode="max")
     preview = {"images": np.zeros((4, 1, 8, 8), np.uint8), "true": [0, 1, 2, 3], "pred": [0, 1, 3, 3],
                "classes": ["a", "b", "c", "d"]}
     w.record("t", {**_result(1, 0.5), "preview": preview})
@@ -218,10 +218,10 @@ def test_several_sweeps_read_as_one_dataset(tmp_path):
     import duckdb
     import pyarrow.dataset as ds
     for name, keys in (("a", ["lr"]), ("b", ["lr", "momentum"])):
-        w = ResultsWriter(Storage(str(tmp_path)), name, keys, {k: [] for k in keys}, epochs=2,
+        w = LedgerCallback(Storage(str(tmp_path)), name, keys, {k: [] for k in keys}, epochs=2,
                           metric="val_acc", mode="max")
         for t in ("t1", "t2"):
-            w._start(t, {"lr": 0.1, "momentum": 0.9})
+            w.start(t, {"lr": 0.1, "momentum": 0.9})
             for e in (1, 2):
                 w.record(t, _result(e, 0.5 + e / 10))
             w.finish(t)
@@ -241,7 +241,7 @@ def test_several_sweeps_read_as_one_dataset(tmp_path):
 
 def _resumable(tmp_path, epochs):
     """A writer of sweep "s" under tmp_path, searching lr: a second one stands for a resumed run."""
-    return ResultsWriter(Storage(str(tmp_path)), "s", ["lr"], {"lr": []}, epochs=epochs, metric="val_acc", mode="max")
+    return LedgerCallback(Storage(str(tmp_path)), "s", ["lr"], {"lr": []}, epochs=epochs, metric="val_acc", mode="max")
 
 
 def test_reload_takes_epoch_rows_written_after_the_last_trials_file(tmp_path):
@@ -249,12 +249,12 @@ def test_reload_takes_epoch_rows_written_after_the_last_trials_file(tmp_path):
     before trials.parquet was rewritten: the resumed writer reads the rows as the truth, so the
     trial, ended by Tune from its final checkpoint without a new report, reads as completed."""
     w = _resumable(tmp_path, epochs=4)
-    w._start("t1", {"lr": 0.1})
+    w.start("t1", {"lr": 0.1})
     w.record("t1", _result(1, 0.4))
     w.flush()                                   # trials.parquet: running, 1 epoch
     for e in (2, 3, 4):
         w.record("t1", _result(e, 0.4 + 0.1 * e))
-        w._write_rows()                         # what on_checkpoint does; no trials.parquet
+        w.on_checkpoint(0, [], None, None)                         # what on_checkpoint does; no trials.parquet
     stale = pq.read_table(tmp_path / "s" / "trials.parquet").to_pandas()
     assert stale.epochs.tolist() == [1]
     w2 = _resumable(tmp_path, epochs=4)
@@ -277,7 +277,7 @@ def test_a_trial_tune_restored_as_ended_is_ended_once_after_reload(tmp_path):
     from types import SimpleNamespace
     w = _resumable(tmp_path, epochs=2)
     for t in ("t1", "t2"):
-        w._start(t, {"lr": 0.1})
+        w.start(t, {"lr": 0.1})
         w.record(t, _result(1, 0.5))
     w.record("t1", _result(2, 0.6))
     w.flush()                                   # both 'running' on disk
@@ -305,14 +305,14 @@ def test_a_trial_missing_from_the_trials_file_is_rebuilt_from_its_rows_and_not_w
     from types import SimpleNamespace
 
     w = _resumable(tmp_path, epochs=3)
-    w._start("t1", {"lr": 0.1})
+    w.start("t1", {"lr": 0.1})
     w.record("t1", _result(1, 0.5))
     w.flush()                                   # trials.parquet lists t1 only
     for t in ("t2", "t3"):
-        w._start(t, {"lr": 0.2})
+        w.start(t, {"lr": 0.2})
         for e in (1, 2):
             w.record(t, _result(e, 0.5 + 0.1 * e))
-            w._write_rows()                     # what on_checkpoint does; no trials.parquet
+            w.on_checkpoint(0, [], None, None)                     # what on_checkpoint does; no trials.parquet
     assert pq.read_table(tmp_path / "s" / "trials.parquet").column("trial_id").to_pylist() == ["t1"]
 
     w2 = _resumable(tmp_path, epochs=3)

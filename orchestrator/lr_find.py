@@ -11,9 +11,9 @@ from typing import Dict, Optional, Tuple
 
 import pyarrow as pa
 
-from tunesmith.orchestrator.storage import Storage
+from tunesmith.cluster.storage import Storage
 from tunesmith.trainables.config import ConfigError, TrainConfig
-from tunesmith.trainables.lr_finder import (DEFAULT_PICK, SMITH_PICK, SUGGESTERS, TIME_CAP_S, LRCurve,
+from tunesmith.trainables.lr_range_test import (DEFAULT_PICK, SMITH_PICK, SUGGESTERS, TIME_CAP_S, LRCurve,
                                             LRFinderError, band, range_test)
 
 SOURCES = {DEFAULT_PICK: "lr-find's default rule, the best single run on the benchmark's datasets",
@@ -165,7 +165,7 @@ def _tensorboard(d: LRDecision, storage: Storage, sweep: str, png: bytes) -> Non
     from PIL import Image
     from tensorboardX import SummaryWriter
     local = storage.local_path(sweep, "tensorboard", "lr_find")
-    target = local or tempfile.mkdtemp(prefix="tunesmith-lrfind-")
+    target = local or tempfile.mkdtemp(prefix="tunesmith-lr_find-")
     w = SummaryWriter(target)
     c = d.curve
     # TensorBoard's x axis is a step; the LR goes beside it, and the PNG carries the log-LR view.

@@ -1,0 +1,212 @@
+"""Smith's policy, pure: what each stage runs and how the budget is shared. No Ray, no threads;
+tested like the schedules (tests/test_smith_policy.py)."""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from tunesmith.orchestrator.spec import SweepSpec, default_grace
+from tunesmith.trainables.config import ConfigError
+
+# --- the constants, each with why -------------------------------------------------------------
+MOMENTA = [0.99, 0.97, 0.95, 0.9]   # Smith's momentum tests: the 1cycle bound searched in stage 2
+DEEP_MODELS = ("resnet18", "resnet34")   # these get Smith's smaller weight decays (weight_decay_deep)
+WIDE = (1e-4, 1.0)            # the fallback LR range: where plain random search looks (issue #7)
+BELOW, ABOVE = 0.5, 1.5       # decades of stage 2's LR range below and above the band's max (search_range)
+DEFAULT_SAMPLES = 16          # stage-2 trials without a time budget
+BUDGET_SAMPLES = 1000         # with one: as many as the budget allows
+STAGE1_SHARE = 0.2            # at most this share of the budget for the range test
+STAGE3_START_S = 5.0          # Tune's set-up and a trial's worker start before stage 3's first epoch,
+                              # until stage 2's own start-up is measured
+STAGE3_WIND_DOWN_S = 1.5      # stage 2 stopping its trials and writing its results
+STAGE3_MARGIN = 1.2           # stage 3's epochs vary; a fitted schedule that overruns loses its end
+PILOT_S = 10.0                # the pilot's own deadline: about Ray's start and a Tune trial's first epoch here
+CHANCE_MARGIN = 0.1           # "no better than chance": within max(0.1, chance) of guessing
+
+
+class NoResult(RuntimeError):
+    """smith ended without a model: one line for the user, exit code 1; what it wrote stays."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """smith's command-line choices, checked against the spec (``check``)."""
+    wd_preset: str
+    below: float
+    above: float
+    epochs: int          # stage 2's trial length
+    coupled: bool        # --coupling effective
+
+
+@dataclass(frozen=True)
+class Stage2Plan:
+    """Stage 2 from stage 1's decision: the LR range, why that range, and the sweep's spec."""
+    lr_range: Tuple[float, float]
+    basis: str
+    spec: SweepSpec
+
+
+def weight_decay_preset(spec: SweepSpec, choice: str) -> str:
+    if choice == "auto":
+        return "weight_decay_deep" if spec.train.model.name in DEEP_MODELS else "weight_decay_shallow"
+    return f"weight_decay_{choice}"
+
+
+def search_range(max_lr: float, below: float = BELOW, above: float = ABOVE):
+    """Stage 2's LR range: from half a decade below the range test's max LR to a decade and a
+    half above it, centred half a decade above the pick. The default rule (min10) is a tenth of
+    the minimum-loss LR, a safe peak for one run; a 1cycle run tolerates more (Smith's own rule
+    is the minimum), the test can misread by a decade, and short runs favour LRs that are too
+    small (Wu et al., ICLR 2018). On the quality benchmark's datasets the trials that ended best
+    lay at 3 to 10 times the pick, and those below a third of it never came near (bench/quality.py
+    prints that evidence with every run)."""
+    return max_lr / 10 ** below, max_lr * 10 ** above
+
+
+def stage2_spec(spec: SweepSpec, lr_range, epochs: int, wd_preset: str, samples: int,
+                budget: Optional[float] = None, name: Optional[str] = None, coupled: bool = False) -> SweepSpec:
+    """The user's dataset, model, resources and trainer, with Smith's stage-2 search: LR,
+    momentum bound and weight decay drawn jointly. ``coupled`` (smith --coupling effective):
+    lr/(1-m) is the effective step, and the range test measured it at trainer.momentum, so each
+    trial's LR is the range's LR scaled by (1-m)/(1-trainer.momentum): a 0.99 bound gets a tenth
+    of a 0.9 bound's LR."""
+    from tunesmith.search_spaces.presets import PRESETS
+    if spec.train.trainer.optimizer not in ("sgd", "rmsprop"):
+        raise ConfigError("trainer.optimizer", spec.train.trainer.optimizer,
+                          "smith's stage 2 searches SGD-style momentum; use sgd or rmsprop")
+    wd_values = PRESETS[wd_preset].space["weight_decay"]["grid"]
+    search = {
+        "algorithm": "quasi", "num_samples": samples, "max_concurrent": spec.search.max_concurrent,
+        "presets": ["lr_band"], "lr_band": [float(lr_range[0]), float(lr_range[1])],
+        # under 1cycle, "max_momentum" is the upper bound of the cycle, which falls to 0.85 and back
+        "space": {"max_momentum": {"choice": MOMENTA}, "weight_decay": {"choice": list(wd_values)}},
+        "lr_momentum_ref": float(spec.train.trainer.momentum) if coupled else None,
+    }
+    asha = {"enabled": True, "max_t": epochs, "grace_period": default_grace(epochs),
+            "reduction_factor": 3, "budget_aware": False}
+    return spec.derive(name=name or spec.name, trainer={"epochs": epochs}, search=search, asha=asha,
+                       time_budget_s=budget,
+                       # set by the lr_band preset
+                       drop_trainer=("schedule", "cycle_momentum", "max_momentum", "min_momentum"))
+
+
+def final_spec(spec: SweepSpec, best_config: Dict[str, Any], stage2: SweepSpec) -> SweepSpec:
+    """The best configuration, full length, as a one-trial sweep named <name>-final."""
+    sections: Dict[str, Dict[str, Any]] = {"trainer": {"epochs": spec.train.trainer.epochs}}
+    for key, value in best_config.items():
+        section, _, field = key.rpartition(".")
+        sections.setdefault(section or "trainer", {})[field] = value
+    return stage2.derive(name=f"{spec.name}-final", search={"algorithm": "random", "num_samples": 1},
+                         asha={"enabled": False}, **sections)
+
+
+def plan_stage2(spec: SweepSpec, decision, opts: Options, samples: int, pilot: bool,
+                left: Optional[float]) -> Stage2Plan:
+    """Stage 2 from stage 1's decision. The pilot is one of --samples; with a budget, stage 2
+    draws as many as fit."""
+    budgeted = spec.time_budget_s is not None
+    if decision.informative:
+        lr_range = search_range(decision.max_lr, opts.below, opts.above)
+        basis = (f"from {opts.below:g} decades below the range test's max LR {decision.max_lr:.3g} to "
+                 f"{opts.above:g} above it")
+    else:
+        lr_range = WIDE
+        basis = f"the wide range, since the range test gave no band ({decision.curve.problem})"
+    s2 = stage2_spec(spec, lr_range, opts.epochs, opts.wd_preset, samples - pilot if not budgeted else samples,
+                     None if left is None else max(1.0, left), coupled=opts.coupled)
+    return Stage2Plan(lr_range, basis, s2)
+
+
+def widened(lr_range) -> Tuple[float, float]:
+    """The LR range a chance-level stage 2 retries with: a decade below, three times above."""
+    return min(WIDE[0], lr_range[0]) / 10, max(WIDE[1], lr_range[1]) * 3
+
+
+def stage3_hold_back(epochs: int) -> Callable[[Any], float]:
+    """With --final and a time budget, stage 2 stops early enough for stage 3: stage 2's own
+    start-up (Tune's set-up, the trial's worker, the data: from the sweep's start to its first
+    report, less that epoch), then ``epochs`` at the median pace of stage 2's trials so far (an
+    epoch's whole cost, its report and checkpoint included; the training and validation time
+    alone where no trial has a second epoch yet), with a margin, after stage 2's wind-down."""
+    def seconds(ledger) -> float:
+        paces = [r.pace for r in ledger.trials.values() if r.pace] or \
+            [r.last["epoch_seconds"] for r in ledger.trials.values() if r.last.get("epoch_seconds")]
+        if not paces:
+            return 0.0
+        start = STAGE3_START_S if ledger.start_up is None else ledger.start_up
+        return STAGE3_MARGIN * (epochs * statistics.median(paces) + start) + STAGE3_WIND_DOWN_S
+    return seconds
+
+
+def value_ranking(records, key: str, mode: str, at: int) -> List[Dict[str, Any]]:
+    """Each value of ``key`` by the metric at epoch ``at``, ASHA's first rung: every trial that
+    reached it counts, pruned ones too, and under budget-aware schedules each was read there
+    with its schedule annealed."""
+    groups: Dict[Any, List[float]] = {}
+    for rec in records:
+        value = rec.curve.get(at)
+        if value is not None and value == value:
+            groups.setdefault(rec.hparams.get(key), []).append(value)
+    rows = [{"value": v, "trials": len(xs), "epoch": at, "mean": sum(xs) / len(xs),
+             "best": max(xs) if mode == "max" else min(xs)} for v, xs in groups.items()]
+    rows.sort(key=lambda r: -r["mean"] if mode == "max" else r["mean"])
+    return rows
+
+
+def chance(metric: str, num_classes: int) -> Optional[float]:
+    return 1.0 / num_classes if metric in ("val_acc", "train_acc") and num_classes > 1 else None
+
+
+def no_better_than_chance(best: Optional[float], chance_level: Optional[float]) -> bool:
+    """Within a few points of guessing: 16.8% with 10 classes is no model (issue #7)."""
+    return chance_level is not None and (best is None or best < chance_level + max(CHANCE_MARGIN, chance_level))
+
+
+def better(a: Optional[float], b: Optional[float], mode: str) -> bool:
+    """``a`` at least as good as ``b`` by the metric's direction; None is never better."""
+    return a is not None and (b is None or (a >= b if mode == "max" else a <= b))
+
+
+def why_no_pilot(spec: SweepSpec, args, samples: int) -> Optional[str]:
+    """None where smith trains a pilot (orchestrator/pilot.py), else why not (for the report):
+    only where trials would run on this host, on CPUs, one process each."""
+    r = spec.resources
+    if args.no_pilot:
+        return "--no-pilot"
+    if args.address:
+        return "trials run on the cluster's nodes"
+    if r.gpus or r.ranks > 1:
+        return "trials hold GPUs or several ranks, which Ray hands out"
+    if samples == 1:
+        return "--samples 1: the one trial is Tune's"
+    return None
+
+
+def check(spec: SweepSpec, args) -> Options:
+    """smith's options against the spec, before any work (also where `submit --smith` sends the
+    job)."""
+    from tunesmith.orchestrator import lr_find
+    lr_find.check_options(args.pick or lr_find.SMITH_PICK, args.start, args.end, args.steps, args.max_seconds)
+    wd_preset = weight_decay_preset(spec, args.weight_decay)
+    below, above = args.range or (BELOW, ABOVE)
+    if below < 0 or above < 0 or below + above <= 0:
+        raise ConfigError("--range", f"{below:g} {above:g}", "decades below and above the max LR: both >= 0, "
+                          "not both 0")
+    epochs = args.short_epochs or spec.train.trainer.epochs
+    if epochs > spec.train.trainer.epochs:
+        raise ConfigError("--short-epochs", epochs, f"must not exceed trainer.epochs ({spec.train.trainer.epochs})")
+    coupled = args.coupling == "effective"
+    stage2_spec(spec, WIDE, epochs, wd_preset, 1, coupled=coupled)   # valid for some band
+    return Options(wd_preset, below, above, epochs, coupled)
+
+
+def stage1_options(spec: SweepSpec, args) -> tuple:
+    """The range test's arguments from smith's command line: lr-find's options, its time cap
+    (--max-seconds) within a fifth of time_budget_s, and one trial's config and GPUs."""
+    from tunesmith.orchestrator import lr_find
+    budget = spec.time_budget_s
+    cap = args.max_seconds if not budget else min(args.max_seconds, STAGE1_SHARE * budget)
+    cfg, gpus = lr_find.as_one_trial(spec)
+    return (cfg, args.start, args.end, args.steps, "linear" if args.linear else "exp", args.val_loss,
+            args.pick, cap, gpus)

@@ -1,0 +1,127 @@
+"""smith's report: smith.json (every decision and its figures) and smith_report.md (the same in
+words), written beside the sweeps and, with MLflow, logged to the sweep's run."""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Optional
+
+from tunesmith.cluster.storage import Storage
+from tunesmith.orchestrator.smith.policy import value_ranking
+
+
+def f(x) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def config_text(config: Dict[str, Any]) -> str:
+    return ", ".join(f"{k} {f(v)}" for k, v in config.items())
+
+
+def coupling_text(ref: Optional[float]) -> str:
+    """How stage 2's LR was tied to the momentum, for the printed plan and the report."""
+    return ("" if ref is None else
+            f", each trial's lr scaled by (1-m)/(1-{ref:g}) for its momentum bound m (the effective step "
+            f"lr/(1-m) spread over the range, as the range test measured it at momentum {ref:g})")
+
+
+def stage2_summary(out, s2, lr_range, basis: str) -> Dict[str, Any]:
+    """One stage-2 sweep as the report records it, from its ledger."""
+    ledger = out.ledger
+    ranked = ledger.ranked()
+    at = (s2.rungs or (s2.max_t,))[0]
+    best = ranked[0] if ranked else None
+    records = list(ledger.trials.values())
+    return {"sweep": out.path, "name": s2.name, "epochs": s2.train.trainer.epochs, "lr_range": list(lr_range),
+            "lr_basis": basis, "lr_momentum_ref": s2.search.lr_momentum_ref, "trials": len(ledger.trials),
+            "rung_epochs": list(s2.rungs), "annealed_rungs": bool(s2.milestones),
+            "best_trial": best.trial_id if best else None, "best": best.best[s2.metric] if best else None,
+            "best_epoch": best.best_epoch(s2.mode) if best else None,
+            "best_config": best.hparams if best else {}, "metric": s2.metric,
+            "momentum_ranking": value_ranking(records, "max_momentum", s2.mode, at),
+            "weight_decay_ranking": value_ranking(records, "weight_decay", s2.mode, at),
+            "ranked_at_epoch": at, "status": ledger.status_counts(), "seconds": round(out.wall_seconds, 2),
+            "interrupted": out.interrupted}
+
+
+def stage3_summary(out3, s3, mode: str) -> Dict[str, Any]:
+    rec = next(iter(out3.ledger.trials.values()), None)
+    return {"sweep": out3.path, "epochs": s3.train.trainer.epochs,
+            "final": rec.last.get(s3.metric) if rec else None,
+            "best": rec.best.get(s3.metric) if rec else None,
+            "best_epoch": rec.best_epoch(mode) if rec else None,
+            "status": rec.status if rec else "none", "trained": rec.epochs if rec else 0,
+            "stop_reason": rec.stop_reason if rec else "", "trial": rec.trial_id if rec else None}
+
+
+def render(r: Dict[str, Any]) -> str:
+    s1 = r["stage1"]
+    m = r["metric"]
+    lines = [f"# Smith report: {r['sweep']}", "", "## Stage 1: LR range test",
+             f"{s1['points']} points, LR from {s1['start_lr']:.2g} rising exponentially ({s1['mode']} loss); "
+             f"stopped: {s1['stop_reason']}."]
+    lines += [f"{n}." for n in s1.get("notes", [])]
+    if s1["informative"]:
+        lines += ["Suggestions: " + ", ".join(f"{k} {f(v)}" for k, v in s1["suggestions"].items()) + ".",
+                  f"Decision: max LR {f(s1['max_lr'])} by {s1['why']}; min LR {f(s1['min_lr'])} = max/10: "
+                  f"the 1cycle band. Curve: {s1['plot']}"]
+    else:
+        lines.append(f"Decision: none. {s1['why']}. Curve: {s1['plot']}")
+    for run in r["stage2_runs"]:
+        lines += _stage2_lines(run, m)
+    if "stage3" in r:
+        s3 = r["stage3"]
+        lines += ["", "## Stage 3: full-length training",
+                  f"{s3.get('trained', s3['epochs'])} of {s3['epochs']} epochs ({s3['status']}"
+                  + (f": {s3['stop_reason']}" if s3.get("stop_reason") and s3.get("trained") != s3["epochs"] else "")
+                  + f"): best {m} {f(s3['best'])} at epoch {s3['best_epoch']}, "
+                  f"{f(s3['final'])} at the last epoch. Sweep: {s3['sweep']}"]
+    res = r["result"]
+    lines += ["", "## Result",
+              f"{m} {res['value']:.4f}: trial {res['trial']} of {res['sweep']} (stage {res['stage']}), "
+              f"at epoch {res['epoch']}."]
+    lines += [f"- {w}" for w in r["warnings"]]
+    lines.append(f"Total: {r['seconds']:.1f}s from the command's start"
+                 + (f", of a {r['time_budget_s']:g}s budget." if r.get("time_budget_s") else "."))
+    return "\n".join(lines) + "\n"
+
+
+def _stage2_lines(run: Dict[str, Any], m: str):
+    lines = ["", f"## Stage 2: ASHA sweep ({run['name']})",
+             f"{run['trials']} trials of up to {run['epochs']} epochs "
+             f"({', '.join(f'{n} {k}' for k, n in sorted(run['status'].items()))}) in {run['seconds']:.0f}s; "
+             f"1cycle with the LR log-uniform in [{run['lr_range'][0]:.3g}, {run['lr_range'][1]:.3g}] "
+             f"({run['lr_basis']}), momentum cycling down to 0.85 from the bound searched"
+             + coupling_text(run.get("lr_momentum_ref")) + "; "
+             f"ASHA rungs at epochs {run['rung_epochs']}" + (", each read on an annealed schedule."
+                                                              if run.get("annealed_rungs") else
+                                                              ", a third of the run or later into one schedule."),
+             *([f"Trial {run['pilot']['trial']}, stage 2's centre ({config_text(run['pilot']['config'])}), "
+                "trained in smith's own process while Ray started the trials' workers; ASHA did not judge it."]
+               if run.get("pilot") else []),
+             "", f"Momentum (upper bound) by mean {m} at epoch {run['ranked_at_epoch']} (the first rung):"]
+    lines += [f"- {f(x['value'])}: mean {x['mean']:.4f}, best {x['best']:.4f} ({x['trials']} trials)"
+              for x in run["momentum_ranking"]]
+    lines += ["", "Weight decay by mean at the same epoch:"]
+    lines += [f"- {f(x['value'])}: mean {x['mean']:.4f}, best {x['best']:.4f} ({x['trials']} trials)"
+              for x in run["weight_decay_ranking"]]
+    if run["best"] is not None:
+        cfg = ", ".join(f"{k}={f(v)}" for k, v in run["best_config"].items())
+        lines += ["", f"Best: {cfg}: trial {run['best_trial']}, {m} {run['best']:.4f} at epoch "
+                  f"{run['best_epoch']} (ties go to the lower validation loss). Sweep: {run['sweep']}"]
+    return lines
+
+
+def write(report: Dict[str, Any], storage: Storage, name: str, mlflow) -> str:
+    """smith.json and smith_report.md under the sweep's folder (and to MLflow with the range
+    test's files); returns the Markdown."""
+    data = json.dumps(report, indent=2, default=str).encode()
+    text = render(report)
+    storage.write_bytes(f"{name}/smith.json", data)
+    storage.write_bytes(f"{name}/smith_report.md", text.encode())
+    if mlflow.uri:
+        from tunesmith.orchestrator.sinks.mlflow import log_files
+        files = {"smith/smith_report.md": text.encode(), "smith/smith.json": data}
+        for rel in ("curve.parquet", "lr_find.png", "decision.json"):
+            files[f"lr_find/{rel}"] = storage.read_bytes(f"{name}/lr_find/{rel}")
+        log_files(mlflow.uri, mlflow.experiment, name, files)
+    return text
