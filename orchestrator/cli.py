@@ -13,6 +13,7 @@ import sys
 import warnings
 from typing import Dict, List, Optional
 
+from tunesmith.orchestrator import arguments
 from tunesmith.trainables.config import ConfigError
 
 
@@ -23,25 +24,6 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message):   # one line, exit 2, instead of argparse's usage block
         raise UsageError(f"{self.prog}: {message}")
-
-
-def _add_spec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", help="sweep spec (YAML)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a spec value, e.g. --set trainer.lr=0.1 (repeatable)")
-    p.add_argument("--name", help="sweep name (default: the spec's name or file name)")
-    p.add_argument("--results-dir", help="results location: a path or a URI such as s3://bucket/sweeps")
-
-
-def _add_cluster_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", help="join this Ray cluster (e.g. auto or HEAD:6379) instead of starting "
-                                     "a private local instance bound to 127.0.0.1")
-    p.add_argument("--mlflow", metavar="URI", help="also track in MLflow at this tracking URI "
-                                                  "(tracking.mlflow in the spec)")
-    p.add_argument("--num-cpus", type=int, help="CPUs for the local instance (default: all)")
-    p.add_argument("--num-gpus", type=int, help="GPUs for the local instance (default: all)")
-    p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard on 127.0.0.1")
-    p.add_argument("--worker-logs", action="store_true", help="show the trials' own output")
 
 
 def load_spec(args):
@@ -125,7 +107,7 @@ def cmd_resume(args) -> int:
 def _smith_options(args) -> List[str]:
     """The smith options given on this command line, as smith's own command line takes them."""
     p = argparse.ArgumentParser(add_help=False)
-    _add_smith_args(p)
+    arguments.smith_args(p)
     argv: List[str] = []
     for dest, default in vars(p.parse_args([])).items():
         value = getattr(args, dest)
@@ -229,21 +211,6 @@ def cmd_lr_find(args) -> int:
     return 0 if decision.informative else 1
 
 
-def _add_lr_find_args(p: argparse.ArgumentParser, default_pick: Optional[str] = None) -> None:
-    p.add_argument("--start", type=float, default=1e-7, help="first LR (default 1e-7)")
-    p.add_argument("--end", type=float, default=10.0, help="last LR (default 10)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="mini-batches (default: one epoch or 300, whichever is larger, within --max-seconds; "
-                        "extended when the curve does not fall)")
-    p.add_argument("--max-seconds", type=float, default=60.0, help="time cap of a default-length test (default 60)")
-    p.add_argument("--linear", action="store_true", help="raise the LR linearly instead of exponentially")
-    p.add_argument("--val-loss", action="store_true", help="measure the loss on a fixed held-out subset (512 samples)")
-    from tunesmith.trainables.lr_range_test import DEFAULT_PICK, SUGGESTERS
-    first = default_pick or DEFAULT_PICK
-    p.add_argument("--pick", default=None, help=f"suggestion that sets the max LR: {first} (default), "
-                                                + ", ".join(r for r in SUGGESTERS if r != first))
-
-
 def cmd_smith(args) -> int:
     import time
     started = time.time()
@@ -259,26 +226,6 @@ def cmd_smith(args) -> int:
         print(f"tunesmith: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-def _add_smith_args(p: argparse.ArgumentParser) -> None:
-    from tunesmith.trainables.lr_range_test import SMITH_PICK
-    _add_lr_find_args(p, SMITH_PICK)
-    p.add_argument("--short-epochs", type=int, help="epochs of stage 2's runs (default: trainer.epochs; ASHA's "
-                                                    "budget-aware rungs make most of them short)")
-    p.add_argument("--samples", type=int, help="stage-2 trials (default 16; with time_budget_s, as many as fit)")
-    p.add_argument("--weight-decay", choices=("auto", "deep", "shallow"), default="auto",
-                   help="Smith's grid for deep (ResNets) or shallow networks (default: by model)")
-    p.add_argument("--final", action="store_true", help="stage 3: train the best configuration full length")
-    p.add_argument("--range", nargs=2, type=float, metavar=("BELOW", "ABOVE"),
-                   help="stage 2's LR range in decades below and above the range test's max LR (default 0.5 1.5)")
-    p.add_argument("--coupling", choices=("independent", "effective"), default="independent",
-                   help="stage 2's LR and momentum: 'independent' (default) draws the two apart; 'effective' "
-                        "spreads the effective step lr/(1-m) over the range, each trial's LR scaled by "
-                        "(1-m)/(1-trainer.momentum)")
-    p.add_argument("--no-pilot", action="store_true",
-                   help="on one machine, do not train stage 2's centre point in this process while Ray starts "
-                        "its trial workers (the pilot)")
 
 
 def cmd_spaces(args) -> int:
@@ -316,36 +263,24 @@ def cmd_schema(args) -> int:
     return 0
 
 
-def _add_analyze_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("results", help="a results directory (or URI), or one sweep's folder in it")
-    p.add_argument("--sweep", action="append", help="only this sweep (repeatable; default: all)")
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    p.add_argument("--top", type=int, default=5, help="how many best trials to list and plot")
-    p.add_argument("--plots", help="folder for the PNG plots (default: RESULTS/_analysis)")
-    p.add_argument("--no-plots", action="store_true", help="skip the plots")
-    p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report page")
-    p.add_argument("--mlflow", metavar="URI", help="log the plots (and the page) to each sweep's MLflow parent run")
-    p.add_argument("--mlflow-experiment", default="tunesmith", help="the MLflow experiment (default tunesmith)")
-
-
 COMMANDS: Dict[str, tuple] = {
-    "run": (cmd_run, "run a sweep", [_add_spec_args, _add_cluster_args,
+    "run": (cmd_run, "run a sweep", [arguments.spec_args, arguments.cluster_args,
                                      lambda p: p.add_argument("--num-samples", type=int,
                                                               help="override search.num_samples")]),
-    "validate": (cmd_validate, "check a spec and print what it would run", [_add_spec_args]),
-    "lr-find": (cmd_lr_find, "LR range test: curve, suggestions and the LR band", [_add_spec_args, _add_lr_find_args]),
+    "validate": (cmd_validate, "check a spec and print what it would run", [arguments.spec_args]),
+    "lr-find": (cmd_lr_find, "LR range test: curve, suggestions and the LR band", [arguments.spec_args, arguments.lr_find_args]),
     "smith": (cmd_smith, "Smith's staged sweep: range test, short ASHA sweep in the band, optional final run",
-              [_add_spec_args, _add_cluster_args, _add_smith_args]),
+              [arguments.spec_args, arguments.cluster_args, arguments.smith_args]),
     "resume": (cmd_resume, "continue a sweep whose driver died, from its checkpoints",
                [lambda p: p.add_argument("sweep_dir", help="RESULTS/SWEEP: a sweep folder tunesmith wrote"),
-                _add_cluster_args]),
+                arguments.cluster_args]),
     "submit": (cmd_submit, "submit a sweep to a Ray cluster as a job (Jobs API)",
-               [_add_spec_args,
+               [arguments.spec_args,
                 lambda p: p.add_argument("--address", help="the head's job server, http://HEAD:8265"),
                 lambda p: p.add_argument("--no-wait", action="store_true", help="print the job id and return"),
                 lambda p: p.add_argument("--smith", action="store_true",
                                          help="submit `tunesmith smith` (with the smith options below) instead of `run`"),
-                _add_smith_args]),
+                arguments.smith_args]),
     "jobs": (cmd_jobs, "list, inspect, follow or stop submitted sweeps",
              [lambda p: p.add_argument("action", choices=("list", "status", "logs", "stop")),
               lambda p: p.add_argument("job_id", nargs="?"),
@@ -353,12 +288,35 @@ COMMANDS: Dict[str, tuple] = {
     "schema": (cmd_schema, "print the spec's JSON Schema (for editors' YAML language servers)",
                [lambda p: p.add_argument("-o", "--output", help="write it to this file instead")]),
     "spaces": (cmd_spaces, "list the search-space presets (Smith's ranges)", []),
-    "analyze": (cmd_analyze, "summarise sweeps from their Parquet results", [_add_analyze_args]),
+    "analyze": (cmd_analyze, "summarise sweeps from their Parquet results", [arguments.analyze_args]),
 }
+
+
+def version_text() -> str:
+    """tunesmith's version and those of the two libraries it runs on, from the installed
+    packages' metadata (nothing is imported: `--version` answers at once)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+    return f"tunesmith {of('tunesmith')} (ray {of('ray')}, torch {of('torch')})"
+
+
+class _Version(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="print the versions and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tunesmith", description="Hyperparameter sweeps for CNN image classifiers on Ray Tune.")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (func, helptext, adders) in COMMANDS.items():
         p = sub.add_parser(name, help=helptext, description=helptext)

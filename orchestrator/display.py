@@ -12,6 +12,8 @@ import time
 from ray.tune import Callback
 from ray.tune.progress_reporter import TrialProgressCallback
 
+from tunesmith.orchestrator.sinks import transient_state
+
 
 class NoTrialLines(TrialProgressCallback):
     """Stands in for Tune's per-trial printer, which Tune adds unless one is given: at verbose=0
@@ -35,10 +37,10 @@ class ProgressPrinter(Callback):
         self.start = time.monotonic()
         self._last = self.start
 
-    def __getstate__(self):   # Tune pickles the run config (tuner.pkl); streams do not pickle
-        state = dict(self.__dict__)
-        state["stream"] = None
-        return state
+    TRANSIENT = {"stream": lambda: None}   # Tune pickles the run config (tuner.pkl); streams do not pickle
+
+    def __getstate__(self):
+        return transient_state(self, self.TRANSIENT)
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -88,10 +90,7 @@ class LiveProgress(ProgressPrinter):
         self.budget_s = budget_s
         self._live = None
 
-    def __getstate__(self):
-        state = super().__getstate__()
-        state["_live"] = None
-        return state
+    TRANSIENT = {**ProgressPrinter.TRANSIENT, "_live": lambda: None}
 
     def _eta(self, elapsed: float, done: int) -> str:
         left = []

@@ -181,7 +181,7 @@ def test_html_report_renders_offline_in_headless_chromium(results, tmp_path, cap
     assert "http://" not in html and "https://" not in html and "src=\"data:image/png;base64," in html
     assert "alpha_002" in html and "Sweeps side by side" in html
     browser = _chromium()
-    assert browser, "chromium is not installed: .ci/run installs Debian's chromium for this test"
+    assert browser, "chromium is not installed: `make test` installs Debian's chromium for this test"
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--proxy-server=127.0.0.1:9",   # no network
              f"--user-data-dir={tmp_path / 'profile'}"]
