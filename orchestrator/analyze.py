@@ -241,9 +241,8 @@ def _table(rows: List[Dict[str, Any]], columns: Optional[List[str]] = None) -> s
         return "  (none)"
     columns = columns or list(dict.fromkeys(k for r in rows for k in r))
     cells = [[_fmt(r.get(c, "")) if r.get(c) is not None else "" for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    line = lambda vals: "  " + "  ".join(v.ljust(w) for v, w in zip(vals, widths))
-    return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])
+    from tunesmith.orchestrator.tables import plain
+    return plain(columns, cells, indent=2)
 
 
 def render_table(summaries: List[Dict[str, Any]], plots: List[str]) -> str:

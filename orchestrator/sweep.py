@@ -307,6 +307,5 @@ def best_table(outcome: SweepOutcome, top: int = 5) -> str:
     for i, r in enumerate(rows, 1):
         hp = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in (r.hparams.get(k) for k in hp_keys)]
         body.append([str(i), r.trial_id, r.status, f"{r.best[w.metric]:.4f}", str(r.epochs), *hp])
-    widths = [max(len(x) for x in col) for col in zip(head, *body)] if body else [len(h) for h in head]
-    fmt = lambda cells: "  ".join(c.ljust(n) for c, n in zip(cells, widths))
-    return "\n".join([fmt(head), fmt(["-" * n for n in widths]), *map(fmt, body)])
+    from tunesmith.orchestrator.tables import plain
+    return plain(head, body)
