@@ -52,15 +52,15 @@ class Sweep:
 
     @property
     def ranked(self) -> pd.DataFrame:
-        """Trials with a score, best first; ties (common on small validation sets) go to the
-        lower validation loss, as in the sweep's own table, smith's report and the checkpoint
-        kept (``ResultsWriter.ranked``)."""
+        """Trials with a score, best first, by the sweep's own rule (ledger.rank_key): ties,
+        common on small validation sets, go to the lower validation loss, as in the sweep's own
+        table, smith's report and the checkpoint kept."""
+        from tunesmith.orchestrator.ledger import rank_key
         t = self.trials.dropna(subset=[self.score])
-        keys, ascending = [self.score], [self.mode == "min"]
-        if "best_val_loss" in t and self.score != "best_val_loss":
-            keys.append("best_val_loss")
-            ascending.append(True)
-        return t.sort_values(keys, ascending=ascending, na_position="last", kind="stable")
+        loss = t["best_val_loss"] if "best_val_loss" in t else pd.Series([None] * len(t), index=t.index)
+        keys = [rank_key(v, None if pd.isna(l) else l, self.mode) for v, l in zip(t[self.score], loss)]
+        order = sorted(range(len(t)), key=lambda i: keys[i])
+        return t.iloc[order]
 
 
 def _read_table(storage: Storage, rel: str):

@@ -132,3 +132,14 @@ def test_version_names_tunesmith_ray_and_torch():
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert re.fullmatch(r"tunesmith \S+ \(ray 2\.\d+\.\d+, torch 2\.\d+\S*\)\n", out.stdout), out.stdout
+
+
+def test_every_package_folder_is_installed():
+    """A subpackage missing from pyproject's list is missing from the wheel (tests/test_wheel.py
+    finds it only after a build)."""
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
+        listed = set(tomllib.load(fh)["tool"]["setuptools"]["packages"])
+    folders = {"tunesmith." + os.path.relpath(folder, ROOT).replace(os.sep, ".")
+               for pkg in PACKAGES for folder, _, files in os.walk(os.path.join(ROOT, pkg))
+               if "__init__.py" in files}
+    assert folders == listed
