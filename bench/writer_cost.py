@@ -35,7 +35,7 @@ def main() -> None:
             on_writer=lambda w: busy.append(w.busy_seconds) if write else None)
 
     # Warm-up with writers on: it pays the one-time tensorboardX/torch import in the driver,
-    # which `tunesmith run` overlaps with Ray's start-up (orchestrator.tensorboard.preload).
+    # which `tunesmith run` overlaps with Ray's start-up (orchestrator.tb_events.preload).
     sweep("warmup", True)
     off, on = [], []
     for r in range(args.rounds):

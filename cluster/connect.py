@@ -31,7 +31,7 @@ class ClusterInfo:
 def prepare_environment() -> None:
     """Variables that must be set before Ray (or Tune) reads them."""
     os.environ.setdefault(LOOPBACK_ENV, "0")
-    # Our writers (orchestrator/results.py) cover Tune's per-trial CSV/JSON/TensorBoard
+    # Our sinks (orchestrator/sinks/) cover Tune's per-trial CSV/JSON/TensorBoard
     # loggers, which cost a directory and three files per trial.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")

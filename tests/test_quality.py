@@ -135,7 +135,7 @@ def test_range_test_length_does_not_follow_a_slowed_pace_sample(monkeypatch):
 
 @pytest.mark.slow
 def test_range_test_on_harder_data_picks_an_lr_that_works(glyph_folder):
-    """The LR range smith searches after the default test and rule (orchestrator/smith.py's
+    """The LR range smith searches after the default test and rule (orchestrator/smith/policy.py's
     search_range around the pick) trains as well as a small random search over a wide range:
     the same number of runs, the same model, schedule and epochs. (The pick alone is a safe
     peak, and on the glyphs this machine's fonts draw it lay a third of the best LR.)"""
