@@ -4,12 +4,11 @@ started or written before the whole spec has passed.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from typing import Annotated, Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple
 
-from pydantic import ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, WithJsonSchema, model_validator
 
 from tunesmith.orchestrator.search_spec import SearchSpec, apply_presets, resolve_search
 from tunesmith.trainables.config import (NO_BOOL_INT, ConfigError, DatasetConfig, Int, ModelConfig, Num,
@@ -112,8 +111,29 @@ class SearchFile(Section):
                           "trainer.momentum, the range test's)")
 
 
-class SpecFile(Section):
+def default_grace(max_t: int) -> int:
+    """ASHA's first rung at a third of the run: under 1cycle, accuracy after the first epoch or
+    two ranks trials poorly (Spearman 0.50 to 0.81 against their final accuracy on the quality
+    datasets), after a third of the run well (0.81 to 0.96)."""
+    return max(1, max_t // 3)
+
+
+def json_schema() -> dict:
+    """The spec's JSON Schema, for editors (`tunesmith schema`)."""
+    from tunesmith.search_spaces.presets import list_presets
+    schema = SweepSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    search = schema["$defs"]["SearchFile"]["properties"]["presets"]
+    search["anyOf"][0]["items"] = {"enum": list_presets()}
+    return schema
+
+
+class SweepSpec(Section):
     """A tunesmith sweep spec: what `tunesmith run`, `smith` and `submit` read."""
+    # Validated once and frozen. Its sections are as written, with two defaults filled in (mode
+    # from the metric, asha.grace_period from max_t); `train` is one trial's configuration and
+    # `plan` the search resolved against it. A changed spec is model_copy(update=...) where nothing
+    # derived moves, else derive(...), which validates the whole spec again.
     model_config = ConfigDict(title="tunesmith sweep spec")
     name: Optional[str] = Field(None, pattern=NAME_RE.pattern, description="default: the spec file's name")
     description: str = ""
@@ -130,56 +150,47 @@ class SpecFile(Section):
     time_budget_s: OptPosNum = Field(None, description="the command's wall-clock budget in seconds, from its start (Ray's start-up and smith's stages included)")
     checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    _plan: Optional[SearchSpec] = PrivateAttr(None)
 
-
-def default_grace(max_t: int) -> int:
-    """ASHA's first rung at a third of the run: under 1cycle, accuracy after the first epoch or
-    two ranks trials poorly (Spearman 0.50 to 0.81 against their final accuracy on the quality
-    datasets), after a third of the run well (0.81 to 0.96)."""
-    return max(1, max_t // 3)
-
-
-def json_schema() -> dict:
-    """The spec's JSON Schema, for editors (`tunesmith schema`)."""
-    from tunesmith.search_spaces.presets import list_presets
-    schema = SpecFile.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    search = schema["$defs"]["SearchFile"]["properties"]["presets"]
-    search["anyOf"][0]["items"] = {"enum": list_presets()}
-    return schema
-
-
-@dataclasses.dataclass(frozen=True)
-class SweepSpec:
-    name: str
-    train: TrainConfig
-    search: SearchSpec
-    asha: AshaSpec
-    resources: ResourceSpec
-    metric: str = "val_acc"
-    mode: str = "max"
-    results_dir: str = "results"
-    time_budget_s: Optional[float] = None
-    description: str = ""
-    checkpoints: CheckpointSpec = dataclasses.field(default_factory=CheckpointSpec)
-    mlflow: MlflowSpec = dataclasses.field(default_factory=MlflowSpec)
+    @model_validator(mode="after")
+    def _resolve(self):
+        # defaults that depend on other fields, set once here (the model is frozen afterwards)
+        if self.mode is None:
+            object.__setattr__(self, "mode", METRICS[self.metric])
+        max_t = self.asha.max_t or self.trainer.epochs
+        if self.asha.grace_period is None:
+            object.__setattr__(self, "asha", self.asha.model_copy(update={"grace_period": default_grace(max_t)}))
+        if self.asha.grace_period > max_t:
+            raise ConfigError("asha.grace_period", self.asha.grace_period, f"must not exceed asha.max_t ({max_t})")
+        self._plan = resolve_search(self.search, self.train, tuple(self.search.presets or ()))
+        return self
 
     @property
-    def seed(self) -> int:
-        return self.train.seed
+    def train(self) -> TrainConfig:
+        """One trial's configuration: the dataset, model and trainer sections, and the seed."""
+        return TrainConfig(dataset=self.dataset, model=self.model, trainer=self.trainer, seed=self.seed)
+
+    @property
+    def plan(self) -> SearchSpec:
+        """The search resolved against the trainer: dimensions, trials, whole points."""
+        return self._plan
+
+    @property
+    def mlflow(self) -> MlflowSpec:
+        return self.tracking.mlflow
 
     @property
     def max_t(self) -> int:
-        return self.asha.max_t or self.train.trainer.epochs
+        return self.asha.max_t or self.trainer.epochs
 
     @property
     def milestones(self) -> Tuple[int, ...]:
         """Where the trials' schedules end a segment, matching ASHA's rungs; () when the
         schedule runs whole (ASHA off, not budget-aware, or a schedule that does not anneal)."""
         from tunesmith.trainables.schedules import BUDGET_AWARE, rung_milestones
-        if not (self.asha.enabled and self.asha.budget_aware) or self.train.trainer.schedule not in BUDGET_AWARE:
+        if not (self.asha.enabled and self.asha.budget_aware) or self.trainer.schedule not in BUDGET_AWARE:
             return ()
-        if self.max_t != self.train.trainer.epochs:
+        if self.max_t != self.trainer.epochs:
             return ()   # rungs beyond the schedule's length cannot be planned for
         return rung_milestones(self.max_t, self.asha.grace_period, self.asha.reduction_factor)
 
@@ -213,29 +224,20 @@ class SweepSpec:
         return from_dict(raw)
 
     def to_dict(self) -> dict:
-        out = {"name": self.name, "description": self.description, "seed": self.seed,
-               **{k: v for k, v in self.train.to_dict().items() if k != "seed"},
-               "search": self.search.to_dict(), "asha": to_dict(self.asha),
-               "resources": to_dict(self.resources), "metric": self.metric, "mode": self.mode,
-               "results_dir": self.results_dir, "time_budget_s": self.time_budget_s,
-               "checkpoints": to_dict(self.checkpoints), "tracking": {"mlflow": to_dict(self.mlflow)}}
-        return out
+        """The resolved spec as plain data (spec.yaml): presets expanded, defaults filled in."""
+        return {"name": self.name, "description": self.description, "seed": self.seed,
+                "dataset": to_dict(self.dataset), "model": to_dict(self.model), "trainer": to_dict(self.trainer),
+                "search": self.plan.to_dict(), "asha": to_dict(self.asha),
+                "resources": to_dict(self.resources), "metric": self.metric, "mode": self.mode,
+                "results_dir": self.results_dir, "time_budget_s": self.time_budget_s,
+                "checkpoints": to_dict(self.checkpoints), "tracking": {"mlflow": to_dict(self.mlflow)}}
 
 
 def from_dict(raw: Mapping[str, Any], default_name: str = "sweep") -> SweepSpec:
     if not isinstance(raw, Mapping):
         raise ConfigError("spec", raw, "must be a mapping at the top level")
-    raw, presets = apply_presets(raw)
-    f = parse(SpecFile, {**raw, "name": raw.get("name", default_name)}, "")
-    train = TrainConfig(dataset=f.dataset, model=f.model, trainer=f.trainer, seed=f.seed)
-    search = resolve_search(f.search, train, presets)
-    max_t = f.asha.max_t or train.trainer.epochs
-    asha = f.asha if f.asha.grace_period is not None else \
-        f.asha.model_copy(update={"grace_period": default_grace(max_t)})
-    if asha.grace_period > max_t:
-        raise ConfigError("asha.grace_period", asha.grace_period, f"must not exceed asha.max_t ({max_t})")
-    return SweepSpec(f.name, train, search, asha, f.resources, f.metric, f.mode or METRICS[f.metric],
-                     f.results_dir, f.time_budget_s, f.description, f.checkpoints, f.tracking.mlflow)
+    raw, _ = apply_presets(raw)
+    return parse(SweepSpec, {**raw, "name": raw.get("name", default_name)}, "")
 
 
 def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
@@ -294,7 +296,7 @@ def load(path: str, overrides: Sequence[str] = ()) -> SweepSpec:
 
 def grid_size(spec: SweepSpec) -> int:
     size = 1
-    for dim in spec.search.space:
+    for dim in spec.plan.space:
         if dim.kind == "grid":
             size *= len(dim.values)
     return size
@@ -303,18 +305,18 @@ def grid_size(spec: SweepSpec) -> int:
 def trial_count(spec: SweepSpec) -> int:
     """Trials the sweep will start: Ray repeats the whole grid num_samples times, and the
     points_to_evaluate are the first of those samples, not extra ones."""
-    return grid_size(spec) * max(spec.search.num_samples, len(spec.search.points_to_evaluate))
+    return grid_size(spec) * max(spec.plan.num_samples, len(spec.plan.points_to_evaluate))
 
 
 def plan_text(spec: SweepSpec) -> str:
     """What the sweep will run, in words: '16 trials: random search over lr, weight_decay',
     '1 trial: the spec's own settings (no search space)', or a seed-variance study."""
-    keys = [d.key for d in spec.search.space]
+    keys = [d.key for d in spec.plan.space]
     n = trial_count(spec)
     if not keys:
         what = "the spec's own settings (no search space)"
     elif keys == ["seed"]:
         what = "a seed-variance study (the spec's own settings, each trial with its own seed)"
     else:
-        what = f"{spec.search.algorithm} search over {', '.join(keys)}"
+        what = f"{spec.plan.algorithm} search over {', '.join(keys)}"
     return f"{n} trial{'' if n == 1 else 's'}: {what}"

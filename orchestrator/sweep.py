@@ -43,33 +43,32 @@ def check_fresh(storage: Storage, name: str) -> None:
 def resolve_largest_batch(spec: SweepSpec) -> SweepSpec:
     """The largest_batch preset: find the batch as a Ray task holding one trial's resources, so
     the probe runs on the kind of device the trials get, not on the driver's."""
-    if "largest_batch" not in spec.search.presets:
+    if "largest_batch" not in spec.plan.presets:
         return spec
-    import dataclasses
     import ray
     from tunesmith.trainables.batch_finder import find_for
     task = ray.remote(num_cpus=spec.resources.cpus, num_gpus=spec.resources.gpus)(find_for)
     found = ray.get(task.remote(spec.train.to_dict()))
     print(f"largest_batch: per_gpu_batch_size {found['per_gpu_batch_size']} (largest that ran: "
           f"{found['largest_fit']}, limited by {found['limit']})", flush=True)
-    train = spec.train.with_overrides({"per_gpu_batch_size": found["per_gpu_batch_size"]})
-    return dataclasses.replace(spec, train=train)
+    trainer = spec.trainer.model_copy(update={"per_gpu_batch_size": found["per_gpu_batch_size"]})
+    return spec.model_copy(update={"trainer": trainer})   # the search does not move: no need to resolve it again
 
 
 def build_search(spec: SweepSpec, concurrency: int, held: Optional[Callable[[], int]] = None):
     """``held``: concurrency slots held outside Tune (smith's pilot), for the quasi-random search."""
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
-    points = [dict(p) for p in spec.search.points_to_evaluate]
-    if spec.search.algorithm == "tpe":
+    points = [dict(p) for p in spec.plan.points_to_evaluate]
+    if spec.plan.algorithm == "tpe":
         from tunesmith.search_spaces.tpe import TPESearch
         tpe = TPESearch(points_to_evaluate=points or None,
-                             n_initial_points=spec.search.n_initial_points, random_state_seed=spec.seed)
+                             n_initial_points=spec.plan.n_initial_points, random_state_seed=spec.seed)
         # TPE learns from finished trials: too many at once and it is random search.
         return ConcurrencyLimiter(tpe, max_concurrent=concurrency)
-    if spec.search.algorithm == "quasi" and any(d.kind != "grid" for d in spec.search.space):
+    if spec.plan.algorithm == "quasi" and any(d.kind != "grid" for d in spec.plan.space):
         from tunesmith.search_spaces.quasi import QuasiRandomSearch
-        quasi = QuasiRandomSearch(spec.search.space, seed=spec.seed, points_to_evaluate=points or None,
-                                  couple=spec.search.coupling)
+        quasi = QuasiRandomSearch(spec.plan.space, seed=spec.seed, points_to_evaluate=points or None,
+                                  couple=spec.plan.coupling)
         quasi.held = held
         return quasi
     # Tune caps a Searcher at max_concurrent_trials, but ignores the cap for a generator passed
@@ -92,7 +91,7 @@ def concurrency_for(spec: SweepSpec, cluster: ClusterInfo) -> int:
     (ray#18332)."""
     r = spec.resources
     cpus = data_parallel_cpus(cluster.cpus, r.cpus, r.ranks) if r.ranks > 1 else r.cpus
-    return max_concurrent(cluster.cpus, cluster.gpus, cpus, r.gpus, spec.search.max_concurrent)
+    return max_concurrent(cluster.cpus, cluster.gpus, cpus, r.gpus, spec.plan.max_concurrent)
 
 
 def ddp_options(spec: SweepSpec, storage: Storage) -> Optional[dict]:
@@ -161,8 +160,8 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
 
     concurrency = concurrency_for(spec, cluster)
     scheduler = build_scheduler(spec)
-    hp_keys = [d.key for d in spec.search.space]
-    domains = {d.key: list(d.values) if d.kind in ("choice", "grid") else [] for d in spec.search.space}
+    hp_keys = [d.key for d in spec.plan.space]
+    domains = {d.key: list(d.values) if d.kind in ("choice", "grid") else [] for d in spec.plan.space}
     extra_sinks = []
     if spec.mlflow.uri:
         from tunesmith.orchestrator.sinks.mlflow import MLflowSink
@@ -194,11 +193,11 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
     light_usage_tagging()
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
-        param_space={d.key: d.to_tune() for d in spec.search.space},
+        param_space={d.key: d.to_tune() for d in spec.plan.space},
         tune_config=tune.TuneConfig(
             metric=spec.metric, mode=spec.mode,
             search_alg=build_search(spec, concurrency, None if pilot is None else pilot.holding),
-            scheduler=scheduler, num_samples=spec.search.num_samples,
+            scheduler=scheduler, num_samples=spec.plan.num_samples,
             max_concurrent_trials=concurrency, reuse_actors=True,   # actor start-up is most of Tune's per-trial cost
             trial_dirname_creator=_trial_dirname),   # no time_budget_s: the stopper keeps the deadline
         run_config=tune.RunConfig(

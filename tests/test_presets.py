@@ -7,7 +7,7 @@ from tunesmith.trainables.config import ConfigError
 
 
 def _space(s):
-    return {d.key: d.to_spec() for d in s.search.space}
+    return {d.key: d.to_spec() for d in s.plan.space}
 
 
 def test_preset_contents_follow_smith():
@@ -27,7 +27,7 @@ def test_preset_contents_follow_smith():
 def test_every_preset_validates_in_a_spec(name):
     raw = {"search": {"presets": [name], "lr_band": [0.01, 0.1]}}
     s = spec_mod.from_dict(raw)
-    assert s.search.presets == (name,)
+    assert s.plan.presets == (name,)
     for key in PRESETS[name].space:
         assert key in _space(s)
 

@@ -240,18 +240,18 @@ def test_spec_without_a_search_space_runs_one_trial():
 def test_repeats_without_a_space_get_distinct_seeds():
     s = spec_mod.from_dict({"seed": 5, "search": {"num_samples": 4}})
     assert spec_mod.trial_count(s) == 4
-    (dim,) = s.search.space
+    (dim,) = s.plan.space
     assert dim.key == "seed" and dim.values == (5, 6, 7, 8)
 
 
 def test_pure_grid_preset_is_walked_once_under_the_default_search():
     s = spec_mod.from_dict({"search": {"presets": ["lr_decades"]}})
-    assert s.search.algorithm == "random" and spec_mod.trial_count(s) == 7
+    assert s.plan.algorithm == "random" and spec_mod.trial_count(s) == 7
     twice = spec_mod.from_dict({"search": {"presets": ["lr_decades"], "num_samples": 2}})
-    assert spec_mod.trial_count(twice) == 14 and {d.key for d in twice.search.space} == {"lr", "seed"}
+    assert spec_mod.trial_count(twice) == 14 and {d.key for d in twice.plan.space} == {"lr", "seed"}
 
 
 def test_continuous_dimensions_keep_num_samples():
     s = spec_mod.from_dict({"search": {"space": {"lr": {"loguniform": [1e-3, 1]},
                                                  "momentum": {"choice": [0.9, 0.95]}}}})
-    assert spec_mod.trial_count(s) == 16 and all(d.key != "seed" for d in s.search.space)
+    assert spec_mod.trial_count(s) == 16 and all(d.key != "seed" for d in s.plan.space)

@@ -105,13 +105,13 @@ def test_smith_coupling_scales_each_trials_lr_by_its_momentum():
     spec = from_dict({**yaml.safe_load(SPEC.replace("RESULTS", "r")), "trainer": {"momentum": 0.8}})
     apart = stage2_spec(spec, (0.01, 1.0), 3, "weight_decay_shallow", 8)
     coupled = stage2_spec(spec, (0.01, 1.0), 3, "weight_decay_shallow", 8, coupled=True)
-    assert apart.search.lr_momentum_ref is None and coupled.search.lr_momentum_ref == 0.8
+    assert apart.plan.lr_momentum_ref is None and coupled.plan.lr_momentum_ref == 0.8
     a, c = build_search(apart, 2), build_search(coupled, 2)
     for i in range(8):
         x, y = a.suggest(str(i)), c.suggest(str(i))
         assert 0.01 <= x["lr"] <= 1.0 and y["max_momentum"] == x["max_momentum"]
         assert y["lr"] == pytest.approx(x["lr"] * (1 - x["max_momentum"]) / 0.2)
-    assert from_dict(coupled.to_dict()).search.lr_momentum_ref == 0.8   # the sweep's spec.yaml keeps it
+    assert from_dict(coupled.to_dict()).plan.lr_momentum_ref == 0.8   # the sweep's spec.yaml keeps it
 
 
 @pytest.mark.ray

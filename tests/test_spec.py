@@ -24,7 +24,7 @@ results_dir: RESULTS
 def test_good_spec_parses_with_typed_values(tmp_path, spec_file):
     s = spec_mod.load(spec_file(GOOD))
     assert s.name == "t" and s.train.trainer.lr == 0.1
-    lr = s.search.space[0]
+    lr = s.plan.space[0]
     assert (lr.kind, lr.low, lr.high) == ("loguniform", 1e-3, 1.0)   # "1e-3" from YAML became a float
     assert spec_mod.trial_count(s) == 8
     assert s.max_t == 3
@@ -85,14 +85,14 @@ def test_overrides_are_yaml_and_dotted(tmp_path, spec_file):
     s = spec_mod.load(spec_file(GOOD), ["trainer.lr=0.3", "model.width=64",
                                              "search.space.model.width={choice: [8, 16]}"])
     assert s.train.trainer.lr == 0.3 and s.train.model.width == 64
-    assert [d.key for d in s.search.space] == ["lr", "weight_decay", "model.width"]
+    assert [d.key for d in s.plan.space] == ["lr", "weight_decay", "model.width"]
 
 
 def test_points_are_completed_from_the_spec():
     s = spec_mod.from_dict({"trainer": {"momentum": 0.9},
                             "search": {"space": {"lr": {"loguniform": [1e-3, 1]}, "momentum": {"choice": [0.9, 0.95]}},
                                        "points_to_evaluate": [{"lr": 0.1}]}})
-    assert s.search.points_to_evaluate == ({"lr": 0.1, "momentum": 0.9},)
+    assert s.plan.points_to_evaluate == ({"lr": 0.1, "momentum": 0.9},)
 
 
 CLI_BAD = [

@@ -77,7 +77,7 @@ def stage2_spec(spec: SweepSpec, lr_range, epochs: int, wd_preset: str, samples:
                           "smith's stage 2 searches SGD-style momentum; use sgd or rmsprop")
     wd_values = PRESETS[wd_preset].space["weight_decay"]["grid"]
     search = {
-        "algorithm": "quasi", "num_samples": samples, "max_concurrent": spec.search.max_concurrent,
+        "algorithm": "quasi", "num_samples": samples, "max_concurrent": spec.plan.max_concurrent,
         "presets": ["lr_band"], "lr_band": [float(lr_range[0]), float(lr_range[1])],
         # under 1cycle, "max_momentum" is the upper bound of the cycle, which falls to 0.85 and back
         "space": {"max_momentum": {"choice": MOMENTA}, "weight_decay": {"choice": list(wd_values)}},

@@ -32,7 +32,7 @@ def stage2_summary(out, s2, lr_range, basis: str) -> Dict[str, Any]:
     best = ranked[0] if ranked else None
     records = list(ledger.trials.values())
     return {"sweep": out.path, "name": s2.name, "epochs": s2.train.trainer.epochs, "lr_range": list(lr_range),
-            "lr_basis": basis, "lr_momentum_ref": s2.search.lr_momentum_ref, "trials": len(ledger.trials),
+            "lr_basis": basis, "lr_momentum_ref": s2.plan.lr_momentum_ref, "trials": len(ledger.trials),
             "rung_epochs": list(s2.rungs), "annealed_rungs": bool(s2.milestones),
             "best_trial": best.trial_id if best else None, "best": best.best[s2.metric] if best else None,
             "best_epoch": best.best_epoch(s2.mode) if best else None,

@@ -51,7 +51,7 @@ def stage2(spec: SweepSpec, args, opts: Options, s1: startup.Stage1, cluster, cl
     if not s1.decision.informative:
         warnings.append(f"stage 1 gave no band: {s1.decision.curve.problem}; stage 2 searched {WIDE[0]:g} to {WIDE[1]:g}")
     print(f"\nstage 2: 1cycle, lr log-uniform in [{plan.lr_range[0]:.3g}, {plan.lr_range[1]:.3g}] ({plan.basis}) "
-          f"jointly with max_momentum {MOMENTA} and {opts.wd_preset}{report.coupling_text(s2.search.lr_momentum_ref)}; "
+          f"jointly with max_momentum {MOMENTA} and {opts.wd_preset}{report.coupling_text(s2.plan.lr_momentum_ref)}; "
           f"{opts.epochs} epochs, ASHA at epochs {list(s2.rungs)}"
           + (" on annealed schedules" if s2.milestones else " (one schedule over the run)")
           + (f"; {left():.0f}s of budget left" if budget else ""), flush=True)
@@ -96,7 +96,7 @@ def stage3(spec: SweepSpec, s2: Stage2, cluster, clock: Clock, result: Dict[str,
     from tunesmith.orchestrator.sweep import run_sweep
     s3 = policy.final_spec(spec, s2.best["best_config"], s2.spec)
     if clock.budget:
-        s3 = s3.derive(time_budget_s=max(1.0, clock.left()))
+        s3 = s3.model_copy(update={"time_budget_s": max(1.0, clock.left())})
     print(f"\nstage 3: the best configuration for {s3.train.trainer.epochs} epochs", flush=True)
     out3 = run_sweep(s3, cluster, command="smith", progress=False, deadline=clock.deadline)
     s3r = report.stage3_summary(out3, s3, spec.mode)

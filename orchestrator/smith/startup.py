@@ -76,7 +76,7 @@ def _pilot(spec: SweepSpec, s2: SweepSpec, storage: Storage, deadline: Optional[
     from tunesmith.orchestrator.pilot import Pilot
     from tunesmith.search_spaces.space import centre
     ends = time.time() + PILOT_S if deadline is None else min(deadline, time.time() + PILOT_S)
-    return Pilot(s2.trial_config(), centre(s2.search.space, s2.search.coupling), storage, s2.name,
+    return Pilot(s2.trial_config(), centre(s2.plan.space, s2.plan.coupling), storage, s2.name,
                  spec.resources.cpus, ends, s2.checkpoints.every)
 
 
