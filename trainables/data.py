@@ -156,5 +156,5 @@ def augment(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Ten
     out = padded[:, :, dy:dy + h, dx:dx + w]
     if kind == "flip_crop":
         flip = torch.rand(n, generator=generator) < 0.5
-        out = torch.where(flip.to(x.device).view(n, 1, 1, 1), out.flip(3), out)
+        out = torch.where(flip.to(x.device, non_blocking=True).view(n, 1, 1, 1), out.flip(3), out)   # no wait for the GPU
     return out

@@ -22,6 +22,7 @@ from torch import nn
 
 from tunesmith.trainables import data as data_mod
 from tunesmith.trainables.config import TrainConfig, schedule_params
+from tunesmith.trainables.loss_tap import LossTap, default_every
 from tunesmith.trainables.models import build_model
 from tunesmith.trainables.optimizers import build_optimizer, current_momentum, set_lr_momentum
 from tunesmith.trainables.schedules import lr_at, momentum_at
@@ -87,7 +88,9 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, num_gpus: Optional[float] = None,
                  device: Optional[torch.device] = None, cpu_threads: Optional[int] = None,
-                 shared: Optional[dict] = None, rank: int = 0, world: int = 1):
+                 shared: Optional[dict] = None, rank: int = 0, world: int = 1, sync_every: Optional[int] = None):
+        """``sync_every``: steps between the host's reads of the losses (trainables/loss_tap.py);
+        default 1 on the CPU, GPU_EVERY on a GPU."""
         self.cfg = cfg
         self.rank, self.world = rank, world
         self.deadline: Optional[float] = None   # time.time() at which run() ends, mid-epoch if need be
@@ -123,6 +126,7 @@ class Trainer:
         self.steps_per_epoch = max(1, n // self.global_batch + (1 if n % self.global_batch > 1 and world == 1 else 0))
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.monitor = DivergenceMonitor(t.divergence_factor)
+        self.tap = LossTap(self.device, sync_every or default_every(self.device), world)
         self.epoch = 0   # epochs done: a restored trainer continues from here
         self.end_epoch = t.epochs   # where the schedule ends: earlier once fitted to the deadline
         self.warp: Optional[tuple] = None   # (at, progress, end): the schedule compressed from ``at``
@@ -208,6 +212,8 @@ class Trainer:
         total_loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
+        tap, lrs = self.tap, {}
+        tap.start_epoch()
         for i, (x, y) in enumerate(self.data.epoch(perm, self.rank_batch, self.steps_per_epoch)):
             late = self.deadline is not None and time.time() >= self.deadline
             if late and self.world == 1:
@@ -219,24 +225,41 @@ class Trainer:
             progress = self.schedule_progress(epoch + i / self.steps_per_epoch)
             lr = lr_at(t.schedule, progress, t.epochs, self.sched)
             loss, logits, y = self.train_step(x, y, lr, momentum_at(t.schedule, progress, t.epochs, self.sched))
-            # one sync per step: the divergence check needs the loss at once, and the ranks of a
-            # data-parallel run stop together at the deadline (one step late), or collectives hang
-            value, late = self._step_sync(loss.detach(), late)
+            lrs[i + 1] = lr
+            # no host sync here on a GPU: the losses are read a window later (trainables/loss_tap.py),
+            # and the ranks of a data-parallel run agree on the deadline once a window (stopping
+            # together, or their collectives would hang)
+            ready, late = tap.push(loss, late)
             if late:
                 return {"out_of_time": True}
-            reason = self.monitor.update(value)
-            if reason:
-                return {"diverged": True, "stop_reason": f"diverged: {reason}", "lr": lr,
-                        "train_loss": value, "steps": i + 1}
+            verdict = self._watch(ready, lrs)
+            if verdict:
+                return verdict
             total_loss += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
+        verdict = self._watch(tap.drain()[0], lrs)   # the epoch ran whole: only divergence matters now
+        if verdict:
+            return verdict
         if self.world > 1:
             import torch.distributed as dist
             tot = torch.stack([total_loss, correct.to(total_loss.dtype), torch.tensor(float(seen), device=self.device)])
             dist.all_reduce(tot)
             total_loss, correct, seen = tot[0], tot[1], tot[2].item()
         return {"train_loss": total_loss.item() / seen, "train_acc": correct.item() / seen, "lr": lr}
+
+    def _watch(self, ready, lrs) -> Optional[Dict[str, float]]:
+        """The divergence monitor over the losses now read, in step order: the verdict of the
+        first step that diverged (its step number, LR and loss), or None."""
+        for step, value in ready:
+            reason = self.monitor.update(value)
+            if reason:
+                return {"diverged": True, "stop_reason": f"diverged: {reason}", "lr": lrs[step],
+                        "train_loss": value, "steps": step}
+        if ready:
+            for step in [s for s in lrs if s <= ready[-1][0]]:
+                del lrs[step]
+        return None
 
     @property
     def rank_batch(self) -> int:
@@ -250,15 +273,6 @@ class Trainer:
         gb, rb = self.global_batch, self.rank_batch
         steps = self.steps_per_epoch
         return perm[:steps * gb].view(steps, self.world, rb)[:, self.rank].reshape(-1)
-
-    def _step_sync(self, loss: torch.Tensor, late: bool):
-        """(the step's loss averaged over ranks, whether any rank has reached the deadline)."""
-        if self.world == 1:
-            return loss.item(), False
-        import torch.distributed as dist
-        both = torch.stack([loss.float(), torch.tensor(float(late), device=loss.device)])
-        dist.all_reduce(both)
-        return both[0].item() / self.world, both[1].item() > 0
 
     @torch.inference_mode()
     def evaluate(self) -> Dict[str, float]:

@@ -1,0 +1,296 @@
+"""The GPU check: one prepared run that answers, on a GPU machine, whether tunesmith's GPU path is
+fast and right. It prints one table and writes it as JSON (--out).
+
+Cases (each with its peak GPU memory):
+- the trainer's images per second against a bare PyTorch loop with the same model, batch,
+  precision (bf16 autocast), channels_last and data on the device: small_cnn and resnet18 at 32 px
+  (goal: at least 90% of the bare loop); then the trainer with the per-step host sync forced
+  back on (sync_every=1), to show what reading the losses a window late buys;
+- four trials at resources.gpus 0.25 against one trial on the whole GPU: total images per second;
+- the batch finder's answer and its wall time on resnet18 at 128 px;
+- bf16 against fp32: the final accuracy of the same short run (should agree within 0.5 points);
+- `tunesmith smith` end to end on a generated colour dataset (shapes) with a 120 s budget: the
+  time to the first trial's first epoch, the best accuracy, and the GPU's utilisation over the run.
+A timm model at 128 px joins the first case once models can be named from timm (issue #27).
+
+On a GPU it takes about 5 minutes (under 8). ``--smoke`` runs every case on the CPU in tiny sizes,
+so that the script cannot rot: tests/test_gpu_check.py runs it.
+
+    python bench/gpu_check.py [--smoke] [--out gpu_check.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# sizes: (on a GPU, --smoke on the CPU)
+SIZES = {
+    "throughput": {"gpu": [("small_cnn", 32, 512, 200), ("resnet18", 32, 256, 100)],
+                   "smoke": [("small_cnn", 16, 32, 6), ("resnet18", 16, 16, 3)]},
+    "share": {"gpu": {"samples": 4096, "size": 32, "epochs": 3, "batch": 256},
+              "smoke": {"samples": 256, "size": 16, "epochs": 1, "batch": 32}},
+    "batch": {"gpu": ("resnet18", 128), "smoke": ("small_cnn", 16)},
+    "precision": {"gpu": {"dataset": "shapes", "epochs": 4}, "smoke": {"dataset": "digits", "epochs": 1}},
+    "smith": {"gpu": {"dataset": "shapes", "budget": 120}, "smoke": {"dataset": "digits", "budget": 25}},
+}
+
+
+def _device():
+    import torch
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _peak_reset():
+    import torch
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_mb():
+    import torch
+    return round(torch.cuda.max_memory_allocated() / 2 ** 20, 1) if torch.cuda.is_available() else None
+
+
+def _sync():
+    import torch
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _synthetic(model: str, size: int, batch: int, steps: int, precision: str = "auto"):
+    from tunesmith.trainables.config import TrainConfig
+    return TrainConfig.from_dict({
+        "dataset": {"name": "synthetic", "image_size": size, "num_samples": batch * (steps + 1), "val_fraction": 0.01},
+        "model": {"name": model}, "trainer": {"epochs": 3, "per_gpu_batch_size": batch, "precision": precision,
+                                              "schedule": "constant", "lr": 0.01}})
+
+
+def bare_loop(cfg, steps: int) -> float:
+    """Images per second of the plainest fast loop: the same model, batch, bf16 autocast,
+    channels_last, data as uint8 on the device, one optimizer step per batch, no host reads."""
+    import torch
+    from tunesmith.trainables import data as data_mod
+    from tunesmith.trainables.models import build_model
+    from tunesmith.trainables.optimizers import build_optimizer
+    device = _device()
+    data = data_mod.load(cfg.dataset, device)
+    model = build_model(cfg.model, data.shape, data.num_classes).to(device)
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        model = model.to(memory_format=torch.channels_last)
+    opt = build_optimizer(model, cfg.trainer, cfg.trainer.lr)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    batch = cfg.trainer.per_gpu_batch_size
+    n = len(data.train_y)
+
+    def run(count):
+        perm = torch.randperm(n, device=data.train_x.device)
+        for i in range(count):
+            idx = perm[(i * batch) % (n - batch + 1):][:batch]
+            x = data.normalise(data.train_x[idx])
+            if on_gpu:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
+                loss = loss_fn(model(x).float(), data.train_y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    run(3)   # warm-up: allocation and the first calls
+    _sync()
+    began = time.perf_counter()
+    run(steps)
+    _sync()
+    return steps * batch / (time.perf_counter() - began)
+
+
+def trainer_loop(cfg, steps: int, sync_every=None) -> float:
+    """Images per second of tunesmith's own epoch loop (Trainer.train_epoch) on the same data."""
+    from tunesmith.trainables.trainer import Trainer
+    trainer = Trainer(cfg, sync_every=sync_every)
+    trainer.train_epoch(0)   # warm-up epoch
+    _sync()
+    began = time.perf_counter()
+    out = trainer.train_epoch(1)
+    _sync()
+    assert "train_loss" in out, out
+    return trainer.steps_per_epoch * trainer.global_batch / (time.perf_counter() - began)
+
+
+def case_throughput(kind: str):
+    rows = []
+    for model, size, batch, steps in SIZES["throughput"][kind]:
+        cfg = _synthetic(model, size, batch, steps)
+        _peak_reset()
+        bare = bare_loop(cfg, steps)
+        ours = trainer_loop(cfg, steps)
+        synced = trainer_loop(cfg, steps, sync_every=1)
+        rows.append({"case": f"throughput {model} {size}px batch {batch}", "bare_img_s": round(bare, 1),
+                     "trainer_img_s": round(ours, 1), "trainer_share": round(ours / bare, 3),
+                     "per_step_sync_img_s": round(synced, 1), "sync_share": round(synced / bare, 3),
+                     "goal": "trainer_share >= 0.9", "met": ours / bare >= 0.9, "peak_mb": _peak_mb()})
+    rows.append({"case": "throughput timm 128px", "note": "waits for issue #27 (timm models by name)"})
+    return rows
+
+
+def _tunesmith(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "tunesmith.orchestrator", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _epochs(root: str, sweep: str):
+    import pyarrow.dataset as pds
+    return pds.dataset(os.path.join(root, sweep, "epochs"), format="parquet").to_table().to_pandas()
+
+
+def case_share(kind: str, root: str, gpu: bool):
+    """Four trials sharing the device against one holding it whole (a seed study: the same
+    configuration, four seeds at once)."""
+    s = SIZES["share"][kind]
+    spec = os.path.join(root, "share.yaml")
+    with open(spec, "w") as fh:
+        json.dump({"dataset": {"name": "synthetic", "image_size": s["size"], "num_samples": s["samples"]},
+                   "model": {"name": "small_cnn"}, "results_dir": root, "asha": {"enabled": False},
+                   "trainer": {"epochs": s["epochs"], "per_gpu_batch_size": s["batch"]}}, fh)
+    rows = []
+    for name, trials, share in (("one", 1, 1.0), ("four", 4, 0.25)):
+        res = [f"resources.gpus={share}"] if gpu else [f"resources.cpus={2 / trials}"]
+        began = time.time()
+        out = _tunesmith("run", spec, "--name", f"share-{name}", "--num-samples", str(trials), "--num-cpus", "2",
+                         *sum((["--set", r] for r in res), []))
+        if out.returncode != 0:
+            raise RuntimeError(f"share-{name}: {out.stderr[-2000:]}")
+        ep = _epochs(root, f"share-{name}")
+        per_trial = ep.groupby("trial_id").samples_per_second.mean()
+        rows.append({"case": f"{trials} trial(s) at gpus {share:g}" if gpu else f"{trials} trial(s) on 2 CPUs",
+                     "total_img_s": round(float(per_trial.sum()), 1), "trials": int(len(per_trial)),
+                     "wall_s": round(time.time() - began, 1),
+                     "peak_mb": None if ep.gpu_mem_mb.isna().all() else round(float(ep.gpu_mem_mb.max()), 1)})
+    rows[1]["vs_one"] = round(rows[1]["total_img_s"] / rows[0]["total_img_s"], 3)
+    return rows
+
+
+def case_batch(kind: str):
+    from tunesmith.trainables.batch_finder import find
+    from tunesmith.trainables.config import TrainConfig
+    model, size = SIZES["batch"][kind]
+    cfg = TrainConfig.from_dict({"dataset": {"name": "synthetic", "image_size": size, "num_samples": 4096},
+                                 "model": {"name": model}})
+    _peak_reset()
+    began = time.perf_counter()
+    found = find(cfg, memory_budget_bytes=None if kind == "gpu" else 64 << 20, max_batch=None if kind == "gpu" else 256)
+    return [{"case": f"batch finder {model} {size}px", "per_gpu_batch_size": found.per_gpu_batch_size,
+             "largest_fit": found.largest_fit, "limit": found.limit, "wall_s": round(time.perf_counter() - began, 2),
+             "peak_mb": _peak_mb()}]
+
+
+def case_precision(kind: str):
+    from tunesmith.trainables.config import TrainConfig
+    from tunesmith.trainables.trainer import Trainer
+    p = SIZES["precision"][kind]
+    acc = {}
+    for precision in ("bf16", "fp32"):
+        cfg = TrainConfig.from_dict({"dataset": {"name": p["dataset"]}, "seed": 0,
+                                     "trainer": {"epochs": p["epochs"], "precision": precision}})
+        _peak_reset()
+        acc[precision] = [m for m in Trainer(cfg, cpu_threads=2).run()][-1]["val_acc"]
+    gap = abs(acc["bf16"] - acc["fp32"]) * 100
+    return [{"case": f"bf16 vs fp32 on {p['dataset']}, {p['epochs']} epochs", "bf16_val_acc": round(acc["bf16"], 4),
+             "fp32_val_acc": round(acc["fp32"], 4), "gap_pp": round(gap, 2), "goal": "gap_pp <= 0.5",
+             "met": gap <= 0.5, "peak_mb": _peak_mb()}]
+
+
+class Utilisation(threading.Thread):
+    """The GPU's utilisation, sampled from nvidia-smi twice a second while a command runs."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.samples, self.stop = [], threading.Event()
+
+    def run(self):
+        while not self.stop.wait(0.5):
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                                     capture_output=True, text=True, timeout=5)
+                self.samples.append(float(out.stdout.split()[0]))
+            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+                return
+
+    def mean(self):
+        return round(sum(self.samples) / len(self.samples), 1) if self.samples else None
+
+
+def case_smith(kind: str, root: str, gpu: bool):
+    s = SIZES["smith"][kind]
+    spec = os.path.join(root, "smith.yaml")
+    with open(spec, "w") as fh:
+        json.dump({"dataset": {"name": s["dataset"]}, "results_dir": root, "time_budget_s": s["budget"],
+                   "resources": {"gpus": 0.25} if gpu else {"cpus": 1}}, fh)
+    util = Utilisation()
+    if gpu:
+        util.start()
+    began = time.time()
+    out = _tunesmith("smith", spec, "--name", "smith", "--num-cpus", "2")
+    util.stop.set()
+    if out.returncode != 0:
+        raise RuntimeError(f"smith: {out.stderr[-2000:]}")
+    with open(os.path.join(root, "smith", "smith.json")) as fh:
+        report = json.load(fh)
+    ep = _epochs(root, report["stage2"]["name"])
+    first = ep.timestamp.min().timestamp() - report["started_at_unix"]
+    return [{"case": f"smith on {s['dataset']}, {s['budget']} s budget", "first_epoch_s": round(first, 1),
+             "best_val_acc": report["result"]["value"], "gpu_util_pct": util.mean(),
+             "wall_s": round(time.time() - began, 1),
+             "peak_mb": None if ep.gpu_mem_mb.isna().all() else round(float(ep.gpu_mem_mb.max()), 1)}]
+
+
+def render(rows) -> str:
+    from tunesmith.orchestrator.tables import plain
+    keys = list(dict.fromkeys(k for r in rows for k in r if k != "case"))
+    body = [[r["case"], ", ".join(f"{k} {r[k]}" for k in keys if k in r)] for r in rows]
+    return plain(["case", "figures"], body)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="every case on the CPU in tiny sizes")
+    p.add_argument("--out", default="gpu_check.json", help="where the table goes as JSON")
+    args = p.parse_args(argv)
+    import torch
+    gpu = torch.cuda.is_available() and not args.smoke
+    kind = "gpu" if gpu else "smoke"
+    if not gpu and not args.smoke:
+        print("gpu_check: no GPU here; --smoke runs every case on the CPU in tiny sizes", file=sys.stderr)
+        return 2
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    began = time.time()
+    device = torch.cuda.get_device_name(0) if gpu else "cpu (smoke)"
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tunesmith-gpu-check-") as root:
+        for name, case in (("throughput", lambda: case_throughput(kind)), ("batch", lambda: case_batch(kind)),
+                           ("precision", lambda: case_precision(kind)),
+                           ("share", lambda: case_share(kind, root, gpu)),
+                           ("smith", lambda: case_smith(kind, root, gpu))):
+            t0 = time.time()
+            try:
+                rows += case()
+            except Exception as exc:   # noqa: BLE001 - one case failing still leaves the others' figures
+                rows.append({"case": name, "error": f"{type(exc).__name__}: {str(exc)[-500:]}"})
+            print(f"[{time.time() - began:6.1f}s] {name} done in {time.time() - t0:.1f}s", file=sys.stderr, flush=True)
+    result = {"device": device, "torch": torch.__version__, "seconds": round(time.time() - began, 1), "rows": rows}
+    with open(args.out, "w") as fh:
+        json.dump(result, fh, indent=2, default=str)
+    print(f"gpu_check on {device}, {result['seconds']} s\n" + render(rows))
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
