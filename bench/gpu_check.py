@@ -39,7 +39,7 @@ SIZES = {
               "smoke": {"samples": 256, "size": 16, "epochs": 1, "batch": 32}},
     "batch": {"gpu": ("resnet18", 128), "smoke": ("small_cnn", 16)},
     "precision": {"gpu": {"dataset": "shapes", "epochs": 4}, "smoke": {"dataset": "digits", "epochs": 1}},
-    "smith": {"gpu": {"dataset": "shapes", "budget": 120}, "smoke": {"dataset": "digits", "budget": 25}},
+    "smith": {"gpu": {"dataset": "shapes", "budget": 120}, "smoke": {"dataset": "digits", "budget": 15}},
 }
 
 
