@@ -80,6 +80,15 @@ def device_count(device: torch.device, num_gpus: Optional[float]) -> int:
     return max(1, min(held, torch.cuda.device_count()))
 
 
+def device_plan(t, device: torch.device, devices: int):
+    """(global batch, peak LR, bf16, channels_last) for ``devices`` devices of ``device``'s kind:
+    the batch is per GPU times the GPUs (times the ranks), the LR scales with it only when
+    asked (scale_lr), and a GPU trains in bf16 autocast and channels_last unless told fp32."""
+    on_gpu = device.type == "cuda"
+    bf16 = on_gpu and t.precision in ("auto", "bf16") or t.precision == "bf16"
+    return t.per_gpu_batch_size * devices, t.lr * (devices if t.scale_lr else 1), bf16, on_gpu
+
+
 class Trainer:
     """One trial's training. With ``world`` > 1 it is one rank of a data-parallel run (set up by
     Ray Train, trainables/tune_trainable.py): each rank trains its share of every global batch,
@@ -100,11 +109,7 @@ class Trainer:
         if cpu_threads:
             torch.set_num_threads(max(1, int(cpu_threads)))
         t = cfg.trainer
-        self.global_batch = t.per_gpu_batch_size * self.devices
-        self.peak_lr = t.lr * (self.devices if t.scale_lr else 1)
-        on_gpu = self.device.type == "cuda"
-        self.bf16 = on_gpu and t.precision in ("auto", "bf16") or t.precision == "bf16"
-        self.channels_last = on_gpu
+        self.global_batch, self.peak_lr, self.bf16, self.channels_last = device_plan(t, self.device, self.devices)
 
         torch.manual_seed(cfg.seed)
         self.data = data_mod.load(cfg.dataset, self.device, shared=shared)
