@@ -3,10 +3,13 @@ accepts, whole points to evaluate, presets expanded, and repeats given distinct 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from tunesmith.search_spaces.space import Dimension
 from tunesmith.trainables.config import ConfigError, TrainConfig, resolve_key
+
+MAX_TRIALS = 1_000_000   # past this a spec is a typo, and validating it would build the whole walk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,11 +45,18 @@ def resolve_search(f, base: TrainConfig, presets: Tuple[str, ...] = ()) -> Searc
     the trainer accepts, and each point a whole configuration inside the space."""
     algorithm = f.algorithm
     num_samples = f.num_samples or (1 if algorithm == "grid" else 16)
-    dims = []
+    dims, seen = [], {}
     for key, spec in (f.space or {}).items():
         where = f"search.space.{key}"
-        resolve_key(str(key), "search.space")
+        setting = resolve_key(str(key), "search.space")
+        if setting in seen:   # `lr` and `trainer.lr`: the last applied would win, the other recorded unused
+            raise ConfigError(where, spec, f"the same setting as search.space.{seen[setting]}; search it once")
+        seen[setting] = key
         dim = Dimension.parse(str(key), spec, where)
+        if dim.kind in ("grid", "choice"):
+            repeated = [v for i, v in enumerate(dim.values) if v in dim.values[:i]]
+            if repeated:
+                raise ConfigError(where, spec, f"{repeated[0]!r} is listed more than once: each value runs once")
         if algorithm in ("tpe", "quasi") and dim.kind == "grid":
             raise ConfigError(where, spec, f"{algorithm} cannot search a grid; use choice, or algorithm: grid")
         if algorithm == "grid" and dim.kind == "choice":
@@ -76,6 +86,11 @@ def resolve_search(f, base: TrainConfig, presets: Tuple[str, ...] = ()) -> Searc
                                       f"missing, and the spec's value {default!r} lies outside the space")
                 full[dim.key] = default
         points.append(full)
+    walks = max(num_samples, len(points))
+    size = math.prod(len(d.values) for d in dims if d.kind == "grid")
+    if size * walks > MAX_TRIALS:
+        raise ConfigError("search.num_samples", num_samples, f"{size * walks:,} trials ({walks:,} x a grid of "
+                          f"{size:,}); a sweep runs at most {MAX_TRIALS:,}")
     dims, num_samples = distinct_trials(dims, algorithm, num_samples, f.num_samples is not None, base.seed)
     band = f.lr_band
     if band is not None and not 0 < band[0] < band[1]:

@@ -158,6 +158,8 @@ class SweepSpec(Section):
         if self.mode is None:
             object.__setattr__(self, "mode", METRICS[self.metric])
         max_t = self.asha.max_t or self.trainer.epochs
+        if max_t > self.trainer.epochs:   # ASHA would never prune, and every full trial read "stopped after 10 of 100"
+            raise ConfigError("asha.max_t", self.asha.max_t, f"must not exceed trainer.epochs ({self.trainer.epochs})")
         if self.asha.grace_period is None:
             object.__setattr__(self, "asha", self.asha.model_copy(update={"grace_period": default_grace(max_t)}))
         if self.asha.grace_period > max_t:

@@ -295,3 +295,41 @@ def test_folder_split_is_views_and_drops_unreadable_rows_in_place(tmp_path):
     assert d.train_x.untyped_storage().data_ptr() == d.val_x.untyped_storage().data_ptr()
     assert len(d.train_x) == len(d.train_y) and len(d.val_x) == len(d.val_y)
     assert set(d.train_y.tolist()) | set(d.val_y.tolist()) == {0, 1, 2}
+
+
+def test_empty_class_folders_are_refused_by_name(tmp_path):
+    """Nine of ten class folders empty once trained on one label and read val_acc 1.0."""
+    _make_folder(tmp_path / "f")
+    for name in ("deer", "eel"):
+        (tmp_path / "f" / name).mkdir()
+    with pytest.raises(ConfigError) as err:
+        folder.scan(DatasetConfig(name="imagefolder", data_dir=str(tmp_path / "f")))
+    assert "deer/, eel/ hold no images" in str(err.value)
+
+
+@pytest.mark.parametrize("val_name", ["val", "valid", "validation"])
+def test_train_beside_val_or_valid_is_the_split(tmp_path, val_name):
+    _make_folder(tmp_path / "f" / "train", per_class=6)
+    _make_folder(tmp_path / "f" / val_name, per_class=2)
+    plan = folder.scan(DatasetConfig(name="imagefolder", data_dir=str(tmp_path / "f"), image_size=8))
+    assert plan.classes == ["cat", "dog", "fox"] and plan.explicit_val
+    assert len(plan.train_files) == 18 and len(plan.val_files) == 6
+    assert f"train/ for training, {val_name}/ for validation" in plan.describe()
+
+
+def test_train_beside_test_is_not_two_classes_and_the_test_folder_is_not_read(tmp_path):
+    """torchvision's and Keras's layout: train/ and test/. It once trained 'train versus test'."""
+    _make_folder(tmp_path / "f" / "train", per_class=8)
+    _make_folder(tmp_path / "f" / "test", per_class=3)
+    plan = folder.scan(DatasetConfig(name="imagefolder", data_dir=str(tmp_path / "f"), image_size=8))
+    assert plan.classes == ["cat", "dog", "fox"] and not plan.explicit_val
+    assert all("/test/" not in f for f in plan.train_files + plan.val_files)
+    assert "test/ left unread" in plan.describe()
+
+
+def test_an_empty_val_folder_is_one_line(tmp_path):
+    _make_folder(tmp_path / "f" / "train")
+    for cls in ("cat", "dog", "fox"):
+        (tmp_path / "f" / "val" / cls).mkdir(parents=True)
+    with pytest.raises(ConfigError, match="val/ holds no images"):
+        folder.scan(DatasetConfig(name="imagefolder", data_dir=str(tmp_path / "f")))

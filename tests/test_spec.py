@@ -210,3 +210,37 @@ def test_schema_to_a_folder_that_does_not_exist_is_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"--output = '{out}'" in err and err.count("\n") == 1
     assert not out.parent.exists()
+
+
+# --- values that were accepted but wrong (issue #30) -----------------------------------------
+
+@pytest.mark.parametrize("raw,field,problem", [
+    ({"search": {"space": {"lr": {"choice": [0.1, 0.2]}, "trainer.lr": {"choice": [0.3]}}}},
+     "search.space.trainer.lr", "the same setting as search.space.lr"),
+    ({"search": {"algorithm": "grid", "space": {"lr": {"grid": [0.1, 0.1, 0.1]}}}},
+     "search.space.lr", "0.1 is listed more than once"),
+    ({"trainer": {"epochs": 10}, "asha": {"max_t": 100}}, "asha.max_t", "must not exceed trainer.epochs (10)"),
+])
+def test_values_that_would_run_wrong_are_refused(raw, field, problem):
+    with pytest.raises(ConfigError) as err:
+        spec_mod.from_dict(raw)
+    assert err.value.field == field and problem in err.value.problem
+
+
+def test_a_huge_grid_walk_is_refused_before_it_is_built():
+    import time
+    began = time.perf_counter()
+    with pytest.raises(ConfigError, match="a sweep runs at most 1,000,000") as err:
+        spec_mod.from_dict({"search": {"algorithm": "grid", "num_samples": 100_000_000,
+                                       "space": {"lr": {"grid": [0.1, 0.01]}}}})
+    assert err.value.field == "search.num_samples"
+    assert time.perf_counter() - began < 2   # no 200-million-entry walk was built to say so
+
+
+def test_a_yaml_alias_bomb_is_one_short_line(tmp_path, capsys, spec_file):
+    levels = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    path = spec_file("\n".join(levels) + "\ntrainer: {lr: *a8}\n")
+    assert main(["validate", path]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tunesmith: error: trainer.lr = [[[") and len(err) < 300 and "\n" not in err

@@ -15,12 +15,26 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic_core import PydanticCustomError
 
 
+SHOWN_CHARS = 120   # an error shows this much of a value: one line, even for a YAML alias bomb
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut to SHOWN_CHARS, drawn to a bounded depth and length (reprlib): the
+    whole repr of a large or deeply nested value is never built."""
+    import reprlib
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxtuple, short.maxdict, short.maxset = 3, 6, 6, 6, 6
+    short.maxstring, short.maxother, short.maxlong = SHOWN_CHARS, SHOWN_CHARS, 40
+    text = short.repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "..."
+
+
 class ConfigError(ValueError):
     """A bad value in a spec: ``field = value: problem`` on one line."""
 
     def __init__(self, field: str, value: Any, problem: str):
         self.field, self.value, self.problem = field, value, problem
-        super().__init__(f"{field} = {value!r}: {problem}")
+        super().__init__(f"{field} = {shown(value)}: {problem}")
 
     def __reduce__(self):   # crosses process boundaries (Ray) and copy.copy intact
         return (type(self), (self.field, self.value, self.problem))

@@ -93,6 +93,34 @@ def _classes_and_files(root: str) -> Tuple[List[str], List[str], List[int], int]
     return classes, files, labels, other
 
 
+TRAIN_NAMES = ("train", "training")
+VAL_NAMES = ("val", "valid", "validation")   # torchvision's, Keras's and Roboflow's habits
+TEST_NAMES = ("test", "testing")
+
+
+def split_folders(root: str) -> Tuple[Optional[str], Optional[str], Optional[str]]:
+    """(train, validation, test) folder names where ``root`` is laid out by split, as the usual
+    tools lay it out, else (None, None, None): then every subfolder is a class."""
+    subdirs = {d.lower(): d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))}
+    train = next((subdirs[n] for n in TRAIN_NAMES if n in subdirs), None)
+    if train is None:
+        return None, None, None
+    val = next((subdirs[n] for n in VAL_NAMES if n in subdirs), None)
+    test = next((subdirs[n] for n in TEST_NAMES if n in subdirs), None)
+    return (train, val, test) if val or test else (None, None, None)
+
+
+def _refuse_empty(cfg: DatasetConfig, classes: List[str], labels: List[int], where: str) -> None:
+    """A class folder without images is no class: training on the rest would report accuracies
+    against a label space that does not exist (9 empty folders of 10 once read val_acc 1.0)."""
+    have = set(labels)
+    empty = [c for i, c in enumerate(classes) if i not in have]
+    if empty:
+        shown = ", ".join(f"{where}{c}/" for c in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise ConfigError("dataset.data_dir", cfg.data_dir, f"class folder{'s' if len(empty) > 1 else ''} {shown} "
+                          "hold no images; fill them or remove them")
+
+
 def own_mode(files: Sequence[str]) -> str:
     """The folder's own colour, from the headers of MODE_SAMPLE images spread over it (nothing is
     decoded): "L" when every one read is grey, else "RGB". A palette image counts as colour."""
@@ -140,6 +168,7 @@ class FolderPlan:
     non_images: int = 0
     explicit_val: bool = False
     skipped: List[Tuple[str, str]] = field(default_factory=list)
+    layout: str = "one folder per class; validation split off by dataset.val_fraction"
 
     @property
     def channels(self) -> int:
@@ -148,7 +177,8 @@ class FolderPlan:
     def describe(self) -> str:
         n = len(self.train_files) + len(self.val_files)
         how = (f"streaming, {self.workers()} workers" if self.streams else "in memory, shared")
-        return f"{how}: {n} images of {self.channels}x{self.size}x{self.size}, {_fmt_bytes(self.estimate)} decoded; {self.why}"
+        return (f"{how}: {n} images of {self.channels}x{self.size}x{self.size}, {_fmt_bytes(self.estimate)} decoded; "
+                f"{self.layout}; {self.why}")
 
     def workers(self) -> int:
         return self.cfg.workers or max(1, min(4, os.cpu_count() or 1))
@@ -248,17 +278,30 @@ def scan(cfg: DatasetConfig, budget: Optional[int] = None) -> FolderPlan:
     from tunesmith.trainables.data_check import check_dataset_files
     check_dataset_files(cfg)
     root = os.path.expanduser(cfg.data_dir)
-    explicit = all(os.path.isdir(os.path.join(root, d)) for d in ("train", "val"))
-    if explicit:
-        classes, files, labels, other = _classes_and_files(os.path.join(root, "train"))
-        vclasses, vfiles, vlabels, vother = _classes_and_files(os.path.join(root, "val"))
-        if vclasses != classes:
-            raise ConfigError("dataset.data_dir", cfg.data_dir,
-                              f"train/ and val/ hold different classes ({len(classes)} and {len(vclasses)})")
-        other += vother
+    train_dir, val_dir, test_dir = split_folders(root)
+    explicit = train_dir is not None and val_dir is not None
+    if train_dir is not None:
+        classes, files, labels, other = _classes_and_files(os.path.join(root, train_dir))
+        _refuse_empty(cfg, classes, labels, train_dir + "/")
+        if val_dir is not None:
+            vclasses, vfiles, vlabels, vother = _classes_and_files(os.path.join(root, val_dir))
+            if vclasses != classes:
+                raise ConfigError("dataset.data_dir", cfg.data_dir, f"{train_dir}/ and {val_dir}/ hold different classes "
+                                  f"({len(classes)} and {len(vclasses)})")
+            if not vfiles:
+                raise ConfigError("dataset.data_dir", cfg.data_dir, f"{val_dir}/ holds no images; fill it, or remove "
+                                  f"it to split the validation set off {train_dir}/ by dataset.val_fraction")
+            other += vother
+        else:
+            vfiles, vlabels = [], []
+        layout = (f"{train_dir}/ for training, " + (f"{val_dir}/ for validation" if val_dir else
+                  "validation split off it by dataset.val_fraction")
+                  + (f"; {test_dir}/ left unread (no trial or selection reads a test set)" if test_dir else ""))
     else:
         classes, files, labels, other = _classes_and_files(root)
+        _refuse_empty(cfg, classes, labels, "")
         vfiles, vlabels = [], []
+        layout = FolderPlan.layout
     if len(classes) < 2:
         raise ConfigError("dataset.data_dir", cfg.data_dir, "needs at least two class subfolders")
     if len(files) + len(vfiles) < 2:
@@ -279,7 +322,7 @@ def scan(cfg: DatasetConfig, budget: Optional[int] = None) -> FolderPlan:
     else:
         streams, why = False, f"within the memory budget: {shown}"
     return FolderPlan(cfg, root, classes, files, labels, vfiles, vlabels, size, mode, estimate, budget, streams,
-                      why, other, explicit)
+                      why, other, explicit, layout=layout)
 
 
 class _FileSet(torch.utils.data.Dataset):
