@@ -68,6 +68,11 @@ def resolve_address(address: str) -> str:
     if address != "auto":
         return address
     env = os.environ.get("RAY_ADDRESS")
+    if env and env.startswith(("http://", "https://")):   # a job server's URL, where a GCS address is wanted
+        from tunesmith.trainables.config import ConfigError
+        raise ConfigError("--address", f"auto (RAY_ADDRESS={env})", "RAY_ADDRESS holds a job server's URL, which "
+                          "`submit` and `jobs` take; `run`, `smith` and `resume` join a cluster at its GCS address, "
+                          "HEAD:6379: unset RAY_ADDRESS or give --address HEAD:6379")
     if env and env != "auto":
         return env
     try:

@@ -37,6 +37,22 @@ def _token() -> Optional[str]:
     return token or None
 
 
+def plain_http_elsewhere(address: str) -> bool:
+    """A job server reached over plain http at an address that is not this machine's loopback."""
+    from urllib.parse import urlsplit
+    import ipaddress
+    parts = urlsplit(address)
+    if parts.scheme != "http":
+        return False
+    host = parts.hostname or ""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True   # a host name: it may resolve anywhere
+
+
 def client(address: Optional[str]):
     """A JobSubmissionClient for ``address`` (http://HEAD:8265), or a one-line error naming it."""
     if not address:
@@ -48,6 +64,9 @@ def client(address: Optional[str]):
     for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):   # the explicit address wins
         os.environ.pop(var, None)
     token = _token()
+    if token and plain_http_elsewhere(address):
+        print(f"tunesmith: warning: the cluster's token goes in clear text to {address}; use https:// for a head "
+              "that is not on this machine", file=sys.stderr, flush=True)
     headers = {"Authorization": f"Bearer {token}"} if token else None
     from ray.job_submission import JobSubmissionClient
     try:

@@ -91,7 +91,7 @@ def cmd_resume(args) -> int:
     from tunesmith.cluster.connect import connect, disconnect
     from tunesmith.orchestrator import resume
     from tunesmith.orchestrator.tb_events import preload
-    storage, name, spec, man = resume.load(args.sweep_dir)
+    storage, name, spec, man = resume.load(args.sweep_dir, trust=args.trust)
     preload()
     cluster = connect(args.address, args.num_cpus, args.num_gpus, args.dashboard, args.worker_logs)
     try:
@@ -273,6 +273,8 @@ COMMANDS: Dict[str, tuple] = {
               [arguments.spec_args, arguments.cluster_args, arguments.smith_args]),
     "resume": (cmd_resume, "continue a sweep whose driver died, from its checkpoints",
                [lambda p: p.add_argument("sweep_dir", help="RESULTS/SWEEP: a sweep folder tunesmith wrote"),
+                lambda p: p.add_argument("--trust", action="store_true",
+                                         help="resume even when Tune's state belongs to another user or others can write it"),
                 arguments.cluster_args]),
     "submit": (cmd_submit, "submit a sweep to a Ray cluster as a job (Jobs API)",
                [arguments.spec_args,

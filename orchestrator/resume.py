@@ -14,6 +14,8 @@ be there. A results folder is trusted like code.
 from __future__ import annotations
 
 import json
+import os
+import stat
 import posixpath
 import time
 
@@ -25,7 +27,23 @@ from tunesmith.cluster.storage import Storage
 from tunesmith.trainables.config import ConfigError
 
 
-def load(target: str):
+def check_owner(parent: Storage, name: str) -> None:
+    """As ssh does with keys: Tune's pickled state is code to this process, so on a local disk it
+    must belong to this user and be writable by nobody else (the folder holding it too)."""
+    if not parent.is_local:
+        return   # an object store's access is its own policy
+    for rel in ("_tune", "_tune/tuner.pkl"):
+        path = parent.path(name, rel)
+        st = os.stat(path)
+        if st.st_uid != os.getuid():
+            raise ConfigError("resume", path, f"belongs to another user (uid {st.st_uid}): resume unpickles it, "
+                              "which runs code; pass --trust if you trust whoever wrote it")
+        if st.st_mode & 0o022:
+            raise ConfigError("resume", path, f"is writable by others (mode {stat.filemode(st.st_mode)}): resume "
+                              "unpickles it, which runs code; chmod go-w it, or pass --trust")
+
+
+def load(target: str, trust: bool = False):
     """(storage of the results root, sweep name, spec, manifest) of a sweep tunesmith wrote."""
     where = target.rstrip("/")
     parent = Storage(where).parent()
@@ -36,6 +54,8 @@ def load(target: str):
     man = json.loads(parent.read_bytes(f"{name}/manifest.json"))
     if not parent.exists(name, "_tune", "tuner.pkl"):
         raise ConfigError("resume", target, "holds no Tune state (_tune/tuner.pkl): nothing to resume")
+    if not trust:
+        check_owner(parent, name)
     spec = from_dict(yaml.safe_load(parent.read_bytes(f"{name}/spec.yaml")), default_name=name)
     if man.get("status") == "finished" and man.get("trials", {}).get("running", 0) == 0:
         raise ConfigError("resume", target, "finished; nothing to resume (its trials all ended)")

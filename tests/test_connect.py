@@ -49,3 +49,21 @@ def test_auto_with_no_cluster_ever_started(tmp_path, capsys, spec_file, monkeypa
 def test_malformed_address(tmp_path, capsys, spec_file, address):
     assert main(["run", spec_file(SPEC), "--address", address]) == 2
     assert "must be auto or HOST:PORT" in capsys.readouterr().err
+
+
+def test_a_job_server_url_in_ray_address_with_auto_is_one_line(tmp_path, capsys, spec_file, monkeypatch):
+    """RAY_ADDRESS=http://head:8265 is what `submit` takes; `run --address auto` once read it as a
+    GCS address and died in a traceback."""
+    monkeypatch.setenv("RAY_ADDRESS", "http://10.77.0.1:8265")
+    assert main(["run", spec_file("dataset: {name: digits}\nresults_dir: RESULTS\n"), "--address", "auto"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "job server's URL" in err and "HEAD:6379" in err
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("address,warn", [("http://10.77.0.1:8265", True), ("http://head.example:8265", True),
+                                          ("http://127.0.0.1:8265", False), ("http://localhost:8265", False),
+                                          ("http://[::1]:8265", False), ("https://10.77.0.1:8265", False)])
+def test_the_token_over_plain_http_to_another_host_is_warned_about(address, warn):
+    from tunesmith.cluster.submit import plain_http_elsewhere
+    assert plain_http_elsewhere(address) is warn
