@@ -176,6 +176,7 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
             ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
                      dashboard_host="127.0.0.1", **common)
         started = True
+        terminate_as_interrupt()   # ray.init replaced it with its own sys.exit(15)
     res = ray.cluster_resources()
     ctx = ray.get_runtime_context()
     gcs = getattr(ctx, "gcs_address", None) or address or "local"
@@ -188,6 +189,16 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
     return ClusterInfo(address=gcs, cpus=float(res.get("CPU", 0)), gpus=float(res.get("GPU", 0)),
                        nodes=len([n for n in ray.nodes() if n.get("Alive")]), started_here=started,
                        dashboard_url=url)
+
+
+def terminate_as_interrupt() -> None:
+    """SIGTERM (Kubernetes, `ray job stop`, `kill`) handled as the first Ctrl-C: a
+    KeyboardInterrupt wherever the command is, which each phase already cleans up after. Set from
+    the main thread only (Python's rule); the sweep's stopper takes both signals while Tune runs."""
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def disconnect(info: ClusterInfo) -> None:

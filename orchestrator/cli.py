@@ -63,15 +63,17 @@ def cmd_run(args) -> int:
     from tunesmith.orchestrator.tb_events import preload
     from tunesmith.orchestrator.sweep import best_table, budget_problem, concurrency_for, run_sweep
     preload()
-    cluster = connect(args.address, args.num_cpus, args.num_gpus, args.dashboard, args.worker_logs)
+    cluster = None
     try:
+        cluster = connect(args.address, args.num_cpus, args.num_gpus, args.dashboard, args.worker_logs)
         concurrency_for(spec, cluster)   # a trial that cannot fit is bad input, before anything is written
         if args.address:
             from tunesmith.cluster.storage_check import check_every_node
             check_every_node(spec.results_dir)
         outcome = run_sweep(spec, cluster, command="run", started=started)
     finally:
-        disconnect(cluster)
+        if cluster is not None:
+            disconnect(cluster)
     print()
     print(best_table(outcome))
     counts = outcome.ledger.status_counts()
@@ -93,15 +95,17 @@ def cmd_resume(args) -> int:
     from tunesmith.orchestrator.tb_events import preload
     storage, name, spec, man = resume.load(args.sweep_dir, trust=args.trust)
     preload()
-    cluster = connect(args.address, args.num_cpus, args.num_gpus, args.dashboard, args.worker_logs)
+    cluster = None
     try:
+        cluster = connect(args.address, args.num_cpus, args.num_gpus, args.dashboard, args.worker_logs)
         out = resume.run(args.sweep_dir, cluster, spec, storage, name, man)
     finally:
-        disconnect(cluster)
+        if cluster is not None:
+            disconnect(cluster)
     print(f"resumed {name}: {out['restored']} trials were recorded, {out['total']} now; "
           + ", ".join(f"{n} {s}" for s, n in sorted(out["trials"].items())))
     print(f"results: {out['path']}")
-    return 0
+    return 130 if out.get("interrupted") else 0
 
 
 def _smith_options(args) -> List[str]:
@@ -329,8 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from tunesmith.cluster.connect import prepare_environment
+    from tunesmith.cluster.connect import prepare_environment, terminate_as_interrupt
     prepare_environment()   # before anything imports Ray: it reads these variables once
+    terminate_as_interrupt()
     # requests probes urllib3's optional SOCKS support on import and, without PySocks, warns on
     # stderr; whether the warning shows depends on which thread imports requests first (Ray's
     # and the TensorBoard preload's), and it would break the one-line error of bad input.

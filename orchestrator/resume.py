@@ -74,7 +74,7 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
     from tunesmith.orchestrator.data_share import plan, share
     from tunesmith.trainables.tune_trainable import train_cnn
 
-    os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)   # Tune's own Ctrl-C handling saves its state
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"   # the sweep's own stopper takes Ctrl-C and SIGTERM, as in `run`
     before = trial_ids(storage, name)
     in_memory, _ = plan(spec.train.dataset, local=cluster.started_here)
     trainable = tune.with_resources(
@@ -91,11 +91,19 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
     light_usage_tagging()
     tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=True,
                                storage_filesystem=fs)
+    stopper = _restored_stopper(tuner)
     status = "failed"
     try:
+        if stopper is not None:
+            stopper.install()
         grid = tuner.fit()
-        status = "finished"
+        status = "interrupted" if stopper is not None and stopper.event.is_set() else "finished"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
     finally:
+        if stopper is not None:
+            stopper.uninstall()
         after = storage.read_table(f"{name}/trials.parquet").to_pandas() if storage.exists(name, "trials.parquet") \
             else None
         counts = after.status.value_counts().to_dict() if after is not None else {}
@@ -105,4 +113,20 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
     if len(grid) < len(before):
         raise RuntimeError(f"Tune restored {len(grid)} trials where {len(before)} were recorded: the restore "
                            "failed and Tune started afresh; the Parquet files keep what was written")
-    return {"trials": counts, "restored": len(before), "total": len(grid), "path": storage.uri(name)}
+    return {"trials": counts, "restored": len(before), "total": len(grid), "path": storage.uri(name),
+            "interrupted": status == "interrupted"}
+
+
+def _restored_stopper(tuner):
+    """The sweep's stopper as Tune restored it from tuner.pkl (RunConfig.stop; the time left of
+    its budget), handed to the restored ledger callback too, so that Ctrl-C and SIGTERM stop a
+    resumed sweep as they stop `run`: trials marked, the manifest interrupted. Tune's restore
+    keeps the run config, which tunesmith cannot pass again (ENGINEERING.md)."""
+    from tunesmith.orchestrator.callback import LedgerCallback
+    from tunesmith.orchestrator.stopper import SweepStopper
+    config = tuner._local_tuner.get_run_config()   # noqa: SLF001 - the restored RunConfig has no public getter
+    stopper = config.stop if isinstance(config.stop, SweepStopper) else None
+    for cb in config.callbacks or []:
+        if isinstance(cb, LedgerCallback) and stopper is not None:
+            cb.stopper = stopper
+    return stopper

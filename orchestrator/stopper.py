@@ -51,19 +51,22 @@ class SweepStopper(Stopper):
         self.__init__(None if left is None else time.time() + left)
 
     def install(self) -> None:
+        """Ctrl-C and SIGTERM both stop the sweep cleanly; a second of either aborts."""
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def uninstall(self) -> None:
         if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
             self._previous = None
 
     def _handle(self, signum, frame):
         if self.event.is_set():
             raise KeyboardInterrupt
         self.event.set()
-        print("\ninterrupt: stopping all trials and keeping the results written so far "
+        what = "terminated" if signum == signal.SIGTERM else "interrupt"
+        print(f"\n{what}: stopping all trials and keeping the results written so far "
               "(Ctrl-C again to abort at once)", flush=True)
 
     def __call__(self, trial_id, result):

@@ -158,8 +158,27 @@ def test_tensorboard_server_serves_scalars_and_hparams(quick_sweep):
         tb.wait(timeout=30)
 
 
-def test_ctrl_c_stops_cleanly_and_keeps_results(tmp_path):
-    """SIGINT to the driver (what Ctrl-C sends): trials stop, results stay, exit code 130."""
+def _group_gone(pgid: int, within: float) -> bool:
+    """No process of the command's process group (Ray's among them) is left after ``within`` s."""
+    deadline = time.time() + within
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _temporary_files(root: Path) -> List[str]:
+    return [str(p) for p in root.rglob("*") if ".tmp-" in p.name]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_and_sigterm_stop_cleanly_and_keep_results(tmp_path, sig):
+    """SIGINT (what Ctrl-C sends) or SIGTERM (what Kubernetes and `ray job stop` send) to the
+    driver: trials stop, results stay, exit code 130, within 10 s, nothing left running or half
+    written."""
     proc = subprocess.Popen([TUNESMITH, "run", "examples/digits.yaml", "--results-dir", str(tmp_path),
                              "--name", "int", "--num-samples", "40", "--set", "trainer.epochs=30",
                              "--set", "asha.enabled=false"],
@@ -168,14 +187,18 @@ def test_ctrl_c_stops_cleanly_and_keeps_results(tmp_path):
     epochs = tmp_path / "int" / "epochs"
     try:
         _wait_for(lambda: epochs.exists() and any(p.suffix == ".parquet" for p in epochs.iterdir()), 180, "results")
-        os.kill(proc.pid, signal.SIGINT)
+        sent = time.time()
+        os.kill(proc.pid, sig)
         out, err = proc.communicate(timeout=90)
+        took = time.time() - sent
+        assert _group_gone(proc.pid, 10), "processes of the command's group outlived it"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
     assert proc.returncode == 130, err[-2000:]
-    assert "interrupt" in out
+    assert took < 10, f"ended {took:.1f}s after the signal"
+    assert ("interrupt" if sig == signal.SIGINT else "terminated") in out
     trials = pq.read_table(tmp_path / "int" / "trials.parquet").to_pandas()
     assert len(trials) < 40
     assert "running" not in set(trials.status)
@@ -184,6 +207,29 @@ def test_ctrl_c_stops_cleanly_and_keeps_results(tmp_path):
     manifest = json.loads((tmp_path / "int" / "manifest.json").read_text())
     assert manifest["status"] == "interrupted" and manifest["ended_at"]
     assert pq.read_table(epochs).num_rows >= 1
+    assert _temporary_files(tmp_path) == []
+
+
+def test_sigterm_while_ray_starts_ends_in_seconds_and_leaves_nothing(tmp_path):
+    """SIGTERM 2 s after the start, while Ray starts: once an exit with 15 that left two of its
+    processes running, once 40 s alive with defunct gcs_server and raylet children."""
+    proc = subprocess.Popen([TUNESMITH, "run", "examples/digits.yaml", "--results-dir", str(tmp_path),
+                             "--name", "early"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(), cwd=ROOT, start_new_session=True)
+    try:
+        time.sleep(2)
+        sent = time.time()
+        os.kill(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        took = time.time() - sent
+        assert _group_gone(proc.pid, 10), "processes of the command's group outlived it"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert proc.returncode == 130 and took < 10, (proc.returncode, took, err[-2000:])
+    assert "Traceback" not in err
+    assert _temporary_files(tmp_path) == []
 
 
 def test_resume_after_the_driver_is_killed(tmp_path):

@@ -2,6 +2,7 @@
 report. Each stage is a function that takes the one before's typed result."""
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -11,6 +12,8 @@ from tunesmith.orchestrator import lr_find
 from tunesmith.orchestrator.smith import policy, report, startup
 from tunesmith.orchestrator.smith.policy import MOMENTA, WIDE, NoResult, Options
 from tunesmith.orchestrator.spec import SweepSpec
+
+INTERRUPTED_WAIT_S = 2.0   # on Ctrl-C or SIGTERM, the most the command waits for the range test's thread
 
 
 @dataclass
@@ -174,7 +177,7 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
         out["seconds"] = round(time.time() - started, 2)
     finally:
         if local is not None:
-            local.stop()
+            local.stop(wait=INTERRUPTED_WAIT_S if sys.exc_info()[0] is not None else None)
         if plot is not None:
             plot.join(check=False)
         disconnect(cluster)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -133,11 +132,13 @@ class LocalStage1:
             raise self.error
         return self.result
 
-    def stop(self) -> None:
-        """The pilot never trains past the command (Ctrl-C, an error)."""
+    def stop(self, wait: Optional[float] = None) -> None:
+        """The pilot never trains past the command (Ctrl-C, an error). ``wait``: the most seconds
+        to wait for the thread; an interrupted command does not wait out a range test (the
+        thread is a daemon: it ends with the process)."""
         if self.result is not None and self.result.pilot is not None:
             self.result.pilot.stop()
-        self._thread.join()
+        self._thread.join(wait)
 
 
 class PlotWriter:
@@ -205,8 +206,8 @@ def connect_below(args, after: Optional[threading.Event] = None):
         logging.getLogger("ray._private.worker").removeFilter(quiet)
     if "error" in out:
         raise out["error"]
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:   # as ray.init sets it from the main thread
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+    from tunesmith.cluster.connect import terminate_as_interrupt
+    terminate_as_interrupt()   # as `run` has it: SIGTERM is the first Ctrl-C
     return out["cluster"], release
 
 
