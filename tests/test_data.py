@@ -1,3 +1,4 @@
+import os
 import numpy as np
 import pytest
 import torch
@@ -333,3 +334,27 @@ def test_an_empty_val_folder_is_one_line(tmp_path):
         (tmp_path / "f" / "val" / cls).mkdir(parents=True)
     with pytest.raises(ConfigError, match="val/ holds no images"):
         folder.scan(DatasetConfig(name="imagefolder", data_dir=str(tmp_path / "f")))
+
+
+def test_symlinked_folders_are_followed_once_and_loops_end(tmp_path):
+    _make_folder(tmp_path / "store", per_class=4)
+    f = tmp_path / "f"
+    (f / "cat").mkdir(parents=True)
+    os.symlink(tmp_path / "store" / "dog", f / "dog")              # a class folder that is a link
+    os.symlink(tmp_path / "store" / "fox", f / "cat" / "more")     # a link inside a class
+    os.symlink(f / "cat", f / "cat" / "loop")                      # a link back to where it is
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(f / "cat" / "0.png")
+    plan = folder.scan(DatasetConfig(name="imagefolder", data_dir=str(f), image_size=8))
+    assert plan.classes == ["cat", "dog"]
+    files = plan.train_files + plan.val_files
+    assert len(files) == 1 + 4 + 4 and len(set(os.path.realpath(p) for p in files)) == 9
+
+
+def test_a_class_name_that_is_not_utf8_is_shown_not_fatal(tmp_path):
+    root = tmp_path / "f"
+    _make_folder(root)
+    os.rename(root / "fox", os.fsdecode(bytes(root / "fox")[:-3] + b"f\xe9x"))   # Latin-1 on disk
+    plan = folder.scan(DatasetConfig(name="imagefolder", data_dir=str(root), image_size=8))
+    assert plan.classes[-1] == "f\ufffdx" and plan.classes[-1].encode("utf-8")
+    d = data.load_imagefolder(DatasetConfig(name="imagefolder", data_dir=str(root), image_size=8))
+    assert d.num_classes == 3 and "f\ufffdx" in d.classes

@@ -76,11 +76,27 @@ def _drop_rows(x: np.ndarray, y: torch.Tensor, bad: Sequence[int], n_train: int)
     return x[:len(keep)], y[keep], sum(1 for i in keep if i < n_train)
 
 
+def display_name(name: str) -> str:
+    """A file or folder name as text: names that are not UTF-8 on disk (os.listdir gives them
+    with surrogates) are shown with replacement characters, so a class name can be printed,
+    written to Parquet and to TensorBoard."""
+    return os.fsencode(name).decode("utf-8", "replace")
+
+
 def _classes_and_files(root: str) -> Tuple[List[str], List[str], List[int], int]:
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    """(class names, image files, their labels, files that are not images). Class folders may
+    nest images at any depth; symbolic links are followed, each real folder once, so a link
+    that loops back is read once and not forever."""
+    raw = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
     files, labels, other = [], [], 0
-    for label, name in enumerate(classes):
-        for folder, dirs, names in os.walk(os.path.join(root, name)):
+    seen = set()
+    for label, name in enumerate(raw):
+        for folder, dirs, names in os.walk(os.path.join(root, name), followlinks=True):
+            real = os.path.realpath(folder)
+            if real in seen:   # a link back into a folder already read
+                dirs[:] = []
+                continue
+            seen.add(real)
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for fname in sorted(names):
                 if fname.startswith("."):
@@ -90,7 +106,7 @@ def _classes_and_files(root: str) -> Tuple[List[str], List[str], List[int], int]
                     labels.append(label)
                 else:
                     other += 1
-    return classes, files, labels, other
+    return [display_name(n) for n in raw], files, labels, other
 
 
 TRAIN_NAMES = ("train", "training")
