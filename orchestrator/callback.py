@@ -155,6 +155,15 @@ class LedgerCallback(Callback):
     def set_state(self, state: Dict) -> None:
         self.reload()
 
+    def relocate(self, storage: Storage) -> None:
+        """A resumed sweep's folder may have moved or been copied since Tune pickled this
+        callback: everything is read from and written to the folder ``resume`` was given."""
+        self.storage = storage
+        self.retention.filesystem = storage.fs
+        for sink in self.sinks:
+            if hasattr(sink, "relocate"):
+                sink.relocate(storage)
+
     def reload(self) -> None:
         """Rebuild every trial's record from trials.parquet and epochs/, so a resumed sweep keeps
         the rows its killed driver wrote, adds none twice, and ASHA's rungs start from them."""

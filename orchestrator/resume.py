@@ -57,6 +57,9 @@ def load(target: str, trust: bool = False):
     if not trust:
         check_owner(parent, name)
     spec = from_dict(yaml.safe_load(parent.read_bytes(f"{name}/spec.yaml")), default_name=name)
+    if spec.name != name:   # every row and path names the sweep: a renamed folder cannot carry on as it was
+        raise ConfigError("resume", target, f"holds sweep {spec.name!r}, written under that name; move the folder "
+                          f"back to {posixpath.join(posixpath.dirname(where), spec.name)} (another parent is fine)")
     if man.get("status") == "finished" and man.get("trials", {}).get("running", 0) == 0:
         raise ConfigError("resume", target, "finished; nothing to resume (its trials all ended)")
     return parent, name, spec, man
@@ -91,7 +94,7 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
     light_usage_tagging()
     tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=True,
                                storage_filesystem=fs)
-    stopper = _restored_stopper(tuner)
+    stopper = _restored_stopper(tuner, storage)
     status = "failed"
     try:
         if stopper is not None:
@@ -117,16 +120,19 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
             "interrupted": status == "interrupted"}
 
 
-def _restored_stopper(tuner):
+def _restored_stopper(tuner, storage: Storage):
     """The sweep's stopper as Tune restored it from tuner.pkl (RunConfig.stop; the time left of
     its budget), handed to the restored ledger callback too, so that Ctrl-C and SIGTERM stop a
-    resumed sweep as they stop `run`: trials marked, the manifest interrupted. Tune's restore
-    keeps the run config, which tunesmith cannot pass again (ENGINEERING.md)."""
+    resumed sweep as they stop `run`: trials marked, the manifest interrupted. The ledger's
+    callback is pointed at ``storage``, the results root as given now. Tune's restore keeps the
+    run config, which tunesmith cannot pass again (ENGINEERING.md)."""
     from tunesmith.orchestrator.callback import LedgerCallback
     from tunesmith.orchestrator.stopper import SweepStopper
     config = tuner._local_tuner.get_run_config()   # noqa: SLF001 - the restored RunConfig has no public getter
     stopper = config.stop if isinstance(config.stop, SweepStopper) else None
     for cb in config.callbacks or []:
-        if isinstance(cb, LedgerCallback) and stopper is not None:
-            cb.stopper = stopper
+        if isinstance(cb, LedgerCallback):
+            cb.relocate(storage)   # the folder given, wherever it was when Tune pickled the callback
+            if stopper is not None:
+                cb.stopper = stopper
     return stopper

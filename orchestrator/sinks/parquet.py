@@ -84,6 +84,9 @@ class ParquetSink(Sink):
     def reopen(self) -> None:
         self._token = uuid.uuid4().hex[:6]
 
+    def relocate(self, storage: Storage) -> None:
+        self.storage = storage
+
     def load(self, ledger) -> None:
         """The ledger as the files on disk hold it (a resume)."""
         import pyarrow.dataset as pds

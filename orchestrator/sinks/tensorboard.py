@@ -74,6 +74,14 @@ class TensorBoardSink(Sink):
             self.storage.upload_dir(self._staging, f"{self.sweep}/tensorboard")
             shutil.rmtree(self._staging, ignore_errors=True)
 
+    def relocate(self, storage: Storage) -> None:
+        self.storage = storage
+        self._local = storage.local_path(self.sweep, "tensorboard")
+        if self._local is None and self._staging is None:
+            self._staging = tempfile.mkdtemp(prefix="tunesmith-tb-")
+        elif self._local is not None:
+            self._staging = None
+
     def reopen(self) -> None:
         self._writers = {}
         if self._staging is not None:
