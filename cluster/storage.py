@@ -72,19 +72,50 @@ class Storage:
         head, tail = posixpath.split(final)
         return posixpath.join(head, f".{tail}.tmp-{uuid.uuid4().hex[:8]}")
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
+    def _write(self, rel: str, fill) -> None:
+        """``fill(stream)`` writes the file under a hidden temporary name, which is then renamed:
+        whole or not at all. A failed write (a full disk, an object store's error) removes the
+        temporary file and raises."""
         final = self.path(rel)
         tmp = self._tmp(final)
-        with self.fs.open_output_stream(tmp) as out:
-            out.write(data)
-        self.fs.move(tmp, final)
+        try:
+            with self.fs.open_output_stream(tmp) as out:
+                fill(out)
+            self.fs.move(tmp, final)
+        except BaseException:
+            try:
+                self.fs.delete_file(tmp)
+            except Exception:   # noqa: BLE001 - never made, or the store is gone: the first error is the one to tell
+                pass
+            raise
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        self._write(rel, lambda out: out.write(data))
 
     def write_table(self, rel: str, table: pa.Table) -> None:
-        final = self.path(rel)
-        tmp = self._tmp(final)
-        with self.fs.open_output_stream(tmp) as out:
-            pq.write_table(table, out, compression="zstd")
-        self.fs.move(tmp, final)
+        self._write(rel, lambda out: pq.write_table(table, out, compression="zstd"))
+
+    def _first_missing(self) -> Optional[str]:
+        """The outermost folder of the root that does not exist yet, or None."""
+        path, missing = self.root, None
+        while path and not os.path.exists(path):
+            missing, path = path, os.path.dirname(path)
+        return missing
+
+    def probe(self, field: str = "results_dir") -> None:
+        """Write and remove a small file here, before anything slow starts: a read-only mount, a
+        full disk, a missing bucket or refused credentials are bad input (one line, exit 2)."""
+        marker = f".tunesmith-probe-{uuid.uuid4().hex[:8]}"
+        made = self._first_missing() if self.is_local else None
+        try:
+            self.makedirs()
+            self.write_bytes(marker, b"tunesmith")
+            self.fs.delete_file(self.path(marker))
+            if made is not None:   # leave no folder behind that this check alone made
+                self.fs.delete_dir(made)
+        except (OSError, pa.ArrowException) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ConfigError(field, self.location, f"cannot write there ({first})") from None
 
     def read_table(self, rel: str) -> pa.Table:
         """Read through one open file: trials.parquet is replaced (renamed over) while a sweep

@@ -16,11 +16,17 @@ from tunesmith.orchestrator.retention import Retention
 from tunesmith.orchestrator.sinks import transient_state
 
 try:
+    from pyarrow import ArrowException as ArrowError
+except ImportError:  # pragma: no cover - pyarrow is a dependency
+    ArrowError = OSError
+
+try:
     from ray.tune import Callback
 except ImportError:  # pragma: no cover - Ray is a dependency; this keeps the module importable
     Callback = object
 
 TRIALS_EVERY = 5.0   # seconds between trials.parquet rewrites that only update running trials' metrics
+RETRY_WAITS = (0.5, 1.0, 2.0)   # a failed write is tried again after these pauses, then the sweep stops
 
 
 def _timed(hook):
@@ -60,6 +66,7 @@ class LedgerCallback(Callback):
         self._trials_written = 0.0
         self._closed = self._closing = False
         self._reconcile = False          # set on resume: Tune's ended trials checked once
+        self.failure: Optional[str] = None   # the storage error that stopped the sweep, once writes failed for good
 
     def __getstate__(self):
         return transient_state(self, self.TRANSIENT)
@@ -84,7 +91,7 @@ class LedgerCallback(Callback):
         return self.ledger.status_counts()
 
     def _interrupted(self) -> bool:
-        return self.stopper is not None and self.stopper.event.is_set()
+        return self.stopper is not None and self.stopper.event.is_set() and self.stopper.failure is None
 
     def _out_of_time(self) -> bool:
         return self.stopper is not None and self.stopper.out_of_time()
@@ -121,7 +128,7 @@ class LedgerCallback(Callback):
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         """Tune's next experiment snapshot will name this checkpoint, and a resume restarts the
         trial from it: the epochs it covers go to disk first, or a killed driver would lose them."""
-        self._each("rows_due")
+        self._write("rows_due")
 
     @_timed
     def on_trial_recover(self, iteration, trials, trial, **info):
@@ -234,7 +241,8 @@ class LedgerCallback(Callback):
     def flush(self) -> None:
         now = time.monotonic()
         due = self._dirty and (self._status_changed or self._closing or now - self._trials_written >= TRIALS_EVERY)
-        self._each("flush", self.ledger, due)
+        if not self._write("flush", self.ledger, due):
+            return
         if due:
             self._dirty = self._status_changed = False
             self._trials_written = now
@@ -249,6 +257,8 @@ class LedgerCallback(Callback):
         interrupted = self._interrupted()
         if interrupted:
             unfinished_reason = "sweep interrupted"
+        elif self.failure is not None:
+            unfinished_reason = "sweep stopped: its results could not be written"
         reason = unfinished_reason
         if not interrupted and self._out_of_time():
             reason = None   # each says how far it got
@@ -260,8 +270,30 @@ class LedgerCallback(Callback):
             self._dirty = True
         self.flush()
         self.retention.sweep_ended()
-        self._each("close", self.ledger, stopped, interrupted)
+        self._write("close", self.ledger, stopped, interrupted, retry=False)
         self._closed = True
+
+    def _write(self, hook: str, *args, retry: bool = True) -> bool:
+        """The sinks' writes, tried again after RETRY_WAITS when storage fails (a full disk, an
+        object store's 5xx). If it keeps failing, the sweep stops: every trial is stopped through
+        the stopper, ``failure`` names the error, and nothing more is written (each file was
+        written whole or not at all, so what is on disk stays readable). Returns whether it
+        wrote."""
+        if self.failure is not None:
+            return False
+        for wait in (*(RETRY_WAITS if retry else ()), None):
+            try:
+                self._each(hook, *args)
+                return True
+            except (OSError, ArrowError) as exc:
+                if wait is None:
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                    self.failure = f"results could not be written to {self.storage.uri(self.sweep)}: {first}"
+                    if self.stopper is not None:
+                        self.stopper.fail(self.failure)
+                    return False
+                time.sleep(wait)
+        return False
 
 
 def error_text(trial) -> str:

@@ -81,6 +81,10 @@ def cmd_run(args) -> int:
           f"in {outcome.wall_seconds:.1f}s")
     print(f"results: {outcome.path}")
     print(f"  tensorboard --logdir {outcome.storage.uri(spec.name, 'tensorboard')}")
+    if outcome.failure:
+        print(f"tunesmith: the sweep stopped: {outcome.failure}; what was written stays readable",
+              file=sys.stderr)
+        return 1
     if outcome.interrupted:
         return 130
     why = budget_problem(outcome)

@@ -28,6 +28,7 @@ class SweepStopper(Stopper):
         self.keeper = None      # DeadlineKeeper: tells the trials where the held-back budget ends
         self._published = deadline
         self._previous = None
+        self.failure: Optional[str] = None   # why the sweep had to stop (its results could not be written)
 
     def keep_for_trials(self) -> None:
         """With a hold-back, the trials' deadline moves earlier as stage 2's pace is measured:
@@ -68,6 +69,11 @@ class SweepStopper(Stopper):
         what = "terminated" if signum == signal.SIGTERM else "interrupt"
         print(f"\n{what}: stopping all trials and keeping the results written so far "
               "(Ctrl-C again to abort at once)", flush=True)
+
+    def fail(self, reason: str) -> None:
+        """Stop every trial, as the first Ctrl-C does, because the sweep cannot go on."""
+        self.failure = reason
+        self.event.set()
 
     def __call__(self, trial_id, result):
         return False

@@ -4,10 +4,12 @@ trainables/ trains and knows Ray only through its report call."""
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import pyarrow as pa
 import yaml
 
 from tunesmith.cluster.connect import ClusterInfo
@@ -27,6 +29,7 @@ class SweepOutcome:
     interrupted: bool
     timed_out: bool = False   # the time budget ran out (before the last trial ended)
     budget_left_s: Optional[float] = None   # what was left of it when the sweep began
+    failure: Optional[str] = None           # why it stopped early: its results could not be written
 
     @property
     def path(self) -> str:
@@ -34,7 +37,9 @@ class SweepOutcome:
 
 
 def check_fresh(storage: Storage, name: str) -> None:
-    """Never overwrite a sweep: what is already written is not lost."""
+    """Never overwrite a sweep: what is already written is not lost; and the location takes
+    writes (Storage.probe), before Ray starts."""
+    storage.probe()
     if storage.exists(name) and storage.listdir(name):
         raise ConfigError("name", name, f"{storage.uri(name)} already holds a sweep; pick another "
                           "--name or move the old one away")
@@ -266,6 +271,8 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
     try:
         tuner.fit()
         status = "interrupted" if stopper.event.is_set() else "finished"
+        if callback.failure:
+            status = f"failed: {callback.failure}"
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -280,9 +287,16 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
         man.update(ended_at=manifest_mod.now_iso(), status=status,
                    wall_seconds=round(time.monotonic() - start, 3),
                    trials=callback.ledger.status_counts())
-        storage.write_bytes(f"{spec.name}/manifest.json", manifest_mod.dumps(man))
+        try:
+            storage.write_bytes(f"{spec.name}/manifest.json", manifest_mod.dumps(man))
+        except (OSError, pa.ArrowException) as exc:
+            if not callback.failure:
+                raise
+            print(f"tunesmith: the manifest could not say so either ({str(exc).splitlines()[0][:200]})",
+                  file=sys.stderr, flush=True)
     return SweepOutcome(spec, storage, callback.ledger, time.monotonic() - start, status == "interrupted",
-                        stopper.timed_out.is_set(), None if deadline is None else deadline - began)
+                        stopper.timed_out.is_set(), None if deadline is None else deadline - began,
+                        failure=callback.failure)
 
 
 def budget_problem(outcome: SweepOutcome, budget: Optional[float] = None) -> Optional[str]:

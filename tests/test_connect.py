@@ -67,3 +67,24 @@ def test_a_job_server_url_in_ray_address_with_auto_is_one_line(tmp_path, capsys,
 def test_the_token_over_plain_http_to_another_host_is_warned_about(address, warn):
     from tunesmith.cluster.submit import plain_http_elsewhere
     assert plain_http_elsewhere(address) is warn
+
+
+def test_a_results_location_that_takes_no_writes_is_refused_before_ray(tmp_path, capsys, spec_file):
+    """A read-only mount (here a file where a folder should be, which no user can write under)
+    was a traceback after Ray had started."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    began = time.time()
+    assert main(["run", spec_file(f"dataset: {{name: digits}}\nresults_dir: {blocker}/results\n")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "results_dir" in err and "cannot write there" in err
+    assert time.time() - began < 5   # refused before Ray's start
+
+
+def test_the_write_probe_leaves_nothing_behind(tmp_path):
+    from tunesmith.cluster.storage import Storage
+    Storage(str(tmp_path / "a" / "b")).probe()
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "c").mkdir()
+    Storage(str(tmp_path / "c")).probe()
+    assert list((tmp_path / "c").iterdir()) == []

@@ -64,6 +64,8 @@ def stage2(spec: SweepSpec, args, opts: Options, s1: startup.Stage1, cluster, cl
               f"this process while Ray starts the trials' workers", flush=True)
     hold = policy.stage3_hold_back(spec.train.trainer.epochs) if args.final and budget else None
     out = run_sweep(s2, cluster, command="smith", fresh=False, deadline=clock.deadline, hold_back=hold, pilot=pilot)
+    if out.failure:
+        raise NoResult(f"stage 2 stopped: {out.failure}; what was written stays readable")
     print("\n" + best_table(out), flush=True)
     first = report.stage2_summary(out, s2, plan.lr_range, plan.basis)
     first["pilot"] = None if pilot is None else {"trial": pilot.trial.trial_id, "config": pilot.config}
