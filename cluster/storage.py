@@ -15,6 +15,10 @@ import pyarrow.parquet as pq
 from tunesmith.trainables.config import ConfigError
 
 
+CLAIM = ".tunesmith-claim"   # a sweep folder's marker: which command is writing it
+_CLAIMS: dict = {}            # (location, name) -> this process's claim token
+
+
 def is_uri(path: str) -> bool:
     return "://" in path
 
@@ -137,3 +141,89 @@ class Storage:
 
     def local_path(self, *parts: str) -> Optional[str]:
         return self.path(*parts) if self.is_local else None
+
+    # --- one command per sweep folder ------------------------------------------------------
+    def claim(self, name: str) -> None:
+        """Claim the sweep folder ``name`` for this command, before anything slow starts: two
+        commands started with the same name at once cannot both write it. On a local or shared
+        filesystem the claim is an exclusive create; an object store has no such create through
+        pyarrow, so there a claim another command wrote first is refused, and two started in the
+        same instant can still both pass. A claim whose process is gone (same host) is taken
+        over. A folder that holds nothing but this command's claim is removed at exit."""
+        import atexit
+        import socket
+        if self.is_ours(name):
+            return
+        token = f"{socket.gethostname()} {os.getpid()} {uuid.uuid4().hex[:8]}"
+        rel = f"{name}/{CLAIM}"
+        made = None
+        if self.is_local:
+            made = self._first_missing()
+            self.makedirs(name)
+            try:
+                fd = os.open(self.path(rel), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self._stale(rel):
+                    raise self._claimed(name, rel) from None
+                os.remove(self.path(rel))
+                return self.claim(name)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(token)
+        else:
+            if self.exists(rel) and not self._stale(rel):
+                raise self._claimed(name, rel)
+            self.write_bytes(rel, token.encode())
+        _CLAIMS[(self.location, name)] = (token, made)
+        atexit.register(self.release, name)
+
+    def is_ours(self, name: str) -> bool:
+        held = _CLAIMS.get((self.location, name))
+        return held is not None and self.exists(name, CLAIM) and self.read_bytes(f"{name}/{CLAIM}").decode() == held[0]
+
+    def release(self, name: str) -> None:
+        """Remove this command's claim where the folder holds nothing else (the command ended
+        before it wrote anything); a sweep's folder keeps it."""
+        try:
+            if self.is_ours(name) and self.listdir(name) == [CLAIM]:
+                self.fs.delete_dir(self.path(name))
+                made = _CLAIMS[(self.location, name)][1]
+                if made is not None and os.path.isdir(made) and not os.listdir(made):
+                    self.fs.delete_dir(made)   # and the folders the claim alone made
+        except Exception:   # noqa: BLE001 - at exit, on a store that may be gone: a marker is left at worst
+            pass
+        _CLAIMS.pop((self.location, name), None)
+
+    def _holder(self, rel: str) -> str:
+        try:
+            return self.read_bytes(rel).decode(errors="replace")
+        except Exception:   # noqa: BLE001
+            return ""
+
+    def _stale(self, rel: str) -> bool:
+        """The claim of a process on this host that no longer runs (a killed command)."""
+        import socket
+        host, _, rest = self._holder(rel).partition(" ")
+        pid = rest.split(" ")[0]
+        if host != socket.gethostname() or not pid.isdigit():
+            return False
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def _claimed(self, name: str, rel: str) -> ConfigError:
+        host, _, rest = self._holder(rel).partition(" ")
+        who = f" (process {rest.split(' ')[0]} on {host})" if host else ""
+        return ConfigError("name", name, f"{self.uri(name)} is being written by another tunesmith command{who}; "
+                           "pick another --name")
+
+
+def release_claims() -> None:
+    """Every claim this process holds on a folder it wrote nothing else to (a command that
+    ended early, bad input found after the claim)."""
+    for location, name in reversed(list(_CLAIMS)):   # the last made first: a folder the first made empties last
+        Storage(location).release(name)
+

@@ -51,7 +51,7 @@ def _local_checks(spec, args) -> None:
     from tunesmith.trainables.data_check import check_dataset_files
     if not args.address:
         check_dataset_files(spec.train.dataset)
-    check_fresh(Storage(spec.results_dir), spec.name)
+    check_fresh(Storage(spec.results_dir), spec.name, claim=True)
 
 
 def cmd_run(args) -> int:
@@ -200,7 +200,7 @@ def cmd_lr_find(args) -> int:
     spec = load_spec(args)
     check_dataset_files(spec.train.dataset)
     storage = Storage(spec.results_dir)
-    check_fresh(storage, spec.name)
+    check_fresh(storage, spec.name, claim=True)
     if spec.mlflow.uri:
         from tunesmith.orchestrator.sinks.mlflow import connect
         connect(spec.mlflow.uri, spec.mlflow.experiment)
@@ -350,7 +350,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
-        return args.func(args)
+        try:
+            return args.func(args)
+        finally:
+            from tunesmith.cluster.storage import release_claims
+            release_claims()
     except (ConfigError, UsageError) as exc:
         print(f"tunesmith: error: {exc}", file=sys.stderr)
         return 2

@@ -36,13 +36,21 @@ class SweepOutcome:
         return self.storage.uri(self.spec.name)
 
 
-def check_fresh(storage: Storage, name: str) -> None:
-    """Never overwrite a sweep: what is already written is not lost; and the location takes
-    writes (Storage.probe), before Ray starts."""
+def check_fresh(storage: Storage, name: str, claim: bool = False) -> None:
+    """Never overwrite a sweep: what is already written is not lost; the location takes writes
+    (Storage.probe); and with ``claim``, the folder is this command's from now on (two commands
+    started with one name at once cannot both write it). All before Ray starts."""
+    from tunesmith.cluster.storage import CLAIM
     storage.probe()
-    if storage.exists(name) and storage.listdir(name):
+    held = storage.listdir(name) if storage.exists(name) else []
+    if [e for e in held if e != CLAIM]:
         raise ConfigError("name", name, f"{storage.uri(name)} already holds a sweep; pick another "
                           "--name or move the old one away")
+    if claim:
+        storage.claim(name)
+    elif CLAIM in held and not storage.is_ours(name):
+        raise ConfigError("name", name, f"{storage.uri(name)} is being written by another tunesmith command; "
+                          "pick another --name")
 
 
 def resolve_largest_batch(spec: SweepSpec) -> SweepSpec:

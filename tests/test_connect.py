@@ -88,3 +88,52 @@ def test_the_write_probe_leaves_nothing_behind(tmp_path):
     (tmp_path / "c").mkdir()
     Storage(str(tmp_path / "c")).probe()
     assert list((tmp_path / "c").iterdir()) == []
+
+
+def _claim_in_a_process(root, name, start, out):
+    from tunesmith.cluster.storage import Storage
+    from tunesmith.trainables.config import ConfigError
+    start.wait()
+    try:
+        Storage(root).claim(name)
+        out.put("won")
+    except ConfigError as exc:
+        out.put(str(exc))
+
+
+def test_two_commands_claiming_one_sweep_name_at_once_one_wins(tmp_path):
+    """Two sweeps started with the same name at once could both pass the freshness check, and
+    then overwrite each other's files. The claim is an exclusive create: exactly one wins."""
+    import multiprocessing as mp
+    ctx = mp.get_context("fork")
+    for round_ in range(8):
+        start, out = ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_claim_in_a_process, args=(str(tmp_path), f"s{round_}", start, out))
+                 for _ in range(2)]
+        for p in procs:
+            p.start()
+        start.set()
+        results = sorted(out.get(timeout=30) for _ in procs)
+        for p in procs:
+            p.join(timeout=30)
+        assert results[1] == "won" and "being written by another tunesmith command" in results[0], results
+
+
+def test_a_claim_of_a_killed_command_is_taken_over(tmp_path):
+    import socket
+    from tunesmith.cluster.storage import CLAIM, Storage
+    (tmp_path / "s").mkdir()
+    dead = subprocess_pid_that_exited()
+    (tmp_path / "s" / CLAIM).write_text(f"{socket.gethostname()} {dead} abc")
+    st = Storage(str(tmp_path))
+    st.claim("s")
+    assert st.is_ours("s")
+    st.release("s")
+    assert not (tmp_path / "s").exists()
+
+
+def subprocess_pid_that_exited() -> int:
+    import subprocess
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid

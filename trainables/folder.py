@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from tunesmith.trainables.config import ConfigError, DatasetConfig
+from tunesmith.trainables.folder_layout import classes_and_files, refuse_empty, split_folders
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 PARALLEL_FROM = 2000    # fewer files decode faster in one process than a pool starts
 STATS_SAMPLE = 2000     # streaming: the normalisation statistics come from this many images
 MODE_SAMPLE = 64        # dataset.channels unset: this many images' headers decide grey or colour
@@ -74,67 +74,6 @@ def _drop_rows(x: np.ndarray, y: torch.Tensor, bad: Sequence[int], n_train: int)
         if i != j:
             x[j] = x[i]
     return x[:len(keep)], y[keep], sum(1 for i in keep if i < n_train)
-
-
-def display_name(name: str) -> str:
-    """A file or folder name as text: names that are not UTF-8 on disk (os.listdir gives them
-    with surrogates) are shown with replacement characters, so a class name can be printed,
-    written to Parquet and to TensorBoard."""
-    return os.fsencode(name).decode("utf-8", "replace")
-
-
-def _classes_and_files(root: str) -> Tuple[List[str], List[str], List[int], int]:
-    """(class names, image files, their labels, files that are not images). Class folders may
-    nest images at any depth; symbolic links are followed, each real folder once, so a link
-    that loops back is read once and not forever."""
-    raw = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
-    files, labels, other = [], [], 0
-    seen = set()
-    for label, name in enumerate(raw):
-        for folder, dirs, names in os.walk(os.path.join(root, name), followlinks=True):
-            real = os.path.realpath(folder)
-            if real in seen:   # a link back into a folder already read
-                dirs[:] = []
-                continue
-            seen.add(real)
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for fname in sorted(names):
-                if fname.startswith("."):
-                    continue
-                if fname.lower().endswith(IMAGE_SUFFIXES):
-                    files.append(os.path.join(folder, fname))
-                    labels.append(label)
-                else:
-                    other += 1
-    return [display_name(n) for n in raw], files, labels, other
-
-
-TRAIN_NAMES = ("train", "training")
-VAL_NAMES = ("val", "valid", "validation")   # torchvision's, Keras's and Roboflow's habits
-TEST_NAMES = ("test", "testing")
-
-
-def split_folders(root: str) -> Tuple[Optional[str], Optional[str], Optional[str]]:
-    """(train, validation, test) folder names where ``root`` is laid out by split, as the usual
-    tools lay it out, else (None, None, None): then every subfolder is a class."""
-    subdirs = {d.lower(): d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))}
-    train = next((subdirs[n] for n in TRAIN_NAMES if n in subdirs), None)
-    if train is None:
-        return None, None, None
-    val = next((subdirs[n] for n in VAL_NAMES if n in subdirs), None)
-    test = next((subdirs[n] for n in TEST_NAMES if n in subdirs), None)
-    return (train, val, test) if val or test else (None, None, None)
-
-
-def _refuse_empty(cfg: DatasetConfig, classes: List[str], labels: List[int], where: str) -> None:
-    """A class folder without images is no class: training on the rest would report accuracies
-    against a label space that does not exist (9 empty folders of 10 once read val_acc 1.0)."""
-    have = set(labels)
-    empty = [c for i, c in enumerate(classes) if i not in have]
-    if empty:
-        shown = ", ".join(f"{where}{c}/" for c in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
-        raise ConfigError("dataset.data_dir", cfg.data_dir, f"class folder{'s' if len(empty) > 1 else ''} {shown} "
-                          "hold no images; fill them or remove them")
 
 
 def own_mode(files: Sequence[str]) -> str:
@@ -297,10 +236,10 @@ def scan(cfg: DatasetConfig, budget: Optional[int] = None) -> FolderPlan:
     train_dir, val_dir, test_dir = split_folders(root)
     explicit = train_dir is not None and val_dir is not None
     if train_dir is not None:
-        classes, files, labels, other = _classes_and_files(os.path.join(root, train_dir))
-        _refuse_empty(cfg, classes, labels, train_dir + "/")
+        classes, files, labels, other = classes_and_files(os.path.join(root, train_dir))
+        refuse_empty(cfg, classes, labels, train_dir + "/")
         if val_dir is not None:
-            vclasses, vfiles, vlabels, vother = _classes_and_files(os.path.join(root, val_dir))
+            vclasses, vfiles, vlabels, vother = classes_and_files(os.path.join(root, val_dir))
             if vclasses != classes:
                 raise ConfigError("dataset.data_dir", cfg.data_dir, f"{train_dir}/ and {val_dir}/ hold different classes "
                                   f"({len(classes)} and {len(vclasses)})")
@@ -314,8 +253,8 @@ def scan(cfg: DatasetConfig, budget: Optional[int] = None) -> FolderPlan:
                   "validation split off it by dataset.val_fraction")
                   + (f"; {test_dir}/ left unread (no trial or selection reads a test set)" if test_dir else ""))
     else:
-        classes, files, labels, other = _classes_and_files(root)
-        _refuse_empty(cfg, classes, labels, "")
+        classes, files, labels, other = classes_and_files(root)
+        refuse_empty(cfg, classes, labels, "")
         vfiles, vlabels = [], []
         layout = FolderPlan.layout
     if len(classes) < 2:

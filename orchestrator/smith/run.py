@@ -124,7 +124,7 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
     from tunesmith.orchestrator.sweep import check_fresh
     storage = Storage(spec.results_dir)
     for name in (spec.name, f"{spec.name}-wide", f"{spec.name}-final"):
-        check_fresh(storage, name)
+        check_fresh(storage, name, claim=True)
     opts = policy.check(spec, args)
     clock = Clock(started, spec.time_budget_s)
     samples = args.samples or (policy.BUDGET_SAMPLES if clock.budget else policy.DEFAULT_SAMPLES)
