@@ -53,6 +53,15 @@ def plain_http_elsewhere(address: str) -> bool:
         return True   # a host name: it may resolve anywhere
 
 
+def warn_plain_token(c, address: str) -> None:
+    """Once, after the job server accepted a request (bad input stays one line): the token went
+    over plain http to another machine."""
+    if getattr(c, "tunesmith_plain_token", False):
+        c.tunesmith_plain_token = False
+        print(f"tunesmith: warning: the cluster's token went in clear text to {address}; use https:// for a head "
+              "that is not on this machine", file=sys.stderr, flush=True)
+
+
 def client(address: Optional[str]):
     """A JobSubmissionClient for ``address`` (http://HEAD:8265), or a one-line error naming it."""
     if not address:
@@ -64,13 +73,12 @@ def client(address: Optional[str]):
     for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):   # the explicit address wins
         os.environ.pop(var, None)
     token = _token()
-    if token and plain_http_elsewhere(address):
-        print(f"tunesmith: warning: the cluster's token goes in clear text to {address}; use https:// for a head "
-              "that is not on this machine", file=sys.stderr, flush=True)
     headers = {"Authorization": f"Bearer {token}"} if token else None
     from ray.job_submission import JobSubmissionClient
     try:
-        return JobSubmissionClient(address, headers=headers)
+        found = JobSubmissionClient(address, headers=headers)
+        found.tunesmith_plain_token = bool(token) and plain_http_elsewhere(address)
+        return found
     except ConnectionError as exc:
         raise ConfigError("--address", address, f"no Ray job server answers there ({_first_line(exc)}); check that "
                           "the head is up with its dashboard, and that this machine reaches port 8265") from None
@@ -124,6 +132,7 @@ def submit(spec, address: Optional[str], wait: bool, out=sys.stdout, command: st
                           metadata={"tunesmith_sweep": spec.name, "results_dir": spec.results_dir})
     print(f"submitted {job_id}: {'smith ' if command == 'smith' else ''}sweep {spec.name} -> {spec.results_dir}",
           file=out, flush=True)
+    warn_plain_token(c, address)
     if not wait:
         print(f"follow it with: tunesmith jobs logs {job_id} --address {address}", file=out)
         return 0
@@ -155,6 +164,12 @@ def follow(c, job_id: str, out=sys.stdout, poll_s: float = 1.0) -> int:
 
 def jobs(action: str, job_id: Optional[str], address: Optional[str], out=sys.stdout) -> int:
     c = client(address)
+    code = _jobs(c, action, job_id, address, out)
+    warn_plain_token(c, address)   # after the answer: an error stays one line
+    return code
+
+
+def _jobs(c, action: str, job_id: Optional[str], address: Optional[str], out) -> int:
     try:
         if action == "list":
             rows = [(j.submission_id or j.job_id, str(j.status.value if hasattr(j.status, "value") else j.status),
