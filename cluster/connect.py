@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from typing import Optional
 
@@ -147,6 +148,19 @@ def unstage() -> None:
     shipped_package.cache_clear()
 
 
+def _init(ray, address, num_cpus, num_gpus, dashboard, log_to_driver) -> bool:
+    common = dict(log_to_driver=log_to_driver, logging_level=logging.WARNING, include_dashboard=dashboard)
+    if address:
+        # A submitted job's driver already has tunesmith in the job's runtime env; Ray refuses
+        # a second one given to ray.init.
+        in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+        ray.init(address=address, runtime_env=None if in_job else {"py_modules": [shipped_package()]}, **common)
+        unstage()
+    else:
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, dashboard_host="127.0.0.1", **common)
+    return True
+
+
 def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
             num_gpus: Optional[int] = None, dashboard: bool = False,
             log_to_driver: bool = False) -> ClusterInfo:
@@ -164,18 +178,15 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
     import ray
     started = False
     if not ray.is_initialized():
-        common = dict(log_to_driver=log_to_driver, logging_level=logging.WARNING,
-                      include_dashboard=dashboard)
-        if address:
-            # A submitted job's driver already has tunesmith in the job's runtime env; Ray refuses
-            # a second one given to ray.init.
-            in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-            ray.init(address=address, runtime_env=None if in_job else {"py_modules": [shipped_package()]}, **common)
-            unstage()
-        else:
-            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
-                     dashboard_host="127.0.0.1", **common)
-        started = True
+        try:
+            started = _init(ray, address, num_cpus, num_gpus, dashboard, log_to_driver)
+        except SystemExit as exc:
+            # ray.init's own SIGTERM handler (sys.exit(15)) fired while Ray was starting: what was
+            # started goes, and the command ends as on Ctrl-C
+            if exc.code != signal.SIGTERM:
+                raise
+            ray.shutdown()
+            raise KeyboardInterrupt from None
         terminate_as_interrupt()   # ray.init replaced it with its own sys.exit(15)
     res = ray.cluster_resources()
     ctx = ray.get_runtime_context()

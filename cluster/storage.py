@@ -132,12 +132,27 @@ class Storage:
         with self.fs.open_input_stream(self.path(rel)) as f:
             return f.readall()
 
-    def upload_dir(self, local_dir: str, rel: str) -> None:
-        """Mirror a local staging folder (TensorBoard's event files) to the store."""
+    def upload_dir(self, local_dir: str, rel: str, sent: Optional[dict] = None) -> None:
+        """Mirror a local staging folder (TensorBoard's event files) to the store. With ``sent``
+        (path -> (size, mtime) of what went up before), only new and changed files go up: a
+        10,000-trial sweep does not send every trial's events again at each flush."""
         if self.is_local:
             return
-        pafs.copy_files(local_dir, self.path(rel), source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=self.fs)
+        if sent is None:
+            pafs.copy_files(local_dir, self.path(rel), source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=self.fs)
+            return
+        for folder, _, names in os.walk(local_dir):
+            for name in names:
+                src = os.path.join(folder, name)
+                st = os.stat(src)
+                stamp = (st.st_size, st.st_mtime_ns)
+                if sent.get(src) == stamp:
+                    continue
+                dst = self.path(rel, os.path.relpath(src, local_dir).replace(os.sep, "/"))
+                self.fs.create_dir(posixpath.dirname(dst), recursive=True)
+                pafs.copy_files(src, dst, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+                sent[src] = stamp
 
     def local_path(self, *parts: str) -> Optional[str]:
         return self.path(*parts) if self.is_local else None

@@ -20,6 +20,23 @@ class RecordingASHA(AsyncHyperBandScheduler):
             for bracket in self._brackets:
                 bracket._rungs = [(m, {}) for m in sorted(rungs, reverse=True)]
 
+    def restore_ended(self, ended: Dict[str, str]) -> None:
+        """The trials the sweep's files record as ended (pruned, completed, diverged), with why,
+        on resume: Tune's snapshot may predate their end (ray#30838 restores no scheduler
+        decision), and a restored trial would train on. They are stopped before they run again;
+        a pruned one keeps its reason."""
+        self._ended = dict(ended)
+        for tid, reason in ended.items():
+            if reason.startswith("pruned"):
+                self.pruned[tid] = reason
+
+    def choose_trial_to_run(self, tune_controller):
+        for trial in list(tune_controller.get_trials()):
+            if trial.status in ("PENDING", "PAUSED") and trial.trial_id in getattr(self, "_ended", {}):
+                trial.init_local_path()             # a trial the searcher made again has no folder yet
+                tune_controller.stop_trial(trial)   # Tune's own way to end a trial that should not run
+        return super().choose_trial_to_run(tune_controller)
+
     def restore_rungs(self, curves: Dict[str, Dict[int, float]]) -> None:
         """Tune restores the searcher on resume but not the scheduler (ray#30838): refill each
         rung with what every trial reported at its milestone, as read back from epochs/. Applied

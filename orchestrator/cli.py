@@ -90,7 +90,7 @@ def cmd_run(args) -> int:
     why = budget_problem(outcome)
     if why:
         print(f"tunesmith: {why}", file=sys.stderr)
-    return 0 if outcome.ledger.ranked() else 1
+    return 0 if outcome.ledger.top(1) else 1
 
 
 def cmd_resume(args) -> int:

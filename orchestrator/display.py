@@ -53,7 +53,7 @@ class ProgressPrinter(Callback):
         recs = list(self.ledger.trials.values())
         running = sum(r.status == "running" for r in recs)
         done = len(recs) - running
-        best = self.ledger.ranked()
+        best = self.ledger.top(1)
         best_txt = f", best {self.ledger.metric} {best[0].best[self.ledger.metric]:.4f}" if best else ""
         return f"{done}/{self.total} done, {running} running{best_txt}"
 
@@ -116,7 +116,7 @@ class LiveProgress(ProgressPrinter):
             (f"{done}/{self.total} done", "bold"), "  ",
             *(f"{k} {counts.get(k, 0)}  " for k in ("running", "completed", "pruned", "diverged", "errored")),
             f"| {elapsed:.0f}s elapsed, ~{self._eta(elapsed, done)} left")
-        ranked = self.ledger.ranked()
+        ranked = self.ledger.top(1)
         if ranked:
             b = ranked[0]
             hps = " ".join(f"{k}={_short(v)}" for k, v in b.hparams.items())

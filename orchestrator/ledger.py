@@ -182,7 +182,10 @@ class Ledger:
 
     def finish(self, rec: TrialRecord, error: str = "", status: Optional[str] = None,
                interrupted: bool = False, out_of_time: bool = False) -> None:
-        """A trial's end, and why: the status rules."""
+        """A trial's end, and why: the status rules. A record that already ended as pruned or
+        completed (read back by a resume, whose restored trial is stopped again) keeps its end."""
+        if not status and not error and rec.status in ("pruned", "completed") and rec.ended_at is not None:
+            return
         rec.ended_at = time.time()
         if status:
             rec.status = status
@@ -231,7 +234,17 @@ class Ledger:
     def ranked(self) -> List[TrialRecord]:
         key = self.metric
         have = [r for r in list(self.trials.values()) if key in r.best]
-        return sorted(have, key=lambda r: rank_key(r.best[key], r.best.get("val_loss"), self.mode))
+        return sorted(have, key=self.rank_of)
+
+    def top(self, k: int, among: Optional[Iterable[TrialRecord]] = None) -> List[TrialRecord]:
+        """The k best, without sorting them all (a 10,000-trial sweep asks this at every trial's
+        end and four times a second for its display)."""
+        import heapq
+        pool = list(self.trials.values()) if among is None else list(among)
+        return heapq.nsmallest(k, (r for r in pool if self.metric in r.best), key=self.rank_of)
+
+    def rank_of(self, rec: TrialRecord) -> Tuple[float, float]:
+        return rank_key(rec.best[self.metric], rec.best.get("val_loss"), self.mode)
 
     # --- resume: the files on disk are the truth ---------------------------------------------
     def load(self, trial_rows: Iterable[Dict[str, Any]], epoch_rows: Iterable[Dict[str, Any]],

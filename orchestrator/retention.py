@@ -57,9 +57,9 @@ class Retention:
         if checkpoint is None or self.keep == "all":
             return False
         self.candidates[rec.trial_id] = checkpoint
-        best = [r for r in ledger.ranked() if r.trial_id in self.candidates]
-        keep = best[0].trial_id if best and self.keep == "best" else None
         records = ledger.trials
+        best = ledger.top(1, among=[records[t] for t in self.candidates if t in records])   # a candidate or two
+        keep = best[0].trial_id if best and self.keep == "best" else None
         for tid in list(self.candidates):
             if tid == keep:
                 records[tid].checkpoint = self.candidates[tid].path

@@ -310,7 +310,7 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
 def budget_problem(outcome: SweepOutcome, budget: Optional[float] = None) -> Optional[str]:
     """Why a sweep with a time budget has no result: the budget ran out before any trial
     finished an epoch. ``budget``: the command's whole budget, where the sweep had the rest."""
-    if outcome.ledger.ranked() or not outcome.timed_out:
+    if outcome.ledger.top(1) or not outcome.timed_out:
         return None
     budget = budget or outcome.spec.time_budget_s
     left = outcome.budget_left_s
@@ -321,7 +321,7 @@ def budget_problem(outcome: SweepOutcome, budget: Optional[float] = None) -> Opt
 
 def best_table(outcome: SweepOutcome, top: int = 5) -> str:
     w = outcome.ledger
-    rows = w.ranked()[:top]
+    rows = w.top(top)
     hp_keys = list(w.hp_keys)
     head = ["rank", "trial", "status", f"best {w.metric}", "epochs", *hp_keys]
     body = []

@@ -170,6 +170,19 @@ def _group_gone(pgid: int, within: float) -> bool:
     return False
 
 
+def _group_size(pgid: int) -> int:
+    """Processes in a process group, from /proc."""
+    count = 0
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if os.getpgid(int(pid)) == pgid:
+                    count += 1
+            except (ProcessLookupError, PermissionError):
+                pass
+    return count
+
+
 def _temporary_files(root: Path) -> List[str]:
     return [str(p) for p in root.rglob("*") if ".tmp-" in p.name]
 
@@ -211,13 +224,13 @@ def test_ctrl_c_and_sigterm_stop_cleanly_and_keep_results(tmp_path, sig):
 
 
 def test_sigterm_while_ray_starts_ends_in_seconds_and_leaves_nothing(tmp_path):
-    """SIGTERM 2 s after the start, while Ray starts: once an exit with 15 that left two of its
-    processes running, once 40 s alive with defunct gcs_server and raylet children."""
+    """SIGTERM once Ray's first processes are up, while Ray starts: once an exit with 15 that left
+    two of its processes running, once 40 s alive with defunct gcs_server and raylet children."""
     proc = subprocess.Popen([TUNESMITH, "run", "examples/digits.yaml", "--results-dir", str(tmp_path),
                              "--name", "early"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=_env(), cwd=ROOT, start_new_session=True)
     try:
-        time.sleep(2)
+        _wait_for(lambda: _group_size(proc.pid) > 1, 60, "Ray's first processes")   # Ray is starting
         sent = time.time()
         os.kill(proc.pid, signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
@@ -339,3 +352,48 @@ def test_smith_whose_budget_ends_before_stage_2_says_so_in_one_line(tmp_path):
     assert proc.stderr.startswith("tunesmith: time_budget_s = 1: Ray's start-up and the range test took"), proc.stderr
     assert proc.stderr.count("\n") == 1
     assert (tmp_path / "short" / "lr_find" / "curve.parquet").exists()
+
+
+def test_resume_never_continues_a_trial_the_files_record_as_ended(tmp_path):
+    """Tune snapshots its state every few seconds (here once a minute), so a driver killed just
+    after ASHA pruned a trial leaves a snapshot that calls it unfinished, and a plain restore
+    trained it on to the end. `resume` stops every trial that trials.parquet records as pruned,
+    completed or diverged before it trains again."""
+    spec = tmp_path / "p.yaml"
+    spec.write_text(f"""
+name: p
+dataset: {{name: digits}}
+model: {{width: 8}}
+trainer: {{epochs: 8, per_gpu_batch_size: 16}}
+search: {{num_samples: 6, max_concurrent: 2, space: {{lr: {{loguniform: [0.003, 0.3]}}}}}}
+asha: {{grace_period: 1, reduction_factor: 2}}
+results_dir: {tmp_path / 'results'}
+""")
+    env = {**_env(), "TUNE_GLOBAL_CHECKPOINT_S": "60"}
+    proc = subprocess.Popen([TUNESMITH, "run", str(spec)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env, cwd=ROOT, start_new_session=True)
+    trials_file = tmp_path / "results" / "p" / "trials.parquet"
+
+    def ended_some():
+        if not trials_file.exists():
+            return False
+        status = set(_trials(trials_file).status)
+        return "pruned" in status and "running" in status
+    try:
+        _wait_for(ended_some, 180, "a pruned trial while others run")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    before = _trials(trials_file).set_index("trial_id")
+    ended = before[before.status.isin(["pruned", "completed"])]
+    rows_before = pq.read_table(tmp_path / "results" / "p" / "epochs").to_pandas().groupby("trial_id").size()
+
+    out = subprocess.run([TUNESMITH, "resume", str(tmp_path / "results" / "p")], capture_output=True, text=True,
+                         env=env, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    after = _trials(trials_file).set_index("trial_id")
+    rows_after = pq.read_table(tmp_path / "results" / "p" / "epochs").to_pandas().groupby("trial_id").size()
+    for tid, row in ended.iterrows():
+        assert after.loc[tid, "status"] == row.status and after.loc[tid, "stop_reason"] == row.stop_reason
+        assert rows_after[tid] == rows_before[tid], f"{tid} ({row.status}) trained again after the resume"
+    assert "running" not in set(after.status)

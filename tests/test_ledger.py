@@ -254,7 +254,7 @@ def test_reload_takes_epoch_rows_written_after_the_last_trials_file(tmp_path):
     w.flush()                                   # trials.parquet: running, 1 epoch
     for e in (2, 3, 4):
         w.record("t1", _result(e, 0.4 + 0.1 * e))
-        w.on_checkpoint(0, [], None, None)                         # what on_checkpoint does; no trials.parquet
+        w.get_state()                                              # Tune snapshots: rows to disk; no trials.parquet
     stale = pq.read_table(tmp_path / "s" / "trials.parquet").to_pandas()
     assert stale.epochs.tolist() == [1]
     w2 = _resumable(tmp_path, epochs=4)
@@ -312,7 +312,7 @@ def test_a_trial_missing_from_the_trials_file_is_rebuilt_from_its_rows_and_not_w
         w.start(t, {"lr": 0.2})
         for e in (1, 2):
             w.record(t, _result(e, 0.5 + 0.1 * e))
-            w.on_checkpoint(0, [], None, None)                     # what on_checkpoint does; no trials.parquet
+            w.get_state()                                          # Tune snapshots: rows to disk; no trials.parquet
     assert pq.read_table(tmp_path / "s" / "trials.parquet").column("trial_id").to_pylist() == ["t1"]
 
     w2 = _resumable(tmp_path, epochs=3)

@@ -64,6 +64,7 @@ class ParquetSink(Sink):
         self._rows: List[dict] = []
         self._part = 0
         self._token = uuid.uuid4().hex[:6]   # part names stay unique across resumed runs
+        self.trials_seconds = 0.0            # how long the last trials.parquet rewrite took
         storage.makedirs(sweep, "epochs")
 
     def epoch(self, rec, row, extra, result) -> None:
@@ -79,7 +80,9 @@ class ParquetSink(Sink):
     def flush(self, ledger, trials_due: bool) -> None:
         self.rows_due()
         if trials_due:
+            began = time.perf_counter()
             self.storage.write_table(f"{self.sweep}/trials.parquet", trials_table(ledger))
+            self.trials_seconds = time.perf_counter() - began
 
     def reopen(self) -> None:
         self._token = uuid.uuid4().hex[:6]

@@ -22,6 +22,7 @@ class TensorBoardSink(Sink):
         self._writers: Dict[str, Any] = {}
         self._local = storage.local_path(sweep, "tensorboard")
         self._staging = None if self._local else tempfile.mkdtemp(prefix="tunesmith-tb-")
+        self._sent: Dict[str, tuple] = {}   # staged files already uploaded, by (size, mtime)
 
     def _tb(self, trial_id: str):
         w = self._writers.get(trial_id)
@@ -60,7 +61,7 @@ class TensorBoardSink(Sink):
         for w in self._writers.values():
             w.flush()
         if self._staging:
-            self.storage.upload_dir(self._staging, f"{self.sweep}/tensorboard")
+            self.storage.upload_dir(self._staging, f"{self.sweep}/tensorboard", self._sent)
 
     def close(self, ledger, stopped: List[Any], interrupted: bool) -> None:
         for rec in stopped:
@@ -71,7 +72,7 @@ class TensorBoardSink(Sink):
             w.close()
         self._writers = {}
         if self._staging:
-            self.storage.upload_dir(self._staging, f"{self.sweep}/tensorboard")
+            self.storage.upload_dir(self._staging, f"{self.sweep}/tensorboard", self._sent)
             shutil.rmtree(self._staging, ignore_errors=True)
 
     def relocate(self, storage: Storage) -> None:
@@ -86,3 +87,4 @@ class TensorBoardSink(Sink):
         self._writers = {}
         if self._staging is not None:
             self._staging = tempfile.mkdtemp(prefix="tunesmith-tb-")
+            self._sent = {}

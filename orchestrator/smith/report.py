@@ -27,7 +27,7 @@ def coupling_text(ref: Optional[float]) -> str:
 def stage2_summary(out, s2, lr_range, basis: str) -> Dict[str, Any]:
     """One stage-2 sweep as the report records it, from its ledger."""
     ledger = out.ledger
-    ranked = ledger.ranked()
+    ranked = ledger.top(1)
     at = (s2.rungs or (s2.max_t,))[0]
     best = ranked[0] if ranked else None
     records = list(ledger.trials.values())
