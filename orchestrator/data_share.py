@@ -12,11 +12,33 @@ from typing import Dict, Optional, Tuple
 from tunesmith.trainables.config import DatasetConfig
 
 _REFS: Dict[tuple, object] = {}   # per Ray connection: smith's stages share one copy
+_SKIPPED: Dict[tuple, object] = {}   # and what the load left out, unreadable: [(file, why)]
 
 
-def _load_arrays(cfg: DatasetConfig) -> dict:
+def _load_arrays(cfg: DatasetConfig):
+    """(the arrays, the files skipped as unreadable): two objects, so that the driver reads the
+    short list without fetching the data."""
     from tunesmith.trainables import data as data_mod
-    return data_mod.load(cfg).arrays()
+    loaded = data_mod.load(cfg)
+    return loaded.arrays(), list(getattr(loaded, "skipped", ()))
+
+
+def skipped(cfg: DatasetConfig, timeout: Optional[float] = None) -> Optional[list]:
+    """The unreadable files the shared load left out, once it has ended (None while it runs,
+    or where nothing was shared)."""
+    import ray
+    from tunesmith.trainables import data as data_mod
+    ref = _SKIPPED.get((ray.get_runtime_context().get_job_id(), data_mod.source_key(cfg)))
+    if ref is None:
+        return None
+    if isinstance(ref, list):
+        return ref
+    try:
+        return ray.get(ref, timeout=timeout)
+    except ray.exceptions.GetTimeoutError:
+        return None
+    except ray.exceptions.RayError:
+        return None   # the load failed: the trials say why
 
 
 def plan(cfg: DatasetConfig, local: bool) -> Tuple[bool, str]:
@@ -46,9 +68,10 @@ def share(cfg: DatasetConfig, streams: bool = False) -> Optional[list]:
     src = data_mod.source_key(cfg)
     key = (ray.get_runtime_context().get_job_id(), src)   # a reference lives as long as its connection
     if key not in _REFS:
-        held = data_mod._CACHE.get((src, "cpu"))
+        held = data_mod.cached(src)
         if isinstance(held, data_mod.ImageData):
-            _REFS[key] = ray.put(held.arrays())
+            _REFS[key], _SKIPPED[key] = ray.put(held.arrays()), list(held.skipped)
         else:
-            _REFS[key] = ray.remote(num_cpus=0)(_load_arrays).options(name="tunesmith:load-data").remote(src)
+            _REFS[key], _SKIPPED[key] = ray.remote(num_cpus=0, num_returns=2)(_load_arrays).options(
+                name="tunesmith:load-data").remote(src)
     return [_REFS[key]]

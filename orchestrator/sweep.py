@@ -295,6 +295,7 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
         man.update(ended_at=manifest_mod.now_iso(), status=status,
                    wall_seconds=round(time.monotonic() - start, 3),
                    trials=callback.ledger.status_counts())
+        _say_skipped(spec, man, trainable is None and in_memory)
         try:
             storage.write_bytes(f"{spec.name}/manifest.json", manifest_mod.dumps(man))
         except (OSError, pa.ArrowException) as exc:
@@ -305,6 +306,19 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
     return SweepOutcome(spec, storage, callback.ledger, time.monotonic() - start, status == "interrupted",
                         stopper.timed_out.is_set(), None if deadline is None else deadline - began,
                         failure=callback.failure)
+
+
+def _say_skipped(spec: SweepSpec, man: dict, shared: bool) -> None:
+    """The unreadable images the shared load left out, named on this terminal and in the
+    manifest: the load ran as a Ray task, whose own output does not reach the user."""
+    if not shared or spec.train.dataset.name != "imagefolder":
+        return
+    from tunesmith.orchestrator.data_share import skipped
+    from tunesmith.trainables.folder import skipped_text
+    files = skipped(spec.train.dataset, timeout=10)
+    if files:
+        print(skipped_text(spec.train.dataset.data_dir, files), flush=True)
+        man["data"] = {**man.get("data", {}), "skipped": [{"file": f, "why": why} for f, why in files]}
 
 
 def budget_problem(outcome: SweepOutcome, budget: Optional[float] = None) -> Optional[str]:

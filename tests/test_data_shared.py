@@ -54,3 +54,25 @@ def test_files_are_read_once_per_sweep(ray_session, tmp_path):
            "search": {"num_samples": 3}}
     e = _sweep(raw, ray_session, str(tmp_path / "results"))
     assert len(e) == 6 and e.val_acc.notna().all()
+
+
+def test_an_unreadable_image_is_named_on_the_terminal_and_in_the_manifest(ray_session, tmp_path, capsys):
+    """The shared load runs as a Ray task, whose output never reached the user: a folder with one
+    corrupt PNG ran, exit 0, and never named the file."""
+    import json
+    from tunesmith.orchestrator.sweep import run_sweep
+    folder = tmp_path / "f"
+    rng = np.random.default_rng(0)
+    for cls in ("ant", "bee"):
+        (folder / cls).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray((rng.random((12, 12, 3)) * 255).astype(np.uint8)).save(folder / cls / f"{i}.png")
+    (folder / "bee" / "broken.png").write_bytes(b"\x89PNG not really")
+    spec = spec_mod.from_dict({"name": "skip", "results_dir": str(tmp_path / "r"), "asha": {"enabled": False},
+                               "dataset": {"name": "imagefolder", "data_dir": str(folder), "image_size": 8},
+                               "trainer": {"epochs": 1}, "model": {"width": 4}})
+    run_sweep(spec, ray_session, progress=False)
+    out = capsys.readouterr().out
+    assert "skipped 1 unreadable image: bee/broken.png" in out
+    manifest = json.loads((tmp_path / "r" / "skip" / "manifest.json").read_text())
+    assert [s["file"] for s in manifest["data"]["skipped"]] == ["bee/broken.png"]

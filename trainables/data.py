@@ -104,6 +104,11 @@ LOADERS: Dict[str, Callable[[DatasetConfig], ImageData]] = {
 _CACHE: Dict[tuple, object] = {}
 
 
+def cached(src: DatasetConfig):
+    """The CPU copy this process already loaded of ``src`` (smith's range test), or None."""
+    return _CACHE.get((src, "cpu"))
+
+
 def list_datasets() -> list:
     return sorted(LOADERS)
 

@@ -182,6 +182,7 @@ class FolderPlan:
             x, y, n_train = _drop_rows(x, y, bad, n_train)
         t = torch.from_numpy(x)
         data = finish_split(t[:n_train], y[:n_train], t[n_train:], y[n_train:], self.classes, 1 / 255)
+        data.skipped = tuple(self.skipped)   # the sweep's driver names them (orchestrator/data_share.py)
         self._report()
         return data
 
@@ -194,10 +195,7 @@ class FolderPlan:
 
     def _report(self) -> None:
         if self.skipped:
-            names = ", ".join(f"{p} ({why})" for p, why in self.skipped[:5])
-            more = f" and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
-            print(f"imagefolder {self.cfg.data_dir}: skipped {len(self.skipped)} unreadable image"
-                  f"{'s' if len(self.skipped) > 1 else ''}: {names}{more}", flush=True)
+            print(skipped_text(self.cfg.data_dir, self.skipped), flush=True)
 
     # --- streaming ----------------------------------------------------------------------
     def stream(self):
@@ -278,6 +276,13 @@ def scan(cfg: DatasetConfig, budget: Optional[int] = None) -> FolderPlan:
         streams, why = False, f"within the memory budget: {shown}"
     return FolderPlan(cfg, root, classes, files, labels, vfiles, vlabels, size, mode, estimate, budget, streams,
                       why, other, explicit, layout=layout)
+
+
+def skipped_text(data_dir: str, skipped) -> str:
+    """One line naming the unreadable images left out (the first five, and how many more)."""
+    names = ", ".join(f"{p} ({why})" for p, why in skipped[:5])
+    more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+    return f"imagefolder {data_dir}: skipped {len(skipped)} unreadable image{'s' if len(skipped) > 1 else ''}: {names}{more}"
 
 
 class _FileSet(torch.utils.data.Dataset):

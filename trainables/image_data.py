@@ -44,6 +44,7 @@ class ImageData:
     scale: float = 1 / 255
     how: str = "in memory"
     _norm: Optional[Normaliser] = field(default=None, repr=False, compare=False)
+    skipped: Tuple[Tuple[str, str], ...] = field(default=(), repr=False, compare=False)   # (file, why) left out
 
     @property
     def num_classes(self) -> int:
