@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import uuid
 from typing import List, Optional
 
@@ -12,11 +13,32 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from tunesmith.trainables.config import ConfigError
+from tunesmith.trainables.config import ConfigError, redact
 
 
 CLAIM = ".tunesmith-claim"   # a sweep folder's marker: which command is writing it
 _CLAIMS: dict = {}            # (location, name) -> this process's claim token
+
+
+_USERINFO = re.compile(r"^([A-Za-z][\w+.-]*://)([^/@?#\s:]*):([^/@?#\s]*)@")
+
+
+def take_credentials(location: str) -> str:
+    """``s3://KEY:SECRET@bucket/p`` -> ``s3://bucket/p``, with KEY and SECRET moved to this
+    process's environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), where pyarrow reads them
+    and where neither Tune's pickled state nor any file tunesmith writes holds them. A redacted
+    ``***`` in their place (a spec.yaml read back) leaves the environment's own."""
+    if re.match(r"^[A-Za-z][\w+.-]*://\*\*\*@", location):   # as tunesmith wrote it down
+        scheme, _, rest = location.partition("://***@")
+        return f"{scheme}://{rest}"
+    m = _USERINFO.match(location)
+    if not m:
+        return location
+    scheme, key, secret = m.groups()
+    if scheme.lower().startswith("s3") and key != "***":
+        from urllib.parse import unquote
+        os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = unquote(key), unquote(secret)
+    return scheme + location[m.end():]
 
 
 def is_uri(path: str) -> bool:
@@ -25,14 +47,16 @@ def is_uri(path: str) -> bool:
 
 class Storage:
     def __init__(self, location: str):
-        self.location = location
         if is_uri(location):
+            location = take_credentials(location)
+            self.location = redact(location)   # what is shown and written: never a secret
             try:
                 self.fs, root = pafs.FileSystem.from_uri(location)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-                raise ConfigError("results_dir", location, f"no filesystem for it: {exc}") from None
+                raise ConfigError("results_dir", self.location, f"no filesystem for it: {exc}") from None
             self.root = root.rstrip("/")
         else:
+            self.location = location
             self.fs = pafs.LocalFileSystem()
             self.root = os.path.abspath(os.path.expanduser(location))
 

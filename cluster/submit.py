@@ -117,6 +117,7 @@ def submit(spec, address: Optional[str], wait: bool, out=sys.stdout, command: st
     """Submit the validated ``spec`` as a job that runs ``tunesmith COMMAND`` (run or smith) with
     ``options``; the job's exit code when waiting, else 0 once submitted."""
     from tunesmith.cluster.storage import is_uri
+    from tunesmith.trainables.config import redact
     if not is_uri(spec.results_dir) and not os.path.isabs(spec.results_dir):
         raise ConfigError("results_dir", spec.results_dir, "a job runs in a temporary folder on the head: give an "
                           "absolute path every node reaches, or a URI (s3://..., gs://...)")
@@ -128,9 +129,9 @@ def submit(spec, address: Optional[str], wait: bool, out=sys.stdout, command: st
     entrypoint = shlex.join(["python", "-m", "tunesmith.orchestrator", command, f"env:{SPEC_VAR}", "--address",
                              "auto", *options])
     job_id = c.submit_job(entrypoint=entrypoint,
-                          runtime_env=_runtime_env(spec.to_dict()),
-                          metadata={"tunesmith_sweep": spec.name, "results_dir": spec.results_dir})
-    print(f"submitted {job_id}: {'smith ' if command == 'smith' else ''}sweep {spec.name} -> {spec.results_dir}",
+                          runtime_env=_runtime_env(spec.to_dict(secrets=True)),   # the job writes there
+                          metadata={"tunesmith_sweep": spec.name, "results_dir": redact(spec.results_dir)})
+    print(f"submitted {job_id}: {'smith ' if command == 'smith' else ''}sweep {spec.name} -> {redact(spec.results_dir)}",
           file=out, flush=True)
     warn_plain_token(c, address)
     if not wait:

@@ -216,7 +216,7 @@ class SweepSpec(Section):
         ``dataset`` mappings update those sections, ``search`` and ``asha`` mappings replace
         theirs, and any other key (``name``, ``time_budget_s``, ``seed``) is set. ``drop_trainer``:
         trainer fields to reset to their defaults, or to what a search preset sets."""
-        raw = self.to_dict()
+        raw = self.to_dict(secrets=True)
         for key, value in changes.items():
             if key in ("trainer", "model", "dataset"):
                 raw[key] = {**raw[key], **value}
@@ -225,14 +225,21 @@ class SweepSpec(Section):
         raw["trainer"] = {k: v for k, v in raw["trainer"].items() if k not in drop_trainer}
         return from_dict(raw)
 
-    def to_dict(self) -> dict:
-        """The resolved spec as plain data (spec.yaml): presets expanded, defaults filled in."""
-        return {"name": self.name, "description": self.description, "seed": self.seed,
+    def to_dict(self, secrets: bool = False) -> dict:
+        """The resolved spec as plain data (spec.yaml): presets expanded, defaults filled in, and
+        credentials in URIs shown as *** unless ``secrets`` (a derived spec, a submitted job)."""
+        from tunesmith.trainables.config import redact
+        out = {"name": self.name, "description": self.description, "seed": self.seed,
                 "dataset": to_dict(self.dataset), "model": to_dict(self.model), "trainer": to_dict(self.trainer),
                 "search": self.plan.to_dict(), "asha": to_dict(self.asha),
                 "resources": to_dict(self.resources), "metric": self.metric, "mode": self.mode,
                 "results_dir": self.results_dir, "time_budget_s": self.time_budget_s,
                 "checkpoints": to_dict(self.checkpoints), "tracking": {"mlflow": to_dict(self.mlflow)}}
+        if not secrets:
+            out["results_dir"] = redact(out["results_dir"])
+            if out["tracking"]["mlflow"]["uri"]:
+                out["tracking"]["mlflow"]["uri"] = redact(out["tracking"]["mlflow"]["uri"])
+        return out
 
 
 def from_dict(raw: Mapping[str, Any], default_name: str = "sweep") -> SweepSpec:

@@ -92,3 +92,23 @@ def test_lr_find_writes_to_the_object_store(s3, spec_file):
         assert fs.get_file_info(f"sweeps/results/lrf/lr_find/{name}").type == pafs.FileType.File
     events = fs.get_file_info(pafs.FileSelector("sweeps/results/lrf/tensorboard/lr_find"))
     assert any("tfevents" in e.path for e in events)
+
+
+@pytest.mark.ray
+def test_credentials_in_the_uri_are_written_nowhere(ray_session, s3, spec_file, capsys):
+    """s3://KEY:SECRET@bucket/... once left the secret in spec.yaml, manifest.json, Tune's
+    tuner.pkl and its search state. The credentials go to the process's environment instead;
+    every object the sweep wrote, and everything it printed, is read for the secret."""
+    uri, fs = s3
+    secret = "TopSecret0123456789abcdef"
+    with_creds = uri.replace("s3://", f"s3://AKIDEXAMPLE:{secret}@")
+    assert main(["run", spec_file(SPEC.replace("name: remote", "name: secret")), "--results-dir", with_creds]) == 0
+    printed = capsys.readouterr()
+    assert secret not in printed.out + printed.err
+    written = [i.path for i in fs.get_file_info(pafs.FileSelector("sweeps/results/secret", recursive=True))
+               if i.type == pafs.FileType.File]
+    assert any(p.endswith("tuner.pkl") for p in written) and any(p.endswith("spec.yaml") for p in written)
+    leaks = [p for p in written if secret.encode() in fs.open_input_stream(p).readall()]
+    assert leaks == []
+    spec_yaml = fs.open_input_stream("sweeps/results/secret/spec.yaml").readall().decode()
+    assert "s3://***@sweeps/results" in spec_yaml

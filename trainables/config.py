@@ -8,11 +8,22 @@ spec's JSON Schema (``tunesmith schema``).
 """
 from __future__ import annotations
 
+import re
 import typing
 from typing import Annotated, Any, Literal, Mapping, Optional, Tuple, Type, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
+
+
+_URI_SECRET = re.compile(r"([A-Za-z][\w+.-]*://)[^/@\s:'\"]*:[^/@\s'\"]*@")
+_SECRET_QUERY = re.compile(r"((?:secret|password|passwd|token|session|access_key|credential)[\w-]*=)[^&\s'\"]*", re.I)
+
+
+def redact(text: str) -> str:
+    """Any URI in ``text`` with its credentials shown as ***: a password or secret key before
+    the @, and query values named like secrets. For everything written or printed."""
+    return _SECRET_QUERY.sub(r"\1***", _URI_SECRET.sub(r"\1***@", text))
 
 
 SHOWN_CHARS = 120   # an error shows this much of a value: one line, even for a YAML alias bomb
@@ -25,7 +36,7 @@ def shown(value: Any) -> str:
     short = reprlib.Repr()
     short.maxlevel, short.maxlist, short.maxtuple, short.maxdict, short.maxset = 3, 6, 6, 6, 6
     short.maxstring, short.maxother, short.maxlong = SHOWN_CHARS, SHOWN_CHARS, 40
-    text = short.repr(value)
+    text = redact(short.repr(value))
     return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "..."
 
 

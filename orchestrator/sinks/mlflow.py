@@ -36,10 +36,25 @@ def _import():
             from None
 
 
+def take_credentials(uri: str) -> str:
+    """``http://USER:PASSWORD@host:5000`` -> ``http://host:5000``, with the two moved to this
+    process's environment (MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD), where MLflow reads
+    them and where no pickled state or written file holds them."""
+    import os
+    import re
+    from urllib.parse import unquote
+    m = re.match(r"^(https?://)([^/@\s:]*):([^/@\s]*)@", uri)
+    if not m:
+        return uri
+    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(m[2]), unquote(m[3])
+    return m[1] + uri[m.end():]
+
+
 def connect(uri: str, experiment: str):
     """(client, experiment id), or a one-line error naming the server when it does not answer."""
     MlflowClient = _import()
     import os
+    uri = take_credentials(uri)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")   # a dead server fails at once, not after minutes
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     client = MlflowClient(tracking_uri=uri)
@@ -54,7 +69,7 @@ def connect(uri: str, experiment: str):
 
 class MLflowSink(Sink):
     def __init__(self, uri: str, experiment: str, sweep: str, spec_dict: Dict[str, Any], manifest: Dict[str, Any]):
-        self.uri, self.experiment, self.sweep = uri, experiment, sweep
+        self.uri, self.experiment, self.sweep = take_credentials(uri), experiment, sweep
         self.spec_dict, self.manifest = spec_dict, manifest
         self.client, self.exp_id = connect(uri, experiment)
         self.parent = self.client.create_run(self.exp_id, run_name=sweep,
