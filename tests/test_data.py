@@ -358,3 +358,35 @@ def test_a_class_name_that_is_not_utf8_is_shown_not_fatal(tmp_path):
     assert plan.classes[-1] == "f\ufffdx" and plan.classes[-1].encode("utf-8")
     d = data.load_imagefolder(DatasetConfig(name="imagefolder", data_dir=str(root), image_size=8))
     assert d.num_classes == 3 and "f\ufffdx" in d.classes
+
+
+def test_an_image_past_the_pixel_limit_is_skipped_and_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(folder, "MAX_PIXELS", 150 * 150)
+    _make_folder(tmp_path / "f", per_class=6)
+    Image.fromarray(np.zeros((200, 200, 3), np.uint8)).save(tmp_path / "f" / "dog" / "huge.png")
+    d = data.load_imagefolder(DatasetConfig(name="imagefolder", data_dir=str(tmp_path / "f"), image_size=8))
+    assert len(d.train_y) + len(d.val_y) == 18
+    assert [p for p, _ in d.skipped] == ["dog/huge.png"] and "megapixel limit" in d.skipped[0][1]
+    assert "skipped 1 unreadable image: dog/huge.png (ValueError: 200x200 pixels" in capsys.readouterr().out
+
+
+def test_a_large_sixteen_bit_scan_is_reduced_before_it_is_widened(tmp_path):
+    """A 178-megapixel 16-bit scan went through float64 at full size, about 1.4 GB. It is now
+    reduced toward the target size first: here a 3000x2000 scan, whose full float64 copy alone
+    would take 48 MB, decodes in a few MB."""
+    import tracemalloc
+    path = tmp_path / "scan.png"
+    Image.fromarray((np.arange(3000 * 2000, dtype=np.uint32) % 65536).astype(np.uint16).reshape(2000, 3000)).save(path)
+    tracemalloc.start()
+    try:
+        out = folder.decode(str(path), 32, "L")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (1, 32, 32) and out.max() > 0
+    assert peak < 8 * 2 ** 20, f"{peak / 2 ** 20:.1f} MB"
+
+
+def test_decoding_processes_fit_the_memory():
+    assert folder.decode_workers(peak_bytes=100 << 20, memory=400 << 20) == 1   # a quarter holds one
+    assert folder.decode_workers(peak_bytes=1 << 20, memory=64 << 30) == (os.cpu_count() or 1)

@@ -25,6 +25,8 @@ STATS_SAMPLE = 2000     # streaming: the normalisation statistics come from this
 MODE_SAMPLE = 64        # dataset.channels unset: this many images' headers decide grey or colour
 WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")   # PIL's grey modes deeper than 8 bits
 GREY_MODES = ("1", "L", "LA") + WIDE_MODES                     # PIL's modes without colour
+MAX_PIXELS = 100_000_000   # an image past this is skipped and named: a decompression bomb, or a scan no
+                           # CNN here trains on at full size (PIL itself only warns below 179 MP)
 
 
 def _as_8bit(im):
@@ -32,7 +34,7 @@ def _as_8bit(im):
     16-bit scan came out white): values above 255 are taken as 16-bit, floats up to 1 as [0, 1].
     The rule is fixed, not per image, so images keep their brightness relative to each other."""
     from PIL import Image
-    a = np.asarray(im, dtype=np.float64)
+    a = np.asarray(im, dtype=np.float32)   # half float64's memory; the image is reduced already
     top = a.max() if a.size else 0.0
     if im.mode == "F" and top <= 1.0:
         a = a * 255.0
@@ -43,14 +45,37 @@ def _as_8bit(im):
 
 def decode(path: str, size: int, mode: str) -> np.ndarray:
     """One image as uint8 C x size x size: converted to ``mode`` (L or RGB), resized bilinearly.
-    The same function serves both paths, so both see the same pixels."""
+    The same function serves both paths, so both see the same pixels. A large image is brought
+    toward the target size while it is decoded (a JPEG's DCT scaling, PIL's reduce) so that a scan
+    never sits in memory at full depth; one past MAX_PIXELS is refused (skipped and named)."""
     from PIL import Image
     with Image.open(path) as im:
+        w, h = im.size
+        if w * h > MAX_PIXELS:
+            raise ValueError(f"{w}x{h} pixels, past the {MAX_PIXELS / 1e6:g}-megapixel limit")
+        if im.format == "JPEG":
+            im.draft(None, (size, size))   # decoded at 1/2, 1/4 or 1/8 scale where that still covers size
+        factor = min(im.size) // (2 * size)
         if im.mode in WIDE_MODES:
+            if im.mode.startswith("I;16"):
+                im = im.convert("I")   # 4 bytes a pixel, which reduce takes
+            if factor >= 2:
+                im = im.reduce(factor)
             im = _as_8bit(im)
+        elif factor >= 2:
+            try:
+                im = im.reduce(factor)
+            except ValueError:   # a mode reduce does not take (a palette): resized below
+                pass
         im = im.convert(mode).resize((size, size), Image.BILINEAR)
         arr = np.array(im, dtype=np.uint8)   # a copy: PIL's own buffer is read-only, which torch warns of
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def decode_workers(peak_bytes: int, memory: int) -> int:
+    """Decoding processes: one a core, but no more than a quarter of the free memory holds at
+    the largest image's decoding peak."""
+    return max(1, min(os.cpu_count() or 1, memory // 4 // max(1, peak_bytes)))
 
 
 def _decode_chunk(args) -> Tuple[int, np.ndarray, List[Tuple[int, str]]]:
@@ -79,18 +104,25 @@ def _drop_rows(x: np.ndarray, y: torch.Tensor, bad: Sequence[int], n_train: int)
 def own_mode(files: Sequence[str]) -> str:
     """The folder's own colour, from the headers of MODE_SAMPLE images spread over it (nothing is
     decoded): "L" when every one read is grey, else "RGB". A palette image counts as colour."""
+    return sample_headers(files)[0]
+
+
+def sample_headers(files: Sequence[str]) -> Tuple[str, int]:
+    """(the folder's own colour mode, the decoding peak in bytes of its largest image) from the
+    headers of MODE_SAMPLE images spread over it; nothing is decoded."""
     from PIL import Image
     step = max(1, len(files) // MODE_SAMPLE)
-    seen = 0
+    seen, grey, peak = 0, True, 0
     for path in files[::step][:MODE_SAMPLE]:
         try:
             with Image.open(path) as im:
-                if im.mode not in GREY_MODES:
-                    return "RGB"
+                grey = grey and im.mode in GREY_MODES
+                w, h = im.size
+                peak = max(peak, min(w * h, MAX_PIXELS) * (4 if im.mode in WIDE_MODES else len(im.getbands())) * 2)
                 seen += 1
         except Exception:   # noqa: BLE001 - an unreadable file is skipped at decoding, and named
             continue
-    return "L" if seen else "RGB"
+    return ("L" if seen and grey else "RGB"), peak
 
 
 def available_memory() -> int:
@@ -124,6 +156,7 @@ class FolderPlan:
     explicit_val: bool = False
     skipped: List[Tuple[str, str]] = field(default_factory=list)
     layout: str = "one folder per class; validation split off by dataset.val_fraction"
+    decoders: int = 1        # decoding processes: a core each, within the memory the largest image needs
 
     @property
     def channels(self) -> int:
@@ -145,10 +178,10 @@ class FolderPlan:
         step = 256
         jobs = [(i, list(files[i:i + step]), self.size, self.mode, self.channels) for i in range(0, len(files), step)]
         bad: List[Tuple[int, str]] = []
-        if len(files) >= PARALLEL_FROM and (os.cpu_count() or 1) > 1:
+        if len(files) >= PARALLEL_FROM and self.decoders > 1:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
-            with ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context("fork")) as pool:
+            with ProcessPoolExecutor(self.decoders, mp_context=multiprocessing.get_context("fork")) as pool:
                 results = pool.map(_decode_chunk, jobs)
                 for start, chunk, b in results:
                     out[start:start + len(chunk)] = chunk
@@ -260,10 +293,14 @@ def scan(cfg: DatasetConfig, budget: Optional[int] = None) -> FolderPlan:
     if len(files) + len(vfiles) < 2:
         raise ConfigError("dataset.data_dir", cfg.data_dir, f"found {len(files) + len(vfiles)} images; need at least 2")
     size = cfg.image_size or 32
-    mode = ("L" if cfg.channels == 1 else "RGB") if cfg.channels else own_mode(files + vfiles)
+    own, peak = sample_headers(files + vfiles)
+    mode = ("L" if cfg.channels == 1 else "RGB") if cfg.channels else own
     channels = 1 if mode == "L" else 3
-    estimate = (len(files) + len(vfiles)) * (channels * size * size + 8)
-    budget = budget if budget is not None else int(cfg.memory_budget * available_memory())
+    memory = available_memory()
+    workers = decode_workers(peak, memory)
+    # the decoded set, and what the decoding processes hold at once while they make it
+    estimate = (len(files) + len(vfiles)) * (channels * size * size + 8) + workers * peak
+    budget = budget if budget is not None else int(cfg.memory_budget * memory)
     shown = f"the budget is {_fmt_bytes(budget)} ({cfg.memory_budget:g} of available memory, dataset.memory_budget)"
     if cfg.stream is True:
         streams, why = True, "dataset.stream is true"
@@ -275,7 +312,7 @@ def scan(cfg: DatasetConfig, budget: Optional[int] = None) -> FolderPlan:
     else:
         streams, why = False, f"within the memory budget: {shown}"
     return FolderPlan(cfg, root, classes, files, labels, vfiles, vlabels, size, mode, estimate, budget, streams,
-                      why, other, explicit, layout=layout)
+                      why, other, explicit, layout=layout, decoders=workers)
 
 
 def skipped_text(data_dir: str, skipped) -> str:
