@@ -27,6 +27,8 @@ class ClusterInfo:
     nodes: int
     started_here: bool
     dashboard_url: Optional[str] = None
+    node_cpus: Optional[float] = None   # the largest single node's: a trial runs on one node
+    node_gpus: Optional[float] = None
 
 
 def prepare_environment() -> None:
@@ -197,9 +199,11 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
             url = ray.worker.get_dashboard_url()
         except Exception:  # dashboard extras missing: not fatal
             url = None
+    alive = [n for n in ray.nodes() if n.get("Alive")]
     return ClusterInfo(address=gcs, cpus=float(res.get("CPU", 0)), gpus=float(res.get("GPU", 0)),
-                       nodes=len([n for n in ray.nodes() if n.get("Alive")]), started_here=started,
-                       dashboard_url=url)
+                       nodes=len(alive), started_here=started, dashboard_url=url,
+                       node_cpus=max((float(n["Resources"].get("CPU", 0)) for n in alive), default=None),
+                       node_gpus=max((float(n["Resources"].get("GPU", 0)) for n in alive), default=None))
 
 
 def terminate_as_interrupt() -> None:

@@ -38,3 +38,16 @@ def max_concurrent(cluster_cpus: float, cluster_gpus: float, trial_cpus: float, 
     fit = max(1, fit)
     return min(fit, requested) if requested else fit
 
+
+def fits_one_node(node_cpus: Optional[float], node_gpus: Optional[float], cpus: float, gpus: float,
+                  ranks: int = 1) -> None:
+    """A trial (or each rank of a data-parallel one) runs on a single node: one larger than every
+    node would wait pending forever while the cluster's sum looked big enough."""
+    if node_cpus is not None and cpus > node_cpus + 1e-9:
+        raise ConfigError("resources.cpus", cpus, f"{'each rank' if ranks > 1 else 'a trial'} runs on one node, and "
+                          f"the largest node has {node_cpus:g} CPUs")
+    per_rank_gpus = 1.0 if ranks > 1 and gpus > 1 else gpus
+    if node_gpus is not None and per_rank_gpus > node_gpus + 1e-9:
+        raise ConfigError("resources.gpus", gpus, f"a trial runs on one node, and the largest node has "
+                          f"{node_gpus:g} GPUs")
+

@@ -13,7 +13,7 @@ import pyarrow as pa
 import yaml
 
 from tunesmith.cluster.connect import ClusterInfo
-from tunesmith.cluster.resources import TRIAL_SLIVER_CPU, data_parallel_cpus, max_concurrent
+from tunesmith.cluster.resources import TRIAL_SLIVER_CPU, data_parallel_cpus, fits_one_node, max_concurrent
 from tunesmith.orchestrator import manifest as manifest_mod
 from tunesmith.orchestrator.spec import SweepSpec, plan_text, trial_count
 from tunesmith.cluster.storage import Storage
@@ -103,6 +103,7 @@ def concurrency_for(spec: SweepSpec, cluster: ClusterInfo) -> int:
     """Tune does not count the GPUs and CPUs of a trial's Train workers: the cap counts them
     (ray#18332)."""
     r = spec.resources
+    fits_one_node(cluster.node_cpus, cluster.node_gpus, r.cpus, r.gpus, r.ranks)
     cpus = data_parallel_cpus(cluster.cpus, r.cpus, r.ranks) if r.ranks > 1 else r.cpus
     return max_concurrent(cluster.cpus, cluster.gpus, cpus, r.gpus, spec.plan.max_concurrent)
 

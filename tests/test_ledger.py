@@ -356,3 +356,36 @@ def test_a_trial_missing_from_the_trials_file_is_rebuilt_from_its_rows_and_not_w
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
     assert start.session_start_info.hparams["lr"].number_value == pytest.approx(0.2)
     assert "_hparams_/session_end_info" in content
+
+
+def test_the_display_reads_the_trials_while_they_are_added(tmp_path):
+    """The live display's thread iterated the trials while Tune's thread added to them
+    ("dictionary changed size during iteration"): it reads a snapshot."""
+    import io
+    import threading
+    from tunesmith.orchestrator.display import LiveProgress
+    w = LedgerCallback(Storage(str(tmp_path)), "s1", ["lr"], {"lr": []}, epochs=3, metric="val_acc", mode="max",
+                       write=False)
+    live = LiveProgress(w.ledger, 20000, stream=io.StringIO())
+    errors, done = [], threading.Event()
+
+    def draw():
+        while not done.is_set():
+            try:
+                live.render()
+                live._counts()
+                w.ledger.top(5)
+                w.ledger.status_counts()
+            except Exception as exc:   # noqa: BLE001 - what the test looks for
+                errors.append(repr(exc))
+                return
+    reader = threading.Thread(target=draw)
+    reader.start()
+    try:
+        for i in range(20000):
+            w.start(f"t{i}", {"lr": 0.1})
+            w.record(f"t{i}", _result(1, (i % 97) / 97))
+    finally:
+        done.set()
+        reader.join()
+    assert errors == [] and len(w.trials) == 20000

@@ -120,3 +120,35 @@ def test_data_parallel_ranks_agree_on_the_deadline_once_a_window():
     assert late0 and late1 and steps0 == steps1          # stopped together: no rank left in a collective
     assert steps0 <= 2 * 4                               # within two windows of rank 1's first late step
     assert calls0 == calls1 == steps0 // 4               # one collective per window, none per step
+
+
+def _big_batch_rank(rank, port, out):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        cfg = TrainConfig.from_dict({"trainer": {"epochs": 1, "per_gpu_batch_size": 1024}, "model": {"width": 4}})
+        trainer = Trainer(cfg, device=torch.device("cpu"), cpu_threads=1, rank=rank, world=2)
+        (metrics,) = list(trainer.run())
+        out.put((rank, trainer.global_batch, trainer.steps_per_epoch, metrics["train_loss"]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_data_parallel_batch_larger_than_the_training_set_trains():
+    """2 ranks of 1,024 on digits' 1,348 training images failed inside the ranks; each now
+    takes half of the whole set, one step an epoch, and both report the same loss."""
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_big_batch_rank, args=(r, port, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = sorted(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    (_, batch0, steps0, loss0), (_, batch1, steps1, loss1) = results
+    assert batch0 == batch1 == 1348 and steps0 == steps1 == 1 and math.isfinite(loss0) and loss0 == loss1

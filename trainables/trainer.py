@@ -126,6 +126,10 @@ class Trainer:
         self.train_loss_fn = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
         self.sched = schedule_params(t, self.peak_lr)
         n = len(self.data.train_y)
+        if world > 1 and self.global_batch > n:
+            # the global batch past the training set: each rank takes an equal share of all of it
+            # (it failed inside the ranks), one step an epoch
+            self.global_batch = max(world, n - n % world)
         # Drop a trailing batch of one sample: BatchNorm cannot train on it. Ranks of a
         # data-parallel run drop the partial batch: each must take a step at every step.
         self.steps_per_epoch = max(1, n // self.global_batch + (1 if n % self.global_batch > 1 and world == 1 else 0))
