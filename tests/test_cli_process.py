@@ -183,6 +183,23 @@ def _group_size(pgid: int) -> int:
     return count
 
 
+def _signal_when(proc, ready, what: str, sig):
+    """Send ``sig`` to the command once ``ready()``: (its stdout, stderr, seconds from the signal
+    to its exit), once no process of its group is left; whatever is left is killed."""
+    try:
+        _wait_for(ready, 180, what)
+        sent = time.time()
+        os.kill(proc.pid, sig)
+        out, err = proc.communicate(timeout=90)
+        took = time.time() - sent
+        assert _group_gone(proc.pid, 10), "processes of the command's group outlived it"
+        return out, err, took
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
 def _temporary_files(root: Path) -> List[str]:
     return [str(p) for p in root.rglob("*") if ".tmp-" in p.name]
 
@@ -198,17 +215,8 @@ def test_ctrl_c_and_sigterm_stop_cleanly_and_keep_results(tmp_path, sig):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT,
                             start_new_session=True)
     epochs = tmp_path / "int" / "epochs"
-    try:
-        _wait_for(lambda: epochs.exists() and any(p.suffix == ".parquet" for p in epochs.iterdir()), 180, "results")
-        sent = time.time()
-        os.kill(proc.pid, sig)
-        out, err = proc.communicate(timeout=90)
-        took = time.time() - sent
-        assert _group_gone(proc.pid, 10), "processes of the command's group outlived it"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+    out, err, took = _signal_when(proc, lambda: epochs.exists() and any(p.suffix == ".parquet" for p in epochs.iterdir()),
+                                  "results", sig)
     assert proc.returncode == 130, err[-2000:]
     assert took < 10, f"ended {took:.1f}s after the signal"
     assert ("interrupt" if sig == signal.SIGINT else "terminated") in out
@@ -229,17 +237,7 @@ def test_sigterm_while_ray_starts_ends_in_seconds_and_leaves_nothing(tmp_path):
     proc = subprocess.Popen([TUNESMITH, "run", "examples/digits.yaml", "--results-dir", str(tmp_path),
                              "--name", "early"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=_env(), cwd=ROOT, start_new_session=True)
-    try:
-        _wait_for(lambda: _group_size(proc.pid) > 1, 60, "Ray's first processes")   # Ray is starting
-        sent = time.time()
-        os.kill(proc.pid, signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-        took = time.time() - sent
-        assert _group_gone(proc.pid, 10), "processes of the command's group outlived it"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+    out, err, took = _signal_when(proc, lambda: _group_size(proc.pid) > 1, "Ray's first processes", signal.SIGTERM)
     assert proc.returncode == 130 and took < 10, (proc.returncode, took, err[-2000:])
     assert "Traceback" not in err
     assert _temporary_files(tmp_path) == []

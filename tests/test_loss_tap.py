@@ -71,6 +71,25 @@ def test_a_healthy_run_reports_the_same_metrics_whatever_the_window():
     assert a == b
 
 
+def _two_ranks(target):
+    """Run ``target(rank, port, queue)`` as two spawned gloo ranks on 127.0.0.1: what each put,
+    sorted by rank."""
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(r, port, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = sorted(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    return results
+
+
 def _rank(rank, port, out):
     import time
     import torch.distributed as dist
@@ -103,19 +122,7 @@ def _rank(rank, port, out):
 def test_data_parallel_ranks_agree_on_the_deadline_once_a_window():
     """Two gloo ranks, one past the deadline: both stop at the same step, within two windows,
     with one collective per window rather than one per step."""
-    import socket
-    import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_rank, args=(r, port, out)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = sorted(out.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
+    results = _two_ranks(_rank)
     (r0, late0, steps0, calls0), (r1, late1, steps1, calls1) = results
     assert late0 and late1 and steps0 == steps1          # stopped together: no rank left in a collective
     assert steps0 <= 2 * 4                               # within two windows of rank 1's first late step
@@ -137,18 +144,6 @@ def _big_batch_rank(rank, port, out):
 def test_a_data_parallel_batch_larger_than_the_training_set_trains():
     """2 ranks of 1,024 on digits' 1,348 training images failed inside the ranks; each now
     takes half of the whole set, one step an epoch, and both report the same loss."""
-    import socket
-    import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_big_batch_rank, args=(r, port, out)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = sorted(out.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
+    results = _two_ranks(_big_batch_rank)
     (_, batch0, steps0, loss0), (_, batch1, steps1, loss1) = results
     assert batch0 == batch1 == 1348 and steps0 == steps1 == 1 and math.isfinite(loss0) and loss0 == loss1
