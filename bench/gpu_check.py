@@ -30,6 +30,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # bench/common.py
 
 # sizes: (on a GPU, --smoke on the CPU)
 SIZES = {
@@ -153,27 +154,32 @@ def _epochs(root: str, sweep: str):
 
 def case_share(kind: str, root: str, gpu: bool):
     """Four trials sharing the device against one holding it whole (a seed study: the same
-    configuration, four seeds at once)."""
+    configuration, four seeds at once), through tunesmith's own sweep on one Ray instance."""
+    import ray
+    from common import start
+    from tunesmith.orchestrator import spec as spec_mod
+    from tunesmith.orchestrator.sweep import run_sweep
     s = SIZES["share"][kind]
-    spec = os.path.join(root, "share.yaml")
-    with open(spec, "w") as fh:
-        json.dump({"dataset": {"name": "synthetic", "image_size": s["size"], "num_samples": s["samples"]},
-                   "model": {"name": "small_cnn"}, "results_dir": root, "asha": {"enabled": False},
-                   "trainer": {"epochs": s["epochs"], "per_gpu_batch_size": s["batch"]}}, fh)
+    cluster, _ = start()
     rows = []
-    for name, trials, share in (("one", 1, 1.0), ("four", 4, 0.25)):
-        res = [f"resources.gpus={share}"] if gpu else [f"resources.cpus={2 / trials}"]
-        began = time.time()
-        out = _tunesmith("run", spec, "--name", f"share-{name}", "--num-samples", str(trials), "--num-cpus", "2",
-                         *sum((["--set", r] for r in res), []))
-        if out.returncode != 0:
-            raise RuntimeError(f"share-{name}: {out.stderr[-2000:]}")
-        ep = _epochs(root, f"share-{name}")
-        per_trial = ep.groupby("trial_id").samples_per_second.mean()
-        rows.append({"case": f"{trials} trial(s) at gpus {share:g}" if gpu else f"{trials} trial(s) on 2 CPUs",
-                     "total_img_s": round(float(per_trial.sum()), 1), "trials": int(len(per_trial)),
-                     "wall_s": round(time.time() - began, 1),
-                     "peak_mb": None if ep.gpu_mem_mb.isna().all() else round(float(ep.gpu_mem_mb.max()), 1)})
+    try:
+        for name, trials, share in (("one", 1, 1.0), ("four", 4, 0.25)):
+            resources = {"gpus": share, "cpus": 1} if gpu else {"cpus": 2 / trials}
+            spec = spec_mod.from_dict({
+                "name": f"share-{name}", "results_dir": root, "asha": {"enabled": False}, "resources": resources,
+                "dataset": {"name": "synthetic", "image_size": s["size"], "num_samples": s["samples"]},
+                "model": {"name": "small_cnn"}, "trainer": {"epochs": s["epochs"], "per_gpu_batch_size": s["batch"]},
+                "search": {"num_samples": trials}})
+            began = time.time()
+            run_sweep(spec, cluster, progress=False)
+            ep = _epochs(root, f"share-{name}")
+            per_trial = ep.groupby("trial_id").samples_per_second.mean()
+            rows.append({"case": f"{trials} trial(s) at gpus {share:g}" if gpu else f"{trials} trial(s) on 2 CPUs",
+                         "total_img_s": round(float(per_trial.sum()), 1), "trials": int(len(per_trial)),
+                         "wall_s": round(time.time() - began, 1),
+                         "peak_mb": None if ep.gpu_mem_mb.isna().all() else round(float(ep.gpu_mem_mb.max()), 1)})
+    finally:
+        ray.shutdown()   # smith, next, starts its own
     rows[1]["vs_one"] = round(rows[1]["total_img_s"] / rows[0]["total_img_s"], 3)
     return rows
 
