@@ -63,6 +63,6 @@ def analyze_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top", type=int, default=5, help="how many best trials to list and plot")
     p.add_argument("--plots", help="folder for the PNG plots (default: RESULTS/_analysis)")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
-    p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report page")
+    p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page")
     p.add_argument("--mlflow", metavar="URI", help="log the plots (and the page) to each sweep's MLflow parent run")
     p.add_argument("--mlflow-experiment", default="tunesmith", help="the MLflow experiment (default tunesmith)")

@@ -178,7 +178,7 @@ def cmd_analyze(args) -> int:
         page = functools.partial(page_mod.write, html, top=args.top)
     sys.stdout.write(analyze.run(args.results, args.sweep, args.format, args.top, plots, page))
     if html:
-        print(f"report: {html}")
+        print(f"page: {html}")
     if args.mlflow:
         from tunesmith.orchestrator.sinks.mlflow import connect, log_files
         connect(args.mlflow, args.mlflow_experiment)

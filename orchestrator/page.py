@@ -14,7 +14,7 @@ import yaml
 TEMPLATE = r"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>tunesmith report: {{ title }}</title>
+<title>tunesmith analysis: {{ title }}</title>
 <style>
  body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1100px;
         padding: 24px; color: #1b1f23; }
@@ -29,7 +29,7 @@ TEMPLATE = r"""<!doctype html>
  img { max-width: 100%; border: 1px solid #eee; margin: 6px 0; } pre { background: #f6f8fa; padding: 10px;
         overflow-x: auto; font-size: 12px; } details { margin: 8px 0; }
 </style></head><body>
-<h1>tunesmith report: {{ title }}</h1>
+<h1>tunesmith analysis: {{ title }}</h1>
 <div class="sub">{{ sweeps|length }} sweep{{ "s" if sweeps|length != 1 else "" }}, written {{ written }}</div>
 {% for s in sweeps %}
 <h2 id="{{ s.name }}">Sweep {{ s.name }}</h2>
@@ -90,7 +90,7 @@ def write(path: str, sweeps, summaries: List[Dict[str, Any]], top: int) -> str:
     from tunesmith.orchestrator import analyze
     from tunesmith.orchestrator.manifest import now_iso
     pages = []
-    with tempfile.TemporaryDirectory(prefix="tunesmith-report-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="tunesmith-page-") as tmp:
         for sw, s in zip(sweeps, summaries):
             pngs = analyze.plot([sw], tmp, min(top, 10))
             man = json.loads(_read(sw.storage, f"{sw.name}/manifest.json") or b"{}")

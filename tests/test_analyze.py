@@ -176,7 +176,7 @@ def test_html_report_renders_offline_in_headless_chromium(results, tmp_path, cap
     import subprocess
     page = tmp_path / "report.html"
     assert main(["analyze", str(results), "--html", str(page), "--no-plots"]) == 0
-    assert f"report: {page}" in capsys.readouterr().out
+    assert f"page: {page}" in capsys.readouterr().out
     html = page.read_text()
     assert "http://" not in html and "https://" not in html and "src=\"data:image/png;base64," in html
     assert "alpha_002" in html and "Sweeps side by side" in html
