@@ -40,7 +40,7 @@ SIZES = {
               "smoke": {"samples": 256, "size": 16, "epochs": 1, "batch": 32}},
     "batch": {"gpu": ("resnet18", 128), "smoke": ("small_cnn", 16)},
     "precision": {"gpu": {"dataset": "shapes", "epochs": 4}, "smoke": {"dataset": "digits", "epochs": 1}},
-    "smith": {"gpu": {"dataset": "shapes", "budget": 120}, "smoke": {"dataset": "digits", "budget": 15}},
+    "smith": {"gpu": {"dataset": "shapes", "budget": 120}, "smoke": {"dataset": "digits", "budget": 20}},
 }
 
 
@@ -160,7 +160,7 @@ def case_share(kind: str, root: str, gpu: bool):
     from tunesmith.orchestrator import spec as spec_mod
     from tunesmith.orchestrator.sweep import run_sweep
     s = SIZES["share"][kind]
-    cluster, _ = start()
+    cluster, _ = start()   # joins the Ray instance already up in this process, if any (the test suite's)
     rows = []
     try:
         for name, trials, share in (("one", 1, 1.0), ("four", 4, 0.25)):
@@ -179,7 +179,8 @@ def case_share(kind: str, root: str, gpu: bool):
                          "wall_s": round(time.time() - began, 1),
                          "peak_mb": None if ep.gpu_mem_mb.isna().all() else round(float(ep.gpu_mem_mb.max()), 1)})
     finally:
-        ray.shutdown()   # smith, next, starts its own
+        if cluster.started_here:
+            ray.shutdown()   # smith, next, starts its own
     rows[1]["vs_one"] = round(rows[1]["total_img_s"] / rows[0]["total_img_s"], 3)
     return rows
 

@@ -362,8 +362,8 @@ def test_resume_never_continues_a_trial_the_files_record_as_ended(tmp_path):
 name: p
 dataset: {{name: digits}}
 model: {{width: 8}}
-trainer: {{epochs: 8, per_gpu_batch_size: 16}}
-search: {{num_samples: 10, max_concurrent: 2, space: {{lr: {{loguniform: [0.003, 0.3]}}}}}}
+trainer: {{epochs: 6, per_gpu_batch_size: 16}}
+search: {{num_samples: 8, max_concurrent: 2, space: {{lr: {{loguniform: [0.003, 0.3]}}}}}}
 asha: {{grace_period: 1, reduction_factor: 2}}
 results_dir: {tmp_path / 'results'}
 """)
@@ -372,7 +372,7 @@ results_dir: {tmp_path / 'results'}
                             env=env, cwd=ROOT, start_new_session=True)
     trials_file = tmp_path / "results" / "p" / "trials.parquet"
 
-    def ended_some():   # the first pruning: most of the sweep's ten trials are still to come
+    def ended_some():   # the first pruning: most of the sweep's eight trials are still to come
         return trials_file.exists() and "pruned" in set(_trials(trials_file).status)
     try:
         _wait_for(ended_some, 180, "a pruned trial")

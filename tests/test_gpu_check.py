@@ -2,7 +2,6 @@
 machine will run them at full size, and its table and JSON carry every case's figures."""
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -11,12 +10,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
-def test_gpu_check_smoke_runs_every_case(tmp_path):
+@pytest.mark.ray
+def test_gpu_check_smoke_runs_every_case(ray_session, tmp_path, capsys):
+    """In this process, on the suite's Ray instance, as `python bench/gpu_check.py --smoke` runs."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.pop(0)
     out = tmp_path / "check.json"
-    run = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_check.py"), "--smoke", "--out", str(out)],
-                         capture_output=True, text=True, timeout=240, cwd=tmp_path,
-                         env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    code = gpu_check.main(["--smoke", "--out", str(out)])
+    run = capsys.readouterr()
+    assert code == 0, run.out[-3000:] + run.err[-3000:]
     result = json.loads(out.read_text())
     rows = {r["case"]: r for r in result["rows"]}
     assert not [r for r in result["rows"] if "error" in r]
@@ -30,4 +35,4 @@ def test_gpu_check_smoke_runs_every_case(tmp_path):
     assert [r["trials"] for r in share] == [1, 4] and all(r["total_img_s"] > 0 for r in share)
     smith = next(r for c, r in rows.items() if c.startswith("smith on"))
     assert smith["first_epoch_s"] > 0 and smith["best_val_acc"] > 0.5
-    assert "throughput small_cnn" in run.stdout and "smith on digits" in run.stdout   # the printed table
+    assert "throughput small_cnn" in run.out and "smith on digits" in run.out   # the printed table
