@@ -70,3 +70,24 @@ def test_tunes_callback_telemetry_imports_no_tracking_library(light):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [str(not light)], out.stdout
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_sigterm_stops_the_sweep_as_the_first_ctrl_c_does(sig, capsys):
+    """Kubernetes and `ray job stop` send SIGTERM: the stopper takes it as Ctrl-C (every trial
+    stopped, results kept), and a second of either aborts; its handlers go when it is done."""
+    import os
+    import signal
+    from tunesmith.orchestrator.stopper import SweepStopper
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    stopper = SweepStopper()
+    stopper.install()
+    try:
+        os.kill(os.getpid(), getattr(signal, sig))
+        assert stopper.event.is_set() and stopper.stop_all()
+        assert ("terminated" if sig == "SIGTERM" else "interrupt") in capsys.readouterr().out
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        stopper.uninstall()
+    assert {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} == before

@@ -204,11 +204,11 @@ def _temporary_files(root: Path) -> List[str]:
     return [str(p) for p in root.rglob("*") if ".tmp-" in p.name]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_ctrl_c_and_sigterm_stop_cleanly_and_keep_results(tmp_path, sig):
-    """SIGINT (what Ctrl-C sends) or SIGTERM (what Kubernetes and `ray job stop` send) to the
-    driver: trials stop, results stay, exit code 130, within 10 s, nothing left running or half
-    written."""
+def test_ctrl_c_stops_cleanly_and_keeps_results(tmp_path):
+    """SIGINT (what Ctrl-C sends) to the driver: trials stop, results stay, exit code 130, within
+    10 s, nothing left running or half written. SIGTERM takes the same handler (test_asha.py),
+    and SIGTERM while Ray starts is tested below."""
+    sig = signal.SIGINT
     proc = subprocess.Popen([TUNESMITH, "run", "examples/digits.yaml", "--results-dir", str(tmp_path),
                              "--name", "int", "--num-samples", "40", "--set", "trainer.epochs=30",
                              "--set", "asha.enabled=false"],
@@ -219,7 +219,7 @@ def test_ctrl_c_and_sigterm_stop_cleanly_and_keep_results(tmp_path, sig):
                                   "results", sig)
     assert proc.returncode == 130, err[-2000:]
     assert took < 10, f"ended {took:.1f}s after the signal"
-    assert ("interrupt" if sig == signal.SIGINT else "terminated") in out
+    assert "interrupt" in out
     trials = pq.read_table(tmp_path / "int" / "trials.parquet").to_pandas()
     assert len(trials) < 40
     assert "running" not in set(trials.status)
