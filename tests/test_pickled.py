@@ -75,7 +75,10 @@ def _resume_tensorboard_sink(orig, restored):
 def _make_mlflow_sink(tmp_path):
     pytest.importorskip("mlflow")
     from tunesmith.orchestrator.sinks.mlflow import MLflowSink
+    from mlflow.tracking import MlflowClient
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"   # a real tracking backend in a file: no server
+    # its artifacts in the test's folder (a file store's default is ./mlruns, where the tests run)
+    MlflowClient(uri).create_experiment("contract", artifact_location=(tmp_path / "artifacts").as_uri())
     return MLflowSink(uri, "contract", "sw", {"search": {"algorithm": "random"}}, {})
 
 
