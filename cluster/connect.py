@@ -150,7 +150,7 @@ def unstage() -> None:
     shipped_package.cache_clear()
 
 
-def _init(ray, address, num_cpus, num_gpus, dashboard, log_to_driver) -> bool:
+def _init(ray, address, num_cpus, num_gpus, dashboard, log_to_driver) -> None:
     common = dict(log_to_driver=log_to_driver, logging_level=logging.WARNING, include_dashboard=dashboard)
     if address:
         # A submitted job's driver already has tunesmith in the job's runtime env; Ray refuses
@@ -160,7 +160,6 @@ def _init(ray, address, num_cpus, num_gpus, dashboard, log_to_driver) -> bool:
         unstage()
     else:
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, dashboard_host="127.0.0.1", **common)
-    return True
 
 
 def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
@@ -181,7 +180,7 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
     started = False
     if not ray.is_initialized():
         try:
-            started = _init(ray, address, num_cpus, num_gpus, dashboard, log_to_driver)
+            _init(ray, address, num_cpus, num_gpus, dashboard, log_to_driver)
         except SystemExit as exc:
             # ray.init's own SIGTERM handler (sys.exit(15)) fired while Ray was starting: what was
             # started goes, and the command ends as on Ctrl-C
@@ -189,6 +188,7 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
                 raise
             ray.shutdown()
             raise KeyboardInterrupt from None
+        started = True
         terminate_as_interrupt()   # ray.init replaced it with its own sys.exit(15)
     res = ray.cluster_resources()
     ctx = ray.get_runtime_context()
@@ -210,7 +210,6 @@ def terminate_as_interrupt() -> None:
     """SIGTERM (Kubernetes, `ray job stop`, `kill`) handled as the first Ctrl-C: a
     KeyboardInterrupt wherever the command is, which each phase already cleans up after. Set from
     the main thread only (Python's rule); the sweep's stopper takes both signals while Tune runs."""
-    import signal
     import threading
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, signal.default_int_handler)

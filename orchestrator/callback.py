@@ -58,7 +58,7 @@ class LedgerCallback(Callback):
         self.ledger = Ledger(sweep, hp_keys, epochs, metric, mode, pruned)
         self.parquet = ParquetSink(storage, sweep) if write else None
         default = [self.parquet] + ([TensorBoardSink(storage, sweep, hp_domains, metric)] if tensorboard else [])
-        self.sinks = ([s for s in default if s is not None] if write else []) + list(sinks or [])
+        self.sinks = (default if write else []) + list(sinks or [])
         self.retention = Retention(keep_checkpoints, storage.fs)
         self.stopper = stopper           # stopper.SweepStopper: Ctrl-C and the time budget
         self.scheduler = scheduler       # its rungs are rebuilt from disk on resume (ray#30838)

@@ -11,15 +11,11 @@ from typing import Any, Dict, Iterable, Optional
 
 import numpy as np
 
+from tunesmith.orchestrator.ledger import plain   # numpy scalars as Python values
+
 HPARAMS_PLUGIN = "hparams"
 _STATUS = {"running": "STATUS_RUNNING", "completed": "STATUS_SUCCESS", "pruned": "STATUS_SUCCESS",
            "stopped": "STATUS_SUCCESS", "diverged": "STATUS_FAILURE", "errored": "STATUS_FAILURE"}
-
-
-def plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def _summary(tag: str, content):
