@@ -66,3 +66,12 @@ def analyze_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page")
     p.add_argument("--mlflow", metavar="URI", help="log the plots (and the page) to each sweep's MLflow parent run")
     p.add_argument("--mlflow-experiment", default="tunesmith", help="the MLflow experiment (default tunesmith)")
+
+
+def models_args(p) -> None:
+    p.add_argument("pattern", nargs="?", default="", help="a part of the name, or a glob: resnet, 'timm:convnext*'")
+
+
+def cmd_models(args) -> int:
+    from tunesmith.orchestrator.catalogue import cmd_models as run
+    return run(args)

@@ -48,9 +48,8 @@ def _local_checks(spec, args) -> None:
         connect(spec.mlflow.uri, spec.mlflow.experiment)
     from tunesmith.cluster.storage import Storage
     from tunesmith.orchestrator.sweep import check_fresh
-    from tunesmith.trainables.data_check import check_dataset_files
-    if not args.address:
-        check_dataset_files(spec.train.dataset)
+    from tunesmith.orchestrator.catalogue import check_inputs
+    check_inputs(spec, local=not args.address)
     check_fresh(Storage(spec.results_dir), spec.name, claim=True)
 
 
@@ -196,9 +195,9 @@ def cmd_lr_find(args) -> int:
     from tunesmith.orchestrator import lr_find
     from tunesmith.cluster.storage import Storage
     from tunesmith.orchestrator.sweep import check_fresh
-    from tunesmith.trainables.data_check import check_dataset_files
+    from tunesmith.orchestrator.catalogue import check_inputs
     spec = load_spec(args)
-    check_dataset_files(spec.train.dataset)
+    check_inputs(spec)
     storage = Storage(spec.results_dir)
     check_fresh(storage, spec.name, claim=True)
     if spec.mlflow.uri:
@@ -298,6 +297,8 @@ COMMANDS: Dict[str, tuple] = {
     "schema": (cmd_schema, "print the spec's JSON Schema (for editors' YAML language servers)",
                [lambda p: p.add_argument("-o", "--output", help="write it to this file instead")]),
     "spaces": (cmd_spaces, "list the search-space presets (Smith's ranges)", []),
+    "models": (arguments.cmd_models, "list the models a spec can name (built-in, timm:, torchvision:), with "
+               "parameter counts", [arguments.models_args]),
     "analyze": (cmd_analyze, "summarise sweeps from their Parquet results", [arguments.analyze_args]),
 }
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 import typing
-from typing import Annotated, Any, Literal, Mapping, Optional, Tuple, Type, TypeVar
+from typing import Annotated, Any, Literal, Mapping, Optional, Tuple, Type, TypeVar, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
 
@@ -160,11 +160,42 @@ def to_dict(obj: BaseModel) -> dict:
 # Names are listed here, not imported from the registries, so that validating a spec does not
 # import torch (2.4 s); tests/test_models.py checks that the registries match these lists.
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "imagefolder", "synthetic", "glyphs", "shapes",
-            "letters")
+            "letters", "objects", "materials", "novel_objects")
 MODELS = ("small_cnn", "lenet", "resnet18", "resnet34")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "rprop")
 SCHEDULE_NAMES = ("constant", "step", "warmup_cosine", "triangular", "one_cycle")
-AUGMENTS = ("none", "flip_crop", "crop")
+AUGMENTS = ("none", "flip_crop", "crop", "photo")
+# torchvision's names for what ``dataset.augment`` may list; "photo" is the first three
+TV_AUGMENTS = ("RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter", "RandomCrop")
+LIBRARIES = ("timm", "torchvision")   # model.name "timm:<name>" or "torchvision:<name>"
+
+
+def _model_name(v):
+    """A built-in name, or ``timm:<name>`` / ``torchvision:<name>`` (checked against the
+    library's registry where the model is built: trainables/backbones.py)."""
+    if isinstance(v, str):
+        lib, sep, rest = v.partition(":")
+        if sep and lib in LIBRARIES and rest.strip():
+            return v
+        if not sep and v in MODELS:
+            return v
+        if sep and lib in LIBRARIES:
+            raise ValueError(f"name the {lib} model after '{lib}:'")
+        raise ValueError(f"unknown; choose from {', '.join(MODELS)}, or timm:<name> or torchvision:<name> "
+                         "(tunesmith models lists them)")
+    return v
+
+
+def _augment(v):
+    """One preset name, or a list of torchvision's transform names."""
+    if isinstance(v, (list, tuple)):
+        bad = [a for a in v if a not in TV_AUGMENTS]
+        if bad:
+            raise ValueError(f"unknown transform {bad[0]!r}; choose from {', '.join(TV_AUGMENTS)}")
+        if len(set(v)) != len(v):
+            raise ValueError("a transform is listed twice")
+        return tuple(v)
+    return v
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -180,7 +211,11 @@ class DatasetConfig(Section):
         None, description="1 (grey) or 3 (RGB); null: the data's own (an imagefolder is grey when every image of a sample of 64 is)")
     num_classes: Int = Field(10, ge=2, le=100000, description="synthetic only")
     num_samples: Int = Field(4096, gt=0, description="synthetic only")
-    augment: Literal[AUGMENTS] = Field("none", description="per batch, on the trial's device")
+    train_per_class: OptPosInt = Field(None, description="train on at most this many images of each class "
+                                       "(small data, learning curves); the validation part is unchanged")
+    augment: Annotated[Union[Literal[AUGMENTS], Tuple[str, ...]], BeforeValidator(_augment)] = Field(
+        "none", description="per batch, on the trial's device: none, crop, flip_crop, photo "
+        "(RandomResizedCrop, RandomHorizontalFlip, ColorJitter), or a list of those torchvision names")
     stream: Optional[bool] = Field(None, description="imagefolder: stream from disk (true), keep in memory "
                                    "(false), or decide by the memory budget (null)")
     memory_budget: Num = Field(0.25, gt=0, le=1, description="share of the node's free memory a decoded "
@@ -189,8 +224,46 @@ class DatasetConfig(Section):
 
 
 class ModelConfig(Section):
-    """The network."""
-    name: Literal[MODELS] = "small_cnn"
+    """The network: a built-in one, or any timm or torchvision classifier by name."""
+    name: Annotated[str, BeforeValidator(_model_name), WithJsonSchema(
+        {"anyOf": [{"enum": list(MODELS)}, {"type": "string", "pattern": "^(timm|torchvision):.+"}]})] = Field(
+        "small_cnn", description="small_cnn, lenet, resnet18, resnet34, timm:<name> or torchvision:<name>")
+    pretrained: bool = Field(False, description="timm:/torchvision: the library's weights for the name, "
+                             "from its cache (TORCH_HOME, HF_HOME)")
+    download: bool = Field(False, description="pretrained: fetch the weights when the cache lacks them "
+                           "(only when asked)")
+    weights: Optional[str] = Field(None, description="weights to start from: a state dict, a safetensors "
+                                   "file, or an earlier sweep's kept checkpoint (its trainer.pt, its "
+                                   "folder, or the sweep's folder)")
+    small_input: Optional[bool] = Field(None, description="a stride-1 stem without its max-pool for "
+                                        "small images; null: for images of 32 px and below")
+    backbone_lr: Num = Field(1.0, gt=0, le=1, description="the backbone's LR as a share of the head's "
+                             "(discriminative LRs for fine-tuning)")
+    freeze_epochs: Num = Field(0.0, ge=0, description="epochs that train the head alone, the backbone "
+                               "frozen, before the whole network trains")
+    freeze_bn: bool = Field(False, description="keep BatchNorm's statistics as they were loaded (eval mode)")
+
+    @property
+    def library(self) -> Optional[str]:
+        """"timm" or "torchvision" for a model named from a library, else None."""
+        lib, sep, _ = self.name.partition(":")
+        return lib if sep else None
+
+    @property
+    def fine_tunes(self) -> bool:
+        """Training starts from learnt weights: the library's or a file's."""
+        return self.pretrained or self.weights is not None
+
+    @model_validator(mode="after")
+    def _cross_fields(self):
+        if self.pretrained and self.library is None:
+            raise ConfigError("model.pretrained", True, f"{self.name} has no published weights; name a "
+                              "timm:<name> or torchvision:<name> model, or give model.weights")
+        if self.pretrained and self.weights is not None:
+            raise ConfigError("model.weights", self.weights, "set either model.pretrained or model.weights")
+        if self.download and not self.pretrained:
+            raise ConfigError("model.download", True, "only fetches the library's weights: set model.pretrained")
+        return self
     width: Int = Field(16, gt=0, description="small_cnn: channels of the first block")
     depth: Optional[Annotated[int, Field(ge=1, le=8), NO_BOOL_INT]] = Field(
         None, description="small_cnn: blocks, each halving the size; null: down to 4x4 (2 for 8 px, 3 for 32 px)")

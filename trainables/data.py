@@ -16,6 +16,7 @@ Both kinds offer the trainer the same few calls: ``epoch(perm, batch)``, ``val_b
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Callable, Dict, Optional
 
@@ -99,6 +100,9 @@ LOADERS: Dict[str, Callable[[DatasetConfig], ImageData]] = {
     "glyphs": load_generated,
     "shapes": load_generated,
     "letters": load_generated,
+    "objects": load_generated,
+    "materials": load_generated,
+    "novel_objects": load_generated,
 }
 
 _CACHE: Dict[tuple, object] = {}
@@ -140,6 +144,11 @@ def load(cfg: DatasetConfig, device: Optional[torch.device] = None, shared: Opti
             data = plan.stream() if plan.streams else plan.load()
         else:
             data = LOADERS[cfg.name](cfg)
+        if cfg.train_per_class:
+            if not isinstance(data, ImageData):
+                raise ConfigError("dataset.train_per_class", cfg.train_per_class,
+                                  "applies to data held in memory; set dataset.stream: false")
+            data = data.cut(cfg.train_per_class)
         _CACHE[cpu_key] = data
     if device.type != "cpu":
         # uint8 on the GPU: a quarter of a float copy; a stream moves each batch there. The
@@ -150,16 +159,84 @@ def load(cfg: DatasetConfig, device: Optional[torch.device] = None, shared: Opti
     return data
 
 
-def augment(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
-    """Batch-level augmentation on the device: random 4-pixel-padded crops, optional flips."""
-    if kind == "none":
+PHOTO = ("RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter")
+RRC_SCALE = (0.08, 1.0)            # torchvision's RandomResizedCrop defaults
+RRC_RATIO = (3 / 4, 4 / 3)
+JITTER = 0.4                        # ColorJitter's brightness, contrast and saturation: timm's default
+
+
+def transforms(kind) -> tuple:
+    """``dataset.augment`` as torchvision's transform names."""
+    if isinstance(kind, (tuple, list)):
+        return tuple(kind)
+    return {"none": (), "crop": ("RandomCrop",), "flip_crop": ("RandomCrop", "RandomHorizontalFlip"),
+            "photo": PHOTO}[kind]
+
+
+def augment(x: torch.Tensor, kind, generator: torch.Generator, mean=None, std=None) -> torch.Tensor:
+    """Batch-level augmentation on the device, each image drawn its own parameters from the
+    trial's generator (so a seed repeats them): RandomCrop (reflect-padded by an eighth),
+    RandomResizedCrop and RandomHorizontalFlip (one affine resampling), ColorJitter (brightness,
+    contrast, saturation, on the un-normalised image: ``mean``/``std`` are the normalisation's)."""
+    names = transforms(kind)
+    if not names:
         return x
-    n, _, h, w = x.shape
-    pad = max(1, h // 8)
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
-    dx, dy = (torch.randint(0, 2 * pad + 1, (2,), generator=generator)).tolist()
-    out = padded[:, :, dy:dy + h, dx:dx + w]
-    if kind == "flip_crop":
-        flip = torch.rand(n, generator=generator) < 0.5
-        out = torch.where(flip.to(x.device, non_blocking=True).view(n, 1, 1, 1), out.flip(3), out)   # no wait for the GPU
-    return out
+    n, c, h, w = x.shape
+    dev = x.device
+    flip = torch.rand(n, generator=generator) < 0.5 if "RandomHorizontalFlip" in names else None
+    if "RandomCrop" in names:
+        pad = max(1, h // 8)
+        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+        dx, dy = (torch.randint(0, 2 * pad + 1, (2,), generator=generator)).tolist()
+        x = padded[:, :, dy:dy + h, dx:dx + w]
+    if "RandomResizedCrop" in names:
+        area = torch.empty(n).uniform_(*RRC_SCALE, generator=generator)
+        logr = torch.empty(n).uniform_(math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1]), generator=generator)
+        ratio = logr.exp()
+        sw = (area * ratio).sqrt().clamp(max=1.0)   # the crop's width and height, as shares of the side
+        sh = (area / ratio).sqrt().clamp(max=1.0)
+        cx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - sw)
+        cy = (torch.rand(n, generator=generator) * 2 - 1) * (1 - sh)
+        sx = sw * (torch.where(flip, -1.0, 1.0) if flip is not None else 1.0)
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, sh, cy
+        grid = torch.nn.functional.affine_grid(theta.to(dev, non_blocking=True), (n, c, h, w), align_corners=False)
+        x = torch.nn.functional.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection",
+                                            align_corners=False)
+    elif flip is not None:
+        x = torch.where(flip.to(dev, non_blocking=True).view(n, 1, 1, 1), x.flip(3), x)   # no wait for the GPU
+    if "ColorJitter" in names:
+        x = color_jitter(x, generator, mean, std)
+    return x
+
+
+def color_jitter(x: torch.Tensor, generator: torch.Generator, mean, std) -> torch.Tensor:
+    n, c = x.shape[:2]
+    m = torch.tensor(mean if mean is not None else [0.0] * c, device=x.device).view(1, c, 1, 1)
+    s = torch.tensor(std if std is not None else [1.0] * c, device=x.device).view(1, c, 1, 1)
+    factors = torch.empty(3, n).uniform_(1 - JITTER, 1 + JITTER, generator=generator).to(x.device, non_blocking=True)
+    b, k, sat = (f.view(n, 1, 1, 1) for f in factors)
+    img = (x * s + m) * b
+    grey = _grey(img) if c == 3 else img
+    img = (img - grey.mean(dim=(1, 2, 3), keepdim=True)) * k + grey.mean(dim=(1, 2, 3), keepdim=True)
+    if c == 3:
+        grey = _grey(img)
+        img = (img - grey) * sat + grey
+    return (img.clamp(0, 1) - m) / s
+
+
+def _grey(img: torch.Tensor) -> torch.Tensor:
+    w = torch.tensor([0.299, 0.587, 0.114], device=img.device, dtype=img.dtype).view(1, 3, 1, 1)
+    return (img * w).sum(dim=1, keepdim=True)
+
+
+def centre_crop(x: torch.Tensor, share: float) -> torch.Tensor:
+    """The centre ``share`` of each image, resized back to the input's size: evaluation as the
+    pretrained weights' transforms do it (resize, then a centre crop of crop_pct)."""
+    if share >= 1:
+        return x
+    h, w = x.shape[2:]
+    ch, cw = max(1, round(h * share)), max(1, round(w * share))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    crop = x[:, :, top:top + ch, left:left + cw]
+    return torch.nn.functional.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False, antialias=False)

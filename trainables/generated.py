@@ -10,6 +10,8 @@ uint8 arrays in ``$TUNESMITH_CACHE`` (default ``~/.cache/tunesmith``), never in 
   placed on a textured background (600 per class).
 - ``letters``: the letters A-Z, upper and lower case in one class, as ``glyphs`` (300 per class):
   26 classes, fewer samples each.
+- ``objects``, ``materials``, ``novel_objects``: colour at 64 px, lit objects on cluttered
+  backgrounds (trainables/photos.py).
 """
 from __future__ import annotations
 
@@ -170,8 +172,17 @@ def make_shapes(seed: int = 0) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     return np.stack(xs), np.asarray(ys, dtype=np.int64), list(SHAPES)
 
 
+def _photos(name: str):
+    def make(seed: int = 0):
+        from tunesmith.trainables import photos
+        return getattr(photos, f"make_{name}")(seed)
+    return make
+
+
 GENERATORS: Dict[str, Callable[[int], Tuple[np.ndarray, np.ndarray, List[str]]]] = {
     "glyphs": make_glyphs, "shapes": make_shapes, "letters": make_letters,
+    # colour, 64 px, photograph-like (trainables/photos.py)
+    "objects": _photos("objects"), "materials": _photos("materials"), "novel_objects": _photos("novel_objects"),
 }
 
 

@@ -63,6 +63,18 @@ class ImageData:
             self._norm = Normaliser(self.scale, self.mean, self.std)
         return self._norm(x)
 
+    def cut(self, per_class: int) -> "ImageData":
+        """At most ``per_class`` training images of each class (the first in split order, which
+        split_seed fixed), the statistics read again; validation unchanged."""
+        y = self.train_y.cpu()
+        keep = torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in range(self.num_classes)]).sort().values
+        if len(keep) == len(y):
+            return self
+        tx = self.train_x[keep.to(self.train_x.device)]
+        mean, std = stats(tx.cpu(), self.scale)
+        return ImageData(tx, self.train_y[keep.to(self.train_y.device)], self.val_x, self.val_y, self.classes,
+                         mean, std, self.scale, self.how)
+
     def to(self, device) -> "ImageData":
         return ImageData(self.train_x.to(device), self.train_y.to(device), self.val_x.to(device),
                          self.val_y.to(device), self.classes, self.mean, self.std, self.scale, self.how)
@@ -97,6 +109,19 @@ class ImageData:
             t = {k: torch.from_numpy(a[k]) for k in ("train_x", "train_y", "val_x", "val_y")}
         return cls(t["train_x"], t["train_y"], t["val_x"], t["val_y"], tuple(a["classes"]), tuple(a["mean"]),
                    tuple(a["std"]), a["scale"], how)
+
+
+def with_stats(data, mean, std):
+    """``data`` (in memory or streaming) normalised with other statistics, a pretrained model's:
+    the arrays or files are shared, not copied."""
+    import copy
+    other = copy.copy(data)
+    other.mean, other.std = tuple(mean), tuple(std)
+    if isinstance(other, ImageData):
+        other._norm = None
+    else:
+        other.normalise = Normaliser(data.scale, other.mean, other.std)
+    return other
 
 
 def split_index(n: int, cfg: DatasetConfig):

@@ -22,7 +22,7 @@ class SmallCNN(nn.Module):
     def __init__(self, in_ch: int, num_classes: int, size: int, width: int = 16, depth: Optional[int] = None,
                  batch_norm: bool = True, dropout: float = 0.0):
         super().__init__()
-        depth = depth or auto_depth(size)
+        depth = self.depth = depth or auto_depth(size)
         layers, ch = [], in_ch
         for i in range(depth):
             out = width * 2 ** i
@@ -75,9 +75,13 @@ def _resnet(builder_name: str):
     def build(in_ch: int, num_classes: int, size: int, cfg: ModelConfig) -> nn.Module:
         import torchvision.models as tvm
         net = getattr(tvm, builder_name)(weights=None, num_classes=num_classes)
-        # Small inputs (8-64 px): a 3x3 stride-1 stem and no max-pool, as for CIFAR.
-        net.conv1 = nn.Conv2d(in_ch, 64, 3, stride=1, padding=1, bias=False)
-        if size < 64:
+        # Small inputs (8-64 px): a 3x3 stride-1 stem and no max-pool, as for CIFAR; model.small_input
+        # false keeps torchvision's own stem.
+        if cfg.small_input is not False:
+            net.conv1 = nn.Conv2d(in_ch, 64, 3, stride=1, padding=1, bias=False)
+        elif in_ch != 3:
+            net.conv1 = nn.Conv2d(in_ch, 64, 7, stride=2, padding=3, bias=False)
+        if size < 64 and cfg.small_input is not False or cfg.small_input:
             net.maxpool = nn.Identity()
         if cfg.dropout:
             net.fc = nn.Sequential(nn.Dropout(cfg.dropout), net.fc)
@@ -97,9 +101,45 @@ def list_models() -> list:
     return sorted(MODELS)
 
 
+HEADS = {"small_cnn": ("head",), "lenet": ("head",), "resnet18": ("fc",), "resnet34": ("fc",)}
+
+
 def build_model(cfg: ModelConfig, shape: Tuple[int, int, int], num_classes: int) -> nn.Module:
-    try:
-        builder = MODELS[cfg.name]
-    except KeyError:
-        raise ConfigError("model.name", cfg.name, f"unknown; choose from {', '.join(list_models())}") from None
-    return builder(shape[0], num_classes, shape[1], cfg)
+    """The network ``cfg`` names, for images of ``shape`` and ``num_classes`` classes, with the
+    weights it starts from (model.pretrained, model.weights). ``net.fit`` says how a weights file
+    fitted it (None without one)."""
+    from tunesmith.trainables import backbones, weights
+    if cfg.library:
+        net = backbones.build(cfg, shape[0], num_classes, shape[1])
+    else:
+        if cfg.weights is not None:
+            cfg = _as_recorded(cfg)
+        try:
+            builder = MODELS[cfg.name]
+        except KeyError:
+            raise ConfigError("model.name", cfg.name, f"unknown; choose from {', '.join(list_models())}") from None
+        net = builder(shape[0], num_classes, shape[1], cfg)
+        net.head_names = HEADS[cfg.name]
+    net.fit = None
+    if cfg.weights is not None:
+        net.fit = weights.load_into(net, weights.read_weights(weights.weights_file(cfg.weights)))
+    return net
+
+
+def _as_recorded(cfg: ModelConfig) -> ModelConfig:
+    """A built-in model fine-tuned from an earlier sweep's checkpoint takes the depth that sweep
+    resolved (small_cnn's depth follows the image size, which the new data may not share)."""
+    from tunesmith.trainables import weights
+    arch = weights.checkpoint_arch(weights.weights_file(cfg.weights))
+    if arch and arch.get("name") == cfg.name and cfg.depth is None and arch.get("depth"):
+        return cfg.model_copy(update={"depth": int(arch["depth"])})
+    return cfg
+
+
+def head_parameters(net: nn.Module):
+    """(head parameters, backbone parameters) of a built model: the two LR groups of fine-tuning."""
+    heads = tuple(getattr(net, "head_names", ()))
+    head, body = [], []
+    for name, p in net.named_parameters():
+        (head if any(name == h or name.startswith(h + ".") for h in heads) else body).append(p)
+    return head, body

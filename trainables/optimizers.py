@@ -12,11 +12,19 @@ import torch
 from tunesmith.trainables.config import ConfigError, TrainerConfig
 
 
-def _decay_groups(model: torch.nn.Module, weight_decay: float):
-    """No weight decay on biases and normalisation weights (1-D parameters)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    rest = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+def _decay_groups(model: torch.nn.Module, weight_decay: float, backbone_lr: float = 1.0):
+    """No weight decay on biases and normalisation weights (1-D parameters). With
+    ``backbone_lr`` < 1 the backbone's groups take that share of the LR (``lr_scale``), the
+    head's the whole: discriminative LRs."""
+    from tunesmith.trainables.models import head_parameters
+    head, body = head_parameters(model) if backbone_lr != 1.0 else ([], list(model.parameters()))
+    groups = []
+    for params, scale in ((body, backbone_lr), (head, 1.0)):
+        decay = [p for p in params if p.requires_grad and p.ndim > 1]
+        rest = [p for p in params if p.requires_grad and p.ndim <= 1]
+        groups += [{"params": decay, "weight_decay": weight_decay, "lr_scale": scale},
+                   {"params": rest, "weight_decay": 0.0, "lr_scale": scale}]
+    return [g for g in groups if g["params"]]
 
 
 class RpropWithDecay(torch.optim.Rprop):
@@ -47,13 +55,13 @@ def list_optimizers() -> list:
     return sorted(OPTIMIZERS)
 
 
-def build_optimizer(model: torch.nn.Module, t: TrainerConfig, lr: float) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, t: TrainerConfig, lr: float, backbone_lr: float = 1.0) -> torch.optim.Optimizer:
     try:
         make = OPTIMIZERS[t.optimizer]
     except KeyError:
         raise ConfigError("trainer.optimizer", t.optimizer,
                           f"unknown; choose from {', '.join(list_optimizers())}") from None
-    return make(_decay_groups(model, t.weight_decay), t, lr)
+    return make(_decay_groups(model, t.weight_decay, backbone_lr), t, lr)
 
 
 def has_momentum(name: str) -> bool:
@@ -62,7 +70,7 @@ def has_momentum(name: str) -> bool:
 
 def set_lr_momentum(opt: torch.optim.Optimizer, lr: float, momentum: Optional[float]) -> None:
     for group in opt.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
         if momentum is None:
             continue
         if "betas" in group:

@@ -23,6 +23,7 @@ from torch import nn
 from tunesmith.trainables import data as data_mod
 from tunesmith.trainables.config import TrainConfig, schedule_params
 from tunesmith.trainables.loss_tap import LossTap, default_every
+from tunesmith.trainables.finetune import FineTuning
 from tunesmith.trainables.models import build_model
 from tunesmith.trainables.optimizers import build_optimizer, current_momentum, set_lr_momentum
 from tunesmith.trainables.schedules import lr_at, momentum_at
@@ -114,6 +115,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.data = data_mod.load(cfg.dataset, self.device, shared=shared)
         model = build_model(cfg.model, self.data.shape, self.data.num_classes).to(self.device)
+        self.tuning = FineTuning(cfg, model)
+        self.data = self.tuning.data_for(self.data)
+        self.model_notes = self.tuning.notes
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if world > 1:
@@ -122,7 +126,7 @@ class Trainer:
         else:
             self.model = nn.DataParallel(model) if self.devices > 1 else model
         self.net = model   # the unwrapped module: evaluation, previews and checkpoints
-        self.optimizer = build_optimizer(model, t, self.peak_lr)
+        self.optimizer = build_optimizer(model, t, self.peak_lr, cfg.model.backbone_lr)
         self.train_loss_fn = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
         self.sched = schedule_params(t, self.peak_lr)
         n = len(self.data.train_y)
@@ -157,7 +161,8 @@ class Trainer:
         """One optimizer step on the normalised batch ``x``; returns (loss, logits, labels)."""
         set_lr_momentum(self.optimizer, lr, momentum)
         self.model.train()
-        x = data_mod.augment(x, self.cfg.dataset.augment, self.generator)
+        self.tuning.before_step()
+        x = data_mod.augment(x, self.cfg.dataset.augment, self.generator, self.data.mean, self.data.std)
         with self._autocast():
             logits = self.model(self._inputs(x))
             loss = self.train_loss_fn(logits.float(), y)
@@ -232,6 +237,7 @@ class Trainer:
             elif i == probe_at:
                 self._pace_probe(epoch, i, started, warm)
             progress = self.schedule_progress(epoch + i / self.steps_per_epoch)
+            self.tuning.freeze(epoch + i / self.steps_per_epoch < self.cfg.model.freeze_epochs)
             lr = lr_at(t.schedule, progress, t.epochs, self.sched)
             loss, logits, y = self.train_step(x, y, lr, momentum_at(t.schedule, progress, t.epochs, self.sched))
             lrs[i + 1] = lr
@@ -291,7 +297,7 @@ class Trainer:
         self.net.eval()
         for x, y in self.data.val_batches(self.cfg.trainer.eval_batch_size):
             with self._autocast():
-                logits = self.net(self._inputs(x)).float()
+                logits = self.net(self._inputs(data_mod.centre_crop(x, self.tuning.eval_crop))).float()
             loss += nn.functional.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
         n = len(self.data.val_y)
@@ -360,7 +366,9 @@ class Trainer:
         state = {"epoch": self.epoch, "model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                  "monitor": dict(vars(self.monitor)), "end_epoch": self.end_epoch,
-                 "warp": list(self.warp) if self.warp else []}
+                 "warp": list(self.warp) if self.warp else [],
+                 "arch": {"name": self.cfg.model.name, "depth": getattr(model, "depth", None),
+                          "shape": list(self.data.shape), "classes": list(self.data.classes)}}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
@@ -385,5 +393,6 @@ class Trainer:
         """Free the device memory a trial holds: ASHA-stopped trials can otherwise keep it
         (ray#23971) in a reused worker."""
         self.model = self.net = self.optimizer = None
+        self.tuning.head_params = self.tuning.body_params = self.tuning.frozen_bn = []
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -1,0 +1,144 @@
+"""Weights to start from (``model.weights``): a state dict, a safetensors file, a tunesmith
+checkpoint or a sweep's kept one; and how a state dict fits a model, reported by name."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+from tunesmith.trainables.config import ConfigError
+
+
+def weights_file(path: str) -> str:
+    """The file ``model.weights`` names: a state-dict or safetensors file, a tunesmith checkpoint
+    folder (its trainer.pt), or a sweep folder (its kept checkpoint, named in trials.parquet)."""
+    where = os.path.expanduser(path)
+    if os.path.isfile(where):
+        return where
+    if os.path.isdir(where):
+        inside = os.path.join(where, "trainer.pt")
+        if os.path.isfile(inside):
+            return inside
+        kept = _kept_checkpoint(where)
+        if kept:
+            return kept
+        raise ConfigError("model.weights", path, "a folder without trainer.pt, and no sweep's kept "
+                          "checkpoint (trials.parquet's checkpoint column) in it")
+    raise ConfigError("model.weights", path, "no such file or folder")
+
+
+def _kept_checkpoint(sweep: str) -> Optional[str]:
+    table = os.path.join(sweep, "trials.parquet")
+    if not os.path.isfile(table):
+        return None
+    import pyarrow.parquet as pq
+    rows = pq.read_table(table, columns=["checkpoint"]).column("checkpoint").to_pylist()
+    for ckpt in rows:
+        if ckpt:
+            local = ckpt[len("file://"):] if ckpt.startswith("file://") else ckpt
+            for candidate in (os.path.join(local, "trainer.pt"), os.path.join(sweep, os.path.basename(local), "trainer.pt")):
+                if os.path.isfile(candidate):
+                    return candidate
+    return None
+
+
+def read_weights(path: str, device: str = "cpu") -> Dict[str, torch.Tensor]:
+    """A state dict from ``path``: safetensors, a plain state dict, a dict holding one under
+    "model", "state_dict" or "model_state_dict" (tunesmith's checkpoints, Lightning's and most
+    training scripts'), or a whole pickled module's. Read with weights_only: a file that is not
+    a checkpoint (or would run code when loaded) is refused in one line."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        try:
+            return load_file(path, device=device)
+        except Exception as exc:   # noqa: BLE001 - the library's own error, shortened
+            raise ConfigError("model.weights", path, f"not a safetensors file ({str(exc).splitlines()[0][:120]})") from None
+    try:
+        obj = torch.load(path, map_location=device, weights_only=True, mmap=_mmappable(path))
+    except Exception as exc:   # noqa: BLE001
+        raise ConfigError("model.weights", path, "not a PyTorch checkpoint torch.load reads with "
+                          f"weights_only ({str(exc).splitlines()[0][:120]})") from None
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConfigError("model.weights", path, "holds no state dict (a mapping of names to tensors, "
+                          "or one under 'model' or 'state_dict')")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def checkpoint_arch(path: str) -> Optional[dict]:
+    """The model a tunesmith checkpoint was trained as (its ``arch``), or None for other files."""
+    if path.endswith(".safetensors"):
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=_mmappable(path))
+    except Exception:   # noqa: BLE001 - read_weights says what is wrong with the file
+        return None
+    arch = obj.get("arch") if isinstance(obj, dict) else None
+    return arch if isinstance(arch, dict) else None
+
+
+def _mmappable(path: str) -> bool:
+    import zipfile
+    return zipfile.is_zipfile(path)
+
+
+@dataclass
+class Fit:
+    """How a state dict fitted a model: what loaded, what was adapted (a 3-channel stem summed
+    for grey input), and what did not fit, by name."""
+    loaded: int
+    total: int
+    adapted: List[str]
+    mismatched: List[str]   # "name [file shape] -> [model shape]"
+    missing: List[str]
+    unexpected: List[str]
+
+    def text(self) -> str:
+        parts = [f"loaded {self.loaded} of {self.total} tensors"]
+        if self.adapted:
+            parts.append(f"adapted to grey input: {', '.join(self.adapted)}")
+        if self.mismatched:
+            parts.append(f"left as initialised (shape differs): {', '.join(self.mismatched)}")
+        if self.missing:
+            parts.append(f"not in the file: {_names(self.missing)}")
+        if self.unexpected:
+            parts.append(f"in the file, not in the model: {_names(self.unexpected)}")
+        return "; ".join(parts)
+
+
+def _names(keys: List[str], shown: int = 6) -> str:
+    return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
+def load_into(net: nn.Module, state: Dict[str, torch.Tensor]) -> Fit:
+    """Copy every tensor of ``state`` whose name and shape fit; a 3-channel conv's weight goes
+    to a 1-channel conv summed over its input channels (as timm's adapt_input_conv does). The
+    rest is reported by name, never dropped in silence."""
+    own = net.state_dict()
+    take, adapted, mismatched = {}, [], []
+    for key, value in state.items():
+        if key not in own:
+            continue
+        want = own[key]
+        if value.shape == want.shape:
+            take[key] = value
+        elif value.ndim == 4 and want.ndim == 4 and value.shape[1] == 3 and want.shape[1] == 1 \
+                and value.shape[0] == want.shape[0] and value.shape[2:] == want.shape[2:]:
+            take[key] = value.float().sum(dim=1, keepdim=True).to(value.dtype)
+            adapted.append(key)
+        else:
+            mismatched.append(f"{key} {list(value.shape)} -> {list(want.shape)}")
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    net.load_state_dict(take, strict=False)
+    counted = [k for k in own if not k.endswith("num_batches_tracked")]
+    return Fit(sum(1 for k in take if not k.endswith("num_batches_tracked")), len(counted), adapted,
+               mismatched, missing, unexpected)
+
+
