@@ -55,6 +55,12 @@ PRESETS: Dict[str, Preset] = {p.name: p for p in (
            "weight decay in {1e-2, 1e-3, 1e-4}, held constant, for small data and shallow networks",
            "1803.09820 sec. 4.4",
            space={"weight_decay": {"grid": [1e-2, 1e-3, 1e-4]}}),
+    Preset("fine_tune",
+           "fine-tuning learnt weights: the backbone's LR a share of the head's in {1, 0.3, 0.1} "
+           "(discriminative LRs), and the head trained alone for 0 or 1 epochs first",
+           "Howard and Ruder, ULMFiT (arXiv 1801.06146) sec. 3.2; fastai's fine_tune; bench/quality.py's "
+           "transfer task",
+           space={"model.backbone_lr": {"choice": [1.0, 0.3, 0.1]}, "model.freeze_epochs": {"choice": [0, 1]}}),
     Preset("largest_batch",
            "per_gpu_batch_size set to the largest that fits the trial's device (found before the sweep, "
            "with a 10% margin); the global batch is that times the GPUs a trial holds",

@@ -114,6 +114,30 @@ def test_smith_coupling_scales_each_trials_lr_by_its_momentum():
     assert from_dict(coupled.to_dict()).plan.lr_momentum_ref == 0.8   # the sweep's spec.yaml keeps it
 
 
+def test_smith_fine_tunes_with_the_fine_tune_dimensions(tmp_path):
+    """A spec that starts from learnt weights: stage 2 also draws backbone_lr and freeze_epochs
+    (unless the spec searches them itself), with Smith's smaller decays, and says why."""
+    import yaml
+    from types import SimpleNamespace
+    from tunesmith.orchestrator.smith import policy
+    from tunesmith.orchestrator.spec import from_dict
+    raw = yaml.safe_load(SPEC.replace("RESULTS", "r"))
+    spec = from_dict({**raw, "model": {"weights": str(tmp_path / "w.pt")}})
+    opts = policy.Options("weight_decay_deep", 0.5, 1.5, 3, False)
+    decision = SimpleNamespace(informative=True, max_lr=0.1)
+    plan = policy.plan_stage2(spec, decision, opts, 8, False, None)
+    space = {d.key: d.values for d in plan.spec.plan.space}
+    assert space["model.backbone_lr"] == (1.0, 0.3, 0.1) and space["model.freeze_epochs"] == (0, 1)
+    assert "fine-tuning the weights in" in plan.basis
+    assert policy.weight_decay_preset(spec, "auto") == "weight_decay_deep"
+    own = from_dict({**raw, "model": {"weights": "w.pt"},
+                     "search": {**raw.get("search", {}), "space": {"model.backbone_lr": {"choice": [0.5]}}}})
+    mine = policy.stage2_spec(own, (0.01, 1.0), 3, "weight_decay_deep", 8)
+    assert {d.key: d.values for d in mine.plan.space}["model.backbone_lr"] == (0.5,)
+    scratch = policy.plan_stage2(from_dict(raw), decision, opts, 8, False, None)
+    assert "model.backbone_lr" not in {d.key for d in scratch.spec.plan.space}
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_smith_stages_and_report(ray_session, tmp_path, capsys, spec_file):

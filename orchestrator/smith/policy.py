@@ -48,8 +48,12 @@ class Stage2Plan:
 
 
 def weight_decay_preset(spec: SweepSpec, choice: str) -> str:
+    """auto: Smith's smaller decays for deep networks, which every library model and every
+    network fine-tuned from learnt weights is taken to be."""
+    model = spec.train.model
     if choice == "auto":
-        return "weight_decay_deep" if spec.train.model.name in DEEP_MODELS else "weight_decay_shallow"
+        deep = model.name in DEEP_MODELS or model.library is not None or model.fine_tunes
+        return "weight_decay_deep" if deep else "weight_decay_shallow"
     return f"weight_decay_{choice}"
 
 
@@ -76,11 +80,15 @@ def stage2_spec(spec: SweepSpec, lr_range, epochs: int, wd_preset: str, samples:
         raise ConfigError("trainer.optimizer", spec.train.trainer.optimizer,
                           "smith's stage 2 searches SGD-style momentum; use sgd or rmsprop")
     wd_values = PRESETS[wd_preset].space["weight_decay"]["grid"]
+    space = {"max_momentum": {"choice": MOMENTA}, "weight_decay": {"choice": list(wd_values)}}
+    if spec.train.model.fine_tunes:   # the fine_tune preset's dimensions, or the spec's own of them
+        own = {d.key: {"choice": list(d.values)} if d.values else {d.kind: [d.low, d.high]} for d in spec.plan.space}
+        space.update({k: own.get(k, v) for k, v in PRESETS["fine_tune"].space.items()})
     search = {
         "algorithm": "quasi", "num_samples": samples, "max_concurrent": spec.plan.max_concurrent,
         "presets": ["lr_band"], "lr_band": [float(lr_range[0]), float(lr_range[1])],
         # under 1cycle, "max_momentum" is the upper bound of the cycle, which falls to 0.85 and back
-        "space": {"max_momentum": {"choice": MOMENTA}, "weight_decay": {"choice": list(wd_values)}},
+        "space": space,
         "lr_momentum_ref": float(spec.train.trainer.momentum) if coupled else None,
     }
     asha = {"enabled": True, "max_t": epochs, "grace_period": default_grace(epochs),
@@ -113,9 +121,22 @@ def plan_stage2(spec: SweepSpec, decision, opts: Options, samples: int, pilot: b
     else:
         lr_range = WIDE
         basis = f"the wide range, since the range test gave no band ({decision.curve.problem})"
+    if spec.train.model.fine_tunes:
+        basis += f"; {fine_tuning_text(spec)}"
     s2 = stage2_spec(spec, lr_range, opts.epochs, opts.wd_preset, samples - pilot if not budgeted else samples,
                      None if left is None else max(1.0, left), coupled=opts.coupled)
     return Stage2Plan(lr_range, basis, s2)
+
+
+def fine_tuning_text(spec: SweepSpec) -> str:
+    """What smith does differently when the model starts from learnt weights, and why."""
+    m = spec.train.model
+    source = f"{m.name}'s published weights" if m.pretrained else f"the weights in {m.weights}"
+    return (f"fine-tuning {source}: the range test ran on the loaded network (its curve, not a "
+            "from-scratch rule, places the band), stage 2 also draws model.backbone_lr in {1, 0.3, 0.1} "
+            "and model.freeze_epochs in {0, 1} (preset fine_tune: on the transfer task a tenth of the "
+            "head's LR for the backbone and a frozen start did best at high LRs), Smith's smaller weight "
+            "decays, and BatchNorm trains (model.freeze_bn cost 8 to 12 points there)")
 
 
 def widened(lr_range) -> Tuple[float, float]:
