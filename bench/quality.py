@@ -59,8 +59,21 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-TARGETS = {"digits": 0.98, "glyphs": 0.90, "shapes": 0.60, "letters": 0.75, "cifar10": 0.70}
-CONTENDERS = ("smith", "smith-range", "smith-coupled", "smith-steepest", "random", "random-ba", "tpe", "optuna")
+TARGETS = {"digits": 0.98, "glyphs": 0.90, "shapes": 0.60, "letters": 0.75, "cifar10": 0.70,
+           "objects": 0.40, "materials": 0.40, "small": 0.40, "transfer": 0.40}
+CONTENDERS = ("smith", "smith-range", "smith-coupled", "smith-steepest", "random", "random-ba", "tpe", "optuna",
+              "smith-scratch")
+# Tasks beyond a dataset by name: the spec's dataset and model sections.
+# small: shapes cut to 30 training images a class. transfer: ten object kinds never seen in
+# pretraining, 30 images a class, fine-tuning weights that tunesmith itself trained on the ten
+# kinds of ``objects`` (pretrained()); smith-scratch is smith on the same data from random weights.
+TASKS = {
+    "small": ({"name": "shapes", "train_per_class": 30}, {}),
+    "transfer": ({"name": "novel_objects", "train_per_class": 30}, {"weights": "PRETRAINED"}),
+}
+PRETRAIN = {"dataset": {"name": "objects", "augment": "flip_crop"},
+            "trainer": {"epochs": 30, "lr": 0.05, "schedule": "one_cycle"},
+            "search": {"algorithm": "random", "num_samples": 1}}
 # smith-range: smith with stage 2's LR range set by --smith-range (decades below and above the
 # range test's pick), to weigh a change of the default against it in one run.
 # random-ba: the same random search under the previous ASHA default, budget-aware 1cycle judged
@@ -71,17 +84,58 @@ WIDE = {"loguniform": [1.0e-4, 1.0]}
 
 
 def _dataset(label: str, data_dir: str = None) -> dict:
-    """The spec's dataset section for a benchmark dataset: a named one, or (``--folder``) an image
-    folder under the user's label."""
+    """The spec's dataset section for a benchmark dataset: a named one, a task (TASKS), or
+    (``--folder``) an image folder under the user's label."""
     from tunesmith.trainables.config import DATASETS
+    if label in TASKS:
+        return dict(TASKS[label][0])
     ds = {"name": label if label in DATASETS else "imagefolder"}
     if data_dir:
         ds["data_dir"] = data_dir
     return ds
 
 
-def _spec(dataset: str, root: str, budget: float, data_dir: str = None, seed: int = 0) -> dict:
-    return {"dataset": _dataset(dataset, data_dir), "results_dir": root, "time_budget_s": budget, "seed": seed}
+def _model(label: str, contender: str = "") -> dict:
+    """The spec's model section: a transfer task's weights (made once by pretrained()), except
+    for smith-scratch."""
+    model = dict(TASKS[label][1]) if label in TASKS else {}
+    if model.get("weights") == "PRETRAINED":
+        if contender == "smith-scratch":
+            return {}
+        model["weights"] = pretrained()
+    return model
+
+
+def pretrained() -> str:
+    """The transfer task's weights: tunesmith's own sweep of one trial (PRETRAIN) on ``objects``,
+    run once and kept in tunesmith's cache; the path is the sweep's folder, as a user would give
+    model.weights (its kept checkpoint is found there)."""
+    import yaml
+    from tunesmith.trainables import generated
+    key = f"bench-pretrained-{abs(hash(json.dumps(PRETRAIN, sort_keys=True))) % 10 ** 8}"
+    sweep = os.path.join(generated.cache_dir(), key, "pre")
+    if os.path.exists(os.path.join(sweep, "trials.parquet")):
+        return sweep
+    shutil.rmtree(os.path.dirname(sweep), ignore_errors=True)
+    os.makedirs(os.path.dirname(sweep))
+    path = os.path.join(os.path.dirname(sweep), "spec.yaml")
+    with open(path, "w") as fh:
+        yaml.safe_dump({**PRETRAIN, "results_dir": os.path.dirname(sweep)}, fh)
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": ROOT}
+    began = time.time()
+    subprocess.run([sys.executable, "-m", "tunesmith.orchestrator", "run", path, "--name", "pre"], env=env,
+                   cwd=ROOT, check=True, capture_output=True)
+    import pyarrow.parquet as pq
+    best = pq.read_table(os.path.join(sweep, "trials.parquet")).column("best_val_acc").to_pylist()
+    print(f"transfer: pretrained on objects with tunesmith in {time.time() - began:.0f} s, val_acc {max(best):.3f} "
+          f"({sweep})", flush=True)
+    return sweep
+
+
+def _spec(dataset: str, root: str, budget: float, data_dir: str = None, seed: int = 0, contender: str = "") -> dict:
+    spec = {"dataset": _dataset(dataset, data_dir), "results_dir": root, "time_budget_s": budget, "seed": seed}
+    model = _model(dataset, contender)
+    return {**spec, "model": model} if model else spec
 
 
 SMITH_RANGE = ("0.5", "1.0")   # the smith-range contender's default
@@ -93,7 +147,7 @@ def _tunesmith(contender: str, dataset: str, budget: float, data_dir=None, seed:
     import pyarrow.dataset as pds
     import yaml
     root = tempfile.mkdtemp(prefix=f"tunesmith-quality-{dataset}-")
-    spec = _spec(dataset, root, budget, data_dir, seed)
+    spec = _spec(dataset, root, budget, data_dir, seed, contender)
     if contender in ("random", "tpe", "random-ba"):
         spec["search"] = {"algorithm": contender.split("-")[0], "num_samples": 1000, "space": {"lr": WIDE}}
     if contender == "random-ba":
@@ -177,17 +231,25 @@ def optuna_study(dataset: str, budget: float, began: float, data_dir=None, seed:
     torch.set_num_threads(2)
     d = data_mod.load(DatasetConfig(**_dataset(dataset, data_dir)))
     state = {"best": 0.0, "first": None}
+    tuned = _model(dataset)   # a transfer task: the recipe a user writes to fine-tune the same weights
 
     def objective(trial):
-        lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
-        momentum = trial.suggest_float("momentum", 0.8, 0.99)
-        bs = trial.suggest_categorical("batch_size", [4, 8, 16, 32, 64])
+        if tuned:
+            lr = trial.suggest_float("lr", 1e-5, 1e-1, log=True)
+            kind = trial.suggest_categorical("optimizer", ["sgd", "adam"])
+            momentum = 0.9
+            bs = trial.suggest_categorical("batch_size", [16, 32, 64])
+        else:
+            lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+            momentum = trial.suggest_float("momentum", 0.8, 0.99)
+            bs = trial.suggest_categorical("batch_size", [4, 8, 16, 32, 64])
         torch.manual_seed(1000 * seed + trial.number)
-        net = build_model(ModelConfig(name="lenet"), d.shape, d.num_classes)
-        opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
+        net = build_model(ModelConfig(**tuned) if tuned else ModelConfig(name="lenet"), d.shape, d.num_classes)
+        opt = torch.optim.Adam(net.parameters(), lr=lr) if tuned and kind == "adam" else \
+            torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
         loss_fn = nn.CrossEntropyLoss()
         acc = 0.0
-        for epoch in range(10):
+        for epoch in range(5 if tuned else 10):
             net.train()
             perm = torch.randperm(len(d.train_y))
             for i in range(0, len(perm), bs):
@@ -435,18 +497,24 @@ def main(argv=None) -> int:
         folders[name], TARGETS[name] = os.path.abspath(path), share
     datasets = list(args.datasets) + (["cifar10"] if args.cifar10 else []) + list(folders)
     from tunesmith.trainables import generated
-    for ds in datasets:   # made and cached before any clock starts
-        if ds in generated.GENERATORS:
-            generated.load(ds)
+    for ds in datasets:   # made and cached before any clock starts, the transfer task's weights too
+        name = TASKS[ds][0]["name"] if ds in TASKS else ds
+        if name in generated.GENERATORS:
+            generated.load(name)
+        if ds in TASKS:
+            _model(ds)
     rows, evidence, floors, method = [], [], [], []
     for ds in datasets:
         budget = args.budget_digits if ds == "digits" else args.budget
         repeats = args.repeats_digits if ds == "digits" else args.repeats
         data_dir = args.cifar10 if ds == "cifar10" else folders.get(ds)
-        res = {c: [] for c in args.contenders}
+        contenders = [c for c in args.contenders if c != "smith-scratch" or ds == "transfer"]
+        if ds == "transfer" and "smith" in contenders and "smith-scratch" not in contenders:
+            contenders.append("smith-scratch")   # the transfer bar: fine-tuning against training from scratch
+        res = {c: [] for c in contenders}
         for r in range(repeats):
             seed = args.first_seed + r
-            for c in args.contenders:   # interleaved, so drift in the machine's speed hits all alike
+            for c in contenders:   # interleaved, so drift in the machine's speed hits all alike
                 # repeat r runs every contender with its seed: its own draws, init and batch order
                 out = _optuna(ds, budget, data_dir, seed) if c == "optuna" else \
                     _tunesmith(c, ds, budget, data_dir, seed, args.smith_range)
@@ -461,8 +529,8 @@ def main(argv=None) -> int:
             print(f"digits: smith's method without Ray, range test then one run in-process, at {TARGETS[ds]:.0%}: "
                   + ", ".join(f"{f:.1f}s" for f in method), flush=True)
         evidence.append((ds, res))
-        top = max(_med([o[0] for o in res[c]]) for c in args.contenders)
-        for c in args.contenders:
+        top = max(_med([o[0] for o in res[c]]) for c in contenders if c != "smith-scratch")
+        for c in contenders:
             best = _med([o[0] for o in res[c]])
             firsts = [o[1] for o in res[c]]
             reached = sum(f is not None for f in firsts)
@@ -483,6 +551,10 @@ def main(argv=None) -> int:
     _print_setting_evidence(evidence)
     _print_paired(rows)
     by = {(r[0], r[3]): r for r in rows}
+    if ("transfer", "smith-scratch") in by:
+        gain = by[("transfer", "smith")][4] - by[("transfer", "smith-scratch")][4]
+        print(f"transfer bar, smith fine-tuning beats smith from scratch by at least 5 points: "
+              f"{100 * gain:+.1f} points: {'met' if gain >= 0.05 else 'NOT met'}")
     if "smith" in args.contenders:
         worst = max(by[(d, "smith")][7] for d in datasets)
         print(f"bar 1, smith within 0.5 pp of the best contender on every dataset: worst gap {100 * worst:.1f} pp: "

@@ -3,9 +3,45 @@ starts (a name its library knows, weights in the cache, a weights file that is a
 from __future__ import annotations
 
 import sys
-from typing import Dict
+from typing import Dict, Optional
 
 from tunesmith.trainables.config import ConfigError
+
+
+def model_line(train) -> Optional[str]:
+    """The sweep's "model:" line for a library model or one started from weights (None for a
+    built-in one trained from scratch): where the weights come from, the stem, and how a weights
+    file fits the data's classes, by name. The model is built on the meta device (no memory)."""
+    import torch
+    from tunesmith.trainables import backbones, data as data_mod
+    from tunesmith.trainables.models import build_model
+    from tunesmith.trainables.finetune import model_notes
+    m, ds = train.model, train.dataset
+    if not (m.library or m.weights):
+        return None
+    if ds.name == "imagefolder":
+        from tunesmith.trainables import folder
+        plan = folder.scan(ds)
+        shape, classes = (plan.channels, plan.size, plan.size), len(plan.classes)
+    else:
+        data = data_mod.load(ds)
+        shape, classes = data.shape, data.num_classes
+    parts = [m.name]
+    if m.pretrained:
+        found = backbones.published(*backbones.split(m.name))
+        parts.append(f"pretrained weights {found.tag} from {found.file or 'the library (model.download)'}, "
+                     f"the data normalised with their mean and std")
+    import warnings
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)   # weights copied into meta tensors: a no-op, as meant
+        net = build_model(m.model_copy(update={"pretrained": False}), shape, classes)
+    parts.append(f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters, head of {classes} classes")
+    notes = model_notes(net)
+    if notes:
+        parts.append(notes)
+    elif m.library:
+        parts.append(f"the library's own stem (images of {shape[1]} px; model.small_input: true changes it)")
+    return "; ".join(parts)
 
 
 def check_inputs(spec, local: bool = True) -> None:

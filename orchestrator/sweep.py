@@ -274,6 +274,11 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
               f"{cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs on {cluster.nodes} node(s)", flush=True)
         if data_line:
             print(f"data: {data_line}", flush=True)
+        if cluster.started_here and trainable is None:
+            from tunesmith.orchestrator.catalogue import model_line
+            line = model_line(spec.train)
+            if line:
+                print(f"model: {line}", flush=True)
     start = time.monotonic()
     stopper.install()
     status = "failed"

@@ -172,6 +172,9 @@ def make_shapes(seed: int = 0) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     return np.stack(xs), np.asarray(ys, dtype=np.int64), list(SHAPES)
 
 
+PHOTOS_VERSION = 2   # trainables/photos.py's own: its sets' cache key carries it
+
+
 def _photos(name: str):
     def make(seed: int = 0):
         from tunesmith.trainables import photos
@@ -190,7 +193,8 @@ def load(name: str, seed: int = 0) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     """(images uint8 N x C x H x W, labels int64 N, class names), from the cache or made now.
     The cache file is written under a temporary name and renamed, so concurrent trials that
     make it at once never read half a file."""
-    path = os.path.join(cache_dir(), f"{name}-v{VERSION}-seed{seed}-{len(_fonts())}fonts.npz")
+    version = PHOTOS_VERSION if name in ("objects", "materials", "novel_objects") else VERSION
+    path = os.path.join(cache_dir(), f"{name}-v{version}-seed{seed}-{len(_fonts())}fonts.npz")
     if os.path.exists(path):
         with np.load(path) as f:
             return f["x"], f["y"], [str(c) for c in f["classes"]]

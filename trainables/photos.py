@@ -40,7 +40,7 @@ def silhouette(rng: np.random.Generator, kind: str) -> np.ndarray:
     big = 4 * SIZE
     im = Image.new("L", (big, big), 0)
     d = ImageDraw.Draw(im)
-    r = rng.uniform(0.2, 0.34) * big
+    r = rng.uniform(0.26, 0.4) * big
     cx, cy = (rng.uniform(r + 4, big - r - 4) for _ in range(2))
     rot = rng.uniform(0, 2 * math.pi)
     box = [cx - r, cy - r, cx + r, cy + r]
@@ -97,17 +97,17 @@ def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def background(rng: np.random.Generator) -> np.ndarray:
-    """A cluttered scene: two-tone ground and sky at a random horizon, blurred distractor blobs
-    of other colours, and a little texture. H x W x 3 in [0, 1]."""
+    """A cluttered scene: two-tone ground and sky at a random horizon and distractor blobs of
+    other colours, out of focus, and a little texture. H x W x 3 in [0, 1]."""
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) / SIZE
     top, low = rng.uniform(0.1, 0.95, 3), rng.uniform(0.05, 0.8, 3)
     horizon = rng.uniform(0.3, 0.8) + rng.uniform(-0.2, 0.2) * (xx - 0.5)
     img = np.where((yy > horizon)[..., None], low, top) * (1 - 0.3 * yy[..., None])
-    for _ in range(rng.integers(3, 8)):
+    for _ in range(rng.integers(2, 6)):
         cx, cy, rx, ry = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.04, 0.25), rng.uniform(0.04, 0.25)
         blob = (((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 < 1).astype(np.float32)
         img = img * (1 - blob[..., None]) + rng.uniform(0, 1, 3) * blob[..., None]
-    img = _blur(img, rng.uniform(0.6, 2.0))
+    img = _blur(img, rng.uniform(1.2, 3.0))   # out of focus behind the object, as a lens has it
     return np.clip(img + rng.normal(0, 0.03, img.shape), 0, 1)
 
 
@@ -166,8 +166,8 @@ def render(rng: np.random.Generator, kind: str, material: str) -> np.ndarray:
     m = mask[..., None]
     img = img * (1 - m) + obj * m
     img = img * rng.uniform(0.8, 1.2, 3) * rng.uniform(0.7, 1.3)       # white balance, exposure
-    img = _blur(img, rng.uniform(0.2, 0.9))
-    img = img + rng.normal(0, rng.uniform(0.01, 0.05), img.shape)
+    img = _blur(img, rng.uniform(0.2, 0.7))
+    img = img + rng.normal(0, rng.uniform(0.01, 0.04), img.shape)
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8).transpose(2, 0, 1)
 
 

@@ -102,7 +102,7 @@ class Fit:
     def text(self) -> str:
         parts = [f"loaded {self.loaded} of {self.total} tensors"]
         if self.adapted:
-            parts.append(f"adapted to grey input: {', '.join(self.adapted)}")
+            parts.append(f"stem adapted between grey and colour: {', '.join(self.adapted)}")
         if self.mismatched:
             parts.append(f"left as initialised (shape differs): {', '.join(self.mismatched)}")
         if self.missing:
@@ -128,9 +128,12 @@ def load_into(net: nn.Module, state: Dict[str, torch.Tensor]) -> Fit:
         want = own[key]
         if value.shape == want.shape:
             take[key] = value
-        elif value.ndim == 4 and want.ndim == 4 and value.shape[1] == 3 and want.shape[1] == 1 \
+        elif value.ndim == 4 and want.ndim == 4 and {value.shape[1], want.shape[1]} == {1, 3} \
                 and value.shape[0] == want.shape[0] and value.shape[2:] == want.shape[2:]:
-            take[key] = value.float().sum(dim=1, keepdim=True).to(value.dtype)
+            # a stem between grey and colour: summed to one channel (timm's in_chans), or one channel
+            # spread over three
+            take[key] = (value.float().sum(dim=1, keepdim=True) if want.shape[1] == 1 else
+                         value.float().repeat(1, 3, 1, 1) / 3).to(value.dtype)
             adapted.append(key)
         else:
             mismatched.append(f"{key} {list(value.shape)} -> {list(want.shape)}")
