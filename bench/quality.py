@@ -112,7 +112,8 @@ def pretrained() -> str:
     model.weights (its kept checkpoint is found there)."""
     import yaml
     from tunesmith.trainables import generated
-    key = f"bench-pretrained-{abs(hash(json.dumps(PRETRAIN, sort_keys=True))) % 10 ** 8}"
+    import hashlib
+    key = f"bench-pretrained-{hashlib.sha256(json.dumps(PRETRAIN, sort_keys=True).encode()).hexdigest()[:10]}"
     sweep = os.path.join(generated.cache_dir(), key, "pre")
     if os.path.exists(os.path.join(sweep, "trials.parquet")):
         return sweep

@@ -1,5 +1,6 @@
 """`tunesmith lr-find` and `tunesmith smith` through the command's main()."""
 import json
+import os
 
 import pyarrow.parquet as pq
 import pytest
@@ -263,3 +264,38 @@ def test_submit_carries_smith_options_to_the_job_and_checks_them_here(spec_file,
     assert main(["submit", spec_file(SPEC), *nowhere, "--smith", "--short-epochs", "9"]) == 2
     err = capsys.readouterr().err
     assert "must not exceed trainer.epochs" in err and err.count("\n") == 1
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_smith_fine_tunes_a_kept_checkpoint_on_a_colour_folder(ray_session, tmp_path, capsys, spec_file):
+    """Issue #27's user: last week's sweep (grey digits) kept its winner; this week's data is a
+    folder of colour photographs. The spec names the old sweep in model.weights, nothing else."""
+    import numpy as np
+    from PIL import Image
+    from tunesmith.trainables import photos
+    assert main(["run", spec_file(SPEC.replace("name: sm", "name: last-week"), "old.yaml"),
+                 "--num-samples", "1", "--set", "trainer.epochs=2"]) == 0
+    rng = np.random.default_rng(0)
+    for kind in photos.KINDS_B[:3]:
+        os.makedirs(tmp_path / "photos" / kind)
+        for i in range(16):
+            Image.fromarray(photos.render(rng, kind, "gloss").transpose(1, 2, 0)).save(tmp_path / "photos" / kind / f"{i}.png")
+    new = f"""
+name: this-week
+dataset: {{name: imagefolder, data_dir: {tmp_path / 'photos'}, image_size: 32, augment: photo}}
+model: {{weights: {tmp_path / 'results' / 'last-week'}}}
+trainer: {{epochs: 4, per_gpu_batch_size: 16}}
+results_dir: RESULTS
+"""
+    capsys.readouterr()
+    assert main(["smith", spec_file(new, "new.yaml"), "--short-epochs", "2", "--samples", "4", "--no-pilot"]) == 0
+    out = capsys.readouterr().out
+    model = next(line for line in out.splitlines() if line.startswith("model: "))
+    assert "small_cnn" in model and "head of 3 classes" in model and "stem adapted between grey and colour" in model
+    assert "left as initialised (shape differs): " in model and "head.3.weight" in model
+    report = json.loads((tmp_path / "results" / "this-week" / "smith.json").read_text())
+    assert "fine-tuning the weights in" in report["stage2"]["lr_basis"]
+    trials = pq.read_table(tmp_path / "results" / "this-week" / "trials.parquet").to_pandas()
+    assert set(trials.hp_model_backbone_lr) <= {1.0, 0.3, 0.1} and set(trials.hp_model_freeze_epochs) <= {0, 1}
+    assert trials.best_val_acc.max() > 0

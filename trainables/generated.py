@@ -88,7 +88,7 @@ SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "h
           "half_disc", "bar")
 
 
-def _polygon(cx, cy, r, n, rot, inner=None):
+def polygon(cx, cy, r, n, rot, inner=None):
     pts = []
     for i in range(n * (2 if inner else 1)):
         ang = rot + math.pi * 2 * i / (n * (2 if inner else 1))
@@ -111,15 +111,15 @@ def _shape(rng: np.random.Generator, kind: str) -> np.ndarray:
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
         d.ellipse([cx - r * 0.55, cy - r * 0.55, cx + r * 0.55, cy + r * 0.55], fill=0)
     elif kind == "square":
-        d.polygon(_polygon(cx, cy, r, 4, rot), fill=255)
+        d.polygon(polygon(cx, cy, r, 4, rot), fill=255)
     elif kind == "diamond":
         d.polygon([(cx, cy - r), (cx + r * 0.6, cy), (cx, cy + r), (cx - r * 0.6, cy)], fill=255)
     elif kind == "triangle":
-        d.polygon(_polygon(cx, cy, r, 3, rot), fill=255)
+        d.polygon(polygon(cx, cy, r, 3, rot), fill=255)
     elif kind == "hexagon":
-        d.polygon(_polygon(cx, cy, r, 6, rot), fill=255)
+        d.polygon(polygon(cx, cy, r, 6, rot), fill=255)
     elif kind == "star":
-        d.polygon(_polygon(cx, cy, r, 5, rot, inner=0.45), fill=255)
+        d.polygon(polygon(cx, cy, r, 5, rot, inner=0.45), fill=255)
     elif kind == "cross":
         w = r * 0.35
         d.rectangle([cx - r, cy - w, cx + r, cy + w], fill=255)

@@ -17,16 +17,14 @@ from typing import List, Tuple
 
 import numpy as np
 
+from tunesmith.trainables.generated import polygon
+
 SIZE = 64
 KINDS_A = ("sphere", "box", "pyramid", "star", "cross", "ring", "diamond", "hexagon", "half_disc", "bar")
 KINDS_B = ("ellipse", "arrow", "heart", "crescent", "ell", "tee", "pentagon", "frame", "trapezoid", "hourglass")
+POLYGONS = {"box": (4, None), "pyramid": (3, None), "pentagon": (5, None), "hexagon": (6, None),
+            "star": (5, 0.45)}   # (corners, inner radius of a star's)
 MATERIALS = ("stripes", "checks", "dots", "waves", "grain", "bricks", "rings", "zigzag", "gloss", "speckle")
-
-
-def _poly(cx, cy, r, n, rot, inner=None):
-    k = n * (2 if inner else 1)
-    return [(cx + (r if not inner or i % 2 == 0 else r * inner) * math.cos(rot + 2 * math.pi * i / k),
-             cy + (r if not inner or i % 2 == 0 else r * inner) * math.sin(rot + 2 * math.pi * i / k)) for i in range(k)]
 
 
 def _rotated(points, cx, cy, rot):
@@ -52,16 +50,9 @@ def silhouette(rng: np.random.Generator, kind: str) -> np.ndarray:
     elif kind == "ring":
         d.ellipse(box, fill=255)
         d.ellipse([cx - 0.55 * r, cy - 0.55 * r, cx + 0.55 * r, cy + 0.55 * r], fill=0)
-    elif kind == "box":
-        d.polygon(_poly(cx, cy, r, 4, rot), fill=255)
-    elif kind == "pyramid":
-        d.polygon(_poly(cx, cy, r, 3, rot), fill=255)
-    elif kind == "pentagon":
-        d.polygon(_poly(cx, cy, r, 5, rot), fill=255)
-    elif kind == "hexagon":
-        d.polygon(_poly(cx, cy, r, 6, rot), fill=255)
-    elif kind == "star":
-        d.polygon(_poly(cx, cy, r, 5, rot, inner=0.45), fill=255)
+    elif kind in POLYGONS:
+        corners, inner = POLYGONS[kind]
+        d.polygon(polygon(cx, cy, r, corners, rot, inner), fill=255)
     elif kind == "diamond":
         d.polygon(_rotated([(cx, cy - r), (cx + 0.55 * r, cy), (cx, cy + r), (cx - 0.55 * r, cy)], cx, cy, rot / 4), fill=255)
     elif kind == "half_disc":
