@@ -3,15 +3,15 @@ fast and right. It prints one table and writes it as JSON (--out).
 
 Cases (each with its peak GPU memory):
 - the trainer's images per second against a bare PyTorch loop with the same model, batch,
-  precision (bf16 autocast), channels_last and data on the device: small_cnn and resnet18 at 32 px
-  (goal: at least 90% of the bare loop); then the trainer with the per-step host sync forced
+  precision (bf16 autocast), channels_last and data on the device: small_cnn and resnet18 at 32 px,
+  timm's resnet18 at 128 px (goal: at least 90% of the bare loop); then the trainer with the per-step host sync forced
   back on (sync_every=1), to show what reading the losses a window late buys;
 - four trials at resources.gpus 0.25 against one trial on the whole GPU: total images per second;
 - the batch finder's answer and its wall time on resnet18 at 128 px;
 - bf16 against fp32: the final accuracy of the same short run (should agree within 0.5 points);
 - `tunesmith smith` end to end on a generated colour dataset (shapes) with a 120 s budget: the
   time to the first trial's first epoch, the best accuracy, and the GPU's utilisation over the run.
-A timm model at 128 px joins the first case once models can be named from timm (issue #27).
+The first case also runs a timm model at 128 px (timm:resnet18, the library's own stem).
 
 On a GPU it takes about 5 minutes (under 8). ``--smoke`` runs every case on the CPU in tiny sizes,
 so that the script cannot rot: tests/test_gpu_check.py runs it.
@@ -34,8 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # bench/common.
 
 # sizes: (on a GPU, --smoke on the CPU)
 SIZES = {
-    "throughput": {"gpu": [("small_cnn", 32, 512, 200), ("resnet18", 32, 256, 100)],
-                   "smoke": [("small_cnn", 16, 32, 6), ("resnet18", 16, 16, 3)]},
+    "throughput": {"gpu": [("small_cnn", 32, 512, 200), ("resnet18", 32, 256, 100), ("timm:resnet18", 128, 128, 60)],
+                   "smoke": [("small_cnn", 16, 32, 6), ("resnet18", 16, 16, 3), ("timm:resnet10t", 16, 8, 3)]},
     "share": {"gpu": {"samples": 4096, "size": 32, "epochs": 3, "batch": 256},
               "smoke": {"samples": 256, "size": 16, "epochs": 1, "batch": 32}},
     "batch": {"gpu": ("resnet18", 128), "smoke": ("small_cnn", 16)},
@@ -138,7 +138,6 @@ def case_throughput(kind: str):
                      "trainer_img_s": round(ours, 1), "trainer_share": round(ours / bare, 3),
                      "per_step_sync_img_s": round(synced, 1), "sync_share": round(synced / bare, 3),
                      "goal": "trainer_share >= 0.9", "met": ours / bare >= 0.9, "peak_mb": _peak_mb()})
-    rows.append({"case": "throughput timm 128px", "note": "waits for issue #27 (timm models by name)"})
     return rows
 
 
