@@ -177,3 +177,51 @@ def test_train_per_class_cuts_training_only():
     cut = data_mod.load(DatasetConfig(name="digits", train_per_class=5))
     assert torch.bincount(cut.train_y).tolist() == [5] * 10
     assert torch.equal(cut.val_y, full.val_y)
+
+
+def test_models_command_reads_the_registries(capsys):
+    from tunesmith.orchestrator.cli import main
+    assert main(["models", "resnet18"]) == 0
+    rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["resnet18"] == "11.17M" and rows["torchvision:resnet18"] == "11.69M"
+    assert rows["timm:resnet18.a1_in1k"] == "11.69M" and "timm:resnet18d" in rows
+    assert main(["models", "no_such_net"]) == 1
+    assert "no model matches 'no_such_net'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sets,message", [
+    (["model.name=timm:resnt18"], "model.name = 'timm:resnt18': timm has no model 'resnt18'"),
+    (["model.name=torchvision:resnet18", "model.pretrained=true"], "model.pretrained = True: torchvision:resnet18"),
+    (["model.weights=WEIGHTS"], "model.weights = "),
+    (["search.space.model.name={choice: [small_cnn, 'timm:nope']}"], "search.model.name = 'timm:nope'"),
+])
+def test_bad_models_stop_before_ray(tmp_path, capsys, sets, message, torch_home):
+    """One line, exit 2, nothing written, and Ray never started."""
+    from tunesmith.orchestrator.cli import main
+    (tmp_path / "w.txt").write_text("no")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"name: bad\nresults_dir: {tmp_path / 'results'}\n")
+    argv = ["run", str(spec)]
+    for s in sets:
+        argv += ["--set", s.replace("WEIGHTS", str(tmp_path / "w.txt"))]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "results").exists()
+    import ray
+    assert not ray.is_initialized()
+
+
+def test_streaming_data_takes_the_weights_statistics(tmp_path):
+    from PIL import Image
+    from tunesmith.trainables import image_data
+    from tunesmith.trainables.config import DatasetConfig
+    for c in ("a", "b"):
+        os.makedirs(tmp_path / c)
+        for i in range(4):
+            Image.new("RGB", (8, 8), (40 * i, 100, 200)).save(tmp_path / c / f"{i}.png")
+    stream = data_mod.load(DatasetConfig(name="imagefolder", data_dir=str(tmp_path), stream=True, image_size=8))
+    other = image_data.with_stats(stream, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
+    assert torch.allclose(other.normalise(x), torch.full((1, 3, 2, 2), 2.0))
+    assert stream.mean != other.mean and other.train_files is stream.train_files
