@@ -146,6 +146,8 @@ def cmd_jobs(args) -> int:
 
 def cmd_validate(args) -> int:
     spec = load_spec(args)
+    from tunesmith.orchestrator.catalogue import check_models
+    check_models(spec)
     from tunesmith.orchestrator.spec import plan_text
     print(f"{args.spec}: valid; sweep {spec.name!r}, {plan_text(spec)}")
     return 0
@@ -192,12 +194,11 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_lr_find(args) -> int:
-    from tunesmith.orchestrator import lr_find
+    from tunesmith.orchestrator import catalogue, lr_find
     from tunesmith.cluster.storage import Storage
     from tunesmith.orchestrator.sweep import check_fresh
-    from tunesmith.orchestrator.catalogue import check_inputs
     spec = load_spec(args)
-    check_inputs(spec)
+    catalogue.check_inputs(spec)
     storage = Storage(spec.results_dir)
     check_fresh(storage, spec.name, claim=True)
     if spec.mlflow.uri:
