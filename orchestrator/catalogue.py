@@ -12,13 +12,20 @@ def model_line(train) -> Optional[str]:
     """The sweep's "model:" line for a library model or one started from weights (None for a
     built-in one trained from scratch): where the weights come from, the stem, and how a weights
     file fits the data's classes, by name. The model is built on the meta device (no memory)."""
-    import torch
-    from tunesmith.trainables import backbones, data as data_mod
-    from tunesmith.trainables.models import build_model
-    from tunesmith.trainables.finetune import model_notes
     m, ds = train.model, train.dataset
     if not (m.library or m.weights):
         return None
+    try:
+        return _model_line(m, ds)
+    except (ConfigError, OSError) as exc:   # the files live on the cluster's nodes, not here
+        return f"{m.name} (not read on this machine: {exc}; the trials read it where they run)"
+
+
+def _model_line(m, ds) -> str:
+    import torch
+    from tunesmith.trainables import backbones, data as data_mod
+    from tunesmith.trainables.finetune import model_notes
+    from tunesmith.trainables.models import build_model
     if ds.name == "imagefolder":
         from tunesmith.trainables import folder
         plan = folder.scan(ds)
@@ -55,11 +62,14 @@ def check_inputs(spec, local: bool = True) -> None:
 def check_models(spec, local: bool = True) -> None:
     """Every model the sweep may build (the spec's, and each value a search gives model.name)
     is one its library knows; where the trials run here, its pretrained weights are in the cache
-    and its weights file is a checkpoint. timm is imported only when a name needs it."""
-    from tunesmith.trainables import backbones
+    and its weights file is a checkpoint. A sweep of built-in models from scratch imports
+    nothing (torch imports while Ray starts, not before)."""
     base = spec.train.model
     names = [base.name] + [v for d in spec.plan.space if d.key == "model.name" for v in d.values]
-    for i, name in enumerate(dict.fromkeys(names)):
+    if base.weights is None and not any(":" in str(n) for n in names):
+        return
+    from tunesmith.trainables import backbones
+    for name in dict.fromkeys(names):
         model = base if name == base.name else base.model_copy(update={"name": name})
         try:
             backbones.check(model) if local else (backbones.check_name(model) if model.library else None)

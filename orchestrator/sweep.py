@@ -274,7 +274,7 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
               f"{cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs on {cluster.nodes} node(s)", flush=True)
         if data_line:
             print(f"data: {data_line}", flush=True)
-        if cluster.started_here and trainable is None:
+        if trainable is None:
             from tunesmith.orchestrator.catalogue import model_line
             line = model_line(spec.train)
             if line:

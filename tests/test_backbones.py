@@ -195,9 +195,14 @@ def test_models_command_reads_the_registries(capsys):
     (["model.weights=WEIGHTS"], "model.weights = "),
     (["search.space.model.name={choice: [small_cnn, 'timm:nope']}"], "search.model.name = 'timm:nope'"),
 ])
-def test_bad_models_stop_before_ray(tmp_path, capsys, sets, message, torch_home):
+def test_bad_models_stop_before_ray(tmp_path, capsys, sets, message, torch_home, monkeypatch):
     """One line, exit 2, nothing written, and Ray never started."""
+    from tunesmith.cluster import connect as connect_mod
     from tunesmith.orchestrator.cli import main
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started before the model was checked")
+    monkeypatch.setattr(connect_mod, "connect", no_ray)
     (tmp_path / "w.txt").write_text("no")
     spec = tmp_path / "s.yaml"
     spec.write_text(f"name: bad\nresults_dir: {tmp_path / 'results'}\n")
@@ -208,8 +213,6 @@ def test_bad_models_stop_before_ray(tmp_path, capsys, sets, message, torch_home)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "results").exists()
-    import ray
-    assert not ray.is_initialized()
 
 
 def test_streaming_data_takes_the_weights_statistics(tmp_path):

@@ -295,7 +295,7 @@ results_dir: RESULTS
     assert "small_cnn" in model and "head of 3 classes" in model and "stem adapted between grey and colour" in model
     assert "left as initialised (shape differs): " in model and "head.3.weight" in model
     report = json.loads((tmp_path / "results" / "this-week" / "smith.json").read_text())
-    assert "fine-tuning the weights in" in report["stage2"]["lr_basis"]
+    assert "fine-tuning the weights in" in report["stage2_runs"][0]["lr_basis"]
     trials = pq.read_table(tmp_path / "results" / "this-week" / "trials.parquet").to_pandas()
     assert set(trials.hp_model_backbone_lr) <= {1.0, 0.3, 0.1} and set(trials.hp_model_freeze_epochs) <= {0, 1}
     assert trials.best_val_acc.max() > 0

@@ -22,6 +22,8 @@ from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 
+from tunesmith.trainables.photos import polygon
+
 VERSION = 1   # bump when a generator changes: the cache key carries it
 SIZE = 32
 
@@ -86,15 +88,6 @@ def _texture(rng: np.random.Generator) -> np.ndarray:
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon",
           "half_disc", "bar")
-
-
-def polygon(cx, cy, r, n, rot, inner=None):
-    pts = []
-    for i in range(n * (2 if inner else 1)):
-        ang = rot + math.pi * 2 * i / (n * (2 if inner else 1))
-        rad = (r if i % 2 == 0 else r * inner) if inner else r
-        pts.append((cx + rad * math.cos(ang), cy + rad * math.sin(ang)))
-    return pts
 
 
 def _shape(rng: np.random.Generator, kind: str) -> np.ndarray:

@@ -17,14 +17,21 @@ from typing import List, Tuple
 
 import numpy as np
 
-from tunesmith.trainables.generated import polygon
-
 SIZE = 64
 KINDS_A = ("sphere", "box", "pyramid", "star", "cross", "ring", "diamond", "hexagon", "half_disc", "bar")
 KINDS_B = ("ellipse", "arrow", "heart", "crescent", "ell", "tee", "pentagon", "frame", "trapezoid", "hourglass")
 POLYGONS = {"box": (4, None), "pyramid": (3, None), "pentagon": (5, None), "hexagon": (6, None),
             "star": (5, 0.45)}   # (corners, inner radius of a star's)
 MATERIALS = ("stripes", "checks", "dots", "waves", "grain", "bricks", "rings", "zigzag", "gloss", "speckle")
+
+
+def polygon(cx, cy, r, n, rot, inner=None):
+    pts = []
+    for i in range(n * (2 if inner else 1)):
+        ang = rot + math.pi * 2 * i / (n * (2 if inner else 1))
+        rad = (r if i % 2 == 0 else r * inner) if inner else r
+        pts.append((cx + rad * math.cos(ang), cy + rad * math.sin(ang)))
+    return pts
 
 
 def _rotated(points, cx, cy, rot):
