@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # bench/common.
 # sizes: (on a GPU, --smoke on the CPU)
 SIZES = {
     "throughput": {"gpu": [("small_cnn", 32, 512, 200), ("resnet18", 32, 256, 100), ("timm:resnet18", 128, 128, 60)],
-                   "smoke": [("small_cnn", 16, 32, 6), ("resnet18", 16, 16, 3), ("timm:resnet10t", 16, 8, 3)]},
+                   "smoke": [("small_cnn", 16, 32, 6), ("resnet18", 16, 16, 3)]},
     "share": {"gpu": {"samples": 4096, "size": 32, "epochs": 3, "batch": 256},
               "smoke": {"samples": 256, "size": 16, "epochs": 1, "batch": 32}},
     "batch": {"gpu": ("resnet18", 128), "smoke": ("small_cnn", 16)},

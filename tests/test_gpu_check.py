@@ -26,7 +26,7 @@ def test_gpu_check_smoke_runs_every_case(ray_session, tmp_path, capsys):
     rows = {r["case"]: r for r in result["rows"]}
     assert not [r for r in result["rows"] if "error" in r]
     through = [r for c, r in rows.items() if c.startswith("throughput ") and "bare_img_s" in r]
-    assert len(through) == 3 and "throughput timm:resnet10t 16px batch 8" in rows and all(r["bare_img_s"] > 0 and r["trainer_img_s"] > 0 and r["per_step_sync_img_s"] > 0
+    assert len(through) == 2 and all(r["bare_img_s"] > 0 and r["trainer_img_s"] > 0 and r["per_step_sync_img_s"] > 0
                                      for r in through)
     assert any(c.startswith("batch finder") and r["per_gpu_batch_size"] >= 8 for c, r in rows.items())
     prec = next(r for c, r in rows.items() if c.startswith("bf16 vs fp32"))
