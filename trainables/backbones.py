@@ -284,5 +284,5 @@ def check(cfg: ModelConfig) -> None:
             if found.file is None and not cfg.download:
                 raise missing_weights(cfg, found)
     if cfg.weights is not None:
-        from tunesmith.trainables.weights import read_weights, weights_file
-        read_weights(weights_file(cfg.weights))
+        from tunesmith.trainables.weights import read_checkpoint, weights_file
+        read_checkpoint(weights_file(cfg.weights))

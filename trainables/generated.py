@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 
+from tunesmith.trainables import photos
 from tunesmith.trainables.photos import polygon
 
 VERSION = 1   # bump when a generator changes: the cache key carries it
@@ -170,7 +171,6 @@ PHOTOS_VERSION = 2   # trainables/photos.py's own: its sets' cache key carries i
 
 def _photos(name: str):
     def make(seed: int = 0):
-        from tunesmith.trainables import photos
         return getattr(photos, f"make_{name}")(seed)
     return make
 

@@ -109,31 +109,24 @@ def build_model(cfg: ModelConfig, shape: Tuple[int, int, int], num_classes: int)
     weights it starts from (model.pretrained, model.weights). ``net.fit`` says how a weights file
     fitted it (None without one)."""
     from tunesmith.trainables import backbones, weights
+    state = arch = None
+    if cfg.weights is not None:
+        state, arch = weights.read_checkpoint(weights.weights_file(cfg.weights))
     if cfg.library:
         net = backbones.build(cfg, shape[0], num_classes, shape[1])
     else:
-        if cfg.weights is not None:
-            cfg = _as_recorded(cfg)
+        # fine-tuned from an earlier sweep's small_cnn: the depth that sweep resolved (it follows
+        # the image size, which the new data may not share)
+        if arch and arch.get("name") == cfg.name and cfg.depth is None and arch.get("depth"):
+            cfg = cfg.model_copy(update={"depth": int(arch["depth"])})
         try:
             builder = MODELS[cfg.name]
         except KeyError:
             raise ConfigError("model.name", cfg.name, f"unknown; choose from {', '.join(list_models())}") from None
         net = builder(shape[0], num_classes, shape[1], cfg)
         net.head_names = HEADS[cfg.name]
-    net.fit = None
-    if cfg.weights is not None:
-        net.fit = weights.load_into(net, weights.read_weights(weights.weights_file(cfg.weights)))
+    net.fit = None if state is None else weights.load_into(net, state)
     return net
-
-
-def _as_recorded(cfg: ModelConfig) -> ModelConfig:
-    """A built-in model fine-tuned from an earlier sweep's checkpoint takes the depth that sweep
-    resolved (small_cnn's depth follows the image size, which the new data may not share)."""
-    from tunesmith.trainables import weights
-    arch = weights.checkpoint_arch(weights.weights_file(cfg.weights))
-    if arch and arch.get("name") == cfg.name and cfg.depth is None and arch.get("depth"):
-        return cfg.model_copy(update={"depth": int(arch["depth"])})
-    return cfg
 
 
 def head_parameters(net: nn.Module):

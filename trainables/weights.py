@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -45,15 +45,17 @@ def _kept_checkpoint(sweep: str) -> Optional[str]:
     return None
 
 
-def read_weights(path: str, device: str = "cpu") -> Dict[str, torch.Tensor]:
-    """A state dict from ``path``: safetensors, a plain state dict, a dict holding one under
+def read_checkpoint(path: str, device: str = "cpu") -> Tuple[Dict[str, torch.Tensor], Optional[dict]]:
+    """(state dict, architecture) from ``path``, read once. The architecture is what a tunesmith
+    checkpoint records of the model it trained (its ``arch``; None for other files). The state
+    dict: safetensors, a plain state dict, a dict holding one under
     "model", "state_dict" or "model_state_dict" (tunesmith's checkpoints, Lightning's and most
     training scripts'), or a whole pickled module's. Read with weights_only: a file that is not
     a checkpoint (or would run code when loaded) is refused in one line."""
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
         try:
-            return load_file(path, device=device)
+            return load_file(path, device=device), None
         except Exception as exc:   # noqa: BLE001 - the library's own error, shortened
             raise ConfigError("model.weights", path, f"not a safetensors file ({str(exc).splitlines()[0][:120]})") from None
     try:
@@ -61,6 +63,7 @@ def read_weights(path: str, device: str = "cpu") -> Dict[str, torch.Tensor]:
     except Exception as exc:   # noqa: BLE001
         raise ConfigError("model.weights", path, "not a PyTorch checkpoint torch.load reads with "
                           f"weights_only ({str(exc).splitlines()[0][:120]})") from None
+    arch = obj.get("arch") if isinstance(obj, dict) and isinstance(obj.get("arch"), dict) else None
     for key in ("model", "state_dict", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -68,19 +71,7 @@ def read_weights(path: str, device: str = "cpu") -> Dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ConfigError("model.weights", path, "holds no state dict (a mapping of names to tensors, "
                           "or one under 'model' or 'state_dict')")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
-
-
-def checkpoint_arch(path: str) -> Optional[dict]:
-    """The model a tunesmith checkpoint was trained as (its ``arch``), or None for other files."""
-    if path.endswith(".safetensors"):
-        return None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=_mmappable(path))
-    except Exception:   # noqa: BLE001 - read_weights says what is wrong with the file
-        return None
-    arch = obj.get("arch") if isinstance(obj, dict) else None
-    return arch if isinstance(arch, dict) else None
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}, arch
 
 
 def _mmappable(path: str) -> bool:
