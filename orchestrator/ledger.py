@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from tunesmith.orchestrator import schema
+from tunesmith.orchestrator.pilot import TRIAL_ID as PILOT_ID
 
 TRAIN_CHECKPOINT = "checkpoint_path"   # ray.tune.integration.ray_train.TuneReportCallback's key
 # Tune's and the trainables' bookkeeping: not metrics, kept out of a row's extras and MLflow's metrics
@@ -159,7 +160,8 @@ class Ledger:
             rec.schedule_epochs = int(result["schedule_epochs"])
         if epoch > 1 and num(result.get("time_this_iter_s")):   # the first also holds the trial's start
             rec.pace = float(result["time_this_iter_s"])
-        if self.start_up is None and num(result.get("epoch_seconds")):
+        if self.start_up is None and rec.trial_id != PILOT_ID and num(result.get("epoch_seconds")):
+            # Tune's start-up: smith's pilot trains in the driver from before the sweep opens
             self.start_up = max(0.0, time.time() - self.opened_at - float(result["epoch_seconds"]))
         row = {"schema_version": schema.SCHEMA_VERSION, "sweep": self.sweep, "trial_id": rec.trial_id,
                "epoch": epoch, "timestamp": utc(report_time(result)),

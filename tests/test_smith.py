@@ -139,6 +139,38 @@ def test_smith_fine_tunes_with_the_fine_tune_dimensions(tmp_path):
     assert "model.backbone_lr" not in {d.key for d in scratch.spec.plan.space}
 
 
+def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
+    """With time_budget_s, the range test's pace per step and the data's steps per epoch say how
+    many stage-2 trials fit: fewer than FEW_TRIALS draw the LR alone, with momentum's bound and
+    trainer.weight_decay held; more draw all three. Without a budget, all three."""
+    import yaml
+    from types import SimpleNamespace
+    from tunesmith.orchestrator.smith import policy
+    from tunesmith.orchestrator.spec import from_dict
+    raw = {**yaml.safe_load(SPEC.replace("RESULTS", "r")), "time_budget_s": 90}
+    spec = from_dict({**raw, "trainer": {"epochs": 10, "weight_decay": 2e-4}})
+    opts = policy.Options("weight_decay_shallow", 0.5, 1.5, 10, False)
+
+    def plan(step_s, left, slots=2, s=spec):
+        curve = SimpleNamespace(step_s=step_s, epoch_steps=100, problem=None)
+        return policy.plan_stage2(s, SimpleNamespace(informative=True, max_lr=0.1, curve=curve), opts, 8, False,
+                                  left, slots)
+    # 64-px colour: 0.09 s a step, 100 steps an epoch (11 s with validation), first rung at 3 epochs:
+    # 72 s on 2 slots is 2 trials
+    slow = plan(0.09, 72.0)
+    assert policy.affordable_trials(SimpleNamespace(step_s=0.09, epoch_steps=100), 72.0, 2, 10) == \
+        pytest.approx(72 * 2 / (policy.RUNG_COST * 3 * 0.09 * 100 * policy.EVAL_SHARE))
+    assert slow.held and {d.key for d in slow.spec.plan.space} == {"lr"}
+    assert slow.spec.train.trainer.weight_decay == 2e-4 and slow.spec.train.trainer.max_momentum == 0.95
+    assert "too few to draw momentum and weight decay" in slow.basis and "held" in slow.beside
+    # the same data ten times faster, or on ten slots, affords 20: all three drawn
+    for fast in (plan(0.009, 72.0), plan(0.09, 72.0, slots=20)):
+        assert not fast.held and {d.key for d in fast.spec.plan.space} == {"lr", "max_momentum", "weight_decay"}
+        assert "jointly with max_momentum" in fast.beside
+    unbudgeted = from_dict({**raw, "time_budget_s": None})
+    assert not plan(0.09, None, s=unbudgeted).held
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_smith_stages_and_report(ray_session, tmp_path, capsys, spec_file):
@@ -204,13 +236,15 @@ def test_smith_final_within_a_time_budget_keeps_time_for_stage_3(ray_session, tm
     """--final with time_budget_s: stage 2 stops when what is left just fits stage 3 at stage 2's
     pace, so the full-length run completes inside the budget (stage 2 used to take it all, and
     stage 3 finished no epoch)."""
-    text = SPEC.replace("name: sm", "name: fb\ntime_budget_s: 20").replace("width: 16", "width: 8")
+    # 40 s: stage 1 ends 5 to 9 s in, and Tune's set-up and wind-down take 5 to 8 s of stage 2; at 30 s
+    # its trials never started, and at 20 s stage 3 started with 4 s left
+    text = SPEC.replace("name: sm", "name: fb\ntime_budget_s: 40").replace("width: 16", "width: 8")
     assert main(["smith", spec_file(text), "--final", "--short-epochs", "3"]) == 0
     root = tmp_path / "results"
     report = json.loads((root / "fb" / "smith.json").read_text())
     final = pq.read_table(root / "fb-final" / "trials.parquet").to_pandas()
     assert len(final) == 1 and final.status.iloc[0] == "completed" and final.epochs.iloc[0] == 6, final.stop_reason
-    assert report["seconds"] <= 21, f"{report['seconds']} s for a 20 s budget"
+    assert report["seconds"] <= 41, f"{report['seconds']} s for a 40 s budget"
     stage2 = pq.read_table(root / "fb" / "trials.parquet").to_pandas()
     # held back, not run dry: trials in flight at the hold-back point were stopped there, or had
     # fitted their schedules to it (the held-back deadline reaches them while they run)
