@@ -2,10 +2,12 @@
 tested like the schedules (tests/test_smith_policy.py)."""
 from __future__ import annotations
 
+import os
 import statistics
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from tunesmith.orchestrator.pilot import TRIAL_ID as PILOT_ID
 from tunesmith.orchestrator.spec import SweepSpec, default_grace
 from tunesmith.trainables.config import ConfigError
 
@@ -23,6 +25,13 @@ STAGE3_WIND_DOWN_S = 1.5      # stage 2 stopping its trials and writing its resu
 STAGE3_MARGIN = 1.2           # stage 3's epochs vary; a fitted schedule that overruns loses its end
 PILOT_S = 10.0                # the pilot's own deadline: about Ray's start and a Tune trial's first epoch here
 CHANCE_MARGIN = 0.1           # "no better than chance": within max(0.1, chance) of guessing
+FEW_TRIALS = 6                # a budget affording fewer stage-2 trials searches the LR alone: fewer
+                              # trials than momentum's or weight decay's values cannot tell those
+                              # apart, and drawing them cost smith 13 to 17 points on 64-px colour
+                              # data at 90 s (3 to 4 trials; bench/quality.py objects, materials)
+RUNG_COST = 2.0               # a stage-2 trial's cost in first-rung lengths: every trial runs to
+                              # ASHA's first rung, a third of them three times as far (1.7), and starts
+EVAL_SHARE = 1.25             # an epoch's cost over its training steps: validation, report, checkpoint
 
 
 class NoResult(RuntimeError):
@@ -41,10 +50,13 @@ class Options:
 
 @dataclass(frozen=True)
 class Stage2Plan:
-    """Stage 2 from stage 1's decision: the LR range, why that range, and the sweep's spec."""
+    """Stage 2 from stage 1's decision: the LR range, why that range, the sweep's spec, and what
+    it draws beside the LR (``beside``, for the stage's first line)."""
     lr_range: Tuple[float, float]
     basis: str
     spec: SweepSpec
+    beside: str = ""
+    held: bool = False            # momentum and weight decay held at the trainer's values
 
 
 def weight_decay_preset(spec: SweepSpec, choice: str) -> str:
@@ -68,19 +80,58 @@ def search_range(max_lr: float, below: float = BELOW, above: float = ABOVE):
     return max_lr / 10 ** below, max_lr * 10 ** above
 
 
+def affordable_trials(curve, left: Optional[float], slots: int, epochs: int) -> Optional[float]:
+    """About how many stage-2 trials the budget left affords: ``slots`` at once, each costing
+    RUNG_COST first-rung lengths at the range test's pace per step. None without a budget or a
+    measured pace."""
+    if left is None or not curve.step_s or not curve.epoch_steps:
+        return None
+    epoch_s = curve.step_s * curve.epoch_steps * EVAL_SHARE
+    return max(0.0, left) * max(1, slots) / (RUNG_COST * default_grace(epochs) * epoch_s)
+
+
+def local_slots(spec: SweepSpec, args) -> int:
+    """How many stage-2 trials run at once where Ray starts on this machine: its CPUs and GPUs
+    (or --num-cpus, --num-gpus) over a trial's, within search.max_concurrent."""
+    from tunesmith.cluster.resources import max_concurrent
+    r = spec.resources
+    cpus = args.num_cpus or os.cpu_count() or 1
+    gpus = args.num_gpus
+    if gpus is None:
+        gpus = 0
+        if r.gpus:
+            import torch
+            gpus = torch.cuda.device_count()
+    try:
+        return max_concurrent(cpus, gpus, r.cpus * max(1, r.ranks), r.gpus, spec.plan.max_concurrent)
+    except ConfigError:   # the sweep itself says so, in its own words
+        return 1
+
+
+def beside_lr(spec: SweepSpec, wd_preset: str, held: bool) -> str:
+    """What stage 2 draws with the LR, or holds, in words."""
+    from tunesmith.search_spaces.presets import PRESETS
+    if held:
+        return (f"max_momentum {PRESETS['lr_band'].settings['max_momentum']:g} and weight_decay "
+                f"{spec.train.trainer.weight_decay:g} held")
+    return f"jointly with max_momentum {MOMENTA} and {wd_preset}"
+
+
 def stage2_spec(spec: SweepSpec, lr_range, epochs: int, wd_preset: str, samples: int,
-                budget: Optional[float] = None, name: Optional[str] = None, coupled: bool = False) -> SweepSpec:
+                budget: Optional[float] = None, name: Optional[str] = None, coupled: bool = False,
+                held: bool = False) -> SweepSpec:
     """The user's dataset, model, resources and trainer, with Smith's stage-2 search: LR,
     momentum bound and weight decay drawn jointly. ``coupled`` (smith --coupling effective):
     lr/(1-m) is the effective step, and the range test measured it at trainer.momentum, so each
     trial's LR is the range's LR scaled by (1-m)/(1-trainer.momentum): a 0.99 bound gets a tenth
-    of a 0.9 bound's LR."""
+    of a 0.9 bound's LR. ``held``: momentum and weight decay are not drawn (the lr_band preset's
+    1cycle momentum from 0.95, and trainer.weight_decay as the spec has it)."""
     from tunesmith.search_spaces.presets import PRESETS
     if spec.train.trainer.optimizer not in ("sgd", "rmsprop"):
         raise ConfigError("trainer.optimizer", spec.train.trainer.optimizer,
                           "smith's stage 2 searches SGD-style momentum; use sgd or rmsprop")
     wd_values = PRESETS[wd_preset].space["weight_decay"]["grid"]
-    space = {"max_momentum": {"choice": MOMENTA}, "weight_decay": {"choice": list(wd_values)}}
+    space = {} if held else {"max_momentum": {"choice": MOMENTA}, "weight_decay": {"choice": list(wd_values)}}
     if spec.train.model.fine_tunes:   # the fine_tune preset's dimensions, or the spec's own of them
         own = {d.key: {"choice": list(d.values)} if d.values else {d.kind: [d.low, d.high]} for d in spec.plan.space}
         space.update({k: own.get(k, v) for k, v in PRESETS["fine_tune"].space.items()})
@@ -110,9 +161,10 @@ def final_spec(spec: SweepSpec, best_config: Dict[str, Any], stage2: SweepSpec) 
 
 
 def plan_stage2(spec: SweepSpec, decision, opts: Options, samples: int, pilot: bool,
-                left: Optional[float]) -> Stage2Plan:
+                left: Optional[float], slots: int = 1) -> Stage2Plan:
     """Stage 2 from stage 1's decision. The pilot is one of --samples; with a budget, stage 2
-    draws as many as fit."""
+    draws as many as fit, and where that is fewer than FEW_TRIALS (at ``slots`` trials at once),
+    the LR alone."""
     budgeted = spec.time_budget_s is not None
     if decision.informative:
         lr_range = search_range(decision.max_lr, opts.below, opts.above)
@@ -123,9 +175,14 @@ def plan_stage2(spec: SweepSpec, decision, opts: Options, samples: int, pilot: b
         basis = f"the wide range, since the range test gave no band ({decision.curve.problem})"
     if spec.train.model.fine_tunes:
         basis += f"; {fine_tuning_text(spec)}"
+    afford = affordable_trials(decision.curve, left, slots, opts.epochs) if budgeted else None
+    held = afford is not None and afford < FEW_TRIALS
+    if held:
+        basis += (f"; the budget left affords about {afford:.0f} trials of {default_grace(opts.epochs)} epochs "
+                  f"({slots} at once), too few to draw momentum and weight decay as well")
     s2 = stage2_spec(spec, lr_range, opts.epochs, opts.wd_preset, samples - pilot if not budgeted else samples,
-                     None if left is None else max(1.0, left), coupled=opts.coupled)
-    return Stage2Plan(lr_range, basis, s2)
+                     None if left is None else max(1.0, left), coupled=opts.coupled, held=held)
+    return Stage2Plan(lr_range, basis, s2, beside_lr(spec, opts.wd_preset, held), held)
 
 
 def fine_tuning_text(spec: SweepSpec) -> str:
@@ -151,7 +208,7 @@ def stage3_hold_back(epochs: int) -> Callable[[Any], float]:
     epoch's whole cost, its report and checkpoint included; the training and validation time
     alone where no trial has a second epoch yet), with a margin, after stage 2's wind-down."""
     def seconds(ledger) -> float:
-        tuned = [r for r in ledger.trials.values() if r.trial_id != "pilot"]
+        tuned = [r for r in ledger.trials.values() if r.trial_id != PILOT_ID]
         paces = [r.pace for r in tuned if r.pace]
         if paces:
             pace = statistics.median(paces)
@@ -175,7 +232,7 @@ def value_ranking(records, key: str, mode: str, at: int) -> List[Dict[str, Any]]
     groups: Dict[Any, List[float]] = {}
     for rec in records:
         value = rec.curve.get(at)
-        if value is not None and value == value:
+        if key in rec.hparams and value is not None and value == value:
             groups.setdefault(rec.hparams.get(key), []).append(value)
     rows = [{"value": v, "trials": len(xs), "epoch": at, "mean": sum(xs) / len(xs),
              "best": max(xs) if mode == "max" else min(xs)} for v, xs in groups.items()]

@@ -90,7 +90,7 @@ def _stage2_lines(run: Dict[str, Any], m: str):
              f"{run['trials']} trials of up to {run['epochs']} epochs "
              f"({', '.join(f'{n} {k}' for k, n in sorted(run['status'].items()))}) in {run['seconds']:.0f}s; "
              f"1cycle with the LR log-uniform in [{run['lr_range'][0]:.3g}, {run['lr_range'][1]:.3g}] "
-             f"({run['lr_basis']}), momentum cycling down to 0.85 from the bound searched"
+             f"({run['lr_basis']}), momentum cycling down to 0.85 from its upper bound"
              + coupling_text(run.get("lr_momentum_ref")) + "; "
              f"ASHA rungs at epochs {run['rung_epochs']}" + (", each read on an annealed schedule."
                                                               if run.get("annealed_rungs") else
@@ -98,12 +98,13 @@ def _stage2_lines(run: Dict[str, Any], m: str):
              *([f"Trial {run['pilot']['trial']}, stage 2's centre ({config_text(run['pilot']['config'])}), "
                 "trained in smith's own process while Ray started the trials' workers; ASHA did not judge it."]
                if run.get("pilot") else []),
-             "", f"Momentum (upper bound) by mean {m} at epoch {run['ranked_at_epoch']} (the first rung):"]
-    lines += [f"- {f(x['value'])}: mean {x['mean']:.4f}, best {x['best']:.4f} ({x['trials']} trials)"
-              for x in run["momentum_ranking"]]
-    lines += ["", "Weight decay by mean at the same epoch:"]
-    lines += [f"- {f(x['value'])}: mean {x['mean']:.4f}, best {x['best']:.4f} ({x['trials']} trials)"
-              for x in run["weight_decay_ranking"]]
+             ]
+    for title, ranking in ((f"Momentum (upper bound) by mean {m} at epoch {run['ranked_at_epoch']} (the first rung):",
+                            run["momentum_ranking"]),
+                           (f"Weight decay by mean {m} at epoch {run['ranked_at_epoch']}:", run["weight_decay_ranking"])):
+        if ranking:   # not drawn where the budget held them
+            lines += ["", title] + [f"- {f(x['value'])}: mean {x['mean']:.4f}, best {x['best']:.4f} "
+                                    f"({x['trials']} trials)" for x in ranking]
     if run["best"] is not None:
         cfg = ", ".join(f"{k}={f(v)}" for k, v in run["best_config"].items())
         lines += ["", f"Best: {cfg}: trial {run['best_trial']}, {m} {run['best']:.4f} at epoch "

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 from tunesmith.cluster.storage import Storage
 from tunesmith.orchestrator import lr_find
 from tunesmith.orchestrator.smith import policy, report, startup
-from tunesmith.orchestrator.smith.policy import MOMENTA, WIDE, NoResult, Options
+from tunesmith.orchestrator.smith.policy import WIDE, NoResult, Options
 from tunesmith.orchestrator.spec import SweepSpec
 
 INTERRUPTED_WAIT_S = 2.0   # on Ctrl-C or SIGTERM, the most the command waits for the range test's thread
@@ -54,7 +54,7 @@ def stage2(spec: SweepSpec, args, opts: Options, s1: startup.Stage1, cluster, cl
     if not s1.decision.informative:
         warnings.append(f"stage 1 gave no band: {s1.decision.curve.problem}; stage 2 searched {WIDE[0]:g} to {WIDE[1]:g}")
     print(f"\nstage 2: 1cycle, lr log-uniform in [{plan.lr_range[0]:.3g}, {plan.lr_range[1]:.3g}] ({plan.basis}) "
-          f"jointly with max_momentum {MOMENTA} and {opts.wd_preset}{report.coupling_text(s2.plan.lr_momentum_ref)}; "
+          f"{plan.beside}{report.coupling_text(s2.plan.lr_momentum_ref)}; "
           f"{opts.epochs} epochs, ASHA at epochs {list(s2.rungs)}"
           + (" on annealed schedules" if s2.milestones else " (one schedule over the run)")
           + (f"; {left():.0f}s of budget left" if budget else ""), flush=True)
@@ -81,7 +81,7 @@ def stage2(spec: SweepSpec, args, opts: Options, s1: startup.Stage1, cluster, cl
         print("\n" + note, flush=True)
         warnings.append(note)
         s2b = policy.stage2_spec(spec, wide, opts.epochs, opts.wd_preset, samples, left(),
-                                 name=f"{spec.name}-wide", coupled=opts.coupled)
+                                 name=f"{spec.name}-wide", coupled=opts.coupled, held=plan.held)
         outb = run_sweep(s2b, cluster, command="smith", deadline=clock.deadline, hold_back=hold)
         print("\n" + best_table(outb), flush=True)
         result.runs.append(report.stage2_summary(outb, s2b, wide, "widened after a result no better than chance"))
@@ -134,8 +134,9 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
     no_pilot = policy.why_no_pilot(spec, args, samples)
     stage1_args = policy.stage1_options(spec, args)
 
-    def plan(decision, pilot: bool):
-        return policy.plan_stage2(spec, decision, opts, samples, pilot, clock.left())
+    def plan(decision, pilot: bool, slots: Optional[int] = None):
+        slots = slots or policy.local_slots(spec, args)   # here: in stage 1's thread, torch imported
+        return policy.plan_stage2(spec, decision, opts, samples, pilot, clock.left(), slots)
 
     local = None
     if not args.address:   # here the driver's host is the node: stage 1 runs while Ray starts
@@ -147,7 +148,9 @@ def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
             from tunesmith.cluster.storage_check import check_every_node
             check_every_node(spec.results_dir)
             # where trials run: the driver's host may lack the data, or the GPU the trials train on
-            s1 = startup.on_cluster(spec, stage1_args, plan, started, no_pilot)
+            from tunesmith.orchestrator.sweep import concurrency_for
+            slots = concurrency_for(spec, cluster)
+            s1 = startup.on_cluster(spec, stage1_args, lambda d, p: plan(d, p, slots), started, no_pilot)
         else:
             s1 = local.wait()
         decision = s1.decision
