@@ -32,7 +32,7 @@ def test_gpu_check_smoke_runs_every_case(ray_session, tmp_path, capsys):
     prec = next(r for c, r in rows.items() if c.startswith("bf16 vs fp32"))
     assert 0 <= prec["bf16_val_acc"] <= 1 and 0 <= prec["fp32_val_acc"] <= 1
     share = [r for c, r in rows.items() if "trial(s)" in c]
-    assert [r["trials"] for r in share] == [1, 4] and all(r["total_img_s"] > 0 for r in share)
+    assert [r["trials"] for r in share] == [1, 2] and all(r["total_img_s"] > 0 for r in share)
     smith = next(r for c, r in rows.items() if c.startswith("smith on"))
     assert smith["first_epoch_s"] > 0 and smith["best_val_acc"] > 0.5
     assert "throughput small_cnn" in run.out and "smith on digits" in run.out   # the printed table

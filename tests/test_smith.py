@@ -169,6 +169,13 @@ def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
         assert "jointly with max_momentum" in fast.beside
     unbudgeted = from_dict({**raw, "time_budget_s": None})
     assert not plan(0.09, None, s=unbudgeted).held
+    # no band from the range test: a few trials search a decade either side of trainer.lr, many
+    # the wide range
+    flat = SimpleNamespace(step_s=0.09, epoch_steps=100, problem="the loss never falls clearly")
+    few = policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=flat), opts, 8, False, 72.0, 2)
+    assert few.lr_range == pytest.approx((0.005, 0.5)) and "either side of trainer.lr 0.05" in few.basis
+    many = policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=flat), opts, 8, False, 72.0, 20)
+    assert many.lr_range == policy.WIDE
 
 
 @pytest.mark.ray
@@ -309,7 +316,7 @@ def test_smith_fine_tunes_a_kept_checkpoint_on_a_colour_folder(ray_session, tmp_
     from PIL import Image
     from tunesmith.trainables import photos
     assert main(["run", spec_file(SPEC.replace("name: sm", "name: last-week"), "old.yaml"),
-                 "--num-samples", "1", "--set", "trainer.epochs=2"]) == 0
+                 "--num-samples", "1", "--set", "trainer.epochs=1"]) == 0
     rng = np.random.default_rng(0)
     for kind in photos.KINDS_B[:3]:
         os.makedirs(tmp_path / "photos" / kind)
@@ -323,7 +330,8 @@ trainer: {{epochs: 4, per_gpu_batch_size: 16}}
 results_dir: RESULTS
 """
     capsys.readouterr()
-    assert main(["smith", spec_file(new, "new.yaml"), "--short-epochs", "2", "--samples", "4", "--no-pilot"]) == 0
+    assert main(["smith", spec_file(new, "new.yaml"), "--short-epochs", "2", "--samples", "4", "--no-pilot",
+                 "--steps", "60"]) == 0
     out = capsys.readouterr().out
     model = next(line for line in out.splitlines() if line.startswith("model: "))
     assert "small_cnn" in model and "head of 3 classes" in model and "stem adapted between grey and colour" in model

@@ -166,17 +166,22 @@ def plan_stage2(spec: SweepSpec, decision, opts: Options, samples: int, pilot: b
     draws as many as fit, and where that is fewer than FEW_TRIALS (at ``slots`` trials at once),
     the LR alone."""
     budgeted = spec.time_budget_s is not None
+    afford = affordable_trials(decision.curve, left, slots, opts.epochs) if budgeted else None
+    held = afford is not None and afford < FEW_TRIALS
     if decision.informative:
         lr_range = search_range(decision.max_lr, opts.below, opts.above)
         basis = (f"from {opts.below:g} decades below the range test's max LR {decision.max_lr:.3g} to "
                  f"{opts.above:g} above it")
+    elif held:   # a few trials spread over four decades land mostly where nothing trains
+        lr = spec.train.trainer.lr
+        lr_range = (lr / 10, lr * 10)
+        basis = (f"a decade either side of trainer.lr {lr:g}, since the range test gave no band "
+                 f"({decision.curve.problem}) and the budget affords few trials")
     else:
         lr_range = WIDE
         basis = f"the wide range, since the range test gave no band ({decision.curve.problem})"
     if spec.train.model.fine_tunes:
         basis += f"; {fine_tuning_text(spec)}"
-    afford = affordable_trials(decision.curve, left, slots, opts.epochs) if budgeted else None
-    held = afford is not None and afford < FEW_TRIALS
     if held:
         basis += (f"; the budget left affords about {afford:.0f} trials of {default_grace(opts.epochs)} epochs "
                   f"({slots} at once), too few to draw momentum and weight decay as well")

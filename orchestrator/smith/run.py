@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 from tunesmith.cluster.storage import Storage
 from tunesmith.orchestrator import lr_find
 from tunesmith.orchestrator.smith import policy, report, startup
-from tunesmith.orchestrator.smith.policy import WIDE, NoResult, Options
+from tunesmith.orchestrator.smith.policy import NoResult, Options
 from tunesmith.orchestrator.spec import SweepSpec
 
 INTERRUPTED_WAIT_S = 2.0   # on Ctrl-C or SIGTERM, the most the command waits for the range test's thread
@@ -52,7 +52,8 @@ def stage2(spec: SweepSpec, args, opts: Options, s1: startup.Stage1, cluster, cl
     s2, budget = plan.spec, clock.budget
     warnings = []
     if not s1.decision.informative:
-        warnings.append(f"stage 1 gave no band: {s1.decision.curve.problem}; stage 2 searched {WIDE[0]:g} to {WIDE[1]:g}")
+        warnings.append(f"stage 1 gave no band: {s1.decision.curve.problem}; stage 2 searched "
+                        f"{plan.lr_range[0]:.3g} to {plan.lr_range[1]:.3g}")
     print(f"\nstage 2: 1cycle, lr log-uniform in [{plan.lr_range[0]:.3g}, {plan.lr_range[1]:.3g}] ({plan.basis}) "
           f"{plan.beside}{report.coupling_text(s2.plan.lr_momentum_ref)}; "
           f"{opts.epochs} epochs, ASHA at epochs {list(s2.rungs)}"
