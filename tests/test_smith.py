@@ -176,6 +176,9 @@ def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
     assert few.lr_range == pytest.approx((0.005, 0.5)) and "either side of trainer.lr 0.05" in few.basis
     many = policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=flat), opts, 8, False, 72.0, 20)
     assert many.lr_range == policy.WIDE
+    # an epoch longer than the pilot's seconds: no pilot (it would end with none)
+    assert "longer than the pilot's" in policy.pilot_too_slow(flat)
+    assert policy.pilot_too_slow(SimpleNamespace(step_s=0.009, epoch_steps=100)) is None
 
 
 @pytest.mark.ray

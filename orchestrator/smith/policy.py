@@ -84,10 +84,27 @@ def affordable_trials(curve, left: Optional[float], slots: int, epochs: int) -> 
     """About how many stage-2 trials the budget left affords: ``slots`` at once, each costing
     RUNG_COST first-rung lengths at the range test's pace per step. None without a budget or a
     measured pace."""
-    if left is None or not curve.step_s or not curve.epoch_steps:
+    epoch_s = epoch_seconds(curve)
+    if left is None or not epoch_s:
         return None
-    epoch_s = curve.step_s * curve.epoch_steps * EVAL_SHARE
     return max(0.0, left) * max(1, slots) / (RUNG_COST * default_grace(epochs) * epoch_s)
+
+
+def epoch_seconds(curve) -> Optional[float]:
+    """An epoch's cost at the range test's pace per step, or None where it has none."""
+    if not curve.step_s or not curve.epoch_steps:
+        return None
+    return curve.step_s * curve.epoch_steps * EVAL_SHARE
+
+
+def pilot_too_slow(curve) -> Optional[str]:
+    """Why a pilot would train no whole epoch within PILOT_S, or None: it would only take a core
+    from Ray's start and the trials' first workers (on 64-px colour photographs here, an epoch
+    took 11 s, and the pilot ended with none)."""
+    epoch_s = epoch_seconds(curve)
+    if epoch_s and epoch_s > PILOT_S:
+        return f"an epoch takes about {epoch_s:.0f}s here, longer than the pilot's {PILOT_S:g}s"
+    return None
 
 
 def local_slots(spec: SweepSpec, args) -> int:

@@ -63,6 +63,8 @@ def stage2(spec: SweepSpec, args, opts: Options, s1: startup.Stage1, cluster, cl
     if pilot is not None:
         print(f"pilot: trial {pilot.trial.trial_id}, stage 2's centre ({report.config_text(pilot.config)}), trains in "
               f"this process while Ray starts the trials' workers", flush=True)
+    elif s1.no_pilot:
+        print(f"no pilot: {s1.no_pilot}", flush=True)
     hold = policy.stage3_hold_back(spec.train.trainer.epochs) if args.final and budget else None
     out = run_sweep(s2, cluster, command="smith", fresh=False, deadline=clock.deadline, hold_back=hold, pilot=pilot)
     if out.failure:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from tunesmith.cluster.storage import Storage
 from tunesmith.orchestrator import lr_find
-from tunesmith.orchestrator.smith.policy import PILOT_S, Stage2Plan
+from tunesmith.orchestrator.smith.policy import PILOT_S, Stage2Plan, pilot_too_slow
 from tunesmith.orchestrator.spec import SweepSpec
 
 WARM_WAIT_S = 30.0   # the most Ray's start waits for the range test's imports
@@ -115,6 +115,8 @@ class LocalStage1:
             no_pilot = self.no_pilot
             if no_pilot is None and not _in_memory(self.spec):
                 no_pilot = "the data streams from disk: the driver does not load it"
+            if no_pilot is None:
+                no_pilot = pilot_too_slow(decision.curve)
             plan = self.plan(decision, no_pilot is None)
             pilot = None if no_pilot is not None else _pilot(self.spec, plan.spec, self.storage, self.deadline)
             self.result = Stage1(decision, ended, "driver", plan, no_pilot, pilot)
