@@ -70,6 +70,7 @@ class LedgerCallback(Callback):
         self._closed = self._closing = False
         self._reconcile = False          # set on resume: Tune's ended trials checked once
         self.failure: Optional[str] = None   # the storage error that stopped the sweep, once writes failed for good
+        self.unreadable: Dict[str, str] = {}   # file -> why: images streaming trials skipped
 
     def __getstate__(self):
         return transient_state(self, self.TRANSIENT)
@@ -111,6 +112,8 @@ class LedgerCallback(Callback):
     @_timed
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.record(trial.trial_id, result, config=trial.config)
+        if result.get("unreadable"):   # images a streaming trial's decoders skipped
+            self.unreadable.update((f, why) for f, why in result["unreadable"])
         self.maybe_flush()
 
     # A trial's end is written with the next flush, within flush_seconds: writing two Parquet

@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 import pyarrow as pa
 import yaml
@@ -301,7 +301,7 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
         man.update(ended_at=manifest_mod.now_iso(), status=status,
                    wall_seconds=round(time.monotonic() - start, 3),
                    trials=callback.ledger.status_counts())
-        _say_skipped(spec, man, trainable is None and in_memory)
+        _say_skipped(spec, man, trainable is None and in_memory, callback.unreadable)
         try:
             storage.write_bytes(f"{spec.name}/manifest.json", manifest_mod.dumps(man))
         except (OSError, pa.ArrowException) as exc:
@@ -314,14 +314,15 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
                         failure=callback.failure)
 
 
-def _say_skipped(spec: SweepSpec, man: dict, shared: bool) -> None:
-    """The unreadable images the shared load left out, named on this terminal and in the
-    manifest: the load ran as a Ray task, whose own output does not reach the user."""
-    if not shared or spec.train.dataset.name != "imagefolder":
+def _say_skipped(spec: SweepSpec, man: dict, shared: bool, streamed: Dict[str, str]) -> None:
+    """The unreadable images left out, named on this terminal and in the manifest: by the shared
+    load (a Ray task), or as the trials' decoders met them in a streaming sweep (their reports).
+    Neither's own output reaches the user."""
+    if spec.train.dataset.name != "imagefolder":
         return
     from tunesmith.orchestrator.data_share import skipped
     from tunesmith.trainables.folder import skipped_text
-    files = skipped(spec.train.dataset, timeout=10)
+    files = skipped(spec.train.dataset, timeout=10) if shared else sorted(streamed.items())
     if files:
         print(skipped_text(spec.train.dataset.data_dir, files), flush=True)
         man["data"] = {**man.get("data", {}), "skipped": [{"file": f, "why": why} for f, why in files]}

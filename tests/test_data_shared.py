@@ -56,9 +56,11 @@ def test_files_are_read_once_per_sweep(ray_session, tmp_path):
     assert len(e) == 6 and e.val_acc.notna().all()
 
 
-def test_an_unreadable_image_is_named_on_the_terminal_and_in_the_manifest(ray_session, tmp_path, capsys):
-    """The shared load runs as a Ray task, whose output never reached the user: a folder with one
-    corrupt PNG ran, exit 0, and never named the file."""
+@pytest.mark.parametrize("stream", [False, True], ids=["shared load", "streamed"])
+def test_an_unreadable_image_is_named_on_the_terminal_and_in_the_manifest(ray_session, tmp_path, capsys, stream):
+    """The shared load runs as a Ray task, and a streaming trial decodes in DataLoader workers:
+    neither's output reached the user. A folder with one corrupt PNG ran, exit 0, and never named
+    the file."""
     import json
     from tunesmith.orchestrator.sweep import run_sweep
     folder = tmp_path / "f"
@@ -69,7 +71,8 @@ def test_an_unreadable_image_is_named_on_the_terminal_and_in_the_manifest(ray_se
             Image.fromarray((rng.random((12, 12, 3)) * 255).astype(np.uint8)).save(folder / cls / f"{i}.png")
     (folder / "bee" / "broken.png").write_bytes(b"\x89PNG not really")
     spec = spec_mod.from_dict({"name": "skip", "results_dir": str(tmp_path / "r"), "asha": {"enabled": False},
-                               "dataset": {"name": "imagefolder", "data_dir": str(folder), "image_size": 8},
+                               "dataset": {"name": "imagefolder", "data_dir": str(folder), "image_size": 8,
+                                           "stream": stream, "workers": 1},
                                "trainer": {"epochs": 1}, "model": {"width": 4}})
     run_sweep(spec, ray_session, progress=False)
     out = capsys.readouterr().out

@@ -324,31 +324,29 @@ def skipped_text(data_dir: str, skipped) -> str:
 
 class _FileSet(torch.utils.data.Dataset):
     """Decodes one file per item. An unreadable file yields the next readable one (a stable
-    choice, so epochs stay reproducible) and is named once, by the worker that met it."""
+    choice, so epochs stay reproducible), and the item names it: the decoding worker's own output
+    reaches no terminal, so the trial reports it and the sweep's driver names it."""
 
     def __init__(self, files: Sequence[str], size: int, mode: str, root: str):
         self.files, self.size, self.mode, self.root = list(files), size, mode, root
-        self._warned = set()
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
+        bad = []
         for k in range(len(self.files)):
             j = (i + k) % len(self.files)
             try:
-                return torch.from_numpy(decode(self.files[j], self.size, self.mode)), i
+                return torch.from_numpy(decode(self.files[j], self.size, self.mode)), i, bad
             except Exception as exc:   # noqa: BLE001
-                if j not in self._warned:
-                    self._warned.add(j)
-                    print(f"imagefolder: skipped unreadable image {os.path.relpath(self.files[j], self.root)} "
-                          f"({type(exc).__name__})", flush=True)
+                bad.append((os.path.relpath(self.files[j], self.root), type(exc).__name__))
         raise ConfigError("dataset.data_dir", self.root, "no readable image")
 
 
 def _collate(items):
-    xs, idx = zip(*items)
-    return torch.stack(xs), torch.tensor(idx)
+    xs, idx, bad = zip(*items)
+    return torch.stack(xs), torch.tensor(idx), [b for some in bad for b in some]
 
 
 class StreamingData:
@@ -364,6 +362,7 @@ class StreamingData:
         self.device = torch.device("cpu")
         self._train = _FileSet(train_files, size, mode, root)
         self._val = _FileSet(val_files, size, mode, root)
+        self.met_unreadable: dict = {}   # file -> why, as decoding met them (the trainer reports them)
 
     num_classes = property(lambda self: len(self.classes))
     shape = property(lambda self: (1 if self.mode == "L" else 3, self.size, self.size))
@@ -382,12 +381,14 @@ class StreamingData:
     def epoch(self, perm: torch.Tensor, batch: int, steps: int):
         chunks = [perm[i * batch:(i + 1) * batch].tolist() for i in range(steps)]
         y_all = self.train_y
-        for x, idx in self._loader(self._train, chunks):
+        for x, idx, bad in self._loader(self._train, chunks):
+            self.met_unreadable.update(bad)
             yield self.normalise(x.to(self.device, non_blocking=True)), y_all[idx].to(self.device)
 
     def val_batches(self, batch: int):
         chunks = [list(range(i, min(i + batch, len(self.val_files)))) for i in range(0, len(self.val_files), batch)]
-        for x, idx in self._loader(self._val, chunks):
+        for x, idx, bad in self._loader(self._val, chunks):
+            self.met_unreadable.update(bad)
             yield self.normalise(x.to(self.device, non_blocking=True)), self.val_y[idx].to(self.device)
 
     def val_sample(self, n: int):

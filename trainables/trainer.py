@@ -348,6 +348,8 @@ class Trainer:
                 if self.device.type == "cuda":
                     metrics["gpu_mem_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
                 metrics["diverged"] = False
+                if getattr(self.data, "met_unreadable", None):   # streamed: named by the sweep's driver
+                    metrics["unreadable"] = sorted(self.data.met_unreadable.items())
                 metrics["done"] = epoch + 1 >= self.end_epoch
                 if self.end_epoch < t.epochs:   # fitted to the deadline: the sweep's writer says so
                     metrics["schedule_epochs"] = self.end_epoch
