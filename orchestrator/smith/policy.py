@@ -25,10 +25,10 @@ STAGE3_WIND_DOWN_S = 1.5      # stage 2 stopping its trials and writing its resu
 STAGE3_MARGIN = 1.2           # stage 3's epochs vary; a fitted schedule that overruns loses its end
 PILOT_S = 10.0                # the pilot's own deadline: about Ray's start and a Tune trial's first epoch here
 CHANCE_MARGIN = 0.1           # "no better than chance": within max(0.1, chance) of guessing
-FEW_TRIALS = 6                # a budget affording fewer stage-2 trials searches the LR alone: fewer
-                              # trials than momentum's or weight decay's values cannot tell those
-                              # apart, and drawing them cost smith 13 to 17 points on 64-px colour
-                              # data at 90 s (3 to 4 trials; bench/quality.py objects, materials)
+FEW_TRIALS = len(MOMENTA)     # a budget affording fewer stage-2 trials searches the LR alone: fewer
+                              # trials than momentum's values cannot try each once, and on 64-px colour
+                              # data at 90 s (about 2 trials) drawing momentum and weight decay spent
+                              # them where the LR alone mattered (bench/quality.py objects, materials)
 RUNG_COST = 2.0               # a stage-2 trial's cost in first-rung lengths: every trial runs to
                               # ASHA's first rung, a third of them three times as far (1.7), and starts
 EVAL_SHARE = 1.25             # an epoch's cost over its training steps: validation, report, checkpoint
