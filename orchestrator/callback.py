@@ -184,6 +184,7 @@ class LedgerCallback(Callback):
         the rows its killed driver wrote, adds none twice, and ASHA's rungs start from them."""
         self._closed = self._closing = False
         self._reconcile = True
+        self.unreadable = getattr(self, "unreadable", {})   # a callback pickled before it had one
         self._each("reopen")
         if self.parquet is None:
             return
