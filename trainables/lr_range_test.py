@@ -66,7 +66,7 @@ class LRCurve:
     notes: List[str] = field(default_factory=list)   # what the test did about it, one line each
     steps: int = 0                       # training steps run (in val mode, points are fewer)
     step_s: float = 0.0                  # seconds per step over the run's second half
-    epoch_steps: int = 0                 # training steps in one epoch of the trainer's data and batch
+    epoch_steps: int = 0                 # the trainer's steps per epoch at its data and batch
 
     def suggest(self) -> Dict[str, float]:
         self.suggestions = suggest_all(self.lrs, self.smoothed)
@@ -230,7 +230,7 @@ def range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: Optional[int]
     finally:
         _restore(trainer, saved_model, saved_opt)   # the test leaves no trace on the model
     curve.num_classes = k
-    curve.epoch_steps = math.ceil(len(trainer.data.train_y) / max(1, trainer.global_batch))
+    curve.epoch_steps = trainer.steps_per_epoch
     curve.seconds = time.perf_counter() - began
     return curve
 
