@@ -51,11 +51,12 @@ class LedgerCallback(Callback):
     def __init__(self, storage: Storage, sweep: str, hp_keys: List[str], hp_domains: Dict[str, list],
                  epochs: int, metric: str, mode: str, flush_seconds: float = 1.0,
                  pruned: Optional[Dict[str, str]] = None, tensorboard: bool = True, write: bool = True,
-                 stopper=None, keep_checkpoints: str = "best", scheduler=None, sinks=None):
+                 stopper=None, keep_checkpoints: str = "best", scheduler=None, sinks=None,
+                 seed: Optional[int] = None):
         from tunesmith.orchestrator.sinks.parquet import ParquetSink
         from tunesmith.orchestrator.sinks.tensorboard import TensorBoardSink
         self.storage, self.sweep = storage, sweep
-        self.ledger = Ledger(sweep, hp_keys, epochs, metric, mode, pruned)
+        self.ledger = Ledger(sweep, hp_keys, epochs, metric, mode, pruned, seed=seed)
         self.parquet = ParquetSink(storage, sweep) if write else None
         default = [self.parquet] + ([TensorBoardSink(storage, sweep, hp_domains, metric)] if tensorboard else [])
         self.sinks = (default if write else []) + list(sinks or [])
@@ -71,6 +72,7 @@ class LedgerCallback(Callback):
         self._reconcile = False          # set on resume: Tune's ended trials checked once
         self.failure: Optional[str] = None   # the storage error that stopped the sweep, once writes failed for good
         self.unreadable: Dict[str, str] = {}   # file -> why: images streaming trials skipped
+        self.hold_open = False           # a confirmation phase follows: the search's end closes nothing
 
     def __getstate__(self):
         return transient_state(self, self.TRANSIENT)
@@ -152,7 +154,17 @@ class LedgerCallback(Callback):
 
     @_timed
     def on_experiment_end(self, trials, **info):
+        if getattr(self, "hold_open", False):   # the same ledger and sinks write the confirmation next
+            self.retention.sweep_ended()
+            self._dirty = self._status_changed = True
+            self.flush()
+            return
         self.close()
+
+    def mark_changed(self) -> None:
+        """A record changed outside Tune's hooks: trials.parquet is rewritten at the next flush."""
+        self._dirty = self._status_changed = True
+        self.flush()
 
     def _retain(self, trial) -> None:
         rec = self.ledger.trials.get(trial.trial_id)

@@ -73,8 +73,8 @@ def cmd_run(args) -> int:
     finally:
         if cluster is not None:
             disconnect(cluster)
-    print()
-    print(best_table(outcome))
+    from tunesmith.orchestrator.confirm import summary
+    print(f"\n{best_table(outcome)}\n\n{summary(outcome)}")
     counts = outcome.ledger.status_counts()
     print(f"\n{len(outcome.ledger.trials)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())}) "
           f"in {outcome.wall_seconds:.1f}s")

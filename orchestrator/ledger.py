@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from tunesmith.orchestrator import schema
 from tunesmith.orchestrator.pilot import TRIAL_ID as PILOT_ID
+from tunesmith.trainables.config import unpack
 
 TRAIN_CHECKPOINT = "checkpoint_path"   # ray.tune.integration.ray_train.TuneReportCallback's key
 # Tune's and the trainables' bookkeeping: not metrics, kept out of a row's extras and MLflow's metrics
@@ -55,6 +56,34 @@ def rank_key(value: float, val_loss: Optional[float], mode: str) -> Tuple[float,
     metric first; ties, common on small validation sets, go to the lower validation loss."""
     loss = val_loss if val_loss is not None and val_loss == val_loss else math.inf
     return (-value if mode == "max" else value), loss
+HOLD_START_S = 5.0        # Tune's set-up and a trial's worker start before a later run's first epoch,
+                          # until the sweep's own start-up is measured
+HOLD_WIND_DOWN_S = 1.5    # the sweep stopping its trials and writing its results
+HOLD_MARGIN = 1.2         # epochs vary; a fitted schedule that overruns loses its end
+
+
+def hold_for_epochs(ledger, epochs: float) -> float:
+    """Seconds to keep from a time budget for ``epochs`` more epochs after this sweep (smith's
+    stage 3, a confirmation): the sweep's own start-up (Tune's set-up, the trial's worker, the
+    data: from its start to its first report, less that epoch), then the epochs at the median
+    pace of its trials so far (an epoch's whole cost, its report and checkpoint included; the
+    training and validation time alone where no trial has a second epoch yet), with a margin,
+    after the sweep's wind-down."""
+    import statistics
+    tuned = [r for r in ledger.trials.values() if r.trial_id != PILOT_ID]
+    paces = [r.pace for r in tuned if r.pace]
+    if paces:
+        pace = statistics.median(paces)
+    else:   # thin evidence: the slowest epoch seen, the pilot's (in the driver, without Tune's
+        # per-epoch report and checkpoint, which a Tune trial pays) among them; a median of the
+        # pilot's pace alone left a loaded machine's stage 3 a third of its epochs
+        seen = [r.pace for r in ledger.trials.values() if r.pace] + \
+            [r.last["epoch_seconds"] for r in ledger.trials.values() if r.last.get("epoch_seconds")]
+        if not seen:
+            return 0.0
+        pace = max(seen)
+    start = HOLD_START_S if ledger.start_up is None else ledger.start_up
+    return HOLD_MARGIN * (epochs * pace + start) + HOLD_WIND_DOWN_S
 
 
 @dataclass
@@ -80,6 +109,10 @@ class TrialRecord:
     train_checkpoint: Optional[str] = None       # a data-parallel trial's latest (Ray Train's)
     schedule_epochs: Optional[int] = None        # where its schedule ends, once fitted to the time budget
     pace: Optional[float] = None   # seconds between its last two reports: an epoch's whole cost, report included
+    phase: str = "search"          # or "confirm": a finalist's settings trained again with a new seed
+    of: Optional[str] = None       # a confirmation trial's finalist (its search trial)
+    seed: Optional[int] = None
+    test: Dict[str, float] = field(default_factory=dict)   # test_acc, test_loss: a confirmation's final model
 
     def best_epoch(self, mode: str) -> Optional[int]:
         if not self.curve:
@@ -109,8 +142,9 @@ class Ledger:
     pruned and why (RecordingASHA.pruned), shared by reference."""
 
     def __init__(self, sweep: str, hp_keys: List[str], epochs: int, metric: str, mode: str,
-                 pruned: Optional[Dict[str, str]] = None):
-        self.sweep, self.hp_keys = sweep, list(hp_keys)
+                 pruned: Optional[Dict[str, str]] = None, seed: Optional[int] = None):
+        """``seed``: the spec's, every search trial's unless the search draws it."""
+        self.sweep, self.hp_keys, self.seed = sweep, list(hp_keys), seed
         self.epochs, self.metric, self.mode = epochs, metric, mode
         self.pruned = pruned if pruned is not None else {}
         self.trials: Dict[str, TrialRecord] = {}
@@ -133,15 +167,18 @@ class Ledger:
             self.lost.discard(trial_id)
             rec.status, rec.stop_reason, rec.ended_at = "running", "", None
         if rec is None:
-            hps = {k: plain(config.get(k)) for k in self.hp_keys}
-            rec = TrialRecord(trial_id, hps, {k: plain(v) for k, v in config.items()}, time.time())
+            rec = TrialRecord(trial_id, {}, {}, time.time())
+            self.fill_config(rec, config)
             self.trials[trial_id] = rec
             fresh = True
         return rec, fresh
 
     def fill_config(self, rec: TrialRecord, config: Dict[str, Any]) -> None:
-        rec.hparams = {k: plain(config.get(k)) for k in self.hp_keys}
-        rec.config = {k: plain(v) for k, v in config.items()}
+        flat, rec.of = unpack(config)
+        rec.phase = "confirm" if rec.of else "search"
+        rec.hparams = {k: plain(flat.get(k)) for k in self.hp_keys}
+        rec.config = {k: plain(v) for k, v in flat.items()}
+        rec.seed = flat.get("seed", self.seed)
 
     def record(self, rec: TrialRecord, result: Dict[str, Any]) -> Optional[Tuple[Dict[str, Any], Dict[str, float]]]:
         """One report: (its epoch row, its extra metrics), or None for a replay (Tune replays the
@@ -169,6 +206,7 @@ class Ledger:
                "diverged": bool(result.get("diverged", False)), "node_ip": rec.node_ip, "device": rec.device}
         for m in schema.CORE_METRICS:
             row[m] = num(result.get(m))
+        rec.test.update((m, num(result[m])) for m in schema.TEST_METRICS if num(result.get(m)) is not None)
         extra = {}
         for k, v in result.items():
             if k in schema.CORE_METRICS or k in TUNE_KEYS or k in row:
@@ -234,16 +272,22 @@ class Ledger:
         return dict(sorted(counts.items()))
 
     def ranked(self) -> List[TrialRecord]:
+        """The search's trials, best first (confirmation trials are judged by their seeds' mean,
+        in orchestrator/confirm.py)."""
         key = self.metric
-        have = [r for r in list(self.trials.values()) if key in r.best]
+        have = [r for r in list(self.trials.values()) if key in r.best and r.phase == "search"]
         return sorted(have, key=self.rank_of)
 
     def top(self, k: int, among: Optional[Iterable[TrialRecord]] = None) -> List[TrialRecord]:
-        """The k best, without sorting them all (a 10,000-trial sweep asks this at every trial's
-        end and four times a second for its display)."""
+        """The search's k best, without sorting them all (a 10,000-trial sweep asks this at every
+        trial's end and four times a second for its display)."""
         import heapq
         pool = list(self.trials.values()) if among is None else list(among)
-        return heapq.nsmallest(k, (r for r in pool if self.metric in r.best), key=self.rank_of)
+        return heapq.nsmallest(k, (r for r in pool if self.metric in r.best and r.phase == "search"),
+                               key=self.rank_of)
+
+    def confirmations(self) -> List[TrialRecord]:
+        return [r for r in list(self.trials.values()) if r.phase == "confirm"]
 
     def rank_of(self, rec: TrialRecord) -> Tuple[float, float]:
         return rank_key(rec.best[self.metric], rec.best.get("val_loss"), self.mode)
@@ -260,9 +304,12 @@ class Ledger:
         missing, or its epochs would be written again when Tune restores it)."""
         self.lost = set()
         for row in trial_rows:
-            config = config_of(row)
-            rec = TrialRecord(row["trial_id"], {k: config.get(k) for k in self.hp_keys}, config,
-                              row["started_at"].timestamp() if row["started_at"] else time.time())
+            rec = TrialRecord(row["trial_id"], {}, {}, row["started_at"].timestamp() if row["started_at"] else time.time())
+            self.fill_config(rec, config_of(row))
+            if row.get("confirms"):
+                rec.of, rec.phase = row["confirms"], "confirm"
+            rec.seed = row["seed"] if row.get("seed") is not None else rec.seed
+            rec.test = {m: row[m] for m in schema.TEST_METRICS if row.get(m) is not None}
             rec.status, rec.stop_reason, rec.epochs = row["status"], row["stop_reason"] or "", row["epochs"] or 0
             rec.ended_at = row["ended_at"].timestamp() if row["ended_at"] else None
             rec.node_ip, rec.device, rec.global_batch = row["node_ip"], row["device"], row["global_batch"]

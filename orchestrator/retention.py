@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pyarrow.fs as pafs
 
@@ -44,7 +44,7 @@ class Retention:
     it from that checkpoint."""
 
     def __init__(self, keep: str, filesystem):
-        self.keep, self.filesystem = keep, filesystem   # best | all | none
+        self.keep, self.filesystem = keep, filesystem   # best | all | none | defer
         self.candidates: Dict[str, Any] = {}   # trial_id -> its latest checkpoint, while it may be kept
         self._due: List[Tuple[Any, bool]] = []      # (checkpoint, keep_latest) queued since the last snapshot
         self._due_saved: List[Tuple[Any, bool]] = []   # and before it
@@ -57,6 +57,8 @@ class Retention:
         if checkpoint is None or self.keep == "all":
             return False
         self.candidates[rec.trial_id] = checkpoint
+        if self.keep == "defer":   # a confirmation's runs: kept until its winner is known (choose)
+            return False
         records = ledger.trials
         best = ledger.top(1, among=[records[t] for t in self.candidates if t in records])   # a candidate or two
         keep = best[0].trial_id if best and self.keep == "best" else None
@@ -69,6 +71,15 @@ class Retention:
             if tid in records and records[tid].checkpoint:
                 records[tid].checkpoint = None
         return True
+
+    def choose(self, trial_id: Optional[str], ledger) -> None:
+        """The deferred choice: ``trial_id``'s latest checkpoint stays (named in trials.parquet),
+        every other candidate's go."""
+        for tid, ckpt in list(self.candidates.items()):
+            delete_checkpoints(ckpt, keep_latest=tid == trial_id)
+            if tid == trial_id and tid in ledger.trials:
+                ledger.trials[tid].checkpoint = ckpt.path
+        self.candidates = {}
 
     def kept(self, rec) -> None:
         """A resumed record whose checkpoint was kept: it goes when a better trial ends."""

@@ -19,6 +19,10 @@ CORE_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "momentu
 # Summaries kept per trial in trials.parquet: best and last of these.
 SUMMARY_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
 LOWER_IS_BETTER = {"train_loss", "val_loss"}
+# Read once, by a confirmation trial's final model only (#28): in trials.parquet, and in that
+# epoch row's extras.
+TEST_METRICS = ("test_acc", "test_loss")
+PHASES = ("search", "confirm")
 
 STATUSES = ("running", "completed", "pruned", "diverged", "errored", "stopped")
 
@@ -36,7 +40,8 @@ TRIAL_FIXED = [
     ("wall_seconds", pa.float64()), ("started_at", pa.timestamp("ms", tz="UTC")),
     ("ended_at", pa.timestamp("ms", tz="UTC")), ("node_ip", pa.string()), ("device", pa.string()),
     ("global_batch", pa.int64()), ("config", pa.string()), ("retries", pa.int32()),
-    ("checkpoint", pa.string()),
+    ("checkpoint", pa.string()), ("phase", pa.string()), ("confirms", pa.string()), ("seed", pa.int64()),
+    ("test_acc", pa.float64()), ("test_loss", pa.float64()),
 ]
 TRIAL_METRIC_COLUMNS = ([(f"best_{m}", pa.float64()) for m in SUMMARY_METRICS]
                         + [(f"last_{m}", pa.float64()) for m in CORE_METRICS])

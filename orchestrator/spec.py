@@ -64,6 +64,14 @@ class CheckpointSpec(Section):
     max_failures: Int = Field(2, ge=-1, description="retries of a failed trial from its last checkpoint (a lost worker or node; Tune retries any error); -1: forever")
 
 
+class ConfirmSpec(Section):
+    """After the search, the best configurations trained again with new seeds, for their full
+    schedule: the winner is the best mean, and each final model reads the test split once."""
+    top: Int = Field(2, ge=0, description="finalists: the search's best configurations; 0: no confirmation")
+    seeds: Int = Field(2, ge=1, le=100, description="new seeds for each finalist (the same seeds for all: "
+                       "a paired comparison)")
+
+
 class MlflowSpec(Section):
     """MLflow as a second tracking sink (pip install 'tunesmith[mlflow]')."""
     uri: Optional[str] = Field(None, description="tracking server, e.g. http://127.0.0.1:5000; null: off")
@@ -149,6 +157,7 @@ class SweepSpec(Section):
     results_dir: str = Field("results", min_length=1, description="a path, or a URI such as s3://bucket/prefix")
     time_budget_s: OptPosNum = Field(None, description="the command's wall-clock budget in seconds, from its start (Ray's start-up and smith's stages included)")
     checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    confirm: ConfirmSpec = Field(default_factory=ConfirmSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     _plan: Optional[SearchSpec] = PrivateAttr(None)
 
@@ -234,7 +243,7 @@ class SweepSpec(Section):
                 "search": self.plan.to_dict(), "asha": to_dict(self.asha),
                 "resources": to_dict(self.resources), "metric": self.metric, "mode": self.mode,
                 "results_dir": self.results_dir, "time_budget_s": self.time_budget_s,
-                "checkpoints": to_dict(self.checkpoints), "tracking": {"mlflow": to_dict(self.mlflow)}}
+                "checkpoints": to_dict(self.checkpoints), "confirm": to_dict(self.confirm), "tracking": {"mlflow": to_dict(self.mlflow)}}
         if not secrets:
             out["results_dir"] = redact(out["results_dir"])
             if out["tracking"]["mlflow"]["uri"]:

@@ -75,6 +75,19 @@ class SweepStopper(Stopper):
         self.failure = reason
         self.event.set()
 
+    def release_hold(self, hold_back=None) -> bool:
+        """What was held back is the next phase's now (a confirmation after its search):
+        ``hold_back`` is what stays held for after it (smith's stage 3). Whether time is left."""
+        self.hold_back = hold_back
+        end = None if self.deadline is None else self.deadline - (hold_back() if hold_back else 0.0)
+        if end is not None and time.time() >= end:
+            return False
+        self.timed_out.clear()
+        if self.keeper is not None and end is not None:
+            self.keeper.set.remote(end)
+            self._published = end
+        return True
+
     def __call__(self, trial_id, result):
         return False
 

@@ -13,9 +13,11 @@ import pyarrow as pa
 import yaml
 
 from tunesmith.cluster.connect import ClusterInfo
-from tunesmith.cluster.resources import TRIAL_SLIVER_CPU, data_parallel_cpus, fits_one_node, max_concurrent
 from tunesmith.orchestrator import manifest as manifest_mod
+from tunesmith.orchestrator.ledger import hold_for_epochs
 from tunesmith.orchestrator.spec import SweepSpec, plan_text, trial_count
+from tunesmith.orchestrator.tune_parts import (concurrency_for, ddp_options, light_usage_tagging, trial_dirname,
+                                               trial_resources)
 from tunesmith.cluster.storage import Storage
 from tunesmith.trainables.config import ConfigError
 
@@ -30,6 +32,8 @@ class SweepOutcome:
     timed_out: bool = False   # the time budget ran out (before the last trial ended)
     budget_left_s: Optional[float] = None   # what was left of it when the sweep began
     failure: Optional[str] = None           # why it stopped early: its results could not be written
+    confirmed: Optional[object] = None      # confirm.Verdict: the finalists over new seeds, and the test figure
+    unconfirmed: str = ""                   # why no confirmation ran, where one was asked for
 
     @property
     def path(self) -> str:
@@ -99,65 +103,6 @@ def build_scheduler(spec: SweepSpec):
                          reduction_factor=spec.asha.reduction_factor, rungs=spec.milestones[:-1] or None)
 
 
-def concurrency_for(spec: SweepSpec, cluster: ClusterInfo) -> int:
-    """Tune does not count the GPUs and CPUs of a trial's Train workers: the cap counts them
-    (ray#18332)."""
-    r = spec.resources
-    fits_one_node(cluster.node_cpus, cluster.node_gpus, r.cpus, r.gpus, r.ranks)
-    cpus = data_parallel_cpus(cluster.cpus, r.cpus, r.ranks) if r.ranks > 1 else r.cpus
-    return max_concurrent(cluster.cpus, cluster.gpus, cpus, r.gpus, spec.plan.max_concurrent)
-
-
-def ddp_options(spec: SweepSpec, storage: Storage) -> Optional[dict]:
-    """For a data-parallel trial: its ranks, their resources, and where Ray Train keeps its runs
-    (named per trial, so a retried trial resumes its own)."""
-    r = spec.resources
-    if r.ranks <= 1:
-        return None
-    return {"workers": r.ranks, "use_gpu": r.gpus > 1, "cpus_per_worker": r.cpus,
-            "storage_path": storage.path(spec.name, "_train"), "sweep": spec.name,
-            "filesystem": None if storage.is_local else storage.fs}
-
-
-def trial_resources(spec: SweepSpec) -> dict:
-    """What Tune reserves for a trial: all of it, or a sliver when Ray Train's workers hold the
-    real resources ({"cpu": 0} is refused)."""
-    if spec.resources.ranks > 1:
-        return {"cpu": TRIAL_SLIVER_CPU}
-    return {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
-
-
-def _trial_dirname(trial) -> str:
-    return trial.trial_id   # short, stable names: Ray's default embeds the whole config
-
-
-def _tag_callbacks(callbacks) -> bool:
-    """Ray Tune records which callbacks a run uses in Ray's usage statistics; to tell its own
-    from a user's, Ray's version imports Ray's W&B, MLflow, Comet and Aim integrations, which
-    import their libraries where installed: mlflow alone took 1.4 s on 2 cores, in the driver,
-    before the first trial of every sweep. This records the same tag from each callback's class
-    and module alone: Ray's own by name, the others counted by kind."""
-    import json
-    from ray._common.usage.usage_lib import TagKey, record_extra_usage_tag
-    from ray.tune import Callback
-    from ray.tune.logger import LoggerCallback
-    counts: dict = {}
-    for cb in callbacks or []:
-        if isinstance(cb, Callback):
-            kind = type(cb).__name__ if type(cb).__module__.startswith("ray.") else \
-                "CustomLoggerCallback" if isinstance(cb, LoggerCallback) else "CustomCallback"
-            counts[kind] = counts.get(kind, 0) + 1
-    if counts:
-        record_extra_usage_tag(TagKey.AIR_CALLBACKS, json.dumps(counts))
-    return bool(counts)
-
-
-def light_usage_tagging() -> None:
-    """Before a Tuner's fit: Tune looks the function up in its module at each run."""
-    from ray.air._internal import usage as air_usage
-    air_usage.tag_callbacks = _tag_callbacks
-
-
 def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainable: Optional[Callable] = None,
                 stopper=None, progress: bool = False, write_results: bool = True, data_streams: bool = False,
                 manifest: Optional[dict] = None, pilot=None):
@@ -185,7 +130,8 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
                               metric=spec.metric, mode=spec.mode,
                               pruned=scheduler.pruned if scheduler is not None else None,
                               write=write_results, stopper=stopper,
-                              keep_checkpoints=spec.checkpoints.keep, scheduler=scheduler, sinks=extra_sinks)
+                              keep_checkpoints=spec.checkpoints.keep, scheduler=scheduler, sinks=extra_sinks,
+                              seed=spec.seed)
     from tunesmith.orchestrator.display import NoTrialLines
     callbacks = [callback, NoTrialLines()]
     if progress:
@@ -213,7 +159,7 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
             search_alg=build_search(spec, concurrency, None if pilot is None else pilot.holding),
             scheduler=scheduler, num_samples=spec.plan.num_samples,
             max_concurrent_trials=concurrency, reuse_actors=True,   # actor start-up is most of Tune's per-trial cost
-            trial_dirname_creator=_trial_dirname),   # no time_budget_s: the stopper keeps the deadline
+            trial_dirname_creator=trial_dirname),   # no time_budget_s: the stopper keeps the deadline
         run_config=tune.RunConfig(
             # Ray gets our filesystem object, so a URI's endpoint and credentials carry over
             name="_tune", storage_path=storage.path(spec.name),
@@ -262,12 +208,20 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
     if deadline is None and spec.time_budget_s:
         deadline = (began if started is None else started) + spec.time_budget_s
     stopper = SweepStopper(deadline)
-    if hold_back is not None and deadline is not None:
+    confirming = trainable is None and spec.confirm.top > 0   # a test's own trainable reads no test split
+    if (hold_back is not None or confirming) and deadline is not None:
         stopper.keep_for_trials()
     tuner, callback, concurrency = build_tuner(spec, storage, cluster, trainable, stopper, progress,
                                              data_streams=not in_memory, manifest=man, pilot=pilot)
-    if hold_back is not None:
-        stopper.hold_back = lambda: hold_back(callback.ledger)
+    after = (lambda: hold_back(callback.ledger)) if hold_back is not None else None
+    if confirming and deadline is not None:   # the search stops in time for its confirmation
+        rounds = -(-spec.confirm.top * spec.confirm.seeds // max(1, concurrency))
+        stopper.hold_back = lambda: (after() if after else 0.0) + hold_for_epochs(callback.ledger,
+                                                                                  rounds * spec.trainer.epochs)
+    else:
+        stopper.hold_back = after
+    callback.hold_open = confirming
+    verdict, unconfirmed = None, ""
     if progress:
         print(f"sweep {spec.name}: {plan_text(spec)}; {min(concurrency, trial_count(spec))} at a time"
               f"{', ASHA' if spec.asha.enabled else ''}; "
@@ -287,6 +241,16 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
         status = "interrupted" if stopper.event.is_set() else "finished"
         if callback.failure:
             status = f"failed: {callback.failure}"
+        if confirming:
+            unconfirmed = ("the search was interrupted" if status != "finished" else
+                           "the time budget ran out in the search" if not stopper.release_hold(after) else "")
+        if confirming and not unconfirmed:
+            from tunesmith.orchestrator.confirm import run_phase
+            verdict = run_phase(spec, storage, cluster, callback, stopper, not in_memory, progress)
+            status = "interrupted" if stopper.event.is_set() else status
+            if callback.failure:
+                status = f"failed: {callback.failure}"
+            unconfirmed = "" if verdict is not None else "the search left no finalist"
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -302,6 +266,8 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
                    wall_seconds=round(time.monotonic() - start, 3),
                    trials=callback.ledger.status_counts())
         _say_skipped(spec, man, trainable is None and in_memory, callback.unreadable)
+        if verdict is not None:
+            man["confirm"] = verdict.to_dict()
         try:
             storage.write_bytes(f"{spec.name}/manifest.json", manifest_mod.dumps(man))
         except (OSError, pa.ArrowException) as exc:
@@ -311,7 +277,7 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
                   file=sys.stderr, flush=True)
     return SweepOutcome(spec, storage, callback.ledger, time.monotonic() - start, status == "interrupted",
                         stopper.timed_out.is_set(), None if deadline is None else deadline - began,
-                        failure=callback.failure)
+                        failure=callback.failure, confirmed=verdict, unconfirmed=unconfirmed)
 
 
 def _say_skipped(spec: SweepSpec, man: dict, shared: bool, streamed: Dict[str, str]) -> None:

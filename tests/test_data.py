@@ -9,15 +9,26 @@ from tunesmith.trainables.config import ConfigError, DatasetConfig
 from tunesmith.trainables.data_check import check_dataset_files
 
 
-def test_digits_split_is_seeded_and_75_25():
+def test_digits_split_is_seeded_train_val_and_test():
     a = data.load_digits(DatasetConfig())
     b = data.load_digits(DatasetConfig())
     c = data.load_digits(DatasetConfig(split_seed=1))
-    assert len(a.train_y) + len(a.val_y) == 1797
-    assert len(a.val_y) == round(1797 * 0.25)
+    assert len(a.train_y) + len(a.val_y) + a.test_size == 1797
+    assert len(a.val_y) == round(1797 * 0.25) and a.test_size == round(1797 * 0.15)
     assert a.shape == (1, 8, 8) and a.num_classes == 10
-    assert torch.equal(a.val_y, b.val_y)
+    assert torch.equal(a.val_y, b.val_y) and torch.equal(a.test_y, b.test_y)
     assert not torch.equal(a.val_y, c.val_y)
+    # the validation rows do not move with test_fraction: a figure stays comparable with older ones
+    off = data.load_digits(DatasetConfig(test_fraction=0))
+    assert off.test_size == 0 and len(off.train_y) + len(off.val_y) == 1797
+    assert torch.equal(off.val_x, a.val_x)
+    # test rows are neither trained on nor validated on
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(1797, generator=g)
+    tr, va, te = image_data.split_index(1797, DatasetConfig())
+    assert set(tr.tolist()).isdisjoint(te.tolist()) and set(va.tolist()).isdisjoint(te.tolist())
+    assert sorted(tr.tolist() + va.tolist() + te.tolist()) == list(range(1797))
+    assert torch.equal(va, perm[:449])
     # kept as the source's integers; normalised per batch with the training set's statistics
     assert a.train_x.dtype == torch.uint8 and int(a.train_x.max()) == 16
     x = a.normalise(a.train_x)
@@ -47,8 +58,8 @@ def test_imagefolder_loads_classes_resizes_and_splits(tmp_path):
     d = data.load_imagefolder(cfg)
     assert d.classes == ("cat", "dog", "fox")
     assert d.shape == (3, 16, 16)
-    assert len(d.train_y) + len(d.val_y) == 18
-    assert len(d.val_y) == round(18 * 0.25)
+    assert len(d.train_y) + len(d.val_y) + d.test_size == 18
+    assert len(d.val_y) == round(18 * 0.25) and d.test_size == round(18 * 0.15)
     gray = data.load_imagefolder(DatasetConfig(name="imagefolder", data_dir=str(tmp_path / "letters"),
                                                image_size=8, channels=1))
     assert gray.shape == (1, 8, 8)
@@ -88,7 +99,8 @@ def test_mnist_from_local_raw_files(tmp_path):
         idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28)), 2051)
         idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, (n,)), 2049)
     d = data.load_torchvision(DatasetConfig(name="mnist", data_dir=str(tmp_path)))
-    assert d.shape == (1, 28, 28) and len(d.train_y) == 40 and len(d.val_y) == 12
+    # the official test split is the test set; validation is split off the training part
+    assert d.shape == (1, 28, 28) and d.test_size == 12 and len(d.val_y) == 10 and len(d.train_y) == 30
 
 
 def test_synthetic_shape_and_cache():
@@ -154,7 +166,7 @@ def test_imagefolder_as_users_have_it(tmp_path, capsys):
     _nested_folder(tmp_path / "f")
     d = data.load_imagefolder(DatasetConfig(name="imagefolder", data_dir=str(tmp_path / "f"), image_size=16))
     assert d.classes == ("ant", "bee", "cow") and d.shape == (3, 16, 16)
-    assert len(d.train_y) + len(d.val_y) == 36   # the broken file skipped, the text file ignored
+    assert len(d.train_y) + len(d.val_y) + d.test_size == 36   # the broken file skipped, the text file ignored
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "skipped 1 unreadable image" in out and "broken.jpg" in out
 
@@ -217,7 +229,7 @@ def test_explicit_train_and_val_folders_are_used(tmp_path):
     _make_folder(tmp_path / "f" / "train", per_class=5)
     _make_folder(tmp_path / "f" / "val", per_class=2)
     d = data.load_imagefolder(DatasetConfig(name="imagefolder", data_dir=str(tmp_path / "f"), image_size=8))
-    assert len(d.train_y) == 15 and len(d.val_y) == 6
+    assert len(d.train_y) + d.test_size == 15 and len(d.val_y) == 6 and d.test_size == 2   # test split off train/
 
 
 def test_forcing_memory_over_the_budget_is_refused_before_decoding(tmp_path):
@@ -275,9 +287,10 @@ def test_split_is_two_views_of_one_buffer_in_the_old_order():
     g = torch.Generator().manual_seed(cfg.split_seed)   # load_synthetic's own draw, then the split
     x = torch.randint(0, 256, (3000, 1, 8, 8), generator=g, dtype=torch.uint8)
     y = torch.randint(0, 10, (3000,), generator=g)
-    tr, va = image_data.split_index(3000, cfg)
-    assert torch.equal(d.train_x, x[tr]) and torch.equal(d.val_x, x[va])
-    assert torch.equal(d.train_y, y[tr]) and torch.equal(d.val_y, y[va])
+    tr, va, te = image_data.split_index(3000, cfg)
+    assert d.test_x.untyped_storage().data_ptr() == d.train_x.untyped_storage().data_ptr()
+    assert torch.equal(d.train_x, x[tr]) and torch.equal(d.val_x, x[va]) and torch.equal(d.test_x, x[te])
+    assert torch.equal(d.train_y, y[tr]) and torch.equal(d.val_y, y[va]) and torch.equal(d.test_y, y[te])
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 257])
@@ -325,7 +338,12 @@ def test_train_beside_test_is_not_two_classes_and_the_test_folder_is_not_read(tm
     plan = folder.scan(DatasetConfig(name="imagefolder", data_dir=str(tmp_path / "f"), image_size=8))
     assert plan.classes == ["cat", "dog", "fox"] and not plan.explicit_val
     assert all("/test/" not in f for f in plan.train_files + plan.val_files)
-    assert "test/ left unread" in plan.describe()
+    assert len(plan.test_files) == 9 and all("/test/" in f for f in plan.test_files)
+    assert "test/ for the test" in plan.describe()
+    d = plan.load()   # test/ is the test part, read by no trial: only by test_batches
+    assert d.test_size == 9 and len(d.train_y) + len(d.val_y) == 24
+    streamed = plan.stream()
+    assert streamed.test_size == 9 and sum(len(y) for _, y in streamed.test_batches(4)) == 9
 
 
 def test_an_empty_val_folder_is_one_line(tmp_path):
@@ -361,11 +379,12 @@ def test_a_class_name_that_is_not_utf8_is_shown_not_fatal(tmp_path):
 
 
 def test_an_image_past_the_pixel_limit_is_skipped_and_named(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(folder, "MAX_PIXELS", 150 * 150)
+    from tunesmith.trainables import streaming
+    monkeypatch.setattr(streaming, "MAX_PIXELS", 150 * 150)
     _make_folder(tmp_path / "f", per_class=6)
     Image.fromarray(np.zeros((200, 200, 3), np.uint8)).save(tmp_path / "f" / "dog" / "huge.png")
     d = data.load_imagefolder(DatasetConfig(name="imagefolder", data_dir=str(tmp_path / "f"), image_size=8))
-    assert len(d.train_y) + len(d.val_y) == 18
+    assert len(d.train_y) + len(d.val_y) + d.test_size == 18
     assert [p for p, _ in d.skipped] == ["dog/huge.png"] and "megapixel limit" in d.skipped[0][1]
     assert "skipped 1 unreadable image: dog/huge.png (ValueError: 200x200 pixels" in capsys.readouterr().out
 

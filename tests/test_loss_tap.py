@@ -142,8 +142,8 @@ def _big_batch_rank(rank, port, out):
 
 
 def test_a_data_parallel_batch_larger_than_the_training_set_trains():
-    """2 ranks of 1,024 on digits' 1,348 training images failed inside the ranks; each now
+    """2 ranks of 1,024 on digits' 1,078 training images failed inside the ranks; each now
     takes half of the whole set, one step an epoch, and both report the same loss."""
     results = _two_ranks(_big_batch_rank)
     (_, batch0, steps0, loss0), (_, batch1, steps1, loss1) = results
-    assert batch0 == batch1 == 1348 and steps0 == steps1 == 1 and math.isfinite(loss0) and loss0 == loss1
+    assert batch0 == batch1 == 1078 and steps0 == steps1 == 1 and math.isfinite(loss0) and loss0 == loss1

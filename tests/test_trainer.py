@@ -175,7 +175,8 @@ def test_a_run_that_fits_its_deadline_keeps_its_schedule(step_clock):
 
 
 def test_huge_lr_diverges_and_stops_at_once():
-    out = list(Trainer(_cfg(lr=1e4, epochs=5, schedule="constant"), cpu_threads=1).run())
+    # batches of 64: an epoch of more steps than the monitor's warm-up
+    out = list(Trainer(_cfg(lr=1e4, epochs=5, schedule="constant", per_gpu_batch_size=64), cpu_threads=1).run())
     assert len(out) == 1, "a diverged run must not train on"
     assert out[0]["diverged"] is True and out[0]["stop_reason"].startswith("diverged")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import typing
-from typing import Annotated, Any, Literal, Mapping, Optional, Tuple, Type, TypeVar, Union
+from typing import Annotated, Any, Dict, Literal, Mapping, Optional, Tuple, Type, TypeVar, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
@@ -205,6 +205,9 @@ class DatasetConfig(Section):
     data_dir: Optional[str] = Field(None, description="torchvision sets and imagefolder: where the files are")
     download: bool = Field(False, description="torchvision sets: download when missing (only when asked)")
     val_fraction: Num = Field(0.25, gt=0, lt=1, description="share held out for validation")
+    test_fraction: Num = Field(0.15, ge=0, lt=1, description="share held out as the test split, read only by the "
+                               "finalists' final models (0: none; torchvision sets and an imagefolder's test/ "
+                               "folder are their own)")
     split_seed: Int = Field(0, description="the split never moves with the trial seed")
     image_size: OptPosInt = Field(None, description="imagefolder and synthetic: side in pixels")
     channels: Optional[Annotated[int, Field(ge=1, le=3), NO_BOOL_INT]] = Field(
@@ -221,6 +224,13 @@ class DatasetConfig(Section):
     memory_budget: Num = Field(0.25, gt=0, le=1, description="share of the node's free memory a decoded "
                                "dataset may take before it streams")
     workers: OptPosInt = Field(None, description="streaming: decoding worker processes")
+
+    @model_validator(mode="after")
+    def _shares(self):
+        if self.val_fraction + self.test_fraction >= 0.95:
+            raise ConfigError("dataset.test_fraction", self.test_fraction, f"with val_fraction {self.val_fraction:g} "
+                              "leaves under 5% of the images to train on")
+        return self
 
 
 class ModelConfig(Section):
@@ -342,6 +352,20 @@ class TrainConfig(BaseModel):
             else:
                 data[section][name] = _plain(value)
         return TrainConfig.from_dict(data, prefix)
+
+
+CONFIRM = "confirm"   # a confirmation trial's config: {"confirm": {settings..., "seed": s, "of": trial id}}
+
+
+def unpack(config: Mapping[str, Any]) -> Tuple[Dict[str, Any], Optional[str]]:
+    """(the settings a trial trains with, the search trial it confirms or None). A confirmation
+    trial is a finalist's settings with a new seed, trained for its full schedule: the only kind
+    whose final model reads the test split (#28)."""
+    if CONFIRM not in config:
+        return dict(config), None
+    point = dict(config[CONFIRM])
+    of = point.pop("of", None)
+    return {**{k: v for k, v in config.items() if k != CONFIRM}, **point}, of
 
 
 def resolve_key(key: str, prefix: str = "") -> tuple:

@@ -27,7 +27,7 @@ from tunesmith.trainables.config import ConfigError, DatasetConfig
 from tunesmith.trainables.data_check import check_dataset_files
 
 
-from tunesmith.trainables.image_data import ImageData, finish, finish_split
+from tunesmith.trainables.image_data import ImageData, finish, finish_split, split_index
 
 
 def _digits_arrays():
@@ -64,8 +64,9 @@ def load_torchvision(cfg: DatasetConfig) -> ImageData:
         x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)   # CIFAR is N x H x W x C
         return x, torch.as_tensor(ds.targets, dtype=torch.int64)
 
-    (tx, ty), (vx, vy) = tensors(train), tensors(test)   # the official split is the validation set
-    return finish_split(tx, ty, vx, vy, train.classes, 1 / 255)
+    (x, y), (ex, ey) = tensors(train), tensors(test)   # the official test split is the test set
+    tr, va, _ = split_index(len(x), cfg, test=False)   # validation split off the training part
+    return finish_split(x[tr], y[tr], x[va], y[va], train.classes, 1 / 255, ex, ey)
 
 
 def load_generated(cfg: DatasetConfig) -> ImageData:

@@ -19,57 +19,12 @@ import torch
 
 from tunesmith.trainables.config import ConfigError, DatasetConfig
 from tunesmith.trainables.folder_layout import classes_and_files, refuse_empty, split_folders
+from tunesmith.trainables.streaming import MAX_PIXELS, WIDE_MODES, StreamingData, decode
 
 PARALLEL_FROM = 2000    # fewer files decode faster in one process than a pool starts
 STATS_SAMPLE = 2000     # streaming: the normalisation statistics come from this many images
 MODE_SAMPLE = 64        # dataset.channels unset: this many images' headers decide grey or colour
-WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")   # PIL's grey modes deeper than 8 bits
 GREY_MODES = ("1", "L", "LA") + WIDE_MODES                     # PIL's modes without colour
-MAX_PIXELS = 100_000_000   # an image past this is skipped and named: a decompression bomb, or a scan no
-                           # CNN here trains on at full size (PIL itself only warns below 179 MP)
-
-
-def _as_8bit(im):
-    """A 16-bit, 32-bit or float grey image as 8-bit grey, scaled, where PIL's convert clips (a
-    16-bit scan came out white): values above 255 are taken as 16-bit, floats up to 1 as [0, 1].
-    The rule is fixed, not per image, so images keep their brightness relative to each other."""
-    from PIL import Image
-    a = np.asarray(im, dtype=np.float32)   # half float64's memory; the image is reduced already
-    top = a.max() if a.size else 0.0
-    if im.mode == "F" and top <= 1.0:
-        a = a * 255.0
-    elif im.mode != "F" and top > 255:
-        a = a / 257.0
-    return Image.fromarray(np.clip(a, 0, 255).round().astype(np.uint8), "L")
-
-
-def decode(path: str, size: int, mode: str) -> np.ndarray:
-    """One image as uint8 C x size x size: converted to ``mode`` (L or RGB), resized bilinearly.
-    The same function serves both paths, so both see the same pixels. A large image is brought
-    toward the target size while it is decoded (a JPEG's DCT scaling, PIL's reduce) so that a scan
-    never sits in memory at full depth; one past MAX_PIXELS is refused (skipped and named)."""
-    from PIL import Image
-    with Image.open(path) as im:
-        w, h = im.size
-        if w * h > MAX_PIXELS:
-            raise ValueError(f"{w}x{h} pixels, past the {MAX_PIXELS / 1e6:g}-megapixel limit")
-        if im.format == "JPEG":
-            im.draft(None, (size, size))   # decoded at 1/2, 1/4 or 1/8 scale where that still covers size
-        factor = min(im.size) // (2 * size)
-        if im.mode in WIDE_MODES:
-            if im.mode.startswith("I;16"):
-                im = im.convert("I")   # 4 bytes a pixel, which reduce takes
-            if factor >= 2:
-                im = im.reduce(factor)
-            im = _as_8bit(im)
-        elif factor >= 2:
-            try:
-                im = im.reduce(factor)
-            except ValueError:   # a mode reduce does not take (a palette): resized below
-                pass
-        im = im.convert(mode).resize((size, size), Image.BILINEAR)
-        arr = np.array(im, dtype=np.uint8)   # a copy: PIL's own buffer is read-only, which torch warns of
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
 def decode_workers(peak_bytes: int, memory: int) -> int:
@@ -90,15 +45,15 @@ def _decode_chunk(args) -> Tuple[int, np.ndarray, List[Tuple[int, str]]]:
     return start, out, bad
 
 
-def _drop_rows(x: np.ndarray, y: torch.Tensor, bad: Sequence[int], n_train: int):
-    """Remove the unreadable rows in place (each good row moves up), keeping the train rows
-    first; the buffer is not copied."""
+def _drop_rows(x: np.ndarray, y: torch.Tensor, bad: Sequence[int], ends: Tuple[int, ...]):
+    """Remove the unreadable rows in place (each good row moves up), keeping the parts in order;
+    the buffer is not copied. ``ends``: where each part but the last ends, as they end after."""
     drop = set(bad)
     keep = [i for i in range(len(x)) if i not in drop]
     for j, i in enumerate(keep):
         if i != j:
             x[j] = x[i]
-    return x[:len(keep)], y[keep], sum(1 for i in keep if i < n_train)
+    return x[:len(keep)], y[keep], tuple(sum(1 for i in keep if i < end) for end in ends)
 
 
 def own_mode(files: Sequence[str]) -> str:
@@ -154,6 +109,8 @@ class FolderPlan:
     why: str
     non_images: int = 0
     explicit_val: bool = False
+    test_files: List[str] = field(default_factory=list)    # a test/ folder's; else split off by test_fraction
+    test_labels: List[int] = field(default_factory=list)
     skipped: List[Tuple[str, str]] = field(default_factory=list)
     layout: str = "one folder per class; validation split off by dataset.val_fraction"
     decoders: int = 1        # decoding processes: a core each, within the memory the largest image needs
@@ -163,7 +120,7 @@ class FolderPlan:
         return 1 if self.mode == "L" else 3
 
     def describe(self) -> str:
-        n = len(self.train_files) + len(self.val_files)
+        n = len(self.train_files) + len(self.val_files) + len(self.test_files)
         how = (f"streaming, {self.workers()} workers" if self.streams else "in memory, shared")
         return (f"{how}: {n} images of {self.channels}x{self.size}x{self.size}, {_fmt_bytes(self.estimate)} decoded; "
                 f"{self.layout}; {self.why}")
@@ -198,29 +155,27 @@ class FolderPlan:
     def load(self):
         """Decode into one uint8 buffer, train rows first, so that the split is two views of it
         and no row is ever copied: the peak stays near the final size."""
-        from tunesmith.trainables.image_data import finish_split, split_index
-        if self.explicit_val:
-            files, labels, n_train = self.train_files + self.val_files, self.train_labels + self.val_labels, \
-                len(self.train_files)
-        else:
-            tr, va = split_index(len(self.train_files), self.cfg)   # the same split as every loader's
-            order = tr.tolist() + va.tolist()
-            files = [self.train_files[i] for i in order]
-            labels = [self.train_labels[i] for i in order]
-            n_train = len(tr)
+        from tunesmith.trainables.image_data import finish_split
+        parts = self.parts()
+        files = parts[0] + parts[2] + parts[4]
+        labels = parts[1] + parts[3] + parts[5]
+        n_train, n_val = len(parts[0]), len(parts[2])
         x, bad = self._decode_all(files)
         self._check_unreadable()
         y = torch.tensor(labels, dtype=torch.int64)
         if bad:
-            x, y, n_train = _drop_rows(x, y, bad, n_train)
+            x, y, (n_train, n_val) = _drop_rows(x, y, bad, (n_train, n_train + n_val))
+            n_val -= n_train
         t = torch.from_numpy(x)
-        data = finish_split(t[:n_train], y[:n_train], t[n_train:], y[n_train:], self.classes, 1 / 255)
+        v = n_train + n_val
+        test = (t[v:], y[v:]) if len(t) > v else (None, None)
+        data = finish_split(t[:n_train], y[:n_train], t[n_train:v], y[n_train:v], self.classes, 1 / 255, *test)
         data.skipped = tuple(self.skipped)   # the sweep's driver names them (orchestrator/data_share.py)
         self._report()
         return data
 
     def _check_unreadable(self) -> None:
-        total = len(self.train_files) + len(self.val_files)
+        total = len(self.train_files) + len(self.val_files) + len(self.test_files)
         if total and len(self.skipped) * 2 > total:
             first = ", ".join(p for p, _ in self.skipped[:3])
             raise ConfigError("dataset.data_dir", self.cfg.data_dir,
@@ -232,15 +187,7 @@ class FolderPlan:
 
     # --- streaming ----------------------------------------------------------------------
     def stream(self):
-        if self.explicit_val:
-            train_f, train_y, val_f, val_y = self.train_files, self.train_labels, self.val_files, self.val_labels
-        else:
-            from tunesmith.trainables.image_data import split_index
-            tr, va = split_index(len(self.train_files), self.cfg)
-            train_f = [self.train_files[i] for i in tr.tolist()]
-            train_y = [self.train_labels[i] for i in tr.tolist()]
-            val_f = [self.train_files[i] for i in va.tolist()]
-            val_y = [self.train_labels[i] for i in va.tolist()]
+        train_f, train_y, val_f, val_y, test_f, test_y = self.parts()
         # Statistics from an evenly spread sample: every image for small sets, as in memory.
         pick = np.linspace(0, len(train_f) - 1, min(len(train_f), STATS_SAMPLE)).round().astype(int)
         sample, bad = self._decode_all([train_f[i] for i in pick])
@@ -250,7 +197,24 @@ class FolderPlan:
         mean, std = stats(torch.from_numpy(sample[keep]), 1 / 255)
         return StreamingData(train_f, torch.tensor(train_y, dtype=torch.int64), val_f,
                              torch.tensor(val_y, dtype=torch.int64), tuple(self.classes), mean, std,
-                             self.size, self.mode, self.workers(), self.root)
+                             self.size, self.mode, self.workers(), self.root, test_f,
+                             torch.tensor(test_y, dtype=torch.int64))
+
+    def parts(self) -> Tuple[List[str], List[int], List[str], List[int], List[str], List[int]]:
+        """(train, validation, test) files and labels: a val/ and a test/ folder are their own
+        parts, and what is missing is split off the training files by split_seed (the same
+        split as every loader's)."""
+        from tunesmith.trainables.image_data import split_index
+        own_val, own_test = self.explicit_val, bool(self.test_files) or not self.cfg.test_fraction
+        if own_val and own_test:
+            return (self.train_files, self.train_labels, self.val_files, self.val_labels,
+                    self.test_files, self.test_labels)
+        tr, va, te = (i.tolist() for i in split_index(len(self.train_files), self.cfg, test=not own_test,
+                                                      val=not own_val))
+        files, labels = self.train_files, self.train_labels
+        val = (self.val_files, self.val_labels) if own_val else ([files[i] for i in va], [labels[i] for i in va])
+        test = (self.test_files, self.test_labels) if own_test else ([files[i] for i in te], [labels[i] for i in te])
+        return ([files[i] for i in tr], [labels[i] for i in tr], *val, *test)
 
     def _check_unreadable_sample(self, n: int) -> None:
         if n and len(self.skipped) * 2 > n:
@@ -266,40 +230,38 @@ def scan(cfg: DatasetConfig, budget: Optional[int] = None) -> FolderPlan:
     root = os.path.expanduser(cfg.data_dir)
     train_dir, val_dir, test_dir = split_folders(root)
     explicit = train_dir is not None and val_dir is not None
+    vfiles, vlabels, efiles, elabels = [], [], [], []
     if train_dir is not None:
         classes, files, labels, other = classes_and_files(os.path.join(root, train_dir))
         refuse_empty(cfg, classes, labels, train_dir + "/")
         if val_dir is not None:
-            vclasses, vfiles, vlabels, vother = classes_and_files(os.path.join(root, val_dir))
-            if vclasses != classes:
-                raise ConfigError("dataset.data_dir", cfg.data_dir, f"{train_dir}/ and {val_dir}/ hold different classes "
-                                  f"({len(classes)} and {len(vclasses)})")
-            if not vfiles:
-                raise ConfigError("dataset.data_dir", cfg.data_dir, f"{val_dir}/ holds no images; fill it, or remove "
-                                  f"it to split the validation set off {train_dir}/ by dataset.val_fraction")
+            vfiles, vlabels, vother = _part(cfg, root, val_dir, train_dir, classes, "validation", "val_fraction")
             other += vother
-        else:
-            vfiles, vlabels = [], []
+        if test_dir is not None and cfg.test_fraction:
+            efiles, elabels, eother = _part(cfg, root, test_dir, train_dir, classes, "test", "test_fraction")
+            other += eother
+        test = (f"{test_dir}/ for the test" if test_dir and cfg.test_fraction else
+                "no test split (dataset.test_fraction 0)" if not cfg.test_fraction else
+                "test split off it by dataset.test_fraction")
         layout = (f"{train_dir}/ for training, " + (f"{val_dir}/ for validation" if val_dir else
-                  "validation split off it by dataset.val_fraction")
-                  + (f"; {test_dir}/ left unread (no trial or selection reads a test set)" if test_dir else ""))
+                  "validation split off it by dataset.val_fraction") + f"; {test}")
     else:
         classes, files, labels, other = classes_and_files(root)
         refuse_empty(cfg, classes, labels, "")
-        vfiles, vlabels = [], []
-        layout = FolderPlan.layout
+        layout = FolderPlan.layout + ("; test split off by dataset.test_fraction" if cfg.test_fraction else
+                                      "; no test split (dataset.test_fraction 0)")
     if len(classes) < 2:
         raise ConfigError("dataset.data_dir", cfg.data_dir, "needs at least two class subfolders")
     if len(files) + len(vfiles) < 2:
         raise ConfigError("dataset.data_dir", cfg.data_dir, f"found {len(files) + len(vfiles)} images; need at least 2")
     size = cfg.image_size or 32
-    own, peak = sample_headers(files + vfiles)
+    own, peak = sample_headers(files + vfiles)   # a test/ folder's images are not looked at
     mode = ("L" if cfg.channels == 1 else "RGB") if cfg.channels else own
     channels = 1 if mode == "L" else 3
     memory = available_memory()
     workers = decode_workers(peak, memory)
     # the decoded set, and what the decoding processes hold at once while they make it
-    estimate = (len(files) + len(vfiles)) * (channels * size * size + 8) + workers * peak
+    estimate = (len(files) + len(vfiles) + len(efiles)) * (channels * size * size + 8) + workers * peak
     budget = budget if budget is not None else int(cfg.memory_budget * memory)
     shown = f"the budget is {_fmt_bytes(budget)} ({cfg.memory_budget:g} of available memory, dataset.memory_budget)"
     if cfg.stream is True:
@@ -312,7 +274,19 @@ def scan(cfg: DatasetConfig, budget: Optional[int] = None) -> FolderPlan:
     else:
         streams, why = False, f"within the memory budget: {shown}"
     return FolderPlan(cfg, root, classes, files, labels, vfiles, vlabels, size, mode, estimate, budget, streams,
-                      why, other, explicit, layout=layout, decoders=workers)
+                      why, other, explicit, efiles, elabels, layout=layout, decoders=workers)
+
+
+def _part(cfg: DatasetConfig, root: str, where: str, train_dir: str, classes, what: str, share: str):
+    """(files, labels, non-images) of a val/ or test/ folder beside ``train_dir``."""
+    pclasses, pfiles, plabels, pother = classes_and_files(os.path.join(root, where))
+    if pclasses != classes:
+        raise ConfigError("dataset.data_dir", cfg.data_dir, f"{train_dir}/ and {where}/ hold different classes "
+                          f"({len(classes)} and {len(pclasses)})")
+    if not pfiles:
+        raise ConfigError("dataset.data_dir", cfg.data_dir, f"{where}/ holds no images; fill it, or remove "
+                          f"it to split the {what} set off {train_dir}/ by dataset.{share}")
+    return pfiles, plabels, pother
 
 
 def skipped_text(data_dir: str, skipped) -> str:
@@ -322,76 +296,3 @@ def skipped_text(data_dir: str, skipped) -> str:
     return f"imagefolder {data_dir}: skipped {len(skipped)} unreadable image{'s' if len(skipped) > 1 else ''}: {names}{more}"
 
 
-class _FileSet(torch.utils.data.Dataset):
-    """Decodes one file per item. An unreadable file yields the next readable one (a stable
-    choice, so epochs stay reproducible), and the item names it: the decoding worker's own output
-    reaches no terminal, so the trial reports it and the sweep's driver names it."""
-
-    def __init__(self, files: Sequence[str], size: int, mode: str, root: str):
-        self.files, self.size, self.mode, self.root = list(files), size, mode, root
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int):
-        bad = []
-        for k in range(len(self.files)):
-            j = (i + k) % len(self.files)
-            try:
-                return torch.from_numpy(decode(self.files[j], self.size, self.mode)), i, bad
-            except Exception as exc:   # noqa: BLE001
-                bad.append((os.path.relpath(self.files[j], self.root), type(exc).__name__))
-        raise ConfigError("dataset.data_dir", self.root, "no readable image")
-
-
-def _collate(items):
-    xs, idx, bad = zip(*items)
-    return torch.stack(xs), torch.tensor(idx), [b for some in bad for b in some]
-
-
-class StreamingData:
-    """A folder read from disk batch by batch, in the trainer's permutation."""
-
-    def __init__(self, train_files, train_y, val_files, val_y, classes, mean, std, size, mode, workers, root):
-        from tunesmith.trainables.image_data import Normaliser
-        self.train_files, self.train_y, self.val_files, self.val_y = train_files, train_y, val_files, val_y
-        self.classes, self.mean, self.std, self.scale = classes, mean, std, 1 / 255
-        self.size, self.mode, self.workers, self.root = size, mode, workers, root
-        self.normalise = Normaliser(self.scale, mean, std)
-        self.how = f"streaming, {workers} workers"
-        self.device = torch.device("cpu")
-        self._train = _FileSet(train_files, size, mode, root)
-        self._val = _FileSet(val_files, size, mode, root)
-        self.met_unreadable: dict = {}   # file -> why, as decoding met them (the trainer reports them)
-
-    num_classes = property(lambda self: len(self.classes))
-    shape = property(lambda self: (1 if self.mode == "L" else 3, self.size, self.size))
-    nbytes = property(lambda self: 0)
-
-    def to(self, device) -> "StreamingData":
-        self.device = torch.device(device)
-        return self
-
-    def _loader(self, dataset, batches):
-        return torch.utils.data.DataLoader(
-            dataset, batch_sampler=batches, num_workers=self.workers, collate_fn=_collate,
-            pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.workers else None,
-            multiprocessing_context="fork" if self.workers else None)
-
-    def epoch(self, perm: torch.Tensor, batch: int, steps: int):
-        chunks = [perm[i * batch:(i + 1) * batch].tolist() for i in range(steps)]
-        y_all = self.train_y
-        for x, idx, bad in self._loader(self._train, chunks):
-            self.met_unreadable.update(bad)
-            yield self.normalise(x.to(self.device, non_blocking=True)), y_all[idx].to(self.device)
-
-    def val_batches(self, batch: int):
-        chunks = [list(range(i, min(i + batch, len(self.val_files)))) for i in range(0, len(self.val_files), batch)]
-        for x, idx, bad in self._loader(self._val, chunks):
-            self.met_unreadable.update(bad)
-            yield self.normalise(x.to(self.device, non_blocking=True)), self.val_y[idx].to(self.device)
-
-    def val_sample(self, n: int):
-        n = min(n, len(self.val_files))
-        x = torch.stack([self._val[i][0] for i in range(n)])
-        return self.normalise(x.to(self.device)), self.val_y[:n].to(self.device)

@@ -290,18 +290,18 @@ class Trainer:
         return perm[:steps * gb].view(steps, self.world, rb)[:, self.rank].reshape(-1)
 
     @torch.inference_mode()
-    def evaluate(self) -> Dict[str, float]:
-        self.model.eval()
+    def evaluate(self, split: str = "val") -> Dict[str, float]:
+        """``split``: val, or test, which only a finalist's final model reads (tune_trainable.py)."""
         loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         self.net.eval()
-        for x, y in self.data.val_batches(self.cfg.trainer.eval_batch_size):
+        n = len(self.data.val_y) if split == "val" else self.data.test_size
+        for x, y in getattr(self.data, f"{split}_batches")(self.cfg.trainer.eval_batch_size):
             with self._autocast():
                 logits = self.net(self._inputs(data_mod.centre_crop(x, self.tuning.eval_crop))).float()
             loss += nn.functional.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
-        n = len(self.data.val_y)
-        return {"val_loss": loss.item() / n, "val_acc": correct.item() / n}
+        return {f"{split}_loss": loss.item() / max(n, 1), f"{split}_acc": correct.item() / max(n, 1)}
 
     @torch.inference_mode()
     def preview(self, count: int = 16) -> dict:

@@ -50,13 +50,15 @@ def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[lis
     import torch
     from ray import tune
     from tunesmith.trainables import data as data_mod
+    from tunesmith.trainables.config import unpack
     from tunesmith.trainables.trainer import Trainer
 
     if deadline is not None and time.time() >= deadline:
         return
+    config, confirms = unpack(config)
     cfg = TrainConfig.from_dict(base).with_overrides(config)   # the loaders check data files on this node
     if ddp:
-        return _data_parallel(cfg, shared, checkpoint_every, ddp, deadline, keeper)
+        return _data_parallel(cfg, shared, checkpoint_every, ddp, deadline, keeper, bool(confirms))
     held = tune.get_context().get_trial_resources().required_resources
     before = _private_mb()
     arrays = None
@@ -76,6 +78,7 @@ def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[lis
         device = f"cuda:{torch.cuda.get_device_name()} x{trainer.devices}"
     for metrics in trainer.run():
         done = metrics.pop("done", False)   # Tune reserves 'done'
+        final_test(trainer, metrics, done and confirms)
         metrics["device"] = device
         metrics["global_batch"] = trainer.global_batch
         metrics.update(data_info)
@@ -86,6 +89,13 @@ def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[lis
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
         else:
             tune.report(metrics)
+
+
+def final_test(trainer, metrics: dict, due) -> None:
+    """A confirmation trial's final model, once at the end of its full schedule: the only read of
+    the test split. A run cut short (the time budget, a divergence) is no final model."""
+    if due and trainer.data.test_size and trainer.epoch >= trainer.cfg.trainer.epochs and not metrics.get("diverged"):
+        metrics.update(trainer.evaluate("test"))
 
 
 def _reader(keeper):
@@ -106,7 +116,7 @@ def _reader(keeper):
 # --- data-parallel trials: Ray Train (V2) inside the Tune trial ---------------------------------
 
 def _data_parallel(cfg: TrainConfig, shared: Optional[list], checkpoint_every: int, ddp: dict,
-                   deadline: Optional[float] = None, keeper=None) -> None:
+                   deadline: Optional[float] = None, keeper=None, confirms: bool = False) -> None:
     """The trial launches a TorchTrainer with one worker per rank and waits for it; rank 0's
     reports reach Tune through Train's TuneReportCallback. The Train run is named after the
     trial, so a retried trial resumes it from its last checkpoint. The ranks keep the sweep's
@@ -118,7 +128,7 @@ def _data_parallel(cfg: TrainConfig, shared: Optional[list], checkpoint_every: i
     trainer = TorchTrainer(
         _rank_loop,
         train_loop_config={"cfg": cfg.to_dict(), "shared": shared, "checkpoint_every": checkpoint_every,
-                           "deadline": deadline, "keeper": keeper},
+                           "deadline": deadline, "keeper": keeper, "confirms": confirms},
         scaling_config=train.ScalingConfig(num_workers=ddp["workers"], use_gpu=ddp["use_gpu"],
                                            resources_per_worker={"CPU": ddp["cpus_per_worker"],
                                                                  **({"GPU": 1} if ddp["use_gpu"] else {})}),
@@ -157,6 +167,7 @@ def _rank_loop(loop_config: dict) -> None:
     every = loop_config["checkpoint_every"]
     for metrics in trainer.run():
         done = metrics.pop("done", False)
+        final_test(trainer, metrics, done and loop_config.get("confirms"))   # every rank: the whole test part
         metrics.pop("preview", None)
         metrics.update(device=device_name, global_batch=trainer.global_batch,
                        data_mb=trainer.data.nbytes / 2 ** 20, reported_at=time.time())

@@ -54,6 +54,11 @@ def trials_table(ledger) -> pa.Table:
         cols[schema.hp_column(key)] = hp_array([r.hparams.get(key) for r in recs])
     cols["retries"] = pa.array([r.retries for r in recs], pa.int32())
     cols["checkpoint"] = pa.array([r.checkpoint for r in recs], pa.string())
+    cols["phase"] = pa.array([r.phase for r in recs], pa.string())
+    cols["confirms"] = pa.array([r.of for r in recs], pa.string())
+    cols["seed"] = pa.array([r.seed for r in recs], pa.int64())
+    for m in schema.TEST_METRICS:
+        cols[m] = pa.array([r.test.get(m) for r in recs], pa.float64())
     cols["error"] = pa.array([r.error or None for r in recs], pa.string())
     return pa.table(cols)
 

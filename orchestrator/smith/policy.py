@@ -3,11 +3,10 @@ tested like the schedules (tests/test_smith_policy.py)."""
 from __future__ import annotations
 
 import os
-import statistics
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from tunesmith.orchestrator.pilot import TRIAL_ID as PILOT_ID
+from tunesmith.orchestrator.ledger import HOLD_MARGIN, HOLD_WIND_DOWN_S, hold_for_epochs
 from tunesmith.orchestrator.spec import SweepSpec, default_grace
 from tunesmith.trainables.config import ConfigError
 
@@ -19,10 +18,7 @@ BELOW, ABOVE = 0.5, 1.5       # decades of stage 2's LR range below and above th
 DEFAULT_SAMPLES = 16          # stage-2 trials without a time budget
 BUDGET_SAMPLES = 1000         # with one: as many as the budget allows
 STAGE1_SHARE = 0.2            # at most this share of the budget for the range test
-STAGE3_START_S = 5.0          # Tune's set-up and a trial's worker start before stage 3's first epoch,
-                              # until stage 2's own start-up is measured
-STAGE3_WIND_DOWN_S = 1.5      # stage 2 stopping its trials and writing its results
-STAGE3_MARGIN = 1.2           # stage 3's epochs vary; a fitted schedule that overruns loses its end
+STAGE3_WIND_DOWN_S, STAGE3_MARGIN = HOLD_WIND_DOWN_S, HOLD_MARGIN
 PILOT_S = 10.0                # the pilot's own deadline: about Ray's start and a Tune trial's first epoch here
 CHANCE_MARGIN = 0.1           # "no better than chance": within max(0.1, chance) of guessing
 FEW_TRIALS = len(MOMENTA)     # a budget affording fewer stage-2 trials searches the LR alone: fewer
@@ -174,7 +170,7 @@ def final_spec(spec: SweepSpec, best_config: Dict[str, Any], stage2: SweepSpec) 
         section, _, field = key.rpartition(".")
         sections.setdefault(section or "trainer", {})[field] = value
     return stage2.derive(name=f"{spec.name}-final", search={"algorithm": "random", "num_samples": 1},
-                         asha={"enabled": False}, **sections)
+                         asha={"enabled": False}, confirm={"top": 0}, **sections)
 
 
 def plan_stage2(spec: SweepSpec, decision, opts: Options, samples: int, pilot: bool,
@@ -224,27 +220,9 @@ def widened(lr_range) -> Tuple[float, float]:
 
 
 def stage3_hold_back(epochs: int) -> Callable[[Any], float]:
-    """With --final and a time budget, stage 2 stops early enough for stage 3: stage 2's own
-    start-up (Tune's set-up, the trial's worker, the data: from the sweep's start to its first
-    report, less that epoch), then ``epochs`` at the median pace of stage 2's trials so far (an
-    epoch's whole cost, its report and checkpoint included; the training and validation time
-    alone where no trial has a second epoch yet), with a margin, after stage 2's wind-down."""
-    def seconds(ledger) -> float:
-        tuned = [r for r in ledger.trials.values() if r.trial_id != PILOT_ID]
-        paces = [r.pace for r in tuned if r.pace]
-        if paces:
-            pace = statistics.median(paces)
-        else:   # thin evidence: the slowest epoch seen, the pilot's (in the driver, without Tune's
-            # per-epoch report and checkpoint, which stage 3 pays) among them; a median of the
-            # pilot's pace alone left a loaded machine's stage 3 a third of its epochs
-            seen = [r.pace for r in ledger.trials.values() if r.pace] + \
-                [r.last["epoch_seconds"] for r in ledger.trials.values() if r.last.get("epoch_seconds")]
-            if not seen:
-                return 0.0
-            pace = max(seen)
-        start = STAGE3_START_S if ledger.start_up is None else ledger.start_up
-        return STAGE3_MARGIN * (epochs * pace + start) + STAGE3_WIND_DOWN_S
-    return seconds
+    """With --final and a time budget, stage 2 stops early enough for stage 3's ``epochs``
+    (ledger.hold_for_epochs)."""
+    return lambda ledger: hold_for_epochs(ledger, epochs)
 
 
 def value_ranking(records, key: str, mode: str, at: int) -> List[Dict[str, Any]]:

@@ -30,6 +30,9 @@ def stage2_summary(out, s2, lr_range, basis: str) -> Dict[str, Any]:
     ranked = ledger.top(1)
     at = (s2.rungs or (s2.max_t,))[0]
     best = ranked[0] if ranked else None
+    verdict = getattr(out, "confirmed", None)
+    if verdict is not None and verdict.winner is not None:   # the best mean over new seeds, not one lucky run
+        best = ledger.trials[verdict.winner.trial_id]
     records = list(ledger.trials.values())
     return {"sweep": out.path, "name": s2.name, "epochs": s2.train.trainer.epochs, "lr_range": list(lr_range),
             "lr_basis": basis, "lr_momentum_ref": s2.plan.lr_momentum_ref, "trials": len(ledger.trials),
@@ -40,7 +43,8 @@ def stage2_summary(out, s2, lr_range, basis: str) -> Dict[str, Any]:
             "momentum_ranking": value_ranking(records, "max_momentum", s2.mode, at),
             "weight_decay_ranking": value_ranking(records, "weight_decay", s2.mode, at),
             "ranked_at_epoch": at, "status": ledger.status_counts(), "seconds": round(out.wall_seconds, 2),
-            "interrupted": out.interrupted}
+            "interrupted": out.interrupted,
+            "confirmed": verdict.to_dict() if verdict is not None else None}
 
 
 def stage3_summary(out3, s3, mode: str) -> Dict[str, Any]:
@@ -109,7 +113,21 @@ def _stage2_lines(run: Dict[str, Any], m: str):
         cfg = ", ".join(f"{k}={f(v)}" for k, v in run["best_config"].items())
         lines += ["", f"Best: {cfg}: trial {run['best_trial']}, {m} {run['best']:.4f} at epoch "
                   f"{run['best_epoch']} (ties go to the lower validation loss). Sweep: {run['sweep']}"]
+    lines += _confirm_lines(run.get("confirmed"), m)
     return lines
+
+
+def _confirm_lines(c, m: str):
+    if not c:
+        return []
+    lines = ["", f"Confirmation: the finalists again with new seeds {c['seeds']}; the best is the best mean "
+             f"of the final-epoch {m}, not the best single run."]
+    for x in c["finalists"]:
+        test = f", test {x['test']:.4f}" if x.get("test") is not None else ""
+        spread = f" ± {x['half_width']:.4f} (95%)" if x.get("half_width") is not None else ""
+        mean = f"{x['mean']:.4f}" if x.get("mean") is not None else "-"
+        lines.append(f"- trial {x['trial']}: search {f(x['search'])}, mean {mean}{spread}{test}")
+    return lines + [c["verdict"][0].upper() + c["verdict"][1:] + "."]
 
 
 def write(report: Dict[str, Any], storage: Storage, name: str, mlflow) -> str:

@@ -70,6 +70,8 @@ def stage2(spec: SweepSpec, args, opts: Options, s1: startup.Stage1, cluster, cl
     if out.failure:
         raise NoResult(f"stage 2 stopped: {out.failure}; what was written stays readable")
     print("\n" + best_table(out), flush=True)
+    from tunesmith.orchestrator.confirm import summary
+    print("\n" + summary(out), flush=True)
     first = report.stage2_summary(out, s2, plan.lr_range, plan.basis)
     first["pilot"] = None if pilot is None else {"trial": pilot.trial.trial_id, "config": pilot.config}
     first["no_pilot"] = s1.no_pilot

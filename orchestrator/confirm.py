@@ -1,0 +1,305 @@
+"""Confirming the finalists (#28): the search's best configurations trained again, each with the
+same new seeds, for their full schedule; the winner is the best mean over those seeds, not the
+luckiest single run; each final model reads the test split once. The verdict between the first
+two is a paired comparison over the shared seeds (same initialisation and data order).
+
+The statistics are Ray-free (``judge``); ``run`` is the phase's Tune run, written by the sweep's
+own ledger callback: its trials are rows of trials.parquet like any other, marked ``phase:
+confirm`` with the finalist they confirm and their seed."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from tunesmith.trainables.config import CONFIRM
+
+SEED_BASE = 1000   # confirmation seeds: spec.seed + SEED_BASE + i, never a seed the search trained with
+LEVEL = 0.95
+
+
+def finalists(ledger, top: int) -> list:
+    """The search's ``top`` best records with distinct settings (a seed study repeats them)."""
+    seen, out = set(), []
+    for rec in ledger.ranked():
+        key = tuple(sorted((k, repr(v)) for k, v in rec.config.items() if k != "seed"))
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(rec)
+        if len(out) == top:
+            break
+    return out
+
+
+def seeds_for(spec_seed: int, n: int) -> List[int]:
+    return [spec_seed + SEED_BASE + i for i in range(n)]
+
+
+def points(finals: Sequence, seeds: Sequence[int]) -> List[dict]:
+    """One confirmation trial's settings per finalist and seed (its config's CONFIRM entry),
+    seed-major so that a budget cut short still leaves every finalist the same seeds."""
+    return [{**{k: v for k, v in rec.config.items() if k != "seed"}, "seed": s, "of": rec.trial_id}
+            for s in seeds for rec in finals]
+
+
+def t_half_width(sd: float, n: int, level: float = LEVEL) -> float:
+    """Half the width of a t interval on the mean of ``n`` values with spread ``sd``."""
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    from scipy.stats import t
+    return float(t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+
+
+def mean_sd(values: Sequence[float]) -> Tuple[float, float]:
+    n = len(values)
+    if not n:
+        return math.nan, math.nan
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+    return mean, sd
+
+
+@dataclass
+class Finalist:
+    trial_id: str                  # the search trial whose settings these are
+    hparams: Dict[str, object]
+    search_value: float            # its best value in the search (one look at the validation set)
+    by_seed: Dict[int, float] = field(default_factory=dict)    # final-epoch metric of each seed's model
+    loss_by_seed: Dict[int, float] = field(default_factory=dict)   # and val_loss: ties go to the lower
+    test_by_seed: Dict[int, float] = field(default_factory=dict)
+    runs: Dict[int, str] = field(default_factory=dict)         # seed -> confirmation trial id
+    unfinished: int = 0            # seeds whose run did not reach the end of its schedule
+
+    @property
+    def mean(self) -> float:
+        return mean_sd(list(self.by_seed.values()))[0]
+
+    @property
+    def sd(self) -> float:
+        return mean_sd(list(self.by_seed.values()))[1]
+
+    @property
+    def half(self) -> float:
+        return t_half_width(self.sd, len(self.by_seed))
+
+    @property
+    def test(self) -> float:
+        return mean_sd(list(self.test_by_seed.values()))[0]
+
+
+@dataclass
+class Verdict:
+    finalists: List[Finalist]      # best mean first
+    metric: str
+    mode: str
+    seeds: List[int]
+    diff: float = math.nan         # first minus second, paired, in the metric's direction
+    half: float = math.nan
+    paired_n: int = 0
+
+    @property
+    def winner(self) -> Optional[Finalist]:
+        return self.finalists[0] if self.finalists and self.finalists[0].by_seed else None
+
+    @property
+    def separated(self) -> bool:
+        return self.paired_n >= 2 and math.isfinite(self.half) and self.diff - self.half > 0
+
+    def to_dict(self) -> dict:
+        """For the manifest and smith's report: plain numbers (NaN as None)."""
+        def num(v):
+            return None if v is None or not math.isfinite(v) else round(float(v), 6)
+        return {"metric": self.metric, "seeds": list(self.seeds), "separated": self.separated,
+                "difference": num(self.diff), "half_width": num(self.half), "paired_seeds": self.paired_n,
+                "verdict": self.text(),
+                "finalists": [{"trial": f.trial_id, "search": num(f.search_value), "mean": num(f.mean),
+                               "sd": num(f.sd), "half_width": num(f.half), "test": num(f.test),
+                               "by_seed": {str(k): num(v) for k, v in f.by_seed.items()},
+                               "test_by_seed": {str(k): num(v) for k, v in f.test_by_seed.items()}}
+                              for f in self.finalists]}
+
+    def scale(self) -> Tuple[float, str]:
+        return (100.0, " points") if self.metric.endswith("_acc") else (1.0, "")
+
+    def text(self) -> str:
+        """The last lines' verdict between the first two finalists."""
+        if len(self.finalists) < 2 or not self.finalists[1].by_seed:
+            return "verdict: one finalist confirmed; nothing to compare it with"
+        k, unit = self.scale()
+        d = self.diff * k
+        first, second = self.finalists[0].trial_id, self.finalists[1].trial_id
+        if self.paired_n < 2:
+            return (f"verdict: cannot tell {first} and {second} apart: {self.paired_n} shared seed "
+                    "(confirm.seeds of 2 or more gives an interval)")
+        band = f"95% interval {d - self.half * k:+.2f} to {d + self.half * k:+.2f}{unit}, paired over {self.paired_n} seeds"
+        if self.separated:
+            return f"verdict: {first} is better than {second} by {d:.2f}{unit} ({band})"
+        return (f"verdict: cannot tell {first} and {second} apart at this budget: {d:+.2f}{unit} ({band}); "
+                "they lie within the noise floor, and more seeds (confirm.seeds) would narrow it")
+
+
+def judge(ledger, finals: Sequence, seeds: Sequence[int]) -> Verdict:
+    """The confirmation's result from the ledger's confirmation records: each finalist's final
+    values by seed, ranked by their mean, and the paired difference of the first two."""
+    metric, mode = ledger.metric, ledger.mode
+    by_id = {rec.trial_id: Finalist(rec.trial_id, dict(rec.hparams), rec.best.get(metric, math.nan))
+             for rec in finals}
+    for rec in ledger.confirmations():
+        f = by_id.get(rec.of or "")
+        if f is None or rec.seed is None:
+            continue
+        f.runs[int(rec.seed)] = rec.trial_id
+        value = rec.last.get(metric)
+        if rec.status != "completed" or value is None or not math.isfinite(value):
+            f.unfinished += rec.status != "diverged"
+            if rec.status == "diverged":   # a diverged seed is that configuration's result too
+                f.by_seed[int(rec.seed)] = -math.inf if mode == "max" else math.inf
+            continue
+        f.by_seed[int(rec.seed)] = value
+        f.loss_by_seed[int(rec.seed)] = rec.last.get("val_loss", math.inf)
+        if "test_acc" in rec.test and metric.endswith("_acc") or "test_loss" in rec.test and metric.endswith("_loss"):
+            f.test_by_seed[int(rec.seed)] = rec.test["test_acc" if metric.endswith("_acc") else "test_loss"]
+    sign = -1.0 if mode == "max" else 1.0
+    ranked = sorted(by_id.values(), key=lambda f: (not f.by_seed, sign * f.mean if f.by_seed else 0.0,
+                                                   mean_sd(list(f.loss_by_seed.values()))[0] if f.loss_by_seed else 0.0))
+    verdict = Verdict(ranked, metric, mode, list(seeds))
+    if len(ranked) >= 2:
+        a, b = ranked[0], ranked[1]
+        shared = sorted(set(a.by_seed) & set(b.by_seed))
+        diffs = [-sign * (a.by_seed[s] - b.by_seed[s]) for s in shared]
+        diffs = [d for d in diffs if math.isfinite(d)]
+        verdict.paired_n = len(diffs)
+        if diffs:
+            verdict.diff, sd = mean_sd(diffs)
+            verdict.half = t_half_width(sd, len(diffs))
+    return verdict
+
+
+def table(verdict: Verdict) -> str:
+    """One row per finalist: the search's single look, the seeds' mean, spread, interval and test."""
+    from tunesmith.orchestrator.tables import plain
+    m = verdict.metric
+    test_name = "test_acc" if m.endswith("_acc") else "test_loss"
+    keys = list(verdict.finalists[0].hparams) if verdict.finalists else []
+    head = ["rank", "finalist", f"search {m}", f"mean {m}", "sd", "95% interval", f"mean {test_name}", "seeds", *keys]
+    rows = []
+    for i, f in enumerate(verdict.finalists, 1):
+        mean, half = f.mean, f.half
+        interval = f"{mean - half:.4f} to {mean + half:.4f}" if math.isfinite(half) else "-"
+        seeds = f"{len(f.by_seed)}" + (f" ({f.unfinished} cut short)" if f.unfinished else "")
+        hp = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in (f.hparams.get(k) for k in keys)]
+        rows.append([str(i), f.trial_id, f"{f.search_value:.4f}", f"{mean:.4f}" if f.by_seed else "-",
+                     f"{f.sd:.4f}" if math.isfinite(f.sd) else "-", interval,
+                     f"{f.test:.4f}" if f.test_by_seed else "-", seeds, *hp])
+    return plain(head, rows)
+
+
+def kept_run(verdict: Verdict, ledger) -> Optional[str]:
+    """The confirmation trial whose checkpoint is kept: the winner's seed with the best final
+    value (its test figure is that model's own)."""
+    w = verdict.winner
+    if w is None:
+        return None
+    sign = -1.0 if verdict.mode == "max" else 1.0
+    done = [s for s in w.by_seed if math.isfinite(w.by_seed[s]) and s in w.runs]
+    return w.runs[min(done, key=lambda s: sign * w.by_seed[s])] if done else None
+
+
+def run_phase(spec, storage, cluster, callback, stopper, data_streams: bool = False,
+              progress: bool = True) -> Optional[Verdict]:
+    """The confirmation's Tune run, after the search's, in the same folder (``_confirm``) and
+    written by the search's ledger callback; None when the search left no finalist."""
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+    from tunesmith.orchestrator.data_share import share
+    from tunesmith.orchestrator.display import NoTrialLines
+    from tunesmith.orchestrator.retention import Retention
+    from tunesmith.orchestrator.tune_parts import (concurrency_for, ddp_options, light_usage_tagging,
+                                                   trial_dirname, trial_resources)
+    from tunesmith.trainables.tune_trainable import train_cnn
+
+    finals = finalists(callback.ledger, spec.confirm.top)
+    if not finals:
+        return None
+    seeds = seeds_for(spec.seed, spec.confirm.seeds)
+    grid = points(finals, seeds)
+    concurrency = concurrency_for(spec, cluster)
+    if progress:
+        print(f"confirm: the {len(finals)} best configurations x {len(seeds)} new seeds "
+              f"({', '.join(map(str, seeds))}), {spec.trainer.epochs} epochs each, "
+              f"{min(concurrency, len(grid))} at a time; each final model reads the test split once", flush=True)
+    keep = spec.checkpoints.keep
+    callback.retention = Retention("defer" if keep == "best" else keep, storage.fs)
+    callback.hold_open = False
+    trainable = tune.with_parameters(train_cnn, base=spec.trial_config(), shared=share(spec.train.dataset, data_streams),
+                                     checkpoint_every=spec.checkpoints.every, ddp=ddp_options(spec, storage),
+                                     deadline=stopper.deadline, keeper=stopper.keeper)
+    light_usage_tagging()
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, trial_resources(spec)),
+        param_space={CONFIRM: tune.grid_search(grid)},
+        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=1,
+                                    search_alg=BasicVariantGenerator(max_concurrent=concurrency),
+                                    max_concurrent_trials=concurrency, reuse_actors=True,
+                                    trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name="_confirm", storage_path=storage.path(spec.name),
+            storage_filesystem=None if storage.is_local else storage.fs, verbose=0,
+            callbacks=[callback, NoTrialLines()], stop=stopper,
+            failure_config=tune.FailureConfig(max_failures=spec.checkpoints.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
+    tuner.fit()
+    verdict = judge(callback.ledger, finals, seeds)
+    settle_checkpoints(callback, kept_run(verdict, callback.ledger))
+    return verdict
+
+
+def settle_checkpoints(callback, kept: Optional[str]) -> None:
+    """The confirmed winner's checkpoint is the sweep's: the other confirmation runs' go, and
+    with them the search winner's, once a confirmed one is kept."""
+    from tunesmith.orchestrator.retention import KeptCheckpoint, delete_checkpoints
+    retention, ledger = callback.retention, callback.ledger
+    if retention.keep != "defer":
+        return
+    retention.choose(kept, ledger)
+    if kept is None or not ledger.trials[kept].checkpoint:
+        return
+    for rec in ledger.trials.values():
+        if rec.phase == "search" and rec.checkpoint:
+            delete_checkpoints(KeptCheckpoint(rec.checkpoint, retention.filesystem))
+            rec.checkpoint = None
+    callback.mark_changed()
+
+
+def summary(outcome) -> str:
+    """The sweep's last lines on its finalists: the confirmation's table, the verdict between the
+    first two, and the test figure; or why there is none, and what the search's figure is."""
+    spec, verdict = outcome.spec, outcome.confirmed
+    m = spec.metric
+    looks = sum(r.epochs for r in outcome.ledger.ranked())
+    if verdict is None:
+        why = outcome.unconfirmed or "confirm.top is 0"
+        return (f"not confirmed ({why}): the best {m} above is the best of {looks} looks at the validation set, "
+                "so it reads high, and no test split was read")
+    lines = [f"confirmation: final-epoch {m} of each finalist over {len(verdict.seeds)} new seeds "
+             f"({', '.join(map(str, verdict.seeds))})", table(verdict), verdict.text()]
+    w = verdict.winner
+    if w is None:
+        lines.append("no confirmation run finished; the search's ranking stands")
+        return "\n".join(lines)
+    kept = next((r for r in outcome.ledger.confirmations() if r.of == w.trial_id and r.checkpoint), None)
+    test_name = "test_acc" if m.endswith("_acc") else "test_loss"
+    if w.test_by_seed:
+        k, unit = verdict.scale()
+        spread = (f" ± {mean_sd(list(w.test_by_seed.values()))[1] * k:.2f}{unit} sd"
+                  if len(w.test_by_seed) > 1 else "")
+        lines.append(f"test: {test_name} {w.test:.4f}{spread} for {w.trial_id}'s settings, the mean of "
+                     f"{len(w.test_by_seed)} final models, each of which read the test split once "
+                     f"(the search's figure for them was {w.search_value:.4f})")
+    else:
+        lines.append(f"test: none (dataset.test_fraction is 0, or the runs were cut short): {w.mean:.4f} is a "
+                     "validation figure")
+    if kept is not None:
+        lines.append(f"kept: {kept.trial_id}'s checkpoint (seed {kept.seed}) {kept.checkpoint}")
+    return "\n".join(lines)
