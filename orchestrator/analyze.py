@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 import pandas as pd
 
 from tunesmith.cluster.storage import Storage
+from tunesmith.orchestrator.effects import FEW_VALUES, confirmation, effects, fmt as _fmt, plain as _plain, seed_variance
 from tunesmith.trainables.config import ConfigError
 
 
@@ -29,6 +30,7 @@ class Sweep:
     metric: str
     mode: str
     storage: Optional[Storage] = None   # where the sweep's other files are (report page)
+    confirm: Optional[pd.DataFrame] = None   # its confirmation's rows (phase confirm); ``trials`` is the search's
 
     @property
     def names(self) -> Dict[str, str]:
@@ -108,72 +110,13 @@ def load(results: str, names: Optional[List[str]] = None) -> List[Sweep]:
         if trials.empty:
             raise ConfigError("results", storage.uri(name, "trials.parquet"), "holds no trials")
         metric, mode = _metric_of(storage, name)
-        sweeps.append(Sweep(name, trials, _read_epochs(storage, name), metric, mode, storage))
+        phase = trials["phase"] if "phase" in trials else pd.Series(["search"] * len(trials), index=trials.index)
+        sweeps.append(Sweep(name, trials[phase != "confirm"], _read_epochs(storage, name), metric, mode, storage,
+                            trials[phase == "confirm"]))
     return sweeps
 
 
 # --- the analysis, as plain data -----------------------------------------------------------
-
-FEW_VALUES = 12   # a grid, a choice or a decade sweep: shown per value, never averaged into bins
-
-
-def _bins(values: pd.Series):
-    """Group labels for a hyperparameter: its values when few, else quantile bins (on a log
-    scale for positive values spanning more than a decade, such as LR and weight decay)."""
-    v = values.dropna()
-    if v.empty:
-        return values.astype(str)
-    if values.dtype == object or values.dtype == bool or v.nunique() <= FEW_VALUES:
-        return values.map(lambda x: _fmt(x))
-    x = v.astype(float)
-    logscale = (x > 0).all() and x.max() / x.min() > 10
-    key = x.map(math.log10) if logscale else x
-    q = min(4, max(2, len(x) // 4))
-    try:
-        cut = pd.qcut(key, q=q, duplicates="drop")
-    except ValueError:
-        return values.map(_fmt)
-    def label(iv):
-        lo, hi = (10 ** iv.left, 10 ** iv.right) if logscale else (iv.left, iv.right)
-        return f"[{lo:.3g}, {hi:.3g}]"
-    out = cut.map(label).astype(object)
-    return out.reindex(values.index)
-
-
-def _fmt(x) -> str:
-    if isinstance(x, float):
-        return f"{x:.4g}"
-    return str(x)
-
-
-def effects(sweep: Sweep) -> List[Dict[str, Any]]:
-    """Per hyperparameter: the metric per bin and the importance (eta squared)."""
-    t = sweep.trials
-    score = t[sweep.score].astype(float)
-    ok = score.notna()
-    out = []
-    for col in sweep.hp_columns:
-        groups = _bins(t[col])
-        frame = pd.DataFrame({"bin": groups[ok], "score": score[ok]})
-        rows = []
-        for b, g in frame.groupby("bin", sort=False):
-            best = g.score.max() if sweep.mode == "max" else g.score.min()
-            rows.append({"bin": str(b), "trials": int(len(g)), "mean": float(g.score.mean()), "best": float(best)})
-        rows.sort(key=lambda r: _sort_key(r["bin"]))
-        total = ((frame.score - frame.score.mean()) ** 2).sum()
-        between = sum(r["trials"] * (r["mean"] - frame.score.mean()) ** 2 for r in rows)
-        eta2 = float(between / total) if total > 0 else 0.0
-        out.append({"hparam": sweep.names.get(col, col[3:]), "column": col, "importance": eta2, "bins": rows})
-    out.sort(key=lambda e: -e["importance"])
-    return out
-
-
-def _sort_key(label: str):
-    try:
-        return (0, float(label.strip("[]").split(",")[0]))
-    except ValueError:
-        return (1, label)
-
 
 def best(sweep: Sweep, top: int) -> List[Dict[str, Any]]:
     t = sweep.ranked.head(top)
@@ -185,43 +128,15 @@ def best(sweep: Sweep, top: int) -> List[Dict[str, Any]]:
     return rows
 
 
-def _plain(v):
-    if hasattr(v, "item"):
-        v = v.item()
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    return v
-
-
 def status_counts(sweep: Sweep) -> Dict[str, int]:
     return {str(k): int(v) for k, v in sweep.trials.status.value_counts().sort_index().items()}
-
-
-def seed_variance(sweep: Sweep) -> List[Dict[str, Any]]:
-    """Repeats of one configuration with distinct seeds (``num_samples`` over a finite space):
-    the metric's mean and spread per configuration, the noise floor every other comparison in
-    the sweep sits on."""
-    if "hp_seed" not in sweep.trials.columns:
-        return []
-    others = [c for c in sweep.hp_columns if c != "hp_seed"]
-    t = sweep.trials.dropna(subset=[sweep.score])
-    groups = t.groupby(others, dropna=False) if others else [((), t)]
-    rows = []
-    for key, g in groups:
-        key = key if isinstance(key, tuple) else (key,)
-        x = g[sweep.score].astype(float)
-        rows.append({**{sweep.names.get(c, c[3:]): _plain(v) for c, v in zip(others, key)},
-                     "seeds": int(len(x)), "mean": float(x.mean()),
-                     "std": float(x.std(ddof=1)) if len(x) > 1 else 0.0,
-                     "min": float(x.min()), "max": float(x.max())})
-    return rows
 
 
 def summary(sweep: Sweep, top: int) -> Dict[str, Any]:
     bests = best(sweep, top)
     return {"sweep": sweep.name, "metric": sweep.metric, "mode": sweep.mode, "trials": int(len(sweep.trials)),
             "status": status_counts(sweep), "best": bests, "effects": effects(sweep),
-            "seed_variance": seed_variance(sweep)}
+            "seed_variance": seed_variance(sweep), "confirmation": confirmation(sweep)}
 
 
 def compare(summaries: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -255,11 +170,17 @@ def render_table(summaries: List[Dict[str, Any]], plots: List[str]) -> str:
         if s["seed_variance"]:
             out.append(f"\nseed variance: {s['metric']} over repeats with distinct seeds (mean, spread)")
             out.append(_table(s["seed_variance"]))
-        out.append("\nhyperparameter importance (share of variance of best " + s["metric"] + " explained)")
-        out.append(_table([{"hparam": e["hparam"], "importance": round(e["importance"], 3)} for e in s["effects"]]))
+        out.append("\nhyperparameter importance (share of variance of best " + s["metric"] + " explained; 95% "
+                   "bootstrap interval; whether the data separate its values, by a permutation test)")
+        out.append(_table([{"hparam": e["hparam"], "importance": round(e["importance"], 3),
+                            "95% interval": f"{e['low']:.3f} to {e['high']:.3f}",
+                            "separates values": "yes" if e["separated"] else f"no (p = {e['p']:.2f})"}
+                           for e in s["effects"]]))
         for e in s["effects"]:
-            out.append(f"\n{s['metric']} by {e['hparam']}")
-            out.append(_table(e["bins"], ["bin", "trials", "mean", "best"]))
+            out.append(f"\n{s['metric']} by {e['hparam']}" + ("" if e["separated"] else
+                                                            ": within the noise, the data cannot separate these"))
+            out.append(_table(e["bins"], ["bin", "trials", "mean", "±95%", "best"]))
+        out += confirmation_lines(s["confirmation"], s["metric"])
         out.append("")
     if len(summaries) > 1:
         out.append("sweeps side by side")
@@ -270,8 +191,18 @@ def render_table(summaries: List[Dict[str, Any]], plots: List[str]) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def confirmation_lines(c: Dict[str, Any], metric: str) -> List[str]:
+    if not c:
+        return []
+    rows = [{"finalist": f["trial"], f"search {metric}": f["search"], f"mean {metric}": f["mean"], "sd": f["sd"],
+             "±95%": f["half_width"], "mean test": f["test"], "seeds": len(f["by_seed"])} for f in c["finalists"]]
+    return [f"\nconfirmation: the finalists over new seeds {c['seeds']} (final-epoch {metric}; test read once "
+            "by each final model)", _table(rows), f"  {c['verdict']}"]
+
+
 def render_csv(summaries: List[Dict[str, Any]]) -> str:
-    """One table with a `section` column: best, effect, status."""
+    """One table with a `section` column: best, effect, confirm (value: the mean test figure),
+    status."""
     import csv
     import io
     rows = []
@@ -285,11 +216,15 @@ def render_csv(summaries: List[Dict[str, Any]]) -> str:
             for b in e["bins"]:
                 rows.append({"section": "effect", "sweep": s["sweep"], "hparam": e["hparam"],
                              "importance": e["importance"], "bin": b["bin"], "trials": b["trials"],
-                             "metric": s["metric"], "mean": b["mean"], "value": b["best"]})
+                             "metric": s["metric"], "mean": b["mean"], "half_width": b["±95%"], "value": b["best"]})
+        for f in (s["confirmation"] or {}).get("finalists", []):
+            rows.append({"section": "confirm", "sweep": s["sweep"], "trial_id": f["trial"], "metric": s["metric"],
+                         "mean": f["mean"], "half_width": f["half_width"], "trials": len(f["by_seed"]),
+                         "value": f["test"]})
         for k, n in s["status"].items():
             rows.append({"section": "status", "sweep": s["sweep"], "status": k, "trials": n})
     cols = ["section", "sweep", "rank", "trial_id", "status", "hparam", "importance", "bin", "trials",
-            "metric", "mean", "value", "epochs", "hparams"]
+            "metric", "mean", "half_width", "value", "epochs", "hparams"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()

@@ -3,7 +3,11 @@ them (cli.py's COMMANDS table)."""
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from typing import Optional
+
+from tunesmith.trainables.config import ConfigError
 
 
 def spec_args(p: argparse.ArgumentParser) -> None:
@@ -66,6 +70,10 @@ def analyze_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page")
     p.add_argument("--mlflow", metavar="URI", help="log the plots (and the page) to each sweep's MLflow parent run")
     p.add_argument("--mlflow-experiment", default="tunesmith", help="the MLflow experiment (default tunesmith)")
+    p.add_argument("--confirm", type=int, metavar="K", help="train the sweep's K best configurations again with "
+                   "--seeds new seeds each, into its folder, and give the verdict over all its confirmation runs")
+    p.add_argument("--seeds", type=int, default=2, metavar="S", help="--confirm: new seeds per configuration (default 2)")
+    p.add_argument("--address", help="--confirm: train on this Ray cluster instead of a private local instance")
 
 
 def models_args(p) -> None:
@@ -75,3 +83,38 @@ def models_args(p) -> None:
 def cmd_models(args) -> int:
     from tunesmith.orchestrator.catalogue import cmd_models as run
     return run(args)
+
+
+def cmd_spaces(args) -> int:
+    from tunesmith.search_spaces.presets import PRESETS
+    for name in sorted(PRESETS):
+        p = PRESETS[name]
+        print(f"{name}\n  {p.summary}\n  source: {p.source}")
+        for key, dim in p.space.items():
+            (kind, vals), = dim.items()
+            print(f"  search {key}: {kind} {'search.lr_band' if vals == 'band' else vals}")
+        for key, value in p.settings.items():
+            print(f"  sets trainer.{key}: {value}")
+        print()
+    print("use: search: {presets: [momentum, weight_decay_deep]}; a search.space entry of the same name overrides")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    import json
+    from tunesmith.orchestrator.spec import json_schema
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if not args.output:
+        sys.stdout.write(text)
+        return 0
+    tmp = args.output + ".tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:   # whole or not at all
+            fh.write(text)
+        os.replace(tmp, args.output)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise ConfigError("--output", args.output, exc.strerror or str(exc)) from None
+    print(f"wrote {args.output}; start a spec with: # yaml-language-server: $schema={args.output}")
+    return 0

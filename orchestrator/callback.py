@@ -191,11 +191,12 @@ class LedgerCallback(Callback):
             if hasattr(sink, "relocate"):
                 sink.relocate(storage)
 
-    def reload(self) -> None:
+    def reload(self, reconcile: bool = True) -> None:
         """Rebuild every trial's record from trials.parquet and epochs/, so a resumed sweep keeps
-        the rows its killed driver wrote, adds none twice, and ASHA's rungs start from them."""
+        the rows its killed driver wrote, adds none twice, and ASHA's rungs start from them.
+        ``reconcile``: square them with Tune's restored trials at the next step."""
         self._closed = self._closing = False
-        self._reconcile = True
+        self._reconcile = reconcile
         self.unreadable = getattr(self, "unreadable", {})   # a callback pickled before it had one
         self._each("reopen")
         if self.parquet is None:

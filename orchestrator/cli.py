@@ -161,7 +161,10 @@ def _at_least_one(args, *names) -> None:
 
 
 def cmd_analyze(args) -> int:
-    _at_least_one(args, "top")
+    _at_least_one(args, "top", "confirm", "seeds")
+    if args.confirm:
+        from tunesmith.orchestrator.confirm_again import confirm_sweep
+        return confirm_sweep(args.results, args.confirm, args.seeds, args.address)
     from tunesmith.orchestrator import analyze
     from tunesmith.cluster.storage import is_uri
     plots = None
@@ -236,41 +239,6 @@ def cmd_smith(args) -> int:
     return 0
 
 
-def cmd_spaces(args) -> int:
-    from tunesmith.search_spaces.presets import PRESETS
-    for name in sorted(PRESETS):
-        p = PRESETS[name]
-        print(f"{name}\n  {p.summary}\n  source: {p.source}")
-        for key, dim in p.space.items():
-            (kind, vals), = dim.items()
-            print(f"  search {key}: {kind} {'search.lr_band' if vals == 'band' else vals}")
-        for key, value in p.settings.items():
-            print(f"  sets trainer.{key}: {value}")
-        print()
-    print("use: search: {presets: [momentum, weight_decay_deep]}; a search.space entry of the same name overrides")
-    return 0
-
-
-def cmd_schema(args) -> int:
-    import json
-    from tunesmith.orchestrator.spec import json_schema
-    text = json.dumps(json_schema(), indent=2) + "\n"
-    if not args.output:
-        sys.stdout.write(text)
-        return 0
-    tmp = args.output + ".tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:   # whole or not at all
-            fh.write(text)
-        os.replace(tmp, args.output)
-    except OSError as exc:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise ConfigError("--output", args.output, exc.strerror or str(exc)) from None
-    print(f"wrote {args.output}; start a spec with: # yaml-language-server: $schema={args.output}")
-    return 0
-
-
 COMMANDS: Dict[str, tuple] = {
     "run": (cmd_run, "run a sweep", [arguments.spec_args, arguments.cluster_args,
                                      lambda p: p.add_argument("--num-samples", type=int,
@@ -295,9 +263,9 @@ COMMANDS: Dict[str, tuple] = {
              [lambda p: p.add_argument("action", choices=("list", "status", "logs", "stop")),
               lambda p: p.add_argument("job_id", nargs="?"),
               lambda p: p.add_argument("--address", help="the head's job server, http://HEAD:8265")]),
-    "schema": (cmd_schema, "print the spec's JSON Schema (for editors' YAML language servers)",
+    "schema": (arguments.cmd_schema, "print the spec's JSON Schema (for editors' YAML language servers)",
                [lambda p: p.add_argument("-o", "--output", help="write it to this file instead")]),
-    "spaces": (cmd_spaces, "list the search-space presets (Smith's ranges)", []),
+    "spaces": (arguments.cmd_spaces, "list the search-space presets (Smith's ranges)", []),
     "models": (arguments.cmd_models, "list the models a spec can name (built-in, timm:, torchvision:), with "
                "parameter counts", [arguments.models_args]),
     "analyze": (cmd_analyze, "summarise sweeps from their Parquet results", [arguments.analyze_args]),

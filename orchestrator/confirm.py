@@ -139,35 +139,36 @@ class Verdict:
                 "they lie within the noise floor, and more seeds (confirm.seeds) would narrow it")
 
 
-def judge(ledger, finals: Sequence, seeds: Sequence[int]) -> Verdict:
-    """The confirmation's result from the ledger's confirmation records: each finalist's final
-    values by seed, ranked by their mean, and the paired difference of the first two."""
-    metric, mode = ledger.metric, ledger.mode
-    by_id = {rec.trial_id: Finalist(rec.trial_id, dict(rec.hparams), rec.best.get(metric, math.nan))
-             for rec in finals}
-    for rec in ledger.confirmations():
-        f = by_id.get(rec.of or "")
-        if f is None or rec.seed is None:
-            continue
-        f.runs[int(rec.seed)] = rec.trial_id
-        value = rec.last.get(metric)
-        if rec.status != "completed" or value is None or not math.isfinite(value):
-            f.unfinished += rec.status != "diverged"
-            if rec.status == "diverged":   # a diverged seed is that configuration's result too
-                f.by_seed[int(rec.seed)] = -math.inf if mode == "max" else math.inf
-            continue
-        f.by_seed[int(rec.seed)] = value
-        f.loss_by_seed[int(rec.seed)] = rec.last.get("val_loss", math.inf)
-        if "test_acc" in rec.test and metric.endswith("_acc") or "test_loss" in rec.test and metric.endswith("_loss"):
-            f.test_by_seed[int(rec.seed)] = rec.test["test_acc" if metric.endswith("_acc") else "test_loss"]
+def add_run(f: Finalist, seed: int, status: str, value: Optional[float], loss: Optional[float],
+            test: Optional[float], mode: str, trial_id: str = "") -> None:
+    """One confirmation run of finalist ``f``: its final value counts where it trained its whole
+    schedule; a diverged seed counts as the worst value (it is that configuration's result too);
+    one cut short (the time budget, an interrupt) is left out and counted."""
+    seed = int(seed)
+    if trial_id:
+        f.runs[seed] = trial_id
+    if status == "diverged":
+        f.by_seed[seed] = -math.inf if mode == "max" else math.inf
+        return
+    if status != "completed" or value is None or not math.isfinite(value):
+        f.unfinished += 1
+        return
+    f.by_seed[seed] = value
+    f.loss_by_seed[seed] = loss if loss is not None and math.isfinite(loss) else math.inf
+    if test is not None and math.isfinite(test):
+        f.test_by_seed[seed] = test
+
+
+def verdict_of(finals: Sequence[Finalist], metric: str, mode: str, seeds: Sequence[int]) -> Verdict:
+    """The finalists ranked by their seeds' mean (ties to the lower mean validation loss), and
+    the paired difference of the first two over the seeds both finished."""
     sign = -1.0 if mode == "max" else 1.0
-    ranked = sorted(by_id.values(), key=lambda f: (not f.by_seed, sign * f.mean if f.by_seed else 0.0,
-                                                   mean_sd(list(f.loss_by_seed.values()))[0] if f.loss_by_seed else 0.0))
-    verdict = Verdict(ranked, metric, mode, list(seeds))
+    ranked = sorted(finals, key=lambda f: (not f.by_seed, sign * f.mean if f.by_seed else 0.0,
+                                           mean_sd(list(f.loss_by_seed.values()))[0] if f.loss_by_seed else 0.0))
+    verdict = Verdict(list(ranked), metric, mode, list(seeds))
     if len(ranked) >= 2:
         a, b = ranked[0], ranked[1]
-        shared = sorted(set(a.by_seed) & set(b.by_seed))
-        diffs = [-sign * (a.by_seed[s] - b.by_seed[s]) for s in shared]
+        diffs = [-sign * (a.by_seed[s] - b.by_seed[s]) for s in sorted(set(a.by_seed) & set(b.by_seed))]
         diffs = [d for d in diffs if math.isfinite(d)]
         verdict.paired_n = len(diffs)
         if diffs:
@@ -176,11 +177,28 @@ def judge(ledger, finals: Sequence, seeds: Sequence[int]) -> Verdict:
     return verdict
 
 
+def test_metric(metric: str) -> str:
+    return "test_loss" if metric.endswith("_loss") else "test_acc"
+
+
+def judge(ledger, finals: Sequence, seeds: Sequence[int]) -> Verdict:
+    """The confirmation's result from the ledger's confirmation records."""
+    metric, mode = ledger.metric, ledger.mode
+    by_id = {rec.trial_id: Finalist(rec.trial_id, dict(rec.hparams), rec.best.get(metric, math.nan))
+             for rec in finals}
+    for rec in ledger.confirmations():
+        f = by_id.get(rec.of or "")
+        if f is not None and rec.seed is not None:
+            add_run(f, rec.seed, rec.status, rec.last.get(metric), rec.last.get("val_loss"),
+                    rec.test.get(test_metric(metric)), mode, rec.trial_id)
+    return verdict_of(list(by_id.values()), metric, mode, seeds)
+
+
 def table(verdict: Verdict) -> str:
     """One row per finalist: the search's single look, the seeds' mean, spread, interval and test."""
     from tunesmith.orchestrator.tables import plain
     m = verdict.metric
-    test_name = "test_acc" if m.endswith("_acc") else "test_loss"
+    test_name = test_metric(m)
     keys = list(verdict.finalists[0].hparams) if verdict.finalists else []
     head = ["rank", "finalist", f"search {m}", f"mean {m}", "sd", "95% interval", f"mean {test_name}", "seeds", *keys]
     rows = []
@@ -195,21 +213,41 @@ def table(verdict: Verdict) -> str:
     return plain(head, rows)
 
 
-def kept_run(verdict: Verdict, ledger) -> Optional[str]:
+def kept_run(verdict: Verdict, ledger, have=None) -> Optional[str]:
     """The confirmation trial whose checkpoint is kept: the winner's seed with the best final
-    value (its test figure is that model's own)."""
+    value (its test figure is that model's own), among the runs in ``have`` (default: all)."""
     w = verdict.winner
     if w is None:
         return None
     sign = -1.0 if verdict.mode == "max" else 1.0
-    done = [s for s in w.by_seed if math.isfinite(w.by_seed[s]) and s in w.runs]
+    done = [s for s in w.by_seed if math.isfinite(w.by_seed[s]) and s in w.runs
+            and (have is None or w.runs[s] in have)]
     return w.runs[min(done, key=lambda s: sign * w.by_seed[s])] if done else None
 
 
+def used_seeds(ledger) -> List[int]:
+    return sorted({int(r.seed) for r in ledger.confirmations() if r.seed is not None})
+
+
+def next_seeds(spec_seed: int, ledger, n: int) -> List[int]:
+    """``n`` confirmation seeds none of the sweep's confirmations used yet."""
+    used = used_seeds(ledger)
+    start = max(used) + 1 if used else spec_seed + SEED_BASE
+    return list(range(start, start + n))
+
+
+def confirmed_finalists(ledger) -> list:
+    """The search records the sweep's confirmation runs confirm, in the search's order."""
+    confirmed = {r.of for r in ledger.confirmations()}
+    return [r for r in ledger.ranked() if r.trial_id in confirmed]
+
+
 def run_phase(spec, storage, cluster, callback, stopper, data_streams: bool = False,
-              progress: bool = True) -> Optional[Verdict]:
-    """The confirmation's Tune run, after the search's, in the same folder (``_confirm``) and
-    written by the search's ledger callback; None when the search left no finalist."""
+              progress: bool = True, experiment: str = "_confirm") -> Optional[Verdict]:
+    """The confirmation's Tune run, after the search's, in the same folder (``experiment``) and
+    written by the search's ledger callback; None when the search left no finalist. Its seeds
+    are new to the sweep (``analyze --confirm`` adds seeds to an earlier confirmation), and the
+    verdict reads every confirmation run of the finalists."""
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
     from tunesmith.orchestrator.data_share import share
@@ -222,7 +260,7 @@ def run_phase(spec, storage, cluster, callback, stopper, data_streams: bool = Fa
     finals = finalists(callback.ledger, spec.confirm.top)
     if not finals:
         return None
-    seeds = seeds_for(spec.seed, spec.confirm.seeds)
+    seeds = next_seeds(spec.seed, callback.ledger, spec.confirm.seeds)
     grid = points(finals, seeds)
     concurrency = concurrency_for(spec, cluster)
     if progress:
@@ -244,29 +282,37 @@ def run_phase(spec, storage, cluster, callback, stopper, data_streams: bool = Fa
                                     max_concurrent_trials=concurrency, reuse_actors=True,
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
-            name="_confirm", storage_path=storage.path(spec.name),
+            name=experiment, storage_path=storage.path(spec.name),
             storage_filesystem=None if storage.is_local else storage.fs, verbose=0,
             callbacks=[callback, NoTrialLines()], stop=stopper,
             failure_config=tune.FailureConfig(max_failures=spec.checkpoints.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
     tuner.fit()
-    verdict = judge(callback.ledger, finals, seeds)
-    settle_checkpoints(callback, kept_run(verdict, callback.ledger))
+    return settle(callback, finals)
+
+
+def settle(callback, finals) -> Verdict:
+    """The verdict over every confirmation run of ``finals``, and the checkpoint kept."""
+    verdict = judge(callback.ledger, finals, used_seeds(callback.ledger))
+    settle_checkpoints(callback, verdict)
     return verdict
 
 
-def settle_checkpoints(callback, kept: Optional[str]) -> None:
-    """The confirmed winner's checkpoint is the sweep's: the other confirmation runs' go, and
-    with them the search winner's, once a confirmed one is kept."""
+def settle_checkpoints(callback, verdict: Verdict) -> None:
+    """The confirmed winner's checkpoint is the sweep's: its best seed's, among the runs whose
+    checkpoints are still there; every other kept checkpoint goes (the other confirmation
+    runs', and the search winner's, or an earlier confirmation's)."""
     from tunesmith.orchestrator.retention import KeptCheckpoint, delete_checkpoints
     retention, ledger = callback.retention, callback.ledger
     if retention.keep != "defer":
         return
+    have = set(retention.candidates) | {t for t, r in ledger.trials.items() if r.checkpoint}
+    kept = kept_run(verdict, ledger, have)
     retention.choose(kept, ledger)
     if kept is None or not ledger.trials[kept].checkpoint:
         return
     for rec in ledger.trials.values():
-        if rec.phase == "search" and rec.checkpoint:
+        if rec.checkpoint and rec.trial_id != kept:
             delete_checkpoints(KeptCheckpoint(rec.checkpoint, retention.filesystem))
             rec.checkpoint = None
     callback.mark_changed()
@@ -289,12 +335,11 @@ def summary(outcome) -> str:
         lines.append("no confirmation run finished; the search's ranking stands")
         return "\n".join(lines)
     kept = next((r for r in outcome.ledger.confirmations() if r.of == w.trial_id and r.checkpoint), None)
-    test_name = "test_acc" if m.endswith("_acc") else "test_loss"
     if w.test_by_seed:
         k, unit = verdict.scale()
         spread = (f" ± {mean_sd(list(w.test_by_seed.values()))[1] * k:.2f}{unit} sd"
                   if len(w.test_by_seed) > 1 else "")
-        lines.append(f"test: {test_name} {w.test:.4f}{spread} for {w.trial_id}'s settings, the mean of "
+        lines.append(f"test: {test_metric(m)} {w.test:.4f}{spread} for {w.trial_id}'s settings, the mean of "
                      f"{len(w.test_by_seed)} final models, each of which read the test split once "
                      f"(the search's figure for them was {w.search_value:.4f})")
     else:

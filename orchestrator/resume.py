@@ -84,7 +84,9 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
         tune.with_parameters(train_cnn, base=spec.trial_config(), shared=share(spec.train.dataset, not in_memory),
                              checkpoint_every=spec.checkpoints.every),
         {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
-    tune_dir = storage.path(name, "_tune")
+    from tunesmith.orchestrator.confirm_again import latest_confirmation
+    confirming = latest_confirmation(storage, name)   # the search ended: its confirmation is what resumes
+    tune_dir = storage.path(name, confirming or "_tune")
     fs = None if storage.is_local else storage.fs
     began = time.monotonic()
     man.setdefault("resumed_at", []).append(manifest_mod.now_iso())
@@ -94,13 +96,17 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
     light_usage_tagging()
     tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=True,
                                storage_filesystem=fs)
-    stopper = _restored_stopper(tuner, storage)
+    stopper, callback = _restored_stopper(tuner, storage)
     status = "failed"
     try:
         if stopper is not None:
             stopper.install()
         grid = tuner.fit()
         status = "interrupted" if stopper is not None and stopper.event.is_set() else "finished"
+        if status == "finished" and callback is not None:
+            from tunesmith.orchestrator.confirm_again import after_resume
+            man.update(after_resume(spec, storage, cluster, callback, stopper, bool(confirming), not in_memory))
+            status = "interrupted" if stopper is not None and stopper.event.is_set() else status
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -121,18 +127,20 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
 
 
 def _restored_stopper(tuner, storage: Storage):
-    """The sweep's stopper as Tune restored it from tuner.pkl (RunConfig.stop; the time left of
-    its budget), handed to the restored ledger callback too, so that Ctrl-C and SIGTERM stop a
-    resumed sweep as they stop `run`: trials marked, the manifest interrupted. The ledger's
-    callback is pointed at ``storage``, the results root as given now. Tune's restore keeps the
+    """(The sweep's stopper as Tune restored it from tuner.pkl (RunConfig.stop; the time left of
+    its budget), the restored ledger callback). The stopper is handed to the callback too, so
+    that Ctrl-C and SIGTERM stop a resumed sweep as they stop `run`: trials marked, the manifest
+    interrupted. The ledger's callback is pointed at ``storage``, the results root as given now. Tune's restore keeps the
     run config, which tunesmith cannot pass again (ENGINEERING.md)."""
     from tunesmith.orchestrator.callback import LedgerCallback
     from tunesmith.orchestrator.stopper import SweepStopper
     config = tuner._local_tuner.get_run_config()   # noqa: SLF001 - the restored RunConfig has no public getter
     stopper = config.stop if isinstance(config.stop, SweepStopper) else None
+    ledger_cb = None
     for cb in config.callbacks or []:
         if isinstance(cb, LedgerCallback):
             cb.relocate(storage)   # the folder given, wherever it was when Tune pickled the callback
+            ledger_cb = cb
             if stopper is not None:
                 cb.stopper = stopper
-    return stopper
+    return stopper, ledger_cb

@@ -160,8 +160,9 @@ def test_seed_repeats_are_reported_as_a_seed_variance_study(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "seed variance" in out
     rows = out.split("seed variance")[1].splitlines()
-    assert rows[1].split() == ["seeds", "mean", "std", "min", "max"]
-    assert rows[3].split() == ["4", "0.93", "0.02582", "0.9", "0.96"]   # mean and sample spread of the seeds
+    assert rows[1].split() == ["seeds", "mean", "std", "±95%", "min", "max"]
+    # mean, sample spread, and the t interval's half width (t 3.182 on 3 df x sd / 2)
+    assert rows[3].split() == ["4", "0.93", "0.02582", "0.04109", "0.9", "0.96"]
 
 
 def _chromium():
@@ -196,3 +197,73 @@ def test_html_report_renders_offline_in_headless_chromium(results, tmp_path, cap
     dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
                          timeout=120).stdout
     assert "Best trial <b>alpha_002</b>" in dom and "Best trial <b>beta_004</b>" in dom
+
+
+def test_effects_carry_intervals_and_say_when_the_data_cannot_separate_values(tmp_path, capsys):
+    """The optimizer decides the score; the width is noise: only the first is called separated."""
+    import numpy as np
+    from tunesmith.orchestrator import analyze
+    rng = np.random.default_rng(0)
+    w = LedgerCallback(Storage(str(tmp_path)), "fx", ["optimizer", "model.width"],
+                       {"optimizer": ["sgd", "adam"], "model.width": [16, 32]}, epochs=1, metric="val_acc",
+                       mode="max", pruned={})
+    (tmp_path / "fx").mkdir(exist_ok=True)
+    (tmp_path / "fx" / "spec.yaml").write_text("metric: val_acc\nmode: max\n")
+    for i in range(24):
+        opt, width = ("sgd", "adam")[i % 2], (16, 32)[(i // 2) % 2]
+        acc = (0.9 if opt == "sgd" else 0.6) + rng.normal(0, 0.02)
+        w.start(f"t{i}", {"optimizer": opt, "model.width": width})
+        w.record(f"t{i}", {"training_iteration": 1, "val_acc": acc})
+        w.finish(f"t{i}")
+    w.close()
+    (s,) = [analyze.summary(sw, 3) for sw in analyze.load(str(tmp_path), None)]
+    by = {e["hparam"]: e for e in s["effects"]}
+    assert by["optimizer"]["separated"] and by["optimizer"]["p"] < 0.01
+    assert by["optimizer"]["low"] > 0.8 and by["optimizer"]["importance"] <= by["optimizer"]["high"]
+    assert not by["model.width"]["separated"] and by["model.width"]["p"] > 0.05
+    sgd = next(b for b in by["optimizer"]["bins"] if b["bin"] == "sgd")
+    assert 0 < sgd["±95%"] < 0.03 and sgd["trials"] == 12
+    assert main(["analyze", str(tmp_path), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "val_acc by model.width: within the noise, the data cannot separate these" in out
+    assert "val_acc by optimizer\n" in out and "separates values" in out
+
+
+def test_a_confirmation_is_read_back_from_parquet_as_the_sweep_gave_it(tmp_path, capsys):
+    from tunesmith.orchestrator import analyze, confirm
+    from tunesmith.trainables.config import CONFIRM
+    w = LedgerCallback(Storage(str(tmp_path)), "cf", ["lr"], {"lr": []}, epochs=2, metric="val_acc", mode="max",
+                       pruned={}, seed=0)
+    (tmp_path / "cf").mkdir(exist_ok=True)
+    (tmp_path / "cf" / "spec.yaml").write_text("metric: val_acc\nmode: max\n")
+    for tid, lr, acc in (("a", 0.1, 0.95), ("b", 0.2, 0.94), ("c", 0.3, 0.5)):
+        w.start(tid, {"lr": lr})
+        for e in (1, 2):
+            w.record(tid, {"training_iteration": e, "val_acc": acc, "val_loss": 1 - acc})
+        w.finish(tid)
+    for of, lr, accs in (("a", 0.1, (0.90, 0.91, 0.92)), ("b", 0.2, (0.95, 0.955, 0.97))):
+        for seed, acc in zip((1000, 1001, 1002), accs):
+            tid = f"{of}{seed}"
+            w.start(tid, {CONFIRM: {"lr": lr, "seed": seed, "of": of}})
+            for e in (1, 2):
+                w.record(tid, {"training_iteration": e, "val_acc": acc, "val_loss": 1 - acc,
+                               **({"test_acc": acc - 0.01, "test_loss": 0.3} if e == 2 else {})})
+            w.finish(tid)
+    live = confirm.judge(w.ledger, confirm.finalists(w.ledger, 2), [1000, 1001, 1002]).to_dict()
+    w.close()
+    (s,) = [analyze.summary(sw, 3) for sw in analyze.load(str(tmp_path), None)]
+    assert s["trials"] == 3 and [b["trial_id"] for b in s["best"]] == ["a", "b", "c"]   # the search's own
+    c = s["confirmation"]
+    assert c == live and [f["trial"] for f in c["finalists"]] == ["b", "a"]
+    assert c["finalists"][0]["test"] == pytest.approx((0.94 + 0.945 + 0.96) / 3) and c["separated"]
+    assert main(["analyze", str(tmp_path), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "confirmation: the finalists over new seeds [1000, 1001, 1002]" in out
+    assert "verdict: b is better than a by" in out
+
+
+def test_confirm_of_a_folder_that_is_no_sweep_is_bad_input(tmp_path, capsys):
+    assert main(["analyze", str(tmp_path), "--confirm", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--confirm" in err and "not one sweep's folder" in err and "\n" not in err.strip()
+    assert main(["analyze", str(tmp_path), "--confirm", "0"]) == 2

@@ -76,8 +76,13 @@ def test_default_example_runs_from_the_command_line_on_loopback(quick_sweep):
     assert "rank" in q.output and "results:" in q.output
     manifest = json.loads((q.folder / "manifest.json").read_text())
     assert manifest["cluster"]["address"].startswith("127.0.0.1:")
-    trials = pq.read_table(q.folder / "trials.parquet").to_pandas()
+    table = pq.read_table(q.folder / "trials.parquet").to_pandas()
+    trials, confirmed = table[table.phase == "search"], table[table.phase == "confirm"]
     assert len(trials) == 6 and trials.best_val_acc.max() > 0.9
+    # the default confirms: the two best settings with two new seeds; its last lines give the
+    # test figure and the verdict between the first two
+    assert len(confirmed) == 4 and confirmed.test_acc.notna().all() and confirmed.test_acc.min() > 0.9
+    assert "verdict: " in q.output and "test: test_acc 0." in q.output and "mean test_acc" in q.output
 
 
 def test_live_display_in_a_terminal(quick_sweep):
@@ -258,6 +263,7 @@ model: {{width: 8}}
 trainer: {{epochs: 12, per_gpu_batch_size: 16}}
 search: {{num_samples: 5, max_concurrent: 1, space: {{lr: {{loguniform: [0.01, 0.3]}}}}}}
 asha: {{enabled: false}}
+confirm: {{top: 0}}
 results_dir: {tmp_path / 'results'}
 """)
     proc = subprocess.Popen([TUNESMITH, "run", str(spec)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -365,6 +371,7 @@ model: {{width: 8}}
 trainer: {{epochs: 6, per_gpu_batch_size: 16}}
 search: {{num_samples: 8, max_concurrent: 2, space: {{lr: {{loguniform: [0.003, 0.3]}}}}}}
 asha: {{grace_period: 1, reduction_factor: 2}}
+confirm: {{top: 0}}
 results_dir: {tmp_path / 'results'}
 """)
     env = {**_env(), "TUNE_GLOBAL_CHECKPOINT_S": "60"}

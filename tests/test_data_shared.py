@@ -71,6 +71,7 @@ def test_an_unreadable_image_is_named_on_the_terminal_and_in_the_manifest(ray_se
             Image.fromarray((rng.random((12, 12, 3)) * 255).astype(np.uint8)).save(folder / cls / f"{i}.png")
     (folder / "bee" / "broken.png").write_bytes(b"\x89PNG not really")
     spec = spec_mod.from_dict({"name": "skip", "results_dir": str(tmp_path / "r"), "asha": {"enabled": False},
+                               "confirm": {"top": 0},
                                "dataset": {"name": "imagefolder", "data_dir": str(folder), "image_size": 8,
                                            "stream": stream, "workers": 1},
                                "trainer": {"epochs": 1}, "model": {"width": 4}})

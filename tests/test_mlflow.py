@@ -53,6 +53,7 @@ search:
   points_to_evaluate: [{{lr: 40.0, weight_decay: 0.0}}]
   space: {{lr: {{loguniform: [0.01, 50.0]}}, weight_decay: {{choice: [0.0, 1.0e-4]}}}}
 asha: {{grace_period: 1, reduction_factor: 2}}
+confirm: {{top: 1, seeds: 1}}
 results_dir: {results}
 """
 
@@ -71,7 +72,7 @@ def test_a_sweep_is_tracked_as_a_parent_run_with_nested_trials(ray_session, serv
     runs = client.search_runs([exp.experiment_id], "tags.`tunesmith.sweep` = 'mlf'")
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == len(trials) == 5
+    assert len(parents) == 1 and len(children) == len(trials) == 6   # 5 searched, 1 confirmed
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"spec.json", "manifest.json"}
@@ -83,6 +84,12 @@ def test_a_sweep_is_tracked_as_a_parent_run_with_nested_trials(ray_session, serv
         assert run.data.tags["status"] == row.status and run.data.tags["stop_reason"] == row.stop_reason
         assert run.info.status == want[row.status]
         assert set(run.data.params) == {"lr", "weight_decay"}
+        assert run.data.tags["tunesmith.phase"] == row.phase
+        if row.phase == "confirm":   # nested like the others, the finalist and seed named, the test figure logged
+            assert run.data.tags["tunesmith.confirms"] == row.confirms and run.data.tags["tunesmith.seed"] == "1000"
+            assert run.data.metrics["test_acc"] == pytest.approx(row.test_acc)
+        else:
+            assert "test_acc" not in run.data.metrics
         history = client.get_metric_history(run.info.run_id, "val_loss")
         mine = epochs[(epochs.trial_id == tid) & epochs.val_loss.notna()].sort_values("epoch")
         assert [m.step for m in history] == list(mine.epoch)   # step = epoch; NaN is left out, as in Parquet

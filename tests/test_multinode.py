@@ -158,12 +158,13 @@ model: {{width: 8}}
 trainer: {{epochs: {epochs}, per_gpu_batch_size: 16}}
 search: {{num_samples: {n}, space: {{lr: {{loguniform: [0.01, 0.3]}}}}}}
 asha: {{enabled: false}}
+confirm: {{top: {top}, seeds: 1}}
 """
 
 
-def _spec(c, name, epochs=3, n=4):
+def _spec(c, name, epochs=3, n=4, top=1):
     path = c.tmp / f"{name}.yaml"
-    path.write_text(SWEEP.format(name=name, epochs=epochs, n=n))
+    path.write_text(SWEEP.format(name=name, epochs=epochs, n=n, top=top))
     return str(path)
 
 
@@ -181,9 +182,13 @@ def test_submit_through_the_jobs_api(cluster):
     assert "smith sweep job" in out.stdout
     report = json.loads((results / "job" / "smith.json").read_text())
     assert report["stage1"]["node"] in (c.ip["A"], c.ip["B"]) and report["stage1"]["points"] >= 100
-    trials = pq.read_table(results / "job" / "trials.parquet").to_pandas()
+    table = pq.read_table(results / "job" / "trials.parquet").to_pandas()
+    trials, confirmed = table[table.phase == "search"], table[table.phase == "confirm"]
     assert len(trials) == 4 and set(trials.status) <= {"completed", "pruned"}
     assert set(trials.node_ip) == {c.ip["A"], c.ip["B"]}
+    # its confirmation runs on the cluster like any trial: the winner with a new seed, the test read once
+    assert len(confirmed) == 1 and confirmed.node_ip.iloc[0] in (c.ip["A"], c.ip["B"])
+    assert confirmed.test_acc.notna().all() and confirmed.confirms.iloc[0] == report["stage2"]["best_trial"]
     lo, hi = report["stage2"]["lr_range"]
     assert trials.hp_lr.between(lo * (1 - 1e-9), hi * (1 + 1e-9)).all()
     listed = c.exec("A", os.path.join(BIN, "tunesmith"), "jobs", "list", "--address", url)
@@ -300,7 +305,7 @@ def test_a_lost_worker_node_costs_no_trial(cluster):
     c = cluster
     results = c.tmp / "lost"
     run = subprocess.Popen(["ip", "netns", "exec", c.ns["A"], os.path.join(BIN, "tunesmith"), "run",
-                            _spec(c, "lost", epochs=20, n=2), "--address", f"{c.ip['A']}:6379",
+                            _spec(c, "lost", epochs=20, n=2, top=0), "--address", f"{c.ip['A']}:6379",
                             "--results-dir", str(results)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            env=c.env, cwd=str(c.tmp), text=True)
     epochs = results / "lost" / "epochs"

@@ -60,6 +60,7 @@ search:
   num_samples: 2
   space: {lr: {loguniform: [0.05, 0.2]}}
 asha: {enabled: false}
+confirm: {top: 0}
 """
 
 

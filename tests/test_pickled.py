@@ -85,7 +85,8 @@ def _make_mlflow_sink(tmp_path):
 def _resume_mlflow_sink(orig, restored):
     assert restored.client is None and restored.failed is None
     restored.reopen()   # the resumed sweep reconnects
-    rec = type("R", (), {"trial_id": "t1", "hparams": {"lr": 0.1}, "status": "completed", "stop_reason": "done"})()
+    rec = type("R", (), {"trial_id": "t1", "hparams": {"lr": 0.1}, "status": "completed", "stop_reason": "done",
+                         "phase": "search", "of": None, "seed": 0})()
     restored.trial_started(rec, True)
     restored.epoch(rec, {}, {}, _result(1, 0.5))
     restored.trial_ended(rec)

@@ -195,8 +195,14 @@ def test_smith_stages_and_report(ray_session, tmp_path, capsys, spec_file):
     lo, hi = s1["band"]
     assert hi == pytest.approx(10 * lo)
     assert s2["lr_range"] == pytest.approx([hi / 10 ** 0.5, hi * 10 ** 1.5])   # leaning to larger LRs
-    trials = pq.read_table(root / "sm" / "trials.parquet").to_pandas()
+    table = pq.read_table(root / "sm" / "trials.parquet").to_pandas()
+    trials, confirmed = table[table.phase == "search"], table[table.phase == "confirm"]
     assert len(trials) == 6
+    # smith confirms by default: its two best settings again with two new seeds, at stage 2's length
+    assert len(confirmed) == 4 and (confirmed.epochs == 3).all() and confirmed.test_acc.notna().all()
+    c = s2["confirmed"]
+    assert [f["trial"] for f in c["finalists"]][0] == s2["best_trial"] and c["seeds"] == [1000, 1001]
+    assert s2["best"] == pytest.approx(trials.set_index("trial_id").loc[s2["best_trial"], "best_val_acc"])
     assert trials.hp_lr.between(s2["lr_range"][0] * (1 - 1e-9), s2["lr_range"][1] * (1 + 1e-9)).all()
     assert set(trials.hp_max_momentum) <= {0.9, 0.95, 0.97, 0.99}
     assert set(trials.hp_weight_decay) <= {1e-4, 1e-3, 1e-2}
@@ -208,10 +214,10 @@ def test_smith_stages_and_report(ray_session, tmp_path, capsys, spec_file):
     assert pilot.status == "completed" and pilot.epochs == 3 and pilot.device == "cpu", pilot.to_dict()
     assert pilot.node_ip == "127.0.0.1" and pilot.hp_lr == pytest.approx(s2["pilot"]["config"]["lr"])
     assert (root / "sm" / "tensorboard" / "pilot").is_dir()
-    if s2["best_trial"] == "pilot":   # the winner's checkpoint is kept, as a Tune trial's is
-        assert (root / "sm" / "pilot" / "checkpoint_000002" / "trainer.pt").is_file()
-    else:
-        assert not list((root / "sm" / "pilot").glob("checkpoint_*"))
+    # the confirmed winner's checkpoint is kept; the pilot's, like every search trial's, goes
+    assert not list((root / "sm" / "pilot").glob("checkpoint_*"))
+    kept = table[table.checkpoint.notna()]
+    assert list(kept.phase) == ["confirm"] and list(kept.confirms) == [s2["best_trial"]]
     assert "Trial pilot, stage 2's centre (lr" in (root / "sm" / "smith_report.md").read_text()
     # drawn quasi-randomly: the first four LRs of Tune's trials fill the four quarters of the range
     first = trials[trials.trial_id != "pilot"].sort_values("started_at").hp_lr.iloc[:4]
@@ -220,7 +226,6 @@ def test_smith_stages_and_report(ray_session, tmp_path, capsys, spec_file):
     assert sorted(quarter) == [0, 1, 2, 3], list(first)
     assert s2["rung_epochs"] == [1] and s2["ranked_at_epoch"] == 1
     assert sum(r["trials"] for r in s2["momentum_ranking"]) == 6   # every trial reached the first rung
-    assert s2["best"] == pytest.approx(trials.best_val_acc.max())
     final = pq.read_table(root / "sm-final" / "trials.parquet").to_pandas()
     assert len(final) == 1 and final.epochs.iloc[0] == 6 and final.status.iloc[0] == "completed"
     import yaml
@@ -236,7 +241,7 @@ def test_smith_stages_and_report(ray_session, tmp_path, capsys, spec_file):
         assert any("stage 3 ended below stage 2" in w for w in report["warnings"])
     md = (root / "sm" / "smith_report.md").read_text()
     assert "## Stage 1" in md and "## Stage 2" in md and "## Stage 3" in md and "## Result" in md
-    assert "6 of 6 epochs (completed): best" in md
+    assert "6 of 6 epochs (completed): best" in md and "Confirmation: the finalists again" in md
     assert f"val_acc {res['value']:.4f}: trial {res['trial']}" in md
 
 
@@ -248,7 +253,7 @@ def test_smith_final_within_a_time_budget_keeps_time_for_stage_3(ray_session, tm
     stage 3 finished no epoch)."""
     # 40 s: stage 1 ends 5 to 9 s in, and Tune's set-up and wind-down take 5 to 8 s of stage 2; at 30 s
     # its trials never started, and at 20 s stage 3 started with 4 s left
-    text = SPEC.replace("name: sm", "name: fb\ntime_budget_s: 40").replace("width: 16", "width: 8")
+    text = SPEC.replace("name: sm", "name: fb\ntime_budget_s: 40\nconfirm: {top: 0}").replace("width: 16", "width: 8")
     assert main(["smith", spec_file(text), "--final", "--short-epochs", "3"]) == 0
     root = tmp_path / "results"
     report = json.loads((root / "fb" / "smith.json").read_text())
@@ -278,6 +283,7 @@ name: noise
 dataset: {name: synthetic, num_samples: 400, image_size: 8, num_classes: 10}
 model: {width: 8}
 trainer: {epochs: 2}
+confirm: {top: 0}
 results_dir: RESULTS
 """
     assert main(["smith", spec_file(text), "--samples", "2", "--max-seconds", "5", "--val-loss",
@@ -319,7 +325,7 @@ def test_smith_fine_tunes_a_kept_checkpoint_on_a_colour_folder(ray_session, tmp_
     from PIL import Image
     from tunesmith.trainables import photos
     assert main(["run", spec_file(SPEC.replace("name: sm", "name: last-week"), "old.yaml"),
-                 "--num-samples", "1", "--set", "trainer.epochs=1"]) == 0
+                 "--num-samples", "1", "--set", "trainer.epochs=1", "--set", "confirm.top=0"]) == 0
     rng = np.random.default_rng(0)
     for kind in photos.KINDS_B[:3]:
         os.makedirs(tmp_path / "photos" / kind)
@@ -330,6 +336,7 @@ name: this-week
 dataset: {{name: imagefolder, data_dir: {tmp_path / 'photos'}, image_size: 32, augment: photo}}
 model: {{weights: {tmp_path / 'results' / 'last-week'}}}
 trainer: {{epochs: 4, per_gpu_batch_size: 16}}
+confirm: {{top: 0}}
 results_dir: RESULTS
 """
     capsys.readouterr()

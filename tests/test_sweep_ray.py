@@ -26,6 +26,7 @@ search:
     lr: {loguniform: [0.01, 50.0]}
     schedule: {choice: [one_cycle, constant]}
 asha: {enabled: false}
+confirm: {top: 2, seeds: 2}
 results_dir: RESULTS
 """
 
@@ -51,13 +52,35 @@ def test_cli_sweep_writes_parquet_and_tensorboard(ray_session, tmp_path, capsys,
     out = capsys.readouterr().out
     assert "rank" in out and "results:" in out
     root = tmp_path / "results" / "tiny"
-    trials = pq.read_table(root / "trials.parquet").to_pandas().set_index("trial_id")
+    table = pq.read_table(root / "trials.parquet").to_pandas().set_index("trial_id")
+    trials = table[table.phase == "search"]
     assert len(trials) == 4
     assert set(trials.status) <= {"completed", "diverged"}
     diverged = trials[trials.hp_lr == 50.0]
     assert list(diverged.status) == ["diverged"] and diverged.epochs.iloc[0] == 1
     done = trials[trials.status == "completed"]
     assert (done.epochs == 3).all() and len(done) >= 1
+
+    # the confirmation: the two best settings again with the same two new seeds, full schedule;
+    # only their final models read the test split, and the winner's checkpoint is the one kept
+    confirmed = table[table.phase == "confirm"]
+    assert len(confirmed) == 4 and set(confirmed.confirms) <= set(done.index) and confirmed.confirms.nunique() == 2
+    assert sorted(confirmed.seed) == [1003, 1003, 1004, 1004] and (confirmed.status == "completed").all()
+    for of, rows in confirmed.groupby("confirms"):
+        assert (rows.hp_lr == trials.loc[of, "hp_lr"]).all() and (rows.epochs == 3).all()
+    assert confirmed.test_acc.notna().all() and trials.test_acc.isna().all() and trials.test_loss.isna().all()
+    assert (confirmed.test_acc > 0.5).all()
+    kept = table[table.checkpoint.notna()]
+    assert len(kept) == 1 and kept.index[0] in confirmed.index and os.path.isdir(kept.checkpoint.iloc[0])
+    last = out[out.index("confirmation:"):]
+    assert "verdict: " in last and "test: test_acc" in last and f"kept: {kept.index[0]}" in last
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["confirm"]["seeds"] == [1003, 1004] and len(manifest["confirm"]["finalists"]) == 2
+    winner = manifest["confirm"]["finalists"][0]
+    rows = confirmed[confirmed.confirms == winner["trial"]]
+    assert winner["mean"] == pytest.approx(rows.last_val_acc.mean(), abs=1e-6)
+    assert winner["test"] == pytest.approx(rows.test_acc.mean(), abs=1e-6)
+    trials = table
 
     epochs = pq.read_table(root / "epochs").to_pandas()
     assert len(epochs) == trials.epochs.sum()
@@ -68,13 +91,16 @@ def test_cli_sweep_writes_parquet_and_tensorboard(ray_session, tmp_path, capsys,
             for m in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "samples_per_second"):
                 if row[m] == row[m]:   # null in Parquet (diverged) is absent from TB
                     assert scalars[m][row.epoch] == pytest.approx(row[m], rel=1e-5), (trial_id, m)
+        if trials.loc[trial_id, "phase"] == "confirm":   # the test figure, once, at the final epoch
+            assert scalars["test_acc"] == {3: pytest.approx(trials.loc[trial_id, "test_acc"], rel=1e-5)}
+        else:
+            assert "test_acc" not in scalars
         # each epoch's time is when the trial reported it, to the ms (Tune's own stamp is whole
         # seconds, which three short epochs share), the same in Parquet and on TensorBoard's axes
         at = [t.timestamp() for t in rows.sort_values("epoch").timestamp]
         assert all(b > a for a, b in zip(at, at[1:])), (trial_id, at)
         walls = _tb_walltimes(str(root / "tensorboard" / trial_id), "lr")
         assert [walls[e] for e in sorted(walls)] == pytest.approx(at, abs=2e-3), (trial_id, walls, at)
-    manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["status"] == "finished" and manifest["seed"] == 3
     assert manifest["versions"]["ray"].startswith("2.60")
     assert (root / "spec.yaml").exists()
@@ -95,6 +121,7 @@ search:
   space:
     lr: {loguniform: [1.0e-4, 0.5]}
 asha: {grace_period: 1, reduction_factor: 2}
+confirm: {top: 0}
 results_dir: RESULTS
 """
     assert main(["run", spec_file(text)]) == 0
@@ -120,6 +147,7 @@ search:
     momentum: {choice: [0.9, 0.95, 0.99]}
     weight_decay: {grid: [1.0e-4, 0.0]}
 asha: {enabled: false}
+confirm: {top: 0}
 results_dir: RESULTS
 """
     assert main(["run", spec_file(text)]) == 0
@@ -137,6 +165,7 @@ def test_errored_trial_is_recorded(ray_session, tmp_path):
     from tunesmith.orchestrator.sweep import run_sweep
     missing = str(tmp_path / "no-such-folder")
     spec = spec_mod.from_dict({"name": "err", "results_dir": str(tmp_path / "r"), "trainer": {"epochs": 2},
+                               "confirm": {"top": 0},
                                "checkpoints": {"max_failures": 0},
                                "dataset": {"name": "imagefolder", "data_dir": missing},
                                "search": {"num_samples": 2, "space": {"lr": {"uniform": [0.1, 0.2]}}}})
@@ -153,7 +182,7 @@ def test_time_budget_counts_from_the_commands_start(ray_session, tmp_path):
     is Tune's own set-up (its time_budget_s counts from its first check, 3 s into the sweep)."""
     from tunesmith.orchestrator import spec as spec_mod
     from tunesmith.orchestrator.sweep import budget_problem, run_sweep
-    raw = {"name": "budget", "results_dir": str(tmp_path / "r"), "time_budget_s": 16,
+    raw = {"name": "budget", "results_dir": str(tmp_path / "r"), "time_budget_s": 16, "confirm": {"top": 0},
            "model": {"name": "small_cnn", "width": 8}, "trainer": {"epochs": 50}, "asha": {"enabled": False},
            "search": {"num_samples": 100, "space": {"lr": {"loguniform": [0.01, 0.1]}}}}
     outcome = run_sweep(spec_mod.from_dict(raw), ray_session, progress=False, started=time.time() - 10)   # 6 s left
@@ -226,11 +255,14 @@ def test_data_parallel_ranks_match_one_process_with_the_same_global_batch(ray_se
     from tunesmith.trainables.trainer import Trainer
     raw = {"name": "ddp", "dataset": {"name": "digits"}, "model": {"width": 8},
            "trainer": {"epochs": 3, "per_gpu_batch_size": 32}, "asha": {"enabled": False},
-           "resources": {"cpus": 0.5, "workers": 2}, "results_dir": str(tmp_path / "results")}
+           "resources": {"cpus": 0.5, "workers": 2}, "results_dir": str(tmp_path / "results"),
+           "confirm": {"top": 1, "seeds": 1}}
     spec = tmp_path / "ddp.yaml"
     spec.write_text(yaml.safe_dump(raw))
     assert cli(["run", str(spec)]) == 0
+    trials = pq.read_table(tmp_path / "results" / "ddp" / "trials.parquet").to_pandas().set_index("phase")
     ddp = pds.dataset(str(tmp_path / "results" / "ddp" / "epochs")).to_table().to_pandas().sort_values("epoch")
+    ddp = ddp[ddp.trial_id == trials.loc["search", "trial_id"]]
     # the reference: the same trial in one process (here) at the global batch, 64
     one_process = {**raw, "trainer": {**raw["trainer"], "per_gpu_batch_size": 64}, "resources": {"cpus": 1}}
     cfg = TrainConfig.from_dict(spec_mod.from_dict(one_process).trial_config())
@@ -238,10 +270,14 @@ def test_data_parallel_ranks_match_one_process_with_the_same_global_batch(ray_se
     assert list(ddp.epoch) == [1, 2, 3] and set(ddp.device) == {"cpu x2 (DDP)"}
     at = [t.timestamp() for t in ddp.timestamp]   # rank 0's report time, through Ray Train, to the ms
     assert all(b > a for a, b in zip(at, at[1:])) and any(t % 1 for t in at), at
-    trials = pq.read_table(tmp_path / "results" / "ddp" / "trials.parquet").to_pandas()
-    assert list(trials.global_batch) == [64]
-    # Ray Train's checkpoints are housekept like Tune's: the winner's final one kept and named
-    kept = trials.checkpoint.iloc[0]
+    assert list(trials.global_batch) == [64, 64]
+    # its confirmation trains data-parallel too, and its final model reads the test split once
+    assert trials.loc["confirm", "epochs"] == 3 and trials.loc["confirm", "test_acc"] > 0.8
+    assert trials.loc["confirm", "seed"] == 1000 and pd.isna(trials.loc["search", "test_acc"])
+    # Ray Train's checkpoints are housekept like Tune's: the confirmed winner's final one kept and
+    # named, the search's gone
+    assert pd.isna(trials.loc["search", "checkpoint"])
+    kept = trials.loc["confirm", "checkpoint"]
     assert kept and os.path.exists(os.path.join(kept, "trainer.pt")), kept
     run_dir = os.path.dirname(kept)
     assert [n for n in os.listdir(run_dir) if n.startswith("checkpoint_") and os.path.isdir(os.path.join(run_dir, n))] \

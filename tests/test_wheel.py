@@ -69,7 +69,7 @@ def test_run_works_beside_a_decoy_cluster_module(wheel_venv, tmp_path):
     (work / "spec.yaml").write_text(
         "name: decoy\ndataset: {name: digits}\nmodel: {name: small_cnn}\n"
         "trainer: {epochs: 2}\n"
-        "search: {num_samples: 2, space: {lr: {loguniform: [0.01, 0.3]}}}\n"
+        "search: {num_samples: 2, space: {lr: {loguniform: [0.01, 0.3]}}}\nconfirm: {top: 1, seeds: 1}\n"
         f"results_dir: {tmp_path / 'results'}\n")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")}
     cmd = [str(venv / "bin" / "tunesmith"), "run", "spec.yaml"]
@@ -79,7 +79,9 @@ def test_run_works_beside_a_decoy_cluster_module(wheel_venv, tmp_path):
                              "import tunesmith.orchestrator as o; print(o.__file__)"],
                             capture_output=True, text=True, cwd=work, env=env).stdout
     assert origin.startswith(site), origin
-    trials = pq.read_table(tmp_path / "results" / "decoy" / "trials.parquet").to_pandas()
+    table = pq.read_table(tmp_path / "results" / "decoy" / "trials.parquet").to_pandas()
+    trials = table[table.phase == "search"]
+    assert list(table[table.phase == "confirm"].test_acc.notna()) == [True]   # the installed package confirms
     # Ray's workers start in the driver's working directory with it first on sys.path: under the old
     # top-level names they imported the decoy `trainables` and every trial errored.
     assert len(trials) == 2 and set(trials.status) <= {"completed", "pruned"}, trials.status

@@ -115,7 +115,10 @@ class MLflowSink(Sink):
         from mlflow.entities import Param
         run = self.client.create_run(self.exp_id, run_name=rec.trial_id,
                                      tags={"mlflow.parentRunId": self.parent, "tunesmith.sweep": self.sweep,
-                                           "tunesmith.trial_id": rec.trial_id, "status": "running"})
+                                           "tunesmith.trial_id": rec.trial_id, "status": "running",
+                                           "tunesmith.phase": rec.phase,
+                                           **({"tunesmith.confirms": rec.of, "tunesmith.seed": str(rec.seed)}
+                                              if rec.of else {})})
         self.runs[rec.trial_id] = run.info.run_id
         self.client.log_batch(run.info.run_id, params=[Param(k, json.dumps(v) if not isinstance(v, str) else v)
                                                        for k, v in rec.hparams.items()])

@@ -35,7 +35,7 @@ class TensorBoardSink(Sink):
         if fresh:
             w = self._tb(rec.trial_id)
             w.add_summary(tb.experiment_summary(
-                self.hp_domains, list(dict.fromkeys([self.metric, "val_loss", "val_acc"]))))
+                self.hp_domains, list(dict.fromkeys([self.metric, "val_loss", "val_acc", *schema.TEST_METRICS]))))
             w.add_summary(tb.session_start(rec.hparams))
 
     def epoch(self, rec, row, extra, result) -> None:

@@ -1,0 +1,128 @@
+"""Confirming the finalists (#28), without Ray: which configurations are finalists, the
+confirmation trials' configs, how the ledger records them, and the statistics of the verdict."""
+import math
+
+import pytest
+
+from tunesmith.orchestrator import confirm
+from tunesmith.orchestrator.ledger import Ledger
+from tunesmith.orchestrator.sinks.parquet import trials_table
+from tunesmith.trainables.config import CONFIRM, unpack
+
+
+def _ledger():
+    return Ledger("s", ["lr", "model.width"], epochs=4, metric="val_acc", mode="max", seed=7)
+
+
+def _run(ledger, tid, config, accs, losses=None, test=None):
+    rec, _ = ledger.start(tid, config)
+    for e, acc in enumerate(accs, 1):
+        result = {"training_iteration": e, "val_acc": acc, "val_loss": (losses or [1.0] * len(accs))[e - 1]}
+        if test is not None and e == len(accs):
+            result.update(test_acc=test, test_loss=0.5)
+        ledger.record(rec, result)
+    ledger.finish(rec)
+    return rec
+
+
+def _search(ledger):
+    _run(ledger, "a", {"lr": 0.1, "model.width": 32}, [0.5, 0.8, 0.9, 0.95])
+    _run(ledger, "b", {"lr": 0.2, "model.width": 32}, [0.5, 0.8, 0.9, 0.94])
+    _run(ledger, "c", {"lr": 0.1, "model.width": 32, "seed": 3}, [0.5, 0.8, 0.9, 0.93])   # a's settings again
+    _run(ledger, "d", {"lr": 0.3, "model.width": 16}, [0.5, 0.6, 0.7, 0.80])
+
+
+def test_finalists_are_the_best_distinct_settings_and_their_points_share_the_seeds():
+    w = _ledger()
+    _search(w)
+    finals = confirm.finalists(w, 3)
+    assert [r.trial_id for r in finals] == ["a", "b", "d"]   # c repeats a's settings with another seed
+    seeds = confirm.seeds_for(7, 2)
+    assert seeds == [1007, 1008]
+    pts = confirm.points(finals, seeds)
+    assert [(p["of"], p["seed"]) for p in pts] == [("a", 1007), ("b", 1007), ("d", 1007),
+                                                    ("a", 1008), ("b", 1008), ("d", 1008)]
+    assert pts[1] == {"lr": 0.2, "model.width": 32, "seed": 1007, "of": "b"}
+    flat, of = unpack({CONFIRM: pts[1]})
+    assert of == "b" and flat == {"lr": 0.2, "model.width": 32, "seed": 1007}
+    assert unpack({"lr": 0.1}) == ({"lr": 0.1}, None)
+
+
+def test_the_ledger_marks_confirmation_trials_and_ranks_the_search_alone():
+    w = _ledger()
+    _search(w)
+    rec = _run(w, "x", {CONFIRM: {"lr": 0.3, "model.width": 16, "seed": 1007, "of": "d"}}, [0.9, 0.99, 0.99, 0.99],
+               test=0.97)
+    assert rec.phase == "confirm" and rec.of == "d" and rec.seed == 1007
+    assert rec.hparams == {"lr": 0.3, "model.width": 16} and rec.test == {"test_acc": 0.97, "test_loss": 0.5}
+    assert [r.trial_id for r in w.ranked()] == ["a", "b", "c", "d"]   # 0.99 is a confirmation's, not a search's
+    assert w.top(1)[0].trial_id == "a" and w.confirmations() == [rec]
+    assert w.trials["a"].seed == 7 and w.trials["c"].seed == 3 and w.trials["a"].test == {}
+    table = trials_table(w).to_pylist()
+    row = {r["trial_id"]: r for r in table}
+    assert row["x"]["phase"] == "confirm" and row["x"]["confirms"] == "d" and row["x"]["seed"] == 1007
+    assert row["x"]["test_acc"] == 0.97 and row["a"]["test_acc"] is None and row["a"]["phase"] == "search"
+    # read back as a resume reads it
+    again = _ledger()
+    again.load(table, [], lambda r: __import__("json").loads(r["config"]))
+    back = again.trials["x"]
+    assert (back.phase, back.of, back.seed, back.test["test_acc"]) == ("confirm", "d", 1007, 0.97)
+    assert again.trials["a"].phase == "search" and again.trials["c"].seed == 3
+
+
+def _confirmed(w, values):
+    """values: {finalist: [(seed, final val_acc, val_loss, test_acc), ...]}"""
+    for of, runs in values.items():
+        for seed, acc, loss, test in runs:
+            settings = {k: v for k, v in w.trials[of].config.items() if k != "seed"}
+            _run(w, f"{of}-{seed}", {CONFIRM: {**settings, "seed": seed, "of": of}}, [acc] * 4, [loss] * 4, test)
+
+
+def test_the_winner_is_the_best_mean_and_a_clear_difference_is_called():
+    w = _ledger()
+    _search(w)
+    finals = confirm.finalists(w, 2)
+    _confirmed(w, {"a": [(1, 0.90, 0.3, 0.89), (2, 0.91, 0.3, 0.90), (3, 0.92, 0.3, 0.91)],
+                   "b": [(1, 0.95, 0.2, 0.94), (2, 0.955, 0.2, 0.95), (3, 0.97, 0.2, 0.96)]})
+    v = confirm.judge(w, finals, [1, 2, 3])
+    assert [f.trial_id for f in v.finalists] == ["b", "a"]   # the search's second has the better mean
+    b = v.finalists[0]
+    assert b.mean == pytest.approx((0.95 + 0.955 + 0.97) / 3) and b.test == pytest.approx(0.95)
+    # the paired interval is scipy's for the paired differences
+    from scipy import stats
+    diffs = [0.05, 0.045, 0.05]
+    ci = stats.ttest_rel([0.95, 0.955, 0.97], [0.90, 0.91, 0.92]).confidence_interval(0.95)
+    assert v.diff == pytest.approx(sum(diffs) / 3)
+    assert v.diff - v.half == pytest.approx(ci.low) and v.diff + v.half == pytest.approx(ci.high)
+    assert v.separated and v.text().startswith("verdict: b is better than a by 4.83 points")
+    one = stats.ttest_1samp([0.95, 0.955, 0.97], 0).confidence_interval(0.95)
+    assert b.mean - b.half == pytest.approx(one.low)
+    assert confirm.kept_run(v, w) == "b-3"   # the winner's seed with the best final value
+    assert "b" in confirm.table(v) and v.to_dict()["finalists"][0]["trial"] == "b"
+
+
+def test_differences_inside_the_noise_are_not_called_and_ties_go_to_the_lower_loss():
+    w = _ledger()
+    _search(w)
+    finals = confirm.finalists(w, 2)
+    _confirmed(w, {"a": [(1, 0.90, 0.30, 0.9), (2, 0.95, 0.30, 0.9)],
+                   "b": [(1, 0.95, 0.20, 0.9), (2, 0.90, 0.20, 0.9)]})
+    v = confirm.judge(w, finals, [1, 2])
+    assert [f.trial_id for f in v.finalists] == ["b", "a"]   # equal means: b's lower validation loss
+    assert not v.separated and "cannot tell b and a apart at this budget" in v.text()
+    assert "noise floor" in v.text()
+
+
+def test_a_diverged_seed_counts_against_its_configuration_and_one_seed_gives_no_interval():
+    w = _ledger()
+    _search(w)
+    finals = confirm.finalists(w, 2)
+    _confirmed(w, {"a": [(1, 0.99, 0.1, 0.98)], "b": [(1, 0.90, 0.3, 0.9)]})
+    rec, _ = w.start("a-2", {CONFIRM: {"lr": 0.1, "model.width": 32, "seed": 2, "of": "a"}})
+    w.record(rec, {"training_iteration": 1, "val_acc": math.nan, "diverged": True, "stop_reason": "diverged: nan"})
+    w.finish(rec)
+    v = confirm.judge(w, finals, [1, 2])
+    a = next(f for f in v.finalists if f.trial_id == "a")
+    assert a.by_seed[2] == -math.inf and v.finalists[0].trial_id == "b"
+    assert math.isnan(v.finalists[0].half)
+    assert "cannot tell b and a apart: 1 shared seed" in v.text()
