@@ -265,9 +265,9 @@ class Ledger:
         return stopped
 
     # --- summaries ---------------------------------------------------------------------------
-    def status_counts(self) -> Dict[str, int]:
+    def status_counts(self, among: Optional[Iterable[TrialRecord]] = None) -> Dict[str, int]:
         counts: Dict[str, int] = {}
-        for rec in list(self.trials.values()):
+        for rec in list(self.trials.values() if among is None else among):
             counts[rec.status] = counts.get(rec.status, 0) + 1
         return dict(sorted(counts.items()))
 

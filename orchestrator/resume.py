@@ -65,10 +65,16 @@ def load(target: str, trust: bool = False):
     return parent, name, spec, man
 
 
-def trial_ids(storage: Storage, name: str) -> set:
+def trial_ids(storage: Storage, name: str, experiment: str = "_tune") -> set:
+    """The trials trials.parquet records of one of the sweep's Tune experiments: the search's
+    (``_tune``), or a confirmation's, whose trials have their folders in it."""
     if not storage.exists(name, "trials.parquet"):
         return set()
-    return set(storage.read_table(f"{name}/trials.parquet").column("trial_id").to_pylist())
+    t = storage.read_table(f"{name}/trials.parquet").to_pydict()
+    phases = t.get("phase") or ["search"] * len(t["trial_id"])
+    if experiment == "_tune":
+        return {tid for tid, ph in zip(t["trial_id"], phases) if ph != "confirm"}
+    return {tid for tid, ph in zip(t["trial_id"], phases) if ph == "confirm" and storage.exists(name, experiment, tid)}
 
 
 def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man: dict) -> dict:
@@ -78,14 +84,14 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
     from tunesmith.trainables.tune_trainable import train_cnn
 
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"   # the sweep's own stopper takes Ctrl-C and SIGTERM, as in `run`
-    before = trial_ids(storage, name)
+    from tunesmith.orchestrator.confirm_again import latest_confirmation
+    confirming = latest_confirmation(storage, name)   # the search ended: its confirmation is what resumes
+    before = trial_ids(storage, name, confirming or "_tune")
     in_memory, _ = plan(spec.train.dataset, local=cluster.started_here)
     trainable = tune.with_resources(
         tune.with_parameters(train_cnn, base=spec.trial_config(), shared=share(spec.train.dataset, not in_memory),
                              checkpoint_every=spec.checkpoints.every),
         {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
-    from tunesmith.orchestrator.confirm_again import latest_confirmation
-    confirming = latest_confirmation(storage, name)   # the search ended: its confirmation is what resumes
     tune_dir = storage.path(name, confirming or "_tune")
     fs = None if storage.is_local else storage.fs
     began = time.monotonic()

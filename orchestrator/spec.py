@@ -337,4 +337,7 @@ def plan_text(spec: SweepSpec) -> str:
         what = "a seed-variance study (the spec's own settings, each trial with its own seed)"
     else:
         what = f"{spec.plan.algorithm} search over {', '.join(keys)}"
-    return f"{n} trial{'' if n == 1 else 's'}: {what}"
+    c = spec.confirm
+    then = (f", then the {c.top} best confirmed with {c.seeds} new seed{'s' if c.seeds > 1 else ''} each"
+            if c.top else "")
+    return f"{n} trial{'' if n == 1 else 's'}: {what}{then}"

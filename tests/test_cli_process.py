@@ -145,7 +145,7 @@ def test_tensorboard_server_serves_scalars_and_hparams(quick_sweep):
                     return json.loads(r.read())
             except OSError:
                 return []
-        _wait_for(lambda: len(runs()) == 6, 60, "tensorboard runs")
+        _wait_for(lambda: len(runs()) == len(trials) == 10, 60, "tensorboard runs")   # 6 searched, 4 confirming
         run = sorted(runs())[0]
         with urllib.request.urlopen(f"{base}/data/plugin/scalars/scalars?run={run}&tag=val_acc", timeout=10) as r:
             points = json.loads(r.read())
@@ -157,7 +157,7 @@ def test_tensorboard_server_serves_scalars_and_hparams(quick_sweep):
             exp = json.loads(r.read())
         names = {h["name"] for h in exp["hparamInfos"]}
         assert {"lr", "weight_decay", "model.width"} <= names
-        assert "val_acc" in {m["name"]["tag"] for m in exp["metricInfos"]}
+        assert {"val_acc", "test_acc"} <= {m["name"]["tag"] for m in exp["metricInfos"]}   # the test figure beside
     finally:
         tb.terminate()
         tb.wait(timeout=30)
@@ -312,6 +312,53 @@ results_dir: {tmp_path / 'results'}
     best = after.sort_values(["best_val_acc", "best_val_loss"], ascending=[False, True]).index[0]   # ties: lower loss
     assert len(kept) == 1 and kept.index[0] == best and os.path.isdir(kept.iloc[0])
     assert os.path.exists(os.path.join(kept.iloc[0], "trainer.pt"))
+
+
+def test_a_sweep_killed_in_its_confirmation_resumes_it(tmp_path):
+    """SIGKILL the driver while the finalists are being confirmed: `resume` restores the
+    confirmation (not the finished search), ends it, gives the verdict and keeps the confirmed
+    winner's checkpoint; no epoch is written twice."""
+    spec = tmp_path / "c.yaml"
+    spec.write_text(f"""
+name: c
+dataset: {{name: digits}}
+model: {{width: 8}}
+trainer: {{epochs: 8, per_gpu_batch_size: 16}}
+search: {{num_samples: 3, max_concurrent: 1, space: {{lr: {{loguniform: [0.02, 0.2]}}}}}}
+asha: {{enabled: false}}
+confirm: {{top: 2, seeds: 1}}
+results_dir: {tmp_path / 'results'}
+""")
+    proc = subprocess.Popen([TUNESMITH, "run", str(spec)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=_env(), cwd=ROOT, start_new_session=True)
+    trials_file = tmp_path / "results" / "c" / "trials.parquet"
+
+    def confirming():
+        if not trials_file.exists():
+            return False
+        t = _trials(trials_file)
+        return "phase" in t and ((t.phase == "confirm") & (t.epochs >= 2)).any()
+    try:
+        _wait_for(confirming, 240, "a confirmation run's second epoch")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    before = _trials(trials_file)
+    assert (before[before.phase == "search"].status == "completed").all()
+    assert not (before[before.phase == "confirm"].status == "completed").all(), "the confirmation ended first"
+    out = _run(["resume", str(tmp_path / "results" / "c")], timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "verdict: " in out.stdout and "test: test_acc" in out.stdout
+    after = _trials(trials_file).set_index("trial_id")
+    confirmed = after[after.phase == "confirm"]
+    assert len(after) == 5 and len(confirmed) == 2 and set(after.status) == {"completed"}
+    assert confirmed.test_acc.notna().all() and (confirmed.epochs == 8).all()
+    epochs = pq.read_table(tmp_path / "results" / "c" / "epochs").to_pandas()
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    kept = after.checkpoint.dropna()
+    assert len(kept) == 1 and kept.index[0] in confirmed.index and os.path.isdir(kept.iloc[0])
+    manifest = json.loads((tmp_path / "results" / "c" / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["confirm"]["finalists"][0]["test"] is not None
 
 
 def test_resume_refuses_a_folder_tunesmith_did_not_write(tmp_path):

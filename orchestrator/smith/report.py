@@ -33,16 +33,16 @@ def stage2_summary(out, s2, lr_range, basis: str) -> Dict[str, Any]:
     verdict = getattr(out, "confirmed", None)
     if verdict is not None and verdict.winner is not None:   # the best mean over new seeds, not one lucky run
         best = ledger.trials[verdict.winner.trial_id]
-    records = list(ledger.trials.values())
+    records = [r for r in ledger.trials.values() if r.phase == "search"]   # confirmation runs are judged apart
     return {"sweep": out.path, "name": s2.name, "epochs": s2.train.trainer.epochs, "lr_range": list(lr_range),
-            "lr_basis": basis, "lr_momentum_ref": s2.plan.lr_momentum_ref, "trials": len(ledger.trials),
+            "lr_basis": basis, "lr_momentum_ref": s2.plan.lr_momentum_ref, "trials": len(records),
             "rung_epochs": list(s2.rungs), "annealed_rungs": bool(s2.milestones),
             "best_trial": best.trial_id if best else None, "best": best.best[s2.metric] if best else None,
             "best_epoch": best.best_epoch(s2.mode) if best else None,
             "best_config": best.hparams if best else {}, "metric": s2.metric,
             "momentum_ranking": value_ranking(records, "max_momentum", s2.mode, at),
             "weight_decay_ranking": value_ranking(records, "weight_decay", s2.mode, at),
-            "ranked_at_epoch": at, "status": ledger.status_counts(), "seconds": round(out.wall_seconds, 2),
+            "ranked_at_epoch": at, "status": ledger.status_counts(records), "seconds": round(out.wall_seconds, 2),
             "interrupted": out.interrupted,
             "confirmed": verdict.to_dict() if verdict is not None else None}
 

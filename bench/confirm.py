@@ -1,0 +1,149 @@
+"""Is confirming the finalists worth its cost? (#28)
+
+For each dataset and seed, as a user runs it (fresh processes, the CLI):
+
+1. ``tunesmith run``: random search (``--trials`` trials of ``--epochs`` epochs, ASHA as default)
+   with the confirmation at ``--top`` finalists x ``--seeds`` new seeds. Read: the search's
+   single-run pick (its rank 1), the confirmed winner, the reported figures (the search's best
+   val_acc; the confirmation's mean test_acc), and the wall time of each phase.
+2. ``tunesmith analyze --confirm M --seeds 5``: the search's M best configurations (the
+   finalists among them) each trained again with 5 seeds none of the sweep used. A
+   configuration's true quality is the mean test_acc of those 5 final models.
+
+Then, over every dataset and seed:
+- selection regret: the true quality of the best of the M minus that of the configuration
+  chosen, for single-run selection (today's rank 1) and for the confirmed winner;
+- optimism: the reported figure minus the chosen configuration's true quality: the search's best
+  val_acc (today) against the confirmation's test figure;
+- the confirmation's wall time as a share of the search's.
+
+Bars (issue #28): confirmation halves the mean regret of single-run selection, for at most 35%
+more wall time; the reported test figure is within 1 point of the chosen configuration's true
+quality on average.
+
+    .venv/bin/python bench/confirm.py [--datasets small glyphs] [--repeats 2] [--trials 16] [--epochs 6]
+                                      [--top 2] [--seeds 2] [--candidates 4] [--truth-seeds 5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": ROOT}
+    proc = subprocess.run([sys.executable, "-m", "tunesmith.orchestrator", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"tunesmith {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n"
+                         f"{proc.stderr[-2000:]}")
+    return proc
+
+
+def _span(rows) -> float:
+    return (rows.ended_at.max() - rows.started_at.min()).total_seconds() if len(rows) else 0.0
+
+
+def one(dataset: str, seed: int, args) -> dict:
+    """One dataset and seed: the sweep with its confirmation, then the truth runs."""
+    import pyarrow.parquet as pq
+    import yaml
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from quality import _dataset, _model, WIDE
+    root = tempfile.mkdtemp(prefix=f"tunesmith-confirm-{dataset}-")
+    spec = {"name": "c", "seed": seed, "dataset": _dataset(dataset), "results_dir": root,
+            "trainer": {"epochs": args.epochs},
+            "search": {"algorithm": "random", "num_samples": args.trials, "space": {"lr": WIDE}},
+            "confirm": {"top": args.top, "seeds": args.seeds}}
+    model = _model(dataset)
+    if model:
+        spec["model"] = model
+    path = os.path.join(root, "spec.yaml")
+    with open(path, "w") as fh:
+        yaml.safe_dump(spec, fh)
+    began = time.time()
+    _cli("run", path)
+    sweep_s = time.time() - began
+    folder = os.path.join(root, "c")
+    man = json.load(open(os.path.join(folder, "manifest.json")))
+    confirmed = man["confirm"]
+    t = pq.read_table(os.path.join(folder, "trials.parquet")).to_pandas()
+    search, phase1 = t[t.phase == "search"], t[t.phase == "confirm"]
+    ranked = search.dropna(subset=["best_val_acc"]).sort_values(["best_val_acc", "best_val_loss"],
+                                                                ascending=[False, True])
+    single = ranked.trial_id.iloc[0]
+    winner = confirmed["finalists"][0]
+    first_seeds = set(phase1.seed)
+    _cli("analyze", folder, "--confirm", str(args.candidates), "--seeds", str(args.truth_seeds))
+    t = pq.read_table(os.path.join(folder, "trials.parquet")).to_pandas()
+    truth_rows = t[(t.phase == "confirm") & ~t.seed.isin(first_seeds) & (t.status == "completed")]
+    truth = truth_rows.groupby("confirms").test_acc.mean().to_dict()
+    best = max(truth.values())
+    out = {"dataset": dataset, "seed": seed, "single": single, "confirmed": winner["trial"],
+           "truth": truth, "best": best,
+           "regret_single": best - truth[single], "regret_confirmed": best - truth[winner["trial"]],
+           "reported_single": float(ranked.best_val_acc.iloc[0]), "reported_confirmed": winner["test"],
+           "optimism_single": float(ranked.best_val_acc.iloc[0]) - truth[single],
+           "optimism_confirmed": winner["test"] - truth[winner["trial"]],
+           "search_s": _span(search), "confirm_s": _span(phase1), "sweep_s": sweep_s,
+           "verdict": confirmed["verdict"], "folder": folder}
+    out["share"] = out["confirm_s"] / max(out["search_s"], 1e-9)
+    import shutil
+    shutil.rmtree(root, ignore_errors=True)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", nargs="+", default=["small", "glyphs"])
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--trials", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--top", type=int, default=2)
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--candidates", type=int, default=4, help="configurations whose true quality is measured")
+    p.add_argument("--truth-seeds", type=int, default=5)
+    args = p.parse_args(argv)
+    rows = []
+    for dataset in args.datasets:
+        for r in range(args.repeats):
+            row = one(dataset, args.first_seed + r, args)
+            rows.append(row)
+            print(f"{dataset} seed {row['seed']}: single-run pick {row['single']} (true {row['truth'][row['single']]:.4f}), "
+                  f"confirmed {row['confirmed']} (true {row['truth'][row['confirmed']]:.4f}), best of "
+                  f"{len(row['truth'])} {row['best']:.4f}; reported {row['reported_single']:.4f} today, "
+                  f"{row['reported_confirmed']:.4f} (test) confirmed; confirmation {row['confirm_s']:.0f}s against "
+                  f"the search's {row['search_s']:.0f}s", flush=True)
+    print("\ndataset  seed  regret single  regret confirmed  optimism single  optimism confirmed  "
+          "confirm/search wall")
+    for r in rows:
+        print(f"{r['dataset']:<8} {r['seed']:>4}  {100 * r['regret_single']:>11.2f}pp  {100 * r['regret_confirmed']:>14.2f}pp"
+              f"  {100 * r['optimism_single']:>13.2f}pp  {100 * r['optimism_confirmed']:>16.2f}pp  {r['share']:>18.2f}")
+    mean = lambda k: statistics.fmean(r[k] for r in rows)   # noqa: E731
+    rs, rc = mean("regret_single"), mean("regret_confirmed")
+    share = sum(r["confirm_s"] for r in rows) / max(sum(r["search_s"] for r in rows), 1e-9)
+    off = statistics.fmean(abs(r["optimism_confirmed"]) for r in rows)
+    print(f"\nmean regret: single-run {100 * rs:.2f}pp, confirmed {100 * rc:.2f}pp; mean optimism: single-run "
+          f"{100 * mean('optimism_single'):+.2f}pp (search's best val_acc), confirmed {100 * mean('optimism_confirmed'):+.2f}pp "
+          f"(test); confirmation wall time {100 * share:.0f}% of the search's")
+    halved = rc <= rs / 2 if rs > 0 else rc <= 0
+    print(f"bar: confirmation halves the mean regret: {'met' if halved else 'NOT met'} "
+          f"({100 * rc:.2f}pp against {100 * rs:.2f}pp{'' if rs > 0 else '; single-run selection had no regret here'})")
+    print(f"bar: for at most 35% more wall time: {'met' if share <= 0.35 else 'NOT met'} ({100 * share:.0f}%)")
+    print(f"bar: the reported test figure within 1 point of the chosen configuration's true quality on average: "
+          f"{'met' if off <= 0.01 else 'NOT met'} (mean |difference| {100 * off:.2f}pp)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
