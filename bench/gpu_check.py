@@ -72,7 +72,8 @@ def _sync():
 def _synthetic(model: str, size: int, batch: int, steps: int, precision: str = "auto"):
     from tunesmith.trainables.config import TrainConfig
     return TrainConfig.from_dict({
-        "dataset": {"name": "synthetic", "image_size": size, "num_samples": batch * (steps + 1), "val_fraction": 0.01},
+        "dataset": {"name": "synthetic", "image_size": size, "num_samples": batch * (steps + 1), "val_fraction": 0.01,
+                    "test_fraction": 0},   # every image trains: the steps measured are the steps asked for
         "model": {"name": model}, "trainer": {"epochs": 3, "per_gpu_batch_size": batch, "precision": precision,
                                               "schedule": "constant", "lr": 0.01}})
 
@@ -170,6 +171,7 @@ def case_share(kind: str, root: str, gpu: bool):
             resources = {"gpus": share, "cpus": 1} if gpu else {"cpus": 2 / trials}
             spec = spec_mod.from_dict({
                 "name": f"share-{name}", "results_dir": root, "asha": {"enabled": False}, "resources": resources,
+                "confirm": {"top": 0},   # the trials at once are the measure; a confirmation would add its own
                 "dataset": {"name": "synthetic", "image_size": s["size"], "num_samples": s["samples"]},
                 "model": {"name": "small_cnn"}, "trainer": {"epochs": s["epochs"], "per_gpu_batch_size": s["batch"]},
                 "search": {"num_samples": trials}})

@@ -43,12 +43,17 @@ TEMPLATE = r"""<!doctype html>
 {% if s.seed_variance %}<h3>Seed variance</h3>
 <table><tr>{% for c in s.seed_variance[0] %}<th>{{ c }}</th>{% endfor %}</tr>
 {% for row in s.seed_variance %}<tr>{% for v in row.values() %}<td>{{ fmt(v) }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}
+{% if s.confirmation %}<h3>Confirmation</h3>
+<div class="sub">the finalists again with new seeds {{ s.confirmation.seeds }}; final-epoch {{ s.metric }}; the test split read once by each final model</div>
+<table><tr><th>finalist</th><th>search</th><th>mean</th><th>sd</th><th>&plusmn;95%</th><th>mean test</th><th>seeds</th></tr>
+{% for f in s.confirmation.finalists %}<tr><td>{{ f.trial }}</td><td>{{ fmt(f.search) }}</td><td>{{ fmt(f.mean) }}</td><td>{{ fmt(f.sd) }}</td><td>{{ fmt(f.half_width) }}</td><td>{{ fmt(f.test) }}</td><td>{{ f.by_seed|length }}</td></tr>{% endfor %}</table>
+<div class="best">{{ s.confirmation.verdict }}</div>{% endif %}
 <h3>Hyperparameter importance</h3>
-<table><tr><th>hyperparameter</th><th>importance</th></tr>
-{% for e in s.effects %}<tr><td>{{ e.hparam }}</td><td>{{ "%.3f"|format(e.importance) }}</td></tr>{% endfor %}</table>
-{% for e in s.effects %}<details><summary>{{ s.metric }} by {{ e.hparam }}</summary>
-<table><tr><th>value</th><th>trials</th><th>mean</th><th>best</th></tr>
-{% for b in e.bins %}<tr><td>{{ b.bin }}</td><td>{{ b.trials }}</td><td>{{ "%.4f"|format(b.mean) }}</td><td>{{ "%.4f"|format(b.best) }}</td></tr>{% endfor %}
+<table><tr><th>hyperparameter</th><th>importance</th><th>95% interval</th><th>separates values</th></tr>
+{% for e in s.effects %}<tr><td>{{ e.hparam }}</td><td>{{ "%.3f"|format(e.importance) }}</td><td>{{ "%.3f"|format(e.low) }} to {{ "%.3f"|format(e.high) }}</td><td>{{ "yes" if e.separated else "no (p = %.2f)"|format(e.p) }}</td></tr>{% endfor %}</table>
+{% for e in s.effects %}<details><summary>{{ s.metric }} by {{ e.hparam }}{{ "" if e.separated else ": within the noise" }}</summary>
+<table><tr><th>value</th><th>trials</th><th>mean</th><th>&plusmn;95%</th><th>best</th></tr>
+{% for b in e.bins %}<tr><td>{{ b.bin }}</td><td>{{ b.trials }}</td><td>{{ "%.4f"|format(b.mean) }}</td><td>{{ fmt(b["±95%"]) }}</td><td>{{ "%.4f"|format(b.best) }}</td></tr>{% endfor %}
 </table></details>{% endfor %}
 <h3>Plots</h3>
 {% for p in s.plots %}<img alt="{{ p.name }}" src="data:image/png;base64,{{ p.data }}">{% endfor %}

@@ -287,12 +287,17 @@ def test_resume_after_the_driver_is_killed_on_a_cluster(cluster):
 
     out = c.exec("A", os.path.join(BIN, "tunesmith"), "resume", str(results / "res"), *argv, timeout=400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    after = pq.read_table(trials_file).to_pandas().set_index("trial_id")
-    assert len(after) == 6 and set(after.status) == {"completed"}, after[["status", "stop_reason", "error"]]
+    table = pq.read_table(trials_file).to_pandas().set_index("trial_id")
+    assert set(table.status) == {"completed"}, table[["status", "stop_reason", "error"]]
+    after = table[table.phase == "search"]
+    assert len(after) == 6
+    # the resumed search goes on to its confirmation, on the cluster: the winner with a new seed
+    confirmed = table[table.phase == "confirm"]
+    assert len(confirmed) == 1 and confirmed.test_acc.notna().all() and confirmed.epochs.iloc[0] == 12
     e = pq.read_table(results / "res" / "epochs").to_pandas()
     assert not e.duplicated(["trial_id", "epoch"]).any()
     assert (e.groupby("trial_id").epoch.apply(sorted).map(lambda x: x == list(range(1, 13)))).all()
-    assert set(e.node_ip) == set(after.node_ip) == {c.ip["A"], c.ip["B"]}
+    assert set(e.node_ip) == set(table.node_ip) == {c.ip["A"], c.ip["B"]}
     for tid in done_before:   # not rerun
         assert e[e.trial_id == tid].timestamp.max().timestamp() < killed_at
         assert after.loc[tid, "started_at"] == before.loc[tid, "started_at"]

@@ -105,6 +105,20 @@ def test_cli_sweep_writes_parquet_and_tensorboard(ray_session, tmp_path, capsys,
     assert manifest["versions"]["ray"].startswith("2.60")
     assert (root / "spec.yaml").exists()
 
+    # a seed more for each finalist, after the fact: seeds the sweep has not used, into its own
+    # folder and files; the verdict and the kept checkpoint are read over all its confirmation runs
+    capsys.readouterr()
+    assert main(["analyze", str(root), "--confirm", "2", "--seeds", "1"]) == 0
+    out = capsys.readouterr().out
+    again = pq.read_table(root / "trials.parquet").to_pandas().set_index("trial_id")
+    more = again[(again.phase == "confirm") & ~again.index.isin(confirmed.index)]
+    assert list(more.seed) == [1005, 1005] and set(more.confirms) == set(confirmed.confirms)
+    assert more.test_acc.notna().all() and (root / "_confirm-2").is_dir()
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["confirm"]["seeds"] == [1003, 1004, 1005] and manifest["confirmed_at"]
+    assert "over 3 new seeds" in out and "verdict: " in out
+    assert again.checkpoint.notna().sum() == 1 and again.loc[again.checkpoint.notna(), "phase"].iloc[0] == "confirm"
+
 
 def test_tpe_with_asha_prunes_and_says_why(ray_session, tmp_path, spec_file):
     """LRs from 1e-4 (barely learns in 4 epochs) to 0.5: ASHA has laggards to prune."""
