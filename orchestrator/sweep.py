@@ -243,7 +243,8 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
             status = f"failed: {callback.failure}"
         if confirming:
             unconfirmed = ("the search was interrupted" if status != "finished" else
-                           "the time budget ran out in the search" if not stopper.release_hold(after) else "")
+                           "the time budget ran out in the search" if not stopper.release_hold(after) else
+                           too_short_to_confirm(spec, callback.ledger, deadline, after))
         if confirming and not unconfirmed:
             from tunesmith.orchestrator.confirm import run_phase
             verdict = run_phase(spec, storage, cluster, callback, stopper, not in_memory, progress)
@@ -278,6 +279,17 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
     return SweepOutcome(spec, storage, callback.ledger, time.monotonic() - start, status == "interrupted",
                         stopper.timed_out.is_set(), None if deadline is None else deadline - began,
                         failure=callback.failure, confirmed=verdict, unconfirmed=unconfirmed)
+
+
+def too_short_to_confirm(spec: SweepSpec, ledger, deadline: Optional[float], after=None) -> str:
+    """Why a confirmation is not started: the budget left cannot fit a third of its first round
+    (its runs fit their schedules to the time left, down to that), at the search's pace."""
+    if deadline is None:
+        return ""
+    left = deadline - (after() if after else 0.0) - time.time()
+    need = hold_for_epochs(ledger, spec.trainer.epochs / 3)
+    return "" if left >= need else (f"{max(left, 0):.0f}s of the time budget were left, short of a third of "
+                                    f"one round of its runs ({need:.0f}s at the search's pace)")
 
 
 def _say_skipped(spec: SweepSpec, man: dict, shared: bool, streamed: Dict[str, str]) -> None:

@@ -126,3 +126,26 @@ def test_a_diverged_seed_counts_against_its_configuration_and_one_seed_gives_no_
     assert a.by_seed[2] == -math.inf and v.finalists[0].trial_id == "b"
     assert math.isnan(v.finalists[0].half)
     assert "cannot tell b and a apart: 1 shared seed" in v.text()
+
+
+def test_a_confirmation_the_time_left_cannot_fit_is_not_started_and_says_why():
+    """Its runs fit their schedules to the time left, down to a third of their epochs; less than
+    that, at the search's measured pace, and it is not started."""
+    import time
+    from tunesmith.orchestrator import spec as spec_mod
+    from tunesmith.orchestrator.ledger import hold_for_epochs
+    from tunesmith.orchestrator.sweep import too_short_to_confirm
+    spec = spec_mod.from_dict({"trainer": {"epochs": 9}})
+    w = _ledger()
+    _search(w)
+    for rec in w.trials.values():
+        rec.pace = 1.0   # seconds an epoch, report included
+    w.start_up = 2.0
+    need = hold_for_epochs(w, 3)
+    assert need == pytest.approx(1.2 * (3 * 1.0 + 2.0) + 1.5)
+    assert too_short_to_confirm(spec, w, None) == ""
+    assert too_short_to_confirm(spec, w, time.time() + need + 5) == ""
+    why = too_short_to_confirm(spec, w, time.time() + need - 3)
+    assert "short of a third of one round of its runs (8s at the search's pace)" in why
+    # what is held for after it (smith's stage 3) is not the confirmation's
+    assert "short of" in too_short_to_confirm(spec, w, time.time() + need + 5, after=lambda: 10.0)

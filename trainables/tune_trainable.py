@@ -92,9 +92,10 @@ def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[lis
 
 
 def final_test(trainer, metrics: dict, due) -> None:
-    """A confirmation trial's final model, once at the end of its full schedule: the only read of
-    the test split. A run cut short (the time budget, a divergence) is no final model."""
-    if due and trainer.data.test_size and trainer.epoch >= trainer.cfg.trainer.epochs and not metrics.get("diverged"):
+    """A confirmation trial's final model, once at the end of its schedule (the whole of it, or
+    as fitted to the time budget, annealed): the only read of the test split. A diverged run, or
+    one the budget stopped mid-epoch (it never reports its end), is no final model."""
+    if due and trainer.data.test_size and trainer.epoch >= trainer.end_epoch and not metrics.get("diverged"):
         metrics.update(trainer.evaluate("test"))
 
 
