@@ -97,8 +97,12 @@ class SweepStopper(Stopper):
         return self._published
 
     def out_of_time(self) -> bool:
-        """The budget is over: here (possibly held back), or at the deadline the trials keep."""
-        return self.timed_out.is_set() or (self.deadline is not None and time.time() >= self.deadline)
+        """The budget is over: here (possibly held back), at the deadline, or at the held-back
+        deadline published to the trials (a trial that reads it stops itself, before this
+        stopper's next check)."""
+        now = time.time()
+        return self.timed_out.is_set() or (self.deadline is not None and now >= self.deadline) or \
+            (self.keeper is not None and self._published is not None and now >= self._published)
 
     def stop_all(self):
         end = self.deadline
