@@ -198,12 +198,14 @@ def _tunesmith(contender: str, dataset: str, budget: float, data_dir=None, seed:
 
 def _confirmed_test(root: str):
     """The test figure the run reported for its pick: its confirmation's winner, the mean test_acc
-    of its seeds' final models (smith: stage 2's sweep); None where no confirmation finished."""
+    of its seeds' final models (smith: stage 2's sweep), or where the budget afforded no
+    confirmation the kept model's; None where neither was read."""
     path = os.path.join(root, "q", "manifest.json")
     if not os.path.exists(path):
         return None
-    c = json.load(open(path)).get("confirm") or {}
-    return (c.get("finalists") or [{}])[0].get("test")
+    man = json.load(open(path))
+    found = ((man.get("confirm") or {}).get("finalists") or [{}])[0].get("test")
+    return found if found is not None else (man.get("kept_test") or {}).get("test_acc")
 
 
 def _no_trials(started: int = 0) -> dict:

@@ -16,6 +16,45 @@ from tunesmith.trainables.config import CONFIRM
 
 SEED_BASE = 1000   # confirmation seeds: spec.seed + SEED_BASE + i, never a seed the search trained with
 LEVEL = 0.95
+SHARE = 0.3        # with a time budget, the confirmation's most: its runs fit their schedules to it,
+                   # and the search keeps the rest (a full-length hold-back on 64-px colour data at
+                   # 90 s, 15 s an epoch, would have left the search nothing)
+LEAST = 1 / 3      # a confirmation run's schedule fitted to less than this share is not started
+
+
+def rounds_of(spec, concurrency: int) -> int:
+    """How many rounds the confirmation's runs take, ``concurrency`` at a time."""
+    return -(-spec.confirm.top * spec.confirm.seeds // max(1, concurrency))
+
+
+def budget_hold(ledger, spec, rounds: int, budget: float) -> float:
+    """Seconds the search keeps for its confirmation, at the search's measured pace
+    (ledger.hold_for_epochs): all of its runs' schedules where they fit in SHARE of the
+    budget; else that share, where a third of each fits in it; else none (the search keeps the
+    whole budget, and the confirmation is not started: ``unaffordable`` says why)."""
+    from tunesmith.orchestrator.ledger import hold_for_epochs
+    full = hold_for_epochs(ledger, rounds * spec.trainer.epochs)
+    cap = SHARE * budget
+    if full <= cap:
+        return full
+    return cap if least_needed(ledger, spec, rounds) <= cap else 0.0
+
+
+def least_needed(ledger, spec, rounds: int) -> float:
+    """The time a confirmation needs at least: each round's runs fitted to a third of their
+    schedules, after one start-up (a later round's runs reuse the first's workers)."""
+    from tunesmith.orchestrator.ledger import hold_for_epochs
+    return hold_for_epochs(ledger, rounds * spec.trainer.epochs * LEAST)
+
+
+def unaffordable(ledger, spec, rounds: int, budget: float) -> str:
+    """Why a time budget affords no confirmation at the search's pace, or ''."""
+    least = least_needed(ledger, spec, rounds)
+    if not least or least <= SHARE * budget:
+        return ""
+    return (f"it would need about {least:.0f}s at the search's pace (a third of each run's schedule, "
+            f"{rounds} round{'s' if rounds > 1 else ''}), more than its share of the time budget "
+            f"({SHARE:.0%}, {SHARE * budget:.0f}s), so the search kept the whole budget")
 
 
 def finalists(ledger, top: int) -> list:
@@ -270,9 +309,15 @@ def run_phase(spec, storage, cluster, callback, stopper, data_streams: bool = Fa
     keep = spec.checkpoints.keep
     callback.retention = Retention("defer" if keep == "best" else keep, storage.fs)
     callback.hold_open = False
+    end, run_s = stopper.trials_deadline, None
+    if end is not None:   # each round of runs gets its share of the time left after the start-up
+        import time
+        from tunesmith.orchestrator.ledger import HOLD_START_S
+        start = HOLD_START_S if callback.ledger.start_up is None else callback.ledger.start_up
+        run_s = max(1.0, end - time.time() - start) / rounds_of(spec, concurrency)
     trainable = tune.with_parameters(train_cnn, base=spec.trial_config(), shared=share(spec.train.dataset, data_streams),
                                      checkpoint_every=spec.checkpoints.every, ddp=ddp_options(spec, storage),
-                                     deadline=stopper.deadline, keeper=stopper.keeper)
+                                     deadline=stopper.deadline, keeper=stopper.keeper, run_s=run_s)
     light_usage_tagging()
     tuner = tune.Tuner(
         tune.with_resources(trainable, trial_resources(spec)),
@@ -326,6 +371,11 @@ def summary(outcome) -> str:
     looks = sum(r.epochs for r in outcome.ledger.ranked())
     if verdict is None:
         why = outcome.unconfirmed or "confirm.top is 0"
+        tested = next((r for r in outcome.ledger.ranked()[:1] if r.test.get(test_metric(m)) is not None), None)
+        if tested is not None:
+            return (f"not confirmed over seeds ({why}): the best {m} above is the best of {looks} looks at the "
+                    f"validation set, so it reads high\ntest: {test_metric(m)} {tested.test[test_metric(m)]:.4f} "
+                    f"for the kept model ({tested.trial_id}'s final checkpoint), which read the test split once")
         return (f"not confirmed ({why}): the best {m} above is the best of {looks} looks at the validation set, "
                 "so it reads high, and no test split was read")
     lines = [f"confirmation: final-epoch {m} of each finalist over {len(verdict.seeds)} new seeds "

@@ -14,7 +14,7 @@ import yaml
 
 from tunesmith.cluster.connect import ClusterInfo
 from tunesmith.orchestrator import manifest as manifest_mod
-from tunesmith.orchestrator.ledger import hold_for_epochs
+from tunesmith.orchestrator.confirm import budget_hold, least_needed, rounds_of, unaffordable
 from tunesmith.orchestrator.spec import SweepSpec, plan_text, trial_count
 from tunesmith.orchestrator.tune_parts import (concurrency_for, ddp_options, light_usage_tagging, trial_dirname,
                                                trial_resources)
@@ -214,14 +214,14 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
     tuner, callback, concurrency = build_tuner(spec, storage, cluster, trainable, stopper, progress,
                                              data_streams=not in_memory, manifest=man, pilot=pilot)
     after = (lambda: hold_back(callback.ledger)) if hold_back is not None else None
+    rounds = rounds_of(spec, concurrency)
     if confirming and deadline is not None:   # the search stops in time for its confirmation
-        rounds = -(-spec.confirm.top * spec.confirm.seeds // max(1, concurrency))
-        stopper.hold_back = lambda: (after() if after else 0.0) + hold_for_epochs(callback.ledger,
-                                                                                  rounds * spec.trainer.epochs)
+        stopper.hold_back = lambda: (after() if after else 0.0) + budget_hold(callback.ledger, spec, rounds,
+                                                                              deadline - began)
     else:
         stopper.hold_back = after
     callback.hold_open = confirming
-    verdict, unconfirmed = None, ""
+    verdict, unconfirmed, tested = None, "", None
     if progress:
         print(f"sweep {spec.name}: {plan_text(spec)}; {min(concurrency, trial_count(spec))} at a time"
               f"{', ASHA' if spec.asha.enabled else ''}; "
@@ -243,8 +243,13 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
             status = f"failed: {callback.failure}"
         if confirming:
             unconfirmed = ("the search was interrupted" if status != "finished" else
-                           "the time budget ran out in the search" if not stopper.release_hold(after) else
-                           too_short_to_confirm(spec, callback.ledger, deadline, after))
+                           too_short_to_confirm(spec, callback.ledger, deadline, after, rounds)
+                           if stopper.release_hold(after) else
+                           unaffordable(callback.ledger, spec, rounds, deadline - began)
+                           or "the time budget ran out in the search")
+        if confirming and unconfirmed and status == "finished":   # the kept model's test figure, at least
+            from tunesmith.orchestrator.kept_test import kept_on_test
+            tested = kept_on_test(spec, callback)
         if confirming and not unconfirmed:
             from tunesmith.orchestrator.confirm import run_phase
             verdict = run_phase(spec, storage, cluster, callback, stopper, not in_memory, progress)
@@ -269,6 +274,8 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
         _say_skipped(spec, man, trainable is None and in_memory, callback.unreadable)
         if verdict is not None:
             man["confirm"] = verdict.to_dict()
+        elif tested is not None:   # read where a confirmation's would be: the kept model's alone
+            man["kept_test"] = {"trial": tested, **callback.ledger.trials[tested].test}
         try:
             storage.write_bytes(f"{spec.name}/manifest.json", manifest_mod.dumps(man))
         except (OSError, pa.ArrowException) as exc:
@@ -281,15 +288,17 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
                         failure=callback.failure, confirmed=verdict, unconfirmed=unconfirmed)
 
 
-def too_short_to_confirm(spec: SweepSpec, ledger, deadline: Optional[float], after=None) -> str:
-    """Why a confirmation is not started: the budget left cannot fit a third of its first round
-    (its runs fit their schedules to the time left, down to that), at the search's pace."""
+def too_short_to_confirm(spec: SweepSpec, ledger, deadline: Optional[float], after=None, rounds: int = 1) -> str:
+    """Why a confirmation is not started: the budget left cannot fit a third of each round's
+    runs (they fit their schedules to their round's share of the time left, down to that), at
+    the search's pace."""
     if deadline is None:
         return ""
     left = deadline - (after() if after else 0.0) - time.time()
-    need = hold_for_epochs(ledger, spec.trainer.epochs / 3)
+    need = least_needed(ledger, spec, rounds)
+    each = "one round of its runs" if rounds == 1 else f"each of its {rounds} rounds of runs"
     return "" if left >= need else (f"{max(left, 0):.0f}s of the time budget were left, short of a third of "
-                                    f"one round of its runs ({need:.0f}s at the search's pace)")
+                                    f"{each} ({need:.0f}s at the search's pace)")
 
 
 def _say_skipped(spec: SweepSpec, man: dict, shared: bool, streamed: Dict[str, str]) -> None:

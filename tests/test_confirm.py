@@ -149,3 +149,45 @@ def test_a_confirmation_the_time_left_cannot_fit_is_not_started_and_says_why():
     assert "short of a third of one round of its runs (8s at the search's pace)" in why
     # what is held for after it (smith's stage 3) is not the confirmation's
     assert "short of" in too_short_to_confirm(spec, w, time.time() + need + 5, after=lambda: 10.0)
+
+
+def test_under_a_time_budget_the_confirmation_takes_at_most_its_share_or_nothing():
+    """The search keeps the confirmation's whole schedule where that fits in SHARE of the
+    budget; else SHARE, where a third of each round's runs fits in it; else nothing, and the
+    last lines say why (on 64-px colour data at 90 s a full-length hold-back left the search
+    no time)."""
+    from tunesmith.orchestrator import spec as spec_mod
+    from tunesmith.orchestrator.confirm import SHARE, budget_hold, least_needed, rounds_of, unaffordable
+    from tunesmith.orchestrator.ledger import hold_for_epochs
+    spec = spec_mod.from_dict({"trainer": {"epochs": 9}, "confirm": {"top": 2, "seeds": 2}})
+    assert rounds_of(spec, 2) == 2 and rounds_of(spec, 4) == 1 and rounds_of(spec, 3) == 2
+    w = _ledger()
+    _search(w)
+    assert budget_hold(w, spec, 2, 100.0) == 0.0 and unaffordable(w, spec, 2, 100.0) == ""   # nothing measured
+    for rec in w.trials.values():
+        rec.pace = 1.0
+    w.start_up = 2.0
+    full = hold_for_epochs(w, 18)
+    least = least_needed(w, spec, 2)
+    assert least == pytest.approx(1.2 * (2 * 3 * 1.0 + 2.0) + 1.5)
+    assert budget_hold(w, spec, 2, full / SHARE + 1) == pytest.approx(full)        # all of it fits
+    assert budget_hold(w, spec, 2, 60.0) == pytest.approx(SHARE * 60.0)            # its share
+    assert unaffordable(w, spec, 2, 60.0) == ""
+    assert budget_hold(w, spec, 2, least / SHARE - 1) == 0.0                        # not even a third
+    why = unaffordable(w, spec, 2, least / SHARE - 1)
+    assert f"about {least:.0f}s at the search's pace" in why and "the search kept the whole budget" in why
+
+
+def test_a_confirmation_run_fits_to_its_rounds_share_and_to_the_sweeps_deadline():
+    import time
+    from tunesmith.trainables.tune_trainable import own_deadline
+    now = time.time()
+    assert own_deadline(now + 50, None, None) == (now + 50, None)
+    deadline, reader = own_deadline(now + 50, lambda: now + 40, 10.0)
+    assert deadline == pytest.approx(now + 10, abs=1) and reader() == pytest.approx(now + 10, abs=1)
+    deadline, reader = own_deadline(now + 50, lambda: now + 5, 10.0)
+    assert reader() == pytest.approx(now + 5)                     # the sweep's moved earlier
+    deadline, reader = own_deadline(None, None, 10.0)
+    assert deadline == pytest.approx(now + 10, abs=1) and reader is None
+    _, reader = own_deadline(now + 50, lambda: None, 10.0)
+    assert reader() is None                                        # the keeper did not answer: keep the last

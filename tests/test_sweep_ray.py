@@ -218,6 +218,31 @@ def test_time_budget_counts_from_the_commands_start(ray_session, tmp_path):
                     r"sweep began", budget_problem(late)), budget_problem(late)
 
 
+def test_a_budget_that_affords_no_confirmation_gives_the_search_all_of_it_and_tests_the_kept_model(
+        ray_session, tmp_path):
+    """A third of four 30-epoch runs does not fit in the confirmation's share of a 14 s budget
+    at the search's pace: the search keeps the whole budget (a full-length hold-back used to
+    leave it none), and the kept model alone reads the test split, once."""
+    from tunesmith.orchestrator import spec as spec_mod
+    from tunesmith.orchestrator.confirm import summary
+    from tunesmith.orchestrator.sweep import run_sweep
+    raw = {"name": "unconfirmed", "results_dir": str(tmp_path / "r"), "time_budget_s": 14,
+           "confirm": {"top": 2, "seeds": 2}, "model": {"name": "small_cnn", "width": 8},
+           "trainer": {"epochs": 30, "per_gpu_batch_size": 64}, "asha": {"enabled": False},
+           "search": {"num_samples": 100, "space": {"lr": {"loguniform": [0.03, 0.3]}}}}
+    outcome = run_sweep(spec_mod.from_dict(raw), ray_session, progress=False)
+    assert outcome.confirmed is None and "the search kept the whole budget" in outcome.unconfirmed, \
+        outcome.unconfirmed
+    trials = pq.read_table(tmp_path / "r" / "unconfirmed" / "trials.parquet").to_pandas()
+    assert set(trials.phase) == {"search"}
+    tested = trials[trials.test_acc.notna()]
+    assert len(tested) == 1 and tested.checkpoint.iloc[0] and 0.5 < tested.test_acc.iloc[0] <= 1.0
+    assert tested.trial_id.iloc[0] == outcome.ledger.ranked()[0].trial_id
+    man = json.loads((tmp_path / "r" / "unconfirmed" / "manifest.json").read_text())
+    assert man["kept_test"]["trial"] == tested.trial_id.iloc[0] and "confirm" not in man
+    assert f"test: test_acc {tested.test_acc.iloc[0]:.4f} for the kept model" in summary(outcome)
+
+
 def _reports_only_high_lrs(config):
     from ray import tune
     if config["lr"] < 0.1:

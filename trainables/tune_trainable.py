@@ -36,13 +36,15 @@ def _staging_dir() -> Optional[str]:
 
 def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[list] = None,
               checkpoint_every: int = 1, ddp: Optional[dict] = None, deadline: Optional[float] = None,
-              keeper=None) -> None:
+              keeper=None, run_s: Optional[float] = None) -> None:
     """Function trainable: ``base`` is the spec's TrainConfig as a dict, ``config`` the values
     the search algorithm chose (``{"lr": 0.1, "model.width": 32}``), ``shared`` the dataset's
     arrays in Ray's object store (orchestrator/data_share.py), read zero-copy. ``deadline``
     (time.time(), by this node's clock): the sweep's time budget ends there; the trial stops at
     the next mini-batch instead of finishing its epoch, which Tune's stop would wait for.
-    ``keeper``: a DeadlineKeeper actor that may move the deadline earlier during the sweep."""
+    ``keeper``: a DeadlineKeeper actor that may move the deadline earlier during the sweep.
+    ``run_s``: a confirmation run's share of the time left (its round's), counted from its start:
+    the run fits its schedule to that where it ends before the deadline."""
     import os
     import tempfile
     import time
@@ -55,10 +57,11 @@ def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[lis
 
     if deadline is not None and time.time() >= deadline:
         return
+    deadline, reader = own_deadline(deadline, _reader(keeper), run_s)
     config, confirms = unpack(config)
     cfg = TrainConfig.from_dict(base).with_overrides(config)   # the loaders check data files on this node
     if ddp:
-        return _data_parallel(cfg, shared, checkpoint_every, ddp, deadline, keeper, bool(confirms))
+        return _data_parallel(cfg, shared, checkpoint_every, ddp, deadline, keeper, bool(confirms), run_s)
     held = tune.get_context().get_trial_resources().required_resources
     before = _private_mb()
     arrays = None
@@ -68,7 +71,7 @@ def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[lis
     data_info = {"data_mb": data.nbytes / 2 ** 20, "data_added_mb": _private_mb() - before}
     trainer = Trainer(cfg, num_gpus=held.get("GPU", 0.0), cpu_threads=held.get("CPU", 1), shared=arrays)
     trainer.deadline = deadline
-    trainer.deadline_source = _reader(keeper)
+    trainer.deadline_source = reader
     resumed = tune.get_checkpoint()
     if resumed is not None:   # a retry after a lost worker or node, or `tunesmith resume`
         with resumed.as_directory() as folder:
@@ -91,12 +94,44 @@ def train_cnn(config: Dict[str, Any], base: Dict[str, Any], shared: Optional[lis
             tune.report(metrics)
 
 
+def state_on_test(base: Dict[str, Any], config: Dict[str, Any], state: bytes, gpus: float = 0.0,
+               cpus: int = 1) -> Dict[str, float]:
+    """A kept checkpoint's model (``state``: its trainer.pt) on the test split, once: the sweep's
+    winner where no confirmation could run (orchestrator/kept_test.py runs it as a Ray task)."""
+    import io
+    import torch
+    from tunesmith.trainables.config import unpack
+    from tunesmith.trainables.trainer import Trainer
+    config, _ = unpack(config)
+    trainer = Trainer(TrainConfig.from_dict(base).with_overrides(config), num_gpus=gpus, cpu_threads=cpus)
+    weights = torch.load(io.BytesIO(state), map_location=trainer.device, weights_only=True)["model"]
+    trainer.net.load_state_dict(weights)
+    return trainer.evaluate("test") if trainer.data.test_size else {}
+
+
 def final_test(trainer, metrics: dict, due) -> None:
     """A confirmation trial's final model, once at the end of its schedule (the whole of it, or
     as fitted to the time budget, annealed): the only read of the test split. A diverged run, or
     one the budget stopped mid-epoch (it never reports its end), is no final model."""
     if due and trainer.data.test_size and trainer.epoch >= trainer.end_epoch and not metrics.get("diverged"):
         metrics.update(trainer.evaluate("test"))
+
+
+def own_deadline(deadline: Optional[float], reader, run_s: Optional[float]):
+    """The deadline and its reader for a run allowed ``run_s`` from now (a confirmation run in
+    one of several rounds): the earlier of that and the sweep's, as the sweep's moves."""
+    import time
+    if run_s is None:
+        return deadline, reader
+    own = time.time() + run_s
+    capped = own if deadline is None else min(deadline, own)
+    if reader is None:
+        return capped, None
+
+    def read():
+        moved = reader()
+        return None if moved is None else min(moved, own)
+    return capped, read
 
 
 def _reader(keeper):
@@ -117,7 +152,8 @@ def _reader(keeper):
 # --- data-parallel trials: Ray Train (V2) inside the Tune trial ---------------------------------
 
 def _data_parallel(cfg: TrainConfig, shared: Optional[list], checkpoint_every: int, ddp: dict,
-                   deadline: Optional[float] = None, keeper=None, confirms: bool = False) -> None:
+                   deadline: Optional[float] = None, keeper=None, confirms: bool = False,
+                   run_s: Optional[float] = None) -> None:
     """The trial launches a TorchTrainer with one worker per rank and waits for it; rank 0's
     reports reach Tune through Train's TuneReportCallback. The Train run is named after the
     trial, so a retried trial resumes it from its last checkpoint. The ranks keep the sweep's
@@ -129,7 +165,7 @@ def _data_parallel(cfg: TrainConfig, shared: Optional[list], checkpoint_every: i
     trainer = TorchTrainer(
         _rank_loop,
         train_loop_config={"cfg": cfg.to_dict(), "shared": shared, "checkpoint_every": checkpoint_every,
-                           "deadline": deadline, "keeper": keeper, "confirms": confirms},
+                           "deadline": deadline, "keeper": keeper, "confirms": confirms, "run_s": run_s},
         scaling_config=train.ScalingConfig(num_workers=ddp["workers"], use_gpu=ddp["use_gpu"],
                                            resources_per_worker={"CPU": ddp["cpus_per_worker"],
                                                                  **({"GPU": 1} if ddp["use_gpu"] else {})}),
@@ -157,8 +193,9 @@ def _rank_loop(loop_config: dict) -> None:
         device = get_device()
     arrays = ray.get(shared[0]) if shared else None
     trainer = Trainer(cfg, device=device, cpu_threads=1, shared=arrays, rank=rank, world=world)
-    trainer.deadline = loop_config.get("deadline")
-    trainer.deadline_source = _reader(loop_config.get("keeper"))
+    trainer.deadline, trainer.deadline_source = own_deadline(loop_config.get("deadline"),
+                                                             _reader(loop_config.get("keeper")),
+                                                             loop_config.get("run_s"))
     resumed = train.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as folder:
