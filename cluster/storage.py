@@ -17,6 +17,8 @@ from tunesmith.trainables.config import ConfigError, redact
 
 
 CLAIM = ".tunesmith-claim"   # a sweep folder's marker: which command is writing it
+CLAIM_SETTLE_S = 1.0         # on an object store: how long a claim waits before reading itself back, far
+                             # longer than another command's gap between its own check and its write
 _CLAIMS: dict = {}            # (location, name) -> this process's claim token
 
 
@@ -185,10 +187,13 @@ class Storage:
     def claim(self, name: str) -> None:
         """Claim the sweep folder ``name`` for this command, before anything slow starts: two
         commands started with the same name at once cannot both write it. On a local or shared
-        filesystem the claim is an exclusive create; an object store has no such create through
-        pyarrow, so there a claim another command wrote first is refused, and two started in the
-        same instant can still both pass. A claim whose process is gone (same host) is taken
-        over. A folder that holds nothing but this command's claim is removed at exit."""
+        filesystem the claim is an exclusive create. An object store has no such create through
+        pyarrow, but its writes are whole and its reads see the latest (S3's strong
+        read-after-write): the claim is written in one PUT, and read back CLAIM_SETTLE_S later;
+        of two commands that both found the name free, the one whose claim was overwritten in
+        that time is refused, and the last writer wins. A claim whose process is gone (same
+        host) is taken over. A folder that holds nothing but this command's claim is removed at
+        exit."""
         import atexit
         import socket
         if self.is_ours(name):
@@ -209,9 +214,14 @@ class Storage:
             with os.fdopen(fd, "w") as fh:
                 fh.write(token)
         else:
+            import time
             if self.exists(rel) and not self._stale(rel):
                 raise self._claimed(name, rel)
-            self.write_bytes(rel, token.encode())
+            with self.fs.open_output_stream(self.path(rel)) as out:   # one PUT: no rename's gap
+                out.write(token.encode())
+            time.sleep(CLAIM_SETTLE_S)
+            if self._holder(rel) != token:
+                raise self._claimed(name, rel)
         _CLAIMS[(self.location, name)] = (token, made)
         atexit.register(self.release, name)
 

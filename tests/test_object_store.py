@@ -113,3 +113,36 @@ def test_credentials_in_the_uri_are_written_nowhere(ray_session, s3, spec_file, 
     assert leaks == []
     spec_yaml = fs.open_input_stream("sweeps/results/secret/spec.yaml").readall().decode()
     assert "s3://***@sweeps/results" in spec_yaml
+
+
+CLAIM_AT = """
+import sys, time
+from tunesmith.cluster.storage import Storage
+from tunesmith.trainables.config import ConfigError
+storage = Storage(sys.argv[1])
+storage.exists("warm")   # the store's client made and connected before the agreed instant
+at = float(sys.argv[3])
+while time.time() < at:
+    pass
+try:
+    storage.claim(sys.argv[2])
+    print("won", flush=True)
+except ConfigError as exc:
+    print(exc, flush=True)
+"""
+
+
+def test_two_commands_claiming_one_sweep_name_on_an_object_store_at_once_one_wins(s3):
+    """An object store has no exclusive create through pyarrow: a check then a write let two
+    commands started in the same instant both claim a name. The claim is read back after a
+    settle time; exactly one of the two wins."""
+    import subprocess
+    uri, fs = s3
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    for round_ in range(3):
+        at = time.time() + 4
+        procs = [subprocess.Popen([sys.executable, "-c", CLAIM_AT, uri, f"race{round_}", str(at)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for _ in range(2)]
+        results = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+        assert results[1] == "won" and "being written by another tunesmith command" in results[0], results
