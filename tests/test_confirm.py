@@ -191,3 +191,16 @@ def test_a_confirmation_run_fits_to_its_rounds_share_and_to_the_sweeps_deadline(
     assert deadline == pytest.approx(now + 10, abs=1) and reader is None
     _, reader = own_deadline(now + 50, lambda: None, 10.0)
     assert reader() is None                                        # the keeper did not answer: keep the last
+
+
+def test_smiths_report_says_why_stage_2_was_not_confirmed_and_gives_the_kept_models_test_figure():
+    from tunesmith.orchestrator.smith.report import _stage2_lines
+    run = {"name": "s2", "trials": 3, "epochs": 10, "status": {"completed": 3}, "seconds": 80.0,
+           "lr_range": [0.01, 0.3], "lr_basis": "a decade either side", "rung_epochs": [3],
+           "ranked_at_epoch": 3, "momentum_ranking": [], "weight_decay_ranking": [], "best": 0.61,
+           "best_config": {"lr": 0.1}, "best_trial": "t1", "best_epoch": 9, "sweep": "/r/s2", "confirmed": None,
+           "unconfirmed": "it would need about 120s at the search's pace", "kept_test": {"test_acc": 0.5912,
+                                                                                        "test_loss": 1.2}}
+    text = "\n".join(_stage2_lines(run, "val_acc"))
+    assert ("Not confirmed over seeds: it would need about 120s at the search's pace; the kept model read the "
+            "test split once: test_acc 0.5912.") in text

@@ -44,7 +44,10 @@ def stage2_summary(out, s2, lr_range, basis: str) -> Dict[str, Any]:
             "weight_decay_ranking": value_ranking(records, "weight_decay", s2.mode, at),
             "ranked_at_epoch": at, "status": ledger.status_counts(records), "seconds": round(out.wall_seconds, 2),
             "interrupted": out.interrupted,
-            "confirmed": verdict.to_dict() if verdict is not None else None}
+            "confirmed": verdict.to_dict() if verdict is not None else None,
+            "unconfirmed": getattr(out, "unconfirmed", "") or None,
+            # where no confirmation ran, the kept model's test figure (orchestrator/kept_test.py)
+            "kept_test": dict(best.test) if best is not None and verdict is None and best.test else None}
 
 
 def stage3_summary(out3, s3, mode: str) -> Dict[str, Any]:
@@ -114,6 +117,11 @@ def _stage2_lines(run: Dict[str, Any], m: str):
         lines += ["", f"Best: {cfg}: trial {run['best_trial']}, {m} {run['best']:.4f} at epoch "
                   f"{run['best_epoch']} (ties go to the lower validation loss). Sweep: {run['sweep']}"]
     lines += _confirm_lines(run.get("confirmed"), m)
+    if not run.get("confirmed") and run.get("unconfirmed"):
+        kept = run.get("kept_test") or {}
+        test = "".join(f"; the kept model read the test split once: {k} {v:.4f}" for k, v in kept.items()
+                       if k in ("test_acc", "test_loss") and k.endswith(m.rpartition("_")[2]))
+        lines += ["", f"Not confirmed over seeds: {run['unconfirmed']}{test}."]
     return lines
 
 
