@@ -118,9 +118,10 @@ def _stage2_lines(run: Dict[str, Any], m: str):
                   f"{run['best_epoch']} (ties go to the lower validation loss). Sweep: {run['sweep']}"]
     lines += _confirm_lines(run.get("confirmed"), m)
     if not run.get("confirmed") and run.get("unconfirmed"):
-        kept = run.get("kept_test") or {}
-        test = "".join(f"; the kept model read the test split once: {k} {v:.4f}" for k, v in kept.items()
-                       if k in ("test_acc", "test_loss") and k.endswith(m.rpartition("_")[2]))
+        from tunesmith.orchestrator.confirm import test_metric
+        key = test_metric(m)
+        kept = (run.get("kept_test") or {}).get(key)
+        test = f"; the kept model read the test split once: {key} {kept:.4f}" if kept is not None else ""
         lines += ["", f"Not confirmed over seeds: {run['unconfirmed']}{test}."]
     return lines
 
