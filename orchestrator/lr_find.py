@@ -187,6 +187,8 @@ def _tensorboard(d: LRDecision, storage: Storage, sweep: str, png: bytes) -> Non
 
 def summary_text(d: LRDecision) -> str:
     c = d.curve
+    if not c.lrs:
+        return f"LR range test ({c.mode} loss): {c.problem} ({c.seconds:.1f}s to measure the pace)"
     lines = [f"LR range test ({c.mode} loss): {len(c.lrs)} steps from {c.lrs[0]:.2g} to {c.lrs[-1]:.3g} "
              f"in {c.seconds:.1f}s; stopped: {c.stop_reason}"]
     if not d.informative:

@@ -85,11 +85,38 @@ def test_range_test_does_not_rerun_when_its_cap_leaves_no_room():
     from tunesmith.orchestrator import lr_find
     cfg = TrainConfig.from_dict({"dataset": {"name": "synthetic", "num_samples": 512, "image_size": 8},
                                  "model": {"width": 8}})
+    from tunesmith.trainables.trainer import Trainer
+    pace = lf._time_steps(Trainer(cfg), 1e-7)
+    cap = 600 * pace   # MIN_STEPS fit in half of it: the first run takes them, the rest has no room for more
     heard = []
-    d = lr_find.decide(cfg, 1e-7, 10.0, None, "exp", True, time_cap=0.5, say=heard.append)
+    d = lr_find.decide(cfg, 1e-7, 10.0, None, "exp", True, time_cap=cap, say=heard.append)
     assert len(heard) == 1 and "no room" in heard[0] and "twice as densely" in heard[0], heard
     assert not d.informative and d.curve.notes == heard
-    assert d.curve.steps <= 100
+    assert d.curve.steps <= lf.MIN_STEPS
+
+
+def test_no_range_test_from_random_weights_where_its_fewest_steps_outlast_the_cap(tmp_path, monkeypatch):
+    """At a pace where MIN_STEPS would take more than half the cap, a network from random weights gets no
+    test (a shorter one reads nothing, as on 64-px colour data at 90 s): no points, the reason,
+    the pace kept for smith's sizing. Learnt weights still get their 100 steps."""
+    import torch
+    from tunesmith.orchestrator import lr_find
+    from tunesmith.trainables.trainer import Trainer
+    raw = {"dataset": {"name": "synthetic", "num_samples": 512, "image_size": 8}, "model": {"width": 8}}
+    cfg = TrainConfig.from_dict(raw)
+    torch.save(Trainer(cfg).model.state_dict(), tmp_path / "w.pt")
+    monkeypatch.setattr(lf, "_time_steps", lambda t, lr: 0.02)   # 300 steps: 6 s, over half a 10 s cap
+    heard = []
+    d = lr_find.decide(cfg, 1e-7, 10.0, None, "exp", False, time_cap=10.0, say=heard.append)
+    assert not d.informative and d.curve.lrs == [] and d.curve.steps == 0 and d.curve.step_s == 0.02
+    assert d.curve.epoch_steps > 0 and d.curve.problem.startswith("not run: 300 steps")
+    assert "about 6s at 20 ms a step, more than half its 10s time cap" in d.curve.problem
+    assert heard == [f"LR range test: {d.curve.problem}"]
+    assert lr_find.summary_text(d).startswith(f"LR range test (train loss): {d.curve.problem}")
+    assert d.to_dict()["points"] == 0 and d.to_dict()["band"] is None
+    tuned = TrainConfig.from_dict({**raw, "model": {"width": 8, "weights": str(tmp_path / "w.pt")}})
+    ran = lr_find.decide(tuned, 1e-7, 10.0, None, "exp", False, time_cap=10.0)
+    assert ran.curve.steps >= 100 and len(ran.curve.lrs) == ran.curve.steps
 
 
 def test_a_rerun_skips_the_decades_the_first_run_showed_flat():

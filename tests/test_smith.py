@@ -169,13 +169,18 @@ def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
         assert "jointly with max_momentum" in fast.beside
     unbudgeted = from_dict({**raw, "time_budget_s": None})
     assert not plan(0.09, None, s=unbudgeted).held
-    # no band from the range test: a few trials search a decade either side of trainer.lr, many
-    # the wide range
+    # no band from the range test: fewer trials than NO_BAND_TRIALS search the LR alone within a
+    # decade either side of trainer.lr, even where a band would have drawn all three (8 trials);
+    # as many as the unbudgeted default search the wide range jointly
     flat = SimpleNamespace(step_s=0.09, epoch_steps=100, problem="the loss never falls clearly")
-    few = policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=flat), opts, 8, False, 72.0, 2)
-    assert few.lr_range == pytest.approx((0.005, 0.5)) and "either side of trainer.lr 0.05" in few.basis
+    for slots in (2, 8):
+        few = policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=flat), opts, 8, False, 72.0, slots)
+        assert few.lr_range == pytest.approx((0.005, 0.5)) and "either side of trainer.lr 0.05" in few.basis
+        assert few.held and {d.key for d in few.spec.plan.space} == {"lr"}
+    assert "while the LR's placement is unknown" in few.basis
+    assert not plan(0.09, 72.0, slots=8).held   # the same afford with a band: all three
     many = policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=flat), opts, 8, False, 72.0, 20)
-    assert many.lr_range == policy.WIDE
+    assert many.lr_range == policy.WIDE and not many.held
     # an epoch longer than the pilot's seconds: no pilot (it would end with none)
     assert "longer than the pilot's" in policy.pilot_too_slow(flat)
     assert policy.pilot_too_slow(SimpleNamespace(step_s=0.009, epoch_steps=100)) is None

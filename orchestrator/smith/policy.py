@@ -25,6 +25,11 @@ FEW_TRIALS = len(MOMENTA)     # a budget affording fewer stage-2 trials searches
                               # trials than momentum's values cannot try each once, and on 64-px colour
                               # data at 90 s (about 2 trials) drawing momentum and weight decay spent
                               # them where the LR alone mattered (bench/quality.py objects, materials)
+NO_BAND_TRIALS = DEFAULT_SAMPLES  # with no band the LR's scale is unknown: fewer trials than the
+                              # unbudgeted default go to it alone, near trainer.lr. On shapes and
+                              # letters at 90 s (6 to 9 trials), a joint draw over four decades put
+                              # trials at momentum 0.99 or weight decay 1e-2 and LRs that learn
+                              # nothing, where random search over the LR alone led by 7 points
 RUNG_COST = 2.0               # a stage-2 trial's cost in first-rung lengths: every trial runs to
                               # ASHA's first rung, a third of them three times as far (1.7), and starts
 EVAL_SHARE = 1.25             # an epoch's cost over its training steps: validation, report, checkpoint
@@ -177,10 +182,11 @@ def plan_stage2(spec: SweepSpec, decision, opts: Options, samples: int, pilot: b
                 left: Optional[float], slots: int = 1) -> Stage2Plan:
     """Stage 2 from stage 1's decision. The pilot is one of --samples; with a budget, stage 2
     draws as many as fit, and where that is fewer than FEW_TRIALS (at ``slots`` trials at once),
-    the LR alone."""
+    the LR alone; where the range test gave no band, fewer than NO_BAND_TRIALS draw the LR alone
+    within a decade of trainer.lr."""
     budgeted = spec.time_budget_s is not None
     afford = affordable_trials(decision.curve, left, slots, opts.epochs) if budgeted else None
-    held = afford is not None and afford < FEW_TRIALS
+    held = afford is not None and afford < (FEW_TRIALS if decision.informative else NO_BAND_TRIALS)
     if decision.informative:
         lr_range = search_range(decision.max_lr, opts.below, opts.above)
         basis = (f"from {opts.below:g} decades below the range test's max LR {decision.max_lr:.3g} to "
@@ -197,7 +203,8 @@ def plan_stage2(spec: SweepSpec, decision, opts: Options, samples: int, pilot: b
         basis += f"; {fine_tuning_text(spec)}"
     if held:
         basis += (f"; the budget left affords about {afford:.0f} trials of {default_grace(opts.epochs)} epochs "
-                  f"({slots} at once), too few to draw momentum and weight decay as well")
+                  f"({slots} at once), too few to draw momentum and weight decay as well"
+                  + ("" if decision.informative else " while the LR's placement is unknown"))
     s2 = stage2_spec(spec, lr_range, opts.epochs, opts.wd_preset, samples - pilot if not budgeted else samples,
                      None if left is None else max(1.0, left), coupled=opts.coupled, held=held)
     return Stage2Plan(lr_range, basis, s2, beside_lr(spec, opts.wd_preset, held), held)

@@ -63,9 +63,10 @@ def stage3_summary(out3, s3, mode: str) -> Dict[str, Any]:
 def render(r: Dict[str, Any]) -> str:
     s1 = r["stage1"]
     m = r["metric"]
-    lines = [f"# Smith report: {r['sweep']}", "", "## Stage 1: LR range test",
-             f"{s1['points']} points, LR from {s1['start_lr']:.2g} rising exponentially ({s1['mode']} loss); "
-             f"stopped: {s1['stop_reason']}."]
+    lines = [f"# Smith report: {r['sweep']}", "", "## Stage 1: LR range test"]
+    if s1["points"]:
+        lines.append(f"{s1['points']} points, LR from {s1['start_lr']:.2g} rising exponentially ({s1['mode']} loss); "
+                     f"stopped: {s1['stop_reason']}.")
     lines += [f"{n}." for n in s1.get("notes", [])]
     if s1["informative"]:
         lines += ["Suggestions: " + ", ".join(f"{k} {f(v)}" for k, v in s1["suggestions"].items()) + ".",
