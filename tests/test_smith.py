@@ -169,13 +169,14 @@ def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
         assert "jointly with max_momentum" in fast.beside
     unbudgeted = from_dict({**raw, "time_budget_s": None})
     assert not plan(0.09, None, s=unbudgeted).held
-    # no band from the range test: fewer trials than NO_BAND_TRIALS search the LR alone within a
-    # decade either side of trainer.lr, even where a band would have drawn all three (8 trials);
+    # no band from the range test: fewer trials than NO_BAND_TRIALS search the LR alone from a
+    # decade and a half below trainer.lr to half a decade above, even where a band would have drawn all three (8 trials);
     # as many as the unbudgeted default search the wide range jointly
     flat = SimpleNamespace(step_s=0.09, epoch_steps=100, problem="the loss never falls clearly")
     for slots in (2, 8):
         few = policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=flat), opts, 8, False, 72.0, slots)
-        assert few.lr_range == pytest.approx((0.005, 0.5)) and "either side of trainer.lr 0.05" in few.basis
+        assert few.lr_range == pytest.approx((0.05 / 10 ** 1.5, 0.05 * 10 ** 0.5))
+        assert "from 1.5 decades below trainer.lr 0.05 to 0.5 above it" in few.basis
         assert few.held and {d.key for d in few.spec.plan.space} == {"lr"}
     assert "while the LR's placement is unknown" in few.basis
     assert not plan(0.09, 72.0, slots=8).held   # the same afford with a band: all three
