@@ -26,10 +26,9 @@ FEW_TRIALS = len(MOMENTA)     # a budget affording fewer stage-2 trials searches
                               # data at 90 s (about 2 trials) drawing momentum and weight decay spent
                               # them where the LR alone mattered (bench/quality.py objects, materials)
 NO_BAND_TRIALS = DEFAULT_SAMPLES  # with no band the LR's scale is unknown: fewer trials than the
-                              # unbudgeted default go to it alone, near trainer.lr. On shapes and
-                              # letters at 90 s (6 to 9 trials), a joint draw over four decades put
-                              # trials at momentum 0.99 or weight decay 1e-2 and LRs that learn
-                              # nothing, where random search over the LR alone led by 7 points
+                              # unbudgeted default go to it alone, near trainer.lr. On letters at
+                              # 90 s with no band (6 trials), a joint draw over four decades put two
+                              # below 1e-3, where nothing trained, and random search led by 7 points
 NO_BAND_BELOW, NO_BAND_ABOVE = 1.5, 0.5   # that LR range around trainer.lr, taken as a peak near the
                               # top of what trains: on shapes, letters and objects from random weights
                               # at 90 s, trials at 1.6x the default 0.05 learned nothing and the best
