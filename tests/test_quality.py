@@ -79,15 +79,17 @@ def test_range_test_extends_itself_and_then_refuses_noise(tmp_path):
     assert d.to_dict()["band"] is None
 
 
-def test_range_test_does_not_rerun_when_its_cap_leaves_no_room():
+def test_range_test_does_not_rerun_when_its_cap_leaves_no_room(monkeypatch):
     """Under a tight cap (a short smith budget), a second run barely longer than the first would
-    tell nothing new and cost its whole length: the test says so and decides on what it has."""
+    tell nothing new and cost its whole length: the test says so and decides on what it has.
+    The pace sample is this one, fixed (the suite's Ray beside it moves a second sample)."""
     from tunesmith.orchestrator import lr_find
     cfg = TrainConfig.from_dict({"dataset": {"name": "synthetic", "num_samples": 512, "image_size": 8},
                                  "model": {"width": 8}})
     from tunesmith.trainables.trainer import Trainer
     pace = lf._time_steps(Trainer(cfg), 1e-7)
-    cap = 600 * pace   # MIN_STEPS fit in half of it: the first run takes them, the rest has no room for more
+    monkeypatch.setattr(lf, "_time_steps", lambda t, lr: pace)
+    cap = 700 * pace   # MIN_STEPS fit in half of it: the first run takes them, the rest has no room for more
     heard = []
     d = lr_find.decide(cfg, 1e-7, 10.0, None, "exp", True, time_cap=cap, say=heard.append)
     assert len(heard) == 1 and "no room" in heard[0] and "twice as densely" in heard[0], heard
