@@ -248,7 +248,7 @@ def _sized_test(trainer, start: float, end: float, mode: str, val_loss: bool, st
     step_s = _time_steps(trainer, start)
     fits = MIN_STEPS * step_s <= time_cap / 2
     if not fits and not trainer.cfg.model.fine_tunes:
-        return _not_run(step_s, time_cap, say)
+        return _not_run(step_s, time_cap)
     planned = default_steps(len(trainer.data.train_y), trainer.global_batch)
     floor = MIN_STEPS if fits else 100
     first = min(planned, max(floor, int(time_cap / (EXTEND + 1) / step_s)))
@@ -281,18 +281,16 @@ def _sized_test(trainer, start: float, end: float, mode: str, val_loss: bool, st
     return curve
 
 
-def _not_run(step_s: float, time_cap: float, say) -> LRCurve:
+def _not_run(step_s: float, time_cap: float) -> LRCurve:
     """No test where even MIN_STEPS would take more than half the cap (at the fastest pace, which
     smith's Ray start beside it doubles) on a network from random weights: a shorter one reads
     too few points, and its loss barely leaves chance (on the benchmark's 64-px colour sets at
     90 s, 96 to 121 steps took 11 to 16 s and gave no band every time). Learnt weights fall
     within a few dozen steps, so a fine-tuning test still runs its 100. The pace stays: smith
-    sizes stage 2 from it."""
+    sizes stage 2 from it. Its reason is the curve's problem, which every summary prints."""
     problem = (f"not run: {MIN_STEPS} steps, the fewest that read a curve from random weights, would take about "
                f"{MIN_STEPS * step_s:.0f}s at {step_s * 1000:.0f} ms a step, more than half its {time_cap:g}s time "
                "cap (a larger --max-seconds or time budget runs it)")
-    if say:
-        say(f"LR range test: {problem}")
     return LRCurve([], [], [], "not run", problem=problem, step_s=step_s)
 
 
