@@ -170,8 +170,8 @@ def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
     unbudgeted = from_dict({**raw, "time_budget_s": None})
     assert not plan(0.09, None, s=unbudgeted).held
     # no band from the range test: fewer trials than NO_BAND_TRIALS search the LR alone from a
-    # decade and a half below trainer.lr to half a decade above, even where a band would have drawn all three (8 trials);
-    # as many as the unbudgeted default search the wide range jointly
+    # decade and a half below trainer.lr to half a decade above, even where a band would have
+    # drawn all three (8 trials); as many as the unbudgeted default search the wide range jointly
     flat = SimpleNamespace(step_s=0.09, epoch_steps=100, problem="the loss never falls clearly")
     for slots in (2, 8):
         few = policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=flat), opts, 8, False, 72.0, slots)
