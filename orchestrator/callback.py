@@ -14,6 +14,7 @@ from tunesmith.cluster.storage import Storage
 from tunesmith.orchestrator.ledger import Ledger, TrialRecord
 from tunesmith.orchestrator.retention import Retention
 from tunesmith.orchestrator.sinks import transient_state
+from tunesmith.orchestrator.tune_parts import forget_metric_history
 
 try:
     from pyarrow import ArrowException as ArrowError
@@ -124,6 +125,7 @@ class LedgerCallback(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finish(trial.trial_id)
         self._retain(trial)
+        forget_metric_history(trial, self.ledger.metric)
         self.maybe_flush()
 
     @_timed
@@ -206,8 +208,9 @@ class LedgerCallback(Callback):
             self.retention.kept(rec)
         if any(not rec.config for rec in self.ledger.trials.values()):
             self._dirty = self._status_changed = True
-        if self.scheduler is not None and hasattr(self.scheduler, "restore_rungs"):
+        if hasattr(self.scheduler, "restore_rungs"):
             self.scheduler.restore_rungs({tid: r.curve for tid, r in self.ledger.trials.items()})
+        if hasattr(self.scheduler, "restore_ended"):
             self.scheduler.restore_ended({tid: r.stop_reason for tid, r in self.ledger.trials.items()
                                           if r.status in ENDED})
 

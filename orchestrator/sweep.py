@@ -95,9 +95,9 @@ def build_search(spec: SweepSpec, concurrency: int, held: Optional[Callable[[], 
 
 
 def build_scheduler(spec: SweepSpec):
+    from tunesmith.orchestrator.asha import LiveQueue, RecordingASHA
     if not spec.asha.enabled:
-        return None
-    from tunesmith.orchestrator.asha import RecordingASHA
+        return LiveQueue()
     return RecordingASHA(time_attr="training_iteration",
                          max_t=spec.max_t, grace_period=spec.asha.grace_period,
                          reduction_factor=spec.asha.reduction_factor, rungs=spec.milestones[:-1] or None)
@@ -128,7 +128,7 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
                                       manifest or {}))
     callback = LedgerCallback(storage, spec.name, hp_keys, domains, epochs=spec.max_t,
                               metric=spec.metric, mode=spec.mode,
-                              pruned=scheduler.pruned if scheduler is not None else None,
+                              pruned=getattr(scheduler, "pruned", None),
                               write=write_results, stopper=stopper,
                               keep_checkpoints=spec.checkpoints.keep, scheduler=scheduler, sinks=extra_sinks,
                               seed=spec.seed)

@@ -1,6 +1,6 @@
 """The pieces every Tune run of a sweep shares (the search's and the confirmation's): how many
-trials at once, what each reserves, data-parallel options, trial folder names, and Ray's usage
-tagging made light."""
+trials at once, what each reserves, data-parallel options, trial folder names, what Tune keeps
+of an ended trial, and Ray's usage tagging made light."""
 from __future__ import annotations
 
 from typing import Optional
@@ -41,6 +41,20 @@ def trial_resources(spec: SweepSpec) -> dict:
 
 def trial_dirname(trial) -> str:
     return trial.trial_id   # short, stable names: Ray's default embeds the whole config
+
+
+def forget_metric_history(trial, metric: str) -> None:
+    """Tune keeps, for every trial until the sweep ends, each number the trial reported with its
+    max, min, mean and last-5 and last-10 means, two deques and a JSON copy of it all: about
+    1.5 KB per number, and a trial of tunesmith's reports some forty (its metrics, Tune's own
+    and the flattened config), so 10,000 trials held hundreds of MB in the driver. Once a trial
+    has completed nothing reads them but Tune's best-trial lookup, which needs only the sweep's
+    metric; the ledger holds every curve. An errored trial keeps them: it may be retried."""
+    meta = getattr(trial, "run_metadata", None)   # smith's pilot (a DriverTrial) has none
+    if meta is None:
+        return
+    meta.metric_analysis = {k: v for k, v in meta.metric_analysis.items() if k == metric}
+    meta.metric_n_steps = {k: v for k, v in meta.metric_n_steps.items() if k == metric}
 
 
 def _tag_callbacks(callbacks) -> bool:

@@ -1,4 +1,4 @@
-"""ASHA's bookkeeping, driven by hand: no Ray instance."""
+"""The Tune schedulers, and what Tune keeps of an ended trial, driven by hand: no Ray instance."""
 import math
 import warnings
 from types import SimpleNamespace
@@ -91,3 +91,104 @@ def test_sigterm_stops_the_sweep_as_the_first_ctrl_c_does(sig, capsys):
     finally:
         stopper.uninstall()
     assert {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} == before
+
+
+@pytest.mark.parametrize("asha", [False, True])
+def test_the_next_trial_comes_from_the_live_ones_in_the_order_tune_added_them(asha):
+    """Tune asks at every step of its controller; walking the whole sweep's trials made the cost
+    per trial grow with the sweep. The controller here offers only the live trials: a scheduler
+    that asked for every trial would fail."""
+    from tunesmith.orchestrator.asha import LiveQueue
+    sched = _asha()[0] if asha else LiveQueue()
+    class Trial(SimpleNamespace):
+        __hash__ = object.__hash__   # Tune keeps its live trials in a set
+
+    trials = [Trial(trial_id=f"q{i}", status="PENDING", init_local_path=lambda: None) for i in range(5)]
+    live = set()
+    stopped = []
+
+    def stop_trial(trial):
+        stopped.append(trial)
+        trial.status = "TERMINATED"
+
+    controller = SimpleNamespace(get_live_trials=lambda: set(live), stop_trial=stop_trial)
+    for t in trials:
+        sched.on_trial_add(controller, t)
+        live.add(t)
+    assert sched.choose_trial_to_run(controller) is trials[0]
+    trials[0].status = trials[1].status = "RUNNING"
+    assert sched.choose_trial_to_run(controller) is trials[2]
+    # a trial that failed and is requeued goes last, as Tune moves it to the end of its list
+    sched.on_trial_add(controller, trials[2])
+    assert sched.choose_trial_to_run(controller) is trials[3]
+    for t in trials[2:]:
+        t.status = "PAUSED"
+    assert sched.choose_trial_to_run(controller) is trials[3]   # no pending one: the first paused
+    sched.on_trial_complete(controller, trials[0], {"training_iteration": 9, "val_acc": 0.5})
+    live.discard(trials[0])
+    assert trials[0].trial_id not in sched._order   # the queue holds only what may still run
+    for t in trials:
+        t.status = "TERMINATED"
+    assert sched.choose_trial_to_run(controller) is None
+    # on resume, a waiting trial the files record as ended is stopped, not started
+    sched.restore_ended({"q4": "completed"})
+    trials[4].status = "PENDING"
+    assert sched.choose_trial_to_run(controller) is None and stopped == [trials[4]]
+
+
+def test_an_ended_trial_keeps_only_the_sweeps_metric_in_tunes_history():
+    from ray.tune.experiment import Trial
+    from tunesmith.orchestrator.pilot import DriverTrial
+    from tunesmith.orchestrator.tune_parts import forget_metric_history
+    trial = Trial("trivial", stub=True, config={"lr": 0.1})
+    for epoch in (1, 2):
+        trial.update_last_result({"val_acc": 0.5 * epoch, "val_loss": 1.0 / epoch, "train_loss": 1.0,
+                                  "throughput": 900.0, "training_iteration": epoch})
+    before = len(trial.run_metadata.get_json_state())
+    forget_metric_history(trial, "val_acc")
+    assert set(trial.metric_analysis) == set(trial.metric_n_steps) == {"val_acc"}
+    assert trial.metric_analysis["val_acc"]["max"] == 1.0   # Tune's best-trial lookup still reads it
+    assert len(trial.run_metadata.get_json_state()) < before / 2   # the copy Tune snapshots shrinks too
+    assert trial.last_result["val_loss"] == 0.5
+    forget_metric_history(DriverTrial({"lr": 0.1}), "val_acc")   # smith's pilot has no Tune history
+
+
+def test_a_rungs_cutoff_is_numpys_percentile_kept_as_values_arrive():
+    """Ray's bracket took np.nanpercentile over the whole rung at every arrival; the rung keeps
+    its values in order instead, and gives the same cutoff."""
+    import pickle
+    import random
+    import numpy as np
+    from tunesmith.orchestrator.asha import Rung, rung_cutoff
+    rng = random.Random(0)
+    rung, plain = Rung(), {}
+    assert rung_cutoff(2 / 3, rung) is None
+    for i in range(300):
+        value = math.nan if i % 37 == 0 else rng.choice([rng.random(), round(rng.random(), 1)])
+        key = f"t{rng.randrange(250)}"   # some trials arrive again: the value is replaced
+        rung[key] = plain[key] = value
+        for share in (2 / 3, 1 / 2, 3 / 4):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)   # numpy's, while only NaN arrived
+                want = np.nanpercentile(list(plain.values()), 100 * share)
+            assert rung_cutoff(share, rung) == pytest.approx(want, abs=1e-12, nan_ok=True)
+    assert len(rung.ordered) == sum(not math.isnan(v) for v in plain.values())
+    again = pickle.loads(pickle.dumps(rung))
+    assert type(again) is Rung and again.keys() == rung.keys() and again.ordered == rung.ordered
+    assert math.isnan(rung_cutoff(0.5, Rung({"a": math.nan})))   # nothing to rank: Ray's compare says go on
+    assert rung_cutoff(0.5, {"a": 0.2, "b": 0.4}) == pytest.approx(0.3)   # a rung pickled before Rung existed
+
+
+def test_asha_judges_at_every_rung_from_the_kept_order():
+    asha = RecordingASHA(time_attr="training_iteration", metric="val_acc", mode="max", max_t=9,
+                         grace_period=1, reduction_factor=3)   # Ray's own milestones
+    (bracket,) = asha._brackets
+    assert [m for m, _ in bracket._rungs] == [9, 3, 1]
+    trials = [SimpleNamespace(trial_id=f"t{i}") for i in range(6)]
+    for t in trials:
+        asha.on_trial_add(None, t)
+    acts = [asha.on_trial_result(None, t, {"training_iteration": 1, "val_acc": v})
+            for t, v in zip(trials, [0.5, 0.6, 0.1, 0.9, 0.2, 0.95])]
+    # the cutoff is the rung's 67th percentile of those before: the 3rd (0.1) and 5th (0.2) stop
+    assert acts == [TrialScheduler.CONTINUE, TrialScheduler.CONTINUE, TrialScheduler.STOP,
+                    TrialScheduler.CONTINUE, TrialScheduler.STOP, TrialScheduler.CONTINUE]

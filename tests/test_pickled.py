@@ -6,6 +6,7 @@ scheduler API tests: one parametrised test over all of them. No Ray instance is 
 import io
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -173,8 +174,29 @@ def _resume_asha(orig, restored):
     assert restored.pruned == orig.pruned
     restored.restore_rungs({"x": {3: 0.5}, "y": {3: 0.7, 9: 0.8}})
     restored._apply_pending_rungs()
-    rungs = {m: dict(rec) for b in restored._brackets for m, rec in b._rungs}
-    assert rungs[3] == {"x": 0.5, "y": 0.7}
+    rungs = {m: rec for b in restored._brackets for m, rec in b._rungs}
+    assert rungs[3] == {"x": 0.5, "y": 0.7} and rungs[3].ordered == [0.5, 0.7]
+    assert restored._brackets[0].cutoff(rungs[3]) == pytest.approx(0.5 + 0.2 * (1 - 1 / 3))
+
+
+def _make_queue(tmp_path):
+    from tunesmith.orchestrator.asha import LiveQueue
+    q = LiveQueue()
+    for tid in ("a", "b"):
+        q.on_trial_add(None, SimpleNamespace(trial_id=tid))
+    q.restore_ended({"z": "completed"})
+    return q
+
+
+def _resume_queue(orig, restored):
+    assert restored._order == {"a": 1, "b": 2} and restored._ended == {"z": "completed"}
+    # one pickled by a tunesmith before the queue: it starts empty
+    old = orig.__dict__.copy()
+    for name in ("_order", "_added", "_ended"):
+        old.pop(name)
+    before = type(orig).__new__(type(orig))
+    before.__setstate__(old)
+    assert before._order == {} and before._added == 0 and before._ended == {}
 
 
 def _make_quasi(tmp_path):
@@ -224,6 +246,7 @@ CASES = {
     "progress printer": (_make_printer, _resume_printer),
     "live display": (_make_live, _resume_live),
     "asha": (_make_asha, _resume_asha),
+    "live queue": (_make_queue, _resume_queue),
     "quasi search": (_make_quasi, _resume_quasi),
     "tpe search": (_make_tpe, _resume_tpe),
 }
@@ -250,9 +273,10 @@ def test_every_class_tune_pickles_is_covered():
     from tunesmith.search_spaces import quasi, tpe
     names = {n for mod in (asha, callback, display, pilot_relay, stopper, mlflow, parquet, tensorboard, quasi, tpe)
              for n, c in inspect.getmembers(mod, inspect.isclass) if c.__module__ == mod.__name__}
-    covered = {"RecordingASHA", "LedgerCallback", "ProgressPrinter", "LiveProgress", "PilotRelay", "SweepStopper",
-               "MLflowSink", "TensorBoardSink", "QuasiRandomSearch", "TPESearch",
+    covered = {"RecordingASHA", "LiveQueue", "LedgerCallback", "ProgressPrinter", "LiveProgress", "PilotRelay",
+               "SweepStopper", "MLflowSink", "TensorBoardSink", "QuasiRandomSearch", "TPESearch",
                "ParquetSink",           # inside the ledger callback's case (its files are what resume reads)
                "NoTrialLines",          # Tune's own progress callback, with one method changed
-               "DeadlineKeeper"}        # a Ray actor, never pickled by Tune
+               "DeadlineKeeper",        # a Ray actor, never pickled by Tune
+               "Rung"}                  # inside the asha case
     assert names == covered
