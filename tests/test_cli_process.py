@@ -248,6 +248,23 @@ def test_sigterm_while_ray_starts_ends_in_seconds_and_leaves_nothing(tmp_path):
     assert _temporary_files(tmp_path) == []
 
 
+def test_smith_stopped_between_its_stages_says_so_in_its_manifest(tmp_path):
+    """SIGTERM once stage 1's files are written, as stage 2 starts (its pilot, the sweep's
+    assembly): exit 130 within 10 s, nothing of the command left, and a manifest that says
+    interrupted, whether stage 2's sweep had written its own or not (it had not, before)."""
+    proc = subprocess.Popen([TUNESMITH, "smith", "examples/digits.yaml", "--results-dir", str(tmp_path),
+                             "--name", "sm"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(), cwd=ROOT, start_new_session=True)
+    decision = tmp_path / "sm" / "lr_find" / "decision.json"
+    out, err, took = _signal_when(proc, decision.exists, "stage 1's decision", signal.SIGTERM)
+    assert proc.returncode == 130 and took < 10, (proc.returncode, took, err[-2000:])
+    assert "Traceback" not in err
+    manifest = json.loads((tmp_path / "sm" / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["ended_at"] and manifest["command"] == "smith"
+    assert json.loads(decision.read_text())   # stage 1's files are kept
+    assert _temporary_files(tmp_path) == []
+
+
 def test_resume_after_the_driver_is_killed(tmp_path):
     """SIGKILL the driver (and its Ray) mid-sweep: what it wrote reads back whole. Then `tunesmith
     resume`: every trial ends, no completed trial runs again, and each (trial, epoch) is in the

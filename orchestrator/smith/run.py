@@ -124,10 +124,34 @@ def stage3(spec: SweepSpec, s2: Stage2, cluster, clock: Clock, result: Dict[str,
     return s3r, result
 
 
+def interrupted_between_stages(spec: SweepSpec, storage: Storage) -> None:
+    """Ctrl-C or SIGTERM after stage 1 wrote its files and before stage 2's sweep wrote its
+    manifest (the pilot's start, the sweep's assembly): the folder says it was interrupted, as a
+    sweep's does. A folder with nothing in it yet goes with its claim."""
+    from tunesmith.orchestrator import manifest as manifest_mod
+    try:
+        if storage.exists(spec.name, "manifest.json") or not storage.exists(spec.name, "lr_find"):
+            return
+        man = manifest_mod.build(spec.to_dict(), "smith", {})
+        man.update(status="interrupted", ended_at=manifest_mod.now_iso())
+        storage.write_bytes(f"{spec.name}/manifest.json", manifest_mod.dumps(man))
+    except OSError as exc:
+        print(f"tunesmith: the manifest could not say the sweep was interrupted ({str(exc).splitlines()[0][:200]})",
+              file=sys.stderr)
+
+
 def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
+    storage = Storage(spec.results_dir)
+    try:
+        return _run(spec, args, started, storage)
+    except KeyboardInterrupt:
+        interrupted_between_stages(spec, storage)
+        raise
+
+
+def _run(spec: SweepSpec, args, started: float, storage: Storage) -> Dict[str, Any]:
     from tunesmith.cluster.connect import disconnect
     from tunesmith.orchestrator.sweep import check_fresh
-    storage = Storage(spec.results_dir)
     for name in (spec.name, f"{spec.name}-wide", f"{spec.name}-final"):
         check_fresh(storage, name, claim=True)
     opts = policy.check(spec, args)
