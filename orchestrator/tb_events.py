@@ -127,15 +127,6 @@ def ready() -> None:
         _PRELOAD.join()
 
 
-def _record(event) -> bytes:
-    """One event in TensorFlow's record format: its length, the length's masked CRC-32C, the
-    serialized event and its masked CRC-32C (tensorboardX's RecordWriter.write)."""
-    from tensorboardX.record_writer import masked_crc32c
-    data = event.SerializeToString()
-    header = struct.pack("Q", len(data))
-    return header + struct.pack("I", masked_crc32c(header)) + data + struct.pack("I", masked_crc32c(data))
-
-
 class EventLog:
     """One trial's TensorBoard event file, written by the caller's thread.
 
@@ -151,7 +142,9 @@ class EventLog:
     def __init__(self, logdir: str):
         from tensorboardX import summary
         from tensorboardX.proto import event_pb2
+        from tensorboardX.record_writer import masked_crc32c
         self._summary, self._event = summary, event_pb2.Event   # imported once, not per scalar
+        self._crc = masked_crc32c
         self.logdir = logdir
         self._events: list = []
         self._file = None
@@ -180,9 +173,16 @@ class EventLog:
             self._file = open(os.path.join(self.logdir, f"events.out.tfevents.{str(now)[:10]}."
                                                         f"{socket.gethostname()}"), "ab")
             self._events.insert(0, self._event(wall_time=now, file_version="brain.Event:2"))
-        self._file.write(b"".join(map(_record, self._events)))
+        self._file.write(b"".join(map(self._record, self._events)))
         self._events = []
         self._file.flush()
+
+    def _record(self, event) -> bytes:
+        """One event in TensorFlow's record format: its length, the length's masked CRC-32C, the
+        serialized event and its masked CRC-32C (tensorboardX's RecordWriter.write)."""
+        data = event.SerializeToString()
+        header = struct.pack("Q", len(data))
+        return header + struct.pack("I", self._crc(header)) + data + struct.pack("I", self._crc(data))
 
     def close(self) -> None:
         self.flush()
