@@ -41,8 +41,10 @@ SIZES = {
               "smoke": {"samples": 256, "size": 16, "epochs": 1, "batch": 32, "trials": 2}},
     "batch": {"gpu": ("resnet18", 128), "smoke": ("small_cnn", 16)},
     "precision": {"gpu": {"dataset": "shapes", "epochs": 4}, "smoke": {"dataset": "digits", "epochs": 1}},
-    # smoke: 40 s, as smith starts a Ray of its own beside the test suite's (stage 1 took 20 s so)
-    "smith": {"gpu": {"dataset": "shapes", "budget": 120}, "smoke": {"dataset": "digits", "budget": 40}},
+    # smoke: 4 stage-2 trials within at most 40 s, as smith starts a Ray of its own beside the test
+    # suite's (stage 1 took 20 s so); the GPU run fills its budget with as many trials as fit
+    "smith": {"gpu": {"dataset": "shapes", "budget": 120, "samples": None},
+              "smoke": {"dataset": "digits", "budget": 40, "samples": 4}},
 }
 
 
@@ -250,7 +252,8 @@ def case_smith(kind: str, root: str, gpu: bool):
     if gpu:
         util.start()
     began = time.time()
-    out = _tunesmith("smith", spec, "--name", "smith", "--num-cpus", "2")
+    samples = ["--samples", str(s["samples"])] if s["samples"] else []
+    out = _tunesmith("smith", spec, "--name", "smith", "--num-cpus", "2", *samples)
     util.stop.set()
     if out.returncode != 0:
         raise RuntimeError(f"smith: {out.stderr[-2000:]}")
