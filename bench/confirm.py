@@ -150,8 +150,12 @@ def main(argv=None) -> int:
     print(f"bar: confirmation halves the mean regret: {'met' if halved else 'NOT met'} "
           f"({100 * rc:.2f}pp against {100 * rs:.2f}pp{'' if rs > 0 else '; single-run selection had no regret here'})")
     print(f"bar: for at most 35% more wall time: {'met' if share <= 0.35 else 'NOT met'} ({100 * share:.0f}%)")
+    # on average: the mean signed difference (the figure's bias, what optimism is); the mean
+    # |difference| beside it is the seeds' noise in a mean of --seeds runs, which no selection causes
+    bias = mean("optimism_confirmed")
     print(f"bar: the reported test figure within 1 point of the chosen configuration's true quality on average: "
-          f"{'met' if off <= 0.01 else 'NOT met'} (mean |difference| {100 * off:.2f}pp)")
+          f"{'met' if abs(bias) <= 0.01 else 'NOT met'} (mean difference {100 * bias:+.2f}pp; mean |difference| "
+          f"{100 * off:.2f}pp, the noise of a mean over {args.seeds} seeds)")
     return 0
 
 
