@@ -86,8 +86,8 @@ def t_half_width(sd: float, n: int, level: float = LEVEL) -> float:
     """Half the width of a t interval on the mean of ``n`` values with spread ``sd``."""
     if n < 2 or not math.isfinite(sd):
         return math.nan
-    from scipy.stats import t
-    return float(t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    from scipy.special import stdtrit   # Student's t quantile: scipy.stats would cost a second to import
+    return float(stdtrit(n - 1, 0.5 + level / 2)) * sd / math.sqrt(n)
 
 
 def mean_sd(values: Sequence[float]) -> Tuple[float, float]:
