@@ -16,9 +16,8 @@ from tunesmith.trainables.config import CONFIRM
 
 SEED_BASE = 1000   # confirmation seeds: spec.seed + SEED_BASE + i, never a seed the search trained with
 LEVEL = 0.95
-SHARE = 0.3        # with a time budget, the confirmation's most: its runs fit their schedules to it,
-                   # and the search keeps the rest (a full-length hold-back on 64-px colour data at
-                   # 90 s, 15 s an epoch, would have left the search nothing)
+SHARE = 0.3        # with a time budget, the confirmation's most (its runs fit their schedules to it);
+                   # a full-length hold-back on 64-px colour data at 90 s left the search nothing
 LEAST = 1 / 3      # a confirmation run's schedule fitted to less than this share is not started
 
 
@@ -28,21 +27,26 @@ def rounds_of(spec, concurrency: int) -> int:
 
 
 def budget_hold(ledger, spec, rounds: int, budget: float) -> float:
-    """Seconds the search keeps for its confirmation, at the search's measured pace
-    (ledger.hold_for_epochs): all of its runs' schedules where they fit in SHARE of the
-    budget; else that share, where a third of each fits in it; else none (the search keeps the
-    whole budget, and the confirmation is not started: ``unaffordable`` says why)."""
+    """Seconds the search keeps for its confirmation, at the search's measured pace: ``held_for``."""
     from tunesmith.orchestrator.ledger import hold_for_epochs
-    full = hold_for_epochs(ledger, rounds * spec.trainer.epochs)
-    cap = SHARE * budget
+    return held_for(lambda epochs: hold_for_epochs(ledger, epochs), spec.trainer.epochs, rounds, budget)
+
+
+def held_for(hold, epochs: int, rounds: int, budget: float) -> float:
+    """All of the confirmation's runs' schedules where they fit in SHARE of the budget; else that
+    share, where a third of each fits in it; else none (the search keeps the whole budget, and
+    the confirmation is not started: ``unaffordable`` says why). ``hold(n)``: the seconds to keep
+    for n epochs after the search, at its measured pace (ledger.hold_for_epochs) or, as smith
+    plans stage 2, at the range test's; ``epochs``: a confirmation run's schedule."""
+    full, cap = hold(rounds * epochs), SHARE * budget
     if full <= cap:
         return full
-    return cap if least_needed(ledger, spec, rounds) <= cap else 0.0
+    return cap if hold(rounds * epochs * LEAST) <= cap else 0.0
 
 
 def least_needed(ledger, spec, rounds: int) -> float:
-    """The time a confirmation needs at least: each round's runs fitted to a third of their
-    schedules, after one start-up (a later round's runs reuse the first's workers)."""
+    """The least a confirmation needs: each round's runs fitted to a third of their schedules,
+    after one start-up (a later round's runs reuse the first's workers)."""
     from tunesmith.orchestrator.ledger import hold_for_epochs
     return hold_for_epochs(ledger, rounds * spec.trainer.epochs * LEAST)
 
@@ -71,10 +75,6 @@ def finalists(ledger, top: int) -> list:
     return out
 
 
-def seeds_for(spec_seed: int, n: int) -> List[int]:
-    return [spec_seed + SEED_BASE + i for i in range(n)]
-
-
 def points(finals: Sequence, seeds: Sequence[int]) -> List[dict]:
     """One confirmation trial's settings per finalist and seed (its config's CONFIRM entry),
     seed-major so that a budget cut short still leaves every finalist the same seeds."""
@@ -92,9 +92,7 @@ def t_half_width(sd: float, n: int, level: float = LEVEL) -> float:
 
 def mean_sd(values: Sequence[float]) -> Tuple[float, float]:
     n = len(values)
-    if not n:
-        return math.nan, math.nan
-    mean = sum(values) / n
+    mean = sum(values) / n if n else math.nan
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
     return mean, sd
 

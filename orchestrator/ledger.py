@@ -83,6 +83,12 @@ def hold_for_epochs(ledger, epochs: float) -> float:
             return 0.0
         pace = max(seen)
     start = HOLD_START_S if ledger.start_up is None else ledger.start_up
+    return hold_at_pace(epochs, pace, start)
+
+
+def hold_at_pace(epochs: float, pace: float, start: float = HOLD_START_S) -> float:
+    """Seconds to keep for ``epochs`` more epochs at ``pace`` seconds each, after a start-up of
+    ``start`` and the sweep's wind-down, with the margin."""
     return HOLD_MARGIN * (epochs * pace + start) + HOLD_WIND_DOWN_S
 
 

@@ -182,6 +182,20 @@ def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
     assert not plan(0.09, 72.0, slots=8).held   # the same afford with a band: all three
     many = policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=flat), opts, 8, False, 72.0, 20)
     assert many.lr_range == policy.WIDE and not many.held
+    # the trials are counted in the search's share of the time left: where the default confirmation
+    # (2 finalists x 2 seeds, in 2 rounds on 2 slots) keeps its 30% of the 72 s, 1.1-s epochs afford
+    # 15 trials, not 21, and with no band that is the LR alone; without a confirmation, 21 and all three
+    epoch_s = 0.009 * 100 * policy.EVAL_SHARE
+    quick = SimpleNamespace(step_s=0.009, epoch_steps=100, problem="the loss never falls clearly")
+    assert policy.confirmation_hold(spec, quick, 72.0, 2, 10) == pytest.approx(0.3 * 72.0)
+    kept = policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=quick), opts, 8, False, 72.0, 2)
+    assert kept.held and "affords about 15 trials of 3 epochs (2 at once) in the 50s its confirmation leaves" in kept.basis
+    assert policy.affordable_trials(quick, 72.0 - 0.3 * 72.0, 2, 10) == pytest.approx(
+        (72.0 - 0.3 * 72.0) * 2 / (policy.RUNG_COST * 3 * epoch_s))
+    unconfirmed = from_dict({**raw, "trainer": {"epochs": 10, "weight_decay": 2e-4}, "confirm": {"top": 0}})
+    assert policy.confirmation_hold(unconfirmed, quick, 72.0, 2, 10) == 0.0
+    alone = policy.plan_stage2(unconfirmed, SimpleNamespace(informative=False, curve=quick), opts, 8, False, 72.0, 2)
+    assert not alone.held and alone.lr_range == policy.WIDE
     # an epoch longer than the pilot's seconds: no pilot (it would end with none)
     assert "longer than the pilot's" in policy.pilot_too_slow(flat)
     assert policy.pilot_too_slow(SimpleNamespace(step_s=0.009, epoch_steps=100)) is None

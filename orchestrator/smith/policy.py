@@ -6,7 +6,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from tunesmith.orchestrator.ledger import HOLD_MARGIN, HOLD_WIND_DOWN_S, hold_for_epochs
+from tunesmith.orchestrator.confirm import held_for, rounds_of
+from tunesmith.orchestrator.ledger import HOLD_MARGIN, HOLD_WIND_DOWN_S, hold_at_pace, hold_for_epochs
 from tunesmith.orchestrator.spec import SweepSpec, default_grace
 from tunesmith.trainables.config import ConfigError
 
@@ -93,6 +94,17 @@ def affordable_trials(curve, left: Optional[float], slots: int, epochs: int) -> 
     if left is None or not epoch_s:
         return None
     return max(0.0, left) * max(1, slots) / (RUNG_COST * default_grace(epochs) * epoch_s)
+
+
+def confirmation_hold(spec: SweepSpec, curve, left: Optional[float], slots: int, epochs: int) -> float:
+    """What stage 2's search will keep of ``left`` for its confirmation (confirm.budget_hold's
+    rule), at the range test's pace: the trials it affords are drawn in the rest. Without it,
+    smith counted the whole budget as the search's, and on shapes at 90 s started 9 to 11 trials
+    of the 16 or more it planned for."""
+    epoch_s = epoch_seconds(curve)
+    if left is None or not epoch_s or spec.confirm.top <= 0:
+        return 0.0
+    return held_for(lambda n: hold_at_pace(n, epoch_s), epochs, rounds_of(spec, slots), left)
 
 
 def epoch_seconds(curve) -> Optional[float]:
@@ -189,7 +201,10 @@ def plan_stage2(spec: SweepSpec, decision, opts: Options, samples: int, pilot: b
     the LR alone; where the range test gave no band, fewer than NO_BAND_TRIALS draw the LR alone
     around trainer.lr (NO_BAND_BELOW, NO_BAND_ABOVE)."""
     budgeted = spec.time_budget_s is not None
-    afford = affordable_trials(decision.curve, left, slots, opts.epochs) if budgeted else None
+    # the trials are drawn in the search's share: its confirmation keeps the rest
+    kept = confirmation_hold(spec, decision.curve, left, slots, opts.epochs)
+    search_s = None if left is None else left - kept
+    afford = affordable_trials(decision.curve, search_s, slots, opts.epochs) if budgeted else None
     held = afford is not None and afford < (FEW_TRIALS if decision.informative else NO_BAND_TRIALS)
     if decision.informative:
         lr_range = search_range(decision.max_lr, opts.below, opts.above)
@@ -207,7 +222,8 @@ def plan_stage2(spec: SweepSpec, decision, opts: Options, samples: int, pilot: b
         basis += f"; {fine_tuning_text(spec)}"
     if held:
         basis += (f"; the budget left affords about {afford:.0f} trials of {default_grace(opts.epochs)} epochs "
-                  f"({slots} at once), too few to draw momentum and weight decay as well"
+                  f"({slots} at once)" + (f" in the {search_s:.0f}s its confirmation leaves" if kept else "")
+                  + ", too few to draw momentum and weight decay as well"
                   + ("" if decision.informative else " while the LR's placement is unknown"))
     s2 = stage2_spec(spec, lr_range, opts.epochs, opts.wd_preset, samples - pilot if not budgeted else samples,
                      None if left is None else max(1.0, left), coupled=opts.coupled, held=held)
