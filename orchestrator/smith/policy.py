@@ -99,8 +99,8 @@ def affordable_trials(curve, left: Optional[float], slots: int, epochs: int) -> 
 def confirmation_hold(spec: SweepSpec, curve, left: Optional[float], slots: int, epochs: int) -> float:
     """What stage 2's search will keep of ``left`` for its confirmation (confirm.budget_hold's
     rule), at the range test's pace: the trials it affords are drawn in the rest. Without it,
-    smith counted the whole budget as the search's, and on shapes at 90 s started 9 to 11 trials
-    of the 16 or more it planned for."""
+    smith counted the confirmation's share as the search's, and planned for up to 1/(1 - SHARE)
+    times the trials that fit."""
     epoch_s = epoch_seconds(curve)
     if left is None or not epoch_s or spec.confirm.top <= 0:
         return 0.0
