@@ -202,9 +202,11 @@ def plan_stage2(spec: SweepSpec, decision, opts: Options, samples: int, pilot: b
     around trainer.lr (NO_BAND_BELOW, NO_BAND_ABOVE)."""
     budgeted = spec.time_budget_s is not None
     # the trials are drawn in the search's share: its confirmation keeps the rest
-    kept = confirmation_hold(spec, decision.curve, left, slots, opts.epochs)
-    search_s = None if left is None else left - kept
-    afford = affordable_trials(decision.curve, search_s, slots, opts.epochs) if budgeted else None
+    kept = search_s = afford = None
+    if budgeted:
+        kept = confirmation_hold(spec, decision.curve, left, slots, opts.epochs)
+        search_s = None if left is None else left - kept
+        afford = affordable_trials(decision.curve, search_s, slots, opts.epochs)
     held = afford is not None and afford < (FEW_TRIALS if decision.informative else NO_BAND_TRIALS)
     if decision.informative:
         lr_range = search_range(decision.max_lr, opts.below, opts.above)
