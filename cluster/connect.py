@@ -150,7 +150,30 @@ def unstage() -> None:
     shipped_package.cache_clear()
 
 
+def _exit_outside_logging(signum, frame) -> None:
+    """SIGTERM while ray.init runs, in place of Ray's own handler (sys.exit): the same exit, except
+    where the signal lands in logging's lock functions. Ray spawns its processes there, and
+    logging's fork hook releases its module lock after each fork: an exit raised in that hook is
+    swallowed and leaves the lock held, and the command then hangs at its next log line from
+    another thread (once in the suite, 90 s). There the signal is sent again 50 ms later."""
+    if frame is not None and frame.f_code.co_filename == logging.__file__:
+        import threading
+        threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+        return
+    raise SystemExit(signum)
+
+
 def _init(ray, address, num_cpus, num_gpus, dashboard, log_to_driver) -> None:
+    from ray._private import utils as ray_utils
+    own = ray_utils.set_sigterm_handler
+    ray_utils.set_sigterm_handler = lambda _handler: own(_exit_outside_logging)
+    try:
+        _start(ray, address, num_cpus, num_gpus, dashboard, log_to_driver)
+    finally:
+        ray_utils.set_sigterm_handler = own
+
+
+def _start(ray, address, num_cpus, num_gpus, dashboard, log_to_driver) -> None:
     common = dict(log_to_driver=log_to_driver, logging_level=logging.WARNING, include_dashboard=dashboard)
     if address:
         # A submitted job's driver already has tunesmith in the job's runtime env; Ray refuses

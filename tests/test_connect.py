@@ -137,3 +137,29 @@ def subprocess_pid_that_exited() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+def test_sigterm_during_ray_init_exits_except_inside_loggings_lock_functions():
+    """Ray's handler raised sys.exit(15) wherever the signal landed. Landing in logging's fork
+    hook (Ray spawning its processes), the exit was swallowed with logging's lock still held, and
+    the command hung. The handler used during ray.init exits elsewhere, and there sends the signal
+    again a moment later, once out of logging."""
+    import logging
+    import signal
+    import sys
+    import threading
+    frames = []
+    logger = logging.getLogger("tunesmith-test-frame")
+    logger.addFilter(lambda record: frames.append(sys._getframe(1)) or False)   # called from logging's Filterer
+    logger.warning("x")
+    assert frames and frames[0].f_code.co_filename == logging.__file__
+    again = threading.Event()
+    previous = signal.signal(signal.SIGUSR1, lambda *a: again.set())
+    try:
+        connect_mod._exit_outside_logging(signal.SIGUSR1, frames[0])   # no exit here
+        assert again.wait(2), "the signal was not sent again"
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    with pytest.raises(SystemExit) as exc:
+        connect_mod._exit_outside_logging(signal.SIGTERM, sys._getframe())
+    assert exc.value.code == signal.SIGTERM
