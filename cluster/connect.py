@@ -160,7 +160,7 @@ def _exit_outside_logging(signum, frame) -> None:
         import threading
         threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
         return
-    raise SystemExit(signum)
+    raise SystemExit(noted(signum))
 
 
 def _init(ray, address, num_cpus, num_gpus, dashboard, log_to_driver) -> None:
@@ -229,13 +229,49 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
                        node_gpus=max((float(n["Resources"].get("GPU", 0)) for n in alive), default=None))
 
 
+_LAST_SIGNAL = [signal.SIGINT]   # the signal whose handler raised last: the one sent again
+
+
+def interrupt(signum, frame) -> None:
+    """Ctrl-C's own handler, for SIGTERM too: a KeyboardInterrupt, its signal noted."""
+    noted(signum)
+    raise KeyboardInterrupt
+
+
+def noted(signum: int) -> int:
+    """Note ``signum`` as the signal a handler is about to raise for (see ``_resend_swallowed``)."""
+    _LAST_SIGNAL[0] = signum
+    return signum
+
+
+def _resend_swallowed(unraisable) -> None:
+    """Python runs a signal's handler at the next bytecode, wherever it is; where that is a
+    weakref callback, a __del__ or a fork hook (importlib's module-lock callback, once in CI), the
+    handler's KeyboardInterrupt or exit is printed as "Exception ignored" and lost, and the
+    command ran on as if never signalled. The signal is sent again 50 ms later, out of there."""
+    exc = unraisable.exc_value
+    if isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code == signal.SIGTERM):
+        import threading
+        again = threading.Timer(0.05, os.kill, (os.getpid(), _LAST_SIGNAL[0]))
+        again.daemon = True
+        again.start()
+        return
+    _resend_swallowed.previous(unraisable)
+
+
 def terminate_as_interrupt() -> None:
     """SIGTERM (Kubernetes, `ray job stop`, `kill`) handled as the first Ctrl-C: a
-    KeyboardInterrupt wherever the command is, which each phase already cleans up after. Set from
-    the main thread only (Python's rule); the sweep's stopper takes both signals while Tune runs."""
+    KeyboardInterrupt wherever the command is, which each phase already cleans up after, and
+    never lost where Python swallows exceptions (``_resend_swallowed``). Set from the main thread
+    only (Python's rule); the sweep's stopper takes both signals while Tune runs."""
+    import sys
     import threading
+    if sys.unraisablehook is not _resend_swallowed:
+        _resend_swallowed.previous = sys.unraisablehook
+        sys.unraisablehook = _resend_swallowed
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        signal.signal(signal.SIGINT, interrupt)
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def disconnect(info: ClusterInfo) -> None:

@@ -9,6 +9,8 @@ from typing import Optional
 import ray
 from ray.tune.stopper import Stopper
 
+from tunesmith.cluster.connect import noted
+
 
 class SweepStopper(Stopper):
     """Stops every trial at the sweep's deadline or on Ctrl-C, keeping what was written; a second
@@ -64,6 +66,7 @@ class SweepStopper(Stopper):
 
     def _handle(self, signum, frame):
         if self.event.is_set():
+            noted(signum)
             raise KeyboardInterrupt
         self.event.set()
         what = "terminated" if signum == signal.SIGTERM else "interrupt"

@@ -163,3 +163,35 @@ def test_sigterm_during_ray_init_exits_except_inside_loggings_lock_functions():
     with pytest.raises(SystemExit) as exc:
         connect_mod._exit_outside_logging(signal.SIGTERM, sys._getframe())
     assert exc.value.code == signal.SIGTERM
+
+
+SWALLOWED = """
+import os, signal, sys, time
+from tunesmith.cluster.connect import terminate_as_interrupt
+terminate_as_interrupt()
+
+class Swallows:
+    def __del__(self):   # the handler runs in here; its exception is "ignored" on the way out
+        os.kill(os.getpid(), signal.SIGTERM)
+        sum(range(100000))
+
+start = time.monotonic()
+try:
+    Swallows()
+    time.sleep(3)
+    print("ran on")
+except KeyboardInterrupt:
+    print(f"interrupted after {time.monotonic() - start:.2f}s")
+"""
+
+
+def test_sigterm_swallowed_where_python_ignores_exceptions_is_sent_again():
+    """A SIGTERM whose KeyboardInterrupt Python swallowed (a __del__ here; importlib's weakref
+    callback in CI, where smith then ran stage 2 to the end) still interrupts the command, a
+    moment later, and nothing says "Exception ignored"."""
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", SWALLOWED], capture_output=True, text=True, timeout=30)
+    assert proc.stdout.startswith("interrupted after"), (proc.stdout, proc.stderr)
+    assert float(proc.stdout.split()[-1].rstrip("s")) < 1.0
+    assert "Exception ignored" not in proc.stderr
