@@ -14,6 +14,9 @@ starts it:
   against the default (drawn apart) in the same run;
 - ``smith-steepest``: the same with ``--pick steepest``: stage 2's range around the steepest
   fall of the range test's curve instead of the default rule's pick;
+- ``smith-lr``: the same with ``--search lr``: stage 2 draws the LR alone, momentum and weight
+  decay held, however many trials the budget affords, against the default (joint where it
+  affords 4 or more) in the same run;
 - ``random``: ``tunesmith run SPEC``, random search, lr log-uniform in [1e-4, 1];
 - ``random-ba``: the same random search under the previous ASHA default, budget-aware 1cycle
   judged from epoch 1 (``asha: {budget_aware: true, grace_period: 1}``): the evidence for
@@ -61,7 +64,7 @@ sys.path.insert(0, ROOT)
 
 TARGETS = {"digits": 0.98, "glyphs": 0.90, "shapes": 0.60, "letters": 0.75, "cifar10": 0.70,
            "objects": 0.40, "materials": 0.40, "small": 0.90, "transfer": 0.40}
-CONTENDERS = ("smith", "smith-range", "smith-coupled", "smith-steepest", "random", "random-ba", "tpe", "optuna",
+CONTENDERS = ("smith", "smith-range", "smith-coupled", "smith-steepest", "smith-lr", "random", "random-ba", "tpe", "optuna",
               "smith-scratch")
 # Tasks beyond a dataset by name: the spec's dataset and model sections.
 # small: real handwritten digits cut to 30 training images a class (the issue's own case: 300
@@ -166,6 +169,8 @@ def _tunesmith(contender: str, dataset: str, budget: float, data_dir=None, seed:
         cmd += ["--coupling", "effective"]
     if contender == "smith-steepest":
         cmd += ["--pick", "steepest"]
+    if contender == "smith-lr":
+        cmd += ["--search", "lr"]
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": ROOT}
     began = time.time()
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)

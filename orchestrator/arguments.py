@@ -56,6 +56,10 @@ def smith_args(p: argparse.ArgumentParser) -> None:
                    help="stage 2's LR and momentum: 'independent' (default) draws the two apart; 'effective' "
                         "spreads the effective step lr/(1-m) over the range, each trial's LR scaled by "
                         "(1-m)/(1-trainer.momentum)")
+    p.add_argument("--search", choices=("auto", "lr", "joint"), default="auto",
+                   help="what stage 2 draws: 'lr' the LR alone (1cycle's momentum and trainer.weight_decay "
+                        "held), 'joint' the LR with momentum's bound and weight decay, 'auto' (default) the "
+                        "LR alone where the time budget affords few trials")
     p.add_argument("--no-pilot", action="store_true",
                    help="on one machine, do not train stage 2's centre point in this process while Ray starts "
                         "its trial workers (the pilot)")

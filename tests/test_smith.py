@@ -198,6 +198,21 @@ def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
     assert not alone.held and alone.lr_range == policy.WIDE
     # an epoch longer than the pilot's seconds: no pilot (it would end with none)
     assert "longer than the pilot's" in policy.pilot_too_slow(flat)
+    # --search overrides the rule: lr holds momentum and weight decay with many trials or no
+    # budget (band or none), joint draws all three with few
+    for search, step_s, s, want in (("lr", 0.009, spec, {"lr"}), ("lr", 0.09, unbudgeted, {"lr"}),
+                                    ("joint", 0.09, spec, {"lr", "max_momentum", "weight_decay"})):
+        forced = policy.Options("weight_decay_shallow", 0.5, 1.5, 10, False, search)
+        for informative in (True, False):
+            curve = SimpleNamespace(step_s=step_s, epoch_steps=100, problem="the loss never falls clearly")
+            got = policy.plan_stage2(s, SimpleNamespace(informative=informative, max_lr=0.1, curve=curve), forced,
+                                     8, False, None if s is unbudgeted else 72.0, 2)
+            assert {d.key for d in got.spec.plan.space} == want and got.held == (search == "lr")
+            assert ("--search lr" in got.basis) == (search == "lr")
+            if not informative and search == "lr":
+                lr = s.train.trainer.lr
+                assert got.lr_range == pytest.approx((lr / 10 ** 1.5, lr * 10 ** 0.5))
+                assert ("the budget affords few trials" if s is spec else "and stage 2 draws the LR alone") in got.basis
     assert policy.pilot_too_slow(SimpleNamespace(step_s=0.009, epoch_steps=100)) is None
 
 

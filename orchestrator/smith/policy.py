@@ -52,6 +52,7 @@ class Options:
     above: float
     epochs: int          # stage 2's trial length
     coupled: bool        # --coupling effective
+    search: str = "auto"  # --search: lr, joint, or auto (the LR alone where the budget affords few trials)
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,8 @@ def plan_stage2(spec: SweepSpec, decision, opts: Options, samples: int, pilot: b
         kept = confirmation_hold(spec, decision.curve, left, slots, opts.epochs)
         search_s = None if left is None else left - kept
         afford = affordable_trials(decision.curve, search_s, slots, opts.epochs)
-    held = afford is not None and afford < (FEW_TRIALS if decision.informative else NO_BAND_TRIALS)
+    few = afford is not None and afford < (FEW_TRIALS if decision.informative else NO_BAND_TRIALS)
+    held = opts.search == "lr" or (opts.search == "auto" and few)
     if decision.informative:
         lr_range = search_range(decision.max_lr, opts.below, opts.above)
         basis = (f"from {opts.below:g} decades below the range test's max LR {decision.max_lr:.3g} to "
@@ -216,13 +218,16 @@ def plan_stage2(spec: SweepSpec, decision, opts: Options, samples: int, pilot: b
         lr = spec.train.trainer.lr
         lr_range = (lr / 10 ** NO_BAND_BELOW, lr * 10 ** NO_BAND_ABOVE)
         basis = (f"from {NO_BAND_BELOW:g} decades below trainer.lr {lr:g} to {NO_BAND_ABOVE:g} above it, since the "
-                 f"range test gave no band ({decision.curve.problem}) and the budget affords few trials")
+                 f"range test gave no band ({decision.curve.problem}) and "
+                 + ("the budget affords few trials" if few else "stage 2 draws the LR alone"))
     else:
         lr_range = WIDE
         basis = f"the wide range, since the range test gave no band ({decision.curve.problem})"
     if spec.train.model.fine_tunes:
         basis += f"; {fine_tuning_text(spec)}"
-    if held:
+    if held and opts.search == "lr":
+        basis += "; --search lr"
+    elif held:
         basis += (f"; the budget left affords about {afford:.0f} trials of {default_grace(opts.epochs)} epochs "
                   f"({slots} at once)" + (f" in the {search_s:.0f}s its confirmation leaves" if kept else "")
                   + ", too few to draw momentum and weight decay as well"
@@ -313,7 +318,7 @@ def check(spec: SweepSpec, args) -> Options:
         raise ConfigError("--short-epochs", epochs, f"must not exceed trainer.epochs ({spec.train.trainer.epochs})")
     coupled = args.coupling == "effective"
     stage2_spec(spec, WIDE, epochs, wd_preset, 1, coupled=coupled)   # valid for some band
-    return Options(wd_preset, below, above, epochs, coupled)
+    return Options(wd_preset, below, above, epochs, coupled, getattr(args, "search", "auto"))
 
 
 def stage1_options(spec: SweepSpec, args) -> tuple:
