@@ -141,8 +141,9 @@ def test_smith_fine_tunes_with_the_fine_tune_dimensions(tmp_path):
 
 def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
     """With time_budget_s, the range test's pace per step and the data's steps per epoch say how
-    many stage-2 trials fit: fewer than FEW_TRIALS draw the LR alone, with momentum's bound and
-    trainer.weight_decay held; more draw all three. Without a budget, all three."""
+    many stage-2 trials fit: fewer than FEW_TRIALS (the unbudgeted default, 16) draw the LR alone,
+    with momentum's bound and trainer.weight_decay held; more draw all three. Without a budget,
+    all three."""
     import yaml
     from types import SimpleNamespace
     from tunesmith.orchestrator.smith import policy
@@ -163,15 +164,18 @@ def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
     assert slow.held and {d.key for d in slow.spec.plan.space} == {"lr"}
     assert slow.spec.train.trainer.weight_decay == 2e-4 and slow.spec.train.trainer.max_momentum == 0.95
     assert "too few to draw momentum and weight decay" in slow.basis and "held" in slow.beside
-    # the same data ten times faster, or on ten slots, affords 20: all three drawn
-    for fast in (plan(0.009, 72.0), plan(0.09, 72.0, slots=20)):
+    # 8 trials (on 8 slots) are still fewer than momentum's 4 bounds x 3 decays: the LR alone
+    middle = plan(0.09, 72.0, slots=8)
+    assert middle.held and {d.key for d in middle.spec.plan.space} == {"lr"}
+    # the same data twenty times faster affords 30, on twenty slots 21: all three drawn
+    for fast in (plan(0.0045, 72.0), plan(0.09, 72.0, slots=20)):
         assert not fast.held and {d.key for d in fast.spec.plan.space} == {"lr", "max_momentum", "weight_decay"}
         assert "jointly with max_momentum" in fast.beside
     unbudgeted = from_dict({**raw, "time_budget_s": None})
     assert not plan(0.09, None, s=unbudgeted).held
-    # no band from the range test: fewer trials than NO_BAND_TRIALS search the LR alone from a
-    # decade and a half below trainer.lr to half a decade above, even where a band would have
-    # drawn all three (8 trials); as many as the unbudgeted default search the wide range jointly
+    # no band from the range test: as few trials search the LR alone from a decade and a half
+    # below trainer.lr to half a decade above; as many as the unbudgeted default search the wide
+    # range jointly
     flat = SimpleNamespace(step_s=0.09, epoch_steps=100, problem="the loss never falls clearly")
     for slots in (2, 8):
         few = policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=flat), opts, 8, False, 72.0, slots)
@@ -179,7 +183,6 @@ def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
         assert "from 1.5 decades below trainer.lr 0.05 to 0.5 above it" in few.basis
         assert few.held and {d.key for d in few.spec.plan.space} == {"lr"}
     assert "while the LR's placement is unknown" in few.basis
-    assert not plan(0.09, 72.0, slots=8).held   # the same afford with a band: all three
     many = policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=flat), opts, 8, False, 72.0, 20)
     assert many.lr_range == policy.WIDE and not many.held
     # the trials are counted in the search's share of the time left: where the default confirmation

@@ -22,14 +22,15 @@ STAGE1_SHARE = 0.2            # at most this share of the budget for the range t
 STAGE3_WIND_DOWN_S, STAGE3_MARGIN = HOLD_WIND_DOWN_S, HOLD_MARGIN
 PILOT_S = 10.0                # the pilot's own deadline: about Ray's start and a Tune trial's first epoch here
 CHANCE_MARGIN = 0.1           # "no better than chance": within max(0.1, chance) of guessing
-FEW_TRIALS = len(MOMENTA)     # a budget affording fewer stage-2 trials searches the LR alone: fewer
-                              # trials than momentum's values cannot try each once, and on 64-px colour
-                              # data at 90 s (about 2 trials) drawing momentum and weight decay spent
-                              # them where the LR alone mattered (bench/quality.py objects, materials)
-NO_BAND_TRIALS = DEFAULT_SAMPLES  # with no band the LR's scale is unknown: fewer trials than the
-                              # unbudgeted default go to it alone, near trainer.lr. On letters at
-                              # 90 s with no band (6 trials), a joint draw over four decades put two
-                              # below 1e-3, where nothing trained, and random search led by 7 points
+FEW_TRIALS = DEFAULT_SAMPLES  # a budget affording fewer stage-2 trials than the unbudgeted default
+                              # searches the LR alone, with 1cycle's momentum and trainer.weight_decay,
+                              # band or no band: fewer trials than momentum's 4 bounds x 3 or 4 decays
+                              # cannot try each pair once. On letters at 90 s (9 trials) the joint draw
+                              # spent a third of them at bounds 0.97 and 0.99, where nothing trained,
+                              # and the LR alone read +2.1 pp (glyphs -0.2 pp, 3 seeds each, paired);
+                              # on 64-px colour data (2 to 6 trials) it spent them where the LR
+                              # alone mattered; with no band the LR's scale is unknown as well, and a
+                              # joint draw over four decades put trials below 1e-3 on letters
 NO_BAND_BELOW, NO_BAND_ABOVE = 1.5, 0.5   # that LR range around trainer.lr, taken as a peak near the
                               # top of what trains: on shapes, letters and objects from random weights
                               # at 90 s, trials at 1.6x the default 0.05 learned nothing and the best
@@ -199,8 +200,8 @@ def plan_stage2(spec: SweepSpec, decision, opts: Options, samples: int, pilot: b
                 left: Optional[float], slots: int = 1) -> Stage2Plan:
     """Stage 2 from stage 1's decision. The pilot is one of --samples; with a budget, stage 2
     draws as many as fit, and where that is fewer than FEW_TRIALS (at ``slots`` trials at once),
-    the LR alone; where the range test gave no band, fewer than NO_BAND_TRIALS draw the LR alone
-    around trainer.lr (NO_BAND_BELOW, NO_BAND_ABOVE)."""
+    the LR alone; where the range test gave no band, that LR alone is drawn around trainer.lr
+    (NO_BAND_BELOW, NO_BAND_ABOVE)."""
     budgeted = spec.time_budget_s is not None
     # the trials are drawn in the search's share: its confirmation keeps the rest
     kept = search_s = afford = None
@@ -208,7 +209,7 @@ def plan_stage2(spec: SweepSpec, decision, opts: Options, samples: int, pilot: b
         kept = confirmation_hold(spec, decision.curve, left, slots, opts.epochs)
         search_s = None if left is None else left - kept
         afford = affordable_trials(decision.curve, search_s, slots, opts.epochs)
-    few = afford is not None and afford < (FEW_TRIALS if decision.informative else NO_BAND_TRIALS)
+    few = afford is not None and afford < FEW_TRIALS
     held = opts.search == "lr" or (opts.search == "auto" and few)
     if decision.informative:
         lr_range = search_range(decision.max_lr, opts.below, opts.above)
