@@ -150,17 +150,37 @@ def unstage() -> None:
     shipped_package.cache_clear()
 
 
-def _exit_outside_logging(signum, frame) -> None:
-    """SIGTERM while ray.init runs, in place of Ray's own handler (sys.exit): the same exit, except
-    where the signal lands in logging's lock functions. Ray spawns its processes there, and
-    logging's fork hook releases its module lock after each fork: an exit raised in that hook is
-    swallowed and leaves the lock held, and the command then hangs at its next log line from
-    another thread (once in the suite, 90 s). There the signal is sent again 50 ms later."""
-    if frame is not None and frame.f_code.co_filename == logging.__file__:
-        import threading
-        threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+# Where a handler's exception would leave a lock held: logging's lock functions (Ray spawns its
+# processes there, and logging's fork hook releases its module lock after each fork) and the
+# import system's own frames (its module-lock callback holds the global import lock, and an
+# exception raised there was swallowed, in CI, as the signal's: the command ran on, or, sent
+# again, left the lock held and hung at the next import from another thread).
+_FRAGILE = {logging.__file__, "<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>"}
+_LAST_SIGNAL = [signal.SIGINT]   # the signal whose handler raised last: the one sent again
+
+
+def _later(signum: int) -> None:
+    import threading
+    again = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+    again.daemon = True
+    again.start()
+
+
+def raise_outside_locks(signum: int, frame, exc: BaseException) -> None:
+    """Raise ``exc`` for ``signum``, except where the signal landed in code that holds a lock
+    (``_FRAGILE``): there the signal is sent again 50 ms later, out of it."""
+    if frame is not None and frame.f_code.co_filename in _FRAGILE:
+        _later(signum)
         return
-    raise SystemExit(noted(signum))
+    _LAST_SIGNAL[0] = signum
+    raise exc
+
+
+def _exit_outside_logging(signum, frame) -> None:
+    """SIGTERM while ray.init runs, in place of Ray's own handler (sys.exit): the same exit,
+    except where the signal lands in a lock's code (``raise_outside_locks``); once in the suite,
+    an exit swallowed in logging's fork hook left its lock held and the command hung 90 s."""
+    raise_outside_locks(signum, frame, SystemExit(signum))
 
 
 def _init(ray, address, num_cpus, num_gpus, dashboard, log_to_driver) -> None:
@@ -229,19 +249,9 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
                        node_gpus=max((float(n["Resources"].get("GPU", 0)) for n in alive), default=None))
 
 
-_LAST_SIGNAL = [signal.SIGINT]   # the signal whose handler raised last: the one sent again
-
-
 def interrupt(signum, frame) -> None:
-    """Ctrl-C's own handler, for SIGTERM too: a KeyboardInterrupt, its signal noted."""
-    noted(signum)
-    raise KeyboardInterrupt
-
-
-def noted(signum: int) -> int:
-    """Note ``signum`` as the signal a handler is about to raise for (see ``_resend_swallowed``)."""
-    _LAST_SIGNAL[0] = signum
-    return signum
+    """Ctrl-C's own handler, for SIGTERM too: a KeyboardInterrupt, outside a lock's code."""
+    raise_outside_locks(signum, frame, KeyboardInterrupt())
 
 
 def _resend_swallowed(unraisable) -> None:
@@ -251,10 +261,7 @@ def _resend_swallowed(unraisable) -> None:
     command ran on as if never signalled. The signal is sent again 50 ms later, out of there."""
     exc = unraisable.exc_value
     if isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code == signal.SIGTERM):
-        import threading
-        again = threading.Timer(0.05, os.kill, (os.getpid(), _LAST_SIGNAL[0]))
-        again.daemon = True
-        again.start()
+        _later(_LAST_SIGNAL[0])
         return
     _resend_swallowed.previous(unraisable)
 

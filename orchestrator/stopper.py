@@ -9,7 +9,7 @@ from typing import Optional
 import ray
 from ray.tune.stopper import Stopper
 
-from tunesmith.cluster.connect import noted
+from tunesmith.cluster.connect import raise_outside_locks
 
 
 class SweepStopper(Stopper):
@@ -66,8 +66,8 @@ class SweepStopper(Stopper):
 
     def _handle(self, signum, frame):
         if self.event.is_set():
-            noted(signum)
-            raise KeyboardInterrupt
+            raise_outside_locks(signum, frame, KeyboardInterrupt())
+            return
         self.event.set()
         what = "terminated" if signum == signal.SIGTERM else "interrupt"
         print(f"\n{what}: stopping all trials and keeping the results written so far "

@@ -165,6 +165,37 @@ def test_sigterm_during_ray_init_exits_except_inside_loggings_lock_functions():
     assert exc.value.code == signal.SIGTERM
 
 
+def test_an_interrupt_landing_in_the_import_systems_frames_waits_until_out_of_them():
+    """The import system's module-lock callback holds the global import lock: a KeyboardInterrupt
+    raised there was swallowed (CI: the command ran on) or left the lock held (CI, once the
+    signal was sent again: the next import from another thread hung). There the signal is sent
+    again 50 ms later; in ordinary code it raises at once."""
+    import signal
+    import sys
+    import threading
+    frames = []
+
+    class Finder:   # called from importlib's own _find_spec
+        def find_spec(self, name, path, target=None):
+            frames.append(sys._getframe(1))
+    sys.meta_path.insert(0, Finder())
+    try:
+        with pytest.raises(ImportError):
+            import tunesmith_no_such_module  # noqa: F401
+    finally:
+        sys.meta_path.pop(0)
+    assert frames[0].f_code.co_filename == "<frozen importlib._bootstrap>"
+    again = threading.Event()
+    previous = signal.signal(signal.SIGUSR1, lambda *a: again.set())
+    try:
+        connect_mod.interrupt(signal.SIGUSR1, frames[0])   # no interrupt here
+        assert again.wait(2), "the signal was not sent again"
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    with pytest.raises(KeyboardInterrupt):
+        connect_mod.interrupt(signal.SIGTERM, sys._getframe())
+
+
 SWALLOWED = """
 import os, signal, sys, time
 from tunesmith.cluster.connect import terminate_as_interrupt
