@@ -139,6 +139,19 @@ def subprocess_pid_that_exited() -> int:
     return proc.pid
 
 
+def _sent_again(handler, frame) -> None:
+    """``handler``, given SIGUSR1 as landing in ``frame``, raises nothing and sends it again."""
+    import signal
+    import threading
+    again = threading.Event()
+    previous = signal.signal(signal.SIGUSR1, lambda *a: again.set())
+    try:
+        handler(signal.SIGUSR1, frame)
+        assert again.wait(2), "the signal was not sent again"
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
 def test_sigterm_during_ray_init_exits_except_inside_loggings_lock_functions():
     """Ray's handler raised sys.exit(15) wherever the signal landed. Landing in logging's fork
     hook (Ray spawning its processes), the exit was swallowed with logging's lock still held, and
@@ -147,19 +160,12 @@ def test_sigterm_during_ray_init_exits_except_inside_loggings_lock_functions():
     import logging
     import signal
     import sys
-    import threading
     frames = []
     logger = logging.getLogger("tunesmith-test-frame")
     logger.addFilter(lambda record: frames.append(sys._getframe(1)) or False)   # called from logging's Filterer
     logger.warning("x")
     assert frames and frames[0].f_code.co_filename == logging.__file__
-    again = threading.Event()
-    previous = signal.signal(signal.SIGUSR1, lambda *a: again.set())
-    try:
-        connect_mod._exit_outside_logging(signal.SIGUSR1, frames[0])   # no exit here
-        assert again.wait(2), "the signal was not sent again"
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
+    _sent_again(connect_mod._exit_outside_logging, frames[0])   # no exit here
     with pytest.raises(SystemExit) as exc:
         connect_mod._exit_outside_logging(signal.SIGTERM, sys._getframe())
     assert exc.value.code == signal.SIGTERM
@@ -172,7 +178,6 @@ def test_an_interrupt_landing_in_the_import_systems_frames_waits_until_out_of_th
     again 50 ms later; in ordinary code it raises at once."""
     import signal
     import sys
-    import threading
     frames = []
 
     class Finder:   # called from importlib's own _find_spec
@@ -185,13 +190,7 @@ def test_an_interrupt_landing_in_the_import_systems_frames_waits_until_out_of_th
     finally:
         sys.meta_path.pop(0)
     assert frames[0].f_code.co_filename == "<frozen importlib._bootstrap>"
-    again = threading.Event()
-    previous = signal.signal(signal.SIGUSR1, lambda *a: again.set())
-    try:
-        connect_mod.interrupt(signal.SIGUSR1, frames[0])   # no interrupt here
-        assert again.wait(2), "the signal was not sent again"
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
+    _sent_again(connect_mod.interrupt, frames[0])   # no interrupt here
     with pytest.raises(KeyboardInterrupt):
         connect_mod.interrupt(signal.SIGTERM, sys._getframe())
 
