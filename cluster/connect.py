@@ -176,7 +176,7 @@ def raise_outside_locks(signum: int, frame, exc: BaseException) -> None:
     raise exc
 
 
-def _exit_outside_logging(signum, frame) -> None:
+def _exit_outside_locks(signum, frame) -> None:
     """SIGTERM while ray.init runs, in place of Ray's own handler (sys.exit): the same exit,
     except where the signal lands in a lock's code (``raise_outside_locks``); once in the suite,
     an exit swallowed in logging's fork hook left its lock held and the command hung 90 s."""
@@ -186,7 +186,7 @@ def _exit_outside_logging(signum, frame) -> None:
 def _init(ray, address, num_cpus, num_gpus, dashboard, log_to_driver) -> None:
     from ray._private import utils as ray_utils
     own = ray_utils.set_sigterm_handler
-    ray_utils.set_sigterm_handler = lambda _handler: own(_exit_outside_logging)
+    ray_utils.set_sigterm_handler = lambda _handler: own(_exit_outside_locks)
     try:
         _start(ray, address, num_cpus, num_gpus, dashboard, log_to_driver)
     finally:

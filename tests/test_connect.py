@@ -165,9 +165,9 @@ def test_sigterm_during_ray_init_exits_except_inside_loggings_lock_functions():
     logger.addFilter(lambda record: frames.append(sys._getframe(1)) or False)   # called from logging's Filterer
     logger.warning("x")
     assert frames and frames[0].f_code.co_filename == logging.__file__
-    _sent_again(connect_mod._exit_outside_logging, frames[0])   # no exit here
+    _sent_again(connect_mod._exit_outside_locks, frames[0])   # no exit here
     with pytest.raises(SystemExit) as exc:
-        connect_mod._exit_outside_logging(signal.SIGTERM, sys._getframe())
+        connect_mod._exit_outside_locks(signal.SIGTERM, sys._getframe())
     assert exc.value.code == signal.SIGTERM
 
 

@@ -319,7 +319,7 @@ def check(spec: SweepSpec, args) -> Options:
         raise ConfigError("--short-epochs", epochs, f"must not exceed trainer.epochs ({spec.train.trainer.epochs})")
     coupled = args.coupling == "effective"
     stage2_spec(spec, WIDE, epochs, wd_preset, 1, coupled=coupled)   # valid for some band
-    return Options(wd_preset, below, above, epochs, coupled, getattr(args, "search", "auto"))
+    return Options(wd_preset, below, above, epochs, coupled, args.search)
 
 
 def stage1_options(spec: SweepSpec, args) -> tuple:
