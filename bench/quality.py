@@ -17,6 +17,8 @@ starts it:
 - ``smith-lr``: the same with ``--search lr``: stage 2 draws the LR alone, momentum and weight
   decay held, however many trials the budget affords, against the default (joint where it
   affords 4 or more) in the same run;
+- ``smith-nopilot``: the same with ``--no-pilot``: stage 2's centre trains as a Tune trial, not
+  for the pilot's 10 s in smith's own process, against the default in the same run;
 - ``random``: ``tunesmith run SPEC``, random search, lr log-uniform in [1e-4, 1];
 - ``random-ba``: the same random search under the previous ASHA default, budget-aware 1cycle
   judged from epoch 1 (``asha: {budget_aware: true, grace_period: 1}``): the evidence for
@@ -64,7 +66,7 @@ sys.path.insert(0, ROOT)
 
 TARGETS = {"digits": 0.98, "glyphs": 0.90, "shapes": 0.60, "letters": 0.75, "cifar10": 0.70,
            "objects": 0.40, "materials": 0.40, "small": 0.90, "transfer": 0.40}
-CONTENDERS = ("smith", "smith-range", "smith-coupled", "smith-steepest", "smith-lr", "random", "random-ba", "tpe", "optuna",
+CONTENDERS = ("smith", "smith-range", "smith-coupled", "smith-steepest", "smith-lr", "smith-nopilot", "random", "random-ba", "tpe", "optuna",
               "smith-scratch")
 # Tasks beyond a dataset by name: the spec's dataset and model sections.
 # small: real handwritten digits cut to 30 training images a class (the issue's own case: 300
@@ -171,6 +173,8 @@ def _tunesmith(contender: str, dataset: str, budget: float, data_dir=None, seed:
         cmd += ["--pick", "steepest"]
     if contender == "smith-lr":
         cmd += ["--search", "lr"]
+    if contender == "smith-nopilot":
+        cmd += ["--no-pilot"]
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": ROOT}
     began = time.time()
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
