@@ -197,7 +197,7 @@ def test_time_budget_counts_from_the_commands_start(ray_session, tmp_path):
     from tunesmith.orchestrator import spec as spec_mod
     from tunesmith.orchestrator.sweep import budget_problem, run_sweep
     raw = {"name": "budget", "results_dir": str(tmp_path / "r"), "time_budget_s": 16, "confirm": {"top": 0},
-           "model": {"name": "small_cnn", "width": 8}, "trainer": {"epochs": 50}, "asha": {"enabled": False},
+           "model": {"name": "small_cnn", "width": 8}, "trainer": {"epochs": 1000}, "asha": {"enabled": False},
            "search": {"num_samples": 100, "space": {"lr": {"loguniform": [0.01, 0.1]}}}}
     outcome = run_sweep(spec_mod.from_dict(raw), ray_session, progress=False, started=time.time() - 10)   # 6 s left
     # counted from the sweep's start it would run 16 s; the rest is the wind-down (trials stopped,
@@ -205,9 +205,11 @@ def test_time_budget_counts_from_the_commands_start(ray_session, tmp_path):
     assert outcome.wall_seconds < 11, f"the sweep ran {outcome.wall_seconds:.1f} s of a budget with 6 s left"
     assert outcome.timed_out
     trials = pq.read_table(tmp_path / "r" / "budget" / "trials.parquet").to_pandas()
-    assert len(trials) >= 1 and (trials.epochs < 50).all()
+    # 1000 epochs: no trial ends its schedule in 6 s (on a quiet 2-core machine two trials of 50
+    # epochs did, and the check read a finished schedule as the budget's failure)
+    assert len(trials) >= 1 and (trials.epochs < 1000).all()
     # each trial either annealed in the epochs that fitted (trainables/trainer.py) or was cut off
-    assert trials.stop_reason.str.match(r"(time budget reached after \d+|annealed in \d+) of 50 epochs").all(), \
+    assert trials.stop_reason.str.match(r"(time budget reached after \d+|annealed in \d+) of 1000 epochs").all(), \
         trials.stop_reason
 
     # a budget spent before the sweep began: no trial, and the outcome says why
