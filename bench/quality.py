@@ -17,8 +17,8 @@ starts it:
 - ``smith-lr``: the same with ``--search lr``: stage 2 draws the LR alone, momentum and weight
   decay held, however many trials the budget affords, against the default (joint where it
   affords 4 or more) in the same run;
-- ``smith-nopilot``: the same with ``--no-pilot``: stage 2's centre trains as a Tune trial, not
-  for the pilot's 10 s in smith's own process, against the default in the same run;
+- ``smith-nopilot``: the same with ``--no-pilot``: no 10-s pilot at stage 2's centre in smith's
+  own process, every stage-2 trial a Tune trial, against the default in the same run;
 - ``random``: ``tunesmith run SPEC``, random search, lr log-uniform in [1e-4, 1];
 - ``random-ba``: the same random search under the previous ASHA default, budget-aware 1cycle
   judged from epoch 1 (``asha: {budget_aware: true, grace_period: 1}``): the evidence for
