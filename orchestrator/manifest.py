@@ -6,6 +6,7 @@ import platform
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any, Dict, Optional
@@ -52,3 +53,25 @@ def build(spec_dict: Dict[str, Any], command: str, cluster: Dict[str, Any]) -> D
 
 def dumps(manifest: Dict[str, Any]) -> bytes:
     return json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
+
+
+def write_interrupted(write, manifest: Dict[str, Any]) -> None:
+    """Say in ``manifest`` that its command was interrupted, through ``write(bytes)``; a storage
+    error is said on stderr, as the interrupt goes on."""
+    manifest.update(status="interrupted", ended_at=now_iso())
+    try:
+        write(dumps(manifest))
+    except OSError as exc:
+        print(f"tunesmith: the manifest could not say the sweep was interrupted "
+              f"({str(exc).splitlines()[0][:200]})", file=sys.stderr)
+
+
+@contextmanager
+def interrupted_if_stopped(write, manifest: Dict[str, Any]):
+    """Ctrl-C or SIGTERM inside the block (after ``manifest`` was written as running, before the
+    code that closes it took over) rewrites it as interrupted and re-raises."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        write_interrupted(write, manifest)
+        raise

@@ -202,39 +202,42 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
     storage.write_bytes(f"{spec.name}/spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False).encode())
     info = {"address": cluster.address, "cpus": cluster.cpus, "gpus": cluster.gpus, "nodes": cluster.nodes}
     man = manifest_mod.build(spec.to_dict(), command, info)
-    storage.write_bytes(f"{spec.name}/manifest.json", manifest_mod.dumps(man))
 
-    began = time.time()
-    if deadline is None and spec.time_budget_s:
-        deadline = (began if started is None else started) + spec.time_budget_s
-    stopper = SweepStopper(deadline)
-    confirming = trainable is None and spec.confirm.top > 0   # a test's own trainable reads no test split
-    if (hold_back is not None or confirming) and deadline is not None:
-        stopper.keep_for_trials()
-    tuner, callback, concurrency = build_tuner(spec, storage, cluster, trainable, stopper, progress,
-                                             data_streams=not in_memory, manifest=man, pilot=pilot)
-    after = (lambda: hold_back(callback.ledger)) if hold_back is not None else None
-    rounds = rounds_of(spec, concurrency)
-    if confirming and deadline is not None:   # the search stops in time for its confirmation
-        stopper.hold_back = lambda: (after() if after else 0.0) + budget_hold(callback.ledger, spec, rounds,
-                                                                              deadline - began)
-    else:
-        stopper.hold_back = after
-    callback.hold_open = confirming
-    verdict, unconfirmed, tested = None, "", None
-    if progress:
-        print(f"sweep {spec.name}: {plan_text(spec)}; {min(concurrency, trial_count(spec))} at a time"
-              f"{', ASHA' if spec.asha.enabled else ''}; "
-              f"{cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs on {cluster.nodes} node(s)", flush=True)
-        if data_line:
-            print(f"data: {data_line}", flush=True)
-        if trainable is None:
-            from tunesmith.orchestrator.catalogue import model_line
-            line = model_line(spec.train)
-            if line:
-                print(f"model: {line}", flush=True)
-    start = time.monotonic()
-    stopper.install()
+    def write_manifest(data: bytes) -> None:
+        storage.write_bytes(f"{spec.name}/manifest.json", data)
+    write_manifest(manifest_mod.dumps(man))
+    with manifest_mod.interrupted_if_stopped(write_manifest, man):   # until the try below closes it
+        began = time.time()
+        if deadline is None and spec.time_budget_s:
+            deadline = (began if started is None else started) + spec.time_budget_s
+        stopper = SweepStopper(deadline)
+        confirming = trainable is None and spec.confirm.top > 0   # a test's own trainable reads no test split
+        if (hold_back is not None or confirming) and deadline is not None:
+            stopper.keep_for_trials()
+        tuner, callback, concurrency = build_tuner(spec, storage, cluster, trainable, stopper, progress,
+                                                 data_streams=not in_memory, manifest=man, pilot=pilot)
+        after = (lambda: hold_back(callback.ledger)) if hold_back is not None else None
+        rounds = rounds_of(spec, concurrency)
+        if confirming and deadline is not None:   # the search stops in time for its confirmation
+            stopper.hold_back = lambda: (after() if after else 0.0) + budget_hold(callback.ledger, spec, rounds,
+                                                                                  deadline - began)
+        else:
+            stopper.hold_back = after
+        callback.hold_open = confirming
+        verdict, unconfirmed, tested = None, "", None
+        if progress:
+            print(f"sweep {spec.name}: {plan_text(spec)}; {min(concurrency, trial_count(spec))} at a time"
+                  f"{', ASHA' if spec.asha.enabled else ''}; "
+                  f"{cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs on {cluster.nodes} node(s)", flush=True)
+            if data_line:
+                print(f"data: {data_line}", flush=True)
+            if trainable is None:
+                from tunesmith.orchestrator.catalogue import model_line
+                line = model_line(spec.train)
+                if line:
+                    print(f"model: {line}", flush=True)
+        start = time.monotonic()
+        stopper.install()
     status = "failed"
     try:
         tuner.fit()
@@ -277,7 +280,7 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
         elif tested is not None:   # read where a confirmation's would be: the kept model's alone
             man["kept_test"] = {"trial": tested, **callback.ledger.trials[tested].test}
         try:
-            storage.write_bytes(f"{spec.name}/manifest.json", manifest_mod.dumps(man))
+            write_manifest(manifest_mod.dumps(man))
         except (OSError, pa.ArrowException) as exc:
             if not callback.failure:
                 raise

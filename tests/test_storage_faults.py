@@ -60,3 +60,22 @@ def test_a_read_only_results_location_is_bad_input(small_disk, tmp_path):
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     with pytest.raises(ConfigError, match="cannot write there"):
         Storage(str(small_disk / "results")).probe()
+
+
+def test_an_interrupt_while_the_sweep_is_assembled_leaves_its_manifest_saying_so(tmp_path, spec_file, monkeypatch):
+    """Ctrl-C or SIGTERM after the manifest is written as running and before the sweep's own
+    close takes over (Tune's assembly): the manifest says interrupted, with an end time. A fresh
+    clone's CI met this window once, as `smith` started its stage 2."""
+    import json
+    from tunesmith.orchestrator import spec as spec_mod, sweep
+    from tunesmith.cluster.connect import ClusterInfo
+
+    def assembly(*args, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(sweep, "build_tuner", assembly)
+    spec = spec_mod.load(spec_file("name: sw\ndataset: {name: digits}\nresults_dir: RESULTS\n"))
+    cluster = ClusterInfo(address="local", cpus=2, gpus=0, nodes=1, started_here=True)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(spec, cluster, trainable=lambda config: None)
+    manifest = json.loads((tmp_path / "results" / "sw" / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["ended_at"] and manifest["command"] == "run"

@@ -131,13 +131,11 @@ def interrupted_between_stages(spec: SweepSpec, storage: Storage) -> None:
     from tunesmith.orchestrator import manifest as manifest_mod
     try:
         if storage.exists(spec.name, "manifest.json") or not storage.exists(spec.name, "lr_find"):
-            return
-        man = manifest_mod.build(spec.to_dict(), "smith", {})
-        man.update(status="interrupted", ended_at=manifest_mod.now_iso())
-        storage.write_bytes(f"{spec.name}/manifest.json", manifest_mod.dumps(man))
-    except OSError as exc:
-        print(f"tunesmith: the manifest could not say the sweep was interrupted ({str(exc).splitlines()[0][:200]})",
-              file=sys.stderr)
+            return   # a sweep's own manifest says so (run_sweep), or the claim goes with the empty folder
+    except OSError:
+        return
+    manifest_mod.write_interrupted(lambda data: storage.write_bytes(f"{spec.name}/manifest.json", data),
+                                   manifest_mod.build(spec.to_dict(), "smith", {}))
 
 
 def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
