@@ -292,7 +292,7 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
 
 
 def too_short_to_confirm(spec: SweepSpec, ledger, deadline: Optional[float], after=None, rounds: int = 1) -> str:
-    """Why a confirmation is not started: the budget left cannot fit a third of each round's
+    """Why a confirmation is not started: the budget left cannot fit four fifths of each round's
     runs (they fit their schedules to their round's share of the time left, down to that), at
     the search's pace."""
     if deadline is None:
@@ -300,7 +300,7 @@ def too_short_to_confirm(spec: SweepSpec, ledger, deadline: Optional[float], aft
     left = deadline - (after() if after else 0.0) - time.time()
     need = least_needed(ledger, spec, rounds)
     each = "one round of its runs" if rounds == 1 else f"each of its {rounds} rounds of runs"
-    return "" if left >= need else (f"{max(left, 0):.0f}s of the time budget were left, short of a third of "
+    return "" if left >= need else (f"{max(left, 0):.0f}s of the time budget were left, short of four fifths of "
                                     f"{each} ({need:.0f}s at the search's pace)")
 
 

@@ -186,24 +186,26 @@ def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
     many = policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=flat), opts, 8, False, 72.0, 20)
     assert many.lr_range == policy.WIDE and not many.held
     # the trials are counted in the search's share of the time left: where the default confirmation
-    # (2 finalists x 2 seeds, in 2 rounds on 2 slots) keeps its 30% of the 72 s, 1.1-s epochs afford
-    # 15 trials, not 21, and with no band that is the LR alone; without a confirmation, 21 and all three
-    epoch_s = 0.009 * 100 * policy.EVAL_SHARE
+    # (2 finalists x 2 seeds, in 2 rounds on 2 slots) keeps its 30% of 200 s, 2.5-s epochs afford
+    # 19 trials, not 27; at 72 s of 1.1-s epochs four fifths of its runs do not fit in its share,
+    # and the search keeps all of it (21 trials, no confirmation): runs fitted to less read low
+    epoch_s = 0.02 * 100 * policy.EVAL_SHARE
+    slowish = SimpleNamespace(step_s=0.02, epoch_steps=100, problem="the loss never falls clearly")
+    assert policy.confirmation_hold(spec, slowish, 200.0, 2, 10) == pytest.approx(0.3 * 200.0)
+    assert policy.affordable_trials(slowish, 200.0 - 0.3 * 200.0, 2, 10) == pytest.approx(
+        (200.0 - 0.3 * 200.0) * 2 / (policy.RUNG_COST * 3 * epoch_s))
     quick = SimpleNamespace(step_s=0.009, epoch_steps=100, problem="the loss never falls clearly")
-    assert policy.confirmation_hold(spec, quick, 72.0, 2, 10) == pytest.approx(0.3 * 72.0)
-    kept = policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=quick), opts, 8, False, 72.0, 2)
-    assert kept.held and "affords about 15 trials of 3 epochs (2 at once) in the 50s its confirmation leaves" in kept.basis
-    assert policy.affordable_trials(quick, 72.0 - 0.3 * 72.0, 2, 10) == pytest.approx(
-        (72.0 - 0.3 * 72.0) * 2 / (policy.RUNG_COST * 3 * epoch_s))
+    assert policy.confirmation_hold(spec, quick, 72.0, 2, 10) == 0.0
     unconfirmed = from_dict({**raw, "trainer": {"epochs": 10, "weight_decay": 2e-4}, "confirm": {"top": 0}})
-    assert policy.confirmation_hold(unconfirmed, quick, 72.0, 2, 10) == 0.0
-    alone = policy.plan_stage2(unconfirmed, SimpleNamespace(informative=False, curve=quick), opts, 8, False, 72.0, 2)
+    assert policy.confirmation_hold(unconfirmed, slowish, 200.0, 2, 10) == 0.0
+    alone = policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=quick), opts, 8, False, 72.0, 2)
     assert not alone.held and alone.lr_range == policy.WIDE
     # an epoch longer than the pilot's seconds: no pilot (it would end with none)
     assert "longer than the pilot's" in policy.pilot_too_slow(flat)
     # --search overrides the rule: lr holds momentum and weight decay with many trials or no
     # budget (band or none), joint draws all three with few
-    for search, step_s, s, want in (("lr", 0.009, spec, {"lr"}), ("lr", 0.09, unbudgeted, {"lr"}),
+    for search, step_s, s, want in (("lr", 0.009, spec, {"lr"}), ("lr", 0.09, spec, {"lr"}),
+                                    ("lr", 0.09, unbudgeted, {"lr"}),
                                     ("joint", 0.09, spec, {"lr", "max_momentum", "weight_decay"})):
         forced = policy.Options("weight_decay_shallow", 0.5, 1.5, 10, False, search)
         for informative in (True, False):
@@ -215,7 +217,8 @@ def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
             if not informative and search == "lr":
                 lr = s.train.trainer.lr
                 assert got.lr_range == pytest.approx((lr / 10 ** 1.5, lr * 10 ** 0.5))
-                assert ("the budget affords few trials" if s is spec else "and stage 2 draws the LR alone") in got.basis
+                few = s is spec and step_s == 0.09   # 2 trials in 72 s; at 0.009 s a step, 21
+                assert ("the budget affords few trials" if few else "and stage 2 draws the LR alone") in got.basis
     assert policy.pilot_too_slow(SimpleNamespace(step_s=0.009, epoch_steps=100)) is None
 
 

@@ -222,7 +222,7 @@ def test_time_budget_counts_from_the_commands_start(ray_session, tmp_path):
 
 def test_a_budget_that_affords_no_confirmation_gives_the_search_all_of_it_and_tests_the_kept_model(
         ray_session, tmp_path):
-    """A third of four 30-epoch runs does not fit in the confirmation's share of a 14 s budget
+    """Four fifths of four 30-epoch runs do not fit in the confirmation's share of a 14 s budget
     at the search's pace: the search keeps the whole budget (a full-length hold-back used to
     leave it none), and the kept model alone reads the test split, once."""
     from tunesmith.orchestrator import spec as spec_mod
