@@ -183,8 +183,9 @@ def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
         assert "from 1.5 decades below trainer.lr 0.05 to 0.5 above it" in few.basis
         assert few.held and {d.key for d in few.spec.plan.space} == {"lr"}
     assert "while the LR's placement is unknown" in few.basis
-    many = policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=flat), opts, 8, False, 72.0, 20)
-    assert many.lr_range == policy.WIDE and not many.held
+    many = policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=flat), opts, 8, False, 72.0, 40)
+    assert many.lr_range == policy.WIDE and not many.held   # 43 trials; with no band, 21 are still few
+    assert policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=flat), opts, 8, False, 72.0, 20).held
     # the trials are counted in the search's share of the time left: where the default confirmation
     # (2 finalists x 2 seeds, in 2 rounds on 2 slots) keeps its 30% of 200 s, 2.5-s epochs afford
     # 19 trials, not 27; at 72 s of 1.1-s epochs four fifths of its runs do not fit in its share,
@@ -199,7 +200,10 @@ def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
     unconfirmed = from_dict({**raw, "trainer": {"epochs": 10, "weight_decay": 2e-4}, "confirm": {"top": 0}})
     assert policy.confirmation_hold(unconfirmed, slowish, 200.0, 2, 10) == 0.0
     alone = policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=quick), opts, 8, False, 72.0, 2)
-    assert not alone.held and alone.lr_range == policy.WIDE
+    assert alone.held and "affords about 21 trials of 3 epochs (2 at once), too few" in alone.basis   # no band
+    banded = policy.plan_stage2(spec, SimpleNamespace(informative=True, max_lr=0.1, curve=quick), opts, 8, False,
+                                72.0, 2)
+    assert not banded.held and {d.key for d in banded.spec.plan.space} == {"lr", "max_momentum", "weight_decay"}
     # an epoch longer than the pilot's seconds: no pilot (it would end with none)
     assert "longer than the pilot's" in policy.pilot_too_slow(flat)
     # --search overrides the rule: lr holds momentum and weight decay with many trials or no
@@ -217,7 +221,7 @@ def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
             if not informative and search == "lr":
                 lr = s.train.trainer.lr
                 assert got.lr_range == pytest.approx((lr / 10 ** 1.5, lr * 10 ** 0.5))
-                few = s is spec and step_s == 0.09   # 2 trials in 72 s; at 0.009 s a step, 21
+                few = s is spec   # 2 trials in 72 s, or at 0.009 s a step 21: with no band, both few
                 assert ("the budget affords few trials" if few else "and stage 2 draws the LR alone") in got.basis
     assert policy.pilot_too_slow(SimpleNamespace(step_s=0.009, epoch_steps=100)) is None
 
