@@ -55,23 +55,28 @@ def dumps(manifest: Dict[str, Any]) -> bytes:
     return json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
 
 
-def write_interrupted(write, manifest: Dict[str, Any]) -> None:
-    """Say in ``manifest`` that its command was interrupted, through ``write(bytes)``; a storage
-    error is said on stderr, as the interrupt goes on."""
+def save(storage, name: str, manifest: Dict[str, Any]) -> None:
+    """Write ``manifest`` as the sweep ``name``'s manifest.json in ``storage``."""
+    storage.write_bytes(f"{name}/manifest.json", dumps(manifest))
+
+
+def write_interrupted(storage, name: str, manifest: Dict[str, Any]) -> None:
+    """Say in ``manifest`` that its command was interrupted, and save it; a storage error is said
+    on stderr, as the interrupt goes on."""
     manifest.update(status="interrupted", ended_at=now_iso())
     try:
-        write(dumps(manifest))
+        save(storage, name, manifest)
     except OSError as exc:
         print(f"tunesmith: the manifest could not say the sweep was interrupted "
               f"({str(exc).splitlines()[0][:200]})", file=sys.stderr)
 
 
 @contextmanager
-def interrupted_if_stopped(write, manifest: Dict[str, Any]):
+def interrupted_if_stopped(storage, name: str, manifest: Dict[str, Any]):
     """Ctrl-C or SIGTERM inside the block (after ``manifest`` was written as running, before the
     code that closes it took over) rewrites it as interrupted and re-raises."""
     try:
         yield
     except KeyboardInterrupt:
-        write_interrupted(write, manifest)
+        write_interrupted(storage, name, manifest)
         raise

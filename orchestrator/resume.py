@@ -97,13 +97,10 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
     began = time.monotonic()
     man.setdefault("resumed_at", []).append(manifest_mod.now_iso())
     man["status"] = "running"
-
-    def write_manifest(data: bytes) -> None:
-        storage.write_bytes(f"{name}/manifest.json", data)
-    write_manifest(manifest_mod.dumps(man))
+    manifest_mod.save(storage, name, man)
     from tunesmith.orchestrator.sweep import light_usage_tagging
     light_usage_tagging()
-    with manifest_mod.interrupted_if_stopped(write_manifest, man):   # Tune's restore, until the try below
+    with manifest_mod.interrupted_if_stopped(storage, name, man):   # Tune's restore, until the try below
         tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=fs)
         stopper, callback = _restored_stopper(tuner, storage)
@@ -128,7 +125,7 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
         counts = after.status.value_counts().to_dict() if after is not None else {}
         man.update(ended_at=manifest_mod.now_iso(), status=status, trials={str(k): int(v) for k, v in counts.items()})
         man["wall_seconds"] = round(man.get("wall_seconds") or 0, 3) + round(time.monotonic() - began, 3)
-        write_manifest(manifest_mod.dumps(man))
+        manifest_mod.save(storage, name, man)
     if len(grid) < len(before):
         raise RuntimeError(f"Tune restored {len(grid)} trials where {len(before)} were recorded: the restore "
                            "failed and Tune started afresh; the Parquet files keep what was written")

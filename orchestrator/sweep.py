@@ -202,11 +202,8 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
     storage.write_bytes(f"{spec.name}/spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False).encode())
     info = {"address": cluster.address, "cpus": cluster.cpus, "gpus": cluster.gpus, "nodes": cluster.nodes}
     man = manifest_mod.build(spec.to_dict(), command, info)
-
-    def write_manifest(data: bytes) -> None:
-        storage.write_bytes(f"{spec.name}/manifest.json", data)
-    write_manifest(manifest_mod.dumps(man))
-    with manifest_mod.interrupted_if_stopped(write_manifest, man):   # until the try below closes it
+    manifest_mod.save(storage, spec.name, man)
+    with manifest_mod.interrupted_if_stopped(storage, spec.name, man):   # until the try below closes it
         began = time.time()
         if deadline is None and spec.time_budget_s:
             deadline = (began if started is None else started) + spec.time_budget_s
@@ -280,7 +277,7 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
         elif tested is not None:   # read where a confirmation's would be: the kept model's alone
             man["kept_test"] = {"trial": tested, **callback.ledger.trials[tested].test}
         try:
-            write_manifest(manifest_mod.dumps(man))
+            manifest_mod.save(storage, spec.name, man)
         except (OSError, pa.ArrowException) as exc:
             if not callback.failure:
                 raise

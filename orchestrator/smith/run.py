@@ -134,8 +134,7 @@ def interrupted_between_stages(spec: SweepSpec, storage: Storage) -> None:
             return   # a sweep's own manifest says so (run_sweep), or the claim goes with the empty folder
     except OSError:
         return
-    manifest_mod.write_interrupted(lambda data: storage.write_bytes(f"{spec.name}/manifest.json", data),
-                                   manifest_mod.build(spec.to_dict(), "smith", {}))
+    manifest_mod.write_interrupted(storage, spec.name, manifest_mod.build(spec.to_dict(), "smith", {}))
 
 
 def run(spec: SweepSpec, args, started: float) -> Dict[str, Any]:
