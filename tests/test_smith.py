@@ -141,7 +141,7 @@ def test_smith_fine_tunes_with_the_fine_tune_dimensions(tmp_path):
 
 def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
     """With time_budget_s, the range test's pace per step and the data's steps per epoch say how
-    many stage-2 trials fit: fewer than FEW_TRIALS (the unbudgeted default, 16) draw the LR alone,
+    many stage-2 trials fit: fewer than FEW_TRIALS (twice the unbudgeted default's 16) draw the LR alone,
     with momentum's bound and trainer.weight_decay held; more draw all three. Without a budget,
     all three."""
     import yaml
@@ -167,8 +167,10 @@ def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
     # 8 trials (on 8 slots) are still fewer than momentum's 4 bounds x 3 decays: the LR alone
     middle = plan(0.09, 72.0, slots=8)
     assert middle.held and {d.key for d in middle.spec.plan.space} == {"lr"}
-    # the same data twenty times faster affords 30, on twenty slots 21: all three drawn
-    for fast in (plan(0.0045, 72.0), plan(0.09, 72.0, slots=20)):
+    # 30 trials (twenty times faster) are still fewer than two of each pair: the LR alone
+    assert plan(0.0045, 72.0).held
+    # the same data thirty times faster affords 43, on forty slots 43: all three drawn
+    for fast in (plan(0.003, 72.0), plan(0.09, 72.0, slots=40)):
         assert not fast.held and {d.key for d in fast.spec.plan.space} == {"lr", "max_momentum", "weight_decay"}
         assert "jointly with max_momentum" in fast.beside
     unbudgeted = from_dict({**raw, "time_budget_s": None})
@@ -184,7 +186,7 @@ def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
         assert few.held and {d.key for d in few.spec.plan.space} == {"lr"}
     assert "while the LR's placement is unknown" in few.basis
     many = policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=flat), opts, 8, False, 72.0, 40)
-    assert many.lr_range == policy.WIDE and not many.held   # 43 trials; with no band, 21 are still few
+    assert many.lr_range == policy.WIDE and not many.held   # 43 trials; 21 are still few
     assert policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=flat), opts, 8, False, 72.0, 20).held
     # the trials are counted in the search's share of the time left: where the default confirmation
     # (2 finalists x 2 seeds, in 2 rounds on 2 slots) keeps its 30% of 200 s, 2.5-s epochs afford
@@ -203,6 +205,9 @@ def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
     assert alone.held and "affords about 21 trials of 3 epochs (2 at once), too few" in alone.basis   # no band
     banded = policy.plan_stage2(spec, SimpleNamespace(informative=True, max_lr=0.1, curve=quick), opts, 8, False,
                                 72.0, 2)
+    assert banded.held and "affords about 21 trials" in banded.basis   # band or none, 21 are few
+    banded = policy.plan_stage2(spec, SimpleNamespace(informative=True, max_lr=0.1, curve=quick), opts, 8, False,
+                                200.0, 2)   # 41 trials in the 140 s its confirmation leaves
     assert not banded.held and {d.key for d in banded.spec.plan.space} == {"lr", "max_momentum", "weight_decay"}
     # an epoch longer than the pilot's seconds: no pilot (it would end with none)
     assert "longer than the pilot's" in policy.pilot_too_slow(flat)
@@ -221,7 +226,7 @@ def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
             if not informative and search == "lr":
                 lr = s.train.trainer.lr
                 assert got.lr_range == pytest.approx((lr / 10 ** 1.5, lr * 10 ** 0.5))
-                few = s is spec   # 2 trials in 72 s, or at 0.009 s a step 21: with no band, both few
+                few = s is spec   # 2 trials in 72 s, or at 0.009 s a step 21: both few
                 assert ("the budget affords few trials" if few else "and stage 2 draws the LR alone") in got.basis
     assert policy.pilot_too_slow(SimpleNamespace(step_s=0.009, epoch_steps=100)) is None
 

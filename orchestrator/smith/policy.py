@@ -22,18 +22,17 @@ STAGE1_SHARE = 0.2            # at most this share of the budget for the range t
 STAGE3_WIND_DOWN_S, STAGE3_MARGIN = HOLD_WIND_DOWN_S, HOLD_MARGIN
 PILOT_S = 10.0                # the pilot's own deadline: about Ray's start and a Tune trial's first epoch here
 CHANCE_MARGIN = 0.1           # "no better than chance": within max(0.1, chance) of guessing
-FEW_TRIALS = DEFAULT_SAMPLES  # a budget affording fewer stage-2 trials than the unbudgeted default
-                              # searches the LR alone, with 1cycle's momentum and trainer.weight_decay,
-                              # band or no band: fewer trials than momentum's 4 bounds x 3 or 4 decays
-                              # cannot try each pair once. On letters at 90 s (9 trials) the joint draw
-                              # spent a third of them at bounds 0.97 and 0.99, where nothing trained,
-                              # and the LR alone read +2.1 pp (glyphs -0.2 pp, 3 seeds each, paired);
-                              # on 64-px colour data (2 to 6 trials) it spent them where the LR
-                              # alone mattered; with no band the LR's scale is unknown as well, and a
-                              # joint draw over four decades put trials below 1e-3 on letters
-FEW_TRIALS_NO_BAND = 2 * FEW_TRIALS   # with no band the LR is unplaced too: on shapes at 90 s (18 trials,
-                              # once a confirmation no longer took 30% of the budget) the joint draw over
-                              # four decades pruned 8 of 16 trials at LRs where nothing trained
+FEW_TRIALS = 2 * DEFAULT_SAMPLES  # a budget affording fewer stage-2 trials than this searches the
+                              # LR alone, with 1cycle's momentum and trainer.weight_decay, band or no
+                              # band. Momentum's 4 bounds x 3 or 4 decays need each pair tried about
+                              # twice to tell them from seed noise, and the range test's pace misjudges
+                              # the count by a quarter either way (letters at 90 s: 15.5 estimated, 12
+                              # started; 11.9 estimated, 13 started). At 13 trials the joint draw spent
+                              # a third of them at bounds 0.97 and 0.99, where nothing trained, and read
+                              # 0.7133 on letters against the LR alone's 0.7221 (3 seeds); on 64-px
+                              # colour data (2 to 6 trials) it spent them where the LR alone mattered;
+                              # with no band the LR's scale is unknown as well (shapes at 90 s, 18 trials:
+                              # 8 of 16 pruned where nothing trained)
 NO_BAND_BELOW, NO_BAND_ABOVE = 1.5, 0.5   # that LR range around trainer.lr, taken as a peak near the
                               # top of what trains: on shapes, letters and objects from random weights
                               # at 90 s, trials at 1.6x the default 0.05 learned nothing and the best
@@ -202,9 +201,8 @@ def final_spec(spec: SweepSpec, best_config: Dict[str, Any], stage2: SweepSpec) 
 def plan_stage2(spec: SweepSpec, decision, opts: Options, samples: int, pilot: bool,
                 left: Optional[float], slots: int = 1) -> Stage2Plan:
     """Stage 2 from stage 1's decision. The pilot is one of --samples; with a budget, stage 2
-    draws as many as fit, and where that is fewer than FEW_TRIALS (at ``slots`` trials at once;
-    FEW_TRIALS_NO_BAND where the range test gave no band), the LR alone; where the range test
-    gave no band, that LR alone is drawn around trainer.lr (NO_BAND_BELOW, NO_BAND_ABOVE)."""
+    draws as many as fit, and where that is fewer than FEW_TRIALS (at ``slots`` trials at once),
+    the LR alone; where the range test gave no band, that LR alone is drawn around trainer.lr (NO_BAND_BELOW, NO_BAND_ABOVE)."""
     budgeted = spec.time_budget_s is not None
     # the trials are drawn in the search's share: its confirmation keeps the rest
     kept = search_s = afford = None
@@ -212,7 +210,7 @@ def plan_stage2(spec: SweepSpec, decision, opts: Options, samples: int, pilot: b
         kept = confirmation_hold(spec, decision.curve, left, slots, opts.epochs)
         search_s = None if left is None else left - kept
         afford = affordable_trials(decision.curve, search_s, slots, opts.epochs)
-    few = afford is not None and afford < (FEW_TRIALS if decision.informative else FEW_TRIALS_NO_BAND)
+    few = afford is not None and afford < FEW_TRIALS
     held = opts.search == "lr" or (opts.search == "auto" and few)
     if decision.informative:
         lr_range = search_range(decision.max_lr, opts.below, opts.above)
