@@ -98,7 +98,7 @@ def confirm_sweep(target: str, top: int, seeds: int, address: Optional[str] = No
     if verdict is not None:
         man["confirm"] = verdict.to_dict()
     man.setdefault("confirmed_at", []).append(manifest_mod.now_iso())
-    parent.write_bytes(f"{name}/manifest.json", manifest_mod.dumps(man))
+    manifest_mod.save(parent, name, man)
     outcome = SweepOutcome(spec, parent, callback.ledger, time.monotonic() - began, interrupted,
                            confirmed=verdict, unconfirmed="" if verdict else "no finalist")
     print(f"\n{summary(outcome)}")

@@ -202,7 +202,8 @@ def plan_stage2(spec: SweepSpec, decision, opts: Options, samples: int, pilot: b
                 left: Optional[float], slots: int = 1) -> Stage2Plan:
     """Stage 2 from stage 1's decision. The pilot is one of --samples; with a budget, stage 2
     draws as many as fit, and where that is fewer than FEW_TRIALS (at ``slots`` trials at once),
-    the LR alone; where the range test gave no band, that LR alone is drawn around trainer.lr (NO_BAND_BELOW, NO_BAND_ABOVE)."""
+    the LR alone; where the range test gave no band, that LR alone is drawn around trainer.lr
+    (NO_BAND_BELOW, NO_BAND_ABOVE)."""
     budgeted = spec.time_budget_s is not None
     # the trials are drawn in the search's share: its confirmation keeps the rest
     kept = search_s = afford = None
