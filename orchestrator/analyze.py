@@ -196,8 +196,9 @@ def confirmation_lines(c: Dict[str, Any], metric: str) -> List[str]:
         return []
     rows = [{"finalist": f["trial"], f"search {metric}": f["search"], f"mean {metric}": f["mean"], "sd": f["sd"],
              "±95%": f["half_width"], "mean test": f["test"], "seeds": len(f["by_seed"])} for f in c["finalists"]]
-    return [f"\nconfirmation: the finalists over new seeds {c['seeds']} (final-epoch {metric}; test read once "
-            "by each final model)", _table(rows), f"  {c['verdict']}"]
+    seeds = c.get("seeds_text") or f"new seeds {c['seeds']}"
+    return [f"\nconfirmation: the finalists over {seeds} (final-epoch {metric}; test read once by each new "
+            "final model)", _table(rows), f"  {c['verdict']}"]
 
 
 def render_csv(summaries: List[Dict[str, Any]]) -> str:

@@ -76,7 +76,8 @@ def analyze_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mlflow-experiment", default="tunesmith", help="the MLflow experiment (default tunesmith)")
     p.add_argument("--confirm", type=int, metavar="K", help="train the sweep's K best configurations again with "
                    "--seeds new seeds each, into its folder, and give the verdict over all its confirmation runs")
-    p.add_argument("--seeds", type=int, default=2, metavar="S", help="--confirm: new seeds per configuration (default 2)")
+    p.add_argument("--seeds", type=int, default=1, metavar="S", help="--confirm: new seeds per configuration, beside "
+                   "the search's own whole run of each (default 1)")
     p.add_argument("--address", help="--confirm: train on this Ray cluster instead of a private local instance")
 
 

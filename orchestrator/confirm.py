@@ -1,21 +1,24 @@
 """Confirming the finalists (#28): the search's best configurations trained again, each with the
-same new seeds, for their full schedule; the winner is the best mean over those seeds, not the
-luckiest single run; each final model reads the test split once. The verdict between the first
-two is a paired comparison over the shared seeds (same initialisation and data order).
+same new seeds, for their full schedule; the winner is the best mean over those seeds and the
+search's own run of each (every search trial trains with the sweep's seed, so where a finalist's
+trained its whole schedule it is one more seed's run), not the luckiest single run; each new
+final model reads the test split once. The verdict between the first two is a paired comparison
+over the shared seeds (same initialisation and data order).
 
-The statistics are Ray-free (``judge``); ``run`` is the phase's Tune run, written by the sweep's
-own ledger callback: its trials are rows of trials.parquet like any other, marked ``phase:
-confirm`` with the finalist they confirm and their seed."""
+The statistics are Ray-free (``judge``, over ``orchestrator/verdict.py``); ``run_phase`` is the
+phase's Tune run, written by the sweep's own ledger callback: its trials are rows of
+trials.parquet like any other, marked ``phase: confirm`` with the finalist they confirm and their
+seed."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
+from tunesmith.orchestrator.verdict import (Finalist, Verdict, add_run, add_search_run, mean_sd, test_metric,
+                                            verdict_of)
 from tunesmith.trainables.config import CONFIRM
 
 SEED_BASE = 1000   # confirmation seeds: spec.seed + SEED_BASE + i, never a seed the search trained with
-LEVEL = 0.95
 SHARE = 0.3        # with a time budget, the confirmation's most (its runs fit their schedules to it);
                    # a full-length hold-back on 64-px colour data at 90 s left the search nothing
 LEAST = 0.8        # a confirmation run's schedule fitted to less than this share is not started: on shapes
@@ -84,153 +87,21 @@ def points(finals: Sequence, seeds: Sequence[int]) -> List[dict]:
             for s in seeds for rec in finals]
 
 
-def t_half_width(sd: float, n: int, level: float = LEVEL) -> float:
-    """Half the width of a t interval on the mean of ``n`` values with spread ``sd``."""
-    if n < 2 or not math.isfinite(sd):
-        return math.nan
-    from scipy.special import stdtrit   # Student's t quantile: scipy.stats would cost a second to import
-    return float(stdtrit(n - 1, 0.5 + level / 2)) * sd / math.sqrt(n)
-
-
-def mean_sd(values: Sequence[float]) -> Tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n if n else math.nan
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
-    return mean, sd
-
-
-@dataclass
-class Finalist:
-    trial_id: str                  # the search trial whose settings these are
-    hparams: Dict[str, object]
-    search_value: float            # its best value in the search (one look at the validation set)
-    by_seed: Dict[int, float] = field(default_factory=dict)    # final-epoch metric of each seed's model
-    loss_by_seed: Dict[int, float] = field(default_factory=dict)   # and val_loss: ties go to the lower
-    test_by_seed: Dict[int, float] = field(default_factory=dict)
-    runs: Dict[int, str] = field(default_factory=dict)         # seed -> confirmation trial id
-    unfinished: int = 0            # seeds whose run did not reach the end of its schedule
-
-    @property
-    def mean(self) -> float:
-        return mean_sd(list(self.by_seed.values()))[0]
-
-    @property
-    def sd(self) -> float:
-        return mean_sd(list(self.by_seed.values()))[1]
-
-    @property
-    def half(self) -> float:
-        return t_half_width(self.sd, len(self.by_seed))
-
-    @property
-    def test(self) -> float:
-        return mean_sd(list(self.test_by_seed.values()))[0]
-
-
-@dataclass
-class Verdict:
-    finalists: List[Finalist]      # best mean first
-    metric: str
-    mode: str
-    seeds: List[int]
-    diff: float = math.nan         # first minus second, paired, in the metric's direction
-    half: float = math.nan
-    paired_n: int = 0
-
-    @property
-    def winner(self) -> Optional[Finalist]:
-        return self.finalists[0] if self.finalists and self.finalists[0].by_seed else None
-
-    @property
-    def separated(self) -> bool:
-        return self.paired_n >= 2 and math.isfinite(self.half) and self.diff - self.half > 0
-
-    def to_dict(self) -> dict:
-        """For the manifest and smith's report: plain numbers (NaN as None)."""
-        def num(v):
-            return None if v is None or not math.isfinite(v) else round(float(v), 6)
-        return {"metric": self.metric, "seeds": list(self.seeds), "separated": self.separated,
-                "difference": num(self.diff), "half_width": num(self.half), "paired_seeds": self.paired_n,
-                "verdict": self.text(),
-                "finalists": [{"trial": f.trial_id, "search": num(f.search_value), "mean": num(f.mean),
-                               "sd": num(f.sd), "half_width": num(f.half), "test": num(f.test),
-                               "by_seed": {str(k): num(v) for k, v in f.by_seed.items()},
-                               "test_by_seed": {str(k): num(v) for k, v in f.test_by_seed.items()}}
-                              for f in self.finalists]}
-
-    def scale(self) -> Tuple[float, str]:
-        return (100.0, " points") if self.metric.endswith("_acc") else (1.0, "")
-
-    def text(self) -> str:
-        """The last lines' verdict between the first two finalists."""
-        if len(self.finalists) < 2 or not self.finalists[1].by_seed:
-            return "verdict: one finalist confirmed; nothing to compare it with"
-        k, unit = self.scale()
-        d = self.diff * k
-        first, second = self.finalists[0].trial_id, self.finalists[1].trial_id
-        if self.paired_n < 2:
-            return (f"verdict: cannot tell {first} and {second} apart: {self.paired_n} shared seed "
-                    "(confirm.seeds of 2 or more gives an interval)")
-        band = f"95% interval {d - self.half * k:+.2f} to {d + self.half * k:+.2f}{unit}, paired over {self.paired_n} seeds"
-        if self.separated:
-            return f"verdict: {first} is better than {second} by {d:.2f}{unit} ({band})"
-        return (f"verdict: cannot tell {first} and {second} apart at this budget: {d:+.2f}{unit} ({band}); "
-                "they lie within the noise floor, and more seeds (confirm.seeds) would narrow it")
-
-
-def add_run(f: Finalist, seed: int, status: str, value: Optional[float], loss: Optional[float],
-            test: Optional[float], mode: str, trial_id: str = "") -> None:
-    """One confirmation run of finalist ``f``: its final value counts where it trained its whole
-    schedule; a diverged seed counts as the worst value (it is that configuration's result too);
-    one cut short (the time budget, an interrupt) is left out and counted."""
-    seed = int(seed)
-    if trial_id:
-        f.runs[seed] = trial_id
-    if status == "diverged":
-        f.by_seed[seed] = -math.inf if mode == "max" else math.inf
-        return
-    if status != "completed" or value is None or not math.isfinite(value):
-        f.unfinished += 1
-        return
-    f.by_seed[seed] = value
-    f.loss_by_seed[seed] = loss if loss is not None and math.isfinite(loss) else math.inf
-    if test is not None and math.isfinite(test):
-        f.test_by_seed[seed] = test
-
-
-def verdict_of(finals: Sequence[Finalist], metric: str, mode: str, seeds: Sequence[int]) -> Verdict:
-    """The finalists ranked by their seeds' mean (ties to the lower mean validation loss), and
-    the paired difference of the first two over the seeds both finished."""
-    sign = -1.0 if mode == "max" else 1.0
-    ranked = sorted(finals, key=lambda f: (not f.by_seed, sign * f.mean if f.by_seed else 0.0,
-                                           mean_sd(list(f.loss_by_seed.values()))[0] if f.loss_by_seed else 0.0))
-    verdict = Verdict(list(ranked), metric, mode, list(seeds))
-    if len(ranked) >= 2:
-        a, b = ranked[0], ranked[1]
-        diffs = [-sign * (a.by_seed[s] - b.by_seed[s]) for s in sorted(set(a.by_seed) & set(b.by_seed))]
-        diffs = [d for d in diffs if math.isfinite(d)]
-        verdict.paired_n = len(diffs)
-        if diffs:
-            verdict.diff, sd = mean_sd(diffs)
-            verdict.half = t_half_width(sd, len(diffs))
-    return verdict
-
-
-def test_metric(metric: str) -> str:
-    return "test_loss" if metric.endswith("_loss") else "test_acc"
-
-
 def judge(ledger, finals: Sequence, seeds: Sequence[int]) -> Verdict:
-    """The confirmation's result from the ledger's confirmation records."""
+    """The confirmation's result from the ledger's confirmation records, each finalist's search
+    run counted as one more seed where it trained its whole schedule (``whole_run``): its test
+    figure and checkpoint are not the confirmation's, so it adds to the mean and the pairing only."""
     metric, mode = ledger.metric, ledger.mode
     by_id = {rec.trial_id: Finalist(rec.trial_id, dict(rec.hparams), rec.best.get(metric, math.nan))
              for rec in finals}
+    own = {int(rec.seed) for rec in finals if rec.seed is not None and add_search_run(
+        by_id[rec.trial_id], rec.status, rec.stop_reason, rec.seed, rec.last.get(metric), rec.last.get("val_loss"), mode)}
     for rec in ledger.confirmations():
         f = by_id.get(rec.of or "")
         if f is not None and rec.seed is not None:
             add_run(f, rec.seed, rec.status, rec.last.get(metric), rec.last.get("val_loss"),
                     rec.test.get(test_metric(metric)), mode, rec.trial_id)
-    return verdict_of(list(by_id.values()), metric, mode, seeds)
+    return verdict_of(list(by_id.values()), metric, mode, seeds, sorted(own))
 
 
 def table(verdict: Verdict) -> str:
@@ -303,9 +174,11 @@ def run_phase(spec, storage, cluster, callback, stopper, data_streams: bool = Fa
     grid = points(finals, seeds)
     concurrency = concurrency_for(spec, cluster)
     if progress:
-        print(f"confirm: the {len(finals)} best configurations x {len(seeds)} new seeds "
-              f"({', '.join(map(str, seeds))}), {spec.trainer.epochs} epochs each, "
-              f"{min(concurrency, len(grid))} at a time; each final model reads the test split once", flush=True)
+        plural = "s" if len(seeds) > 1 else ""
+        print(f"confirm: the {len(finals)} best configurations x {len(seeds)} new seed{plural} "
+              f"({', '.join(map(str, seeds))}), {spec.trainer.epochs} epochs each, {min(concurrency, len(grid))} "
+              f"at a time, beside the search's own run of each where it trained its whole schedule; each new "
+              "final model reads the test split once", flush=True)
     keep = spec.checkpoints.keep
     callback.retention = Retention("defer" if keep == "best" else keep, storage.fs)
     callback.hold_open = False
@@ -378,8 +251,8 @@ def summary(outcome) -> str:
                     f"for the kept model ({tested.trial_id}'s final checkpoint), which read the test split once")
         return (f"not confirmed ({why}): the best {m} above is the best of {looks} looks at the validation set, "
                 "so it reads high, and no test split was read")
-    lines = [f"confirmation: final-epoch {m} of each finalist over {len(verdict.seeds)} new seeds "
-             f"({', '.join(map(str, verdict.seeds))})", table(verdict), verdict.text()]
+    lines = [f"confirmation: final-epoch {m} of each finalist over {verdict.seeds_text()}",
+             table(verdict), verdict.text()]
     w = verdict.winner
     if w is None:
         lines.append("no confirmation run finished; the search's ranking stands")

@@ -11,7 +11,7 @@ from typing import Any, Dict, List
 import numpy as np
 import pandas as pd
 
-from tunesmith.orchestrator import confirm
+from tunesmith.orchestrator import verdict
 
 FEW_VALUES = 12    # a grid, a choice or a decade sweep: shown per value, never averaged into bins
 RESAMPLES = 200    # bootstrap resamples and permutations per hyperparameter
@@ -92,7 +92,7 @@ def effects(sweep) -> List[Dict[str, Any]]:
         rows = []
         for b, g in frame.groupby("bin", sort=False):
             best = g.score.max() if sweep.mode == "max" else g.score.min()
-            half = confirm.t_half_width(float(g.score.std(ddof=1)) if len(g) > 1 else math.nan, len(g))
+            half = verdict.t_half_width(float(g.score.std(ddof=1)) if len(g) > 1 else math.nan, len(g))
             rows.append({"bin": str(b), "trials": int(len(g)), "mean": float(g.score.mean()),
                          "±95%": None if math.isnan(half) else float(half), "best": float(best)})
         rows.sort(key=lambda r: sort_key(r["bin"]))
@@ -126,7 +126,7 @@ def seed_variance(sweep) -> List[Dict[str, Any]]:
         key = key if isinstance(key, tuple) else (key,)
         x = g[sweep.score].astype(float)
         sd = float(x.std(ddof=1)) if len(x) > 1 else math.nan
-        half = confirm.t_half_width(sd, len(x))
+        half = verdict.t_half_width(sd, len(x))
         rows.append({**{sweep.names.get(c, c[3:]): plain(v) for c, v in zip(others, key)},
                      "seeds": int(len(x)), "mean": float(x.mean()), "std": 0.0 if math.isnan(sd) else sd,
                      "±95%": None if math.isnan(half) else half, "min": float(x.min()), "max": float(x.max())})
@@ -141,17 +141,22 @@ def confirmation(sweep) -> Dict[str, Any]:
         return {}
     m = sweep.metric
     search = sweep.trials.set_index("trial_id")
-    finals: Dict[str, confirm.Finalist] = {}
+    finals: Dict[str, verdict.Finalist] = {}
+    own = set()
     for _, r in c.iterrows():
         of = r["confirms"]
         if of not in finals:
             row = search.loc[of] if of in search.index else None
             hp = {sweep.names.get(k, k[3:]): plain(row[k]) for k in sweep.hp_columns} if row is not None else {}
             value = float(row[f"best_{m}"]) if row is not None and pd.notna(row[f"best_{m}"]) else math.nan
-            finals[of] = confirm.Finalist(of, hp, value)
-        test = r.get(confirm.test_metric(m))
-        confirm.add_run(finals[of], int(r["seed"]), r["status"], plain(r.get(f"last_{m}")),
+            finals[of] = verdict.Finalist(of, hp, value)
+            if row is not None and pd.notna(row["seed"]) and verdict.add_search_run(
+                    finals[of], row["status"], row["stop_reason"], int(row["seed"]), plain(row.get(f"last_{m}")),
+                    plain(row.get("last_val_loss")), sweep.mode):
+                own.add(int(row["seed"]))
+        test = r.get(verdict.test_metric(m))
+        verdict.add_run(finals[of], int(r["seed"]), r["status"], plain(r.get(f"last_{m}")),
                         plain(r.get("last_val_loss")), plain(test), sweep.mode, r["trial_id"])
     seeds = sorted({int(s) for s in c["seed"].dropna()})
-    return confirm.verdict_of(list(finals.values()), m, sweep.mode, seeds).to_dict()
+    return verdict.verdict_of(list(finals.values()), m, sweep.mode, seeds, sorted(own)).to_dict()
 

@@ -56,6 +56,7 @@ def rank_key(value: float, val_loss: Optional[float], mode: str) -> Tuple[float,
     metric first; ties, common on small validation sets, go to the lower validation loss."""
     loss = val_loss if val_loss is not None and val_loss == val_loss else math.inf
     return (-value if mode == "max" else value), loss
+WHOLE = "trained all"       # a completed trial's stop reason where it trained its whole, unfitted schedule
 HOLD_START_S = 5.0        # Tune's set-up and a trial's worker start before a later run's first epoch,
                           # until the sweep's own start-up is measured
 HOLD_WIND_DOWN_S = 1.5    # the sweep stopping its trials and writing its results
@@ -243,7 +244,7 @@ class Ledger:
         elif rec.trial_id in self.pruned:
             rec.status, rec.stop_reason = "pruned", self.pruned[rec.trial_id]
         elif rec.epochs >= self.epochs:
-            rec.status, rec.stop_reason = "completed", f"trained all {self.epochs} epochs"
+            rec.status, rec.stop_reason = "completed", f"{WHOLE} {self.epochs} epochs"
         elif rec.schedule_epochs and rec.epochs >= rec.schedule_epochs:
             rec.status, rec.stop_reason = "completed", (f"annealed in {rec.epochs} of {self.epochs} epochs: its "
                                                         "schedule was fitted to the time budget")

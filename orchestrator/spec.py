@@ -68,8 +68,9 @@ class ConfirmSpec(Section):
     """After the search, the best configurations trained again with new seeds, for their full
     schedule: the winner is the best mean, and each final model reads the test split once."""
     top: Int = Field(2, ge=0, description="finalists: the search's best configurations; 0: no confirmation")
-    seeds: Int = Field(2, ge=1, le=100, description="new seeds for each finalist (the same seeds for all: "
-                       "a paired comparison)")
+    seeds: Int = Field(1, ge=1, le=100, description="new seeds for each finalist (the same seeds for all: "
+                       "a paired comparison), beside the search's own run of each where it trained its whole "
+                       "schedule (every search trial shares the sweep's seed)")
 
 
 class MlflowSpec(Section):
@@ -338,6 +339,6 @@ def plan_text(spec: SweepSpec) -> str:
     else:
         what = f"{spec.plan.algorithm} search over {', '.join(keys)}"
     c = spec.confirm
-    then = (f", then the {c.top} best confirmed with {c.seeds} new seed{'s' if c.seeds > 1 else ''} each"
-            if c.top else "")
+    then = (f", then the {c.top} best confirmed with {c.seeds} new seed{'s' if c.seeds > 1 else ''} each "
+            "beside their own whole runs" if c.top else "")
     return f"{n} trial{'' if n == 1 else 's'}: {what}{then}"

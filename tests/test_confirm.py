@@ -25,11 +25,13 @@ def _run(ledger, tid, config, accs, losses=None, test=None):
     return rec
 
 
-def _search(ledger):
-    _run(ledger, "a", {"lr": 0.1, "model.width": 32}, [0.5, 0.8, 0.9, 0.95])
-    _run(ledger, "b", {"lr": 0.2, "model.width": 32}, [0.5, 0.8, 0.9, 0.94])
-    _run(ledger, "c", {"lr": 0.1, "model.width": 32, "seed": 3}, [0.5, 0.8, 0.9, 0.93])   # a's settings again
-    _run(ledger, "d", {"lr": 0.3, "model.width": 16}, [0.5, 0.6, 0.7, 0.80])
+def _search(ledger, epochs=3):
+    """Four search trials; at ``epochs`` 3 of the ledger's 4 they are cut short (as ASHA or a
+    budget cuts them), so the verdict reads the confirmation's runs alone."""
+    _run(ledger, "a", {"lr": 0.1, "model.width": 32}, [0.5, 0.8, 0.9, 0.95][-epochs:])
+    _run(ledger, "b", {"lr": 0.2, "model.width": 32}, [0.5, 0.8, 0.9, 0.94][-epochs:])
+    _run(ledger, "c", {"lr": 0.1, "model.width": 32, "seed": 3}, [0.5, 0.8, 0.9, 0.93][-epochs:])   # a's again
+    _run(ledger, "d", {"lr": 0.3, "model.width": 16}, [0.5, 0.6, 0.7, 0.80][-epochs:])
 
 
 def test_finalists_are_the_best_distinct_settings_and_their_points_share_the_seeds():
@@ -111,6 +113,42 @@ def test_differences_inside_the_noise_are_not_called_and_ties_go_to_the_lower_lo
     assert [f.trial_id for f in v.finalists] == ["b", "a"]   # equal means: b's lower validation loss
     assert not v.separated and "cannot tell b and a apart at this budget" in v.text()
     assert "noise floor" in v.text()
+
+
+def test_a_finalists_whole_search_run_is_one_more_paired_seed_but_not_its_test_figure_or_checkpoint():
+    """Every search trial trains with the sweep's seed (7 here): a finalist's search run that
+    trained its whole schedule is that seed's run of its settings, paired with the other
+    finalist's, so one new seed gives each finalist two; a run fitted to the time budget, or cut
+    short, does not count."""
+    w = _ledger()
+    _search(w, epochs=4)   # a: 0.95, b: 0.94 at their final epochs, both whole
+    assert w.trials["a"].stop_reason == "trained all 4 epochs"
+    finals = confirm.finalists(w, 2)
+    _confirmed(w, {"a": [(1007, 0.90, 0.3, 0.89)], "b": [(1007, 0.96, 0.2, 0.95)]})
+    v = confirm.judge(w, finals, [1007])
+    assert [f.trial_id for f in v.finalists] == ["b", "a"]
+    b, a = v.finalists
+    assert b.by_seed == {7: 0.94, 1007: 0.96} and a.by_seed == {7: 0.95, 1007: 0.90}
+    assert b.mean == pytest.approx(0.95) and b.test_by_seed == {1007: 0.95}   # the test split: new models only
+    assert v.paired_n == 2 and v.diff == pytest.approx((-0.01 + 0.06) / 2)
+    assert v.seeds == [7, 1007] and v.search_seeds == [7]
+    assert v.seeds_text() == "seeds 7 (the search's own runs) and 1007 (new)"
+    assert confirm.kept_run(v, w) == "b-1007"   # its search run has no checkpoint of the confirmation's
+    assert v.to_dict()["seeds_text"] == v.seeds_text()
+    # fitted to the time budget, a search run is no seed's whole run
+    w = _ledger()
+    _search(w, epochs=4)
+    rec, _ = w.start("e", {"lr": 0.5, "model.width": 64})
+    for e in (1, 2):
+        w.record(rec, {"training_iteration": e, "val_acc": 0.99, "val_loss": 0.1, "schedule_epochs": 2})
+    w.finish(rec)
+    assert rec.status == "completed" and rec.stop_reason.startswith("annealed")
+    finals = confirm.finalists(w, 2)
+    assert [r.trial_id for r in finals] == ["e", "a"]
+    _confirmed(w, {"e": [(1007, 0.90, 0.3, 0.89)], "a": [(1007, 0.91, 0.3, 0.9)]})
+    v = confirm.judge(w, finals, [1007])
+    assert {f.trial_id: sorted(f.by_seed) for f in v.finalists} == {"a": [7, 1007], "e": [1007]}
+    assert v.paired_n == 1 and v.seeds == [7, 1007]
 
 
 def test_a_diverged_seed_counts_against_its_configuration_and_one_seed_gives_no_interval():

@@ -248,10 +248,16 @@ def test_smith_stages_and_report(ray_session, tmp_path, capsys, spec_file):
     table = pq.read_table(root / "sm" / "trials.parquet").to_pandas()
     trials, confirmed = table[table.phase == "search"], table[table.phase == "confirm"]
     assert len(trials) == 6
-    # smith confirms by default: its two best settings again with two new seeds, at stage 2's length
-    assert len(confirmed) == 4 and (confirmed.epochs == 3).all() and confirmed.test_acc.notna().all()
+    # smith confirms by default: its two best settings again with a new seed, at stage 2's length,
+    # beside their own search runs where those trained the whole schedule
+    assert len(confirmed) == 2 and (confirmed.epochs == 3).all() and confirmed.test_acc.notna().all()
     c = s2["confirmed"]
-    assert [f["trial"] for f in c["finalists"]][0] == s2["best_trial"] and c["seeds"] == [1000, 1001]
+    assert [f["trial"] for f in c["finalists"]][0] == s2["best_trial"] and 1000 in c["seeds"]
+    search = trials.set_index("trial_id")
+    for f in c["finalists"]:
+        row = search.loc[f["trial"]]
+        whole = row.status == "completed" and row.stop_reason.startswith("trained all")
+        assert sorted(f["by_seed"]) == sorted({"1000"} | ({str(row.seed)} if whole else set())), (f, row.stop_reason)
     assert s2["best"] == pytest.approx(trials.set_index("trial_id").loc[s2["best_trial"], "best_val_acc"])
     assert trials.hp_lr.between(s2["lr_range"][0] * (1 - 1e-9), s2["lr_range"][1] * (1 + 1e-9)).all()
     assert set(trials.hp_max_momentum) <= {0.9, 0.95, 0.97, 0.99}
@@ -291,7 +297,7 @@ def test_smith_stages_and_report(ray_session, tmp_path, capsys, spec_file):
         assert any("stage 3 ended below stage 2" in w for w in report["warnings"])
     md = (root / "sm" / "smith_report.md").read_text()
     assert "## Stage 1" in md and "## Stage 2" in md and "## Stage 3" in md and "## Result" in md
-    assert "6 of 6 epochs (completed): best" in md and "Confirmation: the finalists again" in md
+    assert "6 of 6 epochs (completed): best" in md and "Confirmation: the finalists over seeds " in md
     assert f"val_acc {res['value']:.4f}: trial {res['trial']}" in md
 
 

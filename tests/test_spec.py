@@ -134,9 +134,9 @@ def test_validate_command(tmp_path, capsys, spec_file):
 @pytest.mark.parametrize("search,says", [
     ("", "1 trial: the spec's own settings (no search space)"),
     ("search: {num_samples: 4}\n", "4 trials: a seed-variance study"),
-    ("search: {presets: [lr_decades]}\n", "7 trials: random search over lr, then the 2 best confirmed with 2 new "
-                                          "seeds each"),
-    ("search: {presets: [lr_decades]}\nconfirm: {top: 3, seeds: 1}\n", "over lr, then the 3 best confirmed with 1 new seed each"),
+    ("search: {presets: [lr_decades]}\n", "7 trials: random search over lr, then the 2 best confirmed with 1 new "
+                                          "seed each beside their own whole runs"),
+    ("search: {presets: [lr_decades]}\nconfirm: {top: 3, seeds: 2}\n", "over lr, then the 3 best confirmed with 2 new seeds each"),
     ("confirm: {top: 0}\n", "1 trial: the spec's own settings (no search space)\n"),
 ])
 def test_validate_says_what_the_sweep_will_be(tmp_path, capsys, search, says):

@@ -26,7 +26,7 @@ search:
     lr: {loguniform: [0.01, 50.0]}
     schedule: {choice: [one_cycle, constant]}
 asha: {enabled: false}
-confirm: {top: 2, seeds: 2}
+confirm: {top: 2}                     # the default: one new seed, beside the search's own runs
 results_dir: RESULTS
 """
 
@@ -61,11 +61,12 @@ def test_cli_sweep_writes_parquet_and_tensorboard(ray_session, tmp_path, capsys,
     done = trials[trials.status == "completed"]
     assert (done.epochs == 3).all() and len(done) >= 1
 
-    # the confirmation: the two best settings again with the same two new seeds, full schedule;
-    # only their final models read the test split, and the winner's checkpoint is the one kept
+    # the confirmation: the two best settings again with the same new seed, full schedule, beside
+    # their own whole search runs (the sweep's seed, 3); only the new final models read the test
+    # split, and the winner's checkpoint is the one kept
     confirmed = table[table.phase == "confirm"]
-    assert len(confirmed) == 4 and set(confirmed.confirms) <= set(done.index) and confirmed.confirms.nunique() == 2
-    assert sorted(confirmed.seed) == [1003, 1003, 1004, 1004] and (confirmed.status == "completed").all()
+    assert len(confirmed) == 2 and set(confirmed.confirms) <= set(done.index) and confirmed.confirms.nunique() == 2
+    assert sorted(confirmed.seed) == [1003, 1003] and (confirmed.status == "completed").all()
     for of, rows in confirmed.groupby("confirms"):
         assert (rows.hp_lr == trials.loc[of, "hp_lr"]).all() and (rows.epochs == 3).all()
     assert confirmed.test_acc.notna().all() and trials.test_acc.isna().all() and trials.test_loss.isna().all()
@@ -75,10 +76,13 @@ def test_cli_sweep_writes_parquet_and_tensorboard(ray_session, tmp_path, capsys,
     last = out[out.index("confirmation:"):]
     assert "verdict: " in last and "test: test_acc" in last and f"kept: {kept.index[0]}" in last
     manifest = json.loads((root / "manifest.json").read_text())
-    assert manifest["confirm"]["seeds"] == [1003, 1004] and len(manifest["confirm"]["finalists"]) == 2
+    assert manifest["confirm"]["seeds"] == [3, 1003] and manifest["confirm"]["search_seeds"] == [3]
+    assert len(manifest["confirm"]["finalists"]) == 2 and manifest["confirm"]["paired_seeds"] == 2
     winner = manifest["confirm"]["finalists"][0]
     rows = confirmed[confirmed.confirms == winner["trial"]]
-    assert winner["mean"] == pytest.approx(rows.last_val_acc.mean(), abs=1e-6)
+    own = trials.loc[winner["trial"], "last_val_acc"]
+    assert winner["mean"] == pytest.approx((rows.last_val_acc.sum() + own) / (len(rows) + 1), abs=1e-6)
+    assert winner["by_seed"]["3"] == pytest.approx(own, abs=1e-6)
     assert winner["test"] == pytest.approx(rows.test_acc.mean(), abs=1e-6)
     trials = table
 
@@ -112,11 +116,11 @@ def test_cli_sweep_writes_parquet_and_tensorboard(ray_session, tmp_path, capsys,
     out = capsys.readouterr().out
     again = pq.read_table(root / "trials.parquet").to_pandas().set_index("trial_id")
     more = again[(again.phase == "confirm") & ~again.index.isin(confirmed.index)]
-    assert list(more.seed) == [1005, 1005] and set(more.confirms) == set(confirmed.confirms)
+    assert list(more.seed) == [1004, 1004] and set(more.confirms) == set(confirmed.confirms)
     assert more.test_acc.notna().all() and (root / "_confirm-2").is_dir()
     manifest = json.loads((root / "manifest.json").read_text())
-    assert manifest["confirm"]["seeds"] == [1003, 1004, 1005] and manifest["confirmed_at"]
-    assert "over 3 new seeds" in out and "verdict: " in out
+    assert manifest["confirm"]["seeds"] == [3, 1003, 1004] and manifest["confirmed_at"]
+    assert "over seeds 3 (the search's own runs) and 1003, 1004 (new)" in out and "verdict: " in out
     assert again.checkpoint.notna().sum() == 1 and again.loc[again.checkpoint.notna(), "phase"].iloc[0] == "confirm"
 
 

@@ -130,8 +130,9 @@ def _stage2_lines(run: Dict[str, Any], m: str):
 def _confirm_lines(c, m: str):
     if not c:
         return []
-    lines = ["", f"Confirmation: the finalists again with new seeds {c['seeds']}; the best is the best mean "
-             f"of the final-epoch {m}, not the best single run."]
+    seeds = c.get("seeds_text") or f"new seeds {c['seeds']}"
+    lines = ["", f"Confirmation: the finalists over {seeds}; the best is the best mean of the final-epoch "
+             f"{m}, not the best single run."]
     for x in c["finalists"]:
         test = f", test {x['test']:.4f}" if x.get("test") is not None else ""
         spread = f" ± {x['half_width']:.4f} (95%)" if x.get("half_width") is not None else ""

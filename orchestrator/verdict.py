@@ -1,0 +1,184 @@
+"""The confirmation's statistics, Ray-free (#28): each finalist's final values over its seeds
+(the new seeds' runs, and the search's own run where it trained its whole schedule), their mean,
+spread and t interval, and the paired verdict between the first two. ``orchestrator/confirm.py``
+runs the phase; ``orchestrator/effects.py`` reads a finished one back from Parquet."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+LEVEL = 0.95
+
+
+def whole_run(status: str, stop_reason: str) -> bool:
+    """A search trial that trained its whole schedule, unfitted: its final model is one seed's
+    confirmation run of its settings (the search's seed; every search trial shares it, so the
+    finalists' search runs are paired like the new seeds' runs)."""
+    from tunesmith.orchestrator.ledger import WHOLE
+    return status == "completed" and str(stop_reason or "").startswith(WHOLE)
+
+
+
+def t_half_width(sd: float, n: int, level: float = LEVEL) -> float:
+    """Half the width of a t interval on the mean of ``n`` values with spread ``sd``."""
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    from scipy.special import stdtrit   # Student's t quantile: scipy.stats would cost a second to import
+    return float(stdtrit(n - 1, 0.5 + level / 2)) * sd / math.sqrt(n)
+
+
+def mean_sd(values: Sequence[float]) -> Tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n if n else math.nan
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+    return mean, sd
+
+
+@dataclass
+class Finalist:
+    trial_id: str                  # the search trial whose settings these are
+    hparams: Dict[str, object]
+    search_value: float            # its best value in the search (one look at the validation set)
+    by_seed: Dict[int, float] = field(default_factory=dict)    # final-epoch metric of each seed's model
+    loss_by_seed: Dict[int, float] = field(default_factory=dict)   # and val_loss: ties go to the lower
+    test_by_seed: Dict[int, float] = field(default_factory=dict)
+    runs: Dict[int, str] = field(default_factory=dict)         # seed -> confirmation trial id
+    unfinished: int = 0            # seeds whose run did not reach the end of its schedule
+
+    @property
+    def mean(self) -> float:
+        return mean_sd(list(self.by_seed.values()))[0]
+
+    @property
+    def sd(self) -> float:
+        return mean_sd(list(self.by_seed.values()))[1]
+
+    @property
+    def half(self) -> float:
+        return t_half_width(self.sd, len(self.by_seed))
+
+    @property
+    def test(self) -> float:
+        return mean_sd(list(self.test_by_seed.values()))[0]
+
+
+@dataclass
+class Verdict:
+    finalists: List[Finalist]      # best mean first
+    metric: str
+    mode: str
+    seeds: List[int]
+    diff: float = math.nan         # first minus second, paired, in the metric's direction
+    half: float = math.nan
+    paired_n: int = 0
+    search_seeds: List[int] = field(default_factory=list)   # seeds whose runs are the search's own
+
+    def seeds_text(self) -> str:
+        """``seeds 7 (the search's own runs) and 1007 (new)``."""
+        return seeds_phrase(self.seeds, self.search_seeds)
+
+    @property
+    def winner(self) -> Optional[Finalist]:
+        return self.finalists[0] if self.finalists and self.finalists[0].by_seed else None
+
+    @property
+    def separated(self) -> bool:
+        return self.paired_n >= 2 and math.isfinite(self.half) and self.diff - self.half > 0
+
+    def to_dict(self) -> dict:
+        """For the manifest and smith's report: plain numbers (NaN as None)."""
+        def num(v):
+            return None if v is None or not math.isfinite(v) else round(float(v), 6)
+        return {"metric": self.metric, "seeds": list(self.seeds), "search_seeds": list(self.search_seeds),
+                "seeds_text": self.seeds_text(), "separated": self.separated,
+                "difference": num(self.diff), "half_width": num(self.half), "paired_seeds": self.paired_n,
+                "verdict": self.text(),
+                "finalists": [{"trial": f.trial_id, "search": num(f.search_value), "mean": num(f.mean),
+                               "sd": num(f.sd), "half_width": num(f.half), "test": num(f.test),
+                               "by_seed": {str(k): num(v) for k, v in f.by_seed.items()},
+                               "test_by_seed": {str(k): num(v) for k, v in f.test_by_seed.items()}}
+                              for f in self.finalists]}
+
+    def scale(self) -> Tuple[float, str]:
+        return (100.0, " points") if self.metric.endswith("_acc") else (1.0, "")
+
+    def text(self) -> str:
+        """The last lines' verdict between the first two finalists."""
+        if len(self.finalists) < 2 or not self.finalists[1].by_seed:
+            return "verdict: one finalist confirmed; nothing to compare it with"
+        k, unit = self.scale()
+        d = self.diff * k
+        first, second = self.finalists[0].trial_id, self.finalists[1].trial_id
+        if self.paired_n < 2:
+            return (f"verdict: cannot tell {first} and {second} apart: {self.paired_n} shared seed "
+                    "(confirm.seeds of 2 or more gives an interval)")
+        band = f"95% interval {d - self.half * k:+.2f} to {d + self.half * k:+.2f}{unit}, paired over {self.paired_n} seeds"
+        if self.separated:
+            return f"verdict: {first} is better than {second} by {d:.2f}{unit} ({band})"
+        return (f"verdict: cannot tell {first} and {second} apart at this budget: {d:+.2f}{unit} ({band}); "
+                "they lie within the noise floor, and more seeds (confirm.seeds) would narrow it")
+
+
+def seeds_phrase(seeds: Sequence[int], search_seeds: Sequence[int] = ()) -> str:
+    own = [s for s in seeds if s in set(search_seeds)]
+    new = [s for s in seeds if s not in set(search_seeds)]
+    parts = ([f"{', '.join(map(str, own))} (the search's own runs)"] if own else []) \
+        + ([f"{', '.join(map(str, new))} (new)"] if new else [])
+    return f"seed{'s' if len(seeds) > 1 else ''} " + " and ".join(parts)
+
+
+def add_run(f: Finalist, seed: int, status: str, value: Optional[float], loss: Optional[float],
+            test: Optional[float], mode: str, trial_id: str = "") -> None:
+    """One confirmation run of finalist ``f``: its final value counts where it trained its whole
+    schedule; a diverged seed counts as the worst value (it is that configuration's result too);
+    one cut short (the time budget, an interrupt) is left out and counted."""
+    seed = int(seed)
+    if trial_id:
+        f.runs[seed] = trial_id
+    if status == "diverged":
+        f.by_seed[seed] = -math.inf if mode == "max" else math.inf
+        return
+    if status != "completed" or value is None or not math.isfinite(value):
+        f.unfinished += 1
+        return
+    f.by_seed[seed] = value
+    f.loss_by_seed[seed] = loss if loss is not None and math.isfinite(loss) else math.inf
+    if test is not None and math.isfinite(test):
+        f.test_by_seed[seed] = test
+
+
+def add_search_run(f: Finalist, status: str, stop_reason: str, seed: int, value: Optional[float],
+                   loss: Optional[float], mode: str) -> bool:
+    """Finalist ``f``'s own search run as one more seed's, where it trained its whole schedule
+    (``whole_run``); its test figure and checkpoint are the confirmation's business, so it adds to
+    the mean and the pairing only. Whether it counted."""
+    if not whole_run(status, stop_reason) or value is None or not math.isfinite(value):
+        return False
+    add_run(f, seed, "completed", value, loss, None, mode)
+    return True
+
+
+def verdict_of(finals: Sequence[Finalist], metric: str, mode: str, seeds: Sequence[int],
+               search_seeds: Sequence[int] = ()) -> Verdict:
+    """The finalists ranked by their seeds' mean (ties to the lower mean validation loss), and
+    the paired difference of the first two over the seeds both finished. ``search_seeds``: the
+    seeds (among ``seeds``) whose runs are the search's own."""
+    sign = -1.0 if mode == "max" else 1.0
+    ranked = sorted(finals, key=lambda f: (not f.by_seed, sign * f.mean if f.by_seed else 0.0,
+                                           mean_sd(list(f.loss_by_seed.values()))[0] if f.loss_by_seed else 0.0))
+    verdict = Verdict(list(ranked), metric, mode, sorted(set(seeds) | set(search_seeds)),
+                      search_seeds=sorted(set(search_seeds)))
+    if len(ranked) >= 2:
+        a, b = ranked[0], ranked[1]
+        diffs = [-sign * (a.by_seed[s] - b.by_seed[s]) for s in sorted(set(a.by_seed) & set(b.by_seed))]
+        diffs = [d for d in diffs if math.isfinite(d)]
+        verdict.paired_n = len(diffs)
+        if diffs:
+            verdict.diff, sd = mean_sd(diffs)
+            verdict.half = t_half_width(sd, len(diffs))
+    return verdict
+
+
+def test_metric(metric: str) -> str:
+    return "test_loss" if metric.endswith("_loss") else "test_acc"
