@@ -194,7 +194,8 @@ def render_table(summaries: List[Dict[str, Any]], plots: List[str]) -> str:
 def confirmation_lines(c: Dict[str, Any], metric: str) -> List[str]:
     if not c:
         return []
-    rows = [{"finalist": f["trial"], f"search {metric}": f["search"], f"mean {metric}": f["mean"], "sd": f["sd"],
+    rows = [{"finalist": f["trial"], f"search {metric}": f["search"], "new seeds": f.get("new_mean", f["mean"]),
+             f"mean {metric}": f["mean"], "sd": f["sd"],
              "±95%": f["half_width"], "mean test": f["test"], "seeds": len(f["by_seed"])} for f in c["finalists"]]
     seeds = c.get("seeds_text") or f"new seeds {c['seeds']}"
     return [f"\nconfirmation: the finalists over {seeds} (final-epoch {metric}; test read once by each new "

@@ -105,19 +105,22 @@ def judge(ledger, finals: Sequence, seeds: Sequence[int]) -> Verdict:
 
 
 def table(verdict: Verdict) -> str:
-    """One row per finalist: the search's single look, the seeds' mean, spread, interval and test."""
+    """One row per finalist: the search's single look, the new seeds' mean (the rank), every
+    seed's mean, spread and interval, and the test figure."""
     from tunesmith.orchestrator.tables import plain
     m = verdict.metric
     test_name = test_metric(m)
     keys = list(verdict.finalists[0].hparams) if verdict.finalists else []
-    head = ["rank", "finalist", f"search {m}", f"mean {m}", "sd", "95% interval", f"mean {test_name}", "seeds", *keys]
+    head = ["rank", "finalist", f"search {m}", "new seeds", f"mean {m}", "sd", "95% interval", f"mean {test_name}",
+            "seeds", *keys]
     rows = []
     for i, f in enumerate(verdict.finalists, 1):
         mean, half = f.mean, f.half
         interval = f"{mean - half:.4f} to {mean + half:.4f}" if math.isfinite(half) else "-"
         seeds = f"{len(f.by_seed)}" + (f" ({f.unfinished} cut short)" if f.unfinished else "")
         hp = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in (f.hparams.get(k) for k in keys)]
-        rows.append([str(i), f.trial_id, f"{f.search_value:.4f}", f"{mean:.4f}" if f.by_seed else "-",
+        rows.append([str(i), f.trial_id, f"{f.search_value:.4f}", f"{f.new_mean:.4f}" if f.by_seed else "-",
+                     f"{mean:.4f}" if f.by_seed else "-",
                      f"{f.sd:.4f}" if math.isfinite(f.sd) else "-", interval,
                      f"{f.test:.4f}" if f.test_by_seed else "-", seeds, *hp])
     return plain(head, rows)
@@ -251,7 +254,9 @@ def summary(outcome) -> str:
                     f"for the kept model ({tested.trial_id}'s final checkpoint), which read the test split once")
         return (f"not confirmed ({why}): the best {m} above is the best of {looks} looks at the validation set, "
                 "so it reads high, and no test split was read")
-    lines = [f"confirmation: final-epoch {m} of each finalist over {verdict.seeds_text()}",
+    ranks = (f"; ranked by the new seeds (the search's own runs chose the finalists, so they read high)"
+             if verdict.search_seeds else "")
+    lines = [f"confirmation: final-epoch {m} of each finalist over {verdict.seeds_text()}{ranks}",
              table(verdict), verdict.text()]
     w = verdict.winner
     if w is None:

@@ -135,6 +135,16 @@ def test_a_finalists_whole_search_run_is_one_more_paired_seed_but_not_its_test_f
     assert v.seeds_text() == "seeds 7 (the search's own runs) and 1007 (new)"
     assert confirm.kept_run(v, w) == "b-1007"   # its search run has no checkpoint of the confirmation's
     assert v.to_dict()["seeds_text"] == v.seeds_text()
+    # the search's runs made them finalists and read high for it: the new seeds alone rank them
+    w = _ledger()
+    _search(w, epochs=4)
+    finals = confirm.finalists(w, 2)
+    _confirmed(w, {"a": [(1007, 0.93, 0.3, 0.9)], "b": [(1007, 0.935, 0.3, 0.9)]})
+    v = confirm.judge(w, finals, [1007])
+    b, a = v.finalists
+    assert (b.trial_id, b.new_mean, b.mean) == ("b", 0.935, pytest.approx(0.9375)) and a.mean == pytest.approx(0.94)
+    assert v.diff == pytest.approx((-0.01 + 0.005) / 2) and not v.separated   # paired over both seeds
+    assert "new seeds" in confirm.table(v).splitlines()[0] and v.to_dict()["finalists"][0]["new_mean"] == 0.935
     # fitted to the time budget, a search run is no seed's whole run
     w = _ledger()
     _search(w, epochs=4)

@@ -131,13 +131,14 @@ def _confirm_lines(c, m: str):
     if not c:
         return []
     seeds = c.get("seeds_text") or f"new seeds {c['seeds']}"
-    lines = ["", f"Confirmation: the finalists over {seeds}; the best is the best mean of the final-epoch "
-             f"{m}, not the best single run."]
+    lines = ["", f"Confirmation: the finalists over {seeds}; the best is the best mean of the new seeds' "
+             f"final-epoch {m}, not the best single run."]
     for x in c["finalists"]:
         test = f", test {x['test']:.4f}" if x.get("test") is not None else ""
         spread = f" ± {x['half_width']:.4f} (95%)" if x.get("half_width") is not None else ""
         mean = f"{x['mean']:.4f}" if x.get("mean") is not None else "-"
-        lines.append(f"- trial {x['trial']}: search {f(x['search'])}, mean {mean}{spread}{test}")
+        new = f", new seeds {x['new_mean']:.4f}" if x.get("new_mean") is not None and c.get("search_seeds") else ""
+        lines.append(f"- trial {x['trial']}: search {f(x['search'])}{new}, mean {mean}{spread}{test}")
     return lines + [c["verdict"][0].upper() + c["verdict"][1:] + "."]
 
 
