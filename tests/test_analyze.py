@@ -259,10 +259,14 @@ def test_a_confirmation_is_read_back_from_parquet_as_the_sweep_gave_it(tmp_path,
     # the search's own runs (seed 0, whole) count: b read 0.94 there against a's 0.95
     assert c["finalists"][0]["by_seed"] == {"0": 0.94, "1000": 0.95, "1001": 0.955, "1002": 0.97}
     assert c["search_seeds"] == [0] and c["paired_seeds"] == 4 and not c["separated"]
-    assert main(["analyze", str(tmp_path), "--no-plots"]) == 0
+    page = tmp_path / "page.html"
+    assert main(["analyze", str(tmp_path), "--no-plots", "--html", str(page)]) == 0
     out = capsys.readouterr().out
     assert "confirmation: the finalists over seeds 0 (the search's own runs) and 1000, 1001, 1002 (new)" in out
     assert "verdict: cannot tell b and a apart at this budget" in out
+    html = page.read_text()
+    assert "the finalists over seeds 0 (the search&#39;s own runs) and 1000, 1001, 1002 (new)" in html
+    assert "<th>new seeds</th>" in html and "0.9583" in html   # b's new seeds' mean
 
 
 def test_confirm_of_a_folder_that_is_no_sweep_is_bad_input(tmp_path, capsys):
