@@ -167,9 +167,10 @@ def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
     # 8 trials (on 8 slots) are still fewer than momentum's 4 bounds x 3 decays: the LR alone
     middle = plan(0.09, 72.0, slots=8)
     assert middle.held and {d.key for d in middle.spec.plan.space} == {"lr"}
-    # 30 trials (twenty times faster) are still fewer than two of each pair: the LR alone
-    assert plan(0.0045, 72.0).held
-    # the same data thirty times faster affords 43, on forty slots 43: all three drawn
+    # 30 trials (eighteen times faster, in the 57 s the confirmation's one round leaves) are still
+    # fewer than two of each pair: the LR alone
+    assert plan(0.005, 72.0).held
+    # the same data thirty times faster affords 53, on forty slots 43: all three drawn
     for fast in (plan(0.003, 72.0), plan(0.09, 72.0, slots=40)):
         assert not fast.held and {d.key for d in fast.spec.plan.space} == {"lr", "max_momentum", "weight_decay"}
         assert "jointly with max_momentum" in fast.beside
@@ -188,24 +189,33 @@ def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
     many = policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=flat), opts, 8, False, 72.0, 40)
     assert many.lr_range == policy.WIDE and not many.held   # 43 trials; 21 are still few
     assert policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=flat), opts, 8, False, 72.0, 20).held
-    # the trials are counted in the search's share of the time left: where the default confirmation
-    # (2 finalists x 2 seeds, in 2 rounds on 2 slots) keeps its 30% of 200 s, 2.5-s epochs afford
-    # 19 trials, not 27; at 72 s of 1.1-s epochs four fifths of its runs do not fit in its share,
-    # and the search keeps all of it (21 trials, no confirmation): runs fitted to less read low
+    # the trials are counted in the search's share of the time left. The default confirmation (2
+    # finalists x 1 new seed: one round on 2 slots) keeps its whole schedule where that fits in 30%
+    # of the budget: 37.5 s of 200 s at 2.5-s epochs, 21 s of 72 s at 1.1-s epochs (15 trials, not
+    # 21). Two new seeds (2 rounds) keep the 30% cap of 200 s, and 2.5-s epochs afford 19 trials,
+    # not 27; at 72 s four fifths of their runs do not fit in the share, and the search keeps all
+    # of it (no confirmation): runs fitted to less read low
+    from tunesmith.orchestrator.ledger import hold_at_pace
+    two = from_dict({**raw, "trainer": {"epochs": 10, "weight_decay": 2e-4}, "confirm": {"top": 2, "seeds": 2}})
     epoch_s = 0.02 * 100 * policy.EVAL_SHARE
     slowish = SimpleNamespace(step_s=0.02, epoch_steps=100, problem="the loss never falls clearly")
-    assert policy.confirmation_hold(spec, slowish, 200.0, 2, 10) == pytest.approx(0.3 * 200.0)
+    assert policy.confirmation_hold(spec, slowish, 200.0, 2, 10) == pytest.approx(hold_at_pace(10, epoch_s)) \
+        == pytest.approx(37.5)
+    assert policy.confirmation_hold(two, slowish, 200.0, 2, 10) == pytest.approx(0.3 * 200.0)
     assert policy.affordable_trials(slowish, 200.0 - 0.3 * 200.0, 2, 10) == pytest.approx(
         (200.0 - 0.3 * 200.0) * 2 / (policy.RUNG_COST * 3 * epoch_s))
     quick = SimpleNamespace(step_s=0.009, epoch_steps=100, problem="the loss never falls clearly")
-    assert policy.confirmation_hold(spec, quick, 72.0, 2, 10) == 0.0
+    assert policy.confirmation_hold(two, quick, 72.0, 2, 10) == 0.0
+    assert policy.confirmation_hold(spec, quick, 72.0, 2, 10) == pytest.approx(
+        hold_at_pace(10, 0.009 * 100 * policy.EVAL_SHARE)) == pytest.approx(21.0)
     unconfirmed = from_dict({**raw, "trainer": {"epochs": 10, "weight_decay": 2e-4}, "confirm": {"top": 0}})
     assert policy.confirmation_hold(unconfirmed, slowish, 200.0, 2, 10) == 0.0
     alone = policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=quick), opts, 8, False, 72.0, 2)
-    assert alone.held and "affords about 21 trials of 3 epochs (2 at once), too few" in alone.basis   # no band
+    assert alone.held and "affords about 15 trials of 3 epochs (2 at once) in the 51s its confirmation leaves, too few" \
+        in alone.basis   # no band
     banded = policy.plan_stage2(spec, SimpleNamespace(informative=True, max_lr=0.1, curve=quick), opts, 8, False,
                                 72.0, 2)
-    assert banded.held and "affords about 21 trials" in banded.basis   # band or none, 21 are few
+    assert banded.held and "affords about 15 trials" in banded.basis   # band or none, 15 are few
     banded = policy.plan_stage2(spec, SimpleNamespace(informative=True, max_lr=0.1, curve=quick), opts, 8, False,
                                 200.0, 2)   # 41 trials in the 140 s its confirmation leaves
     assert not banded.held and {d.key for d in banded.spec.plan.space} == {"lr", "max_momentum", "weight_decay"}
