@@ -332,6 +332,11 @@ class Ledger:
             rec = self.trials.get(row["trial_id"]) or self._unlisted(row)
             if row["epoch"] not in rec.written:
                 rec.take_row(row, self.metric)
+            # a confirmation's test figure rides in its last epoch row's extra metrics too: the
+            # driver may die after writing that row and before trials.parquet's next rewrite
+            for k, v in row.get("extra") or ():
+                if k in schema.TEST_METRICS and num(v) is not None:
+                    rec.test.setdefault(k, v)
 
     def _unlisted(self, row: Dict[str, Any]) -> TrialRecord:
         """The record of a trial known from its epoch rows alone; its config comes from Tune."""

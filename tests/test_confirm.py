@@ -70,6 +70,15 @@ def test_the_ledger_marks_confirmation_trials_and_ranks_the_search_alone():
     back = again.trials["x"]
     assert (back.phase, back.of, back.seed, back.test["test_acc"]) == ("confirm", "d", 1007, 0.97)
     assert again.trials["a"].phase == "search" and again.trials["c"].seed == 3
+    # the driver died after the run's last epoch row, before trials.parquet's rewrite: the test
+    # figure comes back from that row's extra metrics (in CI, a resumed confirmation lost it)
+    stale = [{**r, "test_acc": None, "test_loss": None, "status": "running"} if r["trial_id"] == "x" else r
+             for r in table]
+    last = {"trial_id": "x", "epoch": 4, "timestamp": None, "time_total_s": None, "node_ip": None, "device": None,
+            "val_acc": 0.99, "extra": [("test_acc", 0.97), ("test_loss", 0.5), ("epoch_seconds", 1.0)]}
+    again = _ledger()
+    again.load(stale, [last], lambda r: __import__("json").loads(r["config"]))
+    assert again.trials["x"].test == {"test_acc": 0.97, "test_loss": 0.5}
 
 
 def _confirmed(w, values):

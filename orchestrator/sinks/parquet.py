@@ -107,6 +107,6 @@ class ParquetSink(Sink):
             files = list(pds.dataset(path, filesystem=fs, format="parquet").files)
             self._part = len(files)
             columns = list(dict.fromkeys(["trial_id", "epoch", "timestamp", "time_total_s", "node_ip", "device",
-                                          ledger.metric, *schema.CORE_METRICS]))
+                                          ledger.metric, *schema.CORE_METRICS, "extra"]))
             rows = pds.dataset(files, filesystem=fs, format="parquet").to_table(columns=columns).to_pylist()
         ledger.load(trials, rows, lambda row: json.loads(row["config"] or "{}"))
