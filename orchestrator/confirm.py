@@ -94,14 +94,16 @@ def judge(ledger, finals: Sequence, seeds: Sequence[int]) -> Verdict:
     metric, mode = ledger.metric, ledger.mode
     by_id = {rec.trial_id: Finalist(rec.trial_id, dict(rec.hparams), rec.best.get(metric, math.nan))
              for rec in finals}
-    own = {int(rec.seed) for rec in finals if rec.seed is not None and add_search_run(
-        by_id[rec.trial_id], rec.status, rec.stop_reason, rec.seed, rec.last.get(metric), rec.last.get("val_loss"), mode)}
+    for rec in finals:
+        if rec.seed is not None:
+            add_search_run(by_id[rec.trial_id], rec.status, rec.stop_reason, rec.seed, rec.last.get(metric),
+                           rec.last.get("val_loss"), mode)
     for rec in ledger.confirmations():
         f = by_id.get(rec.of or "")
         if f is not None and rec.seed is not None:
             add_run(f, rec.seed, rec.status, rec.last.get(metric), rec.last.get("val_loss"),
                     rec.test.get(test_metric(metric)), mode, rec.trial_id)
-    return verdict_of(list(by_id.values()), metric, mode, seeds, sorted(own))
+    return verdict_of(list(by_id.values()), metric, mode, seeds)
 
 
 def table(verdict: Verdict) -> str:

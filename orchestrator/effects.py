@@ -142,7 +142,6 @@ def confirmation(sweep) -> Dict[str, Any]:
     m = sweep.metric
     search = sweep.trials.set_index("trial_id")
     finals: Dict[str, verdict.Finalist] = {}
-    own = set()
     for _, r in c.iterrows():
         of = r["confirms"]
         if of not in finals:
@@ -150,13 +149,12 @@ def confirmation(sweep) -> Dict[str, Any]:
             hp = {sweep.names.get(k, k[3:]): plain(row[k]) for k in sweep.hp_columns} if row is not None else {}
             value = float(row[f"best_{m}"]) if row is not None and pd.notna(row[f"best_{m}"]) else math.nan
             finals[of] = verdict.Finalist(of, hp, value)
-            if row is not None and pd.notna(row["seed"]) and verdict.add_search_run(
-                    finals[of], row["status"], row["stop_reason"], int(row["seed"]), plain(row.get(f"last_{m}")),
-                    plain(row.get("last_val_loss")), sweep.mode):
-                own.add(int(row["seed"]))
+            if row is not None and pd.notna(row["seed"]):   # the search's own run, as the sweep counted it
+                verdict.add_search_run(finals[of], row["status"], row["stop_reason"], int(row["seed"]),
+                                       plain(row.get(f"last_{m}")), plain(row.get("last_val_loss")), sweep.mode)
         test = r.get(verdict.test_metric(m))
         verdict.add_run(finals[of], int(r["seed"]), r["status"], plain(r.get(f"last_{m}")),
                         plain(r.get("last_val_loss")), plain(test), sweep.mode, r["trial_id"])
     seeds = sorted({int(s) for s in c["seed"].dropna()})
-    return verdict.verdict_of(list(finals.values()), m, sweep.mode, seeds, sorted(own)).to_dict()
+    return verdict.verdict_of(list(finals.values()), m, sweep.mode, seeds).to_dict()
 

@@ -56,6 +56,8 @@ def rank_key(value: float, val_loss: Optional[float], mode: str) -> Tuple[float,
     metric first; ties, common on small validation sets, go to the lower validation loss."""
     loss = val_loss if val_loss is not None and val_loss == val_loss else math.inf
     return (-value if mode == "max" else value), loss
+
+
 WHOLE = "trained all"       # a completed trial's stop reason where it trained its whole, unfitted schedule
 HOLD_START_S = 5.0        # Tune's set-up and a trial's worker start before a later run's first epoch,
                           # until the sweep's own start-up is measured

@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from tunesmith.orchestrator.ledger import WHOLE
+
 LEVEL = 0.95
 
 
@@ -15,9 +17,7 @@ def whole_run(status: str, stop_reason: str) -> bool:
     """A search trial that trained its whole schedule, unfitted: its final model is one seed's
     confirmation run of its settings (the search's seed; every search trial shares it, so the
     finalists' search runs are paired like the new seeds' runs)."""
-    from tunesmith.orchestrator.ledger import WHOLE
     return status == "completed" and str(stop_reason or "").startswith(WHOLE)
-
 
 
 def t_half_width(sd: float, n: int, level: float = LEVEL) -> float:
@@ -173,16 +173,16 @@ def add_search_run(f: Finalist, status: str, stop_reason: str, seed: int, value:
     return True
 
 
-def verdict_of(finals: Sequence[Finalist], metric: str, mode: str, seeds: Sequence[int],
-               search_seeds: Sequence[int] = ()) -> Verdict:
+def verdict_of(finals: Sequence[Finalist], metric: str, mode: str, seeds: Sequence[int]) -> Verdict:
     """The finalists ranked by their new seeds' mean (ties to the lower mean validation loss), and
     the paired difference of the first two over the seeds both finished, the search's own whole
-    runs among them. ``search_seeds``: the seeds (among ``seeds``) whose runs are the search's own."""
+    runs among them (``add_search_run``)."""
+    search_seeds = {f.own for f in finals if f.own is not None}
     sign = -1.0 if mode == "max" else 1.0
     ranked = sorted(finals, key=lambda f: (not f.by_seed, sign * f.new_mean if f.by_seed else 0.0,
                                            mean_sd(f._new(f.loss_by_seed))[0] if f.loss_by_seed else 0.0))
-    verdict = Verdict(list(ranked), metric, mode, sorted(set(seeds) | set(search_seeds)),
-                      search_seeds=sorted(set(search_seeds)))
+    verdict = Verdict(list(ranked), metric, mode, sorted(set(seeds) | search_seeds),
+                      search_seeds=sorted(search_seeds))
     if len(ranked) >= 2:
         a, b = ranked[0], ranked[1]
         diffs = [-sign * (a.by_seed[s] - b.by_seed[s]) for s in sorted(set(a.by_seed) & set(b.by_seed))]
