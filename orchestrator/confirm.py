@@ -269,9 +269,10 @@ def summary(outcome) -> str:
         k, unit = verdict.scale()
         spread = (f" ± {mean_sd(list(w.test_by_seed.values()))[1] * k:.2f}{unit} sd"
                   if len(w.test_by_seed) > 1 else "")
-        lines.append(f"test: {test_metric(m)} {w.test:.4f}{spread} for {w.trial_id}'s settings, the mean of "
-                     f"{len(w.test_by_seed)} final models, each of which read the test split once "
-                     f"(the search's figure for them was {w.search_value:.4f})")
+        models = (f"the mean of {len(w.test_by_seed)} new final models, each of which" if len(w.test_by_seed) > 1
+                  else "one new final model, which")
+        lines.append(f"test: {test_metric(m)} {w.test:.4f}{spread} for {w.trial_id}'s settings, {models} read the "
+                     f"test split once (the search's figure for them was {w.search_value:.4f})")
     else:
         lines.append(f"test: none (dataset.test_fraction is 0, or the runs were cut short): {w.mean:.4f} is a "
                      "validation figure")
