@@ -470,9 +470,7 @@ def _print_paired(rows) -> None:
     for (ds, c), runs in each.items():
         if c == "smith" or (ds, "smith") not in each or len(runs) < 2:
             continue
-        mean, se, (lo, hi), verdict = paired_gaps(each[(ds, "smith")], runs)
-        lines.append(f"  {ds:<8} smith - {c:<15} {100 * mean:+5.1f} pp ± {100 * se:.1f} (95%: {100 * lo:+.1f} to "
-                     f"{100 * hi:+.1f}) over {len(runs)} seeds: {verdict}")
+        lines.append(_paired_line(ds, c, each[(ds, "smith")], runs))
     if lines:
         print("\nPaired by seed, smith minus each contender (mean ± standard error; bar 1 needs the gap above "
               "-0.5 pp):")
@@ -481,9 +479,10 @@ def _print_paired(rows) -> None:
 
 def _print_tests(rows, datasets, smith: bool) -> None:
     """Each contender's pick judged on the test split, which no selection read (#28): tunesmith's
-    confirmed winner (the mean of its seeds' final models), Optuna's best trial's best epoch."""
+    confirmed winner (its new seed's final model), or the kept model where no confirmation fitted;
+    Optuna's best trial's best epoch. Then smith minus each, paired by seed, as by validation."""
     print("\njudged by test accuracy (median over seeds; - where the pick has no test figure)")
-    gaps = {}
+    gaps, paired = {}, []
     for ds in datasets:
         have = {r[3]: [t for t in r[9] if t is not None] for r in rows if r[0] == ds and r[3] != "smith-scratch"}
         med = {c: statistics.median(t) for c, t in have.items() if t}
@@ -496,10 +495,34 @@ def _print_tests(rows, datasets, smith: bool) -> None:
                   f"{100 * (top - med[c]) if c in med else float('nan'):.1f}pp  each seed {shown}")
         if "smith" in med:
             gaps[ds] = top - med["smith"]
+        paired += _paired_tests(rows, ds)
+    if paired:
+        print("paired by seed on the test split, smith minus each contender:")
+        print("\n".join(paired))
     if smith and gaps:
         worst = max(gaps.values())
         print(f"bar 1 by test accuracy, smith within 0.5 pp of the best contender on every dataset: worst gap "
               f"{100 * worst:.1f} pp: {'met' if worst <= 0.005 + 1e-9 and len(gaps) == len(datasets) else 'NOT met'}")
+
+
+def _paired_tests(rows, ds: str) -> list:
+    """smith minus each contender on ``ds``, by the test figures of the seeds both have."""
+    tests = {r[3]: r[9] for r in rows if r[0] == ds and r[3] != "smith-scratch"}
+    lines = []
+    for c, theirs in tests.items():
+        if c == "smith" or "smith" not in tests:
+            continue
+        both = [(a, b) for a, b in zip(tests["smith"], theirs) if a is not None and b is not None]
+        if len(both) < 2:
+            continue
+        lines.append(_paired_line(ds, c, [a for a, _ in both], [b for _, b in both]))
+    return lines
+
+
+def _paired_line(ds: str, c: str, smith, other) -> str:
+    mean, se, (lo, hi), verdict = paired_gaps(smith, other)
+    return (f"  {ds:<8} smith - {c:<15} {100 * mean:+5.1f} pp ± {100 * se:.1f} (95%: {100 * lo:+.1f} to "
+            f"{100 * hi:+.1f}) over {len(smith)} seeds: {verdict}")
 
 
 def _med(xs):
