@@ -508,11 +508,9 @@ def _print_tests(rows, datasets, smith: bool) -> None:
 def _paired_tests(rows, ds: str) -> list:
     """smith minus each contender on ``ds``, by the test figures of the seeds both have."""
     tests = {r[3]: r[9] for r in rows if r[0] == ds and r[3] != "smith-scratch"}
-    lines = []
-    for c, theirs in tests.items():
-        if c == "smith" or "smith" not in tests:
-            continue
-        both = [(a, b) for a, b in zip(tests["smith"], theirs) if a is not None and b is not None]
+    mine, lines = tests.pop("smith", None), []
+    for c, theirs in tests.items() if mine is not None else ():
+        both = [(a, b) for a, b in zip(mine, theirs) if a is not None and b is not None]
         if len(both) < 2:
             continue
         lines.append(_paired_line(ds, c, [a for a, _ in both], [b for _, b in both]))

@@ -162,15 +162,14 @@ def add_run(f: Finalist, seed: int, status: str, value: Optional[float], loss: O
 
 
 def add_search_run(f: Finalist, status: str, stop_reason: str, seed: int, value: Optional[float],
-                   loss: Optional[float], mode: str) -> bool:
+                   loss: Optional[float], mode: str) -> None:
     """Finalist ``f``'s own search run as one more seed's, where it trained its whole schedule
     (``whole_run``): it joins the mean, the spread, the interval and the pairing, but not the
-    ranking (``Finalist.new_mean``), the test figure or the checkpoint kept. Whether it counted."""
+    ranking (``Finalist.new_mean``), the test figure or the checkpoint kept; ``f.own`` says whether it counted."""
     if not whole_run(status, stop_reason) or value is None or not math.isfinite(value):
-        return False
+        return
     add_run(f, seed, "completed", value, loss, None, mode)
     f.own = int(seed)
-    return True
 
 
 def verdict_of(finals: Sequence[Finalist], metric: str, mode: str, seeds: Sequence[int]) -> Verdict:

@@ -1,5 +1,6 @@
 """Confirming the finalists (#28), without Ray: which configurations are finalists, the
 confirmation trials' configs, how the ledger records them, and the statistics of the verdict."""
+import json
 import math
 
 import pytest
@@ -77,7 +78,7 @@ def test_the_ledger_marks_confirmation_trials_and_ranks_the_search_alone():
     last = {"trial_id": "x", "epoch": 4, "timestamp": None, "time_total_s": None, "node_ip": None, "device": None,
             "val_acc": 0.99, "extra": [("test_acc", 0.97), ("test_loss", 0.5), ("epoch_seconds", 1.0)]}
     again = _ledger()
-    again.load(stale, [last], lambda r: __import__("json").loads(r["config"]))
+    again.load(stale, [last], lambda r: json.loads(r["config"]))
     assert again.trials["x"].test == {"test_acc": 0.97, "test_loss": 0.5}
 
 
