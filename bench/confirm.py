@@ -23,7 +23,7 @@ more wall time; the reported test figure is within 1 point of the chosen configu
 quality on average.
 
     .venv/bin/python bench/confirm.py [--datasets small glyphs] [--repeats 2] [--trials 16] [--epochs 6]
-                                      [--top 2] [--seeds 1] [--candidates 4] [--truth-seeds 5]
+                                      [--top 2] [--seeds 1] [--candidates 4] [--truth-seeds 5] [--keep DIR]
 """
 from __future__ import annotations
 
@@ -52,6 +52,31 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def _span(rows) -> float:
     return (rows.ended_at.max() - rows.started_at.min()).total_seconds() if len(rows) else 0.0
+
+
+def split_half(runs, single: str, k: int = 2):
+    """The truth's own noise. ``runs``: (configuration, seed, test_acc) of the truth runs. Over every
+    way to take ``k`` of the seeds that every configuration finished: the mean regret, judged on the
+    other seeds' mean test figure, of the single-run pick and of an oracle that picks by the ``k``
+    seeds' mean test figure over every configuration (no sweep may: it reads the test split, and
+    it trains every configuration ``k`` more times). Where the oracle's regret is not below half
+    the single pick's, the configurations lie within the seeds' noise, and no confirmation can
+    halve the regret measured this way. None where fewer than k + 1 seeds are shared."""
+    from itertools import combinations
+    by = {(c, int(s)): float(v) for c, s, v in runs}
+    configs = sorted({c for c, _, _ in runs})
+    seeds = sorted({s for _, s in by if all((c, s) in by for c in configs)})
+    if single not in configs or len(seeds) <= k:
+        return None
+    single_r, oracle_r = [], []
+    for held in combinations(seeds, k):
+        judged = [s for s in seeds if s not in held]
+        truth = {c: statistics.fmean(by[(c, s)] for s in judged) for c in configs}
+        pick = max(configs, key=lambda c: statistics.fmean(by[(c, s)] for s in held))
+        best = max(truth.values())
+        single_r.append(best - truth[single])
+        oracle_r.append(best - truth[pick])
+    return statistics.fmean(single_r), statistics.fmean(oracle_r)
 
 
 def one(dataset: str, seed: int, args) -> dict:
@@ -104,9 +129,14 @@ def one(dataset: str, seed: int, args) -> dict:
            "optimism_single": float(ranked.best_val_acc.iloc[0]) - truth[single],
            "optimism_confirmed": winner["test"] - truth[winner["trial"]],
            "search_s": _span(search), "confirm_s": _span(phase1), "sweep_s": sweep_s,
-           "verdict": confirmed["verdict"], "folder": folder, "own_seeds": own}
+           "verdict": confirmed["verdict"], "folder": folder, "own_seeds": own,
+           "split_half": split_half(zip(truth_rows.confirms, truth_rows.seed, truth_rows.test_acc), single)}
     out["share"] = out["confirm_s"] / max(out["search_s"], 1e-9)
     import shutil
+    if args.keep:   # the sweep's Parquet rows, for reading the choice again another way
+        shutil.copytree(folder, os.path.join(args.keep, f"{dataset}-{seed}"), dirs_exist_ok=True,
+                        ignore=lambda d, names: [n for n in names if not n.endswith(".parquet")
+                                                 and not os.path.isdir(os.path.join(d, n))])
     shutil.rmtree(root, ignore_errors=True)
     return out
 
@@ -122,6 +152,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--candidates", type=int, default=4, help="configurations whose true quality is measured")
     p.add_argument("--truth-seeds", type=int, default=5)
+    p.add_argument("--keep", default="", help="a folder to copy each sweep's Parquet files into")
     args = p.parse_args(argv)
     rows = []
     for dataset in args.datasets:
@@ -151,6 +182,13 @@ def main(argv=None) -> int:
           f"theirs too, in place of the new seeds': mean regret {100 * mean('regret_all_runs'):.2f}pp")
     print(f"the best any ranking of the {args.top} finalists could do (the truest of them each time): mean regret "
           f"{100 * mean('regret_floor'):.2f}pp; the rest of single-run selection's regret lay outside the finalists")
+    halves = [r["split_half"] for r in rows if r["split_half"]]
+    if halves:
+        held = args.truth_seeds - 2
+        print(f"the truth's own noise, judged on {held} of the {args.truth_seeds} truth seeds ({len(halves)} sweeps): "
+              f"single-run selection's mean regret {100 * statistics.fmean(h[0] for h in halves):.2f}pp; an oracle "
+              f"picking by the other 2 seeds' test figures over all {args.candidates} configurations (2 more runs "
+              f"of each, the test split read) {100 * statistics.fmean(h[1] for h in halves):.2f}pp")
     print(f"bar: confirmation halves the mean regret: {'met' if halved else 'NOT met'} "
           f"({100 * rc:.2f}pp against {100 * rs:.2f}pp{'' if rs > 0 else '; single-run selection had no regret here'})")
     print(f"bar: for at most 35% more wall time: {'met' if share <= 0.35 else 'NOT met'} ({100 * share:.0f}%)")

@@ -39,3 +39,27 @@ def test_the_tests_line_prints_the_pairs_beside_the_medians(capsys):
     out = capsys.readouterr().out
     assert "shapes   smith - random           -0.3 pp" in out
     assert "worst gap 0.7 pp: NOT met" in out
+
+
+def _confirm():
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        import confirm
+    finally:
+        sys.path.pop(0)
+    return confirm
+
+
+def test_the_truths_own_noise_judges_each_pick_on_the_seeds_it_did_not_read():
+    confirm = _confirm()
+    # b is truly better by 1 point on every seed; the single run picked a. Seed 4 is missing for
+    # c, so only seeds 1 to 3 are shared: three splits, each holding 2 seeds, judged on the third
+    runs = [("a", s, 0.90) for s in (1, 2, 3, 4)] + [("b", s, 0.91) for s in (1, 2, 3, 4)] \
+        + [("c", s, v) for s, v in ((1, 0.80), (2, 0.80), (3, 0.99))]
+    single, oracle = confirm.split_half(runs, "a")
+    # judged on seed 3, c is best (0.99), and the oracle (b, by seeds 1 and 2) is 8 points off it;
+    # judged on seed 1 or 2, b is best and the oracle picks it (c's mean with seed 3 is 0.895)
+    assert abs(oracle - 0.08 / 3) < 1e-9
+    assert abs(single - (0.09 + 0.01 + 0.01) / 3) < 1e-9
+    assert confirm.split_half(runs, "missing") is None
+    assert confirm.split_half([("a", 1, 0.9), ("a", 2, 0.9)], "a") is None
