@@ -54,29 +54,53 @@ def _span(rows) -> float:
     return (rows.ended_at.max() - rows.started_at.min()).total_seconds() if len(rows) else 0.0
 
 
-def split_half(runs, single: str, k: int = 2):
-    """The truth's own noise. ``runs``: (configuration, seed, test_acc) of the truth runs. Over every
-    way to take ``k`` of the seeds that every configuration finished: the mean regret, judged on the
-    other seeds' mean test figure, of the single-run pick and of an oracle that picks by the ``k``
-    seeds' mean test figure over every configuration (no sweep may: it reads the test split, and
-    it trains every configuration ``k`` more times). Where the oracle's regret is not below half
-    the single pick's, the configurations lie within the seeds' noise, and no confirmation can
-    halve the regret measured this way. None where fewer than k + 1 seeds are shared."""
+def _splits(runs, k: int):
+    """``runs``: (configuration, seed, val_acc, val_loss, test_acc) of the truth runs. For each way
+    to hold ``k`` of the seeds that every configuration finished: (held, the runs by configuration
+    and seed, each configuration's truth: its mean test figure over the other seeds)."""
     from itertools import combinations
-    by = {(c, int(s)): float(v) for c, s, v in runs}
-    configs = sorted({c for c, _, _ in runs})
+    runs = list(runs)
+    by = {(c, int(s)): (float(va), float(vl), float(te)) for c, s, va, vl, te in runs}
+    configs = sorted({r[0] for r in runs})
     seeds = sorted({s for _, s in by if all((c, s) in by for c in configs)})
-    if single not in configs or len(seeds) <= k:
-        return None
-    single_r, oracle_r = [], []
-    for held in combinations(seeds, k):
+    for held in (combinations(seeds, k) if len(seeds) > k else ()):
         judged = [s for s in seeds if s not in held]
-        truth = {c: statistics.fmean(by[(c, s)] for s in judged) for c in configs}
-        pick = max(configs, key=lambda c: statistics.fmean(by[(c, s)] for s in held))
+        yield held, by, {c: statistics.fmean(by[(c, s)][2] for s in judged) for c in configs}
+
+
+def split_half(runs, single: str, k: int = 2):
+    """The truth's own noise: over ``_splits``, the mean regret of the single-run pick and of an
+    oracle that picks by the ``k`` held seeds' mean test figure over every configuration (no sweep
+    may: it reads the test split, and it trains every configuration ``k`` more times). Where the
+    oracle's regret is not below half the single pick's, the configurations lie within the seeds'
+    noise, and no confirmation can halve the regret measured this way. None where no split is."""
+    single_r, oracle_r = [], []
+    for held, by, truth in _splits(runs, k):
+        if single not in truth:
+            return None
+        pick = max(truth, key=lambda c: statistics.fmean(by[(c, s)][2] for s in held))
         best = max(truth.values())
         single_r.append(best - truth[single])
         oracle_r.append(best - truth[pick])
-    return statistics.fmean(single_r), statistics.fmean(oracle_r)
+    return (statistics.fmean(single_r), statistics.fmean(oracle_r)) if single_r else None
+
+
+def held_out(runs, order, top: int, seeds: int):
+    """The bar's expectation rather than one draw: each way to take ``seeds`` of the truth seeds in
+    turn as the confirmation's new seeds (the finalists, the search's ``top`` first in ``order``,
+    ranked by those seeds' mean final val_acc, ties to the lower val_loss, as the confirmation
+    ranks them), judged on the other truth seeds. Returns the mean regret of single-run selection
+    (``order``'s first), of the confirmation, and of the truest finalist; None where no split is."""
+    out = []
+    for held, by, truth in _splits(runs, seeds):
+        finals = [c for c in order if c in truth][:top]
+        if not finals or finals[0] != order[0]:
+            return None
+        pick = max(finals, key=lambda c: (statistics.fmean(by[(c, s)][0] for s in held),
+                                          -statistics.fmean(by[(c, s)][1] for s in held)))
+        best = max(truth.values())
+        out.append((best - truth[order[0]], best - truth[pick], best - max(truth[c] for c in finals)))
+    return tuple(statistics.fmean(col) for col in zip(*out)) if out else None
 
 
 def one(dataset: str, seed: int, args) -> dict:
@@ -129,8 +153,11 @@ def one(dataset: str, seed: int, args) -> dict:
            "optimism_single": float(ranked.best_val_acc.iloc[0]) - truth[single],
            "optimism_confirmed": winner["test"] - truth[winner["trial"]],
            "search_s": _span(search), "confirm_s": _span(phase1), "sweep_s": sweep_s,
-           "verdict": confirmed["verdict"], "folder": folder, "own_seeds": own,
-           "split_half": split_half(zip(truth_rows.confirms, truth_rows.seed, truth_rows.test_acc), single)}
+           "verdict": confirmed["verdict"], "folder": folder, "own_seeds": own}
+    runs = list(zip(truth_rows.confirms, truth_rows.seed, truth_rows.last_val_acc, truth_rows.last_val_loss,
+                    truth_rows.test_acc))
+    out["split_half"] = split_half(runs, single)
+    out["held_out"] = held_out(runs, list(ranked.trial_id), args.top, args.seeds)
     out["share"] = out["confirm_s"] / max(out["search_s"], 1e-9)
     import shutil
     if args.keep:   # the sweep's Parquet rows, for reading the choice again another way
@@ -182,6 +209,12 @@ def main(argv=None) -> int:
           f"theirs too, in place of the new seeds': mean regret {100 * mean('regret_all_runs'):.2f}pp")
     print(f"the best any ranking of the {args.top} finalists could do (the truest of them each time): mean regret "
           f"{100 * mean('regret_floor'):.2f}pp; the rest of single-run selection's regret lay outside the finalists")
+    held = [r["held_out"] for r in rows if r["held_out"]]
+    if held:
+        print(f"expected, each truth seed in turn as the new seed ({len(held)} sweeps, judged on the other "
+              f"{args.truth_seeds - args.seeds}): mean regret single-run {100 * statistics.fmean(h[0] for h in held):.2f}pp, "
+              f"confirmed {100 * statistics.fmean(h[1] for h in held):.2f}pp, the truest finalist "
+              f"{100 * statistics.fmean(h[2] for h in held):.2f}pp")
     halves = [r["split_half"] for r in rows if r["split_half"]]
     if halves:
         held = args.truth_seeds - 2

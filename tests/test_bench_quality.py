@@ -50,16 +50,40 @@ def _confirm():
     return confirm
 
 
+def _runs(test_by_config, val_by_config=None):
+    """(configuration, seed, val_acc, val_loss, test_acc) rows; val_acc is the test figure unless given."""
+    val_by_config = val_by_config or {}
+    return [(c, s, val_by_config.get(c, {}).get(s, v), 0.5, v)
+            for c, seeds in test_by_config.items() for s, v in seeds.items()]
+
+
 def test_the_truths_own_noise_judges_each_pick_on_the_seeds_it_did_not_read():
     confirm = _confirm()
     # b is truly better by 1 point on every seed; the single run picked a. Seed 4 is missing for
     # c, so only seeds 1 to 3 are shared: three splits, each holding 2 seeds, judged on the third
-    runs = [("a", s, 0.90) for s in (1, 2, 3, 4)] + [("b", s, 0.91) for s in (1, 2, 3, 4)] \
-        + [("c", s, v) for s, v in ((1, 0.80), (2, 0.80), (3, 0.99))]
-    single, oracle = confirm.split_half(runs, "a")
+    runs = _runs({"a": {s: 0.90 for s in (1, 2, 3, 4)}, "b": {s: 0.91 for s in (1, 2, 3, 4)},
+                  "c": {1: 0.80, 2: 0.80, 3: 0.99}})
+    single, oracle = confirm.split_half(iter(runs), "a")   # the bench passes columns zipped
     # judged on seed 3, c is best (0.99), and the oracle (b, by seeds 1 and 2) is 8 points off it;
     # judged on seed 1 or 2, b is best and the oracle picks it (c's mean with seed 3 is 0.895)
     assert abs(oracle - 0.08 / 3) < 1e-9
     assert abs(single - (0.09 + 0.01 + 0.01) / 3) < 1e-9
     assert confirm.split_half(runs, "missing") is None
-    assert confirm.split_half([("a", 1, 0.9), ("a", 2, 0.9)], "a") is None
+    assert confirm.split_half(_runs({"a": {1: 0.9, 2: 0.9}}), "a") is None
+
+
+def test_the_held_out_confirmation_ranks_the_finalists_by_the_held_seed_only():
+    confirm = _confirm()
+    # the search ranked a, b, c; finalists a and b. b is truly best; the held seed's val_acc favours
+    # b on seeds 1 and 2 and a on seed 3 (where a's validation reads high and its test does not)
+    test = {"a": {1: 0.90, 2: 0.90, 3: 0.90}, "b": {1: 0.92, 2: 0.92, 3: 0.92}, "c": {1: 0.95, 2: 0.80, 3: 0.80}}
+    val = {"a": {3: 0.99}}
+    single, confirmed, floor = confirm.held_out(_runs(test, val), ["a", "b", "c"], top=2, seeds=1)
+    # holding seed 1: truths a .90, b .92, c .80 -> best b; seed 2: a .90, b .92, c .875 -> b;
+    # seed 3: a .90, b .92, c .875 -> b. Single (a) is 2 points off each time; the confirmation
+    # picks b twice and a once; the truest finalist is b each time
+    assert abs(single - 0.02) < 1e-9
+    assert abs(confirmed - 0.02 / 3) < 1e-9
+    assert abs(floor) < 1e-9
+    # the single pick unmeasured: no figure rather than a wrong one
+    assert confirm.held_out(_runs(test, val), ["z", "a", "b"], top=2, seeds=1) is None
