@@ -6,13 +6,18 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _quality():
+def _bench(name):
+    """A bench script as a module (bench/ is no package)."""
+    import importlib
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     try:
-        import quality
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
-    return quality
+
+
+def _quality():
+    return _bench("quality")
 
 
 def _row(contender, tests):
@@ -42,12 +47,7 @@ def test_the_tests_line_prints_the_pairs_beside_the_medians(capsys):
 
 
 def _confirm():
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    try:
-        import confirm
-    finally:
-        sys.path.pop(0)
-    return confirm
+    return _bench("confirm")
 
 
 def _runs(test_by_config, val_by_config=None):
