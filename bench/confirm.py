@@ -217,8 +217,8 @@ def main(argv=None) -> int:
               f"{100 * statistics.fmean(h[2] for h in held):.2f}pp")
     halves = [r["split_half"] for r in rows if r["split_half"]]
     if halves:
-        held = args.truth_seeds - 2
-        print(f"the truth's own noise, judged on {held} of the {args.truth_seeds} truth seeds ({len(halves)} sweeps): "
+        judged = args.truth_seeds - 2
+        print(f"the truth's own noise, judged on {judged} of the {args.truth_seeds} truth seeds ({len(halves)} sweeps): "
               f"single-run selection's mean regret {100 * statistics.fmean(h[0] for h in halves):.2f}pp; an oracle "
               f"picking by the other 2 seeds' test figures over all {args.candidates} configurations (2 more runs "
               f"of each, the test split read) {100 * statistics.fmean(h[1] for h in halves):.2f}pp")
