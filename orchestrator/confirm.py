@@ -107,8 +107,8 @@ def judge(ledger, finals: Sequence, seeds: Sequence[int]) -> Verdict:
 
 
 def table(verdict: Verdict) -> str:
-    """One row per finalist: the search's single look, the new seeds' mean (the rank), every
-    seed's mean, spread and interval, and the test figure."""
+    """One row per finalist: the search's single look, the new seeds' mean, every seed's mean (the
+    rank, over the seeds they share), spread and interval, and the test figure."""
     from tunesmith.orchestrator.tables import plain
     m = verdict.metric
     test_name = test_metric(m)
@@ -256,7 +256,7 @@ def summary(outcome) -> str:
                     f"for the kept model ({tested.trial_id}'s final checkpoint), which read the test split once")
         return (f"not confirmed ({why}): the best {m} above is the best of {looks} looks at the validation set, "
                 "so it reads high, and no test split was read")
-    ranks = (f"; ranked by the new seeds (the search's own runs chose the finalists, so they read high)"
+    ranks = (f"; ranked by the mean over the seeds they share, the search's own runs among them"
              if verdict.search_seeds else "")
     lines = [f"confirmation: final-epoch {m} of each finalist over {verdict.seeds_text()}{ranks}",
              table(verdict), verdict.text()]

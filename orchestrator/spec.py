@@ -66,7 +66,8 @@ class CheckpointSpec(Section):
 
 class ConfirmSpec(Section):
     """After the search, the best configurations trained again with new seeds, for their full
-    schedule: the winner is the best mean of the new seeds, and each new final model reads the test split once."""
+    schedule: the winner is the best mean over its seeds (the new ones and its own search run), and each
+    new final model reads the test split once."""
     top: Int = Field(2, ge=0, description="finalists: the search's best configurations; 0: no confirmation")
     seeds: Int = Field(1, ge=1, le=100, description="new seeds for each finalist (the same seeds for all: "
                        "a paired comparison), beside the search's own run of each where it trained its whole "

@@ -145,16 +145,27 @@ def test_a_finalists_whole_search_run_is_one_more_paired_seed_but_not_its_test_f
     assert v.seeds_text() == "seeds 7 (the search's own runs) and 1007 (new)"
     assert confirm.kept_run(v, w) == "b-1007"   # its search run has no checkpoint of the confirmation's
     assert v.to_dict()["seeds_text"] == v.seeds_text()
-    # the search's runs made them finalists and read high for it: the new seeds alone rank them
+    # the mean over the seeds both share ranks them, the search's runs among them, so the first
+    # is the one the paired difference favours even where the new seed alone favours the second
     w = _ledger()
     _search(w, epochs=4)
     finals = confirm.finalists(w, 2)
     _confirmed(w, {"a": [(1007, 0.93, 0.3, 0.9)], "b": [(1007, 0.935, 0.3, 0.9)]})
     v = confirm.judge(w, finals, [1007])
-    b, a = v.finalists
-    assert (b.trial_id, b.new_mean, b.mean) == ("b", 0.935, pytest.approx(0.9375)) and a.mean == pytest.approx(0.94)
-    assert v.diff == pytest.approx((-0.01 + 0.005) / 2) and not v.separated   # paired over both seeds
-    assert "new seeds" in confirm.table(v).splitlines()[0] and v.to_dict()["finalists"][0]["new_mean"] == 0.935
+    a, b = v.finalists
+    assert (a.trial_id, a.mean, a.new_mean) == ("a", pytest.approx(0.94), 0.93) and b.mean == pytest.approx(0.9375)
+    assert v.diff == pytest.approx((0.01 - 0.005) / 2) and not v.separated   # paired over both seeds
+    assert "new seeds" in confirm.table(v).splitlines()[0] and v.to_dict()["finalists"][1]["new_mean"] == 0.935
+    # a finalist whose search run does not count (cut by ASHA, fitted to the budget) is ranked
+    # against the others over the new seeds alone: the seeds they share
+    w = _ledger()
+    _search(w, epochs=4)
+    finals = confirm.finalists(w, 2)
+    finals[0].stop_reason = "pruned by ASHA at epoch 2"
+    finals[0].status = "pruned"
+    _confirmed(w, {"a": [(1007, 0.93, 0.3, 0.9)], "b": [(1007, 0.935, 0.3, 0.9)]})
+    v = confirm.judge(w, finals, [1007])
+    assert [f.trial_id for f in v.finalists] == ["b", "a"] and v.finalists[0].mean == pytest.approx(0.9375)
     # fitted to the time budget, a search run is no seed's whole run
     w = _ledger()
     _search(w, epochs=4)
