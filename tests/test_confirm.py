@@ -166,6 +166,19 @@ def test_a_finalists_whole_search_run_is_one_more_paired_seed_but_not_its_test_f
     _confirmed(w, {"a": [(1007, 0.93, 0.3, 0.9)], "b": [(1007, 0.935, 0.3, 0.9)]})
     v = confirm.judge(w, finals, [1007])
     assert [f.trial_id for f in v.finalists] == ["b", "a"] and v.finalists[0].mean == pytest.approx(0.9375)
+    # and the last lines say which seeds ranked them
+    from types import SimpleNamespace
+    outcome = SimpleNamespace(spec=SimpleNamespace(metric="val_acc"), confirmed=v, ledger=w)
+    assert "ranked by the mean over the seeds they share (not every finalist's search run trained" \
+        in confirm.summary(outcome).splitlines()[0]
+    w2 = _ledger()
+    _search(w2, epochs=4)
+    finals = confirm.finalists(w2, 2)
+    _confirmed(w2, {"a": [(1007, 0.93, 0.3, 0.9)], "b": [(1007, 0.935, 0.3, 0.9)]})
+    outcome = SimpleNamespace(spec=SimpleNamespace(metric="val_acc"), confirmed=confirm.judge(w2, finals, [1007]),
+                              ledger=w2)
+    assert confirm.summary(outcome).splitlines()[0].endswith(
+        "ranked by the mean over the seeds they share, the search's own runs among them")
     # fitted to the time budget, a search run is no seed's whole run
     w = _ledger()
     _search(w, epochs=4)
