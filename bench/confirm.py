@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -88,22 +89,27 @@ def split_half(runs, single: str, k: int = 2):
 def held_out(runs, order, top: int, seeds: int, own=None):
     """The bar's expectation rather than one draw: each way to take ``seeds`` of the truth seeds in
     turn as the confirmation's new seeds, judged on the other truth seeds. The finalists (the
-    search's ``top`` first in ``order``) are ranked as the confirmation ranks them: by the mean
-    final val_acc over those seeds and, where every finalist has one, its own whole search run
-    (``own``: configuration -> (val_acc, val_loss)), ties to the lower val_loss. Returns the mean
-    regret of single-run selection (``order``'s first), of the confirmation, and of the truest
-    finalist; None where no split is."""
-    own = own or {}
+    search's ``top`` first in ``order``) are ranked by the confirmation's own ``verdict_of``, their
+    own whole search runs among the seeds (``own``: configuration -> (val_acc, val_loss)). Returns
+    the mean regret of single-run selection (``order``'s first), of the confirmation, and of the
+    truest finalist; None where no split is."""
+    from tunesmith.orchestrator.verdict import Finalist, add_run, verdict_of
+    own, search_seed = own or {}, -1   # every search trial shares one seed, none of the truth's
     out = []
     for held, by, truth in _splits(runs, seeds):
         finals = [c for c in order if c in truth][:top]
         if not finals or finals[0] != order[0]:
             return None
-        with_own = all(c in own for c in finals)
-
-        def mean_of(c, i):
-            return statistics.fmean([by[(c, s)][i] for s in held] + ([own[c][i]] if with_own else []))
-        pick = max(finals, key=lambda c: (mean_of(c, 0), -mean_of(c, 1)))
+        fs = []
+        for c in finals:
+            f = Finalist(c, {}, math.nan)
+            if c in own:
+                add_run(f, search_seed, "completed", own[c][0], own[c][1], None, "max")
+                f.own = search_seed
+            for s in held:
+                add_run(f, s, "completed", by[(c, s)][0], by[(c, s)][1], by[(c, s)][2], "max")
+            fs.append(f)
+        pick = verdict_of(fs, "val_acc", "max", held).finalists[0].trial_id
         best = max(truth.values())
         out.append((best - truth[order[0]], best - truth[pick], best - max(truth[c] for c in finals)))
     return tuple(statistics.fmean(col) for col in zip(*out)) if out else None

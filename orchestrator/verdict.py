@@ -173,9 +173,9 @@ def add_search_run(f: Finalist, status: str, stop_reason: str, seed: int, value:
 
 def verdict_of(finals: Sequence[Finalist], metric: str, mode: str, seeds: Sequence[int]) -> Verdict:
     """The finalists ranked by their mean over the seeds every one of them finished, and any seed
-    they diverged on (ties to the lower mean validation loss), so that the ranking is the paired comparison, and the paired
-    difference of the first two over the seeds both finished, the search's own whole runs among
-    them (``add_search_run``). Ranking by the new seeds alone, as an earlier default did, picked
+    they diverged on (ties to the lower mean validation loss), so that the ranking is the paired
+    comparison; and the paired difference of the first two over the seeds both finished, the
+    search's own whole runs among them (``add_search_run``). Ranking by the new seeds alone, as an earlier default did, picked
     no better in expectation and read the winner's test figure higher: over sixteen sweeps of
     bench/confirm.py, each truth seed in turn as the new seed, 0.51 pp of regret and +0.20 pp of
     optimism against 0.49 and +0.07 (docs/benchmarks.md)."""
