@@ -12,10 +12,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def start():
-    """(cluster, results root): a 2-CPU local instance bound to 127.0.0.1, and a scratch folder."""
+def start(num_cpus=2):
+    """(cluster, results root): a local instance of ``num_cpus`` CPUs (None: all) bound to
+    127.0.0.1, and a scratch folder."""
     from tunesmith.cluster.connect import connect
-    cluster = connect(num_cpus=2)
+    cluster = connect(num_cpus=num_cpus)
     logging.getLogger("ray.tune").setLevel(logging.ERROR)
     root = tempfile.mkdtemp(prefix="tunesmith-bench-")
     atexit.register(shutil.rmtree, root, True)   # a benchmark leaves nothing behind
