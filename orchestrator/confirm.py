@@ -256,10 +256,7 @@ def summary(outcome) -> str:
                     f"for the kept model ({tested.trial_id}'s final checkpoint), which read the test split once")
         return (f"not confirmed ({why}): the best {m} above is the best of {looks} looks at the validation set, "
                 "so it reads high, and no test split was read")
-    shared_own = all(f.own is not None for f in verdict.finalists if f.by_seed)
-    ranks = ("" if not verdict.search_seeds else
-             "; ranked by the mean over the seeds they share, the search's own runs among them" if shared_own else
-             "; ranked by the mean over the seeds they share (not every finalist's search run trained its whole schedule)")
+    ranks = f"; {verdict.basis()}" if verdict.search_seeds else ""
     lines = [f"confirmation: final-epoch {m} of each finalist over {verdict.seeds_text()}{ranks}",
              table(verdict), verdict.text()]
     w = verdict.winner

@@ -89,6 +89,14 @@ class Verdict:
         """``seeds 7 (the search's own runs) and 1007 (new)``."""
         return seeds_phrase(self.seeds, self.search_seeds)
 
+    def basis(self) -> str:
+        """What ranked the finalists, in words (the last lines and smith's report say it)."""
+        if not self.search_seeds:
+            return "ranked by the mean over the new seeds"
+        if all(f.own is not None for f in self.finalists if f.by_seed):
+            return "ranked by the mean over the seeds they share, the search's own runs among them"
+        return "ranked by the mean over the seeds they share (not every finalist's search run trained its whole schedule)"
+
     @property
     def winner(self) -> Optional[Finalist]:
         return self.finalists[0] if self.finalists and self.finalists[0].by_seed else None
@@ -102,7 +110,7 @@ class Verdict:
         def num(v):
             return None if v is None or not math.isfinite(v) else round(float(v), 6)
         return {"metric": self.metric, "seeds": list(self.seeds), "search_seeds": list(self.search_seeds),
-                "seeds_text": self.seeds_text(), "separated": self.separated,
+                "seeds_text": self.seeds_text(), "basis": self.basis(), "separated": self.separated,
                 "difference": num(self.diff), "half_width": num(self.half), "paired_seeds": self.paired_n,
                 "verdict": self.text(),
                 "finalists": [{"trial": f.trial_id, "search": num(f.search_value), "mean": num(f.mean),

@@ -179,6 +179,12 @@ def test_a_finalists_whole_search_run_is_one_more_paired_seed_but_not_its_test_f
                               ledger=w2)
     assert confirm.summary(outcome).splitlines()[0].endswith(
         "ranked by the mean over the seeds they share, the search's own runs among them")
+    # smith's report says the same of the same verdict (it once said "the new seeds' mean")
+    from tunesmith.orchestrator.smith.report import _confirm_lines
+    head = _confirm_lines(outcome.confirmed.to_dict(), "val_acc")[1]
+    assert head == ("Confirmation: the finalists' final-epoch val_acc over seeds 7 (the search's own runs) and 1007 "
+                    "(new); ranked by the mean over the seeds they share, the search's own runs among them, not by "
+                    "the best single run.")
     # fitted to the time budget, a search run is no seed's whole run
     w = _ledger()
     _search(w, epochs=4)

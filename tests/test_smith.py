@@ -307,7 +307,7 @@ def test_smith_stages_and_report(ray_session, tmp_path, capsys, spec_file):
         assert any("stage 3 ended below stage 2" in w for w in report["warnings"])
     md = (root / "sm" / "smith_report.md").read_text()
     assert "## Stage 1" in md and "## Stage 2" in md and "## Stage 3" in md and "## Result" in md
-    assert "6 of 6 epochs (completed): best" in md and "Confirmation: the finalists over seeds " in md
+    assert "6 of 6 epochs (completed): best" in md and "Confirmation: the finalists' final-epoch val_acc over seeds " in md
     assert f"val_acc {res['value']:.4f}: trial {res['trial']}" in md
 
 

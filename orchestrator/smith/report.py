@@ -131,8 +131,8 @@ def _confirm_lines(c, m: str):
     if not c:
         return []
     seeds = c.get("seeds_text") or f"new seeds {c['seeds']}"
-    lines = ["", f"Confirmation: the finalists over {seeds}; the best is the best mean of the new seeds' "
-             f"final-epoch {m}, not the best single run."]
+    basis = c.get("basis") or "ranked by the mean over the new seeds"
+    lines = ["", f"Confirmation: the finalists' final-epoch {m} over {seeds}; {basis}, not by the best single run."]
     for x in c["finalists"]:
         test = f", test {x['test']:.4f}" if x.get("test") is not None else ""
         spread = f" ± {x['half_width']:.4f} (95%)" if x.get("half_width") is not None else ""
