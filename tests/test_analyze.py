@@ -263,8 +263,10 @@ def test_a_confirmation_is_read_back_from_parquet_as_the_sweep_gave_it(tmp_path,
     assert main(["analyze", str(tmp_path), "--no-plots", "--html", str(page)]) == 0
     out = capsys.readouterr().out
     assert "confirmation: the finalists over seeds 0 (the search's own runs) and 1000, 1001, 1002 (new)" in out
+    assert "ranked by the mean over the seeds they share, the search's own runs among them; test read once" in out
     assert "verdict: cannot tell b and a apart at this budget" in out
     html = page.read_text()
+    assert "ranked by the mean over the seeds they share, the search&#39;s own runs among them" in html
     assert "the finalists over seeds 0 (the search&#39;s own runs) and 1000, 1001, 1002 (new)" in html
     assert "<th>new seeds</th>" in html and "0.9583" in html   # b's new seeds' mean
 
