@@ -14,7 +14,7 @@ Cases (each with its peak GPU memory):
   time to the first trial's first epoch, the best accuracy, and the GPU's utilisation over the run.
 The first case also runs a timm model at 128 px (timm:resnet18, the library's own stem).
 
-On a GPU it takes about 5 minutes (under 8). ``--smoke`` runs every case on the CPU in tiny sizes,
+On an H200 it took 263 s (under 8 minutes). ``--smoke`` runs every case on the CPU in tiny sizes,
 so that the script cannot rot: tests/test_gpu_check.py runs it.
 
     python bench/gpu_check.py [--smoke] [--out gpu_check.json]
