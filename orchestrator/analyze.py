@@ -198,8 +198,7 @@ def confirmation_lines(c: Dict[str, Any], metric: str) -> List[str]:
              f"mean {metric}": f["mean"], "sd": f["sd"],
              "±95%": f["half_width"], "mean test": f["test"], "seeds": len(f["by_seed"])} for f in c["finalists"]]
     seeds = c.get("seeds_text") or f"new seeds {c['seeds']}"
-    basis = c.get("basis") or "ranked by the mean over the new seeds"
-    return [f"\nconfirmation: the finalists over {seeds} (final-epoch {metric}, {basis}; test read once by each "
+    return [f"\nconfirmation: the finalists over {seeds} (final-epoch {metric}, {c['basis']}; test read once by each "
             "new final model)", _table(rows), f"  {c['verdict']}"]
 
 

@@ -44,7 +44,7 @@ TEMPLATE = r"""<!doctype html>
 <table><tr>{% for c in s.seed_variance[0] %}<th>{{ c }}</th>{% endfor %}</tr>
 {% for row in s.seed_variance %}<tr>{% for v in row.values() %}<td>{{ fmt(v) }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}
 {% if s.confirmation %}<h3>Confirmation</h3>
-<div class="sub">the finalists over {{ s.confirmation.seeds_text or s.confirmation.seeds }}; final-epoch {{ s.metric }}, {{ s.confirmation.basis or "ranked by the mean over the new seeds" }}; the test split read once by each new final model</div>
+<div class="sub">the finalists over {{ s.confirmation.seeds_text or s.confirmation.seeds }}; final-epoch {{ s.metric }}, {{ s.confirmation.basis }}; the test split read once by each new final model</div>
 <table><tr><th>finalist</th><th>search</th><th>new seeds</th><th>mean</th><th>sd</th><th>&plusmn;95%</th><th>mean test</th><th>seeds</th></tr>
 {% for f in s.confirmation.finalists %}<tr><td>{{ f.trial }}</td><td>{{ fmt(f.search) }}</td><td>{{ fmt(f.new_mean) }}</td><td>{{ fmt(f.mean) }}</td><td>{{ fmt(f.sd) }}</td><td>{{ fmt(f.half_width) }}</td><td>{{ fmt(f.test) }}</td><td>{{ f.by_seed|length }}</td></tr>{% endfor %}</table>
 <div class="best">{{ s.confirmation.verdict }}</div>{% endif %}

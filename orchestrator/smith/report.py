@@ -131,8 +131,7 @@ def _confirm_lines(c, m: str):
     if not c:
         return []
     seeds = c.get("seeds_text") or f"new seeds {c['seeds']}"
-    basis = c.get("basis") or "ranked by the mean over the new seeds"
-    lines = ["", f"Confirmation: the finalists' final-epoch {m} over {seeds}; {basis}, not by the best single run."]
+    lines = ["", f"Confirmation: the finalists' final-epoch {m} over {seeds}; {c['basis']}, not by the best single run."]
     for x in c["finalists"]:
         test = f", test {x['test']:.4f}" if x.get("test") is not None else ""
         spread = f" ± {x['half_width']:.4f} (95%)" if x.get("half_width") is not None else ""
