@@ -139,6 +139,39 @@ def test_smith_fine_tunes_with_the_fine_tune_dimensions(tmp_path):
     assert "model.backbone_lr" not in {d.key for d in scratch.spec.plan.space}
 
 
+def test_chance_is_guessing_the_largest_class_and_a_two_class_model_can_beat_it():
+    """smith's chance check, from the range test's curve: a two-class model at 95% was "no better
+    than chance" (the bar was 1/C + max(0.1, 1/C) = 1.0); on imbalanced data guessing the largest
+    class is chance; a small validation part raises the bar to two standard errors."""
+    from types import SimpleNamespace as NS
+    from tunesmith.orchestrator.smith import policy
+    two = policy.chance("val_acc", NS(num_classes=2, majority=0.5, val_samples=400))
+    assert two.level == 0.5 and two.bar == pytest.approx(0.55)
+    assert not policy.no_better_than_chance(0.95, two) and policy.no_better_than_chance(0.53, two)
+    small = policy.chance("val_acc", NS(num_classes=2, majority=0.5, val_samples=40))
+    assert small.bar == pytest.approx(0.5 + 2 * (0.25 / 40) ** 0.5) and policy.no_better_than_chance(0.6, small)
+    skewed = policy.chance("val_acc", NS(num_classes=2, majority=0.9, val_samples=1000))
+    assert policy.no_better_than_chance(0.9, skewed) and not policy.no_better_than_chance(0.97, skewed)
+    ten = policy.chance("val_acc", NS(num_classes=10, majority=0.1, val_samples=360))
+    assert policy.no_better_than_chance(0.168, ten) and not policy.no_better_than_chance(0.25, ten)
+    assert policy.no_better_than_chance(None, ten) and not policy.no_better_than_chance(None, None)
+    assert policy.chance("val_loss", NS(num_classes=10, majority=0.1, val_samples=360)) is None
+    assert "always guessing the largest class" in two.text()
+
+
+def test_the_range_test_reads_the_validation_parts_largest_class():
+    from tunesmith.trainables import lr_range_test as lf
+    from tunesmith.trainables.config import TrainConfig
+    cfg = TrainConfig.from_dict({"dataset": {"name": "synthetic", "num_samples": 200, "image_size": 8,
+                                             "num_classes": 2}, "model": {"width": 8}})
+    curve = lf.range_test(cfg, steps=10, cpu_threads=1)
+    import torch
+    from tunesmith.trainables import data as data_mod
+    val_y = torch.as_tensor(data_mod.load(cfg.dataset).val_y)
+    assert curve.val_samples == len(val_y) > 0
+    assert curve.majority == pytest.approx(float(torch.bincount(val_y.long()).max()) / len(val_y)) and curve.majority >= 0.5
+
+
 def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
     """With time_budget_s, the range test's pace per step and the data's steps per epoch say how
     many stage-2 trials fit: fewer than FEW_TRIALS (twice the unbudgeted default's 16) draw the LR alone,

@@ -62,6 +62,8 @@ class LRCurve:
     seconds: float = 0.0
     suggestions: Dict[str, float] = field(default_factory=dict)
     num_classes: int = 0
+    val_samples: int = 0                 # the validation part's size and its largest class's share:
+    majority: float = 0.0                # the accuracy of always guessing that class (chance)
     problem: Optional[str] = None        # why the curve cannot be read, after any extension
     notes: List[str] = field(default_factory=list)   # what the test did about it, one line each
     steps: int = 0                       # training steps run (in val mode, points are fewer)
@@ -230,9 +232,19 @@ def range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: Optional[int]
     finally:
         _restore(trainer, saved_model, saved_opt)   # the test leaves no trace on the model
     curve.num_classes = k
+    curve.val_samples, curve.majority = _majority(trainer.data.val_y)
     curve.epoch_steps = trainer.steps_per_epoch
     curve.seconds = time.perf_counter() - began
     return curve
+
+
+def _majority(labels):
+    """(how many labels, the largest class's share of them)."""
+    import torch
+    labels = torch.as_tensor(labels)
+    if not len(labels):
+        return 0, 0.0
+    return len(labels), float(torch.bincount(labels.long().flatten()).max()) / len(labels)
 
 
 def _sized_test(trainer, start: float, end: float, mode: str, val_loss: bool, stop_factor: float,

@@ -2,6 +2,7 @@
 tested like the schedules (tests/test_smith_policy.py)."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -21,7 +22,11 @@ BUDGET_SAMPLES = 1000         # with one: as many as the budget allows
 STAGE1_SHARE = 0.2            # at most this share of the budget for the range test
 STAGE3_WIND_DOWN_S, STAGE3_MARGIN = HOLD_WIND_DOWN_S, HOLD_MARGIN
 PILOT_S = 10.0                # the pilot's own deadline: about Ray's start and a Tune trial's first epoch here
-CHANCE_MARGIN = 0.1           # "no better than chance": within max(0.1, chance) of guessing
+CHANCE_MARGIN = 0.1           # "no better than chance": less than this share of the way from guessing to
+                              # a perfect score, or within CHANCE_SE standard errors of guessing on the
+                              # validation part's size. It was max(0.1, chance) above 1/C, which made
+                              # every two-class model short of 100% "no better than chance"
+CHANCE_SE = 2.0
 FEW_TRIALS = 2 * DEFAULT_SAMPLES  # a budget affording fewer stage-2 trials than this searches the
                               # LR alone, with 1cycle's momentum and trainer.weight_decay, band or no
                               # band. Momentum's 4 bounds x 3 or 4 decays need each pair tried about
@@ -277,13 +282,35 @@ def value_ranking(records, key: str, mode: str, at: int) -> List[Dict[str, Any]]
     return rows
 
 
-def chance(metric: str, num_classes: int) -> Optional[float]:
-    return 1.0 / num_classes if metric in ("val_acc", "train_acc") and num_classes > 1 else None
+@dataclass(frozen=True)
+class Chance:
+    """What guessing scores on the validation part (always its largest class: 1/C where the
+    classes are balanced, more where they are not) and the least a model must reach to count as
+    better than that."""
+    level: float
+    bar: float
+
+    def above(self, best: Optional[float]) -> bool:
+        return best is not None and best >= self.bar
+
+    def text(self) -> str:
+        return f"{self.level:.3g}, always guessing the largest class; a model needs {self.bar:.3g}"
 
 
-def no_better_than_chance(best: Optional[float], chance_level: Optional[float]) -> bool:
-    """Within a few points of guessing: 16.8% with 10 classes is no model (issue #7)."""
-    return chance_level is not None and (best is None or best < chance_level + max(CHANCE_MARGIN, chance_level))
+def chance(metric: str, curve) -> Optional[Chance]:
+    """From the range test's curve (its data's classes and validation part); None where the
+    metric is not an accuracy or there is one class."""
+    if metric not in ("val_acc", "train_acc") or curve.num_classes < 2:
+        return None
+    level = getattr(curve, "majority", 0.0) or 1.0 / curve.num_classes
+    n = getattr(curve, "val_samples", 0)
+    noise = CHANCE_SE * math.sqrt(level * (1 - level) / n) if n else 0.0
+    return Chance(level, level + max(CHANCE_MARGIN * (1 - level), noise))
+
+
+def no_better_than_chance(best: Optional[float], chance_level: Optional[Chance]) -> bool:
+    """Within a few points of guessing: 16.8% with 10 balanced classes is no model (issue #7)."""
+    return chance_level is not None and not chance_level.above(best)
 
 
 def better(a: Optional[float], b: Optional[float], mode: str) -> bool:

@@ -46,7 +46,7 @@ class Stage2:
 
 
 def stage2(spec: SweepSpec, args, opts: Options, s1: startup.Stage1, cluster, clock: Clock, samples: int,
-           chance: Optional[float]) -> Stage2:
+           chance: Optional[policy.Chance]) -> Stage2:
     from tunesmith.orchestrator.sweep import best_table, run_sweep
     plan, left = s1.plan, clock.left
     s2, budget = plan.spec, clock.budget
@@ -81,7 +81,7 @@ def stage2(spec: SweepSpec, args, opts: Options, s1: startup.Stage1, cluster, cl
             and (left() is None or left() > 10):
         wide = policy.widened(plan.lr_range)
         note = (f"stage 2's best {spec.metric} {report.f(first['best'])} is no better than chance "
-                f"({chance:.3g}): widening the LR range to [{wide[0]:.3g}, {wide[1]:.3g}]"
+                f"({chance.text()}): widening the LR range to [{wide[0]:.3g}, {wide[1]:.3g}]"
                 + (f" for the remaining {left():.0f}s" if budget else ""))
         print("\n" + note, flush=True)
         warnings.append(note)
@@ -184,7 +184,7 @@ def _run(spec: SweepSpec, args, started: float, storage: Storage) -> Dict[str, A
         plot = startup.PlotWriter(decision, storage, spec.name, s1.pilot)
         where = "" if s1.node == "driver" else f", on node {s1.node}"
         print(f"stage 1 ({time.time() - started:.1f}s{where}): " + lr_find.summary_text(decision), flush=True)
-        chance = policy.chance(spec.metric, decision.curve.num_classes)
+        chance = policy.chance(spec.metric, decision.curve)
         if clock.budget and clock.left() <= 0:
             raise NoResult(f"time_budget_s = {clock.budget:g}: Ray's start-up and the range test took "
                            f"{clock.budget - clock.left():.1f}s of it, and nothing is left for stage 2 (the range "
@@ -193,7 +193,8 @@ def _run(spec: SweepSpec, args, started: float, storage: Storage) -> Dict[str, A
         warnings = s2.warnings
         best = s2.best
         out: Dict[str, Any] = {"sweep": spec.name, "started_at_unix": started, "metric": spec.metric,
-                               "mode": spec.mode, "chance": chance, "time_budget_s": clock.budget,
+                               "mode": spec.mode, "chance": None if chance is None else chance.level,
+                               "chance_bar": None if chance is None else chance.bar, "time_budget_s": clock.budget,
                                "stage1": {**decision.to_dict(), **paths, "ended_s": s1.ended_s, "node": s1.node},
                                "stage2": best, "stage2_runs": s2.runs, "warnings": warnings}
         result = {"stage": 2, "sweep": best["name"], "trial": best["best_trial"], "value": best["best"],
@@ -203,7 +204,7 @@ def _run(spec: SweepSpec, args, started: float, storage: Storage) -> Dict[str, A
         out["result"] = result
         if policy.no_better_than_chance(result["value"], chance):
             warnings.append(f"WARNING: the best {spec.metric} {report.f(result['value'])} is no better than chance "
-                            f"({chance:.3g}): this is not a usable model; check the data and the model")
+                            f"({chance.text()}): this is not a usable model; check the data and the model")
         plot.join()   # the plot, before the report that links it
         out["seconds"] = round(time.time() - started, 2)
     finally:
