@@ -249,7 +249,7 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
                            or "the time budget ran out in the search")
         if confirming and unconfirmed and status == "finished":   # the kept model's test figure, at least
             from tunesmith.orchestrator.kept_test import kept_on_test
-            tested = kept_on_test(spec, callback)
+            tested = kept_on_test(spec, callback, here=cluster.started_here and in_memory)
         if confirming and not unconfirmed:
             from tunesmith.orchestrator.confirm import run_phase
             verdict = run_phase(spec, storage, cluster, callback, stopper, not in_memory, progress)

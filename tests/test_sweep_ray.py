@@ -247,6 +247,16 @@ def test_a_budget_that_affords_no_confirmation_gives_the_search_all_of_it_and_te
     man = json.loads((tmp_path / "r" / "unconfirmed" / "manifest.json").read_text())
     assert man["kept_test"]["trial"] == tested.trial_id.iloc[0] and "confirm" not in man
     assert f"test: test_acc {tested.test_acc.iloc[0]:.4f} for the kept model" in summary(outcome)
+    # read in the driver (its host is the only node, on CPUs); as a Ray task, on a cluster or a
+    # GPU, it reads the same figures
+    from types import SimpleNamespace
+    from tunesmith.orchestrator.kept_test import kept_on_test
+    rec = outcome.ledger.ranked()[0]
+    here = dict(rec.test)
+    rec.test.clear()
+    again = SimpleNamespace(ledger=outcome.ledger, retention=SimpleNamespace(filesystem=None), mark_changed=lambda: None)
+    assert kept_on_test(spec_mod.from_dict(raw), again, here=False) == rec.trial_id
+    assert rec.test == pytest.approx(here) and here["test_acc"] == pytest.approx(tested.test_acc.iloc[0])
 
 
 def _reports_only_high_lrs(config):
