@@ -56,6 +56,21 @@ def test_flat_curve_above_chance_is_uninformative():
     assert lf.check_curve(falling, lf.smooth(falling), 10) is None
 
 
+def test_a_curve_that_learns_only_the_class_shares_is_uninformative():
+    """Two classes, 90% of the images one of them: guessing the shares costs 0.325 (not ln 2 =
+    0.693), so a loss that settles at 0.34 has learned nothing of the images."""
+    labels = np.array([0] * 900 + [1] * 100)
+    prior = lf.prior_loss(labels)
+    assert prior == pytest.approx(-(0.9 * math.log(0.9) + 0.1 * math.log(0.1)))
+    assert lf.prior_loss(np.arange(10).repeat(30)) == pytest.approx(math.log(10))
+    settles = list(np.linspace(0.69, 0.34, 300))
+    assert lf.check_curve(settles, lf.smooth(settles), 2) is None   # as ln 2 read it
+    problem = lf.check_curve(settles, lf.smooth(settles), 2, prior)
+    assert problem and "guessing the classes' shares, is 0.325" in problem
+    learns = list(np.linspace(0.69, 0.1, 300))
+    assert lf.check_curve(learns, lf.smooth(learns), 2, prior) is None
+
+
 def test_default_length_is_an_epoch_or_300_steps():
     assert lf.default_steps(5250, 32) == 300
     assert lf.default_steps(50000, 32) == 1563

@@ -115,21 +115,37 @@ def _usable(lrs: Sequence[float], smoothed: Sequence[float]):
     return lrs, sm
 
 
-def check_curve(losses: Sequence[float], smoothed: Sequence[float], num_classes: int) -> Optional[str]:
+def check_curve(losses: Sequence[float], smoothed: Sequence[float], num_classes: int,
+                prior_loss: Optional[float] = None) -> Optional[str]:
     """Why the curve says nothing, or None. It must fall clearly: its smoothed minimum below
-    FALL x the lower of the starting loss and the chance loss ln C. A BatchNorm net whose loss
-    wanders from 2.46 to 2.37 with 10 classes (ln 10 = 2.30) has learned nothing."""
+    FALL x the lower of the starting loss and the chance loss: that of guessing the class prior
+    (``prior_loss``; ln C where the classes are balanced, less where they are not, so a net that
+    learns only that 90% of the images are one class has not read the data). A BatchNorm net
+    whose loss wanders from 2.46 to 2.37 with 10 classes (ln 10 = 2.30) has learned nothing."""
     finite = [x for x in losses if math.isfinite(x)]
     if len(finite) < 10:
         return f"only {len(finite)} finite losses"
     start = sorted(finite[:max(3, len(finite) // 10)])[max(3, len(finite) // 10) // 2]
     sm = [x for x in smoothed if math.isfinite(x)]
     low = min(sm) if sm else math.inf
-    chance = math.log(num_classes) if num_classes > 1 else start
+    balanced = math.log(num_classes) if num_classes > 1 else start
+    chance = balanced if prior_loss is None or num_classes < 2 else prior_loss
     if low > FALL * min(start, chance):
-        return (f"the loss never falls clearly: from {start:.3g} to at best {low:.3g} "
-                f"(chance is ln {num_classes} = {chance:.3g})")
+        said = (f"chance is ln {num_classes} = {chance:.3g}" if abs(chance - balanced) < 0.01 else
+                f"chance, guessing the classes' shares, is {chance:.3g}")
+        return f"the loss never falls clearly: from {start:.3g} to at best {low:.3g} ({said})"
     return None
+
+
+def prior_loss(labels) -> Optional[float]:
+    """The cross-entropy of always predicting the labels' class shares: their entropy."""
+    import torch
+    labels = torch.as_tensor(labels).long().flatten()
+    if not len(labels):
+        return None
+    p = torch.bincount(labels).double() / len(labels)
+    p = p[p > 0]
+    return float(-(p * p.log()).sum())
 
 
 def _up_to_minimum(lrs: Sequence[float], smoothed: Sequence[float]):
@@ -225,7 +241,7 @@ def range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: Optional[int]
     try:
         if steps is not None:
             curve = _one_test(trainer, start, end, steps, mode, val_loss, stop_factor)
-            curve.problem = check_curve(curve.losses, curve.smoothed, k)
+            curve.problem = check_curve(curve.losses, curve.smoothed, k, prior_loss(trainer.data.train_y))
         else:
             curve = _sized_test(trainer, start, end, mode, val_loss, stop_factor, time_cap, began, say,
                                 lambda: _restore(trainer, saved_model, saved_opt))
@@ -256,7 +272,7 @@ def _sized_test(trainer, start: float, end: float, mode: str, val_loss: bool, st
     A rerun is planned from the first run's own pace over its second half, and skips the decades
     the first run showed flat: it starts RERUN_BELOW decades under the first run's lowest loss,
     at EXTEND times its density, so its length depends on the data, not on the load."""
-    k = trainer.data.num_classes
+    k, prior = trainer.data.num_classes, prior_loss(trainer.data.train_y)
     step_s = _time_steps(trainer, start)
     fits = MIN_STEPS * step_s <= time_cap / 2
     if not fits and not trainer.cfg.model.fine_tunes:
@@ -265,7 +281,7 @@ def _sized_test(trainer, start: float, end: float, mode: str, val_loss: bool, st
     floor = MIN_STEPS if fits else 100
     first = min(planned, max(floor, int(time_cap / (EXTEND + 1) / step_s)))
     curve = _one_test(trainer, start, end, first, mode, val_loss, stop_factor)
-    curve.problem = check_curve(curve.losses, curve.smoothed, k)
+    curve.problem = check_curve(curve.losses, curve.smoothed, k, prior)
     if not curve.problem:
         return curve
     per_decade = first / _decades(start, end, mode)
@@ -287,7 +303,7 @@ def _sized_test(trainer, start: float, end: float, mode: str, val_loss: bool, st
     first_problem = curve.problem
     curve = _one_test(trainer, again, end, longer, mode, val_loss, stop_factor)
     curve.notes.append(note)
-    curve.problem = check_curve(curve.losses, curve.smoothed, k)
+    curve.problem = check_curve(curve.losses, curve.smoothed, k, prior)
     if curve.problem:
         curve.notes.append(f"still uninformative after {curve.steps} steps ({first_problem})")
     return curve
