@@ -137,15 +137,17 @@ def check_curve(losses: Sequence[float], smoothed: Sequence[float], num_classes:
     return None
 
 
-def prior_loss(labels) -> Optional[float]:
-    """The cross-entropy of always predicting the labels' class shares: their entropy."""
+def shares(labels):
+    """Each class's share of ``labels``: empty where there are none."""
     import torch
     labels = torch.as_tensor(labels).long().flatten()
-    if not len(labels):
-        return None
-    p = torch.bincount(labels).double() / len(labels)
-    p = p[p > 0]
-    return float(-(p * p.log()).sum())
+    return torch.bincount(labels).double() / len(labels) if len(labels) else torch.zeros(0)
+
+
+def prior_loss(labels) -> Optional[float]:
+    """The cross-entropy of always predicting the labels' class shares: their entropy."""
+    p = shares(labels)
+    return float(-(p[p > 0] * p[p > 0].log()).sum()) if len(p) else None
 
 
 def _up_to_minimum(lrs: Sequence[float], smoothed: Sequence[float]):
@@ -248,19 +250,11 @@ def range_test(cfg, start: float = 1e-7, end: float = 10.0, steps: Optional[int]
     finally:
         _restore(trainer, saved_model, saved_opt)   # the test leaves no trace on the model
     curve.num_classes = k
-    curve.val_samples, curve.majority = _majority(trainer.data.val_y)
+    p = shares(trainer.data.val_y)
+    curve.val_samples, curve.majority = len(trainer.data.val_y), float(p.max()) if len(p) else 0.0
     curve.epoch_steps = trainer.steps_per_epoch
     curve.seconds = time.perf_counter() - began
     return curve
-
-
-def _majority(labels):
-    """(how many labels, the largest class's share of them)."""
-    import torch
-    labels = torch.as_tensor(labels)
-    if not len(labels):
-        return 0, 0.0
-    return len(labels), float(torch.bincount(labels.long().flatten()).max()) / len(labels)
 
 
 def _sized_test(trainer, start: float, end: float, mode: str, val_loss: bool, stop_factor: float,
