@@ -302,8 +302,8 @@ def chance(metric: str, curve) -> Optional[Chance]:
     metric is not an accuracy or there is one class."""
     if metric not in ("val_acc", "train_acc") or curve.num_classes < 2:
         return None
-    level = getattr(curve, "majority", 0.0) or 1.0 / curve.num_classes
-    n = getattr(curve, "val_samples", 0)
+    level = curve.majority or 1.0 / curve.num_classes   # no validation part: balanced classes taken
+    n = curve.val_samples
     noise = CHANCE_SE * math.sqrt(level * (1 - level) / n) if n else 0.0
     return Chance(level, level + max(CHANCE_MARGIN * (1 - level), noise))
 
