@@ -104,8 +104,7 @@ def _stage2_lines(run: Dict[str, Any], m: str):
                                                               if run.get("annealed_rungs") else
                                                               ", a third of the run or later into one schedule."),
              *([f"Trial {run['pilot']['trial']}, stage 2's centre ({config_text(run['pilot']['config'])}), "
-                "trained in smith's own process while Ray started the trials' workers; ASHA judged it at each "
-                "rung again as later trials reached it."]
+                "trained in smith's own process while Ray started the trials' workers; ASHA did not judge it."]
                if run.get("pilot") else []),
              ]
     for title, ranking in ((f"Momentum (upper bound) by mean {m} at epoch {run['ranked_at_epoch']} (the first rung):",
