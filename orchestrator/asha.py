@@ -111,17 +111,12 @@ class RecordingASHA(LiveQueue, AsyncHyperBandScheduler):
     def __init__(self, *args, rungs: Optional[Sequence[int]] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.pruned: Dict[str, str] = {}
-        self._outside: Dict[str, Dict[int, float]] = {}   # judge_outside's curves, by trial
-        self._outside_seen: Dict[tuple, int] = {}          # (trial, rung): the rung's size when last judged
         for bracket in self._brackets:
             # Judge exactly where the budget-aware schedules have annealed (SweepSpec.milestones),
             # not at Ray's own grace * rf^k, which can fall mid-segment.
             milestones = sorted(rungs, reverse=True) if rungs else [m for m, _ in bracket._rungs]
             bracket._rungs = [(m, Rung()) for m in milestones]
             bracket.cutoff = functools.partial(rung_cutoff, 1 - 1 / bracket.rf)
-
-    def __setstate__(self, state):   # pickled by an earlier tunesmith: nothing judged outside Tune
-        super().__setstate__({"_outside": {}, "_outside_seen": {}, **state})
 
     def restore_ended(self, ended: Dict[str, str]) -> None:
         """As LiveQueue's; a pruned one keeps its reason."""
@@ -166,35 +161,6 @@ class RecordingASHA(LiveQueue, AsyncHyperBandScheduler):
             self.pruned[trial.trial_id] = (f"pruned by ASHA at epoch {result.get(self._time_attr)} "
                                            f"({self._metric}={shown} below the rung's cutoff)")
         return action
-
-    def judge_outside(self, trial_id: str, result: Optional[dict] = None) -> Optional[str]:
-        """A trial Tune does not run (smith's pilot, orchestrator/pilot.py), given its results as
-        they come and called again as Tune's trials report: its value at each milestone it has
-        passed joins that rung, and it is judged against the rung's other values each time they
-        change, not once as it arrives. It starts before Tune's trials and reaches every rung
-        first, where ASHA's cutoff is empty: judged on arrival only, a pilot at chance trained
-        its whole schedule in one of the sweep's slots. Returns why it is pruned, once."""
-        curve = self._outside.setdefault(trial_id, {})
-        if result is not None and isinstance(result.get(self._metric), (int, float)):
-            curve[result[self._time_attr]] = float(result[self._metric])
-        if self._metric is None or trial_id in self.pruned or not curve:
-            return None
-        bracket, sign = self._brackets[0], self._metric_op or 1.0
-        for milestone, recorded in bracket._rungs:
-            value = curve.get(milestone)
-            if value is None or math.isnan(value):
-                continue
-            if trial_id not in recorded:
-                recorded[trial_id] = sign * value
-            if self._outside_seen.get((trial_id, milestone)) == len(recorded):
-                continue
-            self._outside_seen[(trial_id, milestone)] = len(recorded)
-            cutoff = rung_cutoff(1 - 1 / bracket.rf, Rung({k: v for k, v in recorded.items() if k != trial_id}))
-            if cutoff is not None and not math.isnan(cutoff) and sign * value < cutoff:
-                self.pruned[trial_id] = (f"pruned by ASHA after epoch {max(curve)} ({self._metric}={value:.4g} "
-                                         f"at epoch {milestone}, below the rung's cutoff as later trials reached it)")
-                return self.pruned[trial_id]
-        return None
 
     def on_trial_complete(self, tune_controller, trial, result):
         if self._no_value(result):

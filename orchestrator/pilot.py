@@ -7,9 +7,8 @@ plain Ray Tune script's first report at about 9 s on 2 cores). The pilot trains 
 centre point (the LR range's geometric middle, the middle momentum bound and weight decay) in
 the driver at once, as one of stage 2's trials: it holds one of the sweep's concurrency slots
 while it runs, reports its epochs to the same callbacks as Tune's trials (the results writer,
-TensorBoard, MLflow, the progress display), and keeps the same deadline. ASHA's rungs take its
-values, and since it reaches each rung before Tune's trials do, it is judged again as they
-arrive (RecordingASHA.judge_outside): pruned once it falls out of a rung's top share. Only where trials would run on this host, on CPUs, one process each,
+TensorBoard, MLflow, the progress display), and keeps the same deadline. It is not pruned by
+ASHA, which never sees it. Only where trials would run on this host, on CPUs, one process each,
 with the data in memory: on a cluster, or with GPUs that Ray hands to trials, stage 2 is
 Tune's alone.
 

@@ -45,7 +45,6 @@ class PilotRelay(Callback):
                 start_up = self.callback.start_up   # what Tune's trials take to start, not this one
                 self._hooks("on_trial_result", trials, value)
                 self.callback.start_up = start_up
-                self.judge(value)
             elif kind == "checkpoint":
                 self.pilot.trial.checkpoint = value
             elif kind == "complete":
@@ -74,13 +73,6 @@ class PilotRelay(Callback):
         self.pilot.ended.wait()
         self.drain(trials)
 
-    def judge(self, result=None) -> None:
-        """ASHA's rungs, which Tune's scheduler applies to its own trials as each reaches one:
-        the pilot reached them first, so it is judged again as the others arrive."""
-        judge = getattr(getattr(self.callback, "scheduler", None), "judge_outside", None)
-        if judge is not None and judge(TRIAL_ID, result):
-            self.pilot.stop()
-
     def on_step_end(self, iteration, trials, **info):
         if self.pilot is not None and not self.done:
             if self.stopper.event.is_set() or self.stopper.timed_out.is_set():
@@ -88,8 +80,6 @@ class PilotRelay(Callback):
             else:
                 self.pilot.move_deadline(self.stopper.trials_deadline)
         self.drain(trials)
-        if self.pilot is not None and not self.done:
-            self.judge()
 
     def on_experiment_end(self, trials, **info):
         self.finish(trials)

@@ -41,37 +41,6 @@ def test_a_diverged_trial_joins_no_rung_and_the_first_at_a_rung_makes_no_warning
     assert asha.pruned["t2"].startswith("pruned by ASHA at epoch 3 (val_acc=0.8")
 
 
-def test_a_trial_outside_tune_is_judged_again_as_the_rung_fills_and_joins_it():
-    """smith's pilot reaches every rung before Tune's trials start: judged on arrival only, one
-    at chance trained its whole schedule. It is judged again as the others reach the rung."""
-    asha, (a, b, c, d) = _asha()
-    for epoch in (1, 2, 3):   # alone at the rung: nothing to judge it against yet
-        assert asha.judge_outside("pilot", {"training_iteration": epoch, "val_acc": 0.1}) is None
-    assert asha.judge_outside("pilot") is None and _rung(asha) == {"pilot": 0.1}
-    asha.on_trial_result(None, a, {"training_iteration": 3, "val_acc": 0.9})
-    assert asha.judge_outside("pilot", {"training_iteration": 4, "val_acc": 0.1}) == asha.pruned["pilot"]
-    assert asha.pruned["pilot"].startswith("pruned by ASHA after epoch 4 (val_acc=0.1 at epoch 3")
-    assert asha.judge_outside("pilot") is None   # said once
-    # a good one stays, and the trials that come after it are judged against it as well
-    good, (a, b, c, d) = _asha()
-    assert good.judge_outside("pilot", {"training_iteration": 3, "val_acc": 0.95}) is None
-    assert good.on_trial_result(None, a, {"training_iteration": 3, "val_acc": 0.9}) == TrialScheduler.STOP
-    for trial, value in ((b, 0.93), (c, 0.97)):   # cutoffs 0.92, then 0.943: still in the top third
-        good.on_trial_result(None, trial, {"training_iteration": 3, "val_acc": value})
-        assert good.judge_outside("pilot") is None and "pilot" not in good.pruned
-    good.on_trial_result(None, d, {"training_iteration": 3, "val_acc": 0.99})
-    assert good.judge_outside("pilot") is not None   # 0.97 now: below two of the four others
-
-
-def test_a_scheduler_pickled_before_judge_outside_loads_with_nothing_judged():
-    import pickle
-    asha, _ = _asha()
-    state = pickle.loads(pickle.dumps(asha)).__dict__
-    old = RecordingASHA.__new__(RecordingASHA)
-    old.__setstate__({k: v for k, v in state.items() if k not in ("_outside", "_outside_seen")})
-    assert old.judge_outside("pilot", {"training_iteration": 3, "val_acc": 0.5}) is None
-
-
 def test_sweep_stopper_stops_at_its_deadline_and_a_restored_one_gets_what_was_left():
     import pickle
     import time

@@ -57,39 +57,3 @@ def test_an_interrupted_sweep_stops_its_pilot(tmp_path):
     writer.close()
     row = pq.read_table(tmp_path / "sw" / "trials.parquet").to_pandas().set_index("trial_id").loc["pilot"]
     assert row.status == "stopped" and row.epochs == 0, row.to_dict()
-
-
-def test_a_pilot_below_the_trials_that_reach_its_rung_later_is_pruned(tmp_path):
-    """It reaches ASHA's first rung before any Tune trial (it starts while Ray does): judged
-    only on arrival, it would train its whole schedule however it compared."""
-    import threading
-    import time
-    from types import SimpleNamespace
-    from tunesmith.orchestrator.asha import RecordingASHA
-    asha = RecordingASHA(time_attr="training_iteration", metric="val_acc", mode="max", max_t=20,
-                         grace_period=1, reduction_factor=3, rungs=[1])
-    storage = Storage(str(tmp_path))
-    writer = LedgerCallback(storage, "sw", ["lr"], {"lr": []}, epochs=20, metric="val_acc", mode="max",
-                            pruned=asha.pruned, scheduler=asha)
-    base = TrainConfig.from_dict({"dataset": {"name": "digits"}, "trainer": {"epochs": 20, "lr": 0.05}}).to_dict()
-    pilot = Pilot(base, {"lr": 0.05}, storage, "sw", cpu_threads=1)
-    relay = PilotRelay(pilot, [writer], writer, SweepStopper(None), "127.0.0.1")
-    thread = threading.Thread(target=pilot.run)
-    thread.start()
-    try:
-        deadline = time.time() + 60
-        while 1 not in asha._outside.get("pilot", {}) and time.time() < deadline:
-            relay.on_step_end(0, [])
-            time.sleep(0.02)
-        assert "pilot" not in asha.pruned   # first at its rung: kept
-        tune_trial = SimpleNamespace(trial_id="t1")
-        asha.on_trial_add(None, tune_trial)
-        asha.on_trial_result(None, tune_trial, {"training_iteration": 1, "val_acc": 1.0})
-        relay.on_step_end(0, [])
-    finally:
-        thread.join(120)
-    relay.finish()
-    writer.close()
-    row = pq.read_table(tmp_path / "sw" / "trials.parquet").to_pandas().set_index("trial_id").loc["pilot"]
-    assert row.status == "pruned" and row.epochs < 20, row.to_dict()
-    assert row.stop_reason.startswith("pruned by ASHA after epoch") and "at epoch 1," in row.stop_reason
