@@ -108,9 +108,10 @@ class RecordingASHA(LiveQueue, AsyncHyperBandScheduler):
     """ASHA that remembers which trials it pruned, at which epoch and with what value, so
     that trials.parquet can say 'pruned' instead of guessing from the epoch count."""
 
-    def __init__(self, *args, rungs: Optional[Sequence[int]] = None, **kwargs):
+    def __init__(self, *args, rungs: Optional[Sequence[int]] = None, floor: Optional[float] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.pruned: Dict[str, str] = {}
+        self.floor = floor   # asha.floor: no better than this at a rung is pruned, first there or not
         for bracket in self._brackets:
             # Judge exactly where the budget-aware schedules have annealed (SweepSpec.milestones),
             # not at Ray's own grace * rf^k, which can fall mid-segment.
@@ -154,6 +155,12 @@ class RecordingASHA(LiveQueue, AsyncHyperBandScheduler):
             return TrialScheduler.CONTINUE   # the trial stops itself (trainables/trainer.py)
         action = super().on_trial_result(tune_controller, trial, result)
         reached_end = result.get(self._time_attr, 0) >= self._max_t
+        if action == TrialScheduler.CONTINUE and not reached_end and not result.get("done") \
+                and self._at_floor(result):
+            self.pruned[trial.trial_id] = (f"pruned by ASHA at epoch {result.get(self._time_attr)} "
+                                           f"({self._metric}={result[self._metric]:.4g}, no better than "
+                                           f"asha.floor {self.floor:.4g})")
+            return TrialScheduler.STOP
         if action == TrialScheduler.STOP and not reached_end and not result.get("done") \
                 and not result.get("diverged"):
             value = result.get(self._metric)
@@ -161,6 +168,19 @@ class RecordingASHA(LiveQueue, AsyncHyperBandScheduler):
             self.pruned[trial.trial_id] = (f"pruned by ASHA at epoch {result.get(self._time_attr)} "
                                            f"({self._metric}={shown} below the rung's cutoff)")
         return action
+
+    def _at_floor(self, result) -> bool:
+        """At a rung, and no better than asha.floor. ASHA passes the first trial to reach a rung
+        whatever it scored: in smith's stage 2 a trial at chance (an LR at the range's top that
+        left the network guessing one class) trained its whole schedule in one of two slots
+        when it got there first."""
+        floor, value = getattr(self, "floor", None), result.get(self._metric)
+        if floor is None or not isinstance(value, (int, float)) or not self._brackets:
+            return False
+        if result.get(self._time_attr) not in {m for m, _ in self._brackets[0]._rungs}:
+            return False
+        sign = self._metric_op or 1.0
+        return sign * value <= sign * floor + 1e-12
 
     def on_trial_complete(self, tune_controller, trial, result):
         if self._no_value(result):

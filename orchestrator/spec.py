@@ -32,6 +32,9 @@ class AshaSpec(Section):
     budget_aware: bool = Field(False, description="true: one_cycle and warmup_cosine are planned to end at "
                                "each rung (warm restarts when promoted); false: one schedule over max_t, "
                                "which did better in bench/quality.py")
+    floor: Optional[Num] = Field(None, description="a metric value no better than which a trial is pruned at "
+                                 "any rung, even as the first to reach it (ASHA passes the first whatever it "
+                                 "scored); smith sets it to chance, the validation part's largest class share")
 
 
 class ResourceSpec(Section):

@@ -100,7 +100,8 @@ def build_scheduler(spec: SweepSpec):
         return LiveQueue()
     return RecordingASHA(time_attr="training_iteration",
                          max_t=spec.max_t, grace_period=spec.asha.grace_period,
-                         reduction_factor=spec.asha.reduction_factor, rungs=spec.milestones[:-1] or None)
+                         reduction_factor=spec.asha.reduction_factor, rungs=spec.milestones[:-1] or None,
+                         floor=spec.asha.floor)
 
 
 def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainable: Optional[Callable] = None,

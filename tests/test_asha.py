@@ -41,6 +41,34 @@ def test_a_diverged_trial_joins_no_rung_and_the_first_at_a_rung_makes_no_warning
     assert asha.pruned["t2"].startswith("pruned by ASHA at epoch 3 (val_acc=0.8")
 
 
+def test_a_trial_at_the_floor_is_pruned_at_a_rung_even_first_there():
+    """ASHA passes the first trial to reach a rung whatever it scored; asha.floor (smith: chance)
+    prunes one no better than it there, and only at a rung, and never at its last epoch."""
+    asha = RecordingASHA(time_attr="training_iteration", metric="val_acc", mode="max", max_t=9,
+                         grace_period=1, reduction_factor=3, rungs=[3], floor=0.104)
+    dead, good, late = (SimpleNamespace(trial_id=t) for t in ("dead", "good", "late"))
+    for t in (dead, good, late):
+        asha.on_trial_add(None, t)
+    assert asha.on_trial_result(None, dead, {"training_iteration": 2, "val_acc": 0.1}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, dead, {"training_iteration": 3, "val_acc": 0.104}) == TrialScheduler.STOP
+    assert asha.pruned["dead"] == "pruned by ASHA at epoch 3 (val_acc=0.104, no better than asha.floor 0.104)"
+    assert asha.on_trial_result(None, good, {"training_iteration": 3, "val_acc": 0.2}) == TrialScheduler.CONTINUE
+    assert "good" not in asha.pruned
+    asha.on_trial_result(None, late, {"training_iteration": 9, "val_acc": 0.1, "done": True})
+    assert "late" not in asha.pruned   # its end (Ray's ASHA stops it there), not pruned
+    # a loss, where lower is better: at or above the floor is no better
+    loss = RecordingASHA(time_attr="training_iteration", metric="val_loss", mode="min", max_t=9,
+                         grace_period=1, reduction_factor=3, rungs=[3], floor=2.3)
+    a, b = SimpleNamespace(trial_id="a"), SimpleNamespace(trial_id="b")
+    loss.on_trial_add(None, a)
+    loss.on_trial_add(None, b)
+    assert loss.on_trial_result(None, a, {"training_iteration": 3, "val_loss": 2.31}) == TrialScheduler.STOP
+    assert loss.on_trial_result(None, b, {"training_iteration": 3, "val_loss": 1.0}) == TrialScheduler.CONTINUE
+    # without a floor, the first at the rung goes on, as in Ray's ASHA
+    plain, (first, *_) = _asha()
+    assert plain.on_trial_result(None, first, {"training_iteration": 3, "val_acc": 0.01}) == TrialScheduler.CONTINUE
+
+
 def test_sweep_stopper_stops_at_its_deadline_and_a_restored_one_gets_what_was_left():
     import pickle
     import time

@@ -125,8 +125,10 @@ def test_smith_fine_tunes_with_the_fine_tune_dimensions(tmp_path):
     raw = yaml.safe_load(SPEC.replace("RESULTS", "r"))
     spec = from_dict({**raw, "model": {"weights": str(tmp_path / "w.pt")}})
     opts = policy.Options("weight_decay_deep", 0.5, 1.5, 3, False)
-    decision = SimpleNamespace(informative=True, max_lr=0.1)
+    curve = SimpleNamespace(num_classes=10, majority=0.104, val_samples=360)
+    decision = SimpleNamespace(informative=True, max_lr=0.1, curve=curve)
     plan = policy.plan_stage2(spec, decision, opts, 8, False, None)
+    assert plan.spec.asha.floor == 0.104   # chance: a trial there at a rung is pruned, first or not
     space = {d.key: d.values for d in plan.spec.plan.space}
     assert space["model.backbone_lr"] == (1.0, 0.3, 0.1) and space["model.freeze_epochs"] == (0, 1)
     assert "fine-tuning the weights in" in plan.basis
@@ -186,7 +188,8 @@ def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
     opts = policy.Options("weight_decay_shallow", 0.5, 1.5, 10, False)
 
     def plan(step_s, left, slots=2, s=spec):
-        curve = SimpleNamespace(step_s=step_s, epoch_steps=100, problem=None)
+        curve = SimpleNamespace(step_s=step_s, epoch_steps=100, problem=None, num_classes=10, majority=0.1,
+                                val_samples=360)
         return policy.plan_stage2(s, SimpleNamespace(informative=True, max_lr=0.1, curve=curve), opts, 8, False,
                                   left, slots)
     # 64-px colour: 0.09 s a step, 100 steps an epoch (11 s with validation), first rung at 3 epochs:
@@ -212,7 +215,8 @@ def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
     # no band from the range test: as few trials search the LR alone from a decade and a half
     # below trainer.lr to half a decade above; as many as the unbudgeted default search the wide
     # range jointly
-    flat = SimpleNamespace(step_s=0.09, epoch_steps=100, problem="the loss never falls clearly")
+    flat = SimpleNamespace(step_s=0.09, epoch_steps=100, problem="the loss never falls clearly", num_classes=10,
+                           majority=0.1, val_samples=360)
     for slots in (2, 8):
         few = policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=flat), opts, 8, False, 72.0, slots)
         assert few.lr_range == pytest.approx((0.05 / 10 ** 1.5, 0.05 * 10 ** 0.5))
@@ -237,7 +241,8 @@ def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
     assert policy.confirmation_hold(two, slowish, 200.0, 2, 10) == pytest.approx(0.3 * 200.0)
     assert policy.affordable_trials(slowish, 200.0 - 0.3 * 200.0, 2, 10) == pytest.approx(
         (200.0 - 0.3 * 200.0) * 2 / (policy.RUNG_COST * 3 * epoch_s))
-    quick = SimpleNamespace(step_s=0.009, epoch_steps=100, problem="the loss never falls clearly")
+    quick = SimpleNamespace(step_s=0.009, epoch_steps=100, problem="the loss never falls clearly",
+                            num_classes=10, majority=0.1, val_samples=360)
     assert policy.confirmation_hold(two, quick, 72.0, 2, 10) == 0.0
     assert policy.confirmation_hold(spec, quick, 72.0, 2, 10) == pytest.approx(
         hold_at_pace(10, 0.009 * 100 * policy.EVAL_SHARE)) == pytest.approx(21.0)
@@ -261,7 +266,8 @@ def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
                                     ("joint", 0.09, spec, {"lr", "max_momentum", "weight_decay"})):
         forced = policy.Options("weight_decay_shallow", 0.5, 1.5, 10, False, search)
         for informative in (True, False):
-            curve = SimpleNamespace(step_s=step_s, epoch_steps=100, problem="the loss never falls clearly")
+            curve = SimpleNamespace(step_s=step_s, epoch_steps=100, problem="the loss never falls clearly",
+                                    num_classes=2, majority=0.5, val_samples=40)
             got = policy.plan_stage2(s, SimpleNamespace(informative=informative, max_lr=0.1, curve=curve), forced,
                                      8, False, None if s is unbudgeted else 72.0, 2)
             assert {d.key for d in got.spec.plan.space} == want and got.held == (search == "lr")

@@ -162,7 +162,7 @@ def beside_lr(spec: SweepSpec, wd_preset: str, held: bool) -> str:
 
 def stage2_spec(spec: SweepSpec, lr_range, epochs: int, wd_preset: str, samples: int,
                 budget: Optional[float] = None, name: Optional[str] = None, coupled: bool = False,
-                held: bool = False) -> SweepSpec:
+                held: bool = False, floor: Optional[float] = None) -> SweepSpec:
     """The user's dataset, model, resources and trainer, with Smith's stage-2 search: LR,
     momentum bound and weight decay drawn jointly. ``coupled`` (smith --coupling effective):
     lr/(1-m) is the effective step, and the range test measured it at trainer.momentum, so each
@@ -186,7 +186,7 @@ def stage2_spec(spec: SweepSpec, lr_range, epochs: int, wd_preset: str, samples:
         "lr_momentum_ref": float(spec.train.trainer.momentum) if coupled else None,
     }
     asha = {"enabled": True, "max_t": epochs, "grace_period": default_grace(epochs),
-            "reduction_factor": 3, "budget_aware": False}
+            "reduction_factor": 3, "budget_aware": False, "floor": floor}
     return spec.derive(name=name or spec.name, trainer={"epochs": epochs}, search=search, asha=asha,
                        time_budget_s=budget,
                        # set by the lr_band preset
@@ -241,7 +241,8 @@ def plan_stage2(spec: SweepSpec, decision, opts: Options, samples: int, pilot: b
                   + ", too few to draw momentum and weight decay as well"
                   + ("" if decision.informative else " while the LR's placement is unknown"))
     s2 = stage2_spec(spec, lr_range, opts.epochs, opts.wd_preset, samples - pilot if not budgeted else samples,
-                     None if left is None else max(1.0, left), coupled=opts.coupled, held=held)
+                     None if left is None else max(1.0, left), coupled=opts.coupled, held=held,
+                     floor=chance_floor(spec.metric, decision.curve))
     return Stage2Plan(lr_range, basis, s2, beside_lr(spec, opts.wd_preset, held), held)
 
 
@@ -306,6 +307,14 @@ def chance(metric: str, curve) -> Optional[Chance]:
     n = curve.val_samples
     noise = CHANCE_SE * math.sqrt(level * (1 - level) / n) if n else 0.0
     return Chance(level, level + max(CHANCE_MARGIN * (1 - level), noise))
+
+
+def chance_floor(metric: str, curve) -> Optional[float]:
+    """Stage 2's asha.floor: chance's level, what a network that guesses one class scores. Not
+    its bar (level + 10% of the rest, or 2 SE): early in a hard set's run, learning trials sit
+    below that, and the floor prunes even a trial that is first at its rung."""
+    level = chance(metric, curve)
+    return None if level is None else level.level
 
 
 def no_better_than_chance(best: Optional[float], chance_level: Optional[Chance]) -> bool:

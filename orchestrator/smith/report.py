@@ -36,7 +36,7 @@ def stage2_summary(out, s2, lr_range, basis: str) -> Dict[str, Any]:
     records = [r for r in ledger.trials.values() if r.phase == "search"]   # confirmation runs are judged apart
     return {"sweep": out.path, "name": s2.name, "epochs": s2.train.trainer.epochs, "lr_range": list(lr_range),
             "lr_basis": basis, "lr_momentum_ref": s2.plan.lr_momentum_ref, "trials": len(records),
-            "rung_epochs": list(s2.rungs), "annealed_rungs": bool(s2.milestones),
+            "rung_epochs": list(s2.rungs), "annealed_rungs": bool(s2.milestones), "floor": s2.asha.floor,
             "best_trial": best.trial_id if best else None, "best": best.best[s2.metric] if best else None,
             "best_epoch": best.best_epoch(s2.mode) if best else None,
             "best_config": best.hparams if best else {}, "metric": s2.metric,
@@ -100,9 +100,11 @@ def _stage2_lines(run: Dict[str, Any], m: str):
              f"1cycle with the LR log-uniform in [{run['lr_range'][0]:.3g}, {run['lr_range'][1]:.3g}] "
              f"({run['lr_basis']}), momentum cycling down to 0.85 from its upper bound"
              + coupling_text(run.get("lr_momentum_ref")) + "; "
-             f"ASHA rungs at epochs {run['rung_epochs']}" + (", each read on an annealed schedule."
+             f"ASHA rungs at epochs {run['rung_epochs']}" + (", each read on an annealed schedule"
                                                               if run.get("annealed_rungs") else
-                                                              ", a third of the run or later into one schedule."),
+                                                              ", a third of the run or later into one schedule")
+             + (f"; at a rung, {m} {run['floor']:.3g} (chance) or less is pruned, first there or not."
+                if run.get("floor") is not None else "."),
              *([f"Trial {run['pilot']['trial']}, stage 2's centre ({config_text(run['pilot']['config'])}), "
                 "trained in smith's own process while Ray started the trials' workers; ASHA did not judge it."]
                if run.get("pilot") else []),

@@ -86,7 +86,8 @@ def stage2(spec: SweepSpec, args, opts: Options, s1: startup.Stage1, cluster, cl
         print("\n" + note, flush=True)
         warnings.append(note)
         s2b = policy.stage2_spec(spec, wide, opts.epochs, opts.wd_preset, samples, left(),
-                                 name=f"{spec.name}-wide", coupled=opts.coupled, held=plan.held)
+                                 name=f"{spec.name}-wide", coupled=opts.coupled, held=plan.held,
+                                 floor=s2.asha.floor)
         outb = run_sweep(s2b, cluster, command="smith", deadline=clock.deadline, hold_back=hold)
         print("\n" + best_table(outb), flush=True)
         result.runs.append(report.stage2_summary(outb, s2b, wide, "widened after a result no better than chance"))
