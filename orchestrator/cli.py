@@ -232,11 +232,12 @@ def cmd_smith(args) -> int:
     from tunesmith.orchestrator.tb_events import preload
     preload()
     try:
-        smith.run(spec, args, started)
+        out = smith.run(spec, args, started)
     except smith.NoResult as exc:
         print(f"tunesmith: {exc}", file=sys.stderr)
         return 1
-    return 0
+    # Ctrl-C or SIGTERM once stage 2's sweep runs stops it cleanly, and the report is written: still 130
+    return 130 if any(r.get("interrupted") for r in out.get("stage2_runs", ())) else 0
 
 
 COMMANDS: Dict[str, tuple] = {
