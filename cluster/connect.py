@@ -166,10 +166,22 @@ def _later(signum: int) -> None:
     again.start()
 
 
+def _in_set_name(frame) -> bool:
+    """Whether ``frame`` runs inside a ``__set_name__``: Python 3.11 turns what leaves one, as a
+    class is made, into "RuntimeError: Error calling __set_name__" (CI: SIGTERM while stage 2
+    imported Ray Tune, whose ray.data classes have dataclass fields, ended smith with exit 1)."""
+    while frame is not None:
+        if frame.f_code.co_name == "__set_name__":
+            return True
+        frame = frame.f_back
+    return False
+
+
 def raise_outside_locks(signum: int, frame, exc: BaseException) -> None:
     """Raise ``exc`` for ``signum``, except where the signal landed in code that holds a lock
-    (``_FRAGILE``): there the signal is sent again 50 ms later, out of it."""
-    if frame is not None and frame.f_code.co_filename in _FRAGILE:
+    (``_FRAGILE``) or that would turn it into another error (``_in_set_name``): there the signal
+    is sent again 50 ms later, out of it."""
+    if frame is not None and (frame.f_code.co_filename in _FRAGILE or _in_set_name(frame)):
         _later(signum)
         return
     _LAST_SIGNAL[0] = signum
