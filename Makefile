@@ -36,8 +36,11 @@ browser:
 sweep: $(STAMP)
 	$(VENV)/bin/tunesmith run examples/digits.yaml --name $(SWEEP_NAME)
 
+# Two test files at a time (with one, the 2 cores sat a third of the time idle); then,
+# alone, the tests that measure seconds or race a signal (marked serial).
 test: setup-test
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile -m "not serial"
+	$(VENV)/bin/python -m pytest -q -m serial
 
 test-fast: $(TEST_STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not slow"

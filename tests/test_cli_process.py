@@ -209,6 +209,7 @@ def _temporary_files(root: Path) -> List[str]:
     return [str(p) for p in root.rglob("*") if ".tmp-" in p.name]
 
 
+@pytest.mark.serial
 def test_ctrl_c_stops_cleanly_and_keeps_results(tmp_path):
     """SIGINT (what Ctrl-C sends) to the driver: trials stop, results stay, exit code 130, within
     10 s, nothing left running or half written. SIGTERM takes the same handler (test_asha.py),
@@ -236,6 +237,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_results(tmp_path):
     assert _temporary_files(tmp_path) == []
 
 
+@pytest.mark.serial
 def test_sigterm_while_ray_starts_ends_in_seconds_and_leaves_nothing(tmp_path):
     """SIGTERM once Ray's first processes are up, while Ray starts: once an exit with 15 that left
     two of its processes running, once 40 s alive with defunct gcs_server and raylet children."""
@@ -248,6 +250,7 @@ def test_sigterm_while_ray_starts_ends_in_seconds_and_leaves_nothing(tmp_path):
     assert _temporary_files(tmp_path) == []
 
 
+@pytest.mark.serial
 def test_smith_stopped_between_its_stages_says_so_in_its_manifest(tmp_path):
     """SIGTERM once stage 1's files are written, as stage 2 starts (its pilot, the sweep's
     assembly): exit 130 within 10 s, nothing of the command left, and a manifest that says
@@ -415,6 +418,7 @@ def test_output_into_a_closed_pipe_ends_quietly():
     assert proc.returncode == 141 and proc.stderr == "", (proc.returncode, proc.stderr[-2000:])
 
 
+@pytest.mark.serial
 def test_smith_whose_budget_ends_before_stage_2_says_so_in_one_line(tmp_path):
     """A budget that Ray's start-up and the range test use up: one line naming the budget (it
     used to be 'time_budget_s = -1.7167384624481201: must be > 0', a value the user never gave),

@@ -94,6 +94,7 @@ def test_range_test_extends_itself_and_then_refuses_noise(tmp_path):
     assert d.to_dict()["band"] is None
 
 
+@pytest.mark.serial
 def test_range_test_does_not_rerun_when_its_cap_leaves_no_room(monkeypatch):
     """Under a tight cap (a short smith budget), a second run barely longer than the first would
     tell nothing new and cost its whole length: the test says so and decides on what it has.
@@ -148,6 +149,7 @@ def test_a_rerun_skips_the_decades_the_first_run_showed_flat():
     assert lf._rerun_start(curve, 1e-7, 10.0, "linear") == 1e-7
 
 
+@pytest.mark.serial
 def test_range_test_length_does_not_follow_a_slowed_pace_sample(monkeypatch):
     """smith runs the test while Ray starts on the same cores, so the sampled step time can be
     several times the real one. The test's length must come from the data, not from that

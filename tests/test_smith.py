@@ -352,6 +352,7 @@ def test_smith_stages_and_report(ray_session, tmp_path, capsys, spec_file):
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.serial
 def test_smith_final_within_a_time_budget_keeps_time_for_stage_3(ray_session, tmp_path, spec_file):
     """--final with time_budget_s: stage 2 stops when what is left just fits stage 3 at stage 2's
     pace, so the full-length run completes inside the budget (stage 2 used to take it all, and

@@ -194,6 +194,7 @@ def test_errored_trial_is_recorded(ray_session, tmp_path):
     assert not outcome.interrupted
 
 
+@pytest.mark.serial
 def test_time_budget_counts_from_the_commands_start(ray_session, tmp_path):
     """time_budget_s is the command's: what Ray's start-up took before the sweep is not given
     again to Tune (the budget of `run` used to start at the sweep, 8 s later than at smith's), nor
