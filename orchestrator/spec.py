@@ -176,7 +176,7 @@ class SweepSpec(Section):
             raise ConfigError("asha.max_t", self.asha.max_t, f"must not exceed trainer.epochs ({self.trainer.epochs})")
         if self.asha.grace_period is None:
             object.__setattr__(self, "asha", self.asha.model_copy(update={"grace_period": default_grace(max_t)}))
-        if self.asha.grace_period > max_t:
+        if self.asha.enabled and self.asha.grace_period > max_t:   # off, it is never read
             raise ConfigError("asha.grace_period", self.asha.grace_period, f"must not exceed asha.max_t ({max_t})")
         self._plan = resolve_search(self.search, self.train, tuple(self.search.presets or ()))
         return self

@@ -81,6 +81,16 @@ def test_bad_values_name_field_and_value(label, raw, message):
     assert "\n" not in str(err.value)
 
 
+def test_a_grace_period_beyond_the_epochs_is_refused_only_while_asha_prunes():
+    """`--set trainer.epochs=1 --set asha.enabled=false` on a spec whose ASHA has grace 3: with
+    ASHA off the grace is never read, so the spec is good (it was refused)."""
+    raw = {"trainer": {"epochs": 1}, "asha": {"grace_period": 3}}
+    with pytest.raises(ConfigError, match="asha.grace_period = 3"):
+        spec_mod.from_dict(raw)
+    s = spec_mod.from_dict({**raw, "asha": {"grace_period": 3, "enabled": False}})
+    assert s.max_t == 1 and s.rungs == () and s.milestones == ()
+
+
 def test_overrides_are_yaml_and_dotted(tmp_path, spec_file):
     s = spec_mod.load(spec_file(GOOD), ["trainer.lr=0.3", "model.width=64",
                                              "search.space.model.width={choice: [8, 16]}"])
