@@ -1,8 +1,10 @@
 """One copy of a sweep's dataset per node: decoded once, put in Ray's object store, and read
 zero-copy by every trial on every node (numpy arrays in the store are mapped, not copied).
 
-The driver puts the copy it already holds (``smith``'s range test loaded one), or else a Ray
-task decodes the data where it runs: nothing assumes that the data is on the driver's disk.
+The driver puts the copy it already holds (``smith``'s range test loaded one), or one it reads
+itself where every node is its own; else a Ray task decodes the data where it runs, so that
+nothing assumes that the data is on the driver's disk. An image folder is always decoded by the
+task, beside the trials' start (it can take minutes, and the driver would hold a second copy).
 An image folder that streams is not shared: each trial reads its batches from disk.
 """
 from __future__ import annotations
@@ -57,6 +59,25 @@ def plan(cfg: DatasetConfig, local: bool) -> Tuple[bool, str]:
     return (not p.streams), p.describe()
 
 
+def _every_node_is_this_one() -> bool:
+    """The trials run on the driver's machine and read its disk: a Ray this command started, or
+    a one-node cluster it runs on."""
+    import ray
+    me = ray.get_runtime_context().get_node_id()
+    return all(n["NodeID"] == me for n in ray.nodes() if n["Alive"])
+
+
+def _read_here(src: DatasetConfig):
+    """The arrays read in the driver, which has torch imported already: a task's worker would
+    start a process and import torch for it (2 to 3 s of CPU, beside the trials' own start).
+    None where the read fails: the task then fails the same way, and the trials say why."""
+    from tunesmith.trainables import data as data_mod
+    try:
+        return data_mod.read(src)
+    except Exception:
+        return None
+
+
 def share(cfg: DatasetConfig, streams: bool = False) -> Optional[list]:
     """``[ObjectRef]`` of the arrays, or None when the data streams. Memoised per dataset."""
     if streams:
@@ -69,6 +90,8 @@ def share(cfg: DatasetConfig, streams: bool = False) -> Optional[list]:
     key = (ray.get_runtime_context().get_job_id(), src)   # a reference lives as long as its connection
     if key not in _REFS:
         held = data_mod.cached(src)
+        if held is None and src.name != "imagefolder" and _every_node_is_this_one():
+            held = _read_here(src)
         if isinstance(held, data_mod.ImageData):
             _REFS[key], _SKIPPED[key] = ray.put(held.arrays()), list(held.skipped)
         else:

@@ -56,6 +56,27 @@ def test_files_are_read_once_per_sweep(ray_session, tmp_path):
     assert len(e) == 6 and e.val_acc.notna().all()
 
 
+def test_on_one_node_the_driver_reads_the_data_itself(ray_session, monkeypatch):
+    """Every node is the driver's: it reads the arrays itself (torch is imported there already),
+    not through a task whose worker would start a process and import torch for it. An image
+    folder still goes to the task (test_files_are_read_once_per_sweep)."""
+    import ray
+    from tunesmith.orchestrator import data_share
+    from tunesmith.trainables import data as data_mod
+    from tunesmith.trainables.config import DatasetConfig
+
+    def no_task(cfg):
+        raise AssertionError("the data was loaded by a task")
+    monkeypatch.setattr(data_share, "_load_arrays", no_task)
+    cfg = DatasetConfig(name="digits", train_per_class=5)
+    assert data_share._every_node_is_this_one()
+    got, want = ray.get(data_share.share(cfg)[0]), data_mod.read(cfg).arrays()
+    assert got["train_x"].shape[0] == 5 * len(want["classes"]) and got["classes"] == want["classes"]
+    for part in ("train", "val", "test"):
+        assert np.array_equal(got[f"{part}_x"], want[f"{part}_x"]) and np.array_equal(got[f"{part}_y"], want[f"{part}_y"])
+    assert data_share.skipped(cfg) == []
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["shared load", "streamed"])
 def test_an_unreadable_image_is_named_on_the_terminal_and_in_the_manifest(ray_session, tmp_path, capsys, stream):
     """The shared load runs as a Ray task, and a streaming trial decodes in DataLoader workers:

@@ -137,19 +137,7 @@ def load(cfg: DatasetConfig, device: Optional[torch.device] = None, shared: Opti
     cpu_key = (src, "cpu")
     data = _CACHE.get(cpu_key)
     if data is None:
-        if shared is not None:
-            data = ImageData.from_arrays(shared, "in memory, shared")
-        elif cfg.name == "imagefolder":
-            from tunesmith.trainables import folder
-            plan = folder.scan(cfg)
-            data = plan.stream() if plan.streams else plan.load()
-        else:
-            data = LOADERS[cfg.name](cfg)
-        if cfg.train_per_class:
-            if not isinstance(data, ImageData):
-                raise ConfigError("dataset.train_per_class", cfg.train_per_class,
-                                  "applies to data held in memory; set dataset.stream: false")
-            data = data.cut(cfg.train_per_class)
+        data = ImageData.from_arrays(shared, "in memory, shared") if shared is not None else read(cfg)
         _CACHE[cpu_key] = data
     if device.type != "cpu":
         # uint8 on the GPU: a quarter of a float copy; a stream moves each batch there. The
@@ -157,6 +145,22 @@ def load(cfg: DatasetConfig, device: Optional[torch.device] = None, shared: Opti
         import copy
         data = data.to(device) if isinstance(data, ImageData) else copy.copy(data).to(device)
     _CACHE[key] = data
+    return data
+
+
+def read(cfg: DatasetConfig):
+    """The data from its source, on the CPU, not cached (load caches)."""
+    if cfg.name == "imagefolder":
+        from tunesmith.trainables import folder
+        plan = folder.scan(cfg)
+        data = plan.stream() if plan.streams else plan.load()
+    else:
+        data = LOADERS[cfg.name](cfg)
+    if cfg.train_per_class:
+        if not isinstance(data, ImageData):
+            raise ConfigError("dataset.train_per_class", cfg.train_per_class,
+                              "applies to data held in memory; set dataset.stream: false")
+        data = data.cut(cfg.train_per_class)
     return data
 
 
