@@ -61,8 +61,11 @@ def plan(cfg: DatasetConfig, local: bool) -> Tuple[bool, str]:
 
 def _every_node_is_this_one() -> bool:
     """The trials run on the driver's machine and read its disk: a Ray this command started, or
-    a one-node cluster it runs on."""
+    a one-node cluster it runs on. Not through Ray Client (ray://): that driver is off the cluster."""
     import ray
+    from ray.util.client import ray as client
+    if client.is_connected():
+        return False
     me = ray.get_runtime_context().get_node_id()
     return all(n["NodeID"] == me for n in ray.nodes() if n["Alive"])
 
