@@ -344,6 +344,9 @@ def plan_text(spec: SweepSpec) -> str:
         what = f"{spec.plan.algorithm} search over {', '.join(keys)}"
     c, top = spec.confirm, min(spec.confirm.top, n)   # no more finalists than trials
     seeds = f"{c.seeds} new seed{'s' if c.seeds > 1 else ''}"
-    then = ("" if not top else f", then the best confirmed with {seeds} beside its own whole run" if top == 1
-            else f", then the {top} best confirmed with {seeds} each beside their own whole runs")
+    then = ""
+    if top == 1:
+        then = f", then the best confirmed with {seeds} beside its own whole run"
+    elif top > 1:
+        then = f", then the {top} best confirmed with {seeds} each beside their own whole runs"
     return f"{n} trial{'' if n == 1 else 's'}: {what}{then}"

@@ -137,7 +137,7 @@ def load(cfg: DatasetConfig, device: Optional[torch.device] = None, shared: Opti
     cpu_key = (src, "cpu")
     data = _CACHE.get(cpu_key)
     if data is None:
-        data = ImageData.from_arrays(shared, "in memory, shared") if shared is not None else read(cfg)
+        data = per_class(cfg, ImageData.from_arrays(shared, "in memory, shared")) if shared is not None else read(cfg)
         _CACHE[cpu_key] = data
     if device.type != "cpu":
         # uint8 on the GPU: a quarter of a float copy; a stream moves each batch there. The
@@ -156,12 +156,17 @@ def read(cfg: DatasetConfig):
         data = plan.stream() if plan.streams else plan.load()
     else:
         data = LOADERS[cfg.name](cfg)
-    if cfg.train_per_class:
-        if not isinstance(data, ImageData):
-            raise ConfigError("dataset.train_per_class", cfg.train_per_class,
-                              "applies to data held in memory; set dataset.stream: false")
-        data = data.cut(cfg.train_per_class)
-    return data
+    return per_class(cfg, data)
+
+
+def per_class(cfg: DatasetConfig, data):
+    """``dataset.train_per_class`` applied (a no-op on data already cut)."""
+    if not cfg.train_per_class:
+        return data
+    if not isinstance(data, ImageData):
+        raise ConfigError("dataset.train_per_class", cfg.train_per_class,
+                          "applies to data held in memory; set dataset.stream: false")
+    return data.cut(cfg.train_per_class)
 
 
 PHOTO = ("RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter")
