@@ -15,7 +15,7 @@ import math
 from typing import List, Optional, Sequence
 
 from tunesmith.orchestrator.verdict import (Finalist, Verdict, add_run, add_search_run, mean_sd, test_metric,
-                                            verdict_of)
+                                            verdict_of, within_range)
 from tunesmith.trainables.config import CONFIRM
 
 SEED_BASE = 1000   # confirmation seeds: spec.seed + SEED_BASE + i, never a seed the search trained with
@@ -118,7 +118,8 @@ def table(verdict: Verdict) -> str:
     rows = []
     for i, f in enumerate(verdict.finalists, 1):
         mean, half = f.mean, f.half
-        interval = f"{mean - half:.4f} to {mean + half:.4f}" if math.isfinite(half) else "-"
+        lo, hi = within_range(mean - half, mean + half, m)
+        interval = f"{lo:.4f} to {hi:.4f}" if math.isfinite(half) else "-"
         seeds = f"{len(f.by_seed)}" + (f" ({f.unfinished} cut short)" if f.unfinished else "")
         hp = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in (f.hparams.get(k) for k in keys)]
         rows.append([str(i), f.trial_id, f"{f.search_value:.4f}", f"{f.new_mean:.4f}" if f.by_seed else "-",

@@ -28,6 +28,18 @@ def t_half_width(sd: float, n: int, level: float = LEVEL) -> float:
     return float(stdtrit(n - 1, 0.5 + level / 2)) * sd / math.sqrt(n)
 
 
+def within_range(lo: float, hi: float, metric: str, difference: bool = False) -> Tuple[float, float]:
+    """A t interval cut to the values the metric can take: a mean accuracy lies in [0, 1], a
+    difference of two in [-1, 1], and a mean loss is not negative. The true value lies there, so
+    the cut interval covers it as often as the t interval; uncut, two seeds' interval on an
+    accuracy read like "-0.57 to 1.24"."""
+    if metric.endswith("_acc"):
+        return max(lo, -1.0 if difference else 0.0), min(hi, 1.0)
+    if metric.endswith("_loss") and not difference:
+        return max(lo, 0.0), hi
+    return lo, hi
+
+
 def mean_sd(values: Sequence[float]) -> Tuple[float, float]:
     n = len(values)
     mean = sum(values) / n if n else math.nan
@@ -133,7 +145,8 @@ class Verdict:
         if self.paired_n < 2:
             return (f"verdict: cannot tell {first} and {second} apart: {self.paired_n} shared seed "
                     "(confirm.seeds of 2 or more gives an interval)")
-        band = f"95% interval {d - self.half * k:+.2f} to {d + self.half * k:+.2f}{unit}, paired over {self.paired_n} seeds"
+        lo, hi = within_range(self.diff - self.half, self.diff + self.half, self.metric, difference=True)
+        band = f"95% interval {lo * k:+.2f} to {hi * k:+.2f}{unit}, paired over {self.paired_n} seeds"
         if self.separated:
             return f"verdict: {first} is better than {second} by {d:.2f}{unit} ({band})"
         return (f"verdict: cannot tell {first} and {second} apart at this budget: {d:+.2f}{unit} ({band}); "

@@ -125,6 +125,29 @@ def test_differences_inside_the_noise_are_not_called_and_ties_go_to_the_lower_lo
     assert "noise floor" in v.text()
 
 
+def test_intervals_stay_within_what_an_accuracy_or_a_loss_can_be():
+    """Two seeds far apart: the t interval on an accuracy's mean spans more than [0, 1], and on the
+    paired difference more than 100 points. The table and the verdict cut them to what the metric
+    can take; the verdict's call is the uncut interval's."""
+    w = _ledger()
+    _search(w)
+    finals = confirm.finalists(w, 2)
+    _confirmed(w, {"a": [(1, 0.30, 1.0, 0.3), (2, 0.60, 1.0, 0.6)], "b": [(1, 0.50, 1.0, 0.5), (2, 0.45, 1.0, 0.4)]})
+    v = confirm.judge(w, finals, [1, 2])
+    b, a = v.finalists
+    assert (b.trial_id, a.trial_id) == ("b", "a")
+    assert a.mean - a.half < 0 and a.mean + a.half > 1   # 0.45 +- 1.91: uncut, -1.46 to 2.36
+    rows = {line.split()[1]: line for line in confirm.table(v).splitlines()[2:]}
+    assert "0.0000 to 1.0000" in rows["a"], rows
+    lo, hi = b.mean - b.half, b.mean + b.half            # 0.475 +- 0.32: inside, as it was
+    assert 0 < lo < hi < 1 and f"{lo:.4f} to {hi:.4f}" in rows["b"]
+    assert v.diff - v.half < -1 and v.diff + v.half > 1  # +2.5 points +- 222: uncut
+    assert "+2.50 points (95% interval -100.00 to +100.00 points" in v.text() and not v.separated
+    from tunesmith.orchestrator.verdict import within_range
+    assert within_range(-0.2, 0.3, "val_loss") == (0.0, 0.3) and within_range(-0.2, 0.3, "val_loss", True) == (-0.2, 0.3)
+    assert within_range(-0.2, 1.3, "val_acc") == (0.0, 1.0) and within_range(-1.5, 0.2, "val_acc", True) == (-1.0, 0.2)
+
+
 def test_a_finalists_whole_search_run_is_one_more_paired_seed_but_not_its_test_figure_or_checkpoint():
     """Every search trial trains with the sweep's seed (7 here): a finalist's search run that
     trained its whole schedule is that seed's run of its settings, paired with the other
