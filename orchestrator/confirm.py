@@ -165,11 +165,10 @@ def run_phase(spec, storage, cluster, callback, stopper, data_streams: bool = Fa
     are new to the sweep (``analyze --confirm`` adds seeds to an earlier confirmation), and the
     verdict reads every confirmation run of the finalists."""
     from ray import tune
-    from ray.tune.search import BasicVariantGenerator
     from tunesmith.orchestrator.data_share import share
     from tunesmith.orchestrator.display import NoTrialLines
     from tunesmith.orchestrator.retention import Retention
-    from tunesmith.orchestrator.tune_parts import (concurrency_for, ddp_options, light_usage_tagging,
+    from tunesmith.orchestrator.tune_parts import (before_fit, concurrency_for, ddp_options,
                                                    trial_dirname, trial_resources)
     from tunesmith.trainables.tune_trainable import train_cnn
 
@@ -197,13 +196,12 @@ def run_phase(spec, storage, cluster, callback, stopper, data_streams: bool = Fa
     trainable = tune.with_parameters(train_cnn, base=spec.trial_config(), shared=share(spec.train.dataset, data_streams),
                                      checkpoint_every=spec.checkpoints.every, ddp=ddp_options(spec, storage),
                                      deadline=stopper.deadline, keeper=stopper.keeper, run_s=run_s)
-    light_usage_tagging()
+    before_fit()
     tuner = tune.Tuner(
         tune.with_resources(trainable, trial_resources(spec)),
         param_space={CONFIRM: tune.grid_search(grid)},
         tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=1,
-                                    search_alg=BasicVariantGenerator(max_concurrent=concurrency),
-                                    max_concurrent_trials=concurrency, reuse_actors=True,
+                                    max_concurrent_trials=concurrency, reuse_actors=True,   # Tune's generator, capped
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=experiment, storage_path=storage.path(spec.name),

@@ -78,12 +78,10 @@ def trial_ids(storage: Storage, name: str, experiment: str = "_tune") -> set:
 
 
 def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man: dict) -> dict:
-    import os
     from ray import tune
     from tunesmith.orchestrator.data_share import plan, share
     from tunesmith.trainables.tune_trainable import train_cnn
 
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"   # the sweep's own stopper takes Ctrl-C and SIGTERM, as in `run`
     from tunesmith.orchestrator.confirm_again import latest_confirmation
     confirming = latest_confirmation(storage, name)   # the search ended: its confirmation is what resumes
     before = trial_ids(storage, name, confirming or "_tune")
@@ -98,8 +96,8 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
     man.setdefault("resumed_at", []).append(manifest_mod.now_iso())
     man["status"] = "running"
     manifest_mod.save(storage, name, man)
-    from tunesmith.orchestrator.sweep import light_usage_tagging
-    light_usage_tagging()
+    from tunesmith.orchestrator.tune_parts import before_fit
+    before_fit()   # before the restore: our stopper, not Tune's handler, takes Ctrl-C and SIGTERM
     with manifest_mod.interrupted_if_stopped(storage, name, man):   # Tune's restore, until the try below
         tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=fs)

@@ -3,7 +3,6 @@ cluster/ says where trials run, this module decides (search algorithm, scheduler
 trainables/ trains and knows Ray only through its report call."""
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from tunesmith.cluster.connect import ClusterInfo
 from tunesmith.orchestrator import manifest as manifest_mod
 from tunesmith.orchestrator.confirm import budget_hold, least_needed, rounds_of, unaffordable
 from tunesmith.orchestrator.spec import SweepSpec, plan_text, trial_count
-from tunesmith.orchestrator.tune_parts import (concurrency_for, ddp_options, light_usage_tagging, trial_dirname,
+from tunesmith.orchestrator.tune_parts import (before_fit, concurrency_for, ddp_options, trial_dirname,
                                                trial_resources)
 from tunesmith.cluster.storage import Storage
 from tunesmith.trainables.config import ConfigError
@@ -151,7 +150,7 @@ def build_tuner(spec: SweepSpec, storage: Storage, cluster: ClusterInfo, trainab
                                          checkpoint_every=spec.checkpoints.every, ddp=ddp_options(spec, storage),
                                          deadline=stopper.deadline, keeper=stopper.keeper)
     resources = trial_resources(spec)
-    light_usage_tagging()
+    before_fit()
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         param_space={d.key: d.to_tune() for d in spec.plan.space},
@@ -184,7 +183,6 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
     trials stop, instead (smith's stages share one budget). ``hold_back(ledger)``: seconds to
     keep from the end of the budget for what follows the sweep, read as its trials report.
     ``pilot``: a trial of this sweep training in the driver (orchestrator/pilot.py)."""
-    import os
     from tunesmith.orchestrator.stopper import SweepStopper
 
     storage = Storage(spec.results_dir)
@@ -194,11 +192,6 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
     from tunesmith.orchestrator.data_share import plan
     # how the data is read, decided (and a folder that cannot fit refused) before anything is written
     in_memory, data_line = plan(spec.train.dataset, local=cluster.started_here) if trainable is None else (True, "")
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"   # ours (SweepStopper) records the interrupt
-    # Tune's result grid looks for the per-trial JSON/CSV files our writers replace.
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
-
     storage.makedirs(spec.name)
     storage.write_bytes(f"{spec.name}/spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False).encode())
     info = {"address": cluster.address, "cpus": cluster.cpus, "gpus": cluster.gpus, "nodes": cluster.nodes}

@@ -1,6 +1,6 @@
 """The pieces every Tune run of a sweep shares (the search's and the confirmation's): how many
 trials at once, what each reserves, data-parallel options, trial folder names, what Tune keeps
-of an ended trial, and Ray's usage tagging made light."""
+of an ended trial, and what each Tuner needs before its fit."""
 from __future__ import annotations
 
 from typing import Optional
@@ -76,6 +76,20 @@ def _tag_callbacks(callbacks) -> bool:
     if counts:
         record_extra_usage_tag(TagKey.AIR_CALLBACKS, json.dumps(counts))
     return bool(counts)
+
+
+def before_fit() -> None:
+    """Before each of our Tuners' fit (the search's, the confirmation's, a restored one's): our
+    stopper takes Ctrl-C and SIGTERM, not Tune's handler; Tune's result grid says nothing of the
+    per-trial JSON and CSV files our writers replace (`analyze --confirm` and `resume` printed a
+    warning per trial), nor of the concurrency cap a search generator takes itself; and Ray's
+    usage tagging is the light one."""
+    import logging
+    import os
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
+    light_usage_tagging()
 
 
 def light_usage_tagging() -> None:

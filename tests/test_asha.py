@@ -92,7 +92,7 @@ def test_tunes_callback_telemetry_imports_no_tracking_library(light):
     import sys
     code = ("import sys; from ray.tune import Callback; from ray.air._internal import usage; "
             "from tunesmith.orchestrator.callback import LedgerCallback; "
-            + ("from tunesmith.orchestrator.sweep import light_usage_tagging; light_usage_tagging(); " if light else "")
+            + ("from tunesmith.orchestrator.tune_parts import light_usage_tagging; light_usage_tagging(); " if light else "")
             + "usage.tag_callbacks([Callback(), LedgerCallback.__new__(LedgerCallback)]); "
             "print('mlflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
