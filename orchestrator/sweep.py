@@ -290,9 +290,12 @@ def too_short_to_confirm(spec: SweepSpec, ledger, deadline: Optional[float], aft
         return ""
     left = deadline - (after() if after else 0.0) - time.time()
     need = least_needed(ledger, spec, rounds)
+    if left >= need:
+        return ""
     each = "one round of its runs" if rounds == 1 else f"each of its {rounds} rounds of runs"
-    return "" if left >= need else (f"{max(left, 0):.0f}s of the time budget were left, short of four fifths of "
-                                    f"{each} ({need:.0f}s at the search's pace)")
+    places = 0 if round(max(left, 0)) != round(need) else 1   # not "7s were left, short of ... (7s)"
+    return (f"{max(left, 0):.{places}f}s of the time budget were left, short of four fifths of {each} "
+            f"({need:.{places}f}s at the search's pace)")
 
 
 def _say_skipped(spec: SweepSpec, man: dict, shared: bool, streamed: Dict[str, str]) -> None:
@@ -302,10 +305,10 @@ def _say_skipped(spec: SweepSpec, man: dict, shared: bool, streamed: Dict[str, s
     if spec.train.dataset.name != "imagefolder":
         return
     from tunesmith.orchestrator.data_share import skipped
-    from tunesmith.trainables.folder import skipped_text
+    from tunesmith.trainables.folder import say_skipped
     files = skipped(spec.train.dataset, timeout=10) if shared else sorted(streamed.items())
     if files:
-        print(skipped_text(spec.train.dataset.data_dir, files), flush=True)
+        say_skipped(spec.train.dataset.data_dir, files)
         man["data"] = {**man.get("data", {}), "skipped": [{"file": f, "why": why} for f, why in files]}
 
 

@@ -258,6 +258,12 @@ def test_a_confirmation_the_time_left_cannot_fit_is_not_started_and_says_why():
     assert too_short_to_confirm(spec, w, time.time() + need + 5) == ""
     why = too_short_to_confirm(spec, w, time.time() + need - 3)
     assert "short of four fifths of one round of its runs (14s at the search's pace)" in why
+    # where the two round to the same whole second, they are given to a tenth: not "13s were left,
+    # short of ... (13s)"
+    w.start_up = 2.25   # needs 13.8 s
+    close = too_short_to_confirm(spec, w, time.time() + hold_for_epochs(w, 8) - 0.2)
+    assert close.startswith("13.") and "s of the time budget" in close and "(13.8s at the search's pace)" in close, close
+    w.start_up = 2.0
     # what is held for after it (smith's stage 3) is not the confirmation's
     assert "short of" in too_short_to_confirm(spec, w, time.time() + need + 5, after=lambda: 10.0)
 

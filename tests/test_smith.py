@@ -161,6 +161,21 @@ def test_chance_is_guessing_the_largest_class_and_a_two_class_model_can_beat_it(
     assert "always guessing the largest class" in two.text()
 
 
+def test_an_unused_budget_is_named_only_where_every_trial_of_stage_2_started():
+    """With 7 s of 60 left, smith said "all 836 trials of stage 2 finished (--samples sets how
+    many)" of a 1000-trial search that the budget had cut at the time held for its confirmation
+    (which then did not fit). That line belongs to a search --samples ended."""
+    from tunesmith.orchestrator.smith.report import left_unused
+    from tunesmith.orchestrator.spec import from_dict
+    spec = from_dict({"name": "s", "dataset": {"name": "digits"}, "search": {"num_samples": 1000}})
+    assert left_unused([{"trials": 836}], [spec], 7.0, 60.0) == ""
+    assert left_unused([{"trials": 1000}], [spec], 7.0, 60.0) == (
+        "smith stopped with 7s of its 60s budget left: all 1000 trials of stage 2 finished (--samples sets how many)")
+    assert left_unused([{"trials": 1000}, {"trials": 12}], [spec, spec], 7.0, 60.0) == ""   # the widened one cut
+    assert left_unused([{"trials": 1000}], [spec], 5.0, 60.0) == ""       # a tenth or less left: used up
+    assert left_unused([{"trials": 1000}], [spec], None, None) == ""      # no budget
+
+
 def test_the_range_test_reads_the_validation_parts_largest_class():
     from tunesmith.trainables import lr_range_test as lf
     from tunesmith.trainables.config import TrainConfig

@@ -183,7 +183,7 @@ class FolderPlan:
 
     def _report(self) -> None:
         if self.skipped:
-            print(skipped_text(self.cfg.data_dir, self.skipped), flush=True)
+            say_skipped(self.cfg.data_dir, self.skipped)
 
     # --- streaming ----------------------------------------------------------------------
     def stream(self):
@@ -287,6 +287,18 @@ def _part(cfg: DatasetConfig, root: str, where: str, train_dir: str, classes, wh
         raise ConfigError("dataset.data_dir", cfg.data_dir, f"{where}/ holds no images; fill it, or remove "
                           f"it to split the {what} set off {train_dir}/ by dataset.{share}")
     return pfiles, plabels, pother
+
+
+_SAID: set = set()   # (folder, files) already named by this process
+
+
+def say_skipped(data_dir: str, skipped) -> None:
+    """``skipped_text``, printed once per process for the same files: smith's range test reads the
+    folder in its driver, and then its sweep names what the shared load skipped, the same line."""
+    key = (data_dir, tuple(sorted(p for p, _ in skipped)))
+    if key not in _SAID:
+        _SAID.add(key)
+        print(skipped_text(data_dir, skipped), flush=True)
 
 
 def skipped_text(data_dir: str, skipped) -> str:

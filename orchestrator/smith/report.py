@@ -3,7 +3,7 @@ words), written beside the sweeps and, with MLflow, logged to the sweep's run.""
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from tunesmith.cluster.storage import Storage
 from tunesmith.orchestrator.smith.policy import value_ranking
@@ -157,3 +157,18 @@ def write(report: Dict[str, Any], storage: Storage, name: str, mlflow) -> str:
             files[f"lr_find/{rel}"] = storage.read_bytes(f"{name}/lr_find/{rel}")
         log_files(mlflow.uri, mlflow.experiment, name, files)
     return text
+
+
+def left_unused(runs: List[Dict[str, Any]], specs, left: Optional[float], budget: Optional[float]) -> str:
+    """The line for a budget smith did not use up: more than a tenth of it left, every stage-2
+    sweep having started all its trials (``runs``: their summaries; ``specs``: their specs), so
+    --samples, not the budget, ended the search. Where the budget cut a search (at the time held
+    for a confirmation that then did not fit), the confirmation's line says why; ''."""
+    from tunesmith.orchestrator.spec import trial_count
+    if not budget or left is None or left <= 0.1 * budget:
+        return ""
+    if any(st["trials"] < trial_count(sp) for st, sp in zip(runs, specs)):
+        return ""
+    done = sum(st["trials"] for st in runs)
+    return (f"smith stopped with {left:.0f}s of its {budget:g}s budget left: all {done} trials of stage 2 "
+            "finished (--samples sets how many)")

@@ -76,6 +76,7 @@ def stage2(spec: SweepSpec, args, opts: Options, s1: startup.Stage1, cluster, cl
     first["pilot"] = None if pilot is None else {"trial": pilot.trial.trial_id, "config": pilot.config}
     first["no_pilot"] = s1.no_pilot
     result = Stage2(s2, out, [first], warnings)
+    specs = [s2]   # each stage-2 sweep's spec, beside its summary in result.runs
     # smith checks its own answer: no better than chance is no answer.
     if policy.no_better_than_chance(first["best"], chance) and not out.interrupted \
             and (left() is None or left() > 10):
@@ -89,12 +90,12 @@ def stage2(spec: SweepSpec, args, opts: Options, s1: startup.Stage1, cluster, cl
                                  name=f"{spec.name}-wide", coupled=opts.coupled, held=plan.held,
                                  floor=s2.asha.floor)
         outb = run_sweep(s2b, cluster, command="smith", deadline=clock.deadline, hold_back=hold)
+        specs.append(s2b)
         print("\n" + best_table(outb), flush=True)
         result.runs.append(report.stage2_summary(outb, s2b, wide, "widened after a result no better than chance"))
-    if budget and left() is not None and left() > 0.1 * budget and not args.final:
-        done = sum(st["trials"] for st in result.runs)
-        print(f"\nsmith stopped with {left():.0f}s of its {budget:g}s budget left: all {done} trials of "
-              f"stage 2 finished (--samples sets how many)", flush=True)
+    early = report.left_unused(result.runs, specs, left(), budget) if not args.final else ""
+    if early:
+        print("\n" + early, flush=True)
     if result.best["best"] is None:
         from tunesmith.orchestrator.sweep import budget_problem
         why = budget_problem(out, budget)
