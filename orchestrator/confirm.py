@@ -42,11 +42,22 @@ def held_for(hold, epochs: int, rounds: int, budget: float) -> float:
     share, where LEAST (four fifths) of each fits in it; else none (the search keeps the whole budget, and
     the confirmation is not started: ``unaffordable`` says why). ``hold(n)``: the seconds to keep
     for n epochs after the search, at its measured pace (ledger.hold_for_epochs) or, as smith
-    plans stage 2, at the range test's; ``epochs``: a confirmation run's schedule."""
-    full, cap = hold(rounds * epochs), SHARE * budget
+    plans stage 2, at the range test's; ``epochs``: a confirmation run's schedule. Each also
+    holds the search's own wind-down (``after_search``)."""
+    full, cap = after_search(hold(rounds * epochs)), SHARE * budget
     if full <= cap:
         return full
-    return cap if hold(rounds * epochs * LEAST) <= cap else 0.0
+    return cap if after_search(hold(rounds * epochs * LEAST)) <= cap else 0.0
+
+
+def after_search(need: float) -> float:
+    """``need`` (a confirmation's, from the search's end) held from before the search's end: with
+    the search's wind-down too, the trials' stop and Tune's return past the held-back deadline.
+    Without it that wind-down (0.43 s in a smith run at 60 s) came off a hold whose whole schedule
+    exceeded the least it needs by 0.01 s (two epochs of 20 ms), and the confirmation was then
+    refused, the 8 s held for it spent on nothing. Nothing measured holds nothing."""
+    from tunesmith.orchestrator.ledger import HOLD_WIND_DOWN_S
+    return need + HOLD_WIND_DOWN_S if need else 0.0
 
 
 def least_needed(ledger, spec, rounds: int) -> float:
@@ -58,7 +69,7 @@ def least_needed(ledger, spec, rounds: int) -> float:
 
 def unaffordable(ledger, spec, rounds: int, budget: float) -> str:
     """Why a time budget affords no confirmation at the search's pace, or ''."""
-    least = least_needed(ledger, spec, rounds)
+    least = after_search(least_needed(ledger, spec, rounds))
     if not least or least <= SHARE * budget:
         return ""
     return (f"it would need about {least:.0f}s at the search's pace (four fifths of each run's schedule, "

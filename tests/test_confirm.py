@@ -275,7 +275,7 @@ def test_under_a_time_budget_the_confirmation_takes_at_most_its_share_or_nothing
     no time, and on shapes runs fitted to a third of their schedules read 14 points low)."""
     from tunesmith.orchestrator import spec as spec_mod
     from tunesmith.orchestrator.confirm import SHARE, budget_hold, least_needed, rounds_of, unaffordable
-    from tunesmith.orchestrator.ledger import hold_for_epochs
+    from tunesmith.orchestrator.ledger import HOLD_WIND_DOWN_S, hold_for_epochs
     spec = spec_mod.from_dict({"trainer": {"epochs": 10}, "confirm": {"top": 2, "seeds": 2}})
     assert rounds_of(spec, 2) == 2 and rounds_of(spec, 4) == 1 and rounds_of(spec, 3) == 2
     w = _ledger()
@@ -284,9 +284,12 @@ def test_under_a_time_budget_the_confirmation_takes_at_most_its_share_or_nothing
     for rec in w.trials.values():
         rec.pace = 1.0
     w.start_up = 2.0
-    full = hold_for_epochs(w, 20)
+    # held before the search ends: the search's wind-down too (HOLD_WIND_DOWN_S), which a
+    # confirmation's whole schedule exceeded its least by as little as 0.01 s on tiny data
+    full = hold_for_epochs(w, 20) + HOLD_WIND_DOWN_S
     least = least_needed(w, spec, 2)
     assert least == pytest.approx(1.2 * (2 * 8 * 1.0 + 2.0) + 1.5)
+    least += HOLD_WIND_DOWN_S
     assert budget_hold(w, spec, 2, full / SHARE + 1) == pytest.approx(full)        # all of it fits
     between = (least + full) / 2 / SHARE
     assert budget_hold(w, spec, 2, between) == pytest.approx(SHARE * between)      # its share
