@@ -110,8 +110,10 @@ def test_fine_tune_an_earlier_checkpoint_on_other_data(tmp_path):
     assert list(trainer.run())[-1]["done"]
 
 
-@pytest.mark.parametrize("kind", ["state_dict", "safetensors", "wrapped"])
+@pytest.mark.parametrize("kind", ["state_dict", "safetensors", "wrapped", "timm"])
 def test_weight_files(tmp_path, kind):
+    """A plain state dict, safetensors, one wrapped by DataParallel under "state_dict", and the
+    checkpoint timm's train.py saves: its argparse.Namespace of arguments beside the weights."""
     source = build_model(ModelConfig(), (1, 8, 8), 10)
     state = {k: v.contiguous() for k, v in source.state_dict().items()}
     if kind == "safetensors":
@@ -120,7 +122,11 @@ def test_weight_files(tmp_path, kind):
         save_file(state, str(path))
     else:
         path = tmp_path / "w.pth"
-        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}} if kind == "wrapped" else state, path)
+        import argparse
+        saved = {"state_dict": {f"module.{k}": v for k, v in state.items()}} if kind == "wrapped" else \
+            {"epoch": 3, "arch": "small_cnn", "state_dict": state, "version": 2,
+             "args": argparse.Namespace(model="small_cnn", lr=0.1, epochs=3)} if kind == "timm" else state
+        torch.save(saved, path)
     net = build_model(ModelConfig(weights=str(path)), (1, 8, 8), 10)
     assert net.fit.loaded == net.fit.total and not net.fit.mismatched
     assert torch.equal(net.head[3].weight, source.head[3].weight)
@@ -128,8 +134,14 @@ def test_weight_files(tmp_path, kind):
 
 def test_bad_weight_files(tmp_path):
     (tmp_path / "notes.txt").write_text("not weights")
-    with pytest.raises(ConfigError, match="model.weights = .*notes.txt.*not a PyTorch checkpoint"):
+    with pytest.raises(ConfigError, match="model.weights = .*notes.txt.*not a PyTorch checkpoint") as bad:
         backbones.check(ModelConfig(weights=str(tmp_path / "notes.txt")))
+    # torch's reason, not its paragraph on the weights_only default
+    assert "Unsupported operand" in str(bad.value) and "2.6" not in str(bad.value) and "\n" not in str(bad.value)
+    import fractions   # a checkpoint that pickles an object of a class: loading it runs that class's code
+    torch.save({"model": {"w": torch.zeros(2)}, "x": fractions.Fraction(1, 3)}, tmp_path / "custom.pt")
+    with pytest.raises(ConfigError, match="pickles code, not only tensors .*Fraction.*save the model's state_dict"):
+        backbones.check(ModelConfig(weights=str(tmp_path / "custom.pt")))
     torch.save({"epochs": 3}, tmp_path / "meta.pt")
     with pytest.raises(ConfigError, match="holds no state dict"):
         backbones.check(ModelConfig(weights=str(tmp_path / "meta.pt")))

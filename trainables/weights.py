@@ -50,19 +50,23 @@ def read_checkpoint(path: str, device: str = "cpu") -> Tuple[Dict[str, torch.Ten
     checkpoint records of the model it trained (its ``arch``; None for other files). The state
     dict: safetensors, a plain state dict, a dict holding one under
     "model", "state_dict" or "model_state_dict" (tunesmith's checkpoints, Lightning's and most
-    training scripts'), or a whole pickled module's. Read with weights_only: a file that is not
-    a checkpoint (or would run code when loaded) is refused in one line."""
+    training scripts'), or a whole pickled module's. Read with weights_only (timm's saved
+    arguments allowed): a file that is not a checkpoint (or would run code when loaded) is
+    refused in one line."""
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
         try:
             return load_file(path, device=device), None
         except Exception as exc:   # noqa: BLE001 - the library's own error, shortened
             raise ConfigError("model.weights", path, f"not a safetensors file ({str(exc).splitlines()[0][:120]})") from None
+    import argparse
     try:
-        obj = torch.load(path, map_location=device, weights_only=True, mmap=_mmappable(path))
+        # timm's train.py saves its argparse.Namespace beside the weights ("args"): a plain record
+        # of attributes, whose unpickling runs no code of the file's choosing
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location=device, weights_only=True, mmap=_mmappable(path))
     except Exception as exc:   # noqa: BLE001
-        raise ConfigError("model.weights", path, "not a PyTorch checkpoint torch.load reads with "
-                          f"weights_only ({str(exc).splitlines()[0][:120]})") from None
+        raise ConfigError("model.weights", path, _unreadable(exc)) from None
     arch = obj.get("arch") if isinstance(obj, dict) and isinstance(obj.get("arch"), dict) else None
     for key in ("model", "state_dict", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -72,6 +76,19 @@ def read_checkpoint(path: str, device: str = "cpu") -> Tuple[Dict[str, torch.Ten
         raise ConfigError("model.weights", path, "holds no state dict (a mapping of names to tensors, "
                           "or one under 'model' or 'state_dict')")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}, arch
+
+
+def _unreadable(exc: BaseException) -> str:
+    """Why torch.load refused a file, in a line: torch's own message is a paragraph about its
+    weights_only default whose reason ("Unsupported operand 110" for a text file) comes last."""
+    import re
+    text = str(exc)
+    found = re.search(r"WeightsUnpickler error:\s*(.*?)(?: was not an allowed global|\n\n|$)", text, re.S)
+    why = " ".join((found.group(1) if found else text).split()).split(". ")[0]
+    if why.startswith("Unsupported global"):
+        return (f"pickles code, not only tensors ({why[:120]}); tunesmith runs no code from a file: save "
+                "the model's state_dict() and name that")
+    return f"not a PyTorch checkpoint, a .safetensors file or a sweep's folder ({why[:120] or type(exc).__name__})"
 
 
 def _mmappable(path: str) -> bool:
