@@ -73,6 +73,11 @@ def check_models(spec, local: bool = True) -> None:
         model = base if name == base.name else base.model_copy(update={"name": name})
         try:
             backbones.check(model) if local else (backbones.check_name(model) if model.library else None)
+            if local and model.weights is not None:
+                from tunesmith.trainables.models import check_weights_fit
+                data = spec.train.dataset
+                side = data.image_size or 32
+                check_weights_fit(model, (data.channels or 3, side, side))
         except ConfigError as exc:
             if name != base.name and exc.field == "model.name":
                 raise ConfigError("search.model.name", name, exc.problem) from None

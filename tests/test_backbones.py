@@ -132,6 +132,43 @@ def test_weight_files(tmp_path, kind):
     assert torch.equal(net.head[3].weight, source.head[3].weight)
 
 
+@pytest.mark.parametrize("prefix", ["_orig_mod.", "model.", "_orig_mod.net."])
+def test_a_prefix_all_the_files_names_share_is_stripped_where_that_fits_the_model(tmp_path, prefix):
+    """torch.compile saves its module's tensors under '_orig_mod.', a LightningModule under its
+    attribute's name: the names fit once that part is gone. A name without it stays, reported."""
+    source = build_model(ModelConfig(), (1, 8, 8), 10)
+    saved = {f"{prefix}{k}": v for k, v in source.state_dict().items()}
+    saved["loss.weight"] = torch.ones(10)   # beside the network, as a LightningModule's loss holds it
+    torch.save({"state_dict": saved}, tmp_path / "w.ckpt")
+    net = build_model(ModelConfig(weights=str(tmp_path / "w.ckpt")), (1, 8, 8), 10)
+    assert net.fit.loaded == net.fit.total and net.fit.unexpected == ["loss.weight"]
+    assert torch.equal(net.head[3].weight, source.head[3].weight)
+
+
+def test_a_file_none_of_whose_tensors_fit_is_refused_not_trained_from_scratch(tmp_path):
+    torch.save({"encoder.layer1.weight": torch.zeros(3, 3), "encoder.layer2.weight": torch.zeros(3)},
+               tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match=r"model.weights = .*other.pt.*none of its 2 tensors fits small_cnn: "
+                                          r"the file names encoder.layer1.weight"):
+        build_model(ModelConfig(weights=str(tmp_path / "other.pt")), (1, 8, 8), 10)
+
+
+def test_validate_refuses_a_file_none_of_whose_tensors_fit_before_anything_starts(tmp_path, capsys):
+    """The spec's check builds the model on the meta device and reads the file's names: a
+    file that fits nothing is one line and exit 2 before Ray starts; one that fits passes."""
+    from tunesmith.orchestrator.cli import main
+    torch.save({"encoder.layer1.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
+    fits = build_model(ModelConfig(name="timm:resnet10t"), (3, 32, 32), 4)
+    torch.save({f"_orig_mod.{k}": v for k, v in fits.state_dict().items()}, tmp_path / "fits.pt")
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\ndataset: {name: synthetic, image_size: 32, channels: 3}\nmodel: {name: timm:resnet10t}\n")
+    capsys.readouterr()
+    assert main(["validate", str(spec), "--set", f"model.weights={tmp_path / 'other.pt'}"]) == 2
+    err = capsys.readouterr().err
+    assert "model.weights" in err and "none of its 1 tensors fits timm:resnet10t" in err and err.count("\n") == 1
+    assert main(["validate", str(spec), "--set", f"model.weights={tmp_path / 'fits.pt'}"]) == 0
+
+
 def test_bad_weight_files(tmp_path):
     (tmp_path / "notes.txt").write_text("not weights")
     with pytest.raises(ConfigError, match="model.weights = .*notes.txt.*not a PyTorch checkpoint") as bad:

@@ -124,11 +124,40 @@ def _names(keys: List[str], shown: int = 6) -> str:
     return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
+def aligned(state: Dict[str, torch.Tensor], own) -> Dict[str, torch.Tensor]:
+    """``state`` with the leading part of its names that most of them share beyond the model's
+    names stripped, where more of them then are the model's: torch.compile's ``_orig_mod.``, a
+    LightningModule's attribute (``model.``, ``net.``), both (``_orig_mod.net.``). Names without
+    that part stay as they are, to be reported."""
+    from collections import Counter
+    counts: Counter = Counter()
+    for key in state:
+        parts = key.split(".")
+        for i in range(len(parts)):   # i = 0: the name is the model's as it is
+            if ".".join(parts[i:]) in own:
+                counts[".".join(parts[:i]) + "." if i else ""] += 1
+                break
+    prefix = max(counts, key=lambda p: (counts[p], p == ""), default="")
+    if not prefix:
+        return state
+    cut = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
+    return cut if len(cut) == len(state) else state
+
+
+def refuse_unfitting(cfg, state: Dict[str, torch.Tensor], own) -> None:
+    """A file none of whose tensors' names is the model's (after ``aligned``) would train from
+    scratch under the name of fine-tuning: refused in one line, naming a few of each side's."""
+    if not any(k in own for k in aligned(state, own)):
+        raise ConfigError("model.weights", cfg.weights, f"none of its {len(state)} tensors fits {cfg.name}: the "
+                          f"file names {', '.join(sorted(state)[:2])}..., the model {', '.join(sorted(own)[:2])}...")
+
+
 def load_into(net: nn.Module, state: Dict[str, torch.Tensor]) -> Fit:
     """Copy every tensor of ``state`` whose name and shape fit; a 3-channel conv's weight goes
     to a 1-channel conv summed over its input channels (as timm's adapt_input_conv does). The
     rest is reported by name, never dropped in silence."""
     own = net.state_dict()
+    state = aligned(state, own)
     take, adapted, mismatched = {}, [], []
     for key, value in state.items():
         if key not in own:
