@@ -42,20 +42,22 @@ def held_for(hold, epochs: int, rounds: int, budget: float) -> float:
     share, where LEAST (four fifths) of each fits in it; else none (the search keeps the whole budget, and
     the confirmation is not started: ``unaffordable`` says why). ``hold(n)``: the seconds to keep
     for n epochs after the search, at its measured pace (ledger.hold_for_epochs) or, as smith
-    plans stage 2, at the range test's; ``epochs``: a confirmation run's schedule. Each also
-    holds the search's own wind-down (``after_search``)."""
-    full, cap = after_search(hold(rounds * epochs)), SHARE * budget
+    plans stage 2, at the range test's; ``epochs``: a confirmation run's schedule. Never less
+    than the least, with the search's own wind-down (``after_search``)."""
+    least = after_search(hold(rounds * epochs * LEAST))
+    full, cap = max(hold(rounds * epochs), least), SHARE * budget
     if full <= cap:
         return full
-    return cap if after_search(hold(rounds * epochs * LEAST)) <= cap else 0.0
+    return cap if least <= cap else 0.0
 
 
 def after_search(need: float) -> float:
-    """``need`` (a confirmation's, from the search's end) held from before the search's end: with
-    the search's wind-down too, the trials' stop and Tune's return past the held-back deadline.
-    Without it that wind-down (0.43 s in a smith run at 60 s) came off a hold whose whole schedule
-    exceeded the least it needs by 0.01 s (two epochs of 20 ms), and the confirmation was then
-    refused, the 8 s held for it spent on nothing. Nothing measured holds nothing."""
+    """A confirmation's least ``need`` (from the search's end) held from before the search's end:
+    with the search's wind-down too, the trials' stop and Tune's return past the held-back
+    deadline. On tiny data the whole schedule's hold exceeded the least by 0.01 s (two epochs of
+    20 ms), the wind-down (0.43 s in a smith run at 60 s) took that, and the confirmation was
+    refused, the 8 s held for it spent on nothing; on other data the schedule's last fifth covers
+    the wind-down, and the hold is as it was. Nothing measured holds nothing."""
     from tunesmith.orchestrator.ledger import HOLD_WIND_DOWN_S
     return need + HOLD_WIND_DOWN_S if need else 0.0
 

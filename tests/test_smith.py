@@ -251,23 +251,26 @@ def test_smith_searches_the_lr_alone_where_the_budget_affords_few_trials():
     two = from_dict({**raw, "trainer": {"epochs": 10, "weight_decay": 2e-4}, "confirm": {"top": 2, "seeds": 2}})
     epoch_s = 0.02 * 100 * policy.EVAL_SHARE
     slowish = SimpleNamespace(step_s=0.02, epoch_steps=100, problem="the loss never falls clearly")
-    # the confirmation's whole schedule, and the search's wind-down before it
-    assert policy.confirmation_hold(spec, slowish, 200.0, 2, 10) == pytest.approx(
-        hold_at_pace(10, epoch_s) + HOLD_WIND_DOWN_S) == pytest.approx(39.0)
+    assert policy.confirmation_hold(spec, slowish, 200.0, 2, 10) == pytest.approx(hold_at_pace(10, epoch_s)) \
+        == pytest.approx(37.5)
     assert policy.confirmation_hold(two, slowish, 200.0, 2, 10) == pytest.approx(0.3 * 200.0)
     assert policy.affordable_trials(slowish, 200.0 - 0.3 * 200.0, 2, 10) == pytest.approx(
         (200.0 - 0.3 * 200.0) * 2 / (policy.RUNG_COST * 3 * epoch_s))
     quick = SimpleNamespace(step_s=0.009, epoch_steps=100, problem="the loss never falls clearly",
                             num_classes=10, majority=0.1, val_samples=360)
     assert policy.confirmation_hold(two, quick, 72.0, 2, 10) == 0.0
-    # its whole schedule and the wind-down (22.5 s) exceed its share of 72 s: the share, where four
-    # fifths of it fit
-    assert hold_at_pace(10, 0.009 * 100 * policy.EVAL_SHARE) + HOLD_WIND_DOWN_S == pytest.approx(22.5)
-    assert policy.confirmation_hold(spec, quick, 72.0, 2, 10) == pytest.approx(0.3 * 72.0)
+    assert policy.confirmation_hold(spec, quick, 72.0, 2, 10) == pytest.approx(
+        hold_at_pace(10, 0.009 * 100 * policy.EVAL_SHARE)) == pytest.approx(21.0)
+    # where the schedule's last fifth is shorter than the search's wind-down (tiny data), the
+    # hold is the least the confirmation needs, and the wind-down
+    tiny = SimpleNamespace(step_s=0.0001, epoch_steps=100, problem="the loss never falls clearly")
+    least = hold_at_pace(8, 0.0001 * 100 * policy.EVAL_SHARE) + HOLD_WIND_DOWN_S
+    assert least > hold_at_pace(10, 0.0001 * 100 * policy.EVAL_SHARE)
+    assert policy.confirmation_hold(spec, tiny, 72.0, 2, 10) == pytest.approx(least)
     unconfirmed = from_dict({**raw, "trainer": {"epochs": 10, "weight_decay": 2e-4}, "confirm": {"top": 0}})
     assert policy.confirmation_hold(unconfirmed, slowish, 200.0, 2, 10) == 0.0
     alone = policy.plan_stage2(spec, SimpleNamespace(informative=False, curve=quick), opts, 8, False, 72.0, 2)
-    assert alone.held and "affords about 15 trials of 3 epochs (2 at once) in the 50s its confirmation leaves, too few" \
+    assert alone.held and "affords about 15 trials of 3 epochs (2 at once) in the 51s its confirmation leaves, too few" \
         in alone.basis   # no band
     banded = policy.plan_stage2(spec, SimpleNamespace(informative=True, max_lr=0.1, curve=quick), opts, 8, False,
                                 72.0, 2)
