@@ -81,9 +81,9 @@ def _tag_callbacks(callbacks) -> bool:
 def before_fit() -> None:
     """Before each of our Tuners' fit (the search's, the confirmation's, a restored one's): our
     stopper takes Ctrl-C and SIGTERM, not Tune's handler; Tune's result grid says nothing of the
-    per-trial JSON and CSV files our writers replace (`analyze --confirm` and `resume` printed a
-    warning per trial), nor of the concurrency cap a search generator takes itself; and Ray's
-    usage tagging is the light one."""
+    per-trial JSON and CSV files our writers replace (`analyze --confirm` printed a warning per
+    trial), nor of the concurrency cap a search generator takes itself; and Ray's usage tagging
+    is the light one."""
     import logging
     import os
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
