@@ -331,9 +331,11 @@ def trial_count(spec: SweepSpec) -> int:
     return grid_size(spec) * max(spec.plan.num_samples, len(spec.plan.points_to_evaluate))
 
 
-def plan_text(spec: SweepSpec) -> str:
+def plan_text(spec: SweepSpec, budgeted: Optional[bool] = None) -> str:
     """What the sweep will run, in words: '16 trials: random search over lr, weight_decay',
-    '1 trial: the spec's own settings (no search space)', or a seed-variance study."""
+    '1 trial: the spec's own settings (no search space)', or a seed-variance study; 'up to 16
+    trials' where a time budget (``budgeted``, default: the spec's time_budget_s) may end it
+    sooner (smith's "1000 trials" ran 836)."""
     keys = [d.key for d in spec.plan.space]
     n = trial_count(spec)
     if not keys:
@@ -349,4 +351,5 @@ def plan_text(spec: SweepSpec) -> str:
         then = f", then the best confirmed with {seeds} beside its own whole run"
     elif top > 1:
         then = f", then the {top} best confirmed with {seeds} each beside their own whole runs"
-    return f"{n} trial{'' if n == 1 else 's'}: {what}{then}"
+    budgeted = bool(spec.time_budget_s) if budgeted is None else budgeted
+    return f"{'up to ' if budgeted and n > 1 else ''}{n} trial{'' if n == 1 else 's'}: {what}{then}"

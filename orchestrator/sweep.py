@@ -217,7 +217,7 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
         callback.hold_open = confirming
         verdict, unconfirmed, tested = None, "", None
         if progress:
-            print(f"sweep {spec.name}: {plan_text(spec)}; {min(concurrency, trial_count(spec))} at a time"
+            print(f"sweep {spec.name}: {plan_text(spec, deadline is not None)}; {min(concurrency, trial_count(spec))} at a time"
                   f"{', ASHA' if spec.asha.enabled else ''}; "
                   f"{cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs on {cluster.nodes} node(s)", flush=True)
             if data_line:

@@ -149,6 +149,8 @@ def test_validate_command(tmp_path, capsys, spec_file):
                                           "seed each beside their own whole runs"),
     ("search: {presets: [lr_decades]}\nconfirm: {top: 3, seeds: 2}\n", "over lr, then the 3 best confirmed with 2 new seeds each"),
     ("confirm: {top: 0}\n", "1 trial: the spec's own settings (no search space)\n"),
+    # a time budget may end the search sooner: smith's "1000 trials" ran 836
+    ("search: {presets: [lr_decades]}\ntime_budget_s: 60\n", "valid; sweep 's', up to 7 trials: random search"),
 ])
 def test_validate_says_what_the_sweep_will_be(tmp_path, capsys, search, says):
     spec = tmp_path / "s.yaml"
