@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import shlex
 import sys
 import warnings
 from typing import Dict, List, Optional
@@ -79,7 +80,7 @@ def cmd_run(args) -> int:
     print(f"\n{len(outcome.ledger.trials)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())}) "
           f"in {outcome.wall_seconds:.1f}s")
     print(f"results: {outcome.path}")
-    print(f"  tensorboard --logdir {outcome.storage.uri(spec.name, 'tensorboard')}")
+    print(f"  tensorboard --logdir {shlex.quote(outcome.storage.uri(spec.name, 'tensorboard'))}")
     if outcome.failure:
         print(f"tunesmith: the sweep stopped: {outcome.failure}; what was written stays readable",
               file=sys.stderr)
@@ -218,7 +219,7 @@ def cmd_lr_find(args) -> int:
                    for rel in ("curve.parquet", "lr_find.png", "decision.json")})
     print(lr_find.summary_text(decision))
     print("\n".join(f"{k}: {v}" for k, v in paths.items()))
-    print(f"tensorboard --logdir {storage.uri(spec.name, 'tensorboard')}")
+    print(f"tensorboard --logdir {shlex.quote(storage.uri(spec.name, 'tensorboard'))}")   # a line to paste
     return 0 if decision.informative else 1
 
 

@@ -34,6 +34,12 @@ def test_lr_find_writes_curve_plot_decision_and_tensorboard(tmp_path, capsys, sp
     acc.Reload()
     assert len(acc.Scalars("lr_find/loss")) == len(curve)
     assert acc.Tags()["images"] == ["lr_find/curve"]
+    # the command it prints is one to paste: a folder with a space in it, quoted
+    spaced = tmp_path / "my results"
+    assert main(["lr-find", spec_file(SPEC), "--steps", "60", "--set", f"results_dir={spaced}"]) == 0
+    import shlex
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("tensorboard --logdir"))
+    assert shlex.split(line) == ["tensorboard", "--logdir", str(spaced / "sm" / "tensorboard")], line
 
 
 @pytest.mark.parametrize("argv,message", [
