@@ -107,6 +107,22 @@ def test_a_server_that_is_down_is_bad_input(tmp_path, capsys):
     assert not (tmp_path / "results").exists()
 
 
+def test_a_store_mlflow_will_not_open_is_bad_input_and_a_database_file_works(tmp_path, capsys, monkeypatch):
+    """MLflow 3 refuses its file store unless MLFLOW_ALLOW_FILE_STORE is set: `--mlflow
+    file:///...` was a traceback from MlflowClient's constructor, outside the check."""
+    from tunesmith.orchestrator.cli import main
+    from tunesmith.orchestrator.sinks.mlflow import connect
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC.format(name="filestore", results=tmp_path / "results"))
+    assert main(["run", str(spec), "--mlflow", f"file://{tmp_path}/mlruns"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tracking.mlflow.uri" in err and "sqlite:///" in err, err
+    assert not (tmp_path / "results").exists()
+    client, exp = connect(f"sqlite:///{tmp_path}/mlflow.db", "e")   # a database file, no server
+    assert client.get_experiment(exp).name == "e"
+
+
 def test_without_mlflow_installed_the_error_says_how_to_install(tmp_path, capsys, monkeypatch):
     import builtins
     from tunesmith.orchestrator.cli import main

@@ -57,13 +57,19 @@ def connect(uri: str, experiment: str):
     uri = take_credentials(uri)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")   # a dead server fails at once, not after minutes
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    client = MlflowClient(tracking_uri=uri)
-    try:
+    try:   # the client opens a store at once (a file or database store), a server at the first call
+        client = MlflowClient(tracking_uri=uri)
         found = client.get_experiment_by_name(experiment)
         exp_id = found.experiment_id if found else client.create_experiment(experiment)
     except Exception as exc:   # noqa: BLE001 - MLflow raises many kinds for a dead server
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ConfigError("tracking.mlflow.uri", uri, f"the tracking server does not answer ({first})") from None
+        text = str(exc).strip()
+        if "MLFLOW_ALLOW_FILE_STORE" in text:   # MLflow 3 refuses its file store unless told otherwise
+            raise ConfigError("tracking.mlflow.uri", uri, "MLflow refuses a file store now (maintenance mode): use a "
+                              "database, e.g. sqlite:///PATH/mlflow.db, or set MLFLOW_ALLOW_FILE_STORE=true") from None
+        first = text.splitlines()[0][:200] if text else type(exc).__name__
+        what = "the tracking server does not answer" if uri.startswith(("http://", "https://")) else \
+            "MLflow cannot open this tracking store"
+        raise ConfigError("tracking.mlflow.uri", uri, f"{what} ({first})") from None
     return client, exp_id
 
 
