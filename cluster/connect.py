@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import signal
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -63,6 +64,7 @@ def _bind_loopback_if_imported() -> None:
 
 CURRENT_CLUSTER = "/tmp/ray/ray_current_cluster"   # where `ray start` leaves the last head's address
 REACH_TIMEOUT_S = 3.0
+CLIENT_PORT = 10001   # Ray Client's port on the head, where a ray:// address names none
 
 
 def resolve_address(address: str) -> str:
@@ -96,10 +98,14 @@ def check_reachable(address: str) -> str:
     import socket
     from tunesmith.trainables.config import ConfigError
     resolved = resolve_address(address)
-    target = resolved.split("://", 1)[-1]
+    client = resolved.startswith("ray://")   # Ray Client: ray.init waits 30 s, then a traceback
+    target = resolved.split("://", 1)[-1].split("/", 1)[0]
     host, sep, port = target.rpartition(":")
+    if client and not sep:
+        host, sep, port = target, ":", str(CLIENT_PORT)
     if not sep or not port.isdigit():
-        raise ConfigError("--address", address, "must be auto or HOST:PORT (the head's GCS port, 6379 by default)")
+        raise ConfigError("--address", address, "must be auto, HOST:PORT (the head's GCS port, 6379 by default) "
+                          f"or ray://HOST:PORT (its Ray Client port, {CLIENT_PORT} by default)")
     shown = resolved if resolved == address else f"{resolved} (from {address})"
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S):
@@ -107,7 +113,8 @@ def check_reachable(address: str) -> str:
     except OSError as exc:
         why = "connection refused" if isinstance(exc, ConnectionRefusedError) else (
             f"no answer in {REACH_TIMEOUT_S:g}s" if isinstance(exc, socket.timeout) else str(exc))
-        raise ConfigError("--address", shown, f"no Ray cluster answers there ({why}); check that the head is up "
+        what = "Ray Client server" if client else "Ray cluster"
+        raise ConfigError("--address", shown, f"no {what} answers there ({why}); check that the head is up "
                           "(`ray status` on it) and that this machine can reach its port") from None
     return resolved
 
@@ -221,7 +228,7 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
             num_gpus: Optional[int] = None, dashboard: bool = False,
             log_to_driver: bool = False) -> ClusterInfo:
     prepare_environment()
-    if address and not address.startswith("ray://"):
+    if address:
         address = check_reachable(address)
     if not address:
         _bind_loopback_if_imported()
@@ -235,7 +242,13 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
     started = False
     if not ray.is_initialized():
         try:
-            _init(ray, address, num_cpus, num_gpus, dashboard, log_to_driver)
+            with warnings.catch_warnings():   # said in the error below, in one line
+                warnings.filterwarnings("ignore", message="Ray Client connection timed out")
+                _init(ray, address, num_cpus, num_gpus, dashboard, log_to_driver)
+        except ConnectionError as exc:   # a port that answers but is no Ray Client server (ray.init waited 30 s)
+            from tunesmith.trainables.config import ConfigError
+            raise ConfigError("--address", address, f"Ray could not connect ({str(exc).splitlines()[0][:160]}): is "
+                              f"that the head's Ray Client port ({CLIENT_PORT} by default)?") from None
         except SystemExit as exc:
             # ray.init's own SIGTERM handler (sys.exit(15)) fired while Ray was starting: what was
             # started goes, and the command ends as on Ctrl-C

@@ -26,6 +26,32 @@ def test_address_where_nothing_listens_is_one_line_exit_2_in_seconds(tmp_path, c
     assert not (tmp_path / "results").exists()
 
 
+def test_a_ray_client_address_where_nothing_listens_is_one_line_exit_2_in_seconds(tmp_path, capsys, spec_file):
+    """ray:// went straight to ray.init, which waited 30 s and ended in a traceback."""
+    port = _closed_port()
+    began = time.monotonic()
+    assert main(["run", spec_file(SPEC), "--address", f"ray://127.0.0.1:{port}"]) == 2
+    assert time.monotonic() - began < 10
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no Ray Client server answers there (connection refused)" in err, err
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_port_that_answers_but_is_no_ray_client_server_is_one_line(tmp_path, capsys, spec_file, monkeypatch):
+    """Something listens, but Ray Client's handshake times out: Ray's ConnectionError, in one line."""
+    def times_out(*a, **k):
+        raise ConnectionError("ray client connection timeout")
+    monkeypatch.setattr(connect_mod, "_init", times_out)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert main(["run", spec_file(SPEC), "--address", f"ray://127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Ray could not connect (ray client connection timeout)" in err
+    assert "Ray Client port (10001 by default)" in err and not (tmp_path / "results").exists()
+
+
 def test_auto_with_a_stale_cluster_file_names_the_address_it_found(tmp_path, capsys, spec_file, monkeypatch):
     stale = tmp_path / "ray_current_cluster"
     port = _closed_port()
@@ -48,7 +74,7 @@ def test_auto_with_no_cluster_ever_started(tmp_path, capsys, spec_file, monkeypa
 @pytest.mark.parametrize("address", ["headnode", "10.0.0.1:port"])
 def test_malformed_address(tmp_path, capsys, spec_file, address):
     assert main(["run", spec_file(SPEC), "--address", address]) == 2
-    assert "must be auto or HOST:PORT" in capsys.readouterr().err
+    assert "must be auto, HOST:PORT" in capsys.readouterr().err
 
 
 def test_a_job_server_url_in_ray_address_with_auto_is_one_line(tmp_path, capsys, spec_file, monkeypatch):
