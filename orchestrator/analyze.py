@@ -240,7 +240,11 @@ def plot(sweeps: List[Sweep], out_dir: str, top: int) -> List[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:   # a read-only results folder, or a --plots folder it cannot make
+        raise ConfigError("--plots", out_dir, f"cannot be written ({exc.strerror or exc}); give --plots DIR "
+                          "somewhere writable, or --no-plots") from None
     paths = []
     colors = {"completed": "tab:green", "pruned": "tab:orange", "diverged": "tab:red",
               "errored": "black", "stopped": "tab:gray", "running": "tab:blue"}

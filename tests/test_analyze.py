@@ -102,6 +102,16 @@ def test_top_must_be_positive(results, capsys):
     assert "--top = 0: must be >= 1" in capsys.readouterr().err
 
 
+def test_a_plots_folder_that_cannot_be_written_is_one_line_exit_2(results, tmp_path, capsys):
+    """It was a traceback from os.makedirs: a --plots folder it cannot make, or a read-only
+    results folder's default _analysis/."""
+    blocked = tmp_path / "a file"
+    blocked.write_text("")
+    assert main(["analyze", str(results), "--plots", str(blocked / "plots")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--plots = " in err and "cannot be written" in err and "--no-plots" in err
+
+
 def test_unknown_sweep_names_the_choices(results, capsys):
     assert main(["analyze", str(results), "--sweep", "gamma", "--no-plots"]) == 2
     assert "alpha, beta" in capsys.readouterr().err
