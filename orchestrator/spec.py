@@ -150,7 +150,8 @@ class SweepSpec(Section):
     model_config = ConfigDict(title="tunesmith sweep spec")
     name: Optional[str] = Field(None, pattern=NAME_RE.pattern, description="default: the spec file's name")
     description: str = ""
-    seed: Int = 0
+    # numpy's and hyperopt's generators take 0 to 2**32 - 1: the search of a seed outside that failed
+    seed: Int = Field(0, ge=0, le=2**32 - 1, description="the trials' seed, and the search's")
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)

@@ -136,6 +136,16 @@ def test_cli_refuses_to_overwrite_an_existing_sweep(tmp_path, capsys, spec_file)
     assert (old / "trials.parquet").read_bytes() == b"precious"
 
 
+@pytest.mark.parametrize("seed,says", [(-1, "seed = -1: must be >= 0"),
+                                       (2**32, "seed = 4294967296: must be <= 4294967295")])
+def test_a_seed_the_search_generators_cannot_take_is_refused(tmp_path, capsys, spec_file, seed, says):
+    """numpy's generators (random, grid and quasi search) refused -1 and hyperopt's (TPE) 2**32,
+    once the sweep had started; an int bound is given whole."""
+    assert main(["validate", spec_file(GOOD), "--set", f"seed={seed}"]) == 2
+    assert says in capsys.readouterr().err
+    assert main(["validate", spec_file(GOOD), "--set", f"seed={2**32 - 1}"]) == 0
+
+
 def test_validate_command(tmp_path, capsys, spec_file):
     assert main(["validate", spec_file(GOOD)]) == 0
     assert "8 trials" in capsys.readouterr().out

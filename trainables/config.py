@@ -100,8 +100,8 @@ def _problem(err: dict, parent: Optional[Type[BaseModel]]) -> str:
         return f"unknown; choose from {ctx.get('expected', '').replace(chr(39), '')}"
     if kind in _BOUNDS:
         bound = next(iter(ctx.values()))
-        return f"must be {_BOUNDS[kind]} {bound:g}" if isinstance(bound, (int, float)) else \
-            f"must be {_BOUNDS[kind]} {bound}"
+        # an int bound whole (2**32 - 1 read "4.29497e+09"), a float one short
+        return f"must be {_BOUNDS[kind]} {bound:g}" if isinstance(bound, float) else f"must be {_BOUNDS[kind]} {bound}"
     if kind in _PROBLEMS:
         return _PROBLEMS[kind]
     if kind == "value_error":
