@@ -16,24 +16,16 @@ def _closed_port() -> int:
         return s.getsockname()[1]   # closed again when the block ends: nothing listens
 
 
-def test_address_where_nothing_listens_is_one_line_exit_2_in_seconds(tmp_path, capsys, spec_file):
-    port = _closed_port()
-    began = time.monotonic()
-    assert main(["run", spec_file(SPEC), "--address", f"127.0.0.1:{port}"]) == 2
-    assert time.monotonic() - began < 10
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"--address = '127.0.0.1:{port}'" in err and "connection refused" in err
-    assert not (tmp_path / "results").exists()
-
-
-def test_a_ray_client_address_where_nothing_listens_is_one_line_exit_2_in_seconds(tmp_path, capsys, spec_file):
+@pytest.mark.parametrize("scheme,what", [("", "Ray cluster"), ("ray://", "Ray Client server")])
+def test_address_where_nothing_listens_is_one_line_exit_2_in_seconds(tmp_path, capsys, spec_file, scheme, what):
     """ray:// went straight to ray.init, which waited 30 s and ended in a traceback."""
     port = _closed_port()
     began = time.monotonic()
-    assert main(["run", spec_file(SPEC), "--address", f"ray://127.0.0.1:{port}"]) == 2
+    assert main(["run", spec_file(SPEC), "--address", f"{scheme}127.0.0.1:{port}"]) == 2
     assert time.monotonic() - began < 10
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no Ray Client server answers there (connection refused)" in err, err
+    assert err.count("\n") == 1 and f"--address = '{scheme}127.0.0.1:{port}'" in err, err
+    assert f"no {what} answers there (connection refused)" in err
     assert not (tmp_path / "results").exists()
 
 
