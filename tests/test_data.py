@@ -409,3 +409,17 @@ def test_a_large_sixteen_bit_scan_is_reduced_before_it_is_widened(tmp_path):
 def test_decoding_processes_fit_the_memory():
     assert folder.decode_workers(peak_bytes=100 << 20, memory=400 << 20) == 1   # a quarter holds one
     assert folder.decode_workers(peak_bytes=1 << 20, memory=64 << 30) == (os.cpu_count() or 1)
+
+
+def test_unreadable_images_are_named_once_per_command(capsys):
+    """smith's range test reads the folder in its driver and its sweep then names what the
+    shared load skipped: the same line twice. Other files, or another folder, are named again."""
+    bad = [("b/x.png", "UnidentifiedImageError"), ("a/y.png", "OSError")]
+    folder.say_skipped("/data/one", bad)
+    folder.say_skipped("/data/one", list(reversed(bad)))   # the shared load's order
+    folder.say_skipped("/data/one", bad[:1])
+    folder.say_skipped("/data/two", bad)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["imagefolder /data/one", "imagefolder /data/one",
+                                                      "imagefolder /data/two"]
+    assert "skipped 2 unreadable images" in lines[0] and "skipped 1 unreadable image: b/x.png" in lines[1]
