@@ -31,9 +31,15 @@ def test_address_where_nothing_listens_is_one_line_exit_2_in_seconds(tmp_path, c
 
 def test_a_port_that_answers_but_is_no_ray_client_server_is_one_line(tmp_path, capsys, spec_file, monkeypatch):
     """Something listens, but Ray Client's handshake times out: Ray's ConnectionError, in one line."""
+    import ray
+
     def times_out(*a, **k):
         raise ConnectionError("ray client connection timeout")
     monkeypatch.setattr(connect_mod, "_init", times_out)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)   # this worker may hold the suite's Ray
+    # joining a cluster turns token authentication on in the environment where `ray start` left a
+    # token: here, for this test alone (the suite's Ray, started later in this worker, failed on it)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     with socket.socket() as listening:
         listening.bind(("127.0.0.1", 0))
         listening.listen()
