@@ -5,16 +5,13 @@ folder and files as its confirmation, and gives the verdict over all of its conf
 And the confirmation phase of a resumed sweep."""
 from __future__ import annotations
 
-import json
 import posixpath
 import time
 from typing import Optional
 
-import yaml
-
 from tunesmith.cluster.storage import Storage
 from tunesmith.orchestrator import manifest as manifest_mod
-from tunesmith.orchestrator.spec import ConfirmSpec, from_dict
+from tunesmith.orchestrator.spec import ConfirmSpec
 from tunesmith.trainables.config import ConfigError
 
 
@@ -71,11 +68,10 @@ def confirm_sweep(target: str, top: int, seeds: int, address: Optional[str] = No
     for rel in ("trials.parquet", "spec.yaml", "manifest.json"):
         if not parent.exists(name, rel):
             raise ConfigError("--confirm", target, f"not one sweep's folder tunesmith wrote (no {rel})")
-    man = json.loads(parent.read_bytes(f"{name}/manifest.json"))
+    man, spec = manifest_mod.read_sweep(parent, name, "--confirm", target)
     if man.get("status") == "running":
         raise ConfigError("--confirm", target, "the sweep is still running (or its driver died: "
                           "`tunesmith resume` it first)")
-    spec = from_dict(yaml.safe_load(parent.read_bytes(f"{name}/spec.yaml")), default_name=name)
     spec = spec.model_copy(update={"confirm": ConfirmSpec(top=top, seeds=seeds)})
     hp_keys = [d.key for d in spec.plan.space]
     domains = {d.key: list(d.values) if d.kind in ("choice", "grid") else [] for d in spec.plan.space}

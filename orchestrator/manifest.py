@@ -51,6 +51,26 @@ def build(spec_dict: Dict[str, Any], command: str, cluster: Dict[str, Any]) -> D
             "versions": versions(), "git": git_commit(here), "cluster": cluster}
 
 
+def read_sweep(storage, name: str, field: str, target: str):
+    """(manifest, spec) of a sweep's folder, as `resume` and `analyze --confirm` read them. A
+    manifest.json or spec.yaml cut short or edited by hand is a one-line error naming ``field``
+    and ``target``; it was a traceback from json or yaml."""
+    import yaml
+    from tunesmith.orchestrator.spec import from_dict
+    from tunesmith.trainables.config import ConfigError
+    try:
+        man = json.loads(storage.read_bytes(f"{name}/manifest.json"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(field, target, f"its manifest.json is not JSON ({str(exc)[:120]})") from None
+    try:
+        raw = yaml.safe_load(storage.read_bytes(f"{name}/spec.yaml"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(field, target, f"its spec.yaml is not YAML ({' '.join(str(exc).split())[:120]})") from None
+    if not isinstance(man, dict) or not isinstance(raw, dict):
+        raise ConfigError(field, target, "its manifest.json or spec.yaml holds no mapping")
+    return man, from_dict(raw, default_name=name)
+
+
 def dumps(manifest: Dict[str, Any]) -> bytes:
     return json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
 

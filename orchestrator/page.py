@@ -98,7 +98,11 @@ def write(path: str, sweeps, summaries: List[Dict[str, Any]], top: int) -> str:
     with tempfile.TemporaryDirectory(prefix="tunesmith-page-") as tmp:
         for sw, s in zip(sweeps, summaries):
             pngs = analyze.plot([sw], tmp, min(top, 10))
-            man = json.loads(_read(sw.storage, f"{sw.name}/manifest.json") or b"{}")
+            try:   # the page shows what it can: a manifest cut short gives no provenance, not a traceback
+                man = json.loads(_read(sw.storage, f"{sw.name}/manifest.json") or b"{}")
+            except ValueError:
+                man = {}
+            man = man if isinstance(man, dict) else {}
             spec_text = (_read(sw.storage, f"{sw.name}/spec.yaml") or b"").decode()
             versions = man.get("versions") or {}
             git = man.get("git") or {}

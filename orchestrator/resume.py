@@ -13,16 +13,13 @@ be there. A results folder is trusted like code.
 """
 from __future__ import annotations
 
-import json
 import os
 import stat
 import posixpath
 import time
 
-import yaml
-
 from tunesmith.orchestrator import manifest as manifest_mod
-from tunesmith.orchestrator.spec import SweepSpec, from_dict
+from tunesmith.orchestrator.spec import SweepSpec
 from tunesmith.cluster.storage import Storage
 from tunesmith.trainables.config import ConfigError
 
@@ -51,12 +48,11 @@ def load(target: str, trust: bool = False):
     if not parent.exists(name, "manifest.json"):
         raise ConfigError("resume", target, "no manifest.json: not a sweep folder tunesmith wrote "
                           "(resume reads Tune's pickled state only from those)")
-    man = json.loads(parent.read_bytes(f"{name}/manifest.json"))
     if not parent.exists(name, "_tune", "tuner.pkl"):
         raise ConfigError("resume", target, "holds no Tune state (_tune/tuner.pkl): nothing to resume")
     if not trust:
         check_owner(parent, name)
-    spec = from_dict(yaml.safe_load(parent.read_bytes(f"{name}/spec.yaml")), default_name=name)
+    man, spec = manifest_mod.read_sweep(parent, name, "resume", target)
     if spec.name != name:   # every row and path names the sweep: a renamed folder cannot carry on as it was
         raise ConfigError("resume", target, f"holds sweep {spec.name!r}, written under that name; move the folder "
                           f"back to {posixpath.join(posixpath.dirname(where), spec.name)} (another parent is fine)")

@@ -43,6 +43,21 @@ def test_own_state_passes_and_trust_overrides(tmp_path):
     assert resume.load(str(root), trust=True)[1] == "sw"
 
 
+@pytest.mark.parametrize("file,text,says", [("manifest.json", "{cut sh", "its manifest.json is not JSON"),
+                                             ("spec.yaml", "name: [sw", "its spec.yaml is not YAML")])
+def test_a_manifest_or_spec_cut_short_is_one_line_for_resume_and_confirm(tmp_path, capsys, file, text, says):
+    """A file cut short, or edited by hand, was a traceback from json or yaml."""
+    root = _sweep(tmp_path)
+    (root / "trials.parquet").write_bytes(b"")   # `analyze --confirm` looks for it first
+    (root / file).write_text(text)
+    assert main(["resume", str(root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"tunesmith: error: resume = '{root}': {says}"), err
+    assert main(["analyze", str(root), "--confirm", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"--confirm = '{root}': {says}" in err, err
+
+
 def test_a_renamed_sweep_folder_is_refused_in_one_line(tmp_path, capsys):
     root = _sweep(tmp_path)
     moved = root.parent / "other-name"
