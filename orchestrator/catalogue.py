@@ -72,12 +72,11 @@ def check_models(spec, local: bool = True) -> None:
     for name in dict.fromkeys(names):
         model = base if name == base.name else base.model_copy(update={"name": name})
         try:
-            backbones.check(model) if local else (backbones.check_name(model) if model.library else None)
-            if local and model.weights is not None:
+            state = backbones.check(model) if local else (backbones.check_name(model) if model.library else None)
+            if state is not None:   # the weights file's: some of its tensors fit the model
                 from tunesmith.trainables.models import check_weights_fit
-                data = spec.train.dataset
-                side = data.image_size or 32
-                check_weights_fit(model, (data.channels or 3, side, side))
+                side = spec.train.dataset.image_size or 32
+                check_weights_fit(model, (spec.train.dataset.channels or 3, side, side), state)
         except ConfigError as exc:
             if name != base.name and exc.field == "model.name":
                 raise ConfigError("search.model.name", name, exc.problem) from None

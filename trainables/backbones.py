@@ -274,9 +274,10 @@ def _download(lib: str, arch: str, num_classes: int, in_ch: int) -> nn.Module:
     return _create(lib, arch, num_classes, in_ch, published(lib, arch).file)
 
 
-def check(cfg: ModelConfig) -> None:
+def check(cfg: ModelConfig):
     """Before Ray starts: the name is one the library knows, the pretrained weights are in the
-    cache (or may be fetched), the weights file is a checkpoint. One-line errors."""
+    cache (or may be fetched), the weights file is a checkpoint. One-line errors. Returns the
+    weights file's state dict (models.check_weights_fit reads it, not the file again), or None."""
     if cfg.library:
         check_name(cfg)
         if cfg.pretrained:
@@ -285,4 +286,5 @@ def check(cfg: ModelConfig) -> None:
                 raise missing_weights(cfg, found)
     if cfg.weights is not None:
         from tunesmith.trainables.weights import read_checkpoint, weights_file
-        read_checkpoint(weights_file(cfg.weights))
+        return read_checkpoint(weights_file(cfg.weights))[0]   # a zip or safetensors file: mmapped
+    return None

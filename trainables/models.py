@@ -125,20 +125,18 @@ def build_model(cfg: ModelConfig, shape: Tuple[int, int, int], num_classes: int)
             raise ConfigError("model.name", cfg.name, f"unknown; choose from {', '.join(list_models())}") from None
         net = builder(shape[0], num_classes, shape[1], cfg)
         net.head_names = HEADS[cfg.name]
-    if state is not None:
-        weights.refuse_unfitting(cfg, state, net.state_dict())
-    net.fit = None if state is None else weights.load_into(net, state)
+    net.fit = None if state is None else weights.load_into(net, weights.fitted(cfg, state, net.state_dict()))
     return net
 
 
-def check_weights_fit(cfg: ModelConfig, shape: Tuple[int, int, int]) -> None:
-    """Before Ray starts: a weights file none of whose tensors' names is the model's is refused
-    (the model built on the meta device, for images of about ``shape``: no memory, no weights)."""
+def check_weights_fit(cfg: ModelConfig, shape: Tuple[int, int, int], state) -> None:
+    """Before Ray starts: a weights file (its ``state``) none of whose tensors' names is the
+    model's is refused (the model built on the meta device, for images of about ``shape``: no
+    memory, no weights)."""
     from tunesmith.trainables import weights
-    state, _ = weights.read_checkpoint(weights.weights_file(cfg.weights))   # a zip or safetensors file: mmapped
     with torch.device("meta"):
         net = build_model(cfg.model_copy(update={"weights": None, "pretrained": False}), shape, 10)
-    weights.refuse_unfitting(cfg, state, net.state_dict())
+    weights.fitted(cfg, state, net.state_dict())
 
 
 def head_parameters(net: nn.Module):

@@ -144,20 +144,22 @@ def aligned(state: Dict[str, torch.Tensor], own) -> Dict[str, torch.Tensor]:
     return cut if len(cut) == len(state) else state
 
 
-def refuse_unfitting(cfg, state: Dict[str, torch.Tensor], own) -> None:
-    """A file none of whose tensors' names is the model's (after ``aligned``) would train from
-    scratch under the name of fine-tuning: refused in one line, naming a few of each side's."""
-    if not any(k in own for k in aligned(state, own)):
+def fitted(cfg, state: Dict[str, torch.Tensor], own) -> Dict[str, torch.Tensor]:
+    """``state`` ``aligned`` to the model's names (``own``). A file none of whose tensors' names
+    is the model's would train from scratch under the name of fine-tuning: refused in one line,
+    naming a few of each side's."""
+    cut = aligned(state, own)
+    if not any(k in own for k in cut):
         raise ConfigError("model.weights", cfg.weights, f"none of its {len(state)} tensors fits {cfg.name}: the "
                           f"file names {', '.join(sorted(state)[:2])}..., the model {', '.join(sorted(own)[:2])}...")
+    return cut
 
 
 def load_into(net: nn.Module, state: Dict[str, torch.Tensor]) -> Fit:
-    """Copy every tensor of ``state`` whose name and shape fit; a 3-channel conv's weight goes
-    to a 1-channel conv summed over its input channels (as timm's adapt_input_conv does). The
-    rest is reported by name, never dropped in silence."""
+    """Copy every tensor of ``state`` (``fitted`` to the model's names) whose name and shape fit;
+    a 3-channel conv's weight goes to a 1-channel conv summed over its input channels (as timm's
+    adapt_input_conv does). The rest is reported by name, never dropped in silence."""
     own = net.state_dict()
-    state = aligned(state, own)
     take, adapted, mismatched = {}, [], []
     for key, value in state.items():
         if key not in own:
