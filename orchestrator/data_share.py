@@ -19,9 +19,12 @@ _SKIPPED: Dict[tuple, object] = {}   # and what the load left out, unreadable: [
 
 def _load_arrays(cfg: DatasetConfig):
     """(the arrays, the files skipped as unreadable): two objects, so that the driver reads the
-    short list without fetching the data."""
+    short list without fetching the data. No arrays where the node found the folder over its
+    memory budget: it streams, and each trial reads its own batches from disk."""
     from tunesmith.trainables import data as data_mod
     loaded = data_mod.load(cfg)
+    if not isinstance(loaded, data_mod.ImageData):
+        return None, []
     return loaded.arrays(), list(getattr(loaded, "skipped", ()))
 
 
@@ -48,6 +51,8 @@ def plan(cfg: DatasetConfig, local: bool) -> Tuple[bool, str]:
     on this machine is listed now, so a set that cannot fit is refused before any trial."""
     if cfg.name != "imagefolder":
         return True, "in memory, shared: one copy per node through Ray's object store"
+    if cfg.stream is True and not local:
+        return False, "streaming from disk on each node (dataset.stream is true)"
     import os
     from tunesmith.orchestrator.tb_events import ready
     ready()

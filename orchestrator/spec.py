@@ -314,8 +314,27 @@ def load(path: str, overrides: Sequence[str] = ()) -> SweepSpec:
     if not isinstance(raw, Mapping):
         raise ConfigError("spec", path, "must hold a mapping at the top level")
     raw = apply_overrides(dict(raw), overrides)
+    if not from_env:
+        raw = anchor_paths(raw)
     stem = os.path.splitext(os.path.basename(path))[0]
     return from_dict(raw, default_name=stem)
+
+
+LOCAL_PATHS = (("dataset", "data_dir"), ("model", "weights"))
+
+
+def anchor_paths(raw: dict) -> dict:
+    """``dataset.data_dir`` and ``model.weights`` given relative are read from where the command
+    runs, made absolute here: a trial runs in its own folder (Tune's working directory), where
+    ``data/photos`` would name nothing. ``~`` is left for each node to expand."""
+    out = dict(raw)
+    for section, key in LOCAL_PATHS:
+        part = out.get(section)
+        value = part.get(key) if isinstance(part, Mapping) else None
+        if isinstance(value, str) and value and "://" not in value and not value.startswith("~") \
+                and not os.path.isabs(value):
+            out[section] = {**part, key: os.path.abspath(value)}
+    return out
 
 
 def grid_size(spec: SweepSpec) -> int:

@@ -1,3 +1,4 @@
+import collections
 import os
 import numpy as np
 import pytest
@@ -423,3 +424,22 @@ def test_unreadable_images_are_named_once_per_command(capsys):
     assert [line.split(":")[0] for line in lines] == ["imagefolder /data/one", "imagefolder /data/one",
                                                       "imagefolder /data/two"]
     assert "skipped 2 unreadable images" in lines[0] and "skipped 1 unreadable image: b/x.png" in lines[1]
+
+
+def test_train_per_class_cuts_a_folder_before_decoding_streamed_or_not(glyph_folder):
+    """An image folder is cut in its file lists: the same images in memory as streamed, the
+    validation and test parts untouched, and the memory estimate for what is decoded."""
+    from tunesmith.trainables import folder
+    whole = folder.scan(DatasetConfig(name="imagefolder", data_dir=glyph_folder))
+    cfg = DatasetConfig(name="imagefolder", data_dir=glyph_folder, train_per_class=7)
+    cut = folder.scan(cfg)
+    tr, ty, vf, vy, ef, ey = cut.parts()
+    assert sorted(collections.Counter(ty).values()) == [7] * 10
+    assert (vf, ef) == (whole.parts()[2], whole.parts()[4])
+    assert tr == [f for f, y in zip(whole.parts()[0], whole.parts()[1]) if f in set(tr)]   # split order kept
+    assert cut.images == 70 + len(vf) + len(ef) and cut.estimate < whole.estimate
+    assert f"in memory, shared: {cut.images} images" in cut.describe()
+    held = data.read(cfg)
+    streamed = data.read(cfg.model_copy(update={"stream": True}))
+    assert held.train_y.tolist() == streamed.train_y.tolist() == ty
+    assert len(held.val_y) == len(streamed.val_y) == len(vy)

@@ -98,6 +98,21 @@ def test_overrides_are_yaml_and_dotted(tmp_path, spec_file):
     assert [d.key for d in s.plan.space] == ["lr", "weight_decay", "model.width"]
 
 
+
+def test_relative_local_paths_are_anchored_where_the_command_runs(tmp_path, monkeypatch):
+    """A trial runs in its own folder: relative data and weights paths are made absolute on
+    loading, from the command's folder; `~`, absolute paths and a submitted job's spec (env:)
+    are left as written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text("dataset: {name: imagefolder, data_dir: photos/train}\n")
+    spec = spec_mod.load("s.yaml", ["model.weights=../w.pt"])
+    assert spec.dataset.data_dir == str(tmp_path / "photos" / "train")
+    assert spec.model.weights == os.path.join(os.path.dirname(tmp_path), "w.pt")
+    spec = spec_mod.load("s.yaml", ["dataset.data_dir=~/photos", "model.weights=/abs/w.pt"])
+    assert (spec.dataset.data_dir, spec.model.weights) == ("~/photos", "/abs/w.pt")
+    monkeypatch.setenv("JOB_SPEC", "name: job\ndataset: {name: imagefolder, data_dir: photos}\n")
+    assert spec_mod.load("env:JOB_SPEC").dataset.data_dir == "photos"
+
 def test_points_are_completed_from_the_spec():
     s = spec_mod.from_dict({"trainer": {"momentum": 0.9},
                             "search": {"space": {"lr": {"loguniform": [1e-3, 1]}, "momentum": {"choice": [0.9, 0.95]}},

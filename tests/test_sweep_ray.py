@@ -385,3 +385,31 @@ def test_a_held_back_deadline_reaches_trials_in_other_processes(ray_session):
     while _reader(keeper)() is not None and time.time() < gone:
         time.sleep(0.1)
     assert _reader(keeper)() is None   # a keeper that is gone: the trial keeps its last deadline
+
+
+
+@pytest.mark.parametrize("streams", ["stream: true", "memory_budget: 1.0e-9"])
+def test_relative_data_and_weights_are_read_from_where_the_command_runs(ray_session, tmp_path, monkeypatch,
+                                                                         capsys, glyph_folder, streams):
+    """`data_dir: glyphs` and `weights: start.pt`, relative to the command's folder: a trial runs
+    in its own folder (Tune's working directory), and a streamed folder is read from disk there.
+    Both still reach the trials, and spec.yaml names them absolute. The CLI here joins the
+    session's Ray, as on a cluster: a folder the node finds over its budget (the second case)
+    is shared by no task; each trial streams it, cut by train_per_class."""
+    import torch
+    from tunesmith.trainables.models import build_model
+    from tunesmith.trainables.config import ModelConfig
+    os.symlink(glyph_folder, tmp_path / "glyphs")
+    torch.save(build_model(ModelConfig(width=8), (1, 32, 32), 10).state_dict(), tmp_path / "start.pt")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rel.yaml").write_text(
+        "dataset: {name: imagefolder, data_dir: glyphs, train_per_class: 12, " + streams + "}\n"
+        "model: {name: small_cnn, width: 8, weights: start.pt}\n"
+        "trainer: {epochs: 1, per_gpu_batch_size: 32}\n"
+        "search: {num_samples: 1}\nconfirm: {top: 0}\nresults_dir: out\n")
+    assert main(["run", "rel.yaml"]) == 0
+    assert "loaded 17 of 17 tensors" in capsys.readouterr().out
+    trials = pq.read_table(tmp_path / "out" / "rel" / "trials.parquet").to_pandas()
+    assert list(trials.status) == ["completed"], trials.stop_reason.tolist()
+    saved = (tmp_path / "out" / "rel" / "spec.yaml").read_text()
+    assert f"data_dir: {tmp_path / 'glyphs'}" in saved and f"weights: {tmp_path / 'start.pt'}" in saved

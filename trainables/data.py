@@ -160,12 +160,10 @@ def read(cfg: DatasetConfig):
 
 
 def per_class(cfg: DatasetConfig, data):
-    """``dataset.train_per_class`` applied (a no-op on data already cut)."""
-    if not cfg.train_per_class:
+    """``dataset.train_per_class`` applied (a no-op on data already cut: an image folder is cut
+    in its file lists, streamed or not)."""
+    if not cfg.train_per_class or not isinstance(data, ImageData):
         return data
-    if not isinstance(data, ImageData):
-        raise ConfigError("dataset.train_per_class", cfg.train_per_class,
-                          "applies to data held in memory; set dataset.stream: false")
     return data.cut(cfg.train_per_class)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -114,13 +114,14 @@ class FolderPlan:
     skipped: List[Tuple[str, str]] = field(default_factory=list)
     layout: str = "one folder per class; validation split off by dataset.val_fraction"
     decoders: int = 1        # decoding processes: a core each, within the memory the largest image needs
+    images: int = 0          # what is decoded: every file, or as many as dataset.train_per_class leaves
 
     @property
     def channels(self) -> int:
         return 1 if self.mode == "L" else 3
 
     def describe(self) -> str:
-        n = len(self.train_files) + len(self.val_files) + len(self.test_files)
+        n = self.images or len(self.train_files) + len(self.val_files) + len(self.test_files)
         how = (f"streaming, {self.workers()} workers" if self.streams else "in memory, shared")
         return (f"{how}: {n} images of {self.channels}x{self.size}x{self.size}, {_fmt_bytes(self.estimate)} decoded; "
                 f"{self.layout}; {self.why}")
@@ -214,7 +215,22 @@ class FolderPlan:
         files, labels = self.train_files, self.train_labels
         val = (self.val_files, self.val_labels) if own_val else ([files[i] for i in va], [labels[i] for i in va])
         test = (self.test_files, self.test_labels) if own_test else ([files[i] for i in te], [labels[i] for i in te])
-        return ([files[i] for i in tr], [labels[i] for i in tr], *val, *test)
+        return (*self._per_class([files[i] for i in tr], [labels[i] for i in tr]), *val, *test)
+
+    def _per_class(self, files: List[str], labels: List[int]) -> Tuple[List[str], List[int]]:
+        """``dataset.train_per_class``: the first N training files of each class in split order,
+        as ImageData.cut takes them, cut before anything is decoded (in memory or streamed)."""
+        cap = self.cfg.train_per_class
+        if not cap:
+            return files, labels
+        taken: Dict[int, int] = {}
+        kept_files, kept_labels = [], []
+        for f, y in zip(files, labels):
+            if taken.get(y, 0) < cap:
+                taken[y] = taken.get(y, 0) + 1
+                kept_files.append(f)
+                kept_labels.append(y)
+        return kept_files, kept_labels
 
     def _check_unreadable_sample(self, n: int) -> None:
         if n and len(self.skipped) * 2 > n:
@@ -260,8 +276,12 @@ def scan(cfg: DatasetConfig, budget: Optional[int] = None) -> FolderPlan:
     channels = 1 if mode == "L" else 3
     memory = available_memory()
     workers = decode_workers(peak, memory)
+    plan = FolderPlan(cfg, root, classes, files, labels, vfiles, vlabels, size, mode, 0, 0, False, "",
+                      other, explicit, efiles, elabels, layout=layout, decoders=workers)
+    decoded = (sum(len(p) for p in plan.parts()[::2]) if cfg.train_per_class else
+               len(files) + len(vfiles) + len(efiles))
     # the decoded set, and what the decoding processes hold at once while they make it
-    estimate = (len(files) + len(vfiles) + len(efiles)) * (channels * size * size + 8) + workers * peak
+    estimate = decoded * (channels * size * size + 8) + workers * peak
     budget = budget if budget is not None else int(cfg.memory_budget * memory)
     shown = f"the budget is {_fmt_bytes(budget)} ({cfg.memory_budget:g} of available memory, dataset.memory_budget)"
     if cfg.stream is True:
@@ -273,8 +293,8 @@ def scan(cfg: DatasetConfig, budget: Optional[int] = None) -> FolderPlan:
         streams, why = True, f"over the memory budget: {shown}"
     else:
         streams, why = False, f"within the memory budget: {shown}"
-    return FolderPlan(cfg, root, classes, files, labels, vfiles, vlabels, size, mode, estimate, budget, streams,
-                      why, other, explicit, efiles, elabels, layout=layout, decoders=workers)
+    plan.estimate, plan.budget, plan.streams, plan.why, plan.images = estimate, budget, streams, why, decoded
+    return plan
 
 
 def _part(cfg: DatasetConfig, root: str, where: str, train_dir: str, classes, what: str, share: str):
