@@ -237,10 +237,7 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
             status = f"failed: {callback.failure}"
         if confirming:
             unconfirmed = ("the search was interrupted" if status != "finished" else
-                           too_short_to_confirm(spec, callback.ledger, deadline, after, rounds)
-                           if stopper.release_hold(after) else
-                           unaffordable(callback.ledger, spec, rounds, deadline - began)
-                           or "the time budget ran out in the search")
+                           why_unconfirmed(spec, callback.ledger, stopper, deadline, began, after, rounds))
         if confirming and unconfirmed and status == "finished":   # the kept model's test figure, at least
             from tunesmith.orchestrator.kept_test import kept_on_test
             tested = kept_on_test(spec, callback, here=cluster.started_here and in_memory)
@@ -280,6 +277,16 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
     return SweepOutcome(spec, storage, callback.ledger, time.monotonic() - start, status == "interrupted",
                         stopper.timed_out.is_set(), None if deadline is None else deadline - began,
                         failure=callback.failure, confirmed=verdict, unconfirmed=unconfirmed)
+
+
+def why_unconfirmed(spec: SweepSpec, ledger, stopper, deadline: Optional[float], began: float, after,
+                    rounds: int) -> str:
+    """Why a finished search's confirmation does not start, or '': the hold the stopper dropped
+    as unaffordable, where that left it short (not what the search then left: "1s were left"),
+    else the time left against its least need. The held-back deadline is released here."""
+    short = (too_short_to_confirm(spec, ledger, deadline, after, rounds) if stopper.release_hold(after)
+             else "the time budget ran out in the search")
+    return short and (unaffordable(ledger, spec, rounds, deadline - began) or short)
 
 
 def too_short_to_confirm(spec: SweepSpec, ledger, deadline: Optional[float], after=None, rounds: int = 1) -> str:

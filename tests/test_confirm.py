@@ -298,6 +298,33 @@ def test_under_a_time_budget_the_confirmation_takes_at_most_its_share_or_nothing
     assert f"about {least:.0f}s at the search's pace" in why and "the search kept the whole budget" in why
 
 
+def test_a_hold_dropped_as_unaffordable_is_the_reason_given_not_the_second_it_left():
+    """smith at 60 s on 600 glyphs of 12 epochs: the hold's least need outgrew its share, the
+    stopper dropped it, the search ran on to 1 s left, and the last lines said "1s were left,
+    short of ... (13s)" as if the hold had been too small. Where the search ended early with time
+    to spare, the confirmation still starts."""
+    import time
+    from types import SimpleNamespace
+    from tunesmith.orchestrator import spec as spec_mod
+    from tunesmith.orchestrator.confirm import SHARE, least_needed
+    from tunesmith.orchestrator.sweep import why_unconfirmed
+    spec = spec_mod.from_dict({"trainer": {"epochs": 10}})
+    w = _ledger()
+    _search(w)
+    for rec in w.trials.values():
+        rec.pace = 1.0
+    w.start_up = 2.0
+    least = least_needed(w, spec, 1)
+    now, stopper = time.time(), SimpleNamespace(release_hold=lambda after: True)
+    budget = least / SHARE - 5   # its share cannot hold four fifths of the runs
+    why = why_unconfirmed(spec, w, stopper, now + 1, now + 1 - budget, None, 1)
+    assert "more than its share of the time budget" in why and "the search kept the whole budget" in why
+    assert why_unconfirmed(spec, w, stopper, now + least + 5, now + least + 5 - budget, None, 1) == ""
+    held = least / SHARE + 20    # affordable, and the search left too little: that is the reason
+    assert "s of the time budget were left" in why_unconfirmed(spec, w, stopper, now + 1, now + 1 - held, None, 1)
+    out = SimpleNamespace(release_hold=lambda after: False)
+    assert why_unconfirmed(spec, w, out, now, now - held, None, 1) == "the time budget ran out in the search"
+
 def test_a_confirmation_run_fits_to_its_rounds_share_and_to_the_sweeps_deadline():
     import time
     from tunesmith.trainables.tune_trainable import own_deadline

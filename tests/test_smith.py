@@ -167,6 +167,20 @@ def test_chance_is_guessing_the_largest_class_and_a_two_class_model_can_beat_it(
     assert "always guessing the largest class" in two.text()
 
 
+
+def test_a_result_at_chance_names_a_schedule_shorter_than_the_range_tests_fall():
+    """600 glyphs, 2 epochs of 14 steps: every trial at chance, where the range test's loss fell
+    over 300 steps. The warning says to train longer, not to check the data."""
+    from types import SimpleNamespace as NS
+    from tunesmith.orchestrator.smith import policy
+    curve = NS(epoch_steps=14, steps=300)
+    assert policy.too_few_steps(NS(informative=True, curve=curve), 2) == (
+        "each run trained 28 steps (2 epochs of 14), fewer than the 300 over which the range test's "
+        "loss fell: raise trainer.epochs")
+    assert policy.too_few_steps(NS(informative=True, curve=curve), 22) is None      # 308 steps: not the length
+    assert policy.too_few_steps(NS(informative=False, curve=curve), 2) is None      # the loss never fell
+    assert policy.too_few_steps(NS(informative=True, curve=NS(epoch_steps=0, steps=0)), 2) is None
+
 def test_an_unused_budget_is_named_only_where_every_trial_of_stage_2_started():
     """With 7 s of 60 left, smith said "all 836 trials of stage 2 finished (--samples sets how
     many)" of a 1000-trial search that the budget had cut at the time held for its confirmation

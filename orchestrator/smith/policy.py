@@ -322,6 +322,17 @@ def no_better_than_chance(best: Optional[float], chance_level: Optional[Chance])
     return chance_level is not None and not chance_level.above(best)
 
 
+def too_few_steps(decision, epochs: int) -> Optional[str]:
+    """Why a result at chance may be the schedule's length rather than the data or the model:
+    the range test's loss fell over more steps than a whole run trained."""
+    curve = decision.curve
+    steps = epochs * curve.epoch_steps
+    if not decision.informative or not steps or steps >= curve.steps:
+        return None
+    return (f"each run trained {steps} steps ({epochs} epochs of {curve.epoch_steps}), fewer than the "
+            f"{curve.steps} over which the range test's loss fell: raise trainer.epochs")
+
+
 def better(a: Optional[float], b: Optional[float], mode: str) -> bool:
     """``a`` at least as good as ``b`` by the metric's direction; None is never better."""
     return a is not None and (b is None or (a >= b if mode == "max" else a <= b))

@@ -205,8 +205,10 @@ def _run(spec: SweepSpec, args, started: float, storage: Storage) -> Dict[str, A
             out["stage3"], result = stage3(spec, s2, cluster, clock, result, warnings)
         out["result"] = result
         if policy.no_better_than_chance(result["value"], chance):
+            short = policy.too_few_steps(decision, (spec if result["stage"] == 3 else s2.spec).trainer.epochs)
             warnings.append(f"WARNING: the best {spec.metric} {report.f(result['value'])} is no better than chance "
-                            f"({chance.text()}): this is not a usable model; check the data and the model")
+                            f"({chance.text()}): this is not a usable model; "
+                            + (short or "check the data and the model"))
         plot.join()   # the plot, before the report that links it
         out["seconds"] = round(time.time() - started, 2)
     finally:
