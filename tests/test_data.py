@@ -330,6 +330,8 @@ def test_train_beside_val_or_valid_is_the_split(tmp_path, val_name):
     assert plan.classes == ["cat", "dog", "fox"] and plan.explicit_val
     assert len(plan.train_files) == 18 and len(plan.val_files) == 6
     assert f"train/ for training, {val_name}/ for validation" in plan.describe()
+    # 6 validation images: the data line says how coarse its accuracy is
+    assert "(15 training, 6 validation, 3 test, one validation image is 16.7 points of accuracy)" in plan.describe()
 
 
 def test_train_beside_test_is_not_two_classes_and_the_test_folder_is_not_read(tmp_path):
@@ -437,8 +439,9 @@ def test_train_per_class_cuts_a_folder_before_decoding_streamed_or_not(glyph_fol
     assert sorted(collections.Counter(ty).values()) == [7] * 10
     assert (vf, ef) == (whole.parts()[2], whole.parts()[4])
     assert tr == [f for f, y in zip(whole.parts()[0], whole.parts()[1]) if f in set(tr)]   # split order kept
-    assert cut.images == 70 + len(vf) + len(ef) and cut.estimate < whole.estimate
-    assert f"in memory, shared: {cut.images} images" in cut.describe()
+    assert cut.estimate < whole.estimate
+    assert f"in memory, shared: {70 + len(vf) + len(ef)} images of 1x32x32 (70 training, {len(vf)} validation, " \
+        f"{len(ef)} test)" in cut.describe()
     held = data.read(cfg)
     streamed = data.read(cfg.model_copy(update={"stream": True}))
     assert held.train_y.tolist() == streamed.train_y.tolist() == ty

@@ -114,17 +114,18 @@ class FolderPlan:
     skipped: List[Tuple[str, str]] = field(default_factory=list)
     layout: str = "one folder per class; validation split off by dataset.val_fraction"
     decoders: int = 1        # decoding processes: a core each, within the memory the largest image needs
-    images: int = 0          # what is decoded: every file, or as many as dataset.train_per_class leaves
 
     @property
     def channels(self) -> int:
         return 1 if self.mode == "L" else 3
 
     def describe(self) -> str:
-        n = self.images or len(self.train_files) + len(self.val_files) + len(self.test_files)
+        tr, _, va, _, te, _ = self.parts()
         how = (f"streaming, {self.workers()} workers" if self.streams else "in memory, shared")
-        return (f"{how}: {n} images of {self.channels}x{self.size}x{self.size}, {_fmt_bytes(self.estimate)} decoded; "
-                f"{self.layout}; {self.why}")
+        coarse = f", one validation image is {100 / len(va):.3g} points of accuracy" if 0 < len(va) < 50 else ""
+        return (f"{how}: {len(tr) + len(va) + len(te)} images of {self.channels}x{self.size}x{self.size} "
+                f"({len(tr)} training, {len(va)} validation, {len(te)} test{coarse}), "
+                f"{_fmt_bytes(self.estimate)} decoded; {self.layout}; {self.why}")
 
     def workers(self) -> int:
         return self.cfg.workers or max(1, min(4, os.cpu_count() or 1))
@@ -293,7 +294,7 @@ def scan(cfg: DatasetConfig, budget: Optional[int] = None) -> FolderPlan:
         streams, why = True, f"over the memory budget: {shown}"
     else:
         streams, why = False, f"within the memory budget: {shown}"
-    plan.estimate, plan.budget, plan.streams, plan.why, plan.images = estimate, budget, streams, why, decoded
+    plan.estimate, plan.budget, plan.streams, plan.why = estimate, budget, streams, why
     return plan
 
 
