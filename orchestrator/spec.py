@@ -170,6 +170,8 @@ class SweepSpec(Section):
     @model_validator(mode="after")
     def _resolve(self):
         # defaults that depend on other fields, set once here (the model is frozen afterwards)
+        from tunesmith.trainables.data_check import check_data_dir_given
+        check_data_dir_given(self.dataset)
         if self.mode is None:
             object.__setattr__(self, "mode", METRICS[self.metric])
         max_t = self.asha.max_t or self.trainer.epochs

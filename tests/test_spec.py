@@ -70,6 +70,10 @@ BAD = [
     ("bad number", {"trainer": {"lr": "fast"}}, "trainer.lr = 'fast': must be a number"),
     ("bool for int", {"trainer": {"epochs": True}}, "trainer.epochs = True: must be an integer"),
     ("bad name", {"name": "a b"}, "name = 'a b'"),
+    ("image folder without a path", {"dataset": {"name": "imagefolder"}},
+     "dataset.data_dir = None: imagefolder needs a data_dir"),
+    ("torchvision set without a path", {"dataset": {"name": "cifar10"}},
+     "dataset.data_dir = None: cifar10 needs a data_dir (or download: true)"),
 ]
 
 
