@@ -182,6 +182,9 @@ class LedgerCallback(Callback):
         return {"sweep": self.sweep}   # non-empty, so that Tune calls set_state on restore
 
     def set_state(self, state: Dict) -> None:
+        # the resumed run's trials start anew: its start-up is measured again, from now (from the
+        # first run's opening, a resume's hold counted the pause as start-up: 30 s for 5)
+        self.ledger.opened_at, self.ledger.start_up = time.time(), None
         self.reload()
 
     def relocate(self, storage: Storage) -> None:

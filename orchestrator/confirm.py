@@ -222,7 +222,7 @@ def run_phase(spec, storage, cluster, callback, stopper, data_streams: bool = Fa
             callbacks=[callback, NoTrialLines()], stop=stopper,
             failure_config=tune.FailureConfig(max_failures=spec.checkpoints.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
-    tuner.fit()
+    stopper.fit(tuner)
     return settle(callback, finals)
 
 

@@ -31,17 +31,23 @@ def latest_confirmation(storage: Storage, name: str) -> Optional[str]:
     return found[-1] if found else None
 
 
-def after_resume(spec, storage: Storage, cluster, callback, stopper, was_confirming: bool, streams: bool) -> dict:
+def after_resume(spec, storage: Storage, cluster, callback, stopper, was_confirming: bool, streams: bool,
+                 budget: Optional[float] = None, rounds: int = 1) -> dict:
     """What follows a resumed Tune run: a resumed search goes on to its confirmation, as `run`
-    would have; a resumed confirmation gets its verdict and keeps the winner's checkpoint.
-    Returns the manifest's additions."""
+    would have, where the time left fits it (``budget``: what the resumed search began with;
+    ``rounds``: the confirmation's); a resumed confirmation gets its verdict and keeps the
+    winner's checkpoint. Returns the manifest's additions."""
     from tunesmith.orchestrator.confirm import confirmed_finalists, run_phase, settle
     from tunesmith.orchestrator.stopper import SweepStopper
     if was_confirming:
         verdict = settle(callback, confirmed_finalists(callback.ledger))
     elif spec.confirm.top > 0 and callback.ledger.ranked():
+        from tunesmith.orchestrator.sweep import why_unconfirmed
         stopper = stopper if stopper is not None else SweepStopper(None)
-        if not stopper.release_hold(None):
+        why = why_unconfirmed(spec, callback.ledger, stopper, stopper.deadline, budget, None, rounds)
+        if why:   # as `run` decides: runs cut to nothing would read as a confirmation
+            print(f"not confirmed over seeds: {why}", flush=True)
+            callback.close()
             return {}
         verdict = run_phase(spec, storage, cluster, callback, stopper, streams)
     else:

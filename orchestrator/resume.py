@@ -74,6 +74,7 @@ def trial_ids(storage: Storage, name: str, experiment: str = "_tune") -> set:
 
 
 def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man: dict) -> dict:
+    import ray
     from ray import tune
     from tunesmith.orchestrator.data_share import plan, share
     from tunesmith.trainables.tune_trainable import train_cnn
@@ -81,10 +82,15 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
     from tunesmith.orchestrator.confirm_again import latest_confirmation
     confirming = latest_confirmation(storage, name)   # the search ended: its confirmation is what resumes
     before = trial_ids(storage, name, confirming or "_tune")
+    from tunesmith.orchestrator.stopper import DeadlineKeeper, SweepStopper
+    from tunesmith.orchestrator.tune_parts import ddp_options
     in_memory, _ = plan(spec.train.dataset, local=cluster.started_here)
+    # as `run` builds it: data-parallel ranks, and a deadline keeper that the restored stopper
+    # adopts (the trainable is needed before Tune's restore hands the stopper back)
+    keeper = ray.remote(num_cpus=0)(DeadlineKeeper).remote(None)
     trainable = tune.with_resources(
         tune.with_parameters(train_cnn, base=spec.trial_config(), shared=share(spec.train.dataset, not in_memory),
-                             checkpoint_every=spec.checkpoints.every),
+                             checkpoint_every=spec.checkpoints.every, ddp=ddp_options(spec, storage), keeper=keeper),
         {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
     tune_dir = storage.path(name, confirming or "_tune")
     fs = None if storage.is_local else storage.fs
@@ -98,22 +104,37 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
         tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=fs)
         stopper, callback = _restored_stopper(tuner, storage)
+        if stopper is not None:
+            stopper.adopt(keeper)
+        else:
+            ray.kill(keeper)
+    from tunesmith.orchestrator.confirm import rounds_of
+    from tunesmith.orchestrator.tune_parts import concurrency_for
+    rounds, opened = rounds_of(spec, concurrency_for(spec, cluster)), time.time()
+    budget = lambda: None if stopper is None or stopper.deadline is None else stopper.deadline - opened  # noqa: E731
+    if stopper is not None and callback is not None and not confirming and spec.confirm.top > 0:
+        from tunesmith.orchestrator.confirm import budget_hold   # as `run` holds it (not pickled)
+        stopper.hold_back = lambda: 0.0 if budget() is None else budget_hold(callback.ledger, spec, rounds, budget())
     status = "failed"
     try:
         if stopper is not None:
             stopper.install()
-        grid = tuner.fit()
+            SweepStopper.resumed = stopper   # the stopper Tune's controller restores shares its state
+        grid = tuner.fit() if stopper is None else stopper.fit(tuner)
         status = "interrupted" if stopper is not None and stopper.event.is_set() else "finished"
         if status == "finished" and callback is not None:
             from tunesmith.orchestrator.confirm_again import after_resume
-            man.update(after_resume(spec, storage, cluster, callback, stopper, bool(confirming), not in_memory))
+            man.update(after_resume(spec, storage, cluster, callback, stopper, bool(confirming), not in_memory,
+                                    budget(), rounds))
             status = "interrupted" if stopper is not None and stopper.event.is_set() else status
     except KeyboardInterrupt:
         status = "interrupted"
         raise
     finally:
+        SweepStopper.resumed = None
         if stopper is not None:
             stopper.uninstall()
+            stopper.release()
         after = storage.read_table(f"{name}/trials.parquet").to_pandas() if storage.exists(name, "trials.parquet") \
             else None
         counts = after.status.value_counts().to_dict() if after is not None else {}

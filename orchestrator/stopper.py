@@ -22,6 +22,8 @@ class SweepStopper(Stopper):
     overrun by that much. A Tuner restored by `tunesmith resume` gets what was left of the budget
     when the sweep's state was pickled."""
 
+    resumed: Optional["SweepStopper"] = None   # `tunesmith resume`'s, while Tune restores its copy
+
     def __init__(self, deadline: Optional[float] = None):
         self.event = threading.Event()       # Ctrl-C
         self.timed_out = threading.Event()   # the deadline passed
@@ -31,11 +33,19 @@ class SweepStopper(Stopper):
         self._published = deadline
         self._previous = None
         self.failure: Optional[str] = None   # why the sweep had to stop (its results could not be written)
+        self._fitting = False   # inside fit(): a Tune loop runs, or is about to
+        self._live = None       # its interrupt handler (SIGUSR1's), once the loop has run
+        self._told = False      # Ctrl-C or SIGTERM called it
 
     def keep_for_trials(self) -> None:
         """With a hold-back, the trials' deadline moves earlier as stage 2's pace is measured:
         a small actor holds it, so trials on any node fit their schedules to it."""
         self.keeper = ray.remote(num_cpus=0)(DeadlineKeeper).remote(self.deadline)
+
+    def adopt(self, keeper) -> None:
+        """A resumed sweep's keeper, made before Tune's restore (its trainable carries it)."""
+        self.keeper, self._published = keeper, self.deadline
+        keeper.set.remote(self.deadline)
 
     def release(self) -> None:
         """The sweep is over: its keeper goes (smith's next stage has its own)."""
@@ -51,7 +61,18 @@ class SweepStopper(Stopper):
 
     def __setstate__(self, state):
         left = state.get("left")
-        self.__init__(None if left is None else time.time() + left)
+        deadline = None if left is None else time.time() + left
+        first = SweepStopper.resumed
+        if first is None:
+            self.__init__(deadline)
+            return
+        # Tune's controller restores its own copy, from its latest snapshot (the time left as it
+        # stood then, where tuner.pkl's is from the sweep's start): one state for both, so that
+        # Ctrl-C, the hold-back and the keeper reach the stopper Tune asks
+        first.deadline = first._published = deadline
+        if first.keeper is not None:
+            first.keeper.set.remote(deadline)
+        self.__dict__ = first.__dict__
 
     def install(self) -> None:
         """Ctrl-C and SIGTERM both stop the sweep cleanly; a second of either aborts."""
@@ -69,9 +90,30 @@ class SweepStopper(Stopper):
             raise_outside_locks(signum, frame, KeyboardInterrupt())
             return
         self.event.set()
+        self._interrupt_tune()
         what = "terminated" if signum == signal.SIGTERM else "interrupt"
         print(f"\n{what}: stopping all trials and keeping the results written so far "
               "(Ctrl-C again to abort at once)", flush=True)
+
+    def fit(self, tuner):
+        """``tuner.fit()``, during which Ctrl-C and SIGTERM end Tune's loop by its own interrupt."""
+        self._live, self._told, self._fitting = None, False, True
+        try:
+            return tuner.fit()
+        finally:
+            self._live, self._fitting = None, False
+
+    def _interrupt_tune(self) -> None:
+        """Tune's own interrupt, where its loop runs: the loop ends with the experiment's state
+        saved as it stands, the running trials unfinished and the search not finished, so that
+        `tunesmith resume` continues both, as after a killed driver. stop_all would end them
+        for good (TERMINATED, the searcher set_finished): a resumed sweep went straight to its
+        confirmation. Tune keeps its handler on SIGUSR1 whatever TUNE_DISABLE_SIGINT_HANDLER
+        says; it is the live run's only once that loop has asked stop_all (an earlier run's
+        would also put back that run's SIGINT handler)."""
+        if callable(self._live):
+            self._live(signal.SIGUSR1, None)
+            self._told = True
 
     def fail(self, reason: str) -> None:
         """Stop every trial, as the first Ctrl-C does, because the sweep cannot go on."""
@@ -116,7 +158,10 @@ class SweepStopper(Stopper):
                 self._published = end
         if end is not None and time.time() >= end:
             self.timed_out.set()
-        return self.event.is_set() or self.timed_out.is_set()
+        if self._fitting and hasattr(signal, "SIGUSR1"):   # asked from inside Tune's loop
+            self._live = signal.getsignal(signal.SIGUSR1)
+        # interrupted: Tune's own loop ends where it was told (_interrupt_tune)
+        return (self.event.is_set() and not self._told) or self.timed_out.is_set()
 
 
 PUBLISH_STEP_S = 0.5   # the held-back deadline is sent to the trials when it moves by more

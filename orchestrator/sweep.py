@@ -231,13 +231,14 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
         stopper.install()
     status = "failed"
     try:
-        tuner.fit()
+        stopper.fit(tuner)
         status = "interrupted" if stopper.event.is_set() else "finished"
         if callback.failure:
             status = f"failed: {callback.failure}"
         if confirming:
             unconfirmed = ("the search was interrupted" if status != "finished" else
-                           why_unconfirmed(spec, callback.ledger, stopper, deadline, began, after, rounds))
+                           why_unconfirmed(spec, callback.ledger, stopper, deadline, deadline and deadline - began,
+                                           after, rounds))
         if confirming and unconfirmed and status == "finished":   # the kept model's test figure, at least
             from tunesmith.orchestrator.kept_test import kept_on_test
             tested = kept_on_test(spec, callback, here=cluster.started_here and in_memory)
@@ -279,14 +280,15 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
                         failure=callback.failure, confirmed=verdict, unconfirmed=unconfirmed)
 
 
-def why_unconfirmed(spec: SweepSpec, ledger, stopper, deadline: Optional[float], began: float, after,
+def why_unconfirmed(spec: SweepSpec, ledger, stopper, deadline: Optional[float], budget: Optional[float], after,
                     rounds: int) -> str:
     """Why a finished search's confirmation does not start, or '': the hold the stopper dropped
-    as unaffordable, where that left it short (not what the search then left: "1s were left"),
-    else the time left against its least need. The held-back deadline is released here."""
+    as unaffordable (``budget``: the seconds the search began with), where that left it short
+    (not what the search then left: "1s were left"), else the time left against its least
+    need. The held-back deadline is released here."""
     short = (too_short_to_confirm(spec, ledger, deadline, after, rounds) if stopper.release_hold(after)
              else "the time budget ran out in the search")
-    return short and (unaffordable(ledger, spec, rounds, deadline - began) or short)
+    return short and (unaffordable(ledger, spec, rounds, budget) or short)
 
 
 def too_short_to_confirm(spec: SweepSpec, ledger, deadline: Optional[float], after=None, rounds: int = 1) -> str:

@@ -121,6 +121,30 @@ def test_sigterm_stops_the_sweep_as_the_first_ctrl_c_does(sig, capsys):
     assert {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} == before
 
 
+def test_the_stopper_tunes_controller_restores_shares_the_resumed_ones_state():
+    """`tunesmith resume` takes its stopper from tuner.pkl (pickled at the sweep's start), while
+    Tune's controller restores its own from its latest snapshot: the resume's hold-back, Ctrl-C
+    and keeper never reached the stopper Tune asked, and the budget read was the whole one. Now
+    one state: the snapshot's time left, and what the resume set on its own."""
+    import pickle
+    import time
+    from tunesmith.orchestrator.stopper import SweepStopper
+    at_start = pickle.dumps(SweepStopper(time.time() + 60))   # tuner.pkl
+    at_snapshot = pickle.dumps(SweepStopper(time.time() + 20))  # the controller's runner_data
+    mine = pickle.loads(at_start)
+    assert mine.deadline - time.time() == pytest.approx(60, abs=1)
+    mine.hold_back = lambda: 5.0
+    SweepStopper.resumed = mine
+    try:
+        tunes = pickle.loads(at_snapshot)
+    finally:
+        SweepStopper.resumed = None
+    assert mine.deadline - time.time() == pytest.approx(20, abs=1) and tunes.deadline == mine.deadline
+    assert tunes.hold_back() == 5.0 and not tunes.stop_all()
+    mine.event.set()   # Ctrl-C, on the resume's own
+    assert tunes.stop_all()
+    assert pickle.loads(at_snapshot) is not mine and pickle.loads(at_snapshot).hold_back is None   # no resume: its own
+
 @pytest.mark.parametrize("asha", [False, True])
 def test_the_next_trial_comes_from_the_live_ones_in_the_order_tune_added_them(asha):
     """Tune asks at every step of its controller; walking the whole sweep's trials made the cost

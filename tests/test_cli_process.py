@@ -268,6 +268,47 @@ def test_smith_stopped_between_its_stages_says_so_in_its_manifest(tmp_path):
     assert _temporary_files(tmp_path) == []
 
 
+def test_a_sweep_stopped_by_sigterm_resumes_where_it_stopped(tmp_path):
+    """SIGTERM (a preempted pod, `ray job stop`), then `tunesmith resume`: the trials it stopped
+    continue from their checkpoints and the search draws the rest. Tune's state once recorded
+    them ended and the search finished: the resume went straight to the confirmation, on trials
+    trained 5 of 12 epochs, and called the sweep finished."""
+    spec = tmp_path / "t.yaml"
+    spec.write_text(f"""
+name: t
+dataset: {{name: digits}}
+model: {{width: 8}}
+trainer: {{epochs: 12, per_gpu_batch_size: 16}}
+search: {{num_samples: 5, space: {{lr: {{loguniform: [0.01, 0.3]}}}}}}
+asha: {{enabled: false}}
+confirm: {{top: 0}}
+results_dir: {tmp_path / 'results'}
+""")
+    proc = subprocess.Popen([TUNESMITH, "run", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(), cwd=ROOT, start_new_session=True)
+    epochs_dir = tmp_path / "results" / "t" / "epochs"
+
+    def begun():   # the first epochs written
+        return epochs_dir.exists() and any(p.suffix == ".parquet" for p in epochs_dir.iterdir())
+    out, err, _ = _signal_when(proc, begun, "the first epochs", signal.SIGTERM)
+    assert proc.returncode == 130, err[-2000:]
+    trials_file = tmp_path / "results" / "t" / "trials.parquet"
+    before = _trials(trials_file).set_index("trial_id")
+    stopped = before.index[before.status == "stopped"]
+    assert len(before) < 5 and len(stopped) >= 1 and (before.loc[stopped, "epochs"] < 12).all(), before
+
+    out = _run(["resume", str(tmp_path / "results" / "t")], timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    after = _trials(trials_file).set_index("trial_id")
+    assert len(after) == 5 and set(after.status) == {"completed"}, after[["status", "epochs"]]
+    assert (after.epochs == 12).all()
+    for tid in stopped:   # continued, not started again
+        assert after.loc[tid, "started_at"] == before.loc[tid, "started_at"]
+    epochs = pq.read_table(epochs_dir).to_pandas()
+    assert not epochs.duplicated(["trial_id", "epoch"]).any() and len(epochs) == 5 * 12
+    assert json.loads((tmp_path / "results" / "t" / "manifest.json").read_text())["status"] == "finished"
+
+
 def test_resume_after_the_driver_is_killed(tmp_path):
     """SIGKILL the driver (and its Ray) mid-sweep: what it wrote reads back whole. Then `tunesmith
     resume`: every trial ends, no completed trial runs again, and each (trial, epoch) is in the

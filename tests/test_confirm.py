@@ -317,13 +317,13 @@ def test_a_hold_dropped_as_unaffordable_is_the_reason_given_not_the_second_it_le
     least = least_needed(w, spec, 1)
     now, stopper = time.time(), SimpleNamespace(release_hold=lambda after: True)
     budget = least / SHARE - 5   # its share cannot hold four fifths of the runs
-    why = why_unconfirmed(spec, w, stopper, now + 1, now + 1 - budget, None, 1)
+    why = why_unconfirmed(spec, w, stopper, now + 1, budget, None, 1)
     assert "more than its share of the time budget" in why and "the search kept the whole budget" in why
-    assert why_unconfirmed(spec, w, stopper, now + least + 5, now + least + 5 - budget, None, 1) == ""
+    assert why_unconfirmed(spec, w, stopper, now + least + 5, budget, None, 1) == ""
     held = least / SHARE + 20    # affordable, and the search left too little: that is the reason
-    assert "s of the time budget were left" in why_unconfirmed(spec, w, stopper, now + 1, now + 1 - held, None, 1)
+    assert "s of the time budget were left" in why_unconfirmed(spec, w, stopper, now + 1, held, None, 1)
     out = SimpleNamespace(release_hold=lambda after: False)
-    assert why_unconfirmed(spec, w, out, now, now - held, None, 1) == "the time budget ran out in the search"
+    assert why_unconfirmed(spec, w, out, now, held, None, 1) == "the time budget ran out in the search"
 
 def test_a_confirmation_run_fits_to_its_rounds_share_and_to_the_sweeps_deadline():
     import time
