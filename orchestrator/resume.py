@@ -114,7 +114,7 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
     budget = lambda: None if stopper is None or stopper.deadline is None else stopper.deadline - opened  # noqa: E731
     if stopper is not None and callback is not None and not confirming and spec.confirm.top > 0:
         from tunesmith.orchestrator.confirm import budget_hold   # as `run` holds it (not pickled)
-        stopper.hold_back = lambda: 0.0 if budget() is None else budget_hold(callback.ledger, spec, rounds, budget())
+        stopper.hold_back = lambda: budget_hold(callback.ledger, spec, rounds, budget())   # asked only with a deadline
     status = "failed"
     try:
         if stopper is not None:

@@ -268,22 +268,28 @@ def test_smith_stopped_between_its_stages_says_so_in_its_manifest(tmp_path):
     assert _temporary_files(tmp_path) == []
 
 
+def _resume_spec(tmp_path: Path, name: str, search: str) -> Path:
+    """The resume tests' sweep: digits, 12-epoch trials over the LR, no ASHA, no confirmation;
+    ``search``: the rest of its search section."""
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(f"""
+name: {name}
+dataset: {{name: digits}}
+model: {{width: 8}}
+trainer: {{epochs: 12, per_gpu_batch_size: 16}}
+search: {{{search}, space: {{lr: {{loguniform: [0.01, 0.3]}}}}}}
+asha: {{enabled: false}}
+confirm: {{top: 0}}
+results_dir: {tmp_path / 'results'}
+""")
+    return spec
+
 def test_a_sweep_stopped_by_sigterm_resumes_where_it_stopped(tmp_path):
     """SIGTERM (a preempted pod, `ray job stop`), then `tunesmith resume`: the trials it stopped
     continue from their checkpoints and the search draws the rest. Tune's state once recorded
     them ended and the search finished: the resume went straight to the confirmation, on trials
     trained 5 of 12 epochs, and called the sweep finished."""
-    spec = tmp_path / "t.yaml"
-    spec.write_text(f"""
-name: t
-dataset: {{name: digits}}
-model: {{width: 8}}
-trainer: {{epochs: 12, per_gpu_batch_size: 16}}
-search: {{num_samples: 5, space: {{lr: {{loguniform: [0.01, 0.3]}}}}}}
-asha: {{enabled: false}}
-confirm: {{top: 0}}
-results_dir: {tmp_path / 'results'}
-""")
+    spec = _resume_spec(tmp_path, "t", "num_samples: 5")
     proc = subprocess.Popen([TUNESMITH, "run", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=_env(), cwd=ROOT, start_new_session=True)
     epochs_dir = tmp_path / "results" / "t" / "epochs"
@@ -317,17 +323,7 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     One trial at a time: two at once finished together, and a reused actor ran the last two in
     under a second, too fast to be caught between the second and the last (CI met that once). Eight
     trials: with five, on a quiet machine the last three ended within the poll's 3 s (met here once)."""
-    spec = tmp_path / "r.yaml"
-    spec.write_text(f"""
-name: r
-dataset: {{name: digits}}
-model: {{width: 8}}
-trainer: {{epochs: 12, per_gpu_batch_size: 16}}
-search: {{num_samples: 8, max_concurrent: 1, space: {{lr: {{loguniform: [0.01, 0.3]}}}}}}
-asha: {{enabled: false}}
-confirm: {{top: 0}}
-results_dir: {tmp_path / 'results'}
-""")
+    spec = _resume_spec(tmp_path, "r", "num_samples: 8, max_concurrent: 1")
     proc = subprocess.Popen([TUNESMITH, "run", str(spec)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=_env(), cwd=ROOT, start_new_session=True)
     trials_file = tmp_path / "results" / "r" / "trials.parquet"

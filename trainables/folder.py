@@ -279,8 +279,7 @@ def scan(cfg: DatasetConfig, budget: Optional[int] = None) -> FolderPlan:
     workers = decode_workers(peak, memory)
     plan = FolderPlan(cfg, root, classes, files, labels, vfiles, vlabels, size, mode, 0, 0, False, "",
                       other, explicit, efiles, elabels, layout=layout, decoders=workers)
-    decoded = (sum(len(p) for p in plan.parts()[::2]) if cfg.train_per_class else
-               len(files) + len(vfiles) + len(efiles))
+    decoded = sum(len(p) for p in plan.parts()[::2])   # every file, or as many as train_per_class leaves
     # the decoded set, and what the decoding processes hold at once while they make it
     estimate = decoded * (channels * size * size + 8) + workers * peak
     budget = budget if budget is not None else int(cfg.memory_budget * memory)
