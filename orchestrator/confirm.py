@@ -193,7 +193,8 @@ def run_phase(spec, storage, cluster, callback, stopper, data_streams: bool = Fa
     concurrency = concurrency_for(spec, cluster)
     if progress:
         plural = "s" if len(seeds) > 1 else ""
-        print(f"confirm: the {len(finals)} best configurations x {len(seeds)} new seed{plural} "
+        which = f"the {len(finals)} best configurations" if len(finals) > 1 else "the best configuration"
+        print(f"confirm: {which} x {len(seeds)} new seed{plural} "
               f"({', '.join(map(str, seeds))}), {spec.trainer.epochs} epochs each, {min(concurrency, len(grid))} "
               f"at a time, beside the search's own run of each where it trained its whole schedule; each new "
               "final model reads the test split once", flush=True)

@@ -366,7 +366,8 @@ def plan_text(spec: SweepSpec, budgeted: Optional[bool] = None) -> str:
         what = "a seed-variance study (the spec's own settings, each trial with its own seed)"
     else:
         what = f"{spec.plan.algorithm} search over {', '.join(keys)}"
-    c, top = spec.confirm, min(spec.confirm.top, n)   # no more finalists than trials
+    # no more finalists than trials, or than settings (a seed-variance study has one)
+    c, top = spec.confirm, min(spec.confirm.top, n, 1 if keys in ([], ["seed"]) else n)
     seeds = f"{c.seeds} new seed{'s' if c.seeds > 1 else ''}"
     then = ""
     if top == 1:

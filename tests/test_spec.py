@@ -173,7 +173,9 @@ def test_validate_command(tmp_path, capsys, spec_file):
 @pytest.mark.parametrize("search,says", [
     ("", "1 trial: the spec's own settings (no search space), then the best confirmed with 1 new seed beside "
          "its own whole run"),   # no more finalists than trials (it said 'the 2 best')
-    ("search: {num_samples: 4}\n", "4 trials: a seed-variance study"),
+    # one setting: one finalist (it said 'the 2 best', then confirmed 1)
+    ("search: {num_samples: 4}\n", "4 trials: a seed-variance study (the spec's own settings, each trial with its "
+                                   "own seed), then the best confirmed with 1 new seed beside its own whole run"),
     ("search: {presets: [lr_decades]}\n", "7 trials: random search over lr, then the 2 best confirmed with 1 new "
                                           "seed each beside their own whole runs"),
     ("search: {presets: [lr_decades]}\nconfirm: {top: 3, seeds: 2}\n", "over lr, then the 3 best confirmed with 2 new seeds each"),
