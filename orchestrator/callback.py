@@ -179,13 +179,18 @@ class LedgerCallback(Callback):
         checkpoints cover go to disk first (a killed driver would lose them otherwise)."""
         self._write("rows_due")
         self.retention.snapshot_saved()
-        return {"sweep": self.sweep}   # non-empty, so that Tune calls set_state on restore
+        state = {"sweep": self.sweep}   # non-empty, so that Tune calls set_state on restore
+        if self.failure is not None and self.parquet is not None and self.parquet.pending:
+            # rows the failed storage refused, though checkpoints after them were saved: they
+            # ride in Tune's state (its driver's copy is whole) for the resume to write
+            state["unwritten"] = list(self.parquet.pending)
+        return state
 
     def set_state(self, state: Dict) -> None:
         # the resumed run's trials start anew: its start-up is measured again, from now (from the
         # first run's opening, a resume's hold counted the pause as start-up: 30 s for 5)
         self.ledger.opened_at, self.ledger.start_up = time.time(), None
-        self.reload()
+        self.reload(unwritten=state.get("unwritten") or ())
 
     def relocate(self, storage: Storage) -> None:
         """A resumed sweep's folder may have moved or been copied since Tune pickled this
@@ -196,17 +201,19 @@ class LedgerCallback(Callback):
             if hasattr(sink, "relocate"):
                 sink.relocate(storage)
 
-    def reload(self, reconcile: bool = True) -> None:
+    def reload(self, reconcile: bool = True, unwritten=()) -> None:
         """Rebuild every trial's record from trials.parquet and epochs/, so a resumed sweep keeps
         the rows its killed driver wrote, adds none twice, and ASHA's rungs start from them.
-        ``reconcile``: square them with Tune's restored trials at the next step."""
+        ``reconcile``: square them with Tune's restored trials at the next step; ``unwritten``:
+        epoch rows a failed storage refused, written now."""
         self._closed = self._closing = False
         self._reconcile = reconcile
         self.unreadable = getattr(self, "unreadable", {})   # a callback pickled before it had one
         self._each("reopen")
         if self.parquet is None:
             return
-        self.parquet.load(self.ledger)
+        if self.parquet.load(self.ledger, unwritten):
+            self._dirty = True
         for rec in self.ledger.trials.values():
             self.retention.kept(rec)
         if any(not rec.config for rec in self.ledger.trials.values()):

@@ -82,9 +82,7 @@ def cmd_run(args) -> int:
     print(f"results: {outcome.path}")
     print(f"  tensorboard --logdir {shlex.quote(outcome.storage.uri(spec.name, 'tensorboard'))}")
     if outcome.failure:
-        print(f"tunesmith: the sweep stopped: {outcome.failure}; what was written stays readable",
-              file=sys.stderr)
-        return 1
+        return _storage_failed(outcome.failure, outcome.path)
     if outcome.interrupted:
         return 130
     why = budget_problem(outcome)
@@ -109,7 +107,15 @@ def cmd_resume(args) -> int:
     print(f"resumed {name}: {out['restored']} trials were recorded, {out['total']} now; "
           + ", ".join(f"{n} {s}" for s, n in sorted(out["trials"].items())))
     print(f"results: {out['path']}")
+    if out.get("failure"):
+        return _storage_failed(out["failure"], out["path"])
     return 130 if out.get("interrupted") else 0
+
+
+def _storage_failed(failure: str, path: str) -> int:
+    print(f"tunesmith: the sweep stopped: {failure}; what was written stays readable; once there is room, "
+          f"`tunesmith resume {shlex.quote(path)}` continues it", file=sys.stderr)
+    return 1
 
 
 def _smith_options(args) -> List[str]:

@@ -80,6 +80,19 @@ def save(storage, name: str, manifest: Dict[str, Any]) -> None:
     storage.write_bytes(f"{name}/manifest.json", dumps(manifest))
 
 
+def save_or_say(storage, name: str, manifest: Dict[str, Any], failure) -> None:
+    """``save``, where the sweep may have stopped because its storage failed (``failure``): then
+    the manifest's own write failing too is said on stderr, not raised."""
+    import pyarrow as pa
+    try:
+        save(storage, name, manifest)
+    except (OSError, pa.ArrowException) as exc:
+        if not failure:
+            raise
+        print(f"tunesmith: the manifest could not say so either ({str(exc).splitlines()[0][:200]})",
+              file=sys.stderr, flush=True)
+
+
 def write_interrupted(storage, name: str, manifest: Dict[str, Any]) -> None:
     """Say in ``manifest`` that its command was interrupted, and save it; a storage error is said
     on stderr, as the interrupt goes on."""

@@ -13,10 +13,17 @@ be there. A results folder is trusted like code.
 """
 from __future__ import annotations
 
+import glob
+import io
+import json
 import os
-import stat
+import pickletools
 import posixpath
+import re
+import stat
+import tempfile
 import time
+from typing import Dict, List
 
 from tunesmith.orchestrator import manifest as manifest_mod
 from tunesmith.orchestrator.spec import SweepSpec
@@ -58,7 +65,68 @@ def load(target: str, trust: bool = False):
                           f"back to {posixpath.join(posixpath.dirname(where), spec.name)} (another parent is fine)")
     if man.get("status") == "finished" and man.get("trials", {}).get("running", 0) == 0:
         raise ConfigError("resume", target, "finished; nothing to resume (its trials all ended)")
+    from tunesmith.orchestrator.confirm_again import latest_confirmation
+    mend_tune_state(parent, name, latest_confirmation(parent, name) or "_tune", target)
     return parent, name, spec, man
+
+
+STATE_FILE = re.compile(r"^(?P<kind>[a-z_-]+)-\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d\.(json|pkl)$")
+
+
+def whole(data: bytes) -> bool:
+    """Whether one of Tune's state files was written to its end: a pickle whose opcodes reach
+    STOP (walked, not run), or else JSON that parses (a searcher's "-state-*.json" is a pickle)."""
+    try:
+        if data[:1] == b"\x80":   # a pickle's PROTO
+            for _ in pickletools.genops(io.BytesIO(data)):
+                pass
+        else:
+            json.loads(data)
+        return bool(data)
+    except Exception:   # noqa: BLE001 - any decoding error is a file cut short
+        return False
+
+
+def staged_copies(experiment: str, filename: str) -> List[str]:
+    """This machine's copies of one of Tune's state files: the driver writes each into Ray's
+    session folder, then copies it to the results folder."""
+    roots = {os.path.join(os.environ.get("RAY_TMPDIR", tempfile.gettempdir()), "ray")}
+    try:
+        from ray._common.utils import get_default_ray_temp_dir   # RAY_TMPDIR's rule, as Ray reads it
+        roots.add(get_default_ray_temp_dir())
+    except Exception:   # noqa: BLE001 - another Ray's layout: the default above
+        pass
+    return sorted(p for root in roots for p in
+                  glob.glob(os.path.join(root, "session_*", "artifacts", "*", experiment, "driver_artifacts", filename)))
+
+
+def mend_tune_state(parent: Storage, name: str, experiment: str, target: str) -> List[str]:
+    """Tune restores from the newest of each of its state files (the experiment's, the search's,
+    the callbacks'). One cut short as it was written (the disk filled) makes Tune's restore fail
+    and start the experiment afresh, over the sweep's recorded trials. Each such file is put back
+    from this machine's whole copy in Ray's session folder; where there is none, the resume is
+    refused before anything runs. Returns what was put back."""
+    newest: Dict[str, str] = {}
+    for filename in parent.listdir(name, experiment):
+        m = STATE_FILE.match(filename)
+        if m and filename > newest.get(m["kind"], ""):
+            newest[m["kind"]] = filename
+    mended = []
+    for filename in sorted(newest.values()):
+        rel = posixpath.join(name, experiment, filename)
+        if whole(parent.read_bytes(rel)):
+            continue
+        copies = [p for p in staged_copies(experiment, filename) if whole(open(p, "rb").read())]
+        if not copies:
+            raise ConfigError("resume", target, f"Tune's state {experiment}/{filename} was cut short as it was written "
+                              "(a full disk?) and this machine holds no whole copy: Tune cannot restore the sweep; "
+                              "trials.parquet and epochs/ read whole")
+        with open(copies[-1], "rb") as fh:
+            parent.write_bytes(rel, fh.read())
+        print(f"tunesmith: {experiment}/{filename} had been cut short as it was written; put back from this "
+              f"machine's copy ({copies[-1]})", flush=True)
+        mended.append(filename)
+    return mended
 
 
 def trial_ids(storage: Storage, name: str, experiment: str = "_tune") -> set:
@@ -122,6 +190,8 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
             SweepStopper.resumed = stopper   # the stopper Tune's controller restores shares its state
         grid = tuner.fit() if stopper is None else stopper.fit(tuner)
         status = "interrupted" if stopper is not None and stopper.event.is_set() else "finished"
+        if callback is not None and callback.failure:
+            status = f"failed: {callback.failure}"
         if status == "finished" and callback is not None:
             from tunesmith.orchestrator.confirm_again import after_resume
             man.update(after_resume(spec, storage, cluster, callback, stopper, bool(confirming), not in_memory,
@@ -140,12 +210,12 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
         counts = after.status.value_counts().to_dict() if after is not None else {}
         man.update(ended_at=manifest_mod.now_iso(), status=status, trials={str(k): int(v) for k, v in counts.items()})
         man["wall_seconds"] = round(man.get("wall_seconds") or 0, 3) + round(time.monotonic() - began, 3)
-        manifest_mod.save(storage, name, man)
+        manifest_mod.save_or_say(storage, name, man, callback is not None and callback.failure)
     if len(grid) < len(before):
         raise RuntimeError(f"Tune restored {len(grid)} trials where {len(before)} were recorded: the restore "
                            "failed and Tune started afresh; the Parquet files keep what was written")
     return {"trials": counts, "restored": len(before), "total": len(grid), "path": storage.uri(name),
-            "interrupted": status == "interrupted"}
+            "interrupted": status == "interrupted", "failure": callback is not None and callback.failure}
 
 
 def _restored_stopper(tuner, storage: Storage):

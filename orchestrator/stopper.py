@@ -116,9 +116,13 @@ class SweepStopper(Stopper):
             self._told = True
 
     def fail(self, reason: str) -> None:
-        """Stop every trial, as the first Ctrl-C does, because the sweep cannot go on."""
+        """Stop every trial, as the first Ctrl-C does, because the sweep cannot go on (its results
+        could not be written): by Tune's own interrupt too, so that once the storage is back
+        (a disk freed) `tunesmith resume` continues the trials and the search."""
         self.failure = reason
         self.event.set()
+        if threading.current_thread() is threading.main_thread():   # Tune's handler sets signals
+            self._interrupt_tune()
 
     def release_hold(self, hold_back=None) -> bool:
         """What was held back is the next phase's now (a confirmation after its search):

@@ -3,12 +3,10 @@ cluster/ says where trials run, this module decides (search algorithm, scheduler
 trainables/ trains and knows Ray only through its report call."""
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
-import pyarrow as pa
 import yaml
 
 from tunesmith.cluster.connect import ClusterInfo
@@ -236,7 +234,7 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
         if callback.failure:
             status = f"failed: {callback.failure}"
         if confirming:
-            unconfirmed = ("the search was interrupted" if status != "finished" else
+            unconfirmed = (stopped_why(status) if status != "finished" else
                            why_unconfirmed(spec, callback.ledger, stopper, deadline, deadline and deadline - began,
                                            after, rounds))
         if confirming and unconfirmed and status == "finished":   # the kept model's test figure, at least
@@ -268,16 +266,16 @@ def run_sweep(spec: SweepSpec, cluster: ClusterInfo, *, trainable: Optional[Call
             man["confirm"] = verdict.to_dict()
         elif tested is not None:   # read where a confirmation's would be: the kept model's alone
             man["kept_test"] = {"trial": tested, **callback.ledger.trials[tested].test}
-        try:
-            manifest_mod.save(storage, spec.name, man)
-        except (OSError, pa.ArrowException) as exc:
-            if not callback.failure:
-                raise
-            print(f"tunesmith: the manifest could not say so either ({str(exc).splitlines()[0][:200]})",
-                  file=sys.stderr, flush=True)
+        manifest_mod.save_or_say(storage, spec.name, man, callback.failure)
     return SweepOutcome(spec, storage, callback.ledger, time.monotonic() - start, status == "interrupted",
                         stopper.timed_out.is_set(), None if deadline is None else deadline - began,
                         failure=callback.failure, confirmed=verdict, unconfirmed=unconfirmed)
+
+
+def stopped_why(status: str) -> str:
+    """Why a search that did not finish has no confirmation."""
+    return "the sweep stopped: its results could not be written" if status.startswith("failed") else \
+        "the search was interrupted"
 
 
 def why_unconfirmed(spec: SweepSpec, ledger, stopper, deadline: Optional[float], budget: Optional[float], after,

@@ -79,3 +79,154 @@ def test_an_interrupt_while_the_sweep_is_assembled_leaves_its_manifest_saying_so
         sweep.run_sweep(spec, cluster, trainable=lambda config: None)
     manifest = json.loads((tmp_path / "results" / "sw" / "manifest.json").read_text())
     assert manifest["status"] == "interrupted" and manifest["ended_at"] and manifest["command"] == "run"
+
+
+def _state_folder(root, session="session_2026-12-05_11-09-49_1"):
+    """A sweep folder with Tune's state files, and the driver's copies in a Ray session folder."""
+    import json as json_mod
+    import pickle
+    sweep = root / "results" / "sw" / "_tune"
+    staged = root / "ray" / "ray" / session / "artifacts" / "2026-12-05_11-09-55" / "_tune" / "driver_artifacts"
+    files = {"experiment_state-2026-12-05_11-09-55.json": json_mod.dumps({"runner_data": {"x": 1}}).encode(),
+             "basic-variant-state-2026-12-05_11-09-55.json": pickle.dumps({"searcher": [1, 2, 3]}),
+             "callback-states-2026-12-05_11-09-55.pkl": pickle.dumps({"cb": {"sweep": "sw"}})}
+    for folder in (sweep, staged):
+        folder.mkdir(parents=True)
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+    return sweep, staged, files
+
+
+def test_tunes_state_cut_short_by_a_full_disk_is_put_back_from_the_drivers_copy(tmp_path, monkeypatch, capsys):
+    """A disk that fills as Tune saves its state leaves the file cut short; Tune's restore then
+    fails and starts the experiment afresh, over the recorded trials (a resume did, lr None).
+    The driver's whole copy in Ray's session folder is put back; without one, one line, exit 2."""
+    from tunesmith.orchestrator.resume import mend_tune_state
+    from tunesmith.trainables.config import ConfigError
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray"))
+    sweep, staged, files = _state_folder(tmp_path)
+    parent = Storage(str(tmp_path / "results"))
+    assert mend_tune_state(parent, "sw", "_tune", "sw") == []   # whole: nothing touched
+    cut = {"experiment_state-2026-12-05_11-09-55.json": 12, "basic-variant-state-2026-12-05_11-09-55.json": 0,
+           "callback-states-2026-12-05_11-09-55.pkl": len(files["callback-states-2026-12-05_11-09-55.pkl"]) - 1}
+    for name, size in cut.items():
+        (sweep / name).write_bytes(files[name][:size])
+    # an older run's file, cut short, is not the one Tune reads: left alone
+    (sweep / "experiment_state-2026-12-05_10-00-00.json").write_bytes(b"{")
+    assert sorted(mend_tune_state(parent, "sw", "_tune", "sw")) == sorted(cut)
+    assert all((sweep / name).read_bytes() == data for name, data in files.items())
+    assert (sweep / "experiment_state-2026-12-05_10-00-00.json").read_bytes() == b"{"
+    assert "had been cut short as it was written; put back" in capsys.readouterr().out
+    # no whole copy on this machine (another machine's driver, or Ray's session folder cleared)
+    (sweep / "callback-states-2026-12-05_11-09-55.pkl").write_bytes(b"\x80\x04")
+    (staged / "callback-states-2026-12-05_11-09-55.pkl").write_bytes(b"\x80\x04")
+    with pytest.raises(ConfigError, match=r"callback-states-2026-12-05_11-09-55.pkl was cut short .* no whole copy"):
+        mend_tune_state(parent, "sw", "_tune", "sw")
+
+
+@pytest.fixture
+def disk(tmp_path):
+    """A 64 MiB tmpfs, room for a sweep until a test fills it."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.fail("could not mount a tmpfs: these tests need root, as CI has")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
+
+
+def _fill(mnt, filler):
+    """Write ``filler`` until the disk has no room left."""
+    with open(filler, "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * (1 << 16))
+                fh.flush()
+        except OSError:
+            pass
+
+
+def test_rows_a_full_disk_refused_ride_in_tunes_state_to_the_resume(disk, monkeypatch):
+    """Epoch rows the full disk refused, while the trial's checkpoints after them were saved: the
+    resumed trial starts after them, so they would never be written. They go into Tune's state
+    (the driver's copy of it is whole), and the resume writes them, once."""
+    import pickle
+    monkeypatch.setattr(callback_mod, "RETRY_WAITS", ())
+
+    def callback():
+        return LedgerCallback(Storage(str(disk)), "sw", ["lr"], {"lr": []}, epochs=10, metric="val_acc", mode="max",
+                              stopper=SweepStopper(None), flush_seconds=0.0)
+    cb = callback()
+    cb.start("a", {"lr": 0.1})
+    for epoch in (1, 2, 3):
+        if epoch == 2:
+            _fill(disk, disk / "filler")
+        cb.record("a", {"training_iteration": epoch, "val_acc": 0.5 + epoch / 10, "val_loss": 0.7})
+        cb.flush()
+    assert cb.failure and cb.stopper.failure
+    state = pickle.loads(pickle.dumps(cb.get_state()))   # as Tune saves it
+    assert [r["epoch"] for r in state["unwritten"]] == [2, 3]
+
+    (disk / "filler").unlink()
+    resumed = callback()   # Tune's restored copy
+    resumed.set_state(state)
+    assert resumed.trials["a"].epochs == 3 and resumed.trials["a"].best["val_acc"] == pytest.approx(0.8)
+    resumed.flush()
+    resumed.set_state(state)   # a second restore of the same state adds nothing twice
+    resumed.flush()
+    rows = pds.dataset(str(disk / "sw" / "epochs"), format="parquet").to_table().to_pandas()
+    assert sorted(rows.epoch) == [1, 2, 3]
+    assert pq.read_table(disk / "sw" / "trials.parquet").to_pandas().epochs.tolist() == [3]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_sweep_stopped_by_a_full_disk_resumes_once_there_is_room(ray_session, disk, tmp_path, monkeypatch, capsys):
+    """The results disk fills mid-sweep: the sweep stops (exit 1, the error named, the way on
+    given). Freed, `tunesmith resume` continues the stopped trials and the search, where the
+    sweep once ended them for good, and Tune's state cut short by the full disk is put back."""
+    import threading
+    from tunesmith.orchestrator.cli import main
+    monkeypatch.setattr(callback_mod, "RETRY_WAITS", (0.05,))
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"""name: sw
+dataset: {{name: digits}}
+trainer: {{epochs: 6}}
+search: {{algorithm: random, num_samples: 3, max_concurrent: 2, space: {{lr: {{loguniform: [0.02, 0.3]}}}}}}
+asha: {{enabled: false}}
+confirm: {{top: 0}}
+results_dir: {disk}
+""")
+    epochs_dir, filler = disk / "sw" / "epochs", disk / "filler"
+
+    def fill_when_epochs_written():
+        deadline = time.time() + 120
+        while time.time() < deadline and not (epochs_dir.exists() and any(p.suffix == ".parquet"
+                                                                           for p in epochs_dir.iterdir())):
+            time.sleep(0.05)
+        _fill(disk, filler)
+    filling = threading.Thread(target=fill_when_epochs_written, daemon=True)
+    filling.start()
+    assert main(["run", str(spec)]) == 1
+    filling.join()
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and f"tunesmith resume {disk / 'sw'}" in err
+    before = pq.read_table(disk / "sw" / "trials.parquet").to_pandas().set_index("trial_id")
+    assert len(before) < 3 or (before.epochs < 6).any(), before
+
+    written = set(pds.dataset(str(epochs_dir), format="parquet").to_table(columns=["trial_id", "epoch"])
+                  .to_pandas().itertuples(index=False, name=None))
+    filler.unlink()
+    assert main(["resume", str(disk / "sw")]) == 0
+    assert "had been cut short as it was written; put back" in capsys.readouterr().out
+    after = pq.read_table(disk / "sw" / "trials.parquet").to_pandas().set_index("trial_id")
+    assert len(after) == 3 and set(after.status) == {"completed"} and (after.epochs == 6).all(), after
+    for tid in before.index:   # the same trials, their settings kept, continued (not started again)
+        assert after.loc[tid, "hp_lr"] == before.loc[tid, "hp_lr"]
+        assert after.loc[tid, "started_at"] == before.loc[tid, "started_at"]
+    epochs = pds.dataset(str(epochs_dir), format="parquet").to_table().to_pandas()
+    rows = set(epochs[["trial_id", "epoch"]].itertuples(index=False, name=None))
+    assert written <= rows   # nothing written before is lost
+    assert not epochs.duplicated(["trial_id", "epoch"]).any() and len(epochs) == 3 * 6

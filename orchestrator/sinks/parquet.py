@@ -95,11 +95,17 @@ class ParquetSink(Sink):
     def relocate(self, storage: Storage) -> None:
         self.storage = storage
 
-    def load(self, ledger) -> None:
-        """The ledger as the files on disk hold it (a resume)."""
+    @property
+    def pending(self) -> List[dict]:
+        """The epoch rows not written yet."""
+        return self._rows
+
+    def load(self, ledger, unwritten=()) -> int:
+        """The ledger as the files on disk hold it (a resume), with ``unwritten``: epoch rows a
+        failed storage refused, those the files lack queued to be written. Returns how many."""
         import pyarrow.dataset as pds
         if not self.storage.exists(self.sweep, "trials.parquet"):
-            return
+            return 0
         trials = self.storage.read_table(f"{self.sweep}/trials.parquet").to_pylist()
         rows: List[dict] = []
         if self.storage.exists(self.sweep, "epochs"):
@@ -109,4 +115,8 @@ class ParquetSink(Sink):
             columns = list(dict.fromkeys(["trial_id", "epoch", "timestamp", "time_total_s", "node_ip", "device",
                                           ledger.metric, *schema.CORE_METRICS, "extra"]))
             rows = pds.dataset(files, filesystem=fs, format="parquet").to_table(columns=columns).to_pylist()
-        ledger.load(trials, rows, lambda row: json.loads(row["config"] or "{}"))
+        have = {(r["trial_id"], r["epoch"]) for r in rows}
+        queued = [r for r in unwritten if (r["trial_id"], r["epoch"]) not in have]
+        self._rows.extend(queued)
+        ledger.load(trials, rows + queued, lambda row: json.loads(row["config"] or "{}"))
+        return len(queued)
