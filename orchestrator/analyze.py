@@ -174,7 +174,8 @@ def render_table(summaries: List[Dict[str, Any]], plots: List[str]) -> str:
                    "bootstrap interval; whether the data separate its values, by a permutation test)")
         out.append(_table([{"hparam": e["hparam"], "importance": round(e["importance"], 3),
                             "95% interval": f"{e['low']:.3f} to {e['high']:.3f}",
-                            "separates values": "yes" if e["separated"] else f"no (p = {e['p']:.2f})"}
+                            "separates values": ("yes" if e["separated"] else f"no (p = {e['p']:.2f})")
+                            + (f", over {e['binned']} quantile bins (each value ran once)" if e["binned"] else "")}
                            for e in s["effects"]]))
         for e in s["effects"]:
             out.append(f"\n{s['metric']} by {e['hparam']}" + ("" if e["separated"] else

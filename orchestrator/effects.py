@@ -32,13 +32,13 @@ def plain(v):
     return v
 
 
-def bins(values: pd.Series):
-    """Group labels for a hyperparameter: its values when few, else quantile bins (on a log
-    scale for positive values spanning more than a decade, such as LR and weight decay)."""
+def bins(values: pd.Series, few: int = FEW_VALUES):
+    """Group labels for a hyperparameter: its values when ``few`` or fewer, else quantile bins (on
+    a log scale for positive values spanning more than a decade, such as LR and weight decay)."""
     v = values.dropna()
     if v.empty:
         return values.astype(str)
-    if values.dtype == object or values.dtype == bool or v.nunique() <= FEW_VALUES:
+    if values.dtype == object or values.dtype == bool or v.nunique() <= few:
         return values.map(fmt)
     x = v.astype(float)
     logscale = (x > 0).all() and x.max() / x.min() > 10
@@ -97,9 +97,15 @@ def effects(sweep) -> List[Dict[str, Any]]:
                          "±95%": None if math.isnan(half) else float(half), "best": float(best)})
         rows.sort(key=lambda r: sort_key(r["bin"]))
         codes, uniques = pd.factorize(frame["bin"])
+        binned = 0
+        if len(uniques) == len(frame) > 3:   # each value ran once: as groups they explain everything
+            coarse = bins(t[col], few=0)[ok].astype(str)
+            if coarse.nunique() < len(frame):
+                codes, uniques = pd.factorize(coarse)
+                binned = len(uniques)
         imp = importance(codes, frame.score.to_numpy(), len(uniques)) if len(frame) > 1 else \
             {"importance": 0.0, "low": 0.0, "high": 0.0, "p": 1.0}
-        out.append({"hparam": sweep.names.get(col, col[3:]), "column": col, **imp,
+        out.append({"hparam": sweep.names.get(col, col[3:]), "column": col, **imp, "binned": binned,
                     "separated": imp["p"] < SEPARATE_P and len(uniques) > 1, "bins": rows})
     out.sort(key=lambda e: -e["importance"])
     return out

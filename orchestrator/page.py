@@ -50,7 +50,7 @@ TEMPLATE = r"""<!doctype html>
 <div class="best">{{ s.confirmation.verdict }}</div>{% endif %}
 <h3>Hyperparameter importance</h3>
 <table><tr><th>hyperparameter</th><th>importance</th><th>95% interval</th><th>separates values</th></tr>
-{% for e in s.effects %}<tr><td>{{ e.hparam }}</td><td>{{ "%.3f"|format(e.importance) }}</td><td>{{ "%.3f"|format(e.low) }} to {{ "%.3f"|format(e.high) }}</td><td>{{ "yes" if e.separated else "no (p = %.2f)"|format(e.p) }}</td></tr>{% endfor %}</table>
+{% for e in s.effects %}<tr><td>{{ e.hparam }}</td><td>{{ "%.3f"|format(e.importance) }}</td><td>{{ "%.3f"|format(e.low) }} to {{ "%.3f"|format(e.high) }}</td><td>{{ "yes" if e.separated else "no (p = %.2f)"|format(e.p) }}{{ ", over %d quantile bins (each value ran once)"|format(e.binned) if e.binned else "" }}</td></tr>{% endfor %}</table>
 {% for e in s.effects %}<details><summary>{{ s.metric }} by {{ e.hparam }}{{ "" if e.separated else ": within the noise" }}</summary>
 <table><tr><th>value</th><th>trials</th><th>mean</th><th>&plusmn;95%</th><th>best</th></tr>
 {% for b in e.bins %}<tr><td>{{ b.bin }}</td><td>{{ b.trials }}</td><td>{{ "%.4f"|format(b.mean) }}</td><td>{{ fmt(b["±95%"]) }}</td><td>{{ "%.4f"|format(b.best) }}</td></tr>{% endfor %}
