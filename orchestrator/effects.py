@@ -132,7 +132,7 @@ def seed_variance(sweep) -> List[Dict[str, Any]]:
         key = key if isinstance(key, tuple) else (key,)
         x = g[sweep.score].astype(float)
         sd = float(x.std(ddof=1)) if len(x) > 1 else math.nan
-        half = verdict.t_half_width(sd, len(x))
+        half = verdict.t_half_width(verdict.floored(sd, verdict.step_of(list(x), sweep.metric)), len(x))
         rows.append({**{sweep.names.get(c, c[3:]): plain(v) for c, v in zip(others, key)},
                      "seeds": int(len(x)), "mean": float(x.mean()), "std": 0.0 if math.isnan(sd) else sd,
                      "±95%": None if math.isnan(half) else half, "min": float(x.min()), "max": float(x.max())})

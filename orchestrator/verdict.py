@@ -28,6 +28,29 @@ def t_half_width(sd: float, n: int, level: float = LEVEL) -> float:
     return float(stdtrit(n - 1, 0.5 + level / 2)) * sd / math.sqrt(n)
 
 
+def step_of(values: Sequence[float], metric: str) -> float:
+    """The step between the values an accuracy takes, 1/n on n validation images: the least n up
+    to 10,000 that all ``values`` fit as k/n. 0 for another metric, or where nothing pins it
+    (no value strictly between 0 and 1, or none fits)."""
+    vals = [v for v in values if math.isfinite(v)]
+    if not metric.endswith("_acc") or not any(0.0 < v < 1.0 for v in vals):
+        return 0.0
+    for n in range(2, 10_001):
+        if all(abs(v * n - round(v * n)) < 1e-3 for v in vals):
+            return 1.0 / n
+    return 0.0
+
+
+def floored(sd: float, step: float, pair: bool = False) -> float:
+    """A spread no smaller than the rounding's own: a reading on a grid of ``step`` (an accuracy
+    on few validation images) carries a uniform error of sd step/sqrt(12), a difference of two
+    step/sqrt(6). Seeds that all read the same (common on 30 images) otherwise gave a zero-width
+    interval ("better by 36.67 points, +36.67 to +36.67")."""
+    if not step or not math.isfinite(sd):
+        return sd
+    return max(sd, step / math.sqrt(6.0 if pair else 12.0))
+
+
 def within_range(lo: float, hi: float, metric: str, difference: bool = False) -> Tuple[float, float]:
     """A t interval cut to the values the metric can take: a mean accuracy lies in [0, 1], a
     difference of two in [-1, 1], and a mean loss is not negative. The true value lies there, so
@@ -58,6 +81,7 @@ class Finalist:
     runs: Dict[int, str] = field(default_factory=dict)         # seed -> confirmation trial id
     unfinished: int = 0            # seeds whose run did not reach the end of its schedule
     own: Optional[int] = None      # the seed of its own search run, where that counts (add_search_run)
+    step: float = 0.0              # the metric's resolution (step_of), which floors the spread
 
     def _new(self, values: Dict[int, float]) -> List[float]:
         """The new seeds' values: those no selection has read (the search's run chose the finalists)."""
@@ -79,7 +103,7 @@ class Finalist:
 
     @property
     def half(self) -> float:
-        return t_half_width(self.sd, len(self.by_seed))
+        return t_half_width(floored(self.sd, self.step), len(self.by_seed))
 
     @property
     def test(self) -> float:
@@ -96,6 +120,7 @@ class Verdict:
     half: float = math.nan
     paired_n: int = 0
     search_seeds: List[int] = field(default_factory=list)   # seeds whose runs are the search's own
+    spread_floored: bool = False   # the paired differences' spread was below the metric's rounding
 
     def seeds_text(self) -> str:
         """``seeds 7 (the search's own runs) and 1007 (new)``."""
@@ -146,7 +171,9 @@ class Verdict:
             return (f"verdict: cannot tell {first} and {second} apart: {self.paired_n} shared seed "
                     "(confirm.seeds of 2 or more gives an interval)")
         lo, hi = within_range(self.diff - self.half, self.diff + self.half, self.metric, difference=True)
-        band = f"95% interval {lo * k:+.2f} to {hi * k:+.2f}{unit}, paired over {self.paired_n} seeds"
+        band = f"95% interval {lo * k:+.2f} to {hi * k:+.2f}{unit}, paired over {self.paired_n} seeds" + \
+            ("; the seeds agree to within one validation image, whose rounding sets the spread"
+             if self.spread_floored else "")
         if self.separated:
             return f"verdict: {first} is better than {second} by {d:.2f}{unit} ({band})"
         return (f"verdict: cannot tell {first} and {second} apart at this budget: {d:+.2f}{unit} ({band}); "
@@ -214,6 +241,9 @@ def verdict_of(finals: Sequence[Finalist], metric: str, mode: str, seeds: Sequen
                                            over_common(f.loss_by_seed) if f.loss_by_seed else 0.0))
     verdict = Verdict(list(ranked), metric, mode, sorted(set(seeds) | search_seeds),
                       search_seeds=sorted(search_seeds))
+    step = step_of([v for f in finals for v in f.by_seed.values()], metric)
+    for f in finals:
+        f.step = step
     if len(ranked) >= 2:
         a, b = ranked[0], ranked[1]
         diffs = [-sign * (a.by_seed[s] - b.by_seed[s]) for s in sorted(set(a.by_seed) & set(b.by_seed))]
@@ -221,7 +251,8 @@ def verdict_of(finals: Sequence[Finalist], metric: str, mode: str, seeds: Sequen
         verdict.paired_n = len(diffs)
         if diffs:
             verdict.diff, sd = mean_sd(diffs)
-            verdict.half = t_half_width(sd, len(diffs))
+            verdict.half = t_half_width(floored(sd, step, pair=True), len(diffs))
+            verdict.spread_floored = len(diffs) > 1 and floored(sd, step, pair=True) > sd
     return verdict
 
 

@@ -125,6 +125,29 @@ def test_differences_inside_the_noise_are_not_called_and_ties_go_to_the_lower_lo
     assert "noise floor" in v.text()
 
 
+def test_seeds_that_agree_to_one_validation_image_get_the_roundings_spread_not_a_zero_width_interval():
+    """On 30 validation images an accuracy moves in steps of 1/30, and two seeds often read the
+    same: a fine-tuning sweep said "better by 36.67 points (95% interval +36.67 to +36.67)", and a
+    finalist's interval was "0.8000 to 0.8000". The spread is at least the rounding's own."""
+    from scipy import stats
+    from tunesmith.orchestrator.verdict import floored, step_of
+    assert step_of([24 / 30, 13 / 30, 26 / 30, 15 / 30], "val_acc") == pytest.approx(1 / 30)
+    assert step_of([1.0, 1.0], "val_acc") == 0.0 and step_of([0.3], "val_loss") == 0.0   # nothing pins it
+    assert floored(0.02, 1 / 30) == 0.02 and floored(0.0, 0.0) == 0.0   # a measured spread stands
+    w = _ledger()
+    _search(w)
+    finals = confirm.finalists(w, 2)
+    _confirmed(w, {"a": [(1, 13 / 30, 1.0, 0.4), (2, 13 / 30, 1.0, 0.5)], "b": [(1, 24 / 30, 0.5, 0.8), (2, 24 / 30, 0.5, 0.9)]})
+    v = confirm.judge(w, finals, [1, 2])
+    b, a = v.finalists
+    t = stats.t.ppf(0.975, 1)
+    assert b.sd == 0 and b.half == pytest.approx(t * (1 / 30) / math.sqrt(12) / math.sqrt(2))
+    assert v.diff == pytest.approx(11 / 30) and v.half == pytest.approx(t * (1 / 30) / math.sqrt(6) / math.sqrt(2))
+    assert v.separated and v.spread_floored
+    assert "by 36.67 points (95% interval +24.44 to +48.89 points, paired over 2 seeds; the seeds agree to " \
+           "within one validation image" in v.text()
+
+
 def test_intervals_stay_within_what_an_accuracy_or_a_loss_can_be():
     """Two seeds far apart: the t interval on an accuracy's mean spans more than [0, 1], and on the
     paired difference more than 100 points. The table and the verdict cut them to what the metric
