@@ -114,7 +114,7 @@ def _stage2_lines(run: Dict[str, Any], m: str):
                            (f"Weight decay by mean {m} at epoch {run['ranked_at_epoch']}:", run["weight_decay_ranking"])):
         if ranking:   # not drawn where the budget held them
             lines += ["", title] + [f"- {f(x['value'])}: mean {x['mean']:.4f}, best {x['best']:.4f} "
-                                    f"({x['trials']} trials)" for x in ranking]
+                                    f"({x['trials']} trial{'s' if x['trials'] != 1 else ''})" for x in ranking]
     if run["best"] is not None:
         cfg = ", ".join(f"{k}={f(v)}" for k, v in run["best_config"].items())
         lines += ["", f"Best: {cfg}: trial {run['best_trial']}, {m} {run['best']:.4f} at epoch "
