@@ -104,7 +104,8 @@ def cmd_resume(args) -> int:
     finally:
         if cluster is not None:
             disconnect(cluster)
-    print(f"resumed {name}: {out['restored']} trials were recorded, {out['total']} now; "
+    print(f"resumed {name}: {out['restored']} trial{' was' if out['restored'] == 1 else 's were'} recorded, "
+          f"{out['total']} now; "
           + ", ".join(f"{n} {s}" for s, n in sorted(out["trials"].items())))
     print(f"results: {out['path']}")
     if out.get("failure"):

@@ -162,6 +162,9 @@ class Verdict:
 
     def text(self) -> str:
         """The last lines' verdict between the first two finalists."""
+        if len(self.finalists) >= 2 and not self.finalists[1].by_seed and self.finalists[1].unfinished:
+            return (f"verdict: nothing to compare {self.finalists[0].trial_id} with: the runs of "
+                    f"{self.finalists[1].trial_id} were cut short")
         if len(self.finalists) < 2 or not self.finalists[1].by_seed:
             return "verdict: one finalist confirmed; nothing to compare it with"
         k, unit = self.scale()

@@ -262,6 +262,19 @@ def test_a_diverged_seed_counts_against_its_configuration_and_one_seed_gives_no_
     assert "cannot tell b and a apart: 1 shared seed" in v.text()
 
 
+def test_a_finalist_whose_runs_were_cut_short_is_named_in_the_verdict():
+    """A confirmation stopped part-way (a full disk, Ctrl-C): it said "one finalist confirmed"."""
+    w = _ledger()
+    _search(w)
+    finals = confirm.finalists(w, 2)
+    _confirmed(w, {"a": [(1, 0.95, 0.2, 0.94)]})
+    rec, _ = w.start("b-1", {CONFIRM: {"lr": 0.2, "model.width": 32, "seed": 1, "of": "b"}})
+    w.record(rec, {"training_iteration": 1, "val_acc": 0.5, "val_loss": 1.0})
+    w.finish(rec, "", None, True, False)   # interrupted at epoch 1 of 4
+    v = confirm.judge(w, finals, [1])
+    assert v.text() == "verdict: nothing to compare a with: the runs of b were cut short"
+
+
 def test_a_confirmation_the_time_left_cannot_fit_is_not_started_and_says_why():
     """Its runs fit their schedules to the time left, down to four fifths of their epochs; less
     than that, at the search's measured pace, and it is not started."""
