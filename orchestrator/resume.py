@@ -23,7 +23,7 @@ import re
 import stat
 import tempfile
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from tunesmith.orchestrator import manifest as manifest_mod
 from tunesmith.orchestrator.spec import SweepSpec
@@ -87,17 +87,28 @@ def whole(data: bytes) -> bool:
         return False
 
 
-def staged_copies(experiment: str, filename: str) -> List[str]:
-    """This machine's copies of one of Tune's state files: the driver writes each into Ray's
-    session folder, then copies it to the results folder."""
+def _read(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def staged_folder(experiment: str, state_file: str, ids: set) -> Optional[str]:
+    """This machine's copy of a Tune experiment's state: its driver writes each file into Ray's
+    session folder, then copies it to the results folder. The newest folder whose copy of
+    ``state_file`` (experiment_state-*.json, named by its second) is whole and names one of the
+    sweep's recorded trials ``ids`` (another sweep may have started in the same second); with no
+    trial recorded, only a folder that no other could be."""
     roots = {os.path.join(os.environ.get("RAY_TMPDIR", tempfile.gettempdir()), "ray")}
     try:
         from ray._common.utils import get_default_ray_temp_dir   # RAY_TMPDIR's rule, as Ray reads it
         roots.add(get_default_ray_temp_dir())
     except Exception:   # noqa: BLE001 - another Ray's layout: the default above
         pass
-    return sorted(p for root in roots for p in
-                  glob.glob(os.path.join(root, "session_*", "artifacts", "*", experiment, "driver_artifacts", filename)))
+    found = sorted(os.path.dirname(p) for root in roots for p in glob.glob(
+        os.path.join(root, "session_*", "artifacts", "*", experiment, "driver_artifacts", state_file)))
+    mine = [f for f in found if whole(data := _read(os.path.join(f, state_file)))
+            and (any(tid.encode() in data for tid in ids) if ids else len(found) == 1)]
+    return mine[-1] if mine else None
 
 
 def mend_tune_state(parent: Storage, name: str, experiment: str, target: str) -> List[str]:
@@ -111,22 +122,20 @@ def mend_tune_state(parent: Storage, name: str, experiment: str, target: str) ->
         m = STATE_FILE.match(filename)
         if m and filename > newest.get(m["kind"], ""):
             newest[m["kind"]] = filename
-    mended = []
-    for filename in sorted(newest.values()):
-        rel = posixpath.join(name, experiment, filename)
-        if whole(parent.read_bytes(rel)):
-            continue
-        copies = [p for p in staged_copies(experiment, filename) if whole(open(p, "rb").read())]
-        if not copies:
+    cut = [f for f in sorted(newest.values()) if not whole(parent.read_bytes(posixpath.join(name, experiment, f)))]
+    if not cut:
+        return []
+    folder = staged_folder(experiment, newest.get("experiment_state", ""), trial_ids(parent, name, experiment))
+    for filename in cut:
+        copy = folder and os.path.join(folder, filename)
+        if not copy or not os.path.exists(copy) or not whole(_read(copy)):
             raise ConfigError("resume", target, f"Tune's state {experiment}/{filename} was cut short as it was written "
                               "(a full disk?) and this machine holds no whole copy: Tune cannot restore the sweep; "
                               "trials.parquet and epochs/ read whole")
-        with open(copies[-1], "rb") as fh:
-            parent.write_bytes(rel, fh.read())
+        parent.write_bytes(posixpath.join(name, experiment, filename), _read(copy))
         print(f"tunesmith: {experiment}/{filename} had been cut short as it was written; put back from this "
-              f"machine's copy ({copies[-1]})", flush=True)
-        mended.append(filename)
-    return mended
+              f"machine's copy ({copy})", flush=True)
+    return cut
 
 
 def trial_ids(storage: Storage, name: str, experiment: str = "_tune") -> set:

@@ -81,16 +81,16 @@ def test_an_interrupt_while_the_sweep_is_assembled_leaves_its_manifest_saying_so
     assert manifest["status"] == "interrupted" and manifest["ended_at"] and manifest["command"] == "run"
 
 
-def _state_folder(root, session="session_2026-12-05_11-09-49_1"):
+def _state_folder(root, trial="abc12_00000", session="session_2026-12-05_11-09-49_1", sweep_too=True):
     """A sweep folder with Tune's state files, and the driver's copies in a Ray session folder."""
     import json as json_mod
     import pickle
     sweep = root / "results" / "sw" / "_tune"
     staged = root / "ray" / "ray" / session / "artifacts" / "2026-12-05_11-09-55" / "_tune" / "driver_artifacts"
-    files = {"experiment_state-2026-12-05_11-09-55.json": json_mod.dumps({"runner_data": {"x": 1}}).encode(),
-             "basic-variant-state-2026-12-05_11-09-55.json": pickle.dumps({"searcher": [1, 2, 3]}),
-             "callback-states-2026-12-05_11-09-55.pkl": pickle.dumps({"cb": {"sweep": "sw"}})}
-    for folder in (sweep, staged):
+    files = {"experiment_state-2026-12-05_11-09-55.json": json_mod.dumps({"trial_data": [trial]}).encode(),
+             "basic-variant-state-2026-12-05_11-09-55.json": pickle.dumps({"searcher": [1, 2, 3], "of": trial}),
+             "callback-states-2026-12-05_11-09-55.pkl": pickle.dumps({"cb": {"sweep": "sw"}, "of": trial})}
+    for folder in ((sweep, staged) if sweep_too else (staged,)):
         folder.mkdir(parents=True)
         for name, data in files.items():
             (folder / name).write_bytes(data)
@@ -103,8 +103,12 @@ def test_tunes_state_cut_short_by_a_full_disk_is_put_back_from_the_drivers_copy(
     The driver's whole copy in Ray's session folder is put back; without one, one line, exit 2."""
     from tunesmith.orchestrator.resume import mend_tune_state
     from tunesmith.trainables.config import ConfigError
+    import pyarrow as pa
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray"))
     sweep, staged, files = _state_folder(tmp_path)
+    # another sweep whose Tune started in the same second: its copies have the same names
+    _state_folder(tmp_path, "fff99_00000", "session_2026-12-05_11-09-50_2", sweep_too=False)
+    pq.write_table(pa.table({"trial_id": ["abc12_00000"], "phase": ["search"]}), sweep.parent / "trials.parquet")
     parent = Storage(str(tmp_path / "results"))
     assert mend_tune_state(parent, "sw", "_tune", "sw") == []   # whole: nothing touched
     cut = {"experiment_state-2026-12-05_11-09-55.json": 12, "basic-variant-state-2026-12-05_11-09-55.json": 0,
