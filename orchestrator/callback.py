@@ -47,7 +47,7 @@ def _timed(hook):
 class LedgerCallback(Callback):
     """``write=False`` keeps the records in memory only (bench/writer_cost.py); ``sinks``
     (default: Parquet, then TensorBoard) are called in order."""
-    TRANSIENT = {"stopper": lambda: None}   # a resumed sweep has its own
+    TRANSIENT = {"stopper": lambda: None, "awaiting_restore": lambda: False}   # a resumed sweep has its own
 
     def __init__(self, storage: Storage, sweep: str, hp_keys: List[str], hp_domains: Dict[str, list],
                  epochs: int, metric: str, mode: str, flush_seconds: float = 1.0,
@@ -148,6 +148,12 @@ class LedgerCallback(Callback):
             self.ledger.retried(rec, error_text(trial))
             self._dirty = self._status_changed = True
 
+    def on_step_begin(self, iteration, trials, **info):
+        if getattr(self, "awaiting_restore", False):   # set_state was not called: Tune's restore failed
+            self.failure, self._closed = "Tune could not restore the sweep's state", True   # writes nothing
+            raise RestoreFailed("Tune could not restore the sweep's state (its error is above); it would have "
+                                "started the sweep afresh over the recorded trials; nothing ran and nothing was written")
+
     @_timed
     def on_step_end(self, iteration, trials, **info):
         if self._reconcile:
@@ -190,6 +196,7 @@ class LedgerCallback(Callback):
         # the resumed run's trials start anew: its start-up is measured again, from now (from the
         # first run's opening, a resume's hold counted the pause as start-up: 30 s for 5)
         self.ledger.opened_at, self.ledger.start_up = time.time(), None
+        self.awaiting_restore = False
         self.reload(unwritten=state.get("unwritten") or ())
 
     def relocate(self, storage: Storage) -> None:
@@ -334,6 +341,10 @@ class LedgerCallback(Callback):
                     return False
                 time.sleep(wait)
         return False
+
+
+class RestoreFailed(RuntimeError):
+    """`tunesmith resume`: Tune's restore failed, and its loop was about to start afresh."""
 
 
 def error_text(trial) -> str:

@@ -29,6 +29,7 @@ from tunesmith.orchestrator import manifest as manifest_mod
 from tunesmith.orchestrator.spec import SweepSpec
 from tunesmith.cluster.storage import Storage
 from tunesmith.trainables.config import ConfigError
+from tunesmith.orchestrator.callback import RestoreFailed
 
 
 def check_owner(parent: Storage, name: str) -> None:
@@ -171,7 +172,9 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
         {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
     tune_dir = storage.path(name, confirming or "_tune")
     fs = None if storage.is_local else storage.fs
-    began = time.monotonic()
+    began, was = time.monotonic(), {k: man[k] for k in ("status", "ended_at", "resumed_at") if k in man}
+    was["resumed_at"] = list(was.get("resumed_at", []))
+    states_before = set(storage.listdir(name, confirming or "_tune"))
     man.setdefault("resumed_at", []).append(manifest_mod.now_iso())
     man["status"] = "running"
     manifest_mod.save(storage, name, man)
@@ -181,6 +184,8 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
         tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=fs)
         stopper, callback = _restored_stopper(tuner, storage)
+        if callback is not None:   # Tune's restore calls its set_state; a failed one starts afresh
+            callback.awaiting_restore = True
         if stopper is not None:
             stopper.adopt(keeper)
         else:
@@ -192,7 +197,7 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
     if stopper is not None and callback is not None and not confirming and spec.confirm.top > 0:
         from tunesmith.orchestrator.confirm import budget_hold   # as `run` holds it (not pickled)
         stopper.hold_back = lambda: budget_hold(callback.ledger, spec, rounds, budget())   # asked only with a deadline
-    status = "failed"
+    status, undone = "failed", False
     try:
         if stopper is not None:
             stopper.install()
@@ -209,6 +214,15 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
     except KeyboardInterrupt:
         status = "interrupted"
         raise
+    except RestoreFailed as exc:   # nothing ran: the sweep stays as it was, Tune's fresh start unsaved
+        undone = True
+        man.update(was)
+        if not man["resumed_at"]:
+            del man["resumed_at"]
+        for f in set(storage.listdir(name, confirming or "_tune")) - states_before:
+            if STATE_FILE.match(f):
+                storage.fs.delete_file(storage.path(name, confirming or "_tune", f))
+        raise ConfigError("resume", target, str(exc)) from None
     finally:
         SweepStopper.resumed = None
         if stopper is not None:
@@ -217,8 +231,10 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
         after = storage.read_table(f"{name}/trials.parquet").to_pandas() if storage.exists(name, "trials.parquet") \
             else None
         counts = after.status.value_counts().to_dict() if after is not None else {}
-        man.update(ended_at=manifest_mod.now_iso(), status=status, trials={str(k): int(v) for k, v in counts.items()})
-        man["wall_seconds"] = round(man.get("wall_seconds") or 0, 3) + round(time.monotonic() - began, 3)
+        if not undone:
+            man.update(ended_at=manifest_mod.now_iso(), status=status,
+                       trials={str(k): int(v) for k, v in counts.items()})
+            man["wall_seconds"] = round(man.get("wall_seconds") or 0, 3) + round(time.monotonic() - began, 3)
         manifest_mod.save_or_say(storage, name, man, callback is not None and callback.failure)
     if len(grid) < len(before):
         raise RuntimeError(f"Tune restored {len(grid)} trials where {len(before)} were recorded: the restore "

@@ -234,3 +234,38 @@ results_dir: {disk}
     rows = set(epochs[["trial_id", "epoch"]].itertuples(index=False, name=None))
     assert written <= rows   # nothing written before is lost
     assert not epochs.duplicated(["trial_id", "epoch"]).any() and len(epochs) == 3 * 6
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_restore_tune_cannot_make_is_refused_before_anything_runs(ray_session, tmp_path, capsys):
+    """Tune's restore failing (state it cannot read: another Ray, a file mangled) made Tune start
+    the sweep afresh in its folder: it trained new trials over the recorded ones (their settings
+    lost), then said so. Now the resume stops at Tune's first step: one line, exit 2, every file
+    as it was."""
+    import json
+    from tunesmith.orchestrator.cli import main
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"""name: sw
+dataset: {{name: digits}}
+trainer: {{epochs: 2}}
+search: {{algorithm: random, num_samples: 2, space: {{lr: {{loguniform: [0.02, 0.3]}}}}}}
+confirm: {{top: 0}}
+results_dir: {tmp_path / 'results'}
+""")
+    assert main(["run", str(spec)]) == 0
+    folder = tmp_path / "results" / "sw"
+    man = json.loads((folder / "manifest.json").read_text())
+    man["status"] = "running"   # as a driver killed by SIGKILL leaves it
+    (folder / "manifest.json").write_text(json.dumps(man))
+    (state,) = sorted((folder / "_tune").glob("experiment_state-*.json"))
+    state.write_text(json.dumps({"trial_data": [], "runner_data": 5}))   # whole, and not Tune's
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["resume", str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("tunesmith: error: resume = ") and "Tune could not restore the sweep's state" in err
+    after = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    manifest = folder / "manifest.json"
+    assert json.loads(after.pop(manifest)) == json.loads(before.pop(manifest)) == man   # saved again, as it was
+    assert after == before
