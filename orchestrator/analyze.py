@@ -312,9 +312,18 @@ def plot(sweeps: List[Sweep], out_dir: str, top: int) -> List[str]:
 
 
 def _save(fig, out_dir: str, name: str) -> str:
+    """One plot, written whole (a temporary name, then renamed); a disk that fills is one line."""
     path = os.path.join(out_dir, name)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    tmp = os.path.join(out_dir, f".{name}.tmp-{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise ConfigError("--plots", out_dir, f"cannot be written ({exc.strerror or exc}); free some space, give "
+                          "--plots DIR elsewhere, or --no-plots") from None
     return path
 
 

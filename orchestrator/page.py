@@ -123,8 +123,14 @@ def write(path: str, sweeps, summaries: List[Dict[str, Any]], top: int) -> str:
         title=", ".join(s["sweep"] for s in summaries), sweeps=pages, written=now_iso(),
         compare=analyze.compare(summaries) if len(summaries) > 1 else None, fmt=_fmt)
     tmp_path = f"{path}.tmp-{os.getpid()}"
-    with open(tmp_path, "w", encoding="utf-8") as fh:
-        fh.write(html)
-    os.replace(tmp_path, path)
+    try:
+        with open(tmp_path, "w", encoding="utf-8") as fh:
+            fh.write(html)
+        os.replace(tmp_path, path)
+    except OSError as exc:   # a disk that fills: one line, and no half-written page
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        from tunesmith.trainables.config import ConfigError
+        raise ConfigError("--html", path, f"cannot be written ({exc.strerror or exc})") from None
     return path
 

@@ -269,3 +269,27 @@ results_dir: {tmp_path / 'results'}
     manifest = folder / "manifest.json"
     assert json.loads(after.pop(manifest)) == json.loads(before.pop(manifest)) == man   # saved again, as it was
     assert after == before
+
+
+def test_plots_and_the_page_on_a_full_disk_are_one_line_and_leave_nothing_half_written(small_disk, tmp_path):
+    """`analyze` wrote its PNGs and its HTML page in place: a disk that filled gave a traceback
+    and left the files cut short."""
+    from tunesmith.orchestrator import analyze, page
+    from tunesmith.trainables.config import ConfigError
+    w = LedgerCallback(Storage(str(tmp_path / "results")), "sw", ["lr"], {"lr": []}, epochs=2, metric="val_acc",
+                       mode="max", pruned={})
+    for i, lr in enumerate((0.01, 0.1, 0.3)):
+        w.start(f"t{i}", {"lr": lr})
+        for epoch in (1, 2):
+            w.record(f"t{i}", {"training_iteration": epoch, "val_acc": 0.5 + 0.1 * i + 0.01 * epoch, "val_loss": 1.0})
+        w.finish(f"t{i}")
+    w.close()
+    (tmp_path / "results" / "sw" / "spec.yaml").write_text("metric: val_acc\nmode: max\n")
+    _fill(small_disk, small_disk / "filler")
+    with pytest.raises(ConfigError, match="No space left on device") as err:
+        analyze.run(str(tmp_path / "results"), None, "table", 3, str(small_disk / "plots"))
+    assert "--plots" in str(err.value) and "\n" not in str(err.value)
+    sweeps = analyze.load(str(tmp_path / "results"))
+    with pytest.raises(ConfigError, match="No space left on device"):
+        page.write(str(small_disk / "page.html"), sweeps, [analyze.summary(s, 3) for s in sweeps], top=3)
+    assert sorted(p.name for p in small_disk.rglob("*") if p.is_file()) == ["filler"]
