@@ -293,3 +293,24 @@ def test_plots_and_the_page_on_a_full_disk_are_one_line_and_leave_nothing_half_w
     with pytest.raises(ConfigError, match="No space left on device"):
         page.write(str(small_disk / "page.html"), sweeps, [analyze.summary(s, 3) for s in sweeps], top=3)
     assert sorted(p.name for p in small_disk.rglob("*") if p.is_file()) == ["filler"]
+
+
+def test_a_command_whose_disk_fills_ends_in_one_line(small_disk, tmp_path, capsys):
+    """`lr-find` (as smith's report, a manifest) writes after its check that the folder takes
+    writes: a disk that filled between gave a traceback."""
+    import os
+    from tunesmith.orchestrator.cli import main
+    spec = tmp_path / "lf.yaml"
+    spec.write_text(f"name: lf\ndataset: {{name: digits}}\nresults_dir: {small_disk}\n")
+    fd = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        os.ftruncate(fd, os.fstat(fd).st_size - 40 * 1024)   # room for the check, not for the outputs
+    finally:
+        os.close(fd)
+    assert main(["lr-find", str(spec)]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "tunesmith: error: could not write the results: No space left on device; every file written before reads whole"]
+    assert [p for p in small_disk.rglob("*") if ".tmp-" in p.name] == []
