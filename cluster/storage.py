@@ -276,3 +276,15 @@ def release_claims() -> None:
     for location, name in reversed(list(_CLAIMS)):   # the last made first: a folder the first made empties last
         Storage(location).release(name)
 
+
+def refused(exc_or_text) -> str:
+    """Why a write failed, where the storage refused it (full, over quota, read-only): an
+    OSError, or a trial's error text (a checkpoint Tune could not persist). '' otherwise."""
+    import errno
+    codes = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+    code = getattr(exc_or_text, "errno", None)
+    if code not in codes:
+        text = str(exc_or_text).lower()
+        code = next((c for c in codes if f"[errno {c}]" in text or os.strerror(c).lower() in text), None)
+    return os.strerror(code) if code else ""
+

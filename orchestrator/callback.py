@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any, Dict, List, Optional
 
-from tunesmith.cluster.storage import Storage
+from tunesmith.cluster.storage import Storage, refused
 from tunesmith.orchestrator.ledger import Ledger, TrialRecord
 from tunesmith.orchestrator.retention import Retention
 from tunesmith.orchestrator.sinks import transient_state
@@ -130,8 +130,10 @@ class LedgerCallback(Callback):
 
     @_timed
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.finish(trial.trial_id, error=error_text(trial))
+        error = error_text(trial)
+        self.finish(trial.trial_id, error=error)
         self._retain(trial)
+        self._refused(trial.trial_id, error)
         self.maybe_flush()
 
     @_timed
@@ -143,10 +145,25 @@ class LedgerCallback(Callback):
     @_timed
     def on_trial_recover(self, iteration, trials, trial, **info):
         """A lost worker or node: Tune restarts the trial from its last checkpoint, elsewhere."""
-        rec = self.ledger.trials.get(trial.trial_id)
+        rec, error = self.ledger.trials.get(trial.trial_id), error_text(trial)
         if rec is not None:
-            self.ledger.retried(rec, error_text(trial))
+            self.ledger.retried(rec, error)
             self._dirty = self._status_changed = True
+        self._refused(trial.trial_id, error)
+
+    def _refused(self, trial_id: str, error: str) -> None:
+        """A trial whose checkpoint the storage refused (a full disk): its retries would meet
+        the same, so the sweep stops as when the ledger's own writes fail."""
+        why = refused(error)
+        if why and self.failure is None:
+            self._fail(f"{trial_id}'s checkpoint: {why}")
+
+    def _fail(self, why: str) -> None:
+        """The sweep cannot go on: every trial is stopped through the stopper, and nothing more
+        is written."""
+        self.failure = f"results could not be written to {self.storage.uri(self.sweep)}: {why}"
+        if self.stopper is not None:
+            self.stopper.fail(self.failure)
 
     def on_step_begin(self, iteration, trials, **info):
         if getattr(self, "awaiting_restore", False):   # set_state was not called: Tune's restore failed
@@ -334,10 +351,7 @@ class LedgerCallback(Callback):
                 return True
             except (OSError, ArrowError) as exc:
                 if wait is None:
-                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-                    self.failure = f"results could not be written to {self.storage.uri(self.sweep)}: {first}"
-                    if self.stopper is not None:
-                        self.stopper.fail(self.failure)
+                    self._fail((str(exc).strip().splitlines() or [type(exc).__name__])[0][:300])
                     return False
                 time.sleep(wait)
         return False

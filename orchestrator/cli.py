@@ -341,20 +341,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("tunesmith: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:   # the storage refused a write mid-command (a disk that filled): one line
-        why = storage_refused(exc)
+        from tunesmith.cluster.storage import refused
+        why = refused(exc)
         if not why:
             raise
         print(f"tunesmith: error: could not write {exc.filename or 'the results'}: {why}; every file written before "
               "reads whole", file=sys.stderr)
         return 1
-
-
-def storage_refused(exc: OSError) -> str:
-    """Why a write failed, where the storage refused it (full, over quota, read-only), else ''."""
-    import errno
-    codes = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
-    code = exc.errno if exc.errno in codes else next((c for c in codes if f"[errno {c}]" in str(exc).lower()), None)
-    return os.strerror(code) if code else ""
 
 
 def entry() -> None:

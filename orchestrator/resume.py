@@ -236,10 +236,11 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
                        trials={str(k): int(v) for k, v in counts.items()})
             man["wall_seconds"] = round(man.get("wall_seconds") or 0, 3) + round(time.monotonic() - began, 3)
         manifest_mod.save_or_say(storage, name, man, callback is not None and callback.failure)
-    if len(grid) < len(before):
+    if grid is not None and len(grid) < len(before):
         raise RuntimeError(f"Tune restored {len(grid)} trials where {len(before)} were recorded: the restore "
                            "failed and Tune started afresh; the Parquet files keep what was written")
-    return {"trials": counts, "restored": len(before), "total": len(grid), "path": storage.uri(name),
+    return {"trials": counts, "restored": len(before), "total": len(before if grid is None else grid),
+            "path": storage.uri(name),
             "interrupted": status == "interrupted", "failure": callback is not None and callback.failure}
 
 

@@ -100,6 +100,12 @@ class SweepStopper(Stopper):
         self._live, self._told, self._fitting = None, False, True
         try:
             return tuner.fit()
+        except Exception:
+            if self.failure is None:
+                raise
+            # the storage failed: Tune's result grid, read back from it after its loop (a trial's
+            # error file written empty: EOFError), is lost; its loop ended, its state saved
+            return None
         finally:
             self._live, self._fitting = None, False
 

@@ -314,3 +314,22 @@ def test_a_command_whose_disk_fills_ends_in_one_line(small_disk, tmp_path, capsy
     assert capsys.readouterr().err.strip().splitlines() == [
         "tunesmith: error: could not write the results: No space left on device; every file written before reads whole"]
     assert [p for p in small_disk.rglob("*") if ".tmp-" in p.name] == []
+
+
+def test_a_checkpoint_the_storage_refused_stops_the_sweep_at_once(tmp_path):
+    """A trial whose checkpoint a full disk refused was retried (max_failures), meeting the same,
+    before the ledger's own write failed: the sweep stops at the first, naming it."""
+    from types import SimpleNamespace
+    stopper = SweepStopper(None)
+    cb = LedgerCallback(Storage(str(tmp_path)), "sw", ["lr"], {"lr": []}, epochs=4, metric="val_acc", mode="max",
+                        stopper=stopper, flush_seconds=0.0)
+    cb.start("a", {"lr": 0.1})
+    error = tmp_path / "error.txt"
+    error.write_text("Traceback ...\nValueError: the model's input was 3x8x8")
+    trial = SimpleNamespace(trial_id="a", pickled_error_file=None, error_file=str(error))
+    cb.on_trial_recover(1, [], trial)   # any other error: retried, the sweep goes on
+    assert cb.failure is None and not stopper.event.is_set()
+    error.write_text("OSError: [Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device")
+    cb.on_trial_recover(2, [], trial)
+    assert cb.failure == f"results could not be written to {tmp_path / 'sw'}: a's checkpoint: No space left on device"
+    assert stopper.event.is_set() and stopper.failure == cb.failure
