@@ -78,8 +78,9 @@ def test_the_held_out_confirmation_ranks_the_finalists_by_the_held_seed_only():
     # b on seeds 1 and 2 and a on seed 3 (where a's validation reads high and its test does not)
     test = {"a": {1: 0.90, 2: 0.90, 3: 0.90}, "b": {1: 0.92, 2: 0.92, 3: 0.92}, "c": {1: 0.95, 2: 0.80, 3: 0.80}}
     val = {"a": {3: 0.99}}
-    single, confirmed, floor = confirm.held_out(_runs(test, val), ["a", "b", "c"], top=2, seeds=1)
+    single, confirmed, floor, optimism = confirm.held_out(_runs(test, val), ["a", "b", "c"], top=2, seeds=1)
     confirmed_alone = confirmed
+    assert abs(optimism) < 1e-9   # each configuration reads the same test figure on every seed
     # holding seed 1: truths a .90, b .92, c .80 -> best b; seed 2: a .90, b .92, c .875 -> b;
     # seed 3: a .90, b .92, c .875 -> b. Single (a) is 2 points off each time; the confirmation
     # picks b twice and a once; the truest finalist is b each time
@@ -88,11 +89,15 @@ def test_the_held_out_confirmation_ranks_the_finalists_by_the_held_seed_only():
     assert abs(floor) < 1e-9
     # with the search's own whole runs, the confirmation ranks by the mean over both: a's search run
     # (0.80) outweighs its high held seed 3, so b is picked every time
-    single, confirmed, _ = confirm.held_out(_runs(test, val), ["a", "b", "c"], top=2, seeds=1,
-                                           own={"a": (0.80, 0.5), "b": (0.92, 0.5)})
+    single, confirmed, _, _ = confirm.held_out(_runs(test, val), ["a", "b", "c"], top=2, seeds=1,
+                                              own={"a": (0.80, 0.5), "b": (0.92, 0.5)})
     assert abs(single - 0.02) < 1e-9 and abs(confirmed) < 1e-9
     # where a finalist has no whole run of its own, the new seeds alone rank them (the seeds they share)
     assert confirm.held_out(_runs(test, val), ["a", "b", "c"], top=2, seeds=1, own={"a": (0.80, 0.5)})[1] \
         == confirmed_alone
+    # the winner's test figure on the held seed against its truth on the others: b is picked where
+    # its held seed reads 0.95 (truth 0.85: +10 points), a where b's reads 0.85 (a: 0), +5 on average
+    assert abs(confirm.held_out(_runs({"a": {1: 0.90, 2: 0.90}, "b": {1: 0.95, 2: 0.85}}), ["a", "b"], top=2,
+                                seeds=1)[3] - 0.05) < 1e-9
     # the single pick unmeasured: no figure rather than a wrong one
     assert confirm.held_out(_runs(test, val), ["z", "a", "b"], top=2, seeds=1) is None

@@ -278,5 +278,6 @@ def test_every_class_tune_pickles_is_covered():
                "ParquetSink",           # inside the ledger callback's case (its files are what resume reads)
                "NoTrialLines",          # Tune's own progress callback, with one method changed
                "DeadlineKeeper",        # a Ray actor, never pickled by Tune
+               "RestoreFailed",         # an exception the driver raises, never pickled
                "Rung"}                  # inside the asha case
     assert names == covered
