@@ -248,8 +248,8 @@ def test_a_restore_tune_cannot_make_is_refused_before_anything_runs(ray_session,
     spec = tmp_path / "s.yaml"
     spec.write_text(f"""name: sw
 dataset: {{name: digits}}
-trainer: {{epochs: 2}}
-search: {{algorithm: random, num_samples: 2, space: {{lr: {{loguniform: [0.02, 0.3]}}}}}}
+trainer: {{epochs: 1}}
+search: {{algorithm: random, num_samples: 1, space: {{lr: {{loguniform: [0.02, 0.3]}}}}}}
 confirm: {{top: 0}}
 results_dir: {tmp_path / 'results'}
 """)
