@@ -129,11 +129,12 @@ def mend_tune_state(parent: Storage, name: str, experiment: str, target: str) ->
     folder = staged_folder(experiment, newest.get("experiment_state", ""), trial_ids(parent, name, experiment))
     for filename in cut:
         copy = folder and os.path.join(folder, filename)
-        if not copy or not os.path.exists(copy) or not whole(_read(copy)):
+        data = _read(copy) if copy and os.path.exists(copy) else b""
+        if not whole(data):
             raise ConfigError("resume", target, f"Tune's state {experiment}/{filename} was cut short as it was written "
                               "(a full disk?) and this machine holds no whole copy: Tune cannot restore the sweep; "
                               "trials.parquet and epochs/ read whole")
-        parent.write_bytes(posixpath.join(name, experiment, filename), _read(copy))
+        parent.write_bytes(posixpath.join(name, experiment, filename), data)
         print(f"tunesmith: {experiment}/{filename} had been cut short as it was written; put back from this "
               f"machine's copy ({copy})", flush=True)
     return cut
@@ -159,7 +160,8 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
 
     from tunesmith.orchestrator.confirm_again import latest_confirmation
     confirming = latest_confirmation(storage, name)   # the search ended: its confirmation is what resumes
-    before = trial_ids(storage, name, confirming or "_tune")
+    experiment = confirming or "_tune"
+    before = trial_ids(storage, name, experiment)
     from tunesmith.orchestrator.stopper import DeadlineKeeper, SweepStopper
     from tunesmith.orchestrator.tune_parts import ddp_options
     in_memory, _ = plan(spec.train.dataset, local=cluster.started_here)
@@ -170,11 +172,10 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
         tune.with_parameters(train_cnn, base=spec.trial_config(), shared=share(spec.train.dataset, not in_memory),
                              checkpoint_every=spec.checkpoints.every, ddp=ddp_options(spec, storage), keeper=keeper),
         {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
-    tune_dir = storage.path(name, confirming or "_tune")
+    tune_dir = storage.path(name, experiment)
     fs = None if storage.is_local else storage.fs
-    began, was = time.monotonic(), {k: man[k] for k in ("status", "ended_at", "resumed_at") if k in man}
-    was["resumed_at"] = list(was.get("resumed_at", []))
-    states_before = set(storage.listdir(name, confirming or "_tune"))
+    began, was = time.monotonic(), json.loads(manifest_mod.dumps(man))   # as it was, for a failed restore
+    states_before = set(storage.listdir(name, experiment))
     man.setdefault("resumed_at", []).append(manifest_mod.now_iso())
     man["status"] = "running"
     manifest_mod.save(storage, name, man)
@@ -216,12 +217,11 @@ def run(target: str, cluster, spec: SweepSpec, storage: Storage, name: str, man:
         raise
     except RestoreFailed as exc:   # nothing ran: the sweep stays as it was, Tune's fresh start unsaved
         undone = True
+        man.clear()
         man.update(was)
-        if not man["resumed_at"]:
-            del man["resumed_at"]
-        for f in set(storage.listdir(name, confirming or "_tune")) - states_before:
+        for f in set(storage.listdir(name, experiment)) - states_before:
             if STATE_FILE.match(f):
-                storage.fs.delete_file(storage.path(name, confirming or "_tune", f))
+                storage.fs.delete_file(storage.path(name, experiment, f))
         raise ConfigError("resume", target, str(exc)) from None
     finally:
         SweepStopper.resumed = None

@@ -16,17 +16,23 @@ from tunesmith.orchestrator.callback import LedgerCallback
 from tunesmith.orchestrator.stopper import SweepStopper
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 512 KiB tmpfs; mounting needs root, as the cluster tests' namespaces do."""
+def _tmpfs(tmp_path, size: str):
+    """A tmpfs of ``size`` in the test's folder; mounting needs root, as the cluster tests'
+    namespaces do."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)]).returncode != 0:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)]).returncode != 0:
         pytest.fail("could not mount a tmpfs: these tests need root, as CI has")
     try:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 512 KiB tmpfs."""
+    yield from _tmpfs(tmp_path, "512k")
 
 
 def test_a_disk_that_fills_stops_the_sweep_cleanly(small_disk, monkeypatch):
@@ -131,25 +137,20 @@ def test_tunes_state_cut_short_by_a_full_disk_is_put_back_from_the_drivers_copy(
 @pytest.fixture
 def disk(tmp_path):
     """A 64 MiB tmpfs, room for a sweep until a test fills it."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)]).returncode != 0:
-        pytest.fail("could not mount a tmpfs: these tests need root, as CI has")
+    yield from _tmpfs(tmp_path, "64m")
+
+
+def _fill(mnt, filler, leave: int = 0):
+    """Write ``filler`` until the disk has no room left, then give back ``leave`` bytes."""
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
     try:
-        yield mnt
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        if leave:
+            os.ftruncate(fd, os.fstat(fd).st_size - leave)
     finally:
-        subprocess.run(["umount", "-l", str(mnt)])
-
-
-def _fill(mnt, filler):
-    """Write ``filler`` until the disk has no room left."""
-    with open(filler, "wb") as fh:
-        try:
-            while True:
-                fh.write(b"\0" * (1 << 16))
-                fh.flush()
-        except OSError:
-            pass
+        os.close(fd)
 
 
 def test_rows_a_full_disk_refused_ride_in_tunes_state_to_the_resume(disk, monkeypatch):
@@ -298,18 +299,10 @@ def test_plots_and_the_page_on_a_full_disk_are_one_line_and_leave_nothing_half_w
 def test_a_command_whose_disk_fills_ends_in_one_line(small_disk, tmp_path, capsys):
     """`lr-find` (as smith's report, a manifest) writes after its check that the folder takes
     writes: a disk that filled between gave a traceback."""
-    import os
     from tunesmith.orchestrator.cli import main
     spec = tmp_path / "lf.yaml"
     spec.write_text(f"name: lf\ndataset: {{name: digits}}\nresults_dir: {small_disk}\n")
-    fd = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError:
-        os.ftruncate(fd, os.fstat(fd).st_size - 40 * 1024)   # room for the check, not for the outputs
-    finally:
-        os.close(fd)
+    _fill(small_disk, small_disk / "filler", leave=40 * 1024)   # room for the check, not for the outputs
     assert main(["lr-find", str(spec)]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
         "tunesmith: error: could not write the results: No space left on device; every file written before reads whole"]
