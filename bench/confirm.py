@@ -23,7 +23,7 @@ more wall time; the reported test figure is within 1 point of the chosen configu
 quality on average.
 
     .venv/bin/python bench/confirm.py [--datasets small glyphs] [--repeats 2] [--trials 16] [--epochs 6]
-                                      [--top 2] [--seeds 1] [--candidates 4] [--truth-seeds 5] [--keep DIR]
+                                      [--top 2] [--seeds auto] [--candidates 4] [--truth-seeds 5] [--keep DIR]
 """
 from __future__ import annotations
 
@@ -148,6 +148,7 @@ def one(dataset: str, seed: int, args) -> dict:
     single = ranked.trial_id.iloc[0]
     winner = confirmed["finalists"][0]
     first_seeds = set(phase1.seed)
+    out_seeds = len(confirmed.get("seeds") or first_seeds)   # "auto" resolved: what the sweep ran
     # the same confirmation ranked by the new seeds alone (the default before the mean over the
     # shared seeds, the search's own whole runs among them, ranked the finalists)
     scored = [f for f in confirmed["finalists"] if f.get("new_mean") is not None]
@@ -168,14 +169,14 @@ def one(dataset: str, seed: int, args) -> dict:
            "optimism_single": float(ranked.best_val_acc.iloc[0]) - truth[single],
            "optimism_confirmed": winner["test"] - truth[winner["trial"]],
            "search_s": _span(search), "confirm_s": _span(phase1), "sweep_s": sweep_s,
-           "verdict": confirmed["verdict"], "folder": folder, "own_seeds": own}
+           "verdict": confirmed["verdict"], "folder": folder, "own_seeds": own, "new_seeds": out_seeds}
     runs = list(zip(truth_rows.confirms, truth_rows.seed, truth_rows.last_val_acc, truth_rows.last_val_loss,
                     truth_rows.test_acc))
     out["split_half"] = split_half(runs, single)
     from tunesmith.orchestrator.verdict import whole_run
     whole = {r.trial_id: (r.last_val_acc, r.last_val_loss) for r in search.itertuples()
              if whole_run(r.status, r.stop_reason)}
-    out["held_out"] = held_out(runs, list(ranked.trial_id), args.top, args.seeds, whole)
+    out["held_out"] = held_out(runs, list(ranked.trial_id), args.top, out_seeds, whole)
     out["share"] = out["confirm_s"] / max(out["search_s"], 1e-9)
     import shutil
     if args.keep:   # the sweep's Parquet rows, for reading the choice again another way
@@ -194,7 +195,8 @@ def main(argv=None) -> int:
     p.add_argument("--trials", type=int, default=16)
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--top", type=int, default=2)
-    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--seeds", type=lambda v: v if v == "auto" else int(v), default="auto",
+                   help="confirm.seeds: a number, or auto (the default's rule)")
     p.add_argument("--candidates", type=int, default=4, help="configurations whose true quality is measured")
     p.add_argument("--truth-seeds", type=int, default=5)
     p.add_argument("--keep", default="", help="a folder to copy each sweep's Parquet files into")
@@ -209,6 +211,9 @@ def main(argv=None) -> int:
                   f"{len(row['truth'])} {row['best']:.4f}; reported {row['reported_single']:.4f} today, "
                   f"{row['reported_confirmed']:.4f} (test) confirmed; confirmation {row['confirm_s']:.0f}s against "
                   f"the search's {row['search_s']:.0f}s", flush=True)
+    ran = sorted({r["new_seeds"] for r in rows})
+    ran_text = " or ".join(map(str, ran))
+    print(f"\nnew seeds per finalist (confirm.seeds {args.seeds}): {ran_text}")
     print("\ndataset  seed  regret single  regret confirmed  optimism single  optimism confirmed  "
           "confirm/search wall")
     for r in rows:
@@ -230,7 +235,7 @@ def main(argv=None) -> int:
     held = [r["held_out"] for r in rows if r["held_out"]]
     if held:
         print(f"expected, each truth seed in turn as the new seed ({len(held)} sweeps, judged on the other "
-              f"{args.truth_seeds - args.seeds}): mean regret single-run {100 * statistics.fmean(h[0] for h in held):.2f}pp, "
+              f"{' or '.join(str(args.truth_seeds - n) for n in ran)}): mean regret single-run {100 * statistics.fmean(h[0] for h in held):.2f}pp, "
               f"confirmed {100 * statistics.fmean(h[1] for h in held):.2f}pp, the truest finalist "
               f"{100 * statistics.fmean(h[2] for h in held):.2f}pp; the confirmed winner's test figure minus its "
               f"truth {100 * statistics.fmean(h[3] for h in held):+.2f}pp")
@@ -249,7 +254,7 @@ def main(argv=None) -> int:
     bias = mean("optimism_confirmed")
     print(f"bar: the reported test figure within 1 point of the chosen configuration's true quality on average: "
           f"{'met' if abs(bias) <= 0.01 else 'NOT met'} (mean difference {100 * bias:+.2f}pp; mean |difference| "
-          f"{100 * off:.2f}pp, the noise of a mean over {args.seeds} new model{'s' if args.seeds > 1 else ''})")
+          f"{100 * off:.2f}pp, the noise of a mean over {ran_text} new model{'s' if ran != [1] else ''})")
     return 0
 
 

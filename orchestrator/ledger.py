@@ -72,21 +72,25 @@ def hold_for_epochs(ledger, epochs: float) -> float:
     pace of its trials so far (an epoch's whole cost, its report and checkpoint included; the
     training and validation time alone where no trial has a second epoch yet), with a margin,
     after the sweep's wind-down."""
+    pace, start = pace_of(ledger)
+    return hold_at_pace(epochs, pace, start) if pace else 0.0
+
+
+def pace_of(ledger) -> Tuple[Optional[float], float]:
+    """The sweep's seconds per epoch (None where nothing is measured) and its start-up, as
+    ``hold_for_epochs`` reads them."""
     import statistics
+    start = HOLD_START_S if ledger.start_up is None else ledger.start_up
     tuned = [r for r in ledger.trials.values() if r.trial_id != PILOT_ID]
     paces = [r.pace for r in tuned if r.pace]
     if paces:
-        pace = statistics.median(paces)
-    else:   # thin evidence: the slowest epoch seen, the pilot's (in the driver, without Tune's
-        # per-epoch report and checkpoint, which a Tune trial pays) among them; a median of the
-        # pilot's pace alone left a loaded machine's stage 3 a third of its epochs
-        seen = [r.pace for r in ledger.trials.values() if r.pace] + \
-            [r.last["epoch_seconds"] for r in ledger.trials.values() if r.last.get("epoch_seconds")]
-        if not seen:
-            return 0.0
-        pace = max(seen)
-    start = HOLD_START_S if ledger.start_up is None else ledger.start_up
-    return hold_at_pace(epochs, pace, start)
+        return statistics.median(paces), start
+    # thin evidence: the slowest epoch seen, the pilot's (in the driver, without Tune's per-epoch
+    # report and checkpoint, which a Tune trial pays) among them; a median of the pilot's pace
+    # alone left a loaded machine's stage 3 a third of its epochs
+    seen = [r.pace for r in ledger.trials.values() if r.pace] + \
+        [r.last["epoch_seconds"] for r in ledger.trials.values() if r.last.get("epoch_seconds")]
+    return (max(seen) if seen else None), start
 
 
 def hold_at_pace(epochs: float, pace: float, start: float = HOLD_START_S) -> float:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Annotated, Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple
+from typing import Annotated, Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
-from pydantic import ConfigDict, Field, PrivateAttr, WithJsonSchema, model_validator
+from pydantic import ConfigDict, Field, PlainValidator, PrivateAttr, WithJsonSchema, model_validator
 
 from tunesmith.orchestrator.search_spec import SearchSpec, apply_presets, resolve_search
 from tunesmith.trainables.config import (NO_BOOL_INT, ConfigError, DatasetConfig, Int, ModelConfig, Num,
@@ -67,14 +67,24 @@ class CheckpointSpec(Section):
     max_failures: Int = Field(2, ge=-1, description="retries of a failed trial from its last checkpoint (a lost worker or node; Tune retries any error); -1: forever")
 
 
+def _seeds(v):
+    """confirm.seeds: auto, or a whole number of new seeds from 1 to 100."""
+    if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 100):
+        return v
+    raise ValueError("must be auto or a whole number from 1 to 100")
+
+
 class ConfirmSpec(Section):
     """After the search, the best configurations trained again with new seeds, for their full
     schedule: the winner is the best mean over its seeds (the new ones and its own search run), and each
     new final model reads the test split once."""
     top: Int = Field(2, ge=0, description="finalists: the search's best configurations; 0: no confirmation")
-    seeds: Int = Field(1, ge=1, le=100, description="new seeds for each finalist (the same seeds for all: "
-                       "a paired comparison), beside the search's own run of each where it trained its whole "
-                       "schedule (every search trial shares the sweep's seed)")
+    seeds: Annotated[Union[str, int], PlainValidator(_seeds), WithJsonSchema(
+        {"anyOf": [{"const": "auto"}, {"type": "integer", "minimum": 1, "maximum": 100}]})] = Field(
+        "auto", description="new seeds for each finalist (the same seeds for all: a paired comparison), beside the "
+                            "search's own run of each where it trained its whole schedule (every search trial shares "
+                            "the sweep's seed); auto: two where they fit in the workers of one round or, without a "
+                            "time budget, in 30% of the search's wall time, else one")
 
 
 class MlflowSpec(Section):
@@ -368,11 +378,13 @@ def plan_text(spec: SweepSpec, budgeted: Optional[bool] = None) -> str:
         what = f"{spec.plan.algorithm} search over {', '.join(keys)}"
     # no more finalists than trials, or than settings (a seed-variance study has one)
     c, top = spec.confirm, min(spec.confirm.top, n, 1 if keys in ([], ["seed"]) else n)
-    seeds = f"{c.seeds} new seed{'s' if c.seeds > 1 else ''}"
+    n_seeds = 1 if c.seeds == "auto" else c.seeds
+    seeds = f"{n_seeds} new seed{'s' if n_seeds > 1 else ''}"
+    auto = " (2 where they fit: confirm.seeds auto)" if c.seeds == "auto" else ""
     then = ""
     if top == 1:
-        then = f", then the best confirmed with {seeds} beside its own whole run"
+        then = f", then the best confirmed with {seeds}{auto} beside its own whole run"
     elif top > 1:
-        then = f", then the {top} best confirmed with {seeds} each beside their own whole runs"
+        then = f", then the {top} best confirmed with {seeds} each{auto} beside their own whole runs"
     budgeted = bool(spec.time_budget_s) if budgeted is None else budgeted
     return f"{'up to ' if budgeted and n > 1 else ''}{n} trial{'' if n == 1 else 's'}: {what}{then}"

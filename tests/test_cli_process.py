@@ -79,9 +79,15 @@ def test_default_example_runs_from_the_command_line_on_loopback(quick_sweep):
     table = pq.read_table(q.folder / "trials.parquet").to_pandas()
     trials, confirmed = table[table.phase == "search"], table[table.phase == "confirm"]
     assert len(trials) == 6 and trials.best_val_acc.max() > 0.9
-    # the default confirms: the two best settings with a new seed, beside their own search runs;
+    # the default confirms: the two best settings with new seeds (auto: one, or two where they fit
+    # in 30% of the search's time), beside their own search runs, and says which it took and why;
     # its last lines give the test figure and the verdict between the first two
-    assert len(confirmed) == 2 and confirmed.test_acc.notna().all() and confirmed.test_acc.min() > 0.9
+    c = manifest["confirm"]
+    new = sorted(set(c["seeds"]) - set(c["search_seeds"]))
+    seen = "\n".join([*(q.screens or []), q.output])   # the line, while it was on the screen
+    assert new in ([1000], [1000, 1001]) and f"; auto: {len(new)}" in seen, q.output[-3000:]
+    assert len(confirmed) == 2 * len(new) and sorted(set(confirmed.seed)) == new
+    assert confirmed.test_acc.notna().all() and confirmed.test_acc.min() > 0.9
     assert "verdict: " in q.output and "test: test_acc 0." in q.output and "mean test_acc" in q.output
 
 

@@ -304,6 +304,30 @@ def test_a_confirmation_the_time_left_cannot_fit_is_not_started_and_says_why():
     assert "short of" in too_short_to_confirm(spec, w, time.time() + need + 5, after=lambda: 10.0)
 
 
+def test_auto_seeds_take_two_where_they_fit_in_a_round_or_the_searchs_share_else_one():
+    """confirm.seeds "auto" (the default): two new seeds where they cost no more rounds than one,
+    or, without a budget, where all their rounds fit in SHARE of the search's wall time at its
+    pace; else one. A number is taken as given, and a budget's hold counts one seed's rounds."""
+    from tunesmith.orchestrator import spec as spec_mod
+    from tunesmith.orchestrator.confirm import SHARE, rounds_of, seeds_for
+    auto = spec_mod.from_dict({"trainer": {"epochs": 4}, "confirm": {"top": 2}})
+    assert auto.confirm.seeds == "auto" and rounds_of(auto, 2) == 1 and rounds_of(auto, 2, 2) == 2
+    w = _ledger()
+    _search(w, epochs=4)
+    for rec in w.trials.values():
+        rec.pace, rec.started_at, rec.ended_at = 1.0, 1000.0, 1000.0 + 10
+    w.start_up = 2.0
+    assert seeds_for(auto, w, 4, budgeted=True) == (2, "auto: 2 fit in the workers of one round")
+    assert seeds_for(auto, w, 2, budgeted=True)[0] == 1
+    need = 2 * 4 * 1.0 + 2.0   # two rounds of 4 epochs at the search's pace, after its start-up
+    count, why = seeds_for(auto, w, 2, budgeted=False)   # a 10 s search: two rounds are too dear
+    assert count == 1 and why == f"auto: 1, as 2 would take about {need:.0f}s, more than 30% of the search's 10s"
+    w.trials["d"].ended_at = 1000.0 + need / SHARE + 1   # a longer search affords them
+    assert seeds_for(auto, w, 2, budgeted=False) == (2, f"auto: 2 fit in 30% of the search's {need / SHARE + 1:.0f}s")
+    given = spec_mod.from_dict({"trainer": {"epochs": 4}, "confirm": {"top": 2, "seeds": 3}})
+    assert seeds_for(given, w, 2, budgeted=False) == (3, "") and rounds_of(given, 2) == 3
+
+
 def test_under_a_time_budget_the_confirmation_takes_at_most_its_share_or_nothing():
     """The search keeps the confirmation's whole schedule where that fits in SHARE of the
     budget; else SHARE, where four fifths of each round's runs fit in it; else nothing, and the

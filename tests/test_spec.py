@@ -42,6 +42,7 @@ BAD = [
     ("unknown schedule", {"trainer": {"schedule": "cosine"}}, "trainer.schedule = 'cosine'"),
     ("min above max", {"search": {"space": {"lr": {"uniform": [1, 0.1]}}}},
      "search.space.lr.uniform = [1, 0.1]: low 1 must be below high 0.1"),
+    ("bad confirm seeds", {"confirm": {"seeds": 0}}, "confirm.seeds = 0: must be auto or a whole number from 1 to 100"),
     ("momentum bounds crossed", {"trainer": {"min_momentum": 0.97, "max_momentum": 0.9}},
      "trainer.min_momentum = 0.97: must not exceed"),
     ("loguniform at zero", {"search": {"space": {"lr": {"loguniform": [0, 1]}}}}, "must be > 0"),
@@ -171,13 +172,15 @@ def test_validate_command(tmp_path, capsys, spec_file):
 
 
 @pytest.mark.parametrize("search,says", [
-    ("", "1 trial: the spec's own settings (no search space), then the best confirmed with 1 new seed beside "
-         "its own whole run"),   # no more finalists than trials (it said 'the 2 best')
+    ("", "1 trial: the spec's own settings (no search space), then the best confirmed with 1 new seed (2 where "
+         "they fit: confirm.seeds auto) beside its own whole run"),   # no more finalists than trials (it said 'the 2 best')
     # one setting: one finalist (it said 'the 2 best', then confirmed 1)
     ("search: {num_samples: 4}\n", "4 trials: a seed-variance study (the spec's own settings, each trial with its "
-                                   "own seed), then the best confirmed with 1 new seed beside its own whole run"),
+                                   "own seed), then the best confirmed with 1 new seed (2 where they fit: "
+                                   "confirm.seeds auto) beside its own whole run"),
     ("search: {presets: [lr_decades]}\n", "7 trials: random search over lr, then the 2 best confirmed with 1 new "
-                                          "seed each beside their own whole runs"),
+                                          "seed each (2 where they fit: confirm.seeds auto) beside their own whole runs"),
+    ("search: {presets: [lr_decades]}\nconfirm: {seeds: 1}\n", "then the 2 best confirmed with 1 new seed each beside"),
     ("search: {presets: [lr_decades]}\nconfirm: {top: 3, seeds: 2}\n", "over lr, then the 3 best confirmed with 2 new seeds each"),
     ("confirm: {top: 0}\n", "1 trial: the spec's own settings (no search space)\n"),
     # a time budget may end the search sooner: smith's "1000 trials" ran 836

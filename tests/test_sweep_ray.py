@@ -26,7 +26,7 @@ search:
     lr: {loguniform: [0.01, 50.0]}
     schedule: {choice: [one_cycle, constant]}
 asha: {enabled: false}
-confirm: {top: 2}                     # the default: one new seed, beside the search's own runs
+confirm: {top: 2, seeds: 1}            # one new seed, beside the search's own runs (auto may take two)
 results_dir: RESULTS
 """
 
