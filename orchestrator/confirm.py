@@ -57,14 +57,26 @@ def seeds_for(spec, ledger, concurrency: int, budgeted: bool, finals: Optional[i
     if budgeted:
         return 1, "auto: 1, the time budget held back one seed's rounds"
     from tunesmith.orchestrator.ledger import pace_of
-    searched = [r for r in ledger.trials.values() if r.phase == "search" and r.ended_at is not None]
-    span = max(r.ended_at for r in searched) - min(r.started_at for r in searched) if searched else 0.0
+    span = busy_seconds((r.started_at, r.ended_at) for r in ledger.trials.values()
+                        if r.phase == "search" and r.ended_at is not None)
     pace, start = pace_of(ledger)   # the expected cost, not a budget's margined hold
     need = more * spec.trainer.epochs * pace + start if pace else 0.0
     if need and need <= SHARE * span:
         return AUTO_SEEDS, f"auto: {AUTO_SEEDS} fit in {SHARE:.0%} of the search's {span:.0f}s"
     return 1, (f"auto: 1, as {AUTO_SEEDS} would take about {need:.0f}s, more than {SHARE:.0%} of the search's "
                f"{span:.0f}s")
+
+
+def busy_seconds(spans) -> float:
+    """The seconds in which at least one of the (start, end) ``spans`` ran: a resumed search's
+    time between its interruption and its resume is not the search's."""
+    total, reach = 0.0, None
+    for a, b in sorted(spans):
+        if reach is None or a > reach:
+            total, reach = total + (b - a), b
+        elif b > reach:
+            total, reach = total + (b - reach), b
+    return total
 
 
 def budget_hold(ledger, spec, rounds: int, budget: float) -> float:

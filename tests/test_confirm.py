@@ -324,6 +324,10 @@ def test_auto_seeds_take_two_where_they_fit_in_a_round_or_the_searchs_share_else
     assert count == 1 and why == f"auto: 1, as 2 would take about {need:.0f}s, more than 30% of the search's 10s"
     w.trials["d"].ended_at = 1000.0 + need / SHARE + 1   # a longer search affords them
     assert seeds_for(auto, w, 2, budgeted=False) == (2, f"auto: 2 fit in 30% of the search's {need / SHARE + 1:.0f}s")
+    # a resumed search: the hours between its interruption and its resume are not its time
+    w.trials["d"].started_at, w.trials["d"].ended_at = 5000.0, 5010.0
+    assert seeds_for(auto, w, 2, budgeted=False)[1].endswith("of the search's 20s")
+    assert confirm.busy_seconds([(0, 4), (1, 3), (2, 6), (10, 11)]) == 7 and confirm.busy_seconds([]) == 0
     given = spec_mod.from_dict({"trainer": {"epochs": 4}, "confirm": {"top": 2, "seeds": 3}})
     assert seeds_for(given, w, 2, budgeted=False) == (3, "") and rounds_of(given, 2) == 3
 
