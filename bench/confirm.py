@@ -148,7 +148,8 @@ def one(dataset: str, seed: int, args) -> dict:
     single = ranked.trial_id.iloc[0]
     winner = confirmed["finalists"][0]
     first_seeds = set(phase1.seed)
-    out_seeds = len(confirmed.get("seeds") or first_seeds)   # "auto" resolved: what the sweep ran
+    # "auto" resolved: the new seeds the sweep ran (the verdict's seeds include the search's own)
+    out_seeds = len(set(confirmed.get("seeds") or first_seeds) - set(confirmed.get("search_seeds") or ()))
     # the same confirmation ranked by the new seeds alone (the default before the mean over the
     # shared seeds, the search's own whole runs among them, ranked the finalists)
     scored = [f for f in confirmed["finalists"] if f.get("new_mean") is not None]
