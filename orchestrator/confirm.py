@@ -32,12 +32,12 @@ AUTO_SEEDS = 2     # confirm.seeds "auto": two new seeds where they fit, else on
                    # degrees of freedom, not one (docs/benchmarks.md, "Two new seeds")
 
 
-def rounds_of(spec, concurrency: int, seeds: Optional[int] = None) -> int:
-    """How many rounds the confirmation's runs take, ``concurrency`` at a time: with ``seeds`` new
-    seeds each, or confirm.seeds (its least, one, for "auto": the time a budget holds back)."""
-    if seeds is None:
-        seeds = 1 if spec.confirm.seeds == "auto" else spec.confirm.seeds
-    return -(-spec.confirm.top * seeds // max(1, concurrency))
+def rounds_of(spec, concurrency: int, seeds: Optional[int] = None, finals: Optional[int] = None) -> int:
+    """How many rounds the confirmation's runs take, ``concurrency`` at a time: ``finals``
+    (default confirm.top) finalists with ``seeds`` new seeds each, or confirm.seeds (its least,
+    one, for "auto": the time a budget holds back)."""
+    n = spec.confirm.top if finals is None else finals
+    return -(-n * (seeds or spec.confirm.least_seeds) // max(1, concurrency))
 
 
 def seeds_for(spec, ledger, concurrency: int, budgeted: bool, finals: Optional[int] = None) -> tuple:
@@ -50,8 +50,7 @@ def seeds_for(spec, ledger, concurrency: int, budgeted: bool, finals: Optional[i
     asked = spec.confirm.seeds
     if asked != "auto":
         return asked, ""
-    n = spec.confirm.top if finals is None else finals
-    one, more = (-(-n * k // max(1, concurrency)) for k in (1, AUTO_SEEDS))
+    one, more = (rounds_of(spec, concurrency, k, finals) for k in (1, AUTO_SEEDS))
     if more == one:
         return AUTO_SEEDS, f"auto: {AUTO_SEEDS} fit in the workers of one round"
     if budgeted:

@@ -86,6 +86,11 @@ class ConfirmSpec(Section):
                             "the sweep's seed); auto: two where they fit in the workers of one round or, without a "
                             "time budget, in 30% of the search's wall time, else one")
 
+    @property
+    def least_seeds(self) -> int:
+        """The new seeds each finalist gets at least: one for "auto"."""
+        return 1 if self.seeds == "auto" else self.seeds
+
 
 class MlflowSpec(Section):
     """MLflow as a second tracking sink (pip install 'tunesmith[mlflow]')."""
@@ -378,8 +383,7 @@ def plan_text(spec: SweepSpec, budgeted: Optional[bool] = None) -> str:
         what = f"{spec.plan.algorithm} search over {', '.join(keys)}"
     # no more finalists than trials, or than settings (a seed-variance study has one)
     c, top = spec.confirm, min(spec.confirm.top, n, 1 if keys in ([], ["seed"]) else n)
-    n_seeds = 1 if c.seeds == "auto" else c.seeds
-    seeds = f"{n_seeds} new seed{'s' if n_seeds > 1 else ''}"
+    seeds = f"{c.least_seeds} new seed{'s' if c.least_seeds > 1 else ''}"
     auto = " (2 where they fit: confirm.seeds auto)" if c.seeds == "auto" else ""
     then = ""
     if top == 1:
