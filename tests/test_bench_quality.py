@@ -72,6 +72,24 @@ def test_the_truths_own_noise_judges_each_pick_on_the_seeds_it_did_not_read():
     assert confirm.split_half(_runs({"a": {1: 0.9, 2: 0.9}}), "a") is None
 
 
+def test_the_best_truths_bias_is_none_where_one_configuration_is_far_ahead_and_real_among_ties():
+    confirm = _confirm()
+    # a leads by 10 points on every seed, whatever the seed's noise: resampling never changes the
+    # best, so the bias is nil (but for the draws' noise); shuffled among ties, the same noise reads a regret above nil
+    noise = {1: 0.02, 2: -0.01, 3: 0.0, 4: -0.02, 5: 0.01}
+    ahead = _runs({"a": {s: 0.90 + n for s, n in noise.items()}, "b": {s: 0.80 - n for s, n in noise.items()},
+                   "c": {s: 0.80 + n for s, n in noise.items()}})
+    bias, ties, at_random = confirm.truth_bias(ahead)
+    assert abs(bias) < 0.001 and ties > 0.001   # the draws' own noise only
+    assert abs(at_random - (0.90 - (0.90 + 0.80 + 0.80) / 3)) < 1e-9
+    # two configurations alike but for the seeds' noise, in opposite directions: the best truth
+    # (their mean, .90) sits below the mean of the best resampled truth
+    tied = _runs({"a": {s: 0.90 + n for s, n in noise.items()}, "b": {s: 0.90 - n for s, n in noise.items()}})
+    bias, ties, _ = confirm.truth_bias(tied)
+    assert bias > 0.001 and ties > 0.001
+    assert confirm.truth_bias(_runs({"a": {1: 0.9}, "b": {1: 0.8}})) is None
+
+
 def test_the_held_out_confirmation_ranks_the_finalists_by_the_held_seed_only():
     confirm = _confirm()
     # the search ranked a, b, c; finalists a and b. b is truly best; the held seed's val_acc favours
