@@ -261,7 +261,8 @@ def main(argv=None) -> int:
     print(f"the search's own runs counted as a seed in {counted} of {len(rows)} sweeps; ranked by the new seeds "
           f"alone instead: mean regret {100 * mean('regret_new_only'):.2f}pp")
     print(f"the best any ranking of the {args.top} finalists could do (the truest of them each time): mean regret "
-          f"{100 * mean('regret_floor'):.2f}pp; the rest of single-run selection's regret lay outside the finalists")
+          f"{100 * mean('regret_floor'):.2f}pp" + ("; the rest of single-run selection's regret lay outside the finalists"
+                                                   if mean("regret_floor") > 0 else ""))
     held = [r["held_out"] for r in rows if r["held_out"]]
     if held:
         print(f"expected, each truth seed in turn as the new seed ({len(held)} sweeps, judged on the other "
