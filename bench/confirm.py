@@ -55,15 +55,20 @@ def _span(rows) -> float:
     return (rows.ended_at.max() - rows.started_at.min()).total_seconds() if len(rows) else 0.0
 
 
+def _shared(runs):
+    """``runs``: (configuration, seed, val_acc, val_loss, test_acc) of the truth runs. The runs by
+    configuration and seed, the configurations, and the seeds that every configuration finished."""
+    by = {(c, int(s)): (float(va), float(vl), float(te)) for c, s, va, vl, te in runs}
+    configs = sorted({c for c, _ in by})
+    return by, configs, sorted({s for _, s in by if all((c, s) in by for c in configs)})
+
+
 def _splits(runs, k: int):
     """``runs``: (configuration, seed, val_acc, val_loss, test_acc) of the truth runs. For each way
     to hold ``k`` of the seeds that every configuration finished: (held, the runs by configuration
     and seed, each configuration's truth: its mean test figure over the other seeds)."""
     from itertools import combinations
-    runs = list(runs)
-    by = {(c, int(s)): (float(va), float(vl), float(te)) for c, s, va, vl, te in runs}
-    configs = sorted({r[0] for r in runs})
-    seeds = sorted({s for _, s in by if all((c, s) in by for c in configs)})
+    by, configs, seeds = _shared(runs)
     for held in (combinations(seeds, k) if len(seeds) > k else ()):
         judged = [s for s in seeds if s not in held]
         yield held, by, {c: statistics.fmean(by[(c, s)][2] for s in judged) for c in configs}
@@ -95,13 +100,11 @@ def truth_bias(runs, draws: int = 2000):
     regret among ties, the bias's upper end. And the regret of a pick at random on the real truth.
     None where the configurations do not share at least two seeds."""
     import random
-    by = {(c, int(s)): float(te) for c, s, _, _, te in runs}
-    configs = sorted({c for c, _ in by})
-    seeds = sorted({s for _, s in by if all((c, s) in by for c in configs)})
+    by, configs, seeds = _shared(runs)
     if len(seeds) < 2 or len(configs) < 2:
         return None
-    mean = {c: statistics.fmean(by[(c, s)] for s in seeds) for c in configs}
-    resid = {s: [by[(c, s)] - mean[c] for c in configs] for s in seeds}
+    mean = {c: statistics.fmean(by[(c, s)][2] for s in seeds) for c in configs}
+    resid = {s: [by[(c, s)][2] - mean[c] for c in configs] for s in seeds}
     scale = math.sqrt(len(seeds) / (len(seeds) - 1))   # centring took one of the seeds' freedom
     rng, boot, ties = random.Random(0), [], []
     for _ in range(draws):
