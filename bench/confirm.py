@@ -117,18 +117,19 @@ def truth_bias(runs, draws: int = 2000):
     return statistics.fmean(boot), statistics.fmean(ties), max(mean.values()) - statistics.fmean(mean.values())
 
 
-def held_out(runs, order, top: int, seeds: int, own=None):
+def held_out(runs, order, top: int, seeds: int, own=None, by: str = "val_loss"):
     """The bar's expectation rather than one draw: each way to take ``seeds`` of the truth seeds in
     turn as the confirmation's new seeds, judged on the other truth seeds. The finalists (the
     search's ``top`` first in ``order``) are ranked by the confirmation's own ``verdict_of``, their
-    own whole search runs among the seeds (``own``: configuration -> (val_acc, val_loss)). Returns
+    own whole search runs among the seeds (``own``: configuration -> (val_acc, val_loss)), by their
+    mean ``by`` (val_loss, or "" for val_acc: confirm.rank_by). Returns
     the mean regret of single-run selection (``order``'s first), of the confirmation, and of the
     truest finalist, and the confirmation's optimism (its winner's test figure on the new seeds
     minus its truth: the bar's "on average", with no one seed's luck in it); None where no split is."""
     from tunesmith.orchestrator.verdict import Finalist, add_run, verdict_of
     own, search_seed = own or {}, -1   # every search trial shares one seed, none of the truth's
     out = []
-    for held, by, truth in _splits(runs, seeds):
+    for held, got, truth in _splits(runs, seeds):
         finals = [c for c in order if c in truth][:top]
         if not finals or finals[0] != order[0]:
             return None
@@ -139,11 +140,11 @@ def held_out(runs, order, top: int, seeds: int, own=None):
                 add_run(f, search_seed, "completed", own[c][0], own[c][1], None, "max")
                 f.own = search_seed
             for s in held:
-                add_run(f, s, "completed", by[(c, s)][0], by[(c, s)][1], by[(c, s)][2], "max")
+                add_run(f, s, "completed", got[(c, s)][0], got[(c, s)][1], got[(c, s)][2], "max")
             fs.append(f)
-        pick = verdict_of(fs, "val_acc", "max", held).finalists[0].trial_id
+        pick = verdict_of(fs, "val_acc", "max", held, by).finalists[0].trial_id
         best = max(truth.values())
-        reported = statistics.fmean(by[(pick, s)][2] for s in held)
+        reported = statistics.fmean(got[(pick, s)][2] for s in held)
         out.append((best - truth[order[0]], best - truth[pick], best - max(truth[c] for c in finals),
                     reported - truth[pick]))
     return tuple(statistics.fmean(col) for col in zip(*out)) if out else None
@@ -159,7 +160,7 @@ def one(dataset: str, seed: int, args) -> dict:
     spec = {"name": "c", "seed": seed, "dataset": _dataset(dataset), "results_dir": root,
             "trainer": {"epochs": args.epochs},
             "search": {"algorithm": "random", "num_samples": args.trials, "space": {"lr": WIDE}},
-            "confirm": {"top": args.top, "seeds": args.seeds}}
+            "confirm": {"top": args.top, "seeds": args.seeds, "rank_by": args.rank_by}}
     model = _model(dataset)
     if model:
         spec["model"] = model
@@ -209,7 +210,10 @@ def one(dataset: str, seed: int, args) -> dict:
     from tunesmith.orchestrator.verdict import whole_run
     whole = {r.trial_id: (r.last_val_acc, r.last_val_loss) for r in search.itertuples()
              if whole_run(r.status, r.stop_reason)}
-    out["held_out"] = held_out(runs, list(ranked.trial_id), args.top, out_seeds, whole)
+    by = "val_loss" if args.rank_by == "val_loss" else ""
+    out["held_out"] = held_out(runs, list(ranked.trial_id), args.top, out_seeds, whole, by)
+    # the other ranking on the same runs, side by side
+    out["held_out_other"] = held_out(runs, list(ranked.trial_id), args.top, out_seeds, whole, "" if by else "val_loss")
     out["share"] = out["confirm_s"] / max(out["search_s"], 1e-9)
     import shutil
     if args.keep:   # the sweep's Parquet rows, for reading the choice again another way
@@ -232,6 +236,7 @@ def main(argv=None) -> int:
                    help="confirm.seeds: a number, or auto (the default's rule)")
     p.add_argument("--candidates", type=int, default=4, help="configurations whose true quality is measured")
     p.add_argument("--truth-seeds", type=int, default=5)
+    p.add_argument("--rank-by", choices=("val_loss", "metric"), default="val_loss", help="confirm.rank_by")
     p.add_argument("--keep", default="", help="a folder to copy each sweep's Parquet files into")
     args = p.parse_args(argv)
     rows = []
@@ -273,6 +278,12 @@ def main(argv=None) -> int:
               f"confirmed {100 * statistics.fmean(h[1] for h in held):.2f}pp, the truest finalist "
               f"{100 * statistics.fmean(h[2] for h in held):.2f}pp; the confirmed winner's test figure minus its "
               f"truth {100 * statistics.fmean(h[3] for h in held):+.2f}pp")
+        other = [r["held_out_other"] for r in rows if r["held_out"] and r["held_out_other"]]
+        if other:
+            name, setting = ("val_acc", "metric") if args.rank_by == "val_loss" else ("val_loss", "val_loss")
+            print(f"the same, the finalists ranked by their mean {name} (confirm.rank_by {setting}): confirmed "
+                  f"{100 * statistics.fmean(h[1] for h in other):.2f}pp; the winner's test figure minus its truth "
+                  f"{100 * statistics.fmean(h[3] for h in other):+.2f}pp")
     halves = [r["split_half"] for r in rows if r["split_half"]]
     if halves:
         judged = args.truth_seeds - 2

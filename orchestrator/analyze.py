@@ -31,6 +31,7 @@ class Sweep:
     mode: str
     storage: Optional[Storage] = None   # where the sweep's other files are (report page)
     confirm: Optional[pd.DataFrame] = None   # its confirmation's rows (phase confirm); ``trials`` is the search's
+    rank_by: str = ""                        # what ranked its finalists: val_loss, or the metric ("")
 
     @property
     def names(self) -> Dict[str, str]:
@@ -80,12 +81,15 @@ def _read_epochs(storage: Storage, sweep: str) -> pd.DataFrame:
 
 
 def _metric_of(storage: Storage, sweep: str):
+    """The sweep's metric, mode and confirm.rank_by as its spec.yaml gives them ("" for the
+    metric: a sweep written before confirm.rank_by ranked its finalists by the metric)."""
     import yaml
     try:
         spec = yaml.safe_load(storage.read_bytes(f"{sweep}/spec.yaml")) or {}
-        return spec.get("metric", "val_acc"), spec.get("mode", "max")
+        by = (spec.get("confirm") or {}).get("rank_by", "metric")
+        return spec.get("metric", "val_acc"), spec.get("mode", "max"), "" if by == "metric" else by
     except Exception:
-        return "val_acc", "max"
+        return "val_acc", "max", ""
 
 
 def load(results: str, names: Optional[List[str]] = None) -> List[Sweep]:
@@ -109,10 +113,10 @@ def load(results: str, names: Optional[List[str]] = None) -> List[Sweep]:
         trials = _read_table(storage, f"{name}/trials.parquet")
         if trials.empty:
             raise ConfigError("results", storage.uri(name, "trials.parquet"), "holds no trials")
-        metric, mode = _metric_of(storage, name)
+        metric, mode, by = _metric_of(storage, name)
         phase = trials["phase"] if "phase" in trials else pd.Series(["search"] * len(trials), index=trials.index)
         sweeps.append(Sweep(name, trials[phase != "confirm"], _read_epochs(storage, name), metric, mode, storage,
-                            trials[phase == "confirm"]))
+                            trials[phase == "confirm"], by))
     return sweeps
 
 
@@ -195,9 +199,11 @@ def render_table(summaries: List[Dict[str, Any]], plots: List[str]) -> str:
 def confirmation_lines(c: Dict[str, Any], metric: str) -> List[str]:
     if not c:
         return []
+    by = c.get("ranked_by", metric)
     rows = [{"finalist": f["trial"], f"search {metric}": f["search"], "new seeds": f.get("new_mean", f["mean"]),
-             f"mean {metric}": f["mean"], "sd": f["sd"],
-             "±95%": f["half_width"], "mean test": f["test"], "seeds": len(f["by_seed"])} for f in c["finalists"]]
+             f"mean {metric}": f["mean"], "sd": f["sd"], "±95%": f["half_width"],
+             **({f"mean {by}": f.get("mean_val_loss")} if by != metric else {}),
+             "mean test": f["test"], "seeds": len(f["by_seed"])} for f in c["finalists"]]
     seeds = c.get("seeds_text") or f"new seeds {c['seeds']}"
     return [f"\nconfirmation: the finalists over {seeds} (final-epoch {metric}, {c['basis']}; test read once by each "
             "new final model)", _table(rows), f"  {c['verdict']}"]

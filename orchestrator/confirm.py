@@ -1,8 +1,8 @@
 """Confirming the finalists (#28): the search's best configurations trained again, each with the
-same new seeds, for their full schedule; the winner is the best mean over those seeds and the
-search's own run of each (every search trial trains with the sweep's seed, so where a finalist's
-trained its whole schedule it is one more seed's run), not the luckiest single run; each new
-final model reads the test split once. The verdict between the first two is a paired comparison
+same new seeds, for their full schedule; the winner is the best mean (of the validation loss, or
+of the metric: confirm.rank_by) over those seeds and the search's own run of each (every search
+trial trains with the sweep's seed, so where a finalist's trained its whole schedule it is one
+more seed's run), not the luckiest single run; each new final model reads the test split once. The verdict between the first two is a paired comparison
 over the shared seeds (same initialisation and data order).
 
 The statistics are Ray-free (``judge``, over ``orchestrator/verdict.py``); ``run_phase`` is the
@@ -147,7 +147,12 @@ def points(finals: Sequence, seeds: Sequence[int]) -> List[dict]:
             for s in seeds for rec in finals]
 
 
-def judge(ledger, finals: Sequence, seeds: Sequence[int]) -> Verdict:
+def ranked_by(spec) -> str:
+    """What ranks the finalists (``verdict_of``'s ``by``): confirm.rank_by, "" for the metric."""
+    return "val_loss" if spec.confirm.rank_by == "val_loss" else ""
+
+
+def judge(ledger, finals: Sequence, seeds: Sequence[int], by: str = "") -> Verdict:
     """The confirmation's result from the ledger's confirmation records, each finalist's search
     run counted as one more seed where it trained its whole schedule (``whole_run``): its test
     figure and checkpoint are not the confirmation's, so it adds to the mean and the pairing only."""
@@ -163,7 +168,7 @@ def judge(ledger, finals: Sequence, seeds: Sequence[int]) -> Verdict:
         if f is not None and rec.seed is not None:
             add_run(f, rec.seed, rec.status, rec.last.get(metric), rec.last.get("val_loss"),
                     rec.test.get(test_metric(metric)), mode, rec.trial_id)
-    return verdict_of(list(by_id.values()), metric, mode, seeds)
+    return verdict_of(list(by_id.values()), metric, mode, seeds, by)
 
 
 def table(verdict: Verdict) -> str:
@@ -173,8 +178,9 @@ def table(verdict: Verdict) -> str:
     m = verdict.metric
     test_name = test_metric(m)
     keys = list(verdict.finalists[0].hparams) if verdict.finalists else []
-    head = ["rank", "finalist", f"search {m}", "new seeds", f"mean {m}", "sd", "95% interval", f"mean {test_name}",
-            "seeds", *keys]
+    loss = [f"mean {verdict.by}"] if verdict.by else []
+    head = ["rank", "finalist", f"search {m}", "new seeds", f"mean {m}", "sd", "95% interval", *loss,
+            f"mean {test_name}", "seeds", *keys]
     rows = []
     for i, f in enumerate(verdict.finalists, 1):
         mean, half = f.mean, f.half
@@ -185,6 +191,7 @@ def table(verdict: Verdict) -> str:
         rows.append([str(i), f.trial_id, f"{f.search_value:.4f}", f"{f.new_mean:.4f}" if f.by_seed else "-",
                      f"{mean:.4f}" if f.by_seed else "-",
                      f"{f.sd:.4f}" if math.isfinite(f.sd) else "-", interval,
+                     *([f"{f.loss:.4f}" if f.loss_by_seed else "-"] if loss else []),
                      f"{f.test:.4f}" if f.test_by_seed else "-", seeds, *hp])
     return plain(head, rows)
 
@@ -272,12 +279,13 @@ def run_phase(spec, storage, cluster, callback, stopper, data_streams: bool = Fa
             failure_config=tune.FailureConfig(max_failures=spec.checkpoints.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
     stopper.fit(tuner)
-    return settle(callback, finals)
+    return settle(callback, finals, ranked_by(spec))
 
 
-def settle(callback, finals) -> Verdict:
-    """The verdict over every confirmation run of ``finals``, and the checkpoint kept."""
-    verdict = judge(callback.ledger, finals, used_seeds(callback.ledger))
+def settle(callback, finals, by: str = "") -> Verdict:
+    """The verdict over every confirmation run of ``finals`` (ranked by ``by``: ``judge``), and
+    the checkpoint kept."""
+    verdict = judge(callback.ledger, finals, used_seeds(callback.ledger), by)
     settle_checkpoints(callback, verdict)
     return verdict
 

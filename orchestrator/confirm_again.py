@@ -37,10 +37,10 @@ def after_resume(spec, storage: Storage, cluster, callback, stopper, was_confirm
     would have, where the time left fits it (``budget``: what the resumed search began with;
     ``rounds``: the confirmation's); a resumed confirmation gets its verdict and keeps the
     winner's checkpoint. Returns the manifest's additions."""
-    from tunesmith.orchestrator.confirm import confirmed_finalists, run_phase, settle
+    from tunesmith.orchestrator.confirm import confirmed_finalists, ranked_by, run_phase, settle
     from tunesmith.orchestrator.stopper import SweepStopper
     if was_confirming:
-        verdict = settle(callback, confirmed_finalists(callback.ledger))
+        verdict = settle(callback, confirmed_finalists(callback.ledger), ranked_by(spec))
     elif spec.confirm.top > 0 and callback.ledger.ranked():
         from tunesmith.orchestrator.sweep import why_unconfirmed
         stopper = stopper if stopper is not None else SweepStopper(None)
@@ -78,7 +78,7 @@ def confirm_sweep(target: str, top: int, seeds: int, address: Optional[str] = No
     if man.get("status") == "running":
         raise ConfigError("--confirm", target, "the sweep is still running (or its driver died: "
                           "`tunesmith resume` it first)")
-    spec = spec.model_copy(update={"confirm": ConfirmSpec(top=top, seeds=seeds)})
+    spec = spec.model_copy(update={"confirm": ConfirmSpec(top=top, seeds=seeds, rank_by=spec.confirm.rank_by)})
     hp_keys = [d.key for d in spec.plan.space]
     domains = {d.key: list(d.values) if d.kind in ("choice", "grid") else [] for d in spec.plan.space}
     callback = LedgerCallback(parent, name, hp_keys, domains, epochs=spec.max_t, metric=spec.metric,

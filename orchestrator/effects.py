@@ -162,5 +162,5 @@ def confirmation(sweep) -> Dict[str, Any]:
         verdict.add_run(finals[of], int(r["seed"]), r["status"], plain(r.get(f"last_{m}")),
                         plain(r.get("last_val_loss")), plain(test), sweep.mode, r["trial_id"])
     seeds = sorted({int(s) for s in c["seed"].dropna()})
-    return verdict.verdict_of(list(finals.values()), m, sweep.mode, seeds).to_dict()
+    return verdict.verdict_of(list(finals.values()), m, sweep.mode, seeds, sweep.rank_by).to_dict()
 

@@ -43,10 +43,10 @@ TEMPLATE = r"""<!doctype html>
 {% if s.seed_variance %}<h3>Seed variance</h3>
 <table><tr>{% for c in s.seed_variance[0] %}<th>{{ c }}</th>{% endfor %}</tr>
 {% for row in s.seed_variance %}<tr>{% for v in row.values() %}<td>{{ fmt(v) }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}
-{% if s.confirmation %}<h3>Confirmation</h3>
+{% if s.confirmation %}<h3>Confirmation</h3>{% set by = s.confirmation.ranked_by if s.confirmation.ranked_by and s.confirmation.ranked_by != s.metric else "" %}
 <div class="sub">the finalists over {{ s.confirmation.seeds_text or s.confirmation.seeds }}; final-epoch {{ s.metric }}, {{ s.confirmation.basis }}; the test split read once by each new final model</div>
-<table><tr><th>finalist</th><th>search</th><th>new seeds</th><th>mean</th><th>sd</th><th>&plusmn;95%</th><th>mean test</th><th>seeds</th></tr>
-{% for f in s.confirmation.finalists %}<tr><td>{{ f.trial }}</td><td>{{ fmt(f.search) }}</td><td>{{ fmt(f.new_mean) }}</td><td>{{ fmt(f.mean) }}</td><td>{{ fmt(f.sd) }}</td><td>{{ fmt(f.half_width) }}</td><td>{{ fmt(f.test) }}</td><td>{{ f.by_seed|length }}</td></tr>{% endfor %}</table>
+<table><tr><th>finalist</th><th>search</th><th>new seeds</th><th>mean</th><th>sd</th><th>&plusmn;95%</th>{% if by %}<th>mean {{ by }}</th>{% endif %}<th>mean test</th><th>seeds</th></tr>
+{% for f in s.confirmation.finalists %}<tr><td>{{ f.trial }}</td><td>{{ fmt(f.search) }}</td><td>{{ fmt(f.new_mean) }}</td><td>{{ fmt(f.mean) }}</td><td>{{ fmt(f.sd) }}</td><td>{{ fmt(f.half_width) }}</td>{% if by %}<td>{{ fmt(f.mean_val_loss) }}</td>{% endif %}<td>{{ fmt(f.test) }}</td><td>{{ f.by_seed|length }}</td></tr>{% endfor %}</table>
 <div class="best">{{ s.confirmation.verdict }}</div>{% endif %}
 <h3>Hyperparameter importance</h3>
 <table><tr><th>hyperparameter</th><th>importance</th><th>95% interval</th><th>separates values</th></tr>

@@ -76,7 +76,7 @@ def _seeds(v):
 
 class ConfirmSpec(Section):
     """After the search, the best configurations trained again with new seeds, for their full
-    schedule: the winner is the best mean over its seeds (the new ones and its own search run), and each
+    schedule: the winner is the best mean (rank_by) over its seeds (the new ones and its own search run), and each
     new final model reads the test split once."""
     top: Int = Field(2, ge=0, description="finalists: the search's best configurations; 0: no confirmation")
     seeds: Annotated[Union[str, int], PlainValidator(_seeds), WithJsonSchema(
@@ -85,6 +85,10 @@ class ConfirmSpec(Section):
                             "search's own run of each where it trained its whole schedule (every search trial shares "
                             "the sweep's seed); auto: two where they fit in the workers of one round or, without a "
                             "time budget, in 30% of the search's wall time, else one")
+    rank_by: Literal["val_loss", "metric"] = Field(
+        "val_loss", description="what ranks the finalists over their seeds, and what the verdict between the first two "
+                                "compares: val_loss, every validation image's loss, a steadier reading of the same models "
+                                "than an accuracy that moves by whole images; or metric, the sweep's own")
 
     @property
     def least_seeds(self) -> int:

@@ -109,6 +109,10 @@ class Finalist:
     def test(self) -> float:
         return mean_sd(list(self.test_by_seed.values()))[0]
 
+    @property
+    def loss(self) -> float:
+        return mean_sd(list(self.loss_by_seed.values()))[0]
+
 
 @dataclass
 class Verdict:
@@ -121,6 +125,12 @@ class Verdict:
     paired_n: int = 0
     search_seeds: List[int] = field(default_factory=list)   # seeds whose runs are the search's own
     spread_floored: bool = False   # the paired differences' spread was below the metric's rounding
+    by: str = ""                   # what ranked them and what the verdict compares: val_loss, or the metric ("")
+    metric_diff: float = math.nan  # where ``by`` ranked them: the metric's paired difference, first minus second
+
+    @property
+    def ranked(self) -> str:
+        return self.by or self.metric
 
     def seeds_text(self) -> str:
         """``seeds 7 (the search's own runs) and 1007 (new)``."""
@@ -128,11 +138,12 @@ class Verdict:
 
     def basis(self) -> str:
         """What ranked the finalists, in words (the last lines and smith's report say it)."""
+        what = f"ranked by the mean {self.ranked}"
         if not self.search_seeds:
-            return "ranked by the mean over the new seeds"
+            return f"{what} over the new seeds"
         if all(f.own is not None for f in self.finalists if f.by_seed):
-            return "ranked by the mean over the seeds they share, the search's own runs among them"
-        return "ranked by the mean over the seeds they share (not every finalist's search run trained its whole schedule)"
+            return f"{what} over the seeds they share, the search's own runs among them"
+        return f"{what} over the seeds they share (not every finalist's search run trained its whole schedule)"
 
     @property
     def winner(self) -> Optional[Finalist]:
@@ -146,19 +157,22 @@ class Verdict:
         """For the manifest and smith's report: plain numbers (NaN as None)."""
         def num(v):
             return None if v is None or not math.isfinite(v) else round(float(v), 6)
-        return {"metric": self.metric, "seeds": list(self.seeds), "search_seeds": list(self.search_seeds),
+        return {"metric": self.metric, "ranked_by": self.ranked, "seeds": list(self.seeds), "search_seeds": list(self.search_seeds),
                 "seeds_text": self.seeds_text(), "basis": self.basis(), "separated": self.separated,
                 "difference": num(self.diff), "half_width": num(self.half), "paired_seeds": self.paired_n,
+                "metric_difference": num(self.metric_diff),
                 "verdict": self.text(),
                 "finalists": [{"trial": f.trial_id, "search": num(f.search_value), "mean": num(f.mean),
-                               "new_mean": num(f.new_mean),
+                               "new_mean": num(f.new_mean), "mean_val_loss": num(f.loss),
                                "sd": num(f.sd), "half_width": num(f.half), "test": num(f.test),
                                "by_seed": {str(k): num(v) for k, v in f.by_seed.items()},
                                "test_by_seed": {str(k): num(v) for k, v in f.test_by_seed.items()}}
                               for f in self.finalists]}
 
-    def scale(self) -> Tuple[float, str]:
-        return (100.0, " points") if self.metric.endswith("_acc") else (1.0, "")
+    def scale(self, name: str = "") -> Tuple[float, str]:
+        """What a difference in ``name`` (default: the metric) is multiplied by, and its unit."""
+        name = name or self.metric
+        return (100.0, " points") if name.endswith("_acc") else (1.0, "" if name == self.metric else f" {name}")
 
     def text(self) -> str:
         """The last lines' verdict between the first two finalists."""
@@ -167,19 +181,23 @@ class Verdict:
                     f"{self.finalists[1].trial_id} were cut short")
         if len(self.finalists) < 2 or not self.finalists[1].by_seed:
             return "verdict: one finalist confirmed; nothing to compare it with"
-        k, unit = self.scale()
+        k, unit = self.scale(self.ranked)
+        digits = 2 if self.ranked.endswith("_acc") else 4
         d = self.diff * k
         first, second = self.finalists[0].trial_id, self.finalists[1].trial_id
         if self.paired_n < 2:
             return (f"verdict: cannot tell {first} and {second} apart: {self.paired_n} shared seed "
                     "(confirm.seeds of 2 or more gives an interval)")
-        lo, hi = within_range(self.diff - self.half, self.diff + self.half, self.metric, difference=True)
-        band = f"95% interval {lo * k:+.2f} to {hi * k:+.2f}{unit}, paired over {self.paired_n} seeds" + \
+        lo, hi = within_range(self.diff - self.half, self.diff + self.half, self.ranked, difference=True)
+        band = f"95% interval {lo * k:+.{digits}f} to {hi * k:+.{digits}f}{unit}, paired over {self.paired_n} seeds" + \
             ("; the seeds agree to within one validation image, whose rounding sets the spread"
              if self.spread_floored else "")
+        if self.by and math.isfinite(self.metric_diff):   # the metric's own paired difference, beside
+            km, um = self.scale()
+            band += f"; {self.metric} {self.metric_diff * km:+.{2 if um == ' points' else 4}f}{um} on the same seeds"
         if self.separated:
-            return f"verdict: {first} is better than {second} by {d:.2f}{unit} ({band})"
-        return (f"verdict: cannot tell {first} and {second} apart at this budget: {d:+.2f}{unit} ({band}); "
+            return f"verdict: {first} is better than {second} by {d:.{digits}f}{unit} ({band})"
+        return (f"verdict: cannot tell {first} and {second} apart at this budget: {d:+.{digits}f}{unit} ({band}); "
                 "they lie within the noise floor, and more seeds (confirm.seeds) would narrow it")
 
 
@@ -201,6 +219,7 @@ def add_run(f: Finalist, seed: int, status: str, value: Optional[float], loss: O
         f.runs[seed] = trial_id
     if status == "diverged":
         f.by_seed[seed] = -math.inf if mode == "max" else math.inf
+        f.loss_by_seed[seed] = math.inf
         return
     if status != "completed" or value is None or not math.isfinite(value):
         f.unfinished += 1
@@ -222,15 +241,18 @@ def add_search_run(f: Finalist, status: str, stop_reason: str, seed: int, value:
     f.own = int(seed)
 
 
-def verdict_of(finals: Sequence[Finalist], metric: str, mode: str, seeds: Sequence[int]) -> Verdict:
+def verdict_of(finals: Sequence[Finalist], metric: str, mode: str, seeds: Sequence[int],
+               by: str = "") -> Verdict:
     """The finalists ranked by their mean over the seeds every one of them finished, and any seed
-    they diverged on (ties to the lower mean validation loss), so that the ranking is the paired
-    comparison; and the paired difference of the first two over the seeds both finished, the
-    search's own whole runs among them (``add_search_run``). Ranking by the new seeds alone, as an earlier default did, picked
-    no better in expectation and read the winner's test figure higher: over sixteen sweeps of
-    bench/confirm.py, each truth seed in turn as the new seed, 0.51 pp of regret and +0.20 pp of
-    optimism against 0.49 and +0.07 (docs/benchmarks.md)."""
+    they diverged on, so that the ranking is the paired comparison; and the paired difference of
+    the first two over the seeds both finished, the search's own whole runs among them
+    (``add_search_run``). What is averaged: ``by`` "val_loss" (ties to the metric), or the metric
+    (ties to the lower val_loss). Every validation image's loss moves where an accuracy moves by
+    whole images, so the loss ranks two close configurations more steadily: over twelve sweeps of
+    bench/confirm.py, each truth seed in turn as the new seed, it left less regret than the
+    accuracy (docs/benchmarks.md, "Ranked by the validation loss")."""
     search_seeds = {f.own for f in finals if f.own is not None}
+    by = "" if by in ("", metric) else by
     sign = -1.0 if mode == "max" else 1.0
     done = [set(f.by_seed) for f in finals if f.by_seed]
     common = set.intersection(*done) if done else set()
@@ -240,22 +262,34 @@ def verdict_of(finals: Sequence[Finalist], metric: str, mode: str, seeds: Sequen
         shared = [v for s, v in sorted(values.items()) if s in common or not math.isfinite(v)]
         return mean_sd(shared or list(values.values()))[0]
 
-    ranked = sorted(finals, key=lambda f: (not f.by_seed, sign * over_common(f.by_seed) if f.by_seed else 0.0,
-                                           over_common(f.loss_by_seed) if f.loss_by_seed else 0.0))
+    def key(f: Finalist):
+        if not f.by_seed:
+            return (True, 0.0, 0.0)
+        own = sign * over_common(f.by_seed)
+        loss = over_common(f.loss_by_seed) if f.loss_by_seed else 0.0
+        return (False, loss, own) if by else (False, own, loss)
+
+    ranked = sorted(finals, key=key)
     verdict = Verdict(list(ranked), metric, mode, sorted(set(seeds) | search_seeds),
-                      search_seeds=sorted(search_seeds))
+                      search_seeds=sorted(search_seeds), by=by)
     step = step_of([v for f in finals for v in f.by_seed.values()], metric)
     for f in finals:
         f.step = step
     if len(ranked) >= 2:
         a, b = ranked[0], ranked[1]
-        diffs = [-sign * (a.by_seed[s] - b.by_seed[s]) for s in sorted(set(a.by_seed) & set(b.by_seed))]
+        va, vb, better, pair_step = ((a.loss_by_seed, b.loss_by_seed, 1.0, 0.0) if by
+                                     else (a.by_seed, b.by_seed, sign, step))
+        diffs = [-better * (va[s] - vb[s]) for s in sorted(set(va) & set(vb))]
         diffs = [d for d in diffs if math.isfinite(d)]
         verdict.paired_n = len(diffs)
         if diffs:
             verdict.diff, sd = mean_sd(diffs)
-            verdict.half = t_half_width(floored(sd, step, pair=True), len(diffs))
-            verdict.spread_floored = len(diffs) > 1 and floored(sd, step, pair=True) > sd
+            verdict.half = t_half_width(floored(sd, pair_step, pair=True), len(diffs))
+            verdict.spread_floored = len(diffs) > 1 and floored(sd, pair_step, pair=True) > sd
+        if by:
+            own = [-sign * (a.by_seed[s] - b.by_seed[s]) for s in sorted(set(a.by_seed) & set(b.by_seed))]
+            own = [d for d in own if math.isfinite(d)]
+            verdict.metric_diff = mean_sd(own)[0] if own else math.nan
     return verdict
 
 

@@ -276,12 +276,25 @@ def test_a_confirmation_is_read_back_from_parquet_as_the_sweep_gave_it(tmp_path,
     assert main(["analyze", str(tmp_path), "--no-plots", "--html", str(page)]) == 0
     out = capsys.readouterr().out
     assert "confirmation: the finalists over seeds 0 (the search's own runs) and 1000, 1001, 1002 (new)" in out
-    assert "ranked by the mean over the seeds they share, the search's own runs among them; test read once" in out
+    assert "ranked by the mean val_acc over the seeds they share, the search's own runs among them; test read once" in out
     assert "verdict: cannot tell b and a apart at this budget" in out
     html = page.read_text()
-    assert "ranked by the mean over the seeds they share, the search&#39;s own runs among them" in html
+    assert "ranked by the mean val_acc over the seeds they share, the search&#39;s own runs among them" in html
     assert "the finalists over seeds 0 (the search&#39;s own runs) and 1000, 1001, 1002 (new)" in html
     assert "<th>new seeds</th>" in html and "0.9583" in html   # b's new seeds' mean
+    # a spec.yaml without confirm.rank_by is a sweep from before it, which ranked by its metric (above);
+    # one written since says what ranked its finalists, and the read-back ranks them the same way
+    (tmp_path / "cf" / "spec.yaml").write_text("metric: val_acc\nmode: max\nconfirm: {rank_by: val_loss}\n")
+    (s,) = [analyze.summary(sw, 3) for sw in analyze.load(str(tmp_path), None)]
+    c = s["confirmation"]
+    assert c["ranked_by"] == "val_loss" and c["basis"].startswith("ranked by the mean val_loss over")
+    assert [f["trial"] for f in c["finalists"]] == ["b", "a"] and c["difference"] == pytest.approx(
+        (0.94 + 0.95 + 0.955 + 0.97 - 0.95 - 0.90 - 0.91 - 0.92) / 4)   # a's loss minus b's, 1 - acc each
+    assert main(["analyze", str(tmp_path), "--no-plots", "--html", str(page)]) == 0
+    out = capsys.readouterr().out
+    assert "mean val_loss" in out and "cannot tell b and a apart at this budget" in out and " val_loss (95% interval" in out
+    html = page.read_text()
+    assert "<th>mean val_loss</th>" in html and "ranked by the mean val_loss over the seeds they share" in html
 
 
 def test_confirm_of_a_folder_that_is_no_sweep_is_bad_input(tmp_path, capsys):

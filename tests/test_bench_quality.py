@@ -3,6 +3,8 @@ seed by seed over the seeds both read a test figure for."""
 import os
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -119,3 +121,14 @@ def test_the_held_out_confirmation_ranks_the_finalists_by_the_held_seed_only():
                                 seeds=1)[3] - 0.05) < 1e-9
     # the single pick unmeasured: no figure rather than a wrong one
     assert confirm.held_out(_runs(test, val), ["z", "a", "b"], top=2, seeds=1) is None
+
+
+def test_the_held_out_confirmation_ranks_by_the_validation_loss_or_the_accuracy_as_asked():
+    confirm = _confirm()
+    # b is truly better by a point; every held seed reads a's accuracy higher and b's loss lower
+    runs = [(c, s, va, vl, te) for s in (1, 2, 3)
+            for c, va, vl, te in (("a", 0.93, 0.30, 0.90), ("b", 0.92, 0.25, 0.91))]
+    by_loss = confirm.held_out(runs, ["a", "b"], top=2, seeds=1)
+    by_acc = confirm.held_out(runs, ["a", "b"], top=2, seeds=1, by="")
+    assert by_loss[0] == pytest.approx(0.01) and by_loss[1] == pytest.approx(0.0)
+    assert by_acc[1] == pytest.approx(0.01)

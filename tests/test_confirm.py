@@ -215,7 +215,7 @@ def test_a_finalists_whole_search_run_is_one_more_paired_seed_but_not_its_test_f
     # and the last lines say which seeds ranked them
     from types import SimpleNamespace
     outcome = SimpleNamespace(spec=SimpleNamespace(metric="val_acc"), confirmed=v, ledger=w)
-    assert "ranked by the mean over the seeds they share (not every finalist's search run trained" \
+    assert "ranked by the mean val_acc over the seeds they share (not every finalist's search run trained" \
         in confirm.summary(outcome).splitlines()[0]
     w2 = _ledger()
     _search(w2, epochs=4)
@@ -224,12 +224,12 @@ def test_a_finalists_whole_search_run_is_one_more_paired_seed_but_not_its_test_f
     outcome = SimpleNamespace(spec=SimpleNamespace(metric="val_acc"), confirmed=confirm.judge(w2, finals, [1007]),
                               ledger=w2)
     assert confirm.summary(outcome).splitlines()[0].endswith(
-        "ranked by the mean over the seeds they share, the search's own runs among them")
+        "ranked by the mean val_acc over the seeds they share, the search's own runs among them")
     # smith's report says the same of the same verdict (it once said "the new seeds' mean")
     from tunesmith.orchestrator.smith.report import _confirm_lines
     head = _confirm_lines(outcome.confirmed.to_dict(), "val_acc")[1]
     assert head == ("Confirmation: the finalists' final-epoch val_acc over seeds 7 (the search's own runs) and 1007 "
-                    "(new); ranked by the mean over the seeds they share, the search's own runs among them, not by "
+                    "(new); ranked by the mean val_acc over the seeds they share, the search's own runs among them, not by "
                     "the best single run.")
     # fitted to the time budget, a search run is no seed's whole run
     w = _ledger()
@@ -415,3 +415,50 @@ def test_smiths_report_says_why_stage_2_was_not_confirmed_and_gives_the_kept_mod
     text = "\n".join(_stage2_lines(run, "val_acc"))
     assert ("Not confirmed over seeds: it would need about 120s at the search's pace; the kept model read the "
             "test split once: test_acc 0.5912.") in text
+
+
+def test_the_finalists_are_ranked_by_their_mean_validation_loss_by_default_and_the_verdict_compares_it():
+    from tunesmith.orchestrator.spec import ConfirmSpec
+    from tunesmith.orchestrator.verdict import Finalist, add_run, verdict_of
+    assert ConfirmSpec().rank_by == "val_loss"
+
+    def pair(diverged=False):
+        # a reads the higher accuracy on seeds 1 and 2 (by one image in a hundred), b the lower loss on all three
+        a, b = Finalist("a", {}, 0.95), Finalist("b", {}, 0.94)
+        for seed, (acc_a, loss_a, acc_b, loss_b) in {1: (0.92, 0.30, 0.91, 0.26), 2: (0.93, 0.29, 0.92, 0.27),
+                                                     3: (0.92, 0.31, 0.92, 0.25)}.items():
+            add_run(a, seed, "completed", acc_a, loss_a, acc_a - 0.01, "max")
+            add_run(b, seed, "completed", acc_b, loss_b, acc_b, "max")
+        if diverged:
+            add_run(b, 4, "diverged", None, None, None, "max")
+            add_run(a, 4, "completed", 0.92, 0.30, 0.91, "max")
+        return [a, b]
+
+    v = verdict_of(pair(), "val_acc", "max", [1, 2, 3], "val_loss")
+    assert [f.trial_id for f in v.finalists] == ["b", "a"] and v.ranked == "val_loss"
+    # paired over three seeds, a's loss minus b's: .04, .02, .06 (mean .04, sd .02); t(2) half-width 4.303 x .02 / sqrt(3)
+    assert v.diff == pytest.approx(0.04) and v.half == pytest.approx(4.3027 * 0.02 / math.sqrt(3), rel=1e-3)
+    assert not v.separated and ("cannot tell b and a apart at this budget: +0.0400 val_loss (95% interval -0.0097 "
+                                "to +0.0897 val_loss, paired over 3 seeds; val_acc -0.67 points on the same seeds)") in v.text()
+    assert "ranked by the mean val_loss over the new seeds" == v.basis()
+    d = v.to_dict()
+    assert d["ranked_by"] == "val_loss" and d["finalists"][0]["mean_val_loss"] == pytest.approx(0.26)
+    head, _, first = confirm.table(v).splitlines()[:3]
+    assert "mean val_loss" in head and "0.2600" in first and first.split()[1] == "b"
+    from tunesmith.orchestrator.smith.report import _confirm_lines
+    lines = _confirm_lines(d, "val_acc")
+    assert "ranked by the mean val_loss over the new seeds, not by the best single run" in lines[1]
+    assert lines[2].startswith("- trial b: search 0.94, mean 0.9167") and ", mean val_loss 0.2600, test" in lines[2]
+    # the metric as the ranking, as confirm.rank_by metric gives it: a's mean accuracy is higher
+    m = verdict_of(pair(), "val_acc", "max", [1, 2, 3])
+    assert [f.trial_id for f in m.finalists] == ["a", "b"] and m.ranked == "val_acc"
+    assert m.diff == pytest.approx(0.02 / 3) and "mean val_loss" not in confirm.table(m)
+    # a seed b diverged on counts against it in the loss too
+    assert [f.trial_id for f in verdict_of(pair(True), "val_acc", "max", [1, 2, 3, 4], "val_loss").finalists] == ["a", "b"]
+    # equal mean losses: the metric breaks the tie
+    a, b = Finalist("a", {}, 0.9), Finalist("b", {}, 0.9)
+    add_run(a, 1, "completed", 0.90, 0.3, 0.9, "max")
+    add_run(b, 1, "completed", 0.91, 0.3, 0.9, "max")
+    assert verdict_of([a, b], "val_acc", "max", [1], "val_loss").finalists[0].trial_id == "b"
+    # a sweep whose metric is the loss already ranks by it, and says so as the metric
+    assert verdict_of(pair(), "val_loss", "min", [1, 2, 3], "val_loss").by == ""

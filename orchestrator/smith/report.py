@@ -139,7 +139,9 @@ def _confirm_lines(c, m: str):
         spread = f" ± {x['half_width']:.4f} (95%)" if x.get("half_width") is not None else ""
         mean = f"{x['mean']:.4f}" if x.get("mean") is not None else "-"
         new = f", new seeds {x['new_mean']:.4f}" if x.get("new_mean") is not None and c.get("search_seeds") else ""
-        lines.append(f"- trial {x['trial']}: search {f(x['search'])}{new}, mean {mean}{spread}{test}")
+        by = c.get("ranked_by", m)
+        loss = f", mean {by} {x['mean_val_loss']:.4f}" if by != m and x.get("mean_val_loss") is not None else ""
+        lines.append(f"- trial {x['trial']}: search {f(x['search'])}{new}, mean {mean}{spread}{loss}{test}")
     return lines + [c["verdict"][0].upper() + c["verdict"][1:] + "."]
 
 
