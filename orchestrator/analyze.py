@@ -81,12 +81,12 @@ def _read_epochs(storage: Storage, sweep: str) -> pd.DataFrame:
 
 
 def _metric_of(storage: Storage, sweep: str):
-    """The sweep's metric, mode and confirm.rank_by as its spec.yaml gives them ("" for the
-    metric: a sweep written before confirm.rank_by ranked its finalists by the metric)."""
+    """The sweep's metric, mode and confirm.rank_by as its spec.yaml gives them ("" for the metric)."""
     import yaml
+    from tunesmith.orchestrator.manifest import written_rank_by
     try:
         spec = yaml.safe_load(storage.read_bytes(f"{sweep}/spec.yaml")) or {}
-        by = (spec.get("confirm") or {}).get("rank_by", "metric")
+        by = written_rank_by(spec)
         return spec.get("metric", "val_acc"), spec.get("mode", "max"), "" if by == "metric" else by
     except Exception:
         return "val_acc", "max", ""

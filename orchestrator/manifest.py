@@ -68,7 +68,17 @@ def read_sweep(storage, name: str, field: str, target: str):
         raise ConfigError(field, target, f"its spec.yaml is not YAML ({' '.join(str(exc).split())[:120]})") from None
     if not isinstance(man, dict) or not isinstance(raw, dict):
         raise ConfigError(field, target, "its manifest.json or spec.yaml holds no mapping")
+    if isinstance(raw.get("confirm", {}), dict):
+        raw = {**raw, "confirm": {**raw.get("confirm", {}), "rank_by": written_rank_by(raw)}}
     return man, from_dict(raw, default_name=name)
+
+
+def written_rank_by(raw: Dict[str, Any]) -> str:
+    """confirm.rank_by of a sweep's spec.yaml as tunesmith wrote it (every key, defaults too): one
+    written before the key ranked its finalists by the metric, and its later confirmations, and
+    `analyze` reading them back, go on doing so."""
+    confirm = raw.get("confirm")
+    return (confirm.get("rank_by") if isinstance(confirm, dict) else None) or "metric"
 
 
 def dumps(manifest: Dict[str, Any]) -> bytes:

@@ -462,3 +462,24 @@ def test_the_finalists_are_ranked_by_their_mean_validation_loss_by_default_and_t
     assert verdict_of([a, b], "val_acc", "max", [1], "val_loss").finalists[0].trial_id == "b"
     # a sweep whose metric is the loss already ranks by it, and says so as the metric
     assert verdict_of(pair(), "val_loss", "min", [1, 2, 3], "val_loss").by == ""
+
+
+def test_a_sweep_written_before_confirm_rank_by_goes_on_ranking_by_its_metric(tmp_path):
+    """`resume` and `analyze --confirm` read a sweep's spec.yaml, which holds every key as it was
+    written: one without confirm.rank_by ranked its finalists by the metric, and so do its later
+    confirmations, as `analyze` reads them back."""
+    import yaml
+    from tunesmith.cluster.storage import Storage
+    from tunesmith.orchestrator import analyze
+    from tunesmith.orchestrator.manifest import read_sweep
+    from tunesmith.orchestrator.spec import from_dict
+    root = tmp_path / "sw"
+    root.mkdir()
+    (root / "manifest.json").write_text("{}")
+    full = from_dict({"name": "sw"}).to_dict()
+    assert full["confirm"]["rank_by"] == "val_loss"
+    for confirm, expected in (({"top": 2, "seeds": "auto"}, "metric"), (full["confirm"], "val_loss"),
+                              ({**full["confirm"], "rank_by": "metric"}, "metric")):
+        (root / "spec.yaml").write_text(yaml.safe_dump({**full, "confirm": confirm}))
+        assert read_sweep(Storage(str(tmp_path)), "sw", "--confirm", str(root))[1].confirm.rank_by == expected
+        assert analyze._metric_of(Storage(str(tmp_path)), "sw")[2] == ("" if expected == "metric" else expected)
