@@ -10,6 +10,19 @@ from typing import Optional
 from tunesmith.trainables.config import ConfigError
 
 
+def confirm_seeds(value: str):
+    """--seeds: auto, or a whole number of new seeds from 1 to 100 (confirm.seeds' own range)."""
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 100:
+        raise ConfigError("--seeds", value, "must be auto or a whole number from 1 to 100")
+    return n
+
+
 def spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="sweep spec (YAML)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -76,8 +89,10 @@ def analyze_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mlflow-experiment", default="tunesmith", help="the MLflow experiment (default tunesmith)")
     p.add_argument("--confirm", type=int, metavar="K", help="train the sweep's K best configurations again with "
                    "--seeds new seeds each, into its folder, and give the verdict over all its confirmation runs")
-    p.add_argument("--seeds", type=int, default=1, metavar="S", help="--confirm: new seeds per configuration, beside "
-                   "the search's own whole run of each (default 1)")
+    p.add_argument("--seeds", default="auto", metavar="S", help="--confirm: new seeds per "
+                   "configuration, 1 to 100, beside the search's own whole run of each; auto (the default), as "
+                   "confirm.seeds: two where they fit in one round of the workers or in 30%% of the search's wall "
+                   "time, else one")
     p.add_argument("--address", help="--confirm: train on this Ray cluster instead of a private local instance")
 
 

@@ -169,10 +169,10 @@ def _at_least_one(args, *names) -> None:
 
 
 def cmd_analyze(args) -> int:
-    _at_least_one(args, "top", "confirm", "seeds")
+    _at_least_one(args, "top", "confirm")
     if args.confirm:
         from tunesmith.orchestrator.confirm_again import confirm_sweep
-        return confirm_sweep(args.results, args.confirm, args.seeds, args.address)
+        return confirm_sweep(args.results, args.confirm, arguments.confirm_seeds(args.seeds), args.address)
     from tunesmith.orchestrator import analyze
     from tunesmith.cluster.storage import is_uri
     plots = None

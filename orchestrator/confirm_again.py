@@ -61,7 +61,7 @@ def after_resume(spec, storage: Storage, cluster, callback, stopper, was_confirm
     return {"confirm": verdict.to_dict()}
 
 
-def confirm_sweep(target: str, top: int, seeds: int, address: Optional[str] = None) -> int:
+def confirm_sweep(target: str, top: int, seeds="auto", address: Optional[str] = None) -> int:
     from tunesmith.cluster.connect import connect, disconnect
     from tunesmith.orchestrator.callback import LedgerCallback
     from tunesmith.orchestrator.confirm import run_phase, summary

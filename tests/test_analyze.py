@@ -302,3 +302,10 @@ def test_confirm_of_a_folder_that_is_no_sweep_is_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--confirm" in err and "not one sweep's folder" in err and "\n" not in err.strip()
     assert main(["analyze", str(tmp_path), "--confirm", "0"]) == 2
+    capsys.readouterr()
+    for bad in ("0", "101", "two", "1.5"):   # --seeds: auto (the default, as confirm.seeds) or 1 to 100
+        assert main(["analyze", str(tmp_path), "--confirm", "2", "--seeds", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"tunesmith: error: --seeds = '{bad}': must be auto or a whole number from 1 to 100", err
+    assert main(["analyze", str(tmp_path), "--confirm", "2", "--seeds", "auto"]) == 2   # good, on no sweep
+    assert "not one sweep's folder" in capsys.readouterr().err
