@@ -248,10 +248,10 @@ def verdict_of(finals: Sequence[Finalist], metric: str, mode: str, seeds: Sequen
     the first two over the seeds both finished, the search's own whole runs among them
     (``add_search_run``). What is averaged: ``by`` "val_loss" (ties to the metric), or the metric
     (ties to the lower val_loss). Every validation image's loss moves where an accuracy moves by
-    whole images, so the loss ranks two close configurations more steadily: over twelve sweeps of
-    bench/confirm.py, each truth seed in turn as the new seed, it left 0.37 pp of regret against
-    the accuracy's 0.42 (single-run selection 0.57), and between any two of their configurations on
-    one seed each, 0.17 and 0.18 pp against 0.23 and 0.25 (docs/benchmarks.md, "Ranked by the
+    whole images, so the loss ranks two close configurations a little more steadily: over fifteen
+    sweeps of bench/confirm.py, each truth seed in turn as the new seed, it left 0.36 pp of regret
+    against the accuracy's 0.37 (single-run selection 0.52), and between any two of their
+    configurations on one seed each, 0.18 pp against 0.23 (docs/benchmarks.md, "Ranked by the
     validation loss")."""
     search_seeds = {f.own for f in finals if f.own is not None}
     by = "" if by in ("", metric) else by
