@@ -122,7 +122,7 @@ def held_out(runs, order, top: int, seeds: int, own=None, by: str = "val_loss"):
     turn as the confirmation's new seeds, judged on the other truth seeds. The finalists (the
     search's ``top`` first in ``order``) are ranked by the confirmation's own ``verdict_of``, their
     own whole search runs among the seeds (``own``: configuration -> (val_acc, val_loss)), by their
-    mean ``by`` (val_loss, or "" for val_acc: confirm.rank_by). Returns
+    mean ``by`` (confirm.rank_by: val_loss, or metric, here val_acc). Returns
     the mean regret of single-run selection (``order``'s first), of the confirmation, and of the
     truest finalist, and the confirmation's optimism (its winner's test figure on the new seeds
     minus its truth: the bar's "on average", with no one seed's luck in it); None where no split is."""
@@ -210,10 +210,9 @@ def one(dataset: str, seed: int, args) -> dict:
     from tunesmith.orchestrator.verdict import whole_run
     whole = {r.trial_id: (r.last_val_acc, r.last_val_loss) for r in search.itertuples()
              if whole_run(r.status, r.stop_reason)}
-    by = "val_loss" if args.rank_by == "val_loss" else ""
-    out["held_out"] = held_out(runs, list(ranked.trial_id), args.top, out_seeds, whole, by)
-    # the other ranking on the same runs, side by side
-    out["held_out_other"] = held_out(runs, list(ranked.trial_id), args.top, out_seeds, whole, "" if by else "val_loss")
+    out["held_out"] = held_out(runs, list(ranked.trial_id), args.top, out_seeds, whole, args.rank_by)
+    other = "metric" if args.rank_by == "val_loss" else "val_loss"   # the other ranking, on the same runs
+    out["held_out_other"] = held_out(runs, list(ranked.trial_id), args.top, out_seeds, whole, other)
     out["share"] = out["confirm_s"] / max(out["search_s"], 1e-9)
     import shutil
     if args.keep:   # the sweep's Parquet rows, for reading the choice again another way

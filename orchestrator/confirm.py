@@ -2,8 +2,9 @@
 same new seeds, for their full schedule; the winner is the best mean (of the validation loss, or
 of the metric: confirm.rank_by) over those seeds and the search's own run of each (every search
 trial trains with the sweep's seed, so where a finalist's trained its whole schedule it is one
-more seed's run), not the luckiest single run; each new final model reads the test split once. The verdict between the first two is a paired comparison
-over the shared seeds (same initialisation and data order).
+more seed's run), not the luckiest single run; each new final model reads the test split once.
+The verdict between the first two is a paired comparison over the shared seeds (same
+initialisation and data order).
 
 The statistics are Ray-free (``judge``, over ``orchestrator/verdict.py``); ``run_phase`` is the
 phase's Tune run, written by the sweep's own ledger callback: its trials are rows of
@@ -28,9 +29,9 @@ LEAST = 0.8        # a confirmation run's schedule fitted to less than this shar
 
 AUTO_SEEDS = 2     # confirm.seeds "auto": two new seeds where they fit, else one. Over twelve sweeps with ten
                    # truth seeds, two cut single-run selection's expected regret by 37%, one by 28% (ranked
-                   # by val_acc, before confirm.rank_by); the
-                   # test figure's noise fell from 2.1 to 1.2 pp and the verdict's t interval has two
-                   # degrees of freedom, not one (docs/benchmarks.md, "Two new seeds")
+                   # by val_acc, before confirm.rank_by); the test figure's noise fell from 2.1 to 1.2 pp
+                   # and the verdict's t interval has two degrees of freedom, not one (docs/benchmarks.md,
+                   # "Two new seeds")
 
 
 def rounds_of(spec, concurrency: int, seeds: Optional[int] = None, finals: Optional[int] = None) -> int:
@@ -146,11 +147,6 @@ def points(finals: Sequence, seeds: Sequence[int]) -> List[dict]:
     seed-major so that a budget cut short still leaves every finalist the same seeds."""
     return [{**{k: v for k, v in rec.config.items() if k != "seed"}, "seed": s, "of": rec.trial_id}
             for s in seeds for rec in finals]
-
-
-def ranked_by(spec) -> str:
-    """What ranks the finalists (``verdict_of``'s ``by``): confirm.rank_by, "" for the metric."""
-    return "val_loss" if spec.confirm.rank_by == "val_loss" else ""
 
 
 def judge(ledger, finals: Sequence, seeds: Sequence[int], by: str = "") -> Verdict:
@@ -280,12 +276,12 @@ def run_phase(spec, storage, cluster, callback, stopper, data_streams: bool = Fa
             failure_config=tune.FailureConfig(max_failures=spec.checkpoints.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
     stopper.fit(tuner)
-    return settle(callback, finals, ranked_by(spec))
+    return settle(callback, finals, spec.confirm.rank_by)
 
 
 def settle(callback, finals, by: str = "") -> Verdict:
-    """The verdict over every confirmation run of ``finals`` (ranked by ``by``: ``judge``), and
-    the checkpoint kept."""
+    """The verdict over every confirmation run of ``finals`` (ranked by ``by``, confirm.rank_by),
+    and the checkpoint kept."""
     verdict = judge(callback.ledger, finals, used_seeds(callback.ledger), by)
     settle_checkpoints(callback, verdict)
     return verdict

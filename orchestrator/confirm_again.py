@@ -37,10 +37,10 @@ def after_resume(spec, storage: Storage, cluster, callback, stopper, was_confirm
     would have, where the time left fits it (``budget``: what the resumed search began with;
     ``rounds``: the confirmation's); a resumed confirmation gets its verdict and keeps the
     winner's checkpoint. Returns the manifest's additions."""
-    from tunesmith.orchestrator.confirm import confirmed_finalists, ranked_by, run_phase, settle
+    from tunesmith.orchestrator.confirm import confirmed_finalists, run_phase, settle
     from tunesmith.orchestrator.stopper import SweepStopper
     if was_confirming:
-        verdict = settle(callback, confirmed_finalists(callback.ledger), ranked_by(spec))
+        verdict = settle(callback, confirmed_finalists(callback.ledger), spec.confirm.rank_by)
     elif spec.confirm.top > 0 and callback.ledger.ranked():
         from tunesmith.orchestrator.sweep import why_unconfirmed
         stopper = stopper if stopper is not None else SweepStopper(None)

@@ -68,8 +68,9 @@ def read_sweep(storage, name: str, field: str, target: str):
         raise ConfigError(field, target, f"its spec.yaml is not YAML ({' '.join(str(exc).split())[:120]})") from None
     if not isinstance(man, dict) or not isinstance(raw, dict):
         raise ConfigError(field, target, "its manifest.json or spec.yaml holds no mapping")
-    if isinstance(raw.get("confirm", {}), dict):
-        raw = {**raw, "confirm": {**raw.get("confirm", {}), "rank_by": written_rank_by(raw)}}
+    confirm = raw.get("confirm", {})
+    if isinstance(confirm, dict):
+        raw = {**raw, "confirm": {**confirm, "rank_by": written_rank_by(raw)}}
     return man, from_dict(raw, default_name=name)
 
 

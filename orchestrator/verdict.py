@@ -174,6 +174,13 @@ class Verdict:
         name = name or self.metric
         return (100.0, " points") if name.endswith("_acc") else (1.0, "" if name == self.metric else f" {name}")
 
+    def figure(self, value: float, name: str = "", signed: bool = True, unit: bool = True) -> str:
+        """A difference in ``name`` (default: the metric) as the verdict writes it: points of an
+        accuracy to two places, anything else to four, and its unit."""
+        name = name or self.metric
+        k, label = self.scale(name)
+        return f"{value * k:{'+' if signed else ''}.{2 if name.endswith('_acc') else 4}f}{label if unit else ''}"
+
     def text(self) -> str:
         """The last lines' verdict between the first two finalists."""
         if len(self.finalists) >= 2 and not self.finalists[1].by_seed and self.finalists[1].unfinished:
@@ -181,23 +188,20 @@ class Verdict:
                     f"{self.finalists[1].trial_id} were cut short")
         if len(self.finalists) < 2 or not self.finalists[1].by_seed:
             return "verdict: one finalist confirmed; nothing to compare it with"
-        k, unit = self.scale(self.ranked)
-        digits = 2 if self.ranked.endswith("_acc") else 4
-        d = self.diff * k
         first, second = self.finalists[0].trial_id, self.finalists[1].trial_id
         if self.paired_n < 2:
             return (f"verdict: cannot tell {first} and {second} apart: {self.paired_n} shared seed "
                     "(confirm.seeds of 2 or more gives an interval)")
         lo, hi = within_range(self.diff - self.half, self.diff + self.half, self.ranked, difference=True)
-        band = f"95% interval {lo * k:+.{digits}f} to {hi * k:+.{digits}f}{unit}, paired over {self.paired_n} seeds" + \
+        by = self.ranked
+        band = f"95% interval {self.figure(lo, by, unit=False)} to {self.figure(hi, by)}, paired over {self.paired_n} seeds" + \
             ("; the seeds agree to within one validation image, whose rounding sets the spread"
              if self.spread_floored else "")
         if self.by and math.isfinite(self.metric_diff):   # the metric's own paired difference, beside
-            km, um = self.scale()
-            band += f"; {self.metric} {self.metric_diff * km:+.{2 if um == ' points' else 4}f}{um} on the same seeds"
+            band += f"; {self.metric} {self.figure(self.metric_diff)} on the same seeds"
         if self.separated:
-            return f"verdict: {first} is better than {second} by {d:.{digits}f}{unit} ({band})"
-        return (f"verdict: cannot tell {first} and {second} apart at this budget: {d:+.{digits}f}{unit} ({band}); "
+            return f"verdict: {first} is better than {second} by {self.figure(self.diff, by, signed=False)} ({band})"
+        return (f"verdict: cannot tell {first} and {second} apart at this budget: {self.figure(self.diff, by)} ({band}); "
                 "they lie within the noise floor, and more seeds (confirm.seeds) would narrow it")
 
 
@@ -247,14 +251,14 @@ def verdict_of(finals: Sequence[Finalist], metric: str, mode: str, seeds: Sequen
     they diverged on, so that the ranking is the paired comparison; and the paired difference of
     the first two over the seeds both finished, the search's own whole runs among them
     (``add_search_run``). What is averaged: ``by`` "val_loss" (ties to the metric), or the metric
-    (ties to the lower val_loss). Every validation image's loss moves where an accuracy moves by
+    ("metric" or "", as confirm.rank_by; ties to the lower val_loss). Every validation image's loss moves where an accuracy moves by
     whole images, so the loss ranks two close configurations a little more steadily: over fifteen
     sweeps of bench/confirm.py, each truth seed in turn as the new seed, it left 0.36 pp of regret
     against the accuracy's 0.37 (single-run selection 0.52), and between any two of their
     configurations on one seed each, 0.18 pp against 0.23 (docs/benchmarks.md, "Ranked by the
     validation loss")."""
     search_seeds = {f.own for f in finals if f.own is not None}
-    by = "" if by in ("", metric) else by
+    by = "" if by in ("", "metric", metric) else by
     sign = -1.0 if mode == "max" else 1.0
     done = [set(f.by_seed) for f in finals if f.by_seed]
     common = set.intersection(*done) if done else set()
@@ -267,9 +271,13 @@ def verdict_of(finals: Sequence[Finalist], metric: str, mode: str, seeds: Sequen
     def key(f: Finalist):
         if not f.by_seed:
             return (True, 0.0, 0.0)
-        own = sign * over_common(f.by_seed)
+        value = sign * over_common(f.by_seed)
         loss = over_common(f.loss_by_seed) if f.loss_by_seed else 0.0
-        return (False, loss, own) if by else (False, own, loss)
+        return (False, loss, value) if by else (False, value, loss)
+
+    def paired(va: Dict[int, float], vb: Dict[int, float], better: float) -> List[float]:
+        """The first's advantage on each seed both finished (``better``: -1 where more is better)."""
+        return [d for d in (-better * (va[s] - vb[s]) for s in sorted(set(va) & set(vb))) if math.isfinite(d)]
 
     ranked = sorted(finals, key=key)
     verdict = Verdict(list(ranked), metric, mode, sorted(set(seeds) | search_seeds),
@@ -279,19 +287,16 @@ def verdict_of(finals: Sequence[Finalist], metric: str, mode: str, seeds: Sequen
         f.step = step
     if len(ranked) >= 2:
         a, b = ranked[0], ranked[1]
-        va, vb, better, pair_step = ((a.loss_by_seed, b.loss_by_seed, 1.0, 0.0) if by
-                                     else (a.by_seed, b.by_seed, sign, step))
-        diffs = [-better * (va[s] - vb[s]) for s in sorted(set(va) & set(vb))]
-        diffs = [d for d in diffs if math.isfinite(d)]
+        diffs, pair_step = (paired(a.loss_by_seed, b.loss_by_seed, 1.0), 0.0) if by \
+            else (paired(a.by_seed, b.by_seed, sign), step)
         verdict.paired_n = len(diffs)
         if diffs:
             verdict.diff, sd = mean_sd(diffs)
             verdict.half = t_half_width(floored(sd, pair_step, pair=True), len(diffs))
             verdict.spread_floored = len(diffs) > 1 and floored(sd, pair_step, pair=True) > sd
         if by:
-            own = [-sign * (a.by_seed[s] - b.by_seed[s]) for s in sorted(set(a.by_seed) & set(b.by_seed))]
-            own = [d for d in own if math.isfinite(d)]
-            verdict.metric_diff = mean_sd(own)[0] if own else math.nan
+            metric_diffs = paired(a.by_seed, b.by_seed, sign)
+            verdict.metric_diff = mean_sd(metric_diffs)[0] if metric_diffs else math.nan
     return verdict
 
 
