@@ -22,8 +22,14 @@ Bars (issue #28): confirmation halves the mean regret of single-run selection, f
 more wall time; the reported test figure is within 1 point of the chosen configuration's true
 quality on average.
 
+Beside them, each truth seed in turn as the new seed: the expectation rather than one draw, and the
+same finalists ranked by the new seeds' own test figures, which no sweep may read: what no reading
+of the new seeds' validation can beat. ``--read`` prints those again, pooled, from folders that
+``--keep`` filled, for 1 to ``--most`` new seeds, and runs nothing.
+
     .venv/bin/python bench/confirm.py [--datasets small glyphs] [--repeats 2] [--trials 16] [--epochs 6]
                                       [--top 2] [--seeds auto] [--candidates 4] [--truth-seeds 5] [--keep DIR]
+    .venv/bin/python bench/confirm.py --read DIR/* [--most 3] [--top 2] [--rank-by val_loss]
 """
 from __future__ import annotations
 
@@ -56,9 +62,10 @@ def _span(rows) -> float:
 
 
 def _shared(runs):
-    """``runs``: (configuration, seed, val_acc, val_loss, test_acc) of the truth runs. The runs by
-    configuration and seed, the configurations, and the seeds that every configuration finished."""
-    by = {(c, int(s)): (float(va), float(vl), float(te)) for c, s, va, vl, te in runs}
+    """``runs``: (configuration, seed, val_acc, val_loss, test_acc[, test_loss]) of the truth runs.
+    The runs by configuration and seed, the configurations, and the seeds that every configuration
+    finished."""
+    by = {(c, int(s)): tuple(float(x) for x in (va, vl, te, *more)) for c, s, va, vl, te, *more in runs}
     configs = sorted({c for c, _ in by})
     return by, configs, sorted({s for _, s in by if all((c, s) in by for c in configs)})
 
@@ -150,6 +157,44 @@ def held_out(runs, order, top: int, seeds: int, own=None, by: str = "val_loss"):
     return tuple(statistics.fmean(col) for col in zip(*out)) if out else None
 
 
+def test_read(runs, order, top: int, seeds: int):
+    """What no confirmation can beat by reading its new seeds better: ``held_out``'s finalists
+    ranked by the held seeds' own test figures (which no sweep may read) in place of their
+    validation, the new seeds alone, judged on the other truth seeds as ``held_out`` judges. Returns
+    (mean regret ranked by the mean test_acc, by the mean test_loss where every run carries it as
+    a sixth field, else None); None where ``held_out`` is."""
+    runs = list(runs)
+    by_acc = held_out([(c, s, te, -te, te) for c, s, _, _, te, *_ in runs], order, top, seeds, None, "")
+    if by_acc is None:
+        return None
+    lossy = all(len(r) > 5 for r in runs)
+    by_loss = held_out([(c, s, te, tl, te) for c, s, _, _, te, tl, *_ in runs], order, top, seeds, None,
+                       "val_loss") if lossy else None
+    return by_acc[1], by_loss[1] if by_loss else None
+
+
+def sweep_runs(t, first_seeds=None):
+    """A sweep's Parquet rows (``t``, pandas) as the bench reads them: (the search's rows, ranked as
+    single-run selection ranks them, the truth runs (configuration, seed, val_acc, val_loss,
+    test_acc, test_loss), each configuration's whole search run (val_acc, val_loss)). The truth runs
+    are the confirmation rows on seeds outside ``first_seeds`` (the sweep's own confirmation); without
+    it (a kept folder), those on the seeds that the most configurations ran."""
+    from tunesmith.orchestrator.verdict import whole_run
+    search, conf = t[t.phase == "search"], t[(t.phase == "confirm") & (t.status == "completed")]
+    if first_seeds is None:
+        counts = t[t.phase == "confirm"].groupby("seed").confirms.nunique()
+        truth = conf[conf.seed.isin(counts[counts == counts.max()].index)] if len(counts) else conf
+    else:
+        truth = conf[~conf.seed.isin(first_seeds)]
+    ranked = search.dropna(subset=["best_val_acc"]).sort_values(["best_val_acc", "best_val_loss"],
+                                                                ascending=[False, True])
+    runs = list(zip(truth.confirms, truth.seed, truth.last_val_acc, truth.last_val_loss, truth.test_acc,
+                    truth.test_loss))
+    whole = {r.trial_id: (r.last_val_acc, r.last_val_loss) for r in search.itertuples()
+             if whole_run(r.status, r.stop_reason)}
+    return search, ranked, runs, whole
+
+
 def one(dataset: str, seed: int, args) -> dict:
     """One dataset and seed: the sweep with its confirmation, then the truth runs."""
     import pyarrow.parquet as pq
@@ -174,9 +219,8 @@ def one(dataset: str, seed: int, args) -> dict:
     man = json.load(open(os.path.join(folder, "manifest.json")))
     confirmed = man["confirm"]
     t = pq.read_table(os.path.join(folder, "trials.parquet")).to_pandas()
-    search, phase1 = t[t.phase == "search"], t[t.phase == "confirm"]
-    ranked = search.dropna(subset=["best_val_acc"]).sort_values(["best_val_acc", "best_val_loss"],
-                                                                ascending=[False, True])
+    search, ranked, _, _ = sweep_runs(t, set())
+    phase1 = t[t.phase == "confirm"]
     single = ranked.trial_id.iloc[0]
     winner = confirmed["finalists"][0]
     first_seeds = set(phase1.seed)
@@ -189,8 +233,12 @@ def one(dataset: str, seed: int, args) -> dict:
     own = [int(s) for s in confirmed.get("search_seeds", [])]
     _cli("analyze", folder, "--confirm", str(args.candidates), "--seeds", str(args.truth_seeds))
     t = pq.read_table(os.path.join(folder, "trials.parquet")).to_pandas()
-    truth_rows = t[(t.phase == "confirm") & ~t.seed.isin(first_seeds) & (t.status == "completed")]
-    truth = truth_rows.groupby("confirms").test_acc.mean().to_dict()
+    search, ranked, runs, whole = sweep_runs(t, first_seeds)
+    truth = {}
+    for c, _, _, _, te, _ in runs:
+        if te == te:   # not NaN
+            truth.setdefault(c, []).append(te)
+    truth = {c: statistics.fmean(v) for c, v in truth.items()}
     best = max(truth.values())
     out = {"dataset": dataset, "seed": seed, "single": single, "confirmed": winner["trial"],
            "truth": truth, "best": best,
@@ -203,13 +251,9 @@ def one(dataset: str, seed: int, args) -> dict:
            "optimism_confirmed": winner["test"] - truth[winner["trial"]],
            "search_s": _span(search), "confirm_s": _span(phase1), "sweep_s": sweep_s,
            "verdict": confirmed["verdict"], "folder": folder, "own_seeds": own, "new_seeds": out_seeds}
-    runs = list(zip(truth_rows.confirms, truth_rows.seed, truth_rows.last_val_acc, truth_rows.last_val_loss,
-                    truth_rows.test_acc))
     out["split_half"] = split_half(runs, single)
     out["truth_bias"] = truth_bias(runs)
-    from tunesmith.orchestrator.verdict import whole_run
-    whole = {r.trial_id: (r.last_val_acc, r.last_val_loss) for r in search.itertuples()
-             if whole_run(r.status, r.stop_reason)}
+    out["test_read"] = test_read(runs, list(ranked.trial_id), args.top, out_seeds)
     out["held_out"] = held_out(runs, list(ranked.trial_id), args.top, out_seeds, whole, args.rank_by)
     other = "metric" if args.rank_by == "val_loss" else "val_loss"   # the other ranking, on the same runs
     out["held_out_other"] = held_out(runs, list(ranked.trial_id), args.top, out_seeds, whole, other)
@@ -221,6 +265,52 @@ def one(dataset: str, seed: int, args) -> dict:
                                                  and not os.path.isdir(os.path.join(d, n))])
     shutil.rmtree(root, ignore_errors=True)
     return out
+
+
+def _test_read_line(read, top: int) -> str:
+    loss = [r[1] for r in read if r[1] is not None]
+    return (f"the {top} finalists ranked instead by the new seeds' own test figures, which no sweep may read "
+            f"({len(read)} sweeps): mean regret {100 * statistics.fmean(r[0] for r in read):.2f}pp by test_acc"
+            + (f", {100 * statistics.fmean(loss):.2f}pp by test_loss" if loss else ""))
+
+
+def read_kept(folders, top: int, most: int, rank_by: str) -> int:
+    """``--read``: the expectation lines again over folders that ``--keep`` filled, pooled, for 1 to
+    ``most`` new seeds per finalist, each truth seed (or set of them) in turn as the new seeds."""
+    import pyarrow.parquet as pq
+    other = "metric" if rank_by == "val_loss" else "val_loss"
+    names = {"val_loss": "by val_loss", "metric": "by val_acc"}
+    print(f"mean regret in expectation; the finalists ranked {names[rank_by]} (confirm.rank_by {rank_by}), "
+          f"the search's own whole runs among the seeds, unless the column says otherwise")
+    print(f"{'new seeds':>9}  {'sweeps':>6}  {'single-run':>10}  {'confirmed':>9}  {names[other]:>12}  "
+          f"{'new seeds alone':>15}  {'by test_acc':>11}  {'by test_loss':>12}  {'truest finalist':>15}  "
+          f"{'winner test - truth':>19}")
+    sweeps = []
+    for folder in folders:
+        path = os.path.join(folder, "trials.parquet")
+        if not os.path.isfile(path):
+            raise SystemExit(f"--read = {folder!r}: no trials.parquet there (a folder that --keep filled)")
+        _, ranked, runs, whole = sweep_runs(pq.read_table(path).to_pandas())
+        sweeps.append((list(ranked.trial_id), runs, whole))
+    for k in range(1, most + 1):
+        cols = {"own": [], "other": [], "new": [], "read": []}
+        for order, runs, whole in sweeps:
+            h = held_out(runs, order, top, k, whole, rank_by)
+            if h is None:
+                continue
+            cols["own"].append(h)
+            cols["other"].append(held_out(runs, order, top, k, whole, other)[1])
+            cols["new"].append(held_out(runs, order, top, k, None, rank_by)[1])
+            cols["read"].append(test_read(runs, order, top, k))
+        if not cols["own"]:
+            continue
+        pp = lambda xs: f"{100 * statistics.fmean(xs):.2f}pp" if xs else "-"   # noqa: E731
+        own = cols["own"]
+        print(f"{k:>9}  {len(own):>6}  {pp([h[0] for h in own]):>10}  {pp([h[1] for h in own]):>9}  "
+              f"{pp(cols['other']):>12}  {pp(cols['new']):>15}  {pp([r[0] for r in cols['read']]):>11}  "
+              f"{pp([r[1] for r in cols['read'] if r[1] is not None]):>12}  {pp([h[2] for h in own]):>15}  "
+              f"{100 * statistics.fmean(h[3] for h in own):>+17.2f}pp")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -237,7 +327,13 @@ def main(argv=None) -> int:
     p.add_argument("--truth-seeds", type=int, default=5)
     p.add_argument("--rank-by", choices=("val_loss", "metric"), default="val_loss", help="confirm.rank_by")
     p.add_argument("--keep", default="", help="a folder to copy each sweep's Parquet files into")
+    p.add_argument("--read", nargs="+", metavar="FOLDER", default=[],
+                   help="run nothing: read again the sweeps that --keep kept (each DIR/dataset-seed), pooled, "
+                        "for 1 to --most new seeds")
+    p.add_argument("--most", type=int, default=3, help="with --read: the most new seeds per finalist")
     args = p.parse_args(argv)
+    if args.read:
+        return read_kept(args.read, args.top, args.most, args.rank_by)
     rows = []
     for dataset in args.datasets:
         for r in range(args.repeats):
@@ -283,6 +379,9 @@ def main(argv=None) -> int:
             print(f"the same, the finalists ranked by their mean {name} (confirm.rank_by {setting}): confirmed "
                   f"{100 * statistics.fmean(h[1] for h in other):.2f}pp; the winner's test figure minus its truth "
                   f"{100 * statistics.fmean(h[3] for h in other):+.2f}pp")
+        read = [r["test_read"] for r in rows if r["held_out"] and r["test_read"]]
+        if read:
+            print(_test_read_line(read, args.top))
     halves = [r["split_half"] for r in rows if r["split_half"]]
     if halves:
         judged = args.truth_seeds - 2

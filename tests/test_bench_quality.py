@@ -132,3 +132,52 @@ def test_the_held_out_confirmation_ranks_by_the_validation_loss_or_the_accuracy_
     by_acc = confirm.held_out(runs, ["a", "b"], top=2, seeds=1, by="")
     assert by_loss[0] == pytest.approx(0.01) and by_loss[1] == pytest.approx(0.0)
     assert by_acc[1] == pytest.approx(0.01)
+
+
+def test_the_test_read_ranking_reads_the_held_seeds_test_figures_in_place_of_the_validation():
+    confirm = _confirm()
+    # b is truly better by a point; every seed's validation reads a higher, its test figures b
+    runs = [(c, s, va, vl, te, tl) for s in (1, 2, 3)
+            for c, va, vl, te, tl in (("a", 0.95, 0.20, 0.90, 0.40), ("b", 0.92, 0.30, 0.91, 0.35))]
+    assert confirm.held_out(runs, ["a", "b"], top=2, seeds=1)[1] == pytest.approx(0.01)
+    by_acc, by_loss = confirm.test_read(runs, ["a", "b"], top=2, seeds=1)
+    assert by_acc == pytest.approx(0.0) and by_loss == pytest.approx(0.0)
+    # a test loss that points the wrong way is read as such; without the sixth field, no figure
+    flipped = [(c, s, va, vl, te, 0.30 if c == "a" else 0.40) for c, s, va, vl, te, _ in runs]
+    assert confirm.test_read(flipped, ["a", "b"], top=2, seeds=1)[1] == pytest.approx(0.01)
+    assert confirm.test_read([r[:5] for r in runs], ["a", "b"], top=2, seeds=1)[1] is None
+    # the single pick unmeasured: no figure
+    assert confirm.test_read(runs, ["z", "a"], top=2, seeds=1) is None
+
+
+def _kept(folder, seeds=(1, 2, 3)):
+    """A folder as --keep leaves it: the search's rows (a ranked first, then b, then c) and the
+    confirmation's: the finalists on the sweep's new seed 100, every configuration on the truth seeds."""
+    import pandas as pd
+    rows = [dict(phase="search", trial_id=c, status="completed", stop_reason="schedule complete",
+                 best_val_acc=acc, best_val_loss=0.3, last_val_acc=acc, last_val_loss=0.3, confirms=None,
+                 seed=0, test_acc=float("nan"), test_loss=float("nan"))
+            for c, acc in (("a", 0.95), ("b", 0.94), ("c", 0.90))]
+    truth = {"a": 0.90, "b": 0.92, "c": 0.88}
+    for seed, configs in [(100, "ab")] + [(s, "abc") for s in seeds]:
+        rows += [dict(phase="confirm", trial_id=f"{c}{seed}", status="completed", stop_reason="schedule complete",
+                      best_val_acc=truth[c], best_val_loss=1 - truth[c], last_val_acc=truth[c],
+                      last_val_loss=1 - truth[c], confirms=c, seed=seed, test_acc=truth[c],
+                      test_loss=1 - truth[c]) for c in configs]
+    os.makedirs(folder)
+    pd.DataFrame(rows).to_parquet(os.path.join(folder, "trials.parquet"))
+
+
+def test_the_kept_sweeps_are_read_again_pooled_for_each_count_of_new_seeds(tmp_path, capsys):
+    confirm = _confirm()
+    _kept(str(tmp_path / "shapes-0"))
+    assert confirm.main(["--read", str(tmp_path / "shapes-0"), "--most", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = [line.split() for line in lines if line.strip()[:1].isdigit()]
+    # truth seeds 1 to 3 (seed 100 ran only the finalists): 1 or 2 held, judged on the rest; 3 leaves
+    # none to judge on. Single-run picked a, 2 points below b; every seed reads b higher, so the
+    # confirmation and the test-read rankings pick b
+    assert [row[:2] for row in table] == [["1", "1"], ["2", "1"]]
+    assert table[0][2:9] == ["2.00pp", "0.00pp", "0.00pp", "0.00pp", "0.00pp", "0.00pp", "0.00pp"]
+    with pytest.raises(SystemExit, match="--read = .*no trials.parquet"):
+        confirm.main(["--read", str(tmp_path / "missing")])
