@@ -29,7 +29,7 @@ of the new seeds' validation can beat. ``--read`` prints those again, pooled, fr
 
     .venv/bin/python bench/confirm.py [--datasets small glyphs] [--repeats 2] [--trials 16] [--epochs 6]
                                       [--top 2] [--seeds auto] [--candidates 4] [--truth-seeds 5] [--keep DIR]
-    .venv/bin/python bench/confirm.py --read DIR/* [--most 3] [--top 2] [--rank-by val_loss]
+    .venv/bin/python bench/confirm.py --read DIR/* [--most 3] [--judged N] [--top 2] [--rank-by val_loss]
 """
 from __future__ import annotations
 
@@ -70,15 +70,19 @@ def _shared(runs):
     return by, configs, sorted({s for _, s in by if all((c, s) in by for c in configs)})
 
 
-def _splits(runs, k: int):
+def _splits(runs, k: int, judged: int = 0):
     """``runs``: (configuration, seed, val_acc, val_loss, test_acc) of the truth runs. For each way
     to hold ``k`` of the seeds that every configuration finished: (held, the runs by configuration
-    and seed, each configuration's truth: its mean test figure over the other seeds)."""
+    and seed, each configuration's truth: its mean test figure over the other seeds, or over
+    ``judged`` of them drawn at random: the same draws for the same runs and ``k``)."""
+    import random
     from itertools import combinations
     by, configs, seeds = _shared(runs)
+    rng = random.Random(0)
     for held in (combinations(seeds, k) if len(seeds) > k else ()):
-        judged = [s for s in seeds if s not in held]
-        yield held, by, {c: statistics.fmean(by[(c, s)][2] for s in judged) for c in configs}
+        rest = [s for s in seeds if s not in held]
+        rest = rng.sample(rest, judged) if 0 < judged < len(rest) else rest
+        yield held, by, {c: statistics.fmean(by[(c, s)][2] for s in rest) for c in configs}
 
 
 def split_half(runs, single: str, k: int = 2):
@@ -124,7 +128,7 @@ def truth_bias(runs, draws: int = 2000):
     return statistics.fmean(boot), statistics.fmean(ties), max(mean.values()) - statistics.fmean(mean.values())
 
 
-def held_out(runs, order, top: int, seeds: int, own=None, by: str = "val_loss"):
+def held_out(runs, order, top: int, seeds: int, own=None, by: str = "val_loss", judged: int = 0):
     """The bar's expectation rather than one draw: each way to take ``seeds`` of the truth seeds in
     turn as the confirmation's new seeds, judged on the other truth seeds. The finalists (the
     search's ``top`` first in ``order``) are ranked by the confirmation's own ``verdict_of``, their
@@ -136,7 +140,7 @@ def held_out(runs, order, top: int, seeds: int, own=None, by: str = "val_loss"):
     from tunesmith.orchestrator.verdict import Finalist, add_run, verdict_of
     own, search_seed = own or {}, -1   # every search trial shares one seed, none of the truth's
     out = []
-    for held, got, truth in _splits(runs, seeds):
+    for held, got, truth in _splits(runs, seeds, judged):
         finals = [c for c in order if c in truth][:top]
         if not finals or finals[0] != order[0]:
             return None
@@ -157,19 +161,19 @@ def held_out(runs, order, top: int, seeds: int, own=None, by: str = "val_loss"):
     return tuple(statistics.fmean(col) for col in zip(*out)) if out else None
 
 
-def test_read(runs, order, top: int, seeds: int):
+def test_read(runs, order, top: int, seeds: int, judged: int = 0):
     """What no confirmation can beat by reading its new seeds better: ``held_out``'s finalists
     ranked by the held seeds' own test figures (which no sweep may read) in place of their
     validation, the new seeds alone, judged on the other truth seeds as ``held_out`` judges. Returns
     (mean regret ranked by the mean test_acc, by the mean test_loss where every run carries it as
     a sixth field, else None); None where ``held_out`` is."""
     runs = list(runs)
-    by_acc = held_out([(c, s, te, -te, te) for c, s, _, _, te, *_ in runs], order, top, seeds, None, "")
+    by_acc = held_out([(c, s, te, -te, te) for c, s, _, _, te, *_ in runs], order, top, seeds, None, "", judged)
     if by_acc is None:
         return None
     lossy = all(len(r) > 5 for r in runs)
     by_loss = held_out([(c, s, te, tl, te) for c, s, _, _, te, tl, *_ in runs], order, top, seeds, None,
-                       "val_loss") if lossy else None
+                       "val_loss", judged) if lossy else None
     return by_acc[1], by_loss[1] if by_loss else None
 
 
@@ -274,9 +278,11 @@ def _test_read_line(read, top: int) -> str:
             + (f", {100 * statistics.fmean(loss):.2f}pp by test_loss" if loss else ""))
 
 
-def read_kept(folders, top: int, most: int, rank_by: str) -> int:
+def read_kept(folders, top: int, most: int, rank_by: str, judged: int = 0) -> int:
     """``--read``: the expectation lines again over folders that ``--keep`` filled, pooled, for 1 to
-    ``most`` new seeds per finalist, each truth seed (or set of them) in turn as the new seeds."""
+    ``most`` new seeds per finalist, each truth seed (or set of them) in turn as the new seeds,
+    judged on the other truth seeds, or on ``judged`` of them (the truth made as coarse as a run
+    with fewer truth seeds would have it)."""
     import pyarrow.parquet as pq
     other = "metric" if rank_by == "val_loss" else "val_loss"
     names = {"val_loss": "by val_loss", "metric": "by val_acc"}
@@ -295,13 +301,13 @@ def read_kept(folders, top: int, most: int, rank_by: str) -> int:
     for k in range(1, most + 1):
         cols = {"own": [], "other": [], "new": [], "read": []}
         for order, runs, whole in sweeps:
-            h = held_out(runs, order, top, k, whole, rank_by)
+            h = held_out(runs, order, top, k, whole, rank_by, judged)
             if h is None:
                 continue
             cols["own"].append(h)
-            cols["other"].append(held_out(runs, order, top, k, whole, other)[1])
-            cols["new"].append(held_out(runs, order, top, k, None, rank_by)[1])
-            cols["read"].append(test_read(runs, order, top, k))
+            cols["other"].append(held_out(runs, order, top, k, whole, other, judged)[1])
+            cols["new"].append(held_out(runs, order, top, k, None, rank_by, judged)[1])
+            cols["read"].append(test_read(runs, order, top, k, judged))
         if not cols["own"]:
             continue
         pp = lambda xs: f"{100 * statistics.fmean(xs):.2f}pp" if xs else "-"   # noqa: E731
@@ -331,9 +337,11 @@ def main(argv=None) -> int:
                    help="run nothing: read again the sweeps that --keep kept (each DIR/dataset-seed), pooled, "
                         "for 1 to --most new seeds")
     p.add_argument("--most", type=int, default=3, help="with --read: the most new seeds per finalist")
+    p.add_argument("--judged", type=int, default=0,
+                   help="with --read: judge on this many of the other truth seeds, drawn at random (0: all)")
     args = p.parse_args(argv)
     if args.read:
-        return read_kept(args.read, args.top, args.most, args.rank_by)
+        return read_kept(args.read, args.top, args.most, args.rank_by, args.judged)
     rows = []
     for dataset in args.datasets:
         for r in range(args.repeats):
