@@ -177,13 +177,19 @@ def test_read(runs, order, top: int, seeds: int, judged: int = 0):
     return by_acc[1], by_loss[1] if by_loss else None
 
 
-def sweep_runs(t, first_seeds=None):
-    """A sweep's Parquet rows (``t``, pandas) as the bench reads them: (the search's rows, ranked as
-    single-run selection ranks them, the truth runs (configuration, seed, val_acc, val_loss,
-    test_acc, test_loss), each configuration's whole search run (val_acc, val_loss)). The truth runs
-    are the confirmation rows on seeds outside ``first_seeds`` (the sweep's own confirmation); without
-    it (a kept folder), those on the seeds that the most configurations ran."""
-    from tunesmith.orchestrator.verdict import whole_run
+RANKINGS = ("late_val_loss", "val_loss", "metric")   # confirm.rank_by's values
+NAMES = {"late_val_loss": "by late val_loss", "val_loss": "by final val_loss", "metric": "by val_acc"}
+
+
+def sweep_runs(t, first_seeds=None, epochs=None):
+    """A sweep's Parquet rows (``t``, pandas; ``epochs``, its epoch rows) as the bench reads them:
+    (the search's rows, ranked as single-run selection ranks them, the truth runs (configuration,
+    seed, val_acc, val_loss, test_acc, test_loss, late val_loss), each configuration's whole search
+    run (val_acc, val_loss, late val_loss)); the late val_loss is the confirmation's ``late_mean`` of
+    the run's epoch rows (NaN without them). The truth runs are the confirmation rows on seeds outside
+    ``first_seeds`` (the sweep's own confirmation); without it (a kept folder), those on the seeds that
+    the most configurations ran."""
+    from tunesmith.orchestrator.verdict import late_mean, whole_run
     search, conf = t[t.phase == "search"], t[(t.phase == "confirm") & (t.status == "completed")]
     if first_seeds is None:
         counts = t[t.phase == "confirm"].groupby("seed").confirms.nunique()
@@ -192,11 +198,32 @@ def sweep_runs(t, first_seeds=None):
         truth = conf[~conf.seed.isin(first_seeds)]
     ranked = search.dropna(subset=["best_val_acc"]).sort_values(["best_val_acc", "best_val_loss"],
                                                                 ascending=[False, True])
-    runs = list(zip(truth.confirms, truth.seed, truth.last_val_acc, truth.last_val_loss, truth.test_acc,
-                    truth.test_loss))
-    whole = {r.trial_id: (r.last_val_acc, r.last_val_loss) for r in search.itertuples()
-             if whole_run(r.status, r.stop_reason)}
+    late = {} if epochs is None else {tid: late_mean(dict(zip(g.epoch, g.val_loss)))
+                                      for tid, g in epochs.groupby("trial_id")}
+    runs = [(c, s, va, vl, te, tl, late.get(tid, math.nan)) for c, s, va, vl, te, tl, tid in zip(
+        truth.confirms, truth.seed, truth.last_val_acc, truth.last_val_loss, truth.test_acc, truth.test_loss,
+        truth.trial_id)]
+    whole = {r.trial_id: (r.last_val_acc, r.last_val_loss, late.get(r.trial_id, math.nan))
+             for r in search.itertuples() if whole_run(r.status, r.stop_reason)}
     return search, ranked, runs, whole
+
+
+def read_epochs(folder: str):
+    """A sweep folder's epoch rows (trial_id, epoch, val_loss), or None where it has none."""
+    import pyarrow.dataset as ds
+    path = os.path.join(folder, "epochs")
+    if not os.path.isdir(path):
+        return None
+    return ds.dataset(path, format="parquet").to_table(columns=["trial_id", "epoch", "val_loss"]).to_pandas()
+
+
+def expected(runs, whole, order, top: int, seeds: int, by: str, judged: int = 0, own: bool = True):
+    """``held_out`` ranked as confirm.rank_by ``by`` ranks: late_val_loss reads each run's late
+    val_loss (``sweep_runs``' seventh field, the whole runs' third) as its loss."""
+    if by == "late_val_loss":
+        runs = [(c, s, va, late, te, *rest) for c, s, va, _, te, *rest, late in runs]
+        whole = {c: (va, late) for c, (va, _, late) in whole.items()}
+    return held_out(runs, order, top, seeds, whole if own else None, "" if by == "metric" else "val_loss", judged)
 
 
 def one(dataset: str, seed: int, args) -> dict:
@@ -237,7 +264,7 @@ def one(dataset: str, seed: int, args) -> dict:
     own = [int(s) for s in confirmed.get("search_seeds", [])]
     _cli("analyze", folder, "--confirm", str(args.candidates), "--seeds", str(args.truth_seeds))
     t = pq.read_table(os.path.join(folder, "trials.parquet")).to_pandas()
-    search, ranked, runs, whole = sweep_runs(t, first_seeds)
+    search, ranked, runs, whole = sweep_runs(t, first_seeds, read_epochs(folder))
     truth = {}
     for c, _, _, _, te, _ in runs:
         if te == te:   # not NaN
@@ -258,9 +285,9 @@ def one(dataset: str, seed: int, args) -> dict:
     out["split_half"] = split_half(runs, single)
     out["truth_bias"] = truth_bias(runs)
     out["test_read"] = test_read(runs, list(ranked.trial_id), args.top, out_seeds)
-    out["held_out"] = held_out(runs, list(ranked.trial_id), args.top, out_seeds, whole, args.rank_by)
-    other = "metric" if args.rank_by == "val_loss" else "val_loss"   # the other ranking, on the same runs
-    out["held_out_other"] = held_out(runs, list(ranked.trial_id), args.top, out_seeds, whole, other)
+    out["held_out"] = expected(runs, whole, list(ranked.trial_id), args.top, out_seeds, args.rank_by)
+    out["held_out_other"] = {by: expected(runs, whole, list(ranked.trial_id), args.top, out_seeds, by)
+                             for by in RANKINGS if by != args.rank_by}   # the other rankings, on the same runs
     out["share"] = out["confirm_s"] / max(out["search_s"], 1e-9)
     import shutil
     if args.keep:   # the sweep's Parquet rows, for reading the choice again another way
@@ -284,36 +311,38 @@ def read_kept(folders, top: int, most: int, rank_by: str, judged: int = 0) -> in
     judged on the other truth seeds, or on ``judged`` of them (the truth made as coarse as a run
     with fewer truth seeds would have it)."""
     import pyarrow.parquet as pq
-    other = "metric" if rank_by == "val_loss" else "val_loss"
-    names = {"val_loss": "by val_loss", "metric": "by val_acc"}
-    print(f"mean regret in expectation; the finalists ranked {names[rank_by]} (confirm.rank_by {rank_by}), "
+    others = [by for by in RANKINGS if by != rank_by]
+    print(f"mean regret in expectation; the finalists ranked {NAMES[rank_by]} (confirm.rank_by {rank_by}), "
           f"the search's own whole runs among the seeds, unless the column says otherwise")
-    print(f"{'new seeds':>9}  {'sweeps':>6}  {'single-run':>10}  {'confirmed':>9}  {names[other]:>12}  "
-          f"{'new seeds alone':>15}  {'by test_acc':>11}  {'by test_loss':>12}  {'truest finalist':>15}  "
+    print(f"{'new seeds':>9}  {'sweeps':>6}  {'single-run':>10}  {'confirmed':>9}  "
+          + "  ".join(f"{NAMES[by]:>17}" for by in others)
+          + f"  {'new seeds alone':>15}  {'by test_acc':>11}  {'by test_loss':>12}  {'truest finalist':>15}  "
           f"{'winner test - truth':>19}")
     sweeps = []
     for folder in folders:
         path = os.path.join(folder, "trials.parquet")
         if not os.path.isfile(path):
             raise SystemExit(f"--read = {folder!r}: no trials.parquet there (a folder that --keep filled)")
-        _, ranked, runs, whole = sweep_runs(pq.read_table(path).to_pandas())
+        _, ranked, runs, whole = sweep_runs(pq.read_table(path).to_pandas(), None, read_epochs(folder))
         sweeps.append((list(ranked.trial_id), runs, whole))
     for k in range(1, most + 1):
-        cols = {"own": [], "other": [], "new": [], "read": []}
+        cols = {"own": [], "new": [], "read": [], **{by: [] for by in others}}
         for order, runs, whole in sweeps:
-            h = held_out(runs, order, top, k, whole, rank_by, judged)
+            h = expected(runs, whole, order, top, k, rank_by, judged)
             if h is None:
                 continue
             cols["own"].append(h)
-            cols["other"].append(held_out(runs, order, top, k, whole, other, judged)[1])
-            cols["new"].append(held_out(runs, order, top, k, None, rank_by, judged)[1])
+            for by in others:
+                cols[by].append(expected(runs, whole, order, top, k, by, judged)[1])
+            cols["new"].append(expected(runs, whole, order, top, k, rank_by, judged, own=False)[1])
             cols["read"].append(test_read(runs, order, top, k, judged))
         if not cols["own"]:
             continue
         pp = lambda xs: f"{100 * statistics.fmean(xs):.2f}pp" if xs else "-"   # noqa: E731
         own = cols["own"]
         print(f"{k:>9}  {len(own):>6}  {pp([h[0] for h in own]):>10}  {pp([h[1] for h in own]):>9}  "
-              f"{pp(cols['other']):>12}  {pp(cols['new']):>15}  {pp([r[0] for r in cols['read']]):>11}  "
+              + "  ".join(f"{pp(cols[by]):>17}" for by in others)
+              + f"  {pp(cols['new']):>15}  {pp([r[0] for r in cols['read']]):>11}  "
               f"{pp([r[1] for r in cols['read'] if r[1] is not None]):>12}  {pp([h[2] for h in own]):>15}  "
               f"{100 * statistics.fmean(h[3] for h in own):>+17.2f}pp")
     return 0
@@ -331,7 +360,7 @@ def main(argv=None) -> int:
                    help="confirm.seeds: a number, or auto (the default's rule)")
     p.add_argument("--candidates", type=int, default=4, help="configurations whose true quality is measured")
     p.add_argument("--truth-seeds", type=int, default=5)
-    p.add_argument("--rank-by", choices=("val_loss", "metric"), default="val_loss", help="confirm.rank_by")
+    p.add_argument("--rank-by", choices=RANKINGS, default=RANKINGS[0], help="confirm.rank_by")
     p.add_argument("--keep", default="", help="a folder to copy each sweep's Parquet files into")
     p.add_argument("--read", nargs="+", metavar="FOLDER", default=[],
                    help="run nothing: read again the sweeps that --keep kept (each DIR/dataset-seed), pooled, "
@@ -381,12 +410,12 @@ def main(argv=None) -> int:
               f"confirmed {100 * statistics.fmean(h[1] for h in held):.2f}pp, the truest finalist "
               f"{100 * statistics.fmean(h[2] for h in held):.2f}pp; the confirmed winner's test figure minus its "
               f"truth {100 * statistics.fmean(h[3] for h in held):+.2f}pp")
-        other = [r["held_out_other"] for r in rows if r["held_out"] and r["held_out_other"]]
-        if other:
-            name, setting = ("val_acc", "metric") if args.rank_by == "val_loss" else ("val_loss", "val_loss")
-            print(f"the same, the finalists ranked by their mean {name} (confirm.rank_by {setting}): confirmed "
-                  f"{100 * statistics.fmean(h[1] for h in other):.2f}pp; the winner's test figure minus its truth "
-                  f"{100 * statistics.fmean(h[3] for h in other):+.2f}pp")
+        for by in (b for b in RANKINGS if b != args.rank_by):
+            other = [r["held_out_other"][by] for r in rows if r["held_out"] and r["held_out_other"].get(by)]
+            if other:
+                print(f"the same, the finalists ranked {NAMES[by]} (confirm.rank_by {by}): confirmed "
+                      f"{100 * statistics.fmean(h[1] for h in other):.2f}pp; the winner's test figure minus its "
+                      f"truth {100 * statistics.fmean(h[3] for h in other):+.2f}pp")
         read = [r["test_read"] for r in rows if r["held_out"] and r["test_read"]]
         if read:
             print(_test_read_line(read, args.top))

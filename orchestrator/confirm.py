@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from typing import List, Optional, Sequence
 
-from tunesmith.orchestrator.verdict import (Finalist, Verdict, add_run, add_search_run, mean_sd, test_metric,
-                                            verdict_of, within_range)
+from tunesmith.orchestrator.verdict import (LATE, Finalist, Verdict, add_run, add_search_run, late_mean, mean_sd,
+                                            test_metric, verdict_of, within_range)
 from tunesmith.trainables.config import CONFIRM
 
 SEED_BASE = 1000   # confirmation seeds: spec.seed + SEED_BASE + i, never a seed the search trained with
@@ -156,14 +156,18 @@ def judge(ledger, finals: Sequence, seeds: Sequence[int], by: str = "") -> Verdi
     metric, mode = ledger.metric, ledger.mode
     by_id = {rec.trial_id: Finalist(rec.trial_id, dict(rec.hparams), rec.best.get(metric, math.nan))
              for rec in finals}
+
+    def loss(rec):
+        return late_mean(rec.losses) if by == LATE else rec.last.get("val_loss")
+
     for rec in finals:
         if rec.seed is not None:
             add_search_run(by_id[rec.trial_id], rec.status, rec.stop_reason, rec.seed, rec.last.get(metric),
-                           rec.last.get("val_loss"), mode)
+                           loss(rec), mode)
     for rec in ledger.confirmations():
         f = by_id.get(rec.of or "")
         if f is not None and rec.seed is not None:
-            add_run(f, rec.seed, rec.status, rec.last.get(metric), rec.last.get("val_loss"),
+            add_run(f, rec.seed, rec.status, rec.last.get(metric), loss(rec),
                     rec.test.get(test_metric(metric)), mode, rec.trial_id)
     return verdict_of(list(by_id.values()), metric, mode, seeds, by)
 

@@ -6,7 +6,7 @@ finalists read back from trials.parquet. Plain data from DataFrames; `analyze` r
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -148,6 +148,14 @@ def confirmation(sweep) -> Dict[str, Any]:
     m = sweep.metric
     search = sweep.trials.set_index("trial_id")
     finals: Dict[str, verdict.Finalist] = {}
+    late = {}   # confirm.rank_by late_val_loss: each run's late epochs' mean, from its epoch rows
+    if sweep.rank_by == verdict.LATE and not sweep.epochs.empty:
+        for tid, g in sweep.epochs.groupby("trial_id"):
+            late[tid] = verdict.late_mean({int(e): plain(v) for e, v in zip(g["epoch"], g["val_loss"])})
+
+    def loss(tid: str, row) -> Optional[float]:
+        return late.get(tid) if sweep.rank_by == verdict.LATE else plain(row.get("last_val_loss"))
+
     for _, r in c.iterrows():
         of = r["confirms"]
         if of not in finals:
@@ -157,10 +165,10 @@ def confirmation(sweep) -> Dict[str, Any]:
             finals[of] = verdict.Finalist(of, hp, value)
             if row is not None and pd.notna(row["seed"]):   # the search's own run, as the sweep counted it
                 verdict.add_search_run(finals[of], row["status"], row["stop_reason"], int(row["seed"]),
-                                       plain(row.get(f"last_{m}")), plain(row.get("last_val_loss")), sweep.mode)
+                                       plain(row.get(f"last_{m}")), loss(of, row), sweep.mode)
         test = r.get(verdict.test_metric(m))
         verdict.add_run(finals[of], int(r["seed"]), r["status"], plain(r.get(f"last_{m}")),
-                        plain(r.get("last_val_loss")), plain(test), sweep.mode, r["trial_id"])
+                        loss(r["trial_id"], r), plain(test), sweep.mode, r["trial_id"])
     seeds = sorted({int(s) for s in c["seed"].dropna()})
     return verdict.verdict_of(list(finals.values()), m, sweep.mode, seeds, sweep.rank_by).to_dict()
 

@@ -116,6 +116,7 @@ class TrialRecord:
     last: Dict[str, float] = field(default_factory=dict)
     error: str = ""
     curve: Dict[int, float] = field(default_factory=dict)   # the sweep's metric by epoch
+    losses: Dict[int, float] = field(default_factory=dict)  # val_loss by epoch (confirm.rank_by late_val_loss)
     retries: int = 0                  # restarts from a checkpoint after a lost worker or node
     checkpoint: Optional[str] = None  # the kept checkpoint (the best trial's final one)
     written: set = field(default_factory=set)   # epochs already in epochs/: a replay is not a new row
@@ -140,6 +141,8 @@ class TrialRecord:
         self.epochs = max(self.epochs, epoch)
         if row.get(metric) is not None:
             self.curve[epoch] = row[metric]
+        if row.get("val_loss") is not None:
+            self.losses[epoch] = row["val_loss"]
         for m in schema.CORE_METRICS:
             v = row.get(m)
             if v is None:

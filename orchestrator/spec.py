@@ -85,10 +85,11 @@ class ConfirmSpec(Section):
                             "search's own run of each where it trained its whole schedule (every search trial shares "
                             "the sweep's seed); auto: two where they fit in the workers of one round or, without a "
                             "time budget, in 30% of the search's wall time, else one")
-    rank_by: Literal["val_loss", "metric"] = Field(
-        "val_loss", description="what ranks the finalists over their seeds, and what the verdict between the first two "
-                                "compares: val_loss, every validation image's loss, a steadier reading of the same models "
-                                "than an accuracy that moves by whole images; or metric, the sweep's own")
+    rank_by: Literal["late_val_loss", "val_loss", "metric"] = Field(
+        "late_val_loss", description="what ranks the finalists over their seeds, and what the verdict between the first "
+                                     "two compares: late_val_loss, each run's validation loss over the second half of "
+                                     "its epochs, which carries less of one epoch's luck; val_loss, its final epoch's; "
+                                     "or metric, the sweep's own (an accuracy moves by whole images)")
 
     @property
     def least_seeds(self) -> int:

@@ -297,6 +297,34 @@ def test_a_confirmation_is_read_back_from_parquet_as_the_sweep_gave_it(tmp_path,
     assert "<th>mean val_loss</th>" in html and "ranked by the mean val_loss over the seeds they share" in html
 
 
+def test_a_confirmation_ranked_by_the_late_epochs_is_read_back_from_the_epoch_rows(tmp_path):
+    """confirm.rank_by late_val_loss: `analyze` reads each run's late epochs from epochs/, and ranks
+    as the sweep did, where the final epoch's loss would rank the other way."""
+    from tunesmith.orchestrator import analyze, confirm
+    from tunesmith.trainables.config import CONFIRM
+    w = LedgerCallback(Storage(str(tmp_path)), "lt", ["lr"], {"lr": []}, epochs=4, metric="val_acc", mode="max",
+                       pruned={}, seed=0)
+    (tmp_path / "lt").mkdir(exist_ok=True)
+    curves = {"a": [0.9, 0.6, 0.40, 0.30], "b": [0.9, 0.5, 0.32, 0.31]}   # final: a lower; late: b lower
+    for of, lr in (("a", 0.1), ("b", 0.2)):
+        for seed in (0, 1000, 1001):   # the search's own whole run (seed 0), then two new seeds
+            tid = of if seed == 0 else f"{of}{seed}"
+            w.start(tid, {"lr": lr} if seed == 0 else {CONFIRM: {"lr": lr, "seed": seed, "of": of}})
+            for e, loss in enumerate(curves[of], 1):
+                w.record(tid, {"training_iteration": e, "val_acc": 0.9, "val_loss": loss + seed / 1e5,
+                               **({"test_acc": 0.9, "test_loss": 0.3} if e == 4 and seed else {})})
+            w.finish(tid)
+    finals = confirm.finalists(w.ledger, 2)
+    live = {by: confirm.judge(w.ledger, finals, [1000, 1001], by).to_dict() for by in ("late_val_loss", "val_loss")}
+    w.close()
+    for by, order in (("late_val_loss", ["b", "a"]), ("val_loss", ["a", "b"])):
+        (tmp_path / "lt" / "spec.yaml").write_text(f"metric: val_acc\nmode: max\nconfirm: {{rank_by: {by}}}\n")
+        (sw,) = analyze.load(str(tmp_path), None)
+        c = analyze.summary(sw, 3)["confirmation"]
+        assert c == live[by] and [f["trial"] for f in c["finalists"]] == order and c["ranked_by"] == by
+        assert c["paired_seeds"] == 3 and c["search_seeds"] == [0]
+
+
 def test_confirm_of_a_folder_that_is_no_sweep_is_bad_input(tmp_path, capsys):
     assert main(["analyze", str(tmp_path), "--confirm", "2"]) == 2
     err = capsys.readouterr().err

@@ -152,20 +152,28 @@ def test_the_test_read_ranking_reads_the_held_seeds_test_figures_in_place_of_the
 
 def _kept(folder, seeds=(1, 2, 3)):
     """A folder as --keep leaves it: the search's rows (a ranked first, then b, then c) and the
-    confirmation's: the finalists on the sweep's new seed 100, every configuration on the truth seeds."""
+    confirmation's: the finalists on the sweep's new seed 100, every configuration on the truth
+    seeds; and every run's epoch rows. b is truly best; each seed's final val_loss reads a lower,
+    its late epochs b."""
     import pandas as pd
-    rows = [dict(phase="search", trial_id=c, status="completed", stop_reason="schedule complete",
-                 best_val_acc=acc, best_val_loss=0.3, last_val_acc=acc, last_val_loss=0.3, confirms=None,
-                 seed=0, test_acc=float("nan"), test_loss=float("nan"))
-            for c, acc in (("a", 0.95), ("b", 0.94), ("c", 0.90))]
+    rows, epochs = [], []
+    for c, acc in (("a", 0.95), ("b", 0.94), ("c", 0.90)):
+        rows.append(dict(phase="search", trial_id=c, status="completed", stop_reason="schedule complete",
+                         best_val_acc=acc, best_val_loss=0.3, last_val_acc=acc, last_val_loss=0.3, confirms=None,
+                         seed=0, test_acc=float("nan"), test_loss=float("nan")))
+        epochs += [dict(trial_id=c, epoch=e, val_loss=v) for e, v in enumerate((0.9, 0.5, 0.3, 0.3), 1)]
     truth = {"a": 0.90, "b": 0.92, "c": 0.88}
+    curve = {"a": (0.9, 0.6, 0.5, 0.2), "b": (0.9, 0.5, 0.3, 0.25), "c": (0.9, 0.7, 0.6, 0.5)}
     for seed, configs in [(100, "ab")] + [(s, "abc") for s in seeds]:
-        rows += [dict(phase="confirm", trial_id=f"{c}{seed}", status="completed", stop_reason="schedule complete",
-                      best_val_acc=truth[c], best_val_loss=1 - truth[c], last_val_acc=truth[c],
-                      last_val_loss=1 - truth[c], confirms=c, seed=seed, test_acc=truth[c],
-                      test_loss=1 - truth[c]) for c in configs]
-    os.makedirs(folder)
+        for c in configs:
+            rows.append(dict(phase="confirm", trial_id=f"{c}{seed}", status="completed",
+                             stop_reason="schedule complete", best_val_acc=truth[c], best_val_loss=curve[c][-1],
+                             last_val_acc=truth[c], last_val_loss=curve[c][-1], confirms=c, seed=seed,
+                             test_acc=truth[c], test_loss=1 - truth[c]))
+            epochs += [dict(trial_id=f"{c}{seed}", epoch=e, val_loss=v) for e, v in enumerate(curve[c], 1)]
+    os.makedirs(os.path.join(folder, "epochs"))
     pd.DataFrame(rows).to_parquet(os.path.join(folder, "trials.parquet"))
+    pd.DataFrame(epochs).to_parquet(os.path.join(folder, "epochs", "part-0.parquet"))
 
 
 def test_the_kept_sweeps_are_read_again_pooled_for_each_count_of_new_seeds(tmp_path, capsys):
@@ -175,9 +183,12 @@ def test_the_kept_sweeps_are_read_again_pooled_for_each_count_of_new_seeds(tmp_p
     lines = capsys.readouterr().out.splitlines()
     table = [line.split() for line in lines if line.strip()[:1].isdigit()]
     # truth seeds 1 to 3 (seed 100 ran only the finalists): 1 or 2 held, judged on the rest; 3 leaves
-    # none to judge on. Single-run picked a, 2 points below b; every seed reads b higher, so the
-    # confirmation and the test-read rankings pick b
+    # none to judge on. Single-run picked a, 2 points below b. The late val_loss (the default), the
+    # accuracy and the test-read rankings pick b; the final epoch's val_loss picks a
     assert [row[:2] for row in table] == [["1", "1"], ["2", "1"]]
-    assert table[0][2:9] == ["2.00pp", "0.00pp", "0.00pp", "0.00pp", "0.00pp", "0.00pp", "0.00pp"]
+    # single, confirmed (late val_loss), by final val_loss, by val_acc, new seeds alone, by test_acc,
+    # by test_loss, the truest finalist
+    assert table[0][2:10] == ["2.00pp", "0.00pp", "2.00pp", "0.00pp", "0.00pp", "0.00pp", "0.00pp", "0.00pp"]
+    assert "by final val_loss" in lines[1] and "ranked by late val_loss" in lines[0]
     with pytest.raises(SystemExit, match="--read = .*no trials.parquet"):
         confirm.main(["--read", str(tmp_path / "missing")])

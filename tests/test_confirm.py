@@ -417,10 +417,8 @@ def test_smiths_report_says_why_stage_2_was_not_confirmed_and_gives_the_kept_mod
             "test split once: test_acc 0.5912.") in text
 
 
-def test_the_finalists_are_ranked_by_their_mean_validation_loss_by_default_and_the_verdict_compares_it():
-    from tunesmith.orchestrator.spec import ConfirmSpec
+def test_the_finalists_are_ranked_by_their_mean_validation_loss_and_the_verdict_compares_it():
     from tunesmith.orchestrator.verdict import Finalist, add_run, verdict_of
-    assert ConfirmSpec().rank_by == "val_loss"
 
     def pair(diverged=False):
         # a reads the higher accuracy on seeds 1 and 2 (by one image in a hundred), b the lower loss on all three
@@ -477,9 +475,50 @@ def test_a_sweep_written_before_confirm_rank_by_goes_on_ranking_by_its_metric(tm
     root.mkdir()
     (root / "manifest.json").write_text("{}")
     full = from_dict({"name": "sw"}).to_dict()
-    assert full["confirm"]["rank_by"] == "val_loss"
-    for confirm, expected in (({"top": 2, "seeds": "auto"}, "metric"), (full["confirm"], "val_loss"),
+    assert full["confirm"]["rank_by"] == "late_val_loss"
+    for confirm, expected in (({"top": 2, "seeds": "auto"}, "metric"), (full["confirm"], "late_val_loss"),
+                              ({**full["confirm"], "rank_by": "val_loss"}, "val_loss"),
                               ({**full["confirm"], "rank_by": "metric"}, "metric")):
         (root / "spec.yaml").write_text(yaml.safe_dump({**full, "confirm": confirm}))
         assert read_sweep(Storage(str(tmp_path)), "sw", "--confirm", str(root))[1].confirm.rank_by == expected
         assert analyze._metric_of(Storage(str(tmp_path)), "sw")[2] == ("" if expected == "metric" else expected)
+
+
+def test_the_late_epochs_mean_is_the_last_half_of_a_runs_epochs_and_an_unfinite_one_counts_against_it():
+    from tunesmith.orchestrator.verdict import late_mean
+    assert late_mean({1: 0.9, 2: 0.5, 3: 0.4, 4: 0.3, 5: 0.2, 6: 0.1}) == pytest.approx(0.2)   # epochs 4 to 6
+    assert late_mean({3: 0.4, 1: 0.9, 2: 0.5}) == pytest.approx(0.45)   # the last two of three, by epoch
+    assert late_mean({1: 0.7}) == pytest.approx(0.7)
+    assert late_mean({1: 0.3, 2: math.nan}) == math.inf and late_mean({1: 0.3, 2: None}) == math.inf
+    assert late_mean({}) is None
+
+
+def test_the_finalists_are_ranked_by_their_late_validation_loss_by_default():
+    """A finalist whose final epoch read the lower loss on every seed, but whose late epochs read
+    higher, ranks second under the default (each run's late epochs' mean), first by the final
+    epoch's loss (confirm.rank_by val_loss); the verdict and the table say which."""
+    from tunesmith.orchestrator.spec import ConfirmSpec
+    assert ConfirmSpec().rank_by == "late_val_loss"
+    w = _ledger()
+    _search(w)
+    finals = confirm.finalists(w, 2)
+    curves = {"a": [0.9, 0.6, 0.40, 0.30], "b": [0.9, 0.5, 0.32, 0.31]}   # late (epochs 3, 4): a .35, b .315
+    for of, losses in curves.items():
+        for seed in (1, 2):
+            settings = {k: v for k, v in w.trials[of].config.items() if k != "seed"}
+            _run(w, f"{of}-{seed}", {CONFIRM: {**settings, "seed": seed, "of": of}}, [0.9] * 4,
+                 [x + 0.01 * seed for x in losses], 0.9)
+    late = confirm.judge(w, finals, [1, 2], "late_val_loss")
+    assert [f.trial_id for f in late.finalists] == ["b", "a"] and late.ranked == "late_val_loss"
+    assert late.finalists[0].loss == pytest.approx(0.315 + 0.015)
+    assert late.diff == pytest.approx(0.035) and "+0.0350 late_val_loss" in late.text()
+    assert "(each run's val_loss over the second half of its epochs)" in late.basis()
+    assert "mean late_val_loss" in confirm.table(late).splitlines()[0]
+    final = confirm.judge(w, finals, [1, 2], "val_loss")
+    assert [f.trial_id for f in final.finalists] == ["a", "b"] and final.diff == pytest.approx(0.01)
+    # a resumed sweep rebuilds each record's epochs from its rows: the same late mean
+    again = _ledger()
+    again.load([], [{"trial_id": "a-1", "epoch": e, "val_loss": v, "val_acc": 0.9, "timestamp": None,
+                      "time_total_s": None, "node_ip": None, "device": None} for e, v in enumerate(curves["a"], 1)],
+               lambda row: {})
+    assert again.trials["a-1"].losses == dict(enumerate(curves["a"], 1))
