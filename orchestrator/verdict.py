@@ -151,7 +151,7 @@ class Verdict:
 
     def basis(self) -> str:
         """What ranked the finalists, in words (the last lines and smith's report say it)."""
-        what = f"ranked by the mean {self.ranked}" + (" (each run's val_loss over the second half of its epochs)"
+        what = f"ranked by the mean {self.ranked}" + (" (val_loss over each run's second half)"
                                                      if self.by == LATE else "")
         if not self.search_seeds:
             return f"{what} over the new seeds"

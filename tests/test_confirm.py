@@ -512,7 +512,7 @@ def test_the_finalists_are_ranked_by_their_late_validation_loss_by_default():
     assert [f.trial_id for f in late.finalists] == ["b", "a"] and late.ranked == "late_val_loss"
     assert late.finalists[0].loss == pytest.approx(0.315 + 0.015)
     assert late.diff == pytest.approx(0.035) and "+0.0350 late_val_loss" in late.text()
-    assert "(each run's val_loss over the second half of its epochs)" in late.basis()
+    assert "ranked by the mean late_val_loss (val_loss over each run's second half) over" in late.basis()
     assert "mean late_val_loss" in confirm.table(late).splitlines()[0]
     final = confirm.judge(w, finals, [1, 2], "val_loss")
     assert [f.trial_id for f in final.finalists] == ["a", "b"] and final.diff == pytest.approx(0.01)
