@@ -266,7 +266,7 @@ def one(dataset: str, seed: int, args) -> dict:
     t = pq.read_table(os.path.join(folder, "trials.parquet")).to_pandas()
     search, ranked, runs, whole = sweep_runs(t, first_seeds, read_epochs(folder))
     truth = {}
-    for c, _, _, _, te, _ in runs:
+    for c, _, _, _, te, *_ in runs:
         if te == te:   # not NaN
             truth.setdefault(c, []).append(te)
     truth = {c: statistics.fmean(v) for c, v in truth.items()}
