@@ -208,6 +208,15 @@ def sweep_runs(t, first_seeds=None, epochs=None):
     return search, ranked, runs, whole
 
 
+def truths(runs) -> dict:
+    """Each configuration's true quality: its truth runs' mean test figure (``sweep_runs``' runs)."""
+    out = {}
+    for c, _, _, _, te, *_ in runs:
+        if te == te:   # not NaN
+            out.setdefault(c, []).append(te)
+    return {c: statistics.fmean(v) for c, v in out.items()}
+
+
 def read_epochs(folder: str):
     """A sweep folder's epoch rows (trial_id, epoch, val_loss), or None where it has none."""
     import pyarrow.dataset as ds
@@ -265,11 +274,7 @@ def one(dataset: str, seed: int, args) -> dict:
     _cli("analyze", folder, "--confirm", str(args.candidates), "--seeds", str(args.truth_seeds))
     t = pq.read_table(os.path.join(folder, "trials.parquet")).to_pandas()
     search, ranked, runs, whole = sweep_runs(t, first_seeds, read_epochs(folder))
-    truth = {}
-    for c, _, _, _, te, *_ in runs:
-        if te == te:   # not NaN
-            truth.setdefault(c, []).append(te)
-    truth = {c: statistics.fmean(v) for c, v in truth.items()}
+    truth = truths(runs)
     best = max(truth.values())
     out = {"dataset": dataset, "seed": seed, "single": single, "confirmed": winner["trial"],
            "truth": truth, "best": best,

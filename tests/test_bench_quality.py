@@ -158,7 +158,7 @@ def _kept(folder, seeds=(1, 2, 3)):
     import pandas as pd
     rows, epochs = [], []
     for c, acc in (("a", 0.95), ("b", 0.94), ("c", 0.90)):
-        rows.append(dict(phase="search", trial_id=c, status="completed", stop_reason="schedule complete",
+        rows.append(dict(phase="search", trial_id=c, status="completed", stop_reason="trained all 4 epochs",
                          best_val_acc=acc, best_val_loss=0.3, last_val_acc=acc, last_val_loss=0.3, confirms=None,
                          seed=0, test_acc=float("nan"), test_loss=float("nan")))
         epochs += [dict(trial_id=c, epoch=e, val_loss=v) for e, v in enumerate((0.9, 0.5, 0.3, 0.3), 1)]
@@ -167,7 +167,7 @@ def _kept(folder, seeds=(1, 2, 3)):
     for seed, configs in [(100, "ab")] + [(s, "abc") for s in seeds]:
         for c in configs:
             rows.append(dict(phase="confirm", trial_id=f"{c}{seed}", status="completed",
-                             stop_reason="schedule complete", best_val_acc=truth[c], best_val_loss=curve[c][-1],
+                             stop_reason="trained all 4 epochs", best_val_acc=truth[c], best_val_loss=curve[c][-1],
                              last_val_acc=truth[c], last_val_loss=curve[c][-1], confirms=c, seed=seed,
                              test_acc=truth[c], test_loss=1 - truth[c]))
             epochs += [dict(trial_id=f"{c}{seed}", epoch=e, val_loss=v) for e, v in enumerate(curve[c], 1)]
@@ -192,3 +192,13 @@ def test_the_kept_sweeps_are_read_again_pooled_for_each_count_of_new_seeds(tmp_p
     assert "by final val_loss" in lines[1] and "ranked by late val_loss" in lines[0]
     with pytest.raises(SystemExit, match="--read = .*no trials.parquet"):
         confirm.main(["--read", str(tmp_path / "missing")])
+    # a sweep's own reading, as one run of the bench takes it: the truth runs on the seeds outside
+    # its confirmation's, each with its late val_loss from the epoch rows; the truths their test means
+    import pandas as pd
+    folder = tmp_path / "shapes-0"
+    _, ranked, runs, whole = confirm.sweep_runs(pd.read_parquet(folder / "trials.parquet"), {100},
+                                                confirm.read_epochs(str(folder)))
+    assert list(ranked.trial_id) == ["a", "b", "c"] and sorted({r[1] for r in runs}) == [1, 2, 3]
+    assert {r[0]: r[6] for r in runs} == pytest.approx({"a": 0.35, "b": 0.275, "c": 0.55})
+    assert whole["a"] == pytest.approx((0.95, 0.3, 0.3))
+    assert confirm.truths(runs) == pytest.approx({"a": 0.90, "b": 0.92, "c": 0.88})
