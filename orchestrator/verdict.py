@@ -268,9 +268,9 @@ def verdict_of(finals: Sequence[Finalist], metric: str, mode: str, seeds: Sequen
     as ``add_run`` was given it: ``late_mean`` of its epochs, or its final epoch's; ties to the
     metric), or the metric ("metric" or "", as confirm.rank_by; ties to the lower loss). Every
     validation image's loss moves where an accuracy moves by whole images, and the late epochs'
-    mean carries less of one epoch's luck: over twenty-three sweeps of bench/confirm.py, each truth
-    seed in turn as the new seed, the late loss left 0.31 pp of regret, the final loss 0.37, the
-    final accuracy 0.41 (single-run selection 0.52; 0.37, 0.41, 0.45 and 0.56 on the eight of them
+    mean carries less of one epoch's luck: over twenty-five sweeps of bench/confirm.py, each truth
+    seed in turn as the new seed, the late loss left 0.29 pp of regret, the final loss 0.34, the
+    final accuracy 0.38 (single-run selection 0.48; 0.29, 0.33, 0.37 and 0.45 on the ten of them
     run after the choice; docs/benchmarks.md, "... and the late epochs' loss")."""
     search_seeds = {f.own for f in finals if f.own is not None}
     by = "" if by in ("", "metric", metric) else by
