@@ -189,7 +189,7 @@ def sweep_runs(t, first_seeds=None, epochs=None):
     the run's epoch rows (NaN without them). The truth runs are the confirmation rows on seeds outside
     ``first_seeds`` (the sweep's own confirmation); without it (a kept folder), those on the seeds that
     the most configurations ran."""
-    from tunesmith.orchestrator.verdict import late_mean, whole_run
+    from tunesmith.orchestrator.verdict import late_by_trial, whole_run
     search, conf = t[t.phase == "search"], t[(t.phase == "confirm") & (t.status == "completed")]
     if first_seeds is None:
         counts = t[t.phase == "confirm"].groupby("seed").confirms.nunique()
@@ -198,8 +198,7 @@ def sweep_runs(t, first_seeds=None, epochs=None):
         truth = conf[~conf.seed.isin(first_seeds)]
     ranked = search.dropna(subset=["best_val_acc"]).sort_values(["best_val_acc", "best_val_loss"],
                                                                 ascending=[False, True])
-    late = {} if epochs is None else {tid: late_mean(dict(zip(g.epoch, g.val_loss)))
-                                      for tid, g in epochs.groupby("trial_id")}
+    late = {} if epochs is None else late_by_trial(epochs.trial_id, epochs.epoch, epochs.val_loss)
     runs = [(c, s, va, vl, te, tl, late.get(tid, math.nan)) for c, s, va, vl, te, tl, tid in zip(
         truth.confirms, truth.seed, truth.last_val_acc, truth.last_val_loss, truth.test_acc, truth.test_loss,
         truth.trial_id)]

@@ -148,13 +148,13 @@ def confirmation(sweep) -> Dict[str, Any]:
     m = sweep.metric
     search = sweep.trials.set_index("trial_id")
     finals: Dict[str, verdict.Finalist] = {}
-    late = {}   # confirm.rank_by late_val_loss: each run's late epochs' mean, from its epoch rows
-    if sweep.rank_by == verdict.LATE and not sweep.epochs.empty:
-        for tid, g in sweep.epochs.groupby("trial_id"):
-            late[tid] = verdict.late_mean({int(e): plain(v) for e, v in zip(g["epoch"], g["val_loss"])})
+    late = None   # confirm.rank_by late_val_loss: each run's late epochs' mean, from its epoch rows
+    if sweep.rank_by == verdict.LATE:
+        e = sweep.epochs
+        late = {} if e.empty else verdict.late_by_trial(e["trial_id"], e["epoch"], e["val_loss"])
 
     def loss(tid: str, row) -> Optional[float]:
-        return late.get(tid) if sweep.rank_by == verdict.LATE else plain(row.get("last_val_loss"))
+        return plain(row.get("last_val_loss")) if late is None else late.get(tid)
 
     for _, r in c.iterrows():
         of = r["confirms"]

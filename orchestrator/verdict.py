@@ -26,6 +26,15 @@ def late_mean(by_epoch: Dict[int, Optional[float]]) -> Optional[float]:
     return sum(late) / len(late) if all(v is not None and math.isfinite(v) for v in late) else math.inf
 
 
+def late_by_trial(trial_ids, epochs, losses) -> Dict[str, Optional[float]]:
+    """``late_mean`` of each trial's epoch rows, given as three columns (trial_id, epoch, val_loss):
+    how `analyze` and the bench read a finished sweep's late losses back from its epochs/."""
+    by: Dict[str, Dict[int, Optional[float]]] = {}
+    for tid, epoch, loss in zip(trial_ids, epochs, losses):
+        by.setdefault(tid, {})[int(epoch)] = loss
+    return {tid: late_mean(values) for tid, values in by.items()}
+
+
 def whole_run(status: str, stop_reason: str) -> bool:
     """A search trial that trained its whole schedule, unfitted: its final model is one seed's
     confirmation run of its settings (the search's seed; every search trial shares it, so the
