@@ -128,21 +128,23 @@ def truth_bias(runs, draws: int = 2000):
     return statistics.fmean(boot), statistics.fmean(ties), max(mean.values()) - statistics.fmean(mean.values())
 
 
-def held_out(runs, order, top: int, seeds: int, own=None, by: str = "val_loss", judged: int = 0):
+def held_out(runs, order, top: int, seeds: int, own=None, by: str = "val_loss", judged: int = 0, finals=None):
     """The bar's expectation rather than one draw: each way to take ``seeds`` of the truth seeds in
     turn as the confirmation's new seeds, judged on the other truth seeds. The finalists (the
     search's ``top`` first in ``order``) are ranked by the confirmation's own ``verdict_of``, their
     own whole search runs among the seeds (``own``: configuration -> (val_acc, val_loss)), by their
-    mean ``by`` (confirm.rank_by: val_loss, or metric, here val_acc). Returns
+    mean ``by`` (confirm.rank_by: val_loss, or metric, here val_acc); ``finals``, where given, are
+    the finalists in place of ``order``'s first (``finalists``). Returns
     the mean regret of single-run selection (``order``'s first), of the confirmation, and of the
     truest finalist, and the confirmation's optimism (its winner's test figure on the new seeds
     minus its truth: the bar's "on average", with no one seed's luck in it); None where no split is."""
     from tunesmith.orchestrator.verdict import Finalist, add_run, verdict_of
     own, search_seed = own or {}, -1   # every search trial shares one seed, none of the truth's
     out = []
+    chosen = finals
     for held, got, truth in _splits(runs, seeds, judged):
-        finals = [c for c in order if c in truth][:top]
-        if not finals or finals[0] != order[0]:
+        finals = [c for c in order if c in truth][:top] if chosen is None else chosen
+        if not finals or order[0] not in truth or any(c not in truth for c in finals):
             return None
         fs = []
         for c in finals:
@@ -161,19 +163,20 @@ def held_out(runs, order, top: int, seeds: int, own=None, by: str = "val_loss", 
     return tuple(statistics.fmean(col) for col in zip(*out)) if out else None
 
 
-def test_read(runs, order, top: int, seeds: int, judged: int = 0):
+def test_read(runs, order, top: int, seeds: int, judged: int = 0, finals=None):
     """What no confirmation can beat by reading its new seeds better: ``held_out``'s finalists
     ranked by the held seeds' own test figures (which no sweep may read) in place of their
     validation, the new seeds alone, judged on the other truth seeds as ``held_out`` judges. Returns
     (mean regret ranked by the mean test_acc, by the mean test_loss where every run carries it as
     a sixth field, else None); None where ``held_out`` is."""
     runs = list(runs)
-    by_acc = held_out([(c, s, te, -te, te) for c, s, _, _, te, *_ in runs], order, top, seeds, None, "", judged)
+    by_acc = held_out([(c, s, te, -te, te) for c, s, _, _, te, *_ in runs], order, top, seeds, None, "", judged,
+                      finals)
     if by_acc is None:
         return None
     lossy = all(len(r) > 5 for r in runs)
     by_loss = held_out([(c, s, te, tl, te) for c, s, _, _, te, tl, *_ in runs], order, top, seeds, None,
-                       "val_loss", judged) if lossy else None
+                       "val_loss", judged, finals) if lossy else None
     return by_acc[1], by_loss[1] if by_loss else None
 
 
@@ -225,13 +228,27 @@ def read_epochs(folder: str):
     return ds.dataset(path, format="parquet").to_table(columns=["trial_id", "epoch", "val_loss"]).to_pandas()
 
 
-def expected(runs, whole, order, top: int, seeds: int, by: str, judged: int = 0, own: bool = True):
-    """``held_out`` ranked as confirm.rank_by ``by`` ranks: late_val_loss reads each run's late
-    val_loss (``sweep_runs``' seventh field, the whole runs' third) as its loss."""
+def finalists(order, whole, top: int, by: str):
+    """The finalists as confirm.rank_by ``by`` chooses them (``orchestrator/confirm.py``): the
+    search's ``top`` first in ``order``, or under late_val_loss ``verdict.choose`` over its POOL x
+    top first by their whole runs' late val_loss (``sweep_runs``' whole runs, their third field)."""
+    from tunesmith.orchestrator.verdict import LATE, POOL, choose
+    if by != LATE:
+        return list(order[:top])
+    return choose(order[:POOL * top], lambda c: whole[c][2] if c in whole else None, top)
+
+
+def expected(runs, whole, order, top: int, seeds: int, by: str, judged: int = 0, own: bool = True,
+             chosen: str = ""):
+    """``held_out`` as confirm.rank_by ``by`` chooses and ranks the finalists (``chosen``: as that
+    one chooses them instead): late_val_loss reads each run's late val_loss (``sweep_runs``'
+    seventh field, the whole runs' third) as its loss."""
+    finals = finalists(order, whole, top, chosen or by)
     if by == "late_val_loss":
         runs = [(c, s, va, late, te, *rest) for c, s, va, _, te, *rest, late in runs]
         whole = {c: (va, late) for c, (va, _, late) in whole.items()}
-    return held_out(runs, order, top, seeds, whole if own else None, "" if by == "metric" else "val_loss", judged)
+    return held_out(runs, order, top, seeds, whole if own else None, "" if by == "metric" else "val_loss", judged,
+                    finals)
 
 
 def one(dataset: str, seed: int, args) -> dict:
@@ -270,6 +287,12 @@ def one(dataset: str, seed: int, args) -> dict:
     scored = [f for f in confirmed["finalists"] if f.get("new_mean") is not None]
     pick_new = max(scored, key=lambda f: f["new_mean"])["trial"] if scored else single
     own = [int(s) for s in confirmed.get("search_seeds", [])]
+    # the truth's candidates are the search's M best by its metric, as they have always been read, so
+    # they hold single-run selection's pick and the finalists any rank_by chooses (among the 3 x top
+    # best): the sweep's spec.yaml says metric for the one call that picks them
+    written = yaml.safe_load(open(os.path.join(folder, "spec.yaml")))
+    with open(os.path.join(folder, "spec.yaml"), "w") as fh:
+        yaml.safe_dump({**written, "confirm": {**written["confirm"], "rank_by": "metric"}}, fh)
     _cli("analyze", folder, "--confirm", str(args.candidates), "--seeds", str(args.truth_seeds))
     t = pq.read_table(os.path.join(folder, "trials.parquet")).to_pandas()
     search, ranked, runs, whole = sweep_runs(t, first_seeds, read_epochs(folder))
@@ -288,9 +311,11 @@ def one(dataset: str, seed: int, args) -> dict:
            "verdict": confirmed["verdict"], "folder": folder, "own_seeds": own, "new_seeds": out_seeds}
     out["split_half"] = split_half(runs, single)
     out["truth_bias"] = truth_bias(runs)
-    out["test_read"] = test_read(runs, list(ranked.trial_id), args.top, out_seeds)
-    out["held_out"] = expected(runs, whole, list(ranked.trial_id), args.top, out_seeds, args.rank_by)
-    out["held_out_other"] = {by: expected(runs, whole, list(ranked.trial_id), args.top, out_seeds, by)
+    order = list(ranked.trial_id)
+    out["test_read"] = test_read(runs, order, args.top, out_seeds, 0, finalists(order, whole, args.top, args.rank_by))
+    out["held_out"] = expected(runs, whole, order, args.top, out_seeds, args.rank_by)
+    out["held_out_metric_finalists"] = expected(runs, whole, order, args.top, out_seeds, args.rank_by, chosen="metric")
+    out["held_out_other"] = {by: expected(runs, whole, order, args.top, out_seeds, by)
                              for by in RANKINGS if by != args.rank_by}   # the other rankings, on the same runs
     out["share"] = out["confirm_s"] / max(out["search_s"], 1e-9)
     import shutil
@@ -318,7 +343,8 @@ def read_kept(folders, top: int, most: int, rank_by: str, judged: int = 0) -> in
     others = [by for by in RANKINGS if by != rank_by]
     print(f"mean regret in expectation; the finalists ranked {NAMES[rank_by]} (confirm.rank_by {rank_by}), "
           f"the search's own whole runs among the seeds, unless the column says otherwise")
-    print(f"{'new seeds':>9}  {'sweeps':>6}  {'single-run':>10}  {'confirmed':>9}  "
+    top_col = "the metric's finalists"
+    print(f"{'new seeds':>9}  {'sweeps':>6}  {'single-run':>10}  {'confirmed':>9}  {top_col:>22}  "
           + "  ".join(f"{NAMES[by]:>17}" for by in others)
           + f"  {'new seeds alone':>15}  {'by test_acc':>11}  {'by test_loss':>12}  {'truest finalist':>15}  "
           f"{'winner test - truth':>19}")
@@ -330,7 +356,7 @@ def read_kept(folders, top: int, most: int, rank_by: str, judged: int = 0) -> in
         _, ranked, runs, whole = sweep_runs(pq.read_table(path).to_pandas(), None, read_epochs(folder))
         sweeps.append((list(ranked.trial_id), runs, whole))
     for k in range(1, most + 1):
-        cols = {"own": [], "new": [], "read": [], **{by: [] for by in others}}
+        cols = {"own": [], "new": [], "read": [], "top": [], **{by: [] for by in others}}
         for order, runs, whole in sweeps:
             h = expected(runs, whole, order, top, k, rank_by, judged)
             if h is None:
@@ -339,12 +365,13 @@ def read_kept(folders, top: int, most: int, rank_by: str, judged: int = 0) -> in
             for by in others:
                 cols[by].append(expected(runs, whole, order, top, k, by, judged)[1])
             cols["new"].append(expected(runs, whole, order, top, k, rank_by, judged, own=False)[1])
-            cols["read"].append(test_read(runs, order, top, k, judged))
+            cols["top"].append(expected(runs, whole, order, top, k, rank_by, judged, chosen="metric")[1])
+            cols["read"].append(test_read(runs, order, top, k, judged, finalists(order, whole, top, rank_by)))
         if not cols["own"]:
             continue
         pp = lambda xs: f"{100 * statistics.fmean(xs):.2f}pp" if xs else "-"   # noqa: E731
         own = cols["own"]
-        print(f"{k:>9}  {len(own):>6}  {pp([h[0] for h in own]):>10}  {pp([h[1] for h in own]):>9}  "
+        print(f"{k:>9}  {len(own):>6}  {pp([h[0] for h in own]):>10}  {pp([h[1] for h in own]):>9}  {pp(cols['top']):>22}  "
               + "  ".join(f"{pp(cols[by]):>17}" for by in others)
               + f"  {pp(cols['new']):>15}  {pp([r[0] for r in cols['read']]):>11}  "
               f"{pp([r[1] for r in cols['read'] if r[1] is not None]):>12}  {pp([h[2] for h in own]):>15}  "
@@ -414,6 +441,11 @@ def main(argv=None) -> int:
               f"confirmed {100 * statistics.fmean(h[1] for h in held):.2f}pp, the truest finalist "
               f"{100 * statistics.fmean(h[2] for h in held):.2f}pp; the confirmed winner's test figure minus its "
               f"truth {100 * statistics.fmean(h[3] for h in held):+.2f}pp")
+        tops = [r["held_out_metric_finalists"] for r in rows if r["held_out"] and r["held_out_metric_finalists"]]
+        if tops and args.rank_by == "late_val_loss":
+            print(f"the same, the finalists the search's {args.top} best by its metric: confirmed "
+                  f"{100 * statistics.fmean(h[1] for h in tops):.2f}pp, the truest of them "
+                  f"{100 * statistics.fmean(h[2] for h in tops):.2f}pp")
         for by in (b for b in RANKINGS if b != args.rank_by):
             other = [r["held_out_other"][by] for r in rows if r["held_out"] and r["held_out_other"].get(by)]
             if other:

@@ -1,5 +1,5 @@
-"""Confirming the finalists (#28): the search's best configurations trained again, each with the
-same new seeds, for their full schedule; the winner is the best mean (of the validation loss, or
+"""Confirming the finalists (#28): the search's best configurations (under confirm.rank_by
+late_val_loss, the lowest late val_loss among its best few) trained again, each with the same new seeds, for their full schedule; the winner is the best mean (of the validation loss, or
 of the metric: confirm.rank_by) over those seeds and the search's own run of each (every search
 trial trains with the sweep's seed, so where a finalist's trained its whole schedule it is one
 more seed's run), not the luckiest single run; each new final model reads the test split once.
@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from typing import List, Optional, Sequence
 
-from tunesmith.orchestrator.verdict import (LATE, Finalist, Verdict, add_run, add_search_run, late_mean, mean_sd,
-                                            test_metric, verdict_of, within_range)
+from tunesmith.orchestrator.verdict import (LATE, POOL, Finalist, Verdict, add_run, add_search_run, choose, late_mean,
+                                            mean_sd, test_metric, verdict_of, whole_run, within_range)
 from tunesmith.trainables.config import CONFIRM
 
 SEED_BASE = 1000   # confirmation seeds: spec.seed + SEED_BASE + i, never a seed the search trained with
@@ -128,8 +128,11 @@ def unaffordable(ledger, spec, rounds: int, budget: float) -> str:
             f"({SHARE:.0%}, {SHARE * budget:.0f}s), so the search kept the whole budget")
 
 
-def finalists(ledger, top: int) -> list:
-    """The search's ``top`` best records with distinct settings (a seed study repeats them)."""
+def finalists(ledger, top: int, by: str = "") -> list:
+    """The search's ``top`` best records with distinct settings (a seed study repeats them); under
+    ``by`` late_val_loss (confirm.rank_by), the ``top`` of its POOL x top best whose whole runs read
+    the lowest late val_loss (``verdict.choose``)."""
+    want = top * POOL if by == LATE else top
     seen, out = set(), []
     for rec in ledger.ranked():
         key = tuple(sorted((k, repr(v)) for k, v in rec.config.items() if k != "seed"))
@@ -137,9 +140,11 @@ def finalists(ledger, top: int) -> list:
             continue
         seen.add(key)
         out.append(rec)
-        if len(out) == top:
+        if len(out) == want:
             break
-    return out
+    if by != LATE:
+        return out
+    return choose(out, lambda r: late_mean(r.losses) if whole_run(r.status, r.stop_reason) else None, top)
 
 
 def points(finals: Sequence, seeds: Sequence[int]) -> List[dict]:
@@ -240,7 +245,7 @@ def run_phase(spec, storage, cluster, callback, stopper, data_streams: bool = Fa
                                                    trial_dirname, trial_resources)
     from tunesmith.trainables.tune_trainable import train_cnn
 
-    finals = finalists(callback.ledger, spec.confirm.top)
+    finals = finalists(callback.ledger, spec.confirm.top, spec.confirm.rank_by)
     if not finals:
         return None
     concurrency = concurrency_for(spec, cluster)
@@ -251,6 +256,9 @@ def run_phase(spec, storage, cluster, callback, stopper, data_streams: bool = Fa
     if progress:
         plural = "s" if len(seeds) > 1 else ""
         which = f"the {len(finals)} best configurations" if len(finals) > 1 else "the best configuration"
+        if spec.confirm.rank_by == LATE:
+            which = (f"the {len(finals)} finalist{'s' if len(finals) > 1 else ''} (the lowest late val_loss "
+                     f"among the search's {POOL * spec.confirm.top} best by {spec.metric})")
         print(f"confirm: {which} x {len(seeds)} new seed{plural} "
               f"({', '.join(map(str, seeds))}{'; ' + why if why else ''}), {spec.trainer.epochs} epochs each, {min(concurrency, len(grid))} "
               f"at a time, beside the search's own run of each where it trained its whole schedule; each new "

@@ -186,10 +186,13 @@ def test_the_kept_sweeps_are_read_again_pooled_for_each_count_of_new_seeds(tmp_p
     # none to judge on. Single-run picked a, 2 points below b. The late val_loss (the default), the
     # accuracy and the test-read rankings pick b; the final epoch's val_loss picks a
     assert [row[:2] for row in table] == [["1", "1"], ["2", "1"]]
-    # single, confirmed (late val_loss), by final val_loss, by val_acc, new seeds alone, by test_acc,
-    # by test_loss, the truest finalist
-    assert table[0][2:10] == ["2.00pp", "0.00pp", "2.00pp", "0.00pp", "0.00pp", "0.00pp", "0.00pp", "0.00pp"]
-    assert "by final val_loss" in lines[1] and "ranked by late val_loss" in lines[0]
+    # single, confirmed (late val_loss), the same of the metric's finalists (here the same two: the
+    # search runs' late losses tie), by final val_loss, by val_acc, new seeds alone, by test_acc, by
+    # test_loss, the truest finalist
+    assert table[0][2:11] == ["2.00pp", "0.00pp", "0.00pp", "2.00pp", "0.00pp", "0.00pp", "0.00pp", "0.00pp",
+                              "0.00pp"]
+    assert "by final val_loss" in lines[1] and "the metric's finalists" in lines[1]
+    assert "ranked by late val_loss" in lines[0]
     with pytest.raises(SystemExit, match="--read = .*no trials.parquet"):
         confirm.main(["--read", str(tmp_path / "missing")])
     # a sweep's own reading, as one run of the bench takes it: the truth runs on the seeds outside
@@ -202,3 +205,15 @@ def test_the_kept_sweeps_are_read_again_pooled_for_each_count_of_new_seeds(tmp_p
     assert {r[0]: r[6] for r in runs} == pytest.approx({"a": 0.35, "b": 0.275, "c": 0.55})
     assert whole["a"] == pytest.approx((0.95, 0.3, 0.3))
     assert confirm.truths(runs) == pytest.approx({"a": 0.90, "b": 0.92, "c": 0.88})
+    # the finalists as each rank_by chooses them: late_val_loss, among the 3 x top best, the whole runs'
+    # lowest late loss first (a run with none follows in the metric's order); the others, the first
+    late = {"a": (0.95, 0.3, 0.40), "b": (0.94, 0.3, 0.20), "c": (0.90, 0.3, 0.30), "e": (0.80, 0.3, 0.10)}
+    order = ["a", "b", "d", "c", "x", "y", "e"]   # d and the rest no whole run; e past the pool of 6
+    assert confirm.finalists(order, late, 2, "late_val_loss") == ["b", "c"]
+    assert confirm.finalists(order, late, 4, "late_val_loss") == ["e", "b", "c", "a"]
+    assert confirm.finalists(order, late, 2, "val_loss") == ["a", "b"] == confirm.finalists(order, late, 2, "metric")
+    # held_out judges the finalists it is given, the single pick (order's first) beside them
+    runs = [(c, s, 0.9, 0.3, {"a": 0.90, "b": 0.92, "c": 0.88}[c]) for s in (1, 2, 3) for c in "abc"]
+    single, confirmed, floor, _ = confirm.held_out(runs, ["a", "b", "c"], top=2, seeds=1, finals=["c", "a"])
+    assert single == pytest.approx(0.02) and floor == pytest.approx(0.02)
+    assert confirm.held_out(runs, ["a", "b", "c"], top=2, seeds=1, finals=["b", "z"]) is None   # z unmeasured

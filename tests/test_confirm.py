@@ -522,3 +522,30 @@ def test_the_finalists_are_ranked_by_their_late_validation_loss_by_default():
                       "time_total_s": None, "node_ip": None, "device": None} for e, v in enumerate(curves["a"], 1)],
                lambda row: {})
     assert again.trials["a-1"].losses == dict(enumerate(curves["a"], 1))
+
+
+def test_late_val_loss_chooses_the_finalists_among_the_metrics_best_few_by_their_whole_runs_late_loss():
+    """Under confirm.rank_by late_val_loss the finalists are the top whose whole search runs read
+    the lowest late val_loss among the search's POOL x top best by the metric; a run cut short
+    has no late loss that compares, and follows in the metric's order. The metric's order under
+    the other rankings, and what lies past the pool is never chosen."""
+    from tunesmith.orchestrator.verdict import LATE, POOL, choose
+    assert POOL == 3
+    w = _ledger()
+    losses = {"a": [0.9, 0.8, 0.70, 0.70], "b": [0.9, 0.6, 0.40, 0.40], "c": [0.9, 0.7, 0.50, 0.50],
+              "d": [0.9, 0.5, 0.30, 0.30], "e": [0.9, 0.4, 0.60, 0.60], "f": [0.9, 0.6, 0.55, 0.55],
+              "g": [0.9, 0.1, 0.10, 0.10]}
+    accs = {"a": 0.99, "b": 0.98, "c": 0.97, "d": 0.96, "e": 0.95, "f": 0.94, "g": 0.90}
+    for i, (tid, curve) in enumerate(losses.items()):
+        _run(w, tid, {"lr": 0.1 * (i + 1), "model.width": 32}, [0.5, 0.6, 0.7, accs[tid]], curve)
+    for rec in w.trials.values():
+        assert rec.stop_reason.startswith("trained all"), rec.stop_reason
+    w.trials["d"].stop_reason = "pruned at epoch 2"   # a run cut short: its late loss does not compare
+    assert [r.trial_id for r in confirm.finalists(w, 2)] == ["a", "b"]
+    assert [r.trial_id for r in confirm.finalists(w, 2, "val_loss")] == ["a", "b"]
+    # the pool is a..f (g, the lowest loss, lies past it); d follows the whole runs
+    assert [r.trial_id for r in confirm.finalists(w, 2, LATE)] == ["b", "c"]
+    assert [r.trial_id for r in confirm.finalists(w, 7, LATE)] == ["g", "b", "c", "f", "e", "a", "d"]
+    assert [r.trial_id for r in confirm.finalists(w, 1, LATE)] == ["b"]   # the pool: a, b, c
+    # an unfinite late loss (a diverged epoch) follows too, in the metric's order
+    assert choose(["x", "y", "z"], {"x": math.inf, "y": None, "z": 0.5}.get, 3) == ["z", "x", "y"]
