@@ -128,11 +128,8 @@ def unaffordable(ledger, spec, rounds: int, budget: float) -> str:
             f"({SHARE:.0%}, {SHARE * budget:.0f}s), so the search kept the whole budget")
 
 
-def finalists(ledger, top: int, by: str = "") -> list:
-    """The search's ``top`` best records with distinct settings (a seed study repeats them); under
-    ``by`` late_val_loss (confirm.rank_by), the ``top`` of its POOL x top best whose whole runs read
-    the lowest late val_loss (``verdict.choose``)."""
-    want = top * POOL if by == LATE else top
+def distinct(ledger, n: int) -> list:
+    """The search's ``n`` best records with distinct settings (a seed study repeats them)."""
     seen, out = set(), []
     for rec in ledger.ranked():
         key = tuple(sorted((k, repr(v)) for k, v in rec.config.items() if k != "seed"))
@@ -140,11 +137,27 @@ def finalists(ledger, top: int, by: str = "") -> list:
             continue
         seen.add(key)
         out.append(rec)
-        if len(out) == want:
+        if len(out) == n:
             break
+    return out
+
+
+def late_of(rec) -> Optional[float]:
+    """A search run's late val_loss where it trained its whole schedule, else None."""
+    return late_mean(rec.losses) if whole_run(rec.status, rec.stop_reason) else None
+
+
+def finalists(ledger, top: int, by: str = "") -> list:
+    """The search's ``top`` best records with distinct settings; under ``by`` late_val_loss
+    (confirm.rank_by), as ``verdict.choose`` chooses among its POOL x top best."""
     if by != LATE:
-        return out
-    return choose(out, lambda r: late_mean(r.losses) if whole_run(r.status, r.stop_reason) else None, top)
+        return distinct(ledger, top)
+    return choose(distinct(ledger, top * POOL), late_of, top)
+
+
+def chosen_by_late(ledger, top: int) -> bool:
+    """Whether late_val_loss chose the finalists: every one of the pool trained its whole schedule."""
+    return all(late_of(r) is not None for r in distinct(ledger, top * POOL))
 
 
 def points(finals: Sequence, seeds: Sequence[int]) -> List[dict]:
@@ -256,7 +269,7 @@ def run_phase(spec, storage, cluster, callback, stopper, data_streams: bool = Fa
     if progress:
         plural = "s" if len(seeds) > 1 else ""
         which = f"the {len(finals)} best configurations" if len(finals) > 1 else "the best configuration"
-        if spec.confirm.rank_by == LATE:
+        if spec.confirm.rank_by == LATE and chosen_by_late(callback.ledger, spec.confirm.top):
             which = (f"the {len(finals)} finalist{'s' if len(finals) > 1 else ''} (the lowest late val_loss "
                      f"among the search's {POOL * spec.confirm.top} best by {spec.metric})")
         print(f"confirm: {which} x {len(seeds)} new seed{plural} "

@@ -40,16 +40,19 @@ POOL = 3   # confirm.rank_by late_val_loss: the finalists come from the search's
 
 def choose(pool: Sequence, late_of, top: int) -> list:
     """The ``top`` finalists among ``pool`` (the search's best by its metric, best first, POOL x top
-    of them) as confirm.rank_by late_val_loss chooses them: those whose whole search run read a
-    finite late val_loss (``late_of``: an item -> it, or None), lowest first, then the rest in the
-    metric's order. The metric keeps out a run whose loss is low but whose accuracy is not; the late
-    loss, read over half the epochs where the metric's best is one epoch's, picks among those it lets in: over
-    twenty-five sweeps of bench/confirm.py the truest of two finalists so chosen was 0.10 pp below
-    the best of six, against 0.17 pp for the metric's first two."""
-    read = [(late_of(x), i, x) for i, x in enumerate(pool)]
-    scored = sorted((v, i, x) for v, i, x in read if v is not None and math.isfinite(v))
-    first = [x for _, _, x in scored]
-    return (first + [x for v, i, x in read if not (v is not None and math.isfinite(v))])[:top]
+    of them) as confirm.rank_by late_val_loss chooses them: where every one of them trained its
+    whole schedule (``late_of``: an item -> its late val_loss, None for a run cut short or fitted to
+    a time budget, whose late epochs do not compare), the ``top`` with the lowest late val_loss (an
+    unfinite one last); else the metric's first ``top``. The metric keeps out a run whose loss is low
+    but whose accuracy is not; the late loss, read over half the epochs where the metric's best is
+    one epoch's, picks among those it lets in: over twenty-five sweeps of bench/confirm.py the
+    truest of two finalists so chosen was 0.10 pp below the best of six, against 0.17 pp for the
+    metric's first two."""
+    late = [late_of(x) for x in pool]
+    if any(v is None for v in late):
+        return list(pool[:top])
+    key = [(v if math.isfinite(v) else math.inf, i) for i, v in enumerate(late)]
+    return [pool[i] for _, i in sorted(key)[:top]]
 
 
 def whole_run(status: str, stop_reason: str) -> bool:

@@ -205,13 +205,14 @@ def test_the_kept_sweeps_are_read_again_pooled_for_each_count_of_new_seeds(tmp_p
     assert {r[0]: r[6] for r in runs} == pytest.approx({"a": 0.35, "b": 0.275, "c": 0.55})
     assert whole["a"] == pytest.approx((0.95, 0.3, 0.3))
     assert confirm.truths(runs) == pytest.approx({"a": 0.90, "b": 0.92, "c": 0.88})
-    # the finalists as each rank_by chooses them: late_val_loss, among the 3 x top best, the whole runs'
-    # lowest late loss first (a run with none follows in the metric's order); the others, the first
+    # the finalists as each rank_by chooses them: late_val_loss, among the 3 x top best, the lowest
+    # late loss of their whole runs (the metric's first where one has none); the others, the first
     late = {"a": (0.95, 0.3, 0.40), "b": (0.94, 0.3, 0.20), "c": (0.90, 0.3, 0.30), "e": (0.80, 0.3, 0.10)}
-    order = ["a", "b", "d", "c", "x", "y", "e"]   # d and the rest no whole run; e past the pool of 6
-    assert confirm.finalists(order, late, 2, "late_val_loss") == ["b", "c"]
-    assert confirm.finalists(order, late, 4, "late_val_loss") == ["e", "b", "c", "a"]
-    assert confirm.finalists(order, late, 2, "val_loss") == ["a", "b"] == confirm.finalists(order, late, 2, "metric")
+    assert confirm.finalists(["a", "b", "c", "e"], late, 2, "late_val_loss") == ["e", "b"]
+    assert confirm.finalists(["a", "b", "c", "e"], late, 1, "late_val_loss") == ["b"]   # e past the pool
+    assert confirm.finalists(["a", "b", "c", "d"], late, 2, "late_val_loss") == ["a", "b"]   # d: no whole run
+    assert confirm.finalists(["a", "b", "c"], late, 2, "val_loss") == ["a", "b"] == \
+        confirm.finalists(["a", "b", "c"], late, 2, "metric")
     # held_out judges the finalists it is given, the single pick (order's first) beside them
     runs = [(c, s, 0.9, 0.3, {"a": 0.90, "b": 0.92, "c": 0.88}[c]) for s in (1, 2, 3) for c in "abc"]
     single, confirmed, floor, _ = confirm.held_out(runs, ["a", "b", "c"], top=2, seeds=1, finals=["c", "a"])

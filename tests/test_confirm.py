@@ -526,9 +526,9 @@ def test_the_finalists_are_ranked_by_their_late_validation_loss_by_default():
 
 def test_late_val_loss_chooses_the_finalists_among_the_metrics_best_few_by_their_whole_runs_late_loss():
     """Under confirm.rank_by late_val_loss the finalists are the top whose whole search runs read
-    the lowest late val_loss among the search's POOL x top best by the metric; a run cut short
-    has no late loss that compares, and follows in the metric's order. The metric's order under
-    the other rankings, and what lies past the pool is never chosen."""
+    the lowest late val_loss among the search's POOL x top best by the metric. Where one of those
+    was cut short (or fitted to a time budget), the late losses do not compare: the metric's top.
+    The metric's order under the other rankings; what lies past the pool is never chosen."""
     from tunesmith.orchestrator.verdict import LATE, POOL, choose
     assert POOL == 3
     w = _ledger()
@@ -540,12 +540,13 @@ def test_late_val_loss_chooses_the_finalists_among_the_metrics_best_few_by_their
         _run(w, tid, {"lr": 0.1 * (i + 1), "model.width": 32}, [0.5, 0.6, 0.7, accs[tid]], curve)
     for rec in w.trials.values():
         assert rec.stop_reason.startswith("trained all"), rec.stop_reason
-    w.trials["d"].stop_reason = "pruned at epoch 2"   # a run cut short: its late loss does not compare
     assert [r.trial_id for r in confirm.finalists(w, 2)] == ["a", "b"]
     assert [r.trial_id for r in confirm.finalists(w, 2, "val_loss")] == ["a", "b"]
-    # the pool is a..f (g, the lowest loss, lies past it); d follows the whole runs
-    assert [r.trial_id for r in confirm.finalists(w, 2, LATE)] == ["b", "c"]
-    assert [r.trial_id for r in confirm.finalists(w, 7, LATE)] == ["g", "b", "c", "f", "e", "a", "d"]
+    # the pool is a..f (g, the lowest loss, lies past it)
+    assert [r.trial_id for r in confirm.finalists(w, 2, LATE)] == ["d", "b"]
     assert [r.trial_id for r in confirm.finalists(w, 1, LATE)] == ["b"]   # the pool: a, b, c
-    # an unfinite late loss (a diverged epoch) follows too, in the metric's order
-    assert choose(["x", "y", "z"], {"x": math.inf, "y": None, "z": 0.5}.get, 3) == ["z", "x", "y"]
+    assert [r.trial_id for r in confirm.finalists(w, 3, LATE)] == ["g", "d", "b"]   # the pool: all seven
+    w.trials["d"].stop_reason = "pruned at epoch 2"   # cut short: its late loss does not compare
+    assert [r.trial_id for r in confirm.finalists(w, 2, LATE)] == ["a", "b"]
+    # a diverged late epoch is a late loss that reads worst
+    assert choose(["x", "y", "z"], {"x": math.inf, "y": 0.7, "z": 0.5}.get, 3) == ["z", "y", "x"]
