@@ -230,12 +230,12 @@ def read_epochs(folder: str):
 
 def finalists(order, whole, top: int, by: str):
     """The finalists as confirm.rank_by ``by`` chooses them (``orchestrator/confirm.py``): the
-    search's ``top`` first in ``order``, or under late_val_loss ``verdict.choose`` over its POOL x
-    top first by their whole runs' late val_loss (``sweep_runs``' whole runs, their third field)."""
-    from tunesmith.orchestrator.verdict import LATE, POOL, choose
+    search's ``top`` first in ``order``, or under late_val_loss ``verdict.choose`` over its
+    ``pool_size`` first by their whole runs' late val_loss (``sweep_runs``' whole runs, their third field)."""
+    from tunesmith.orchestrator.verdict import LATE, choose, pool_size
     if by != LATE:
         return list(order[:top])
-    return choose(order[:POOL * top], lambda c: whole[c][2] if c in whole else None, top)
+    return choose(order[:pool_size(len(order), top)], lambda c: whole[c][2] if c in whole else None, top)
 
 
 def expected(runs, whole, order, top: int, seeds: int, by: str, judged: int = 0, own: bool = True,

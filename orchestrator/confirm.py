@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from typing import List, Optional, Sequence
 
-from tunesmith.orchestrator.verdict import (LATE, POOL, Finalist, Verdict, add_run, add_search_run, choose, late_mean,
-                                            mean_sd, test_metric, verdict_of, whole_run, within_range)
+from tunesmith.orchestrator.verdict import (LATE, Finalist, Verdict, add_run, add_search_run, choose, late_mean,
+                                            mean_sd, pool_size, test_metric, verdict_of, whole_run, within_range)
 from tunesmith.trainables.config import CONFIRM
 
 SEED_BASE = 1000   # confirmation seeds: spec.seed + SEED_BASE + i, never a seed the search trained with
@@ -128,8 +128,8 @@ def unaffordable(ledger, spec, rounds: int, budget: float) -> str:
             f"({SHARE:.0%}, {SHARE * budget:.0f}s), so the search kept the whole budget")
 
 
-def distinct(ledger, n: int) -> list:
-    """The search's ``n`` best records with distinct settings (a seed study repeats them)."""
+def distinct(ledger, n: Optional[int] = None) -> list:
+    """The search's ``n`` (default: all) best records with distinct settings (a seed study repeats them)."""
     seen, out = set(), []
     for rec in ledger.ranked():
         key = tuple(sorted((k, repr(v)) for k, v in rec.config.items() if k != "seed"))
@@ -147,17 +147,26 @@ def late_of(rec) -> Optional[float]:
     return late_mean(rec.losses) if whole_run(rec.status, rec.stop_reason) else None
 
 
+def pool_of(ledger, top: int) -> list:
+    """Where late_val_loss chooses the finalists from: the search's best by the metric, its top
+    fifth (``verdict.pool_size``)."""
+    every = distinct(ledger)
+    return every[:pool_size(len(every), top)]
+
+
 def finalists(ledger, top: int, by: str = "") -> list:
     """The search's ``top`` best records with distinct settings; under ``by`` late_val_loss
-    (confirm.rank_by), as ``verdict.choose`` chooses among its POOL x top best."""
+    (confirm.rank_by), as ``verdict.choose`` chooses in ``pool_of``."""
     if by != LATE:
         return distinct(ledger, top)
-    return choose(distinct(ledger, top * POOL), late_of, top)
+    return choose(pool_of(ledger, top), late_of, top)
 
 
-def chosen_by_late(ledger, top: int) -> bool:
-    """Whether late_val_loss chose the finalists: every one of the pool trained its whole schedule."""
-    return all(late_of(r) is not None for r in distinct(ledger, top * POOL))
+def chosen_by_late(ledger, top: int) -> int:
+    """The pool late_val_loss chose the finalists from (its size), or 0 where it did not choose: a
+    pool no wider than the finalists, or one of it not trained its whole schedule."""
+    pool = pool_of(ledger, top)
+    return len(pool) if len(pool) > top and all(late_of(r) is not None for r in pool) else 0
 
 
 def points(finals: Sequence, seeds: Sequence[int]) -> List[dict]:
@@ -269,9 +278,10 @@ def run_phase(spec, storage, cluster, callback, stopper, data_streams: bool = Fa
     if progress:
         plural = "s" if len(seeds) > 1 else ""
         which = f"the {len(finals)} best configurations" if len(finals) > 1 else "the best configuration"
-        if spec.confirm.rank_by == LATE and chosen_by_late(callback.ledger, spec.confirm.top):
+        pool = chosen_by_late(callback.ledger, spec.confirm.top) if spec.confirm.rank_by == LATE else 0
+        if pool:
             which = (f"the {len(finals)} finalist{'s' if len(finals) > 1 else ''} (the lowest late val_loss "
-                     f"among the search's {POOL * spec.confirm.top} best by {spec.metric})")
+                     f"among the search's {pool} best by {spec.metric})")
         print(f"confirm: {which} x {len(seeds)} new seed{plural} "
               f"({', '.join(map(str, seeds))}{'; ' + why if why else ''}), {spec.trainer.epochs} epochs each, {min(concurrency, len(grid))} "
               f"at a time, beside the search's own run of each where it trained its whole schedule; each new "

@@ -89,8 +89,8 @@ class ConfirmSpec(Section):
         "late_val_loss", description="what ranks the finalists over their seeds, and what the verdict between the first "
                                      "two compares: late_val_loss, each run's validation loss over the second half of "
                                      "its epochs, which carries less of one epoch's luck (and chooses the finalists: of "
-                                     "the search's 3 x top best, where all trained their whole schedule, the top with "
-                                     "the lowest); val_loss, its final epoch's; or metric, the sweep's own")
+                                     "the search's 3 x top best, at most its top fifth, where all trained their whole "
+                                     "schedule, the top with the lowest); val_loss, its final epoch's; or metric")
 
     @property
     def least_seeds(self) -> int:

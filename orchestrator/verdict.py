@@ -35,7 +35,16 @@ def late_by_trial(trial_ids, epochs, losses) -> Dict[str, Optional[float]]:
     return {tid: late_mean(values) for tid, values in by.items()}
 
 
-POOL = 3   # confirm.rank_by late_val_loss: the finalists come from the search's POOL x top best
+POOL = 3    # confirm.rank_by late_val_loss: the finalists come from the search's POOL x top best,
+FIFTH = 5   # and from no more than its top fifth: a search of a few runs has chance-level ones among
+            # its six best, and a run stuck at chance can read a lower loss than a confident good one
+
+
+def pool_size(searched: int, top: int) -> int:
+    """How many of the search's best (of ``searched`` distinct configurations) late_val_loss chooses
+    the ``top`` finalists from: POOL x top, at most its top fifth, at least ``top`` (then the
+    metric's top are the finalists). 32 trials and two finalists: six, as bench/confirm.py measured."""
+    return min(POOL * top, max(top, searched // FIFTH))
 
 
 def choose(pool: Sequence, late_of, top: int) -> list:
@@ -49,7 +58,7 @@ def choose(pool: Sequence, late_of, top: int) -> list:
     truest of two finalists so chosen was 0.10 pp below the best of six, against 0.17 pp for the
     metric's first two."""
     late = [late_of(x) for x in pool]
-    if any(v is None for v in late):
+    if len(pool) <= top or any(v is None for v in late):
         return list(pool[:top])
     key = [(v if math.isfinite(v) else math.inf, i) for i, v in enumerate(late)]
     return [pool[i] for _, i in sorted(key)[:top]]

@@ -207,10 +207,15 @@ def test_the_kept_sweeps_are_read_again_pooled_for_each_count_of_new_seeds(tmp_p
     assert confirm.truths(runs) == pytest.approx({"a": 0.90, "b": 0.92, "c": 0.88})
     # the finalists as each rank_by chooses them: late_val_loss, among the 3 x top best, the lowest
     # late loss of their whole runs (the metric's first where one has none); the others, the first
-    late = {"a": (0.95, 0.3, 0.40), "b": (0.94, 0.3, 0.20), "c": (0.90, 0.3, 0.30), "e": (0.80, 0.3, 0.10)}
-    assert confirm.finalists(["a", "b", "c", "e"], late, 2, "late_val_loss") == ["e", "b"]
-    assert confirm.finalists(["a", "b", "c", "e"], late, 1, "late_val_loss") == ["b"]   # e past the pool
-    assert confirm.finalists(["a", "b", "c", "d"], late, 2, "late_val_loss") == ["a", "b"]   # d: no whole run
+    # (the pool: the search's top fifth, at most 3 x top; 32 trials and two finalists, six)
+    late = {"a": (0.95, 0.3, 0.40), "b": (0.94, 0.3, 0.20), "c": (0.90, 0.3, 0.30), "e": (0.80, 0.3, 0.10),
+            "f": (0.79, 0.3, 0.50), "g": (0.78, 0.3, 0.60),
+            **{f"z{i}": (0.1, 2.3, 0.05) for i in range(26)}}   # chance-level runs, past the pool
+    tail = [f"z{i}" for i in range(26)]
+    assert confirm.finalists(["a", "b", "c", "e", "f", "g", *tail], late, 2, "late_val_loss") == ["e", "b"]
+    assert confirm.finalists(["a", "b", "c", "e", "f", "g", *tail], late, 1, "late_val_loss") == ["b"]   # pool a..c
+    assert confirm.finalists(["a", "b", "c", "d", "f", "g", *tail], late, 2, "late_val_loss") == ["a", "b"]   # d: no whole run
+    assert confirm.finalists(["a", "b", "c", "e"], late, 2, "late_val_loss") == ["a", "b"]   # four: no pool
     assert confirm.finalists(["a", "b", "c"], late, 2, "val_loss") == ["a", "b"] == \
         confirm.finalists(["a", "b", "c"], late, 2, "metric")
     # held_out judges the finalists it is given, the single pick (order's first) beside them

@@ -526,11 +526,13 @@ def test_the_finalists_are_ranked_by_their_late_validation_loss_by_default():
 
 def test_late_val_loss_chooses_the_finalists_among_the_metrics_best_few_by_their_whole_runs_late_loss():
     """Under confirm.rank_by late_val_loss the finalists are the top whose whole search runs read
-    the lowest late val_loss among the search's POOL x top best by the metric. Where one of those
-    was cut short (or fitted to a time budget), the late losses do not compare: the metric's top.
-    The metric's order under the other rankings; what lies past the pool is never chosen."""
-    from tunesmith.orchestrator.verdict import LATE, POOL, choose
-    assert POOL == 3
+    the lowest late val_loss among the search's best by the metric: POOL x top of them, at most its
+    top fifth. Where one of those was cut short (or fitted to a time budget), the late losses do not
+    compare: the metric's top. The metric's order under the other rankings; what lies past the pool
+    is never chosen; a search too small for a pool wider than the finalists keeps the metric's top."""
+    from tunesmith.orchestrator.verdict import LATE, POOL, choose, pool_size
+    assert POOL == 3 and pool_size(32, 2) == 6 and pool_size(10, 2) == 2 and pool_size(4, 2) == 2
+    assert pool_size(20, 2) == 4 and pool_size(100, 1) == 3
     w = _ledger()
     losses = {"a": [0.9, 0.8, 0.70, 0.70], "b": [0.9, 0.6, 0.40, 0.40], "c": [0.9, 0.7, 0.50, 0.50],
               "d": [0.9, 0.5, 0.30, 0.30], "e": [0.9, 0.4, 0.60, 0.60], "f": [0.9, 0.6, 0.55, 0.55],
@@ -538,15 +540,20 @@ def test_late_val_loss_chooses_the_finalists_among_the_metrics_best_few_by_their
     accs = {"a": 0.99, "b": 0.98, "c": 0.97, "d": 0.96, "e": 0.95, "f": 0.94, "g": 0.90}
     for i, (tid, curve) in enumerate(losses.items()):
         _run(w, tid, {"lr": 0.1 * (i + 1), "model.width": 32}, [0.5, 0.6, 0.7, accs[tid]], curve)
+    # seven runs: no pool wider than two, so the metric's top, and the progress line names no pool
+    assert [r.trial_id for r in confirm.finalists(w, 2, LATE)] == ["a", "b"] and confirm.chosen_by_late(w, 2) == 0
+    for i in range(23):   # a search of thirty: chance-level runs with the lowest loss of all, past the pool
+        _run(w, f"z{i}", {"lr": 1e-5 * (i + 1), "model.width": 8}, [0.1] * 4, [0.05] * 4)
     for rec in w.trials.values():
         assert rec.stop_reason.startswith("trained all"), rec.stop_reason
     assert [r.trial_id for r in confirm.finalists(w, 2)] == ["a", "b"]
     assert [r.trial_id for r in confirm.finalists(w, 2, "val_loss")] == ["a", "b"]
-    # the pool is a..f (g, the lowest loss, lies past it)
-    assert [r.trial_id for r in confirm.finalists(w, 2, LATE)] == ["d", "b"]
+    # the pool is a..f (g, the lowest loss of the seven, lies past it)
+    assert [r.trial_id for r in confirm.finalists(w, 2, LATE)] == ["d", "b"] and confirm.chosen_by_late(w, 2) == 6
     assert [r.trial_id for r in confirm.finalists(w, 1, LATE)] == ["b"]   # the pool: a, b, c
-    assert [r.trial_id for r in confirm.finalists(w, 3, LATE)] == ["g", "d", "b"]   # the pool: all seven
+    assert [r.trial_id for r in confirm.finalists(w, 3, LATE)] == ["d", "b", "c"]   # the top fifth: a..f
     w.trials["d"].stop_reason = "pruned at epoch 2"   # cut short: its late loss does not compare
-    assert [r.trial_id for r in confirm.finalists(w, 2, LATE)] == ["a", "b"]
+    assert [r.trial_id for r in confirm.finalists(w, 2, LATE)] == ["a", "b"] and confirm.chosen_by_late(w, 2) == 0
     # a diverged late epoch is a late loss that reads worst
-    assert choose(["x", "y", "z"], {"x": math.inf, "y": 0.7, "z": 0.5}.get, 3) == ["z", "y", "x"]
+    assert choose(["x", "y", "z"], {"x": math.inf, "y": 0.7, "z": 0.5}.get, 2) == ["z", "y"]
+    assert choose(["x", "y", "z"], {"x": math.inf, "y": math.nan, "z": 0.5}.get, 2) == ["z", "x"]
