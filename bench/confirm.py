@@ -290,7 +290,8 @@ def one(dataset: str, seed: int, args) -> dict:
     # the truth's candidates are the search's M best by its metric, as they have always been read, so
     # they hold single-run selection's pick and the finalists any rank_by chooses (among the 3 x top
     # best): the sweep's spec.yaml says metric for the one call that picks them
-    written = yaml.safe_load(open(os.path.join(folder, "spec.yaml")))
+    with open(os.path.join(folder, "spec.yaml")) as fh:
+        written = yaml.safe_load(fh)
     with open(os.path.join(folder, "spec.yaml"), "w") as fh:
         yaml.safe_dump({**written, "confirm": {**written["confirm"], "rank_by": "metric"}}, fh)
     _cli("analyze", folder, "--confirm", str(args.candidates), "--seeds", str(args.truth_seeds))

@@ -1,5 +1,6 @@
 """Confirming the finalists (#28): the search's best configurations (under confirm.rank_by
-late_val_loss, the lowest late val_loss among its best few) trained again, each with the same new seeds, for their full schedule; the winner is the best mean (of the validation loss, or
+late_val_loss, the lowest late val_loss among its best few) trained again, each with the same new
+seeds, for their full schedule; the winner is the best mean (of the validation loss, or
 of the metric: confirm.rank_by) over those seeds and the search's own run of each (every search
 trial trains with the sweep's seed, so where a finalist's trained its whole schedule it is one
 more seed's run), not the luckiest single run; each new final model reads the test split once.
@@ -16,7 +17,8 @@ import math
 from typing import List, Optional, Sequence
 
 from tunesmith.orchestrator.verdict import (LATE, Finalist, Verdict, add_run, add_search_run, choose, late_mean,
-                                            mean_sd, pool_size, test_metric, verdict_of, whole_run, within_range)
+                                            late_chooses, mean_sd, pool_size, test_metric, verdict_of, whole_run,
+                                            within_range)
 from tunesmith.trainables.config import CONFIRM
 
 SEED_BASE = 1000   # confirmation seeds: spec.seed + SEED_BASE + i, never a seed the search trained with
@@ -166,7 +168,7 @@ def chosen_by_late(ledger, top: int) -> int:
     """The pool late_val_loss chose the finalists from (its size), or 0 where it did not choose: a
     pool no wider than the finalists, or one of it not trained its whole schedule."""
     pool = pool_of(ledger, top)
-    return len(pool) if len(pool) > top and all(late_of(r) is not None for r in pool) else 0
+    return len(pool) if late_chooses([late_of(r) for r in pool], top) else 0
 
 
 def points(finals: Sequence, seeds: Sequence[int]) -> List[dict]:

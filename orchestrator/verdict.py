@@ -47,9 +47,15 @@ def pool_size(searched: int, top: int) -> int:
     return min(POOL * top, max(top, searched // FIFTH))
 
 
+def late_chooses(late: Sequence[Optional[float]], top: int) -> bool:
+    """Whether the late losses of a pool (None for a run cut short or fitted) choose the ``top``
+    finalists: a pool wider than them, every one of it trained its whole schedule."""
+    return len(late) > top and all(v is not None for v in late)
+
+
 def choose(pool: Sequence, late_of, top: int) -> list:
-    """The ``top`` finalists among ``pool`` (the search's best by its metric, best first, POOL x top
-    of them) as confirm.rank_by late_val_loss chooses them: where every one of them trained its
+    """The ``top`` finalists among ``pool`` (the search's best by its metric, best first,
+    ``pool_size`` of them) as confirm.rank_by late_val_loss chooses them: where every one of them trained its
     whole schedule (``late_of``: an item -> its late val_loss, None for a run cut short or fitted to
     a time budget, whose late epochs do not compare), the ``top`` with the lowest late val_loss (an
     unfinite one last); else the metric's first ``top``. The metric keeps out a run whose loss is low
@@ -58,7 +64,7 @@ def choose(pool: Sequence, late_of, top: int) -> list:
     truest of two finalists so chosen was 0.10 pp below the best of six, against 0.17 pp for the
     metric's first two."""
     late = [late_of(x) for x in pool]
-    if len(pool) <= top or any(v is None for v in late):
+    if not late_chooses(late, top):
         return list(pool[:top])
     key = [(v if math.isfinite(v) else math.inf, i) for i, v in enumerate(late)]
     return [pool[i] for _, i in sorted(key)[:top]]
